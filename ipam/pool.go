@@ -43,7 +43,7 @@ type Pool struct {
 	caps    [2]*big.Int // allocatable addresses per family
 	used    [2]uint64
 	owners  map[netip.Addr]string
-	byOwner map[string][]netip.Addr
+	byOwner map[string]ownerAddrs
 	state   *StateFile
 }
 
@@ -58,7 +58,7 @@ func New(cfg Config) (*Pool, error) {
 	}
 	p := &Pool{
 		owners:  make(map[netip.Addr]string),
-		byOwner: make(map[string][]netip.Addr),
+		byOwner: make(map[string]ownerAddrs),
 	}
 	for _, pfx := range cfg.Prefixes {
 		if err := p.checkNewPrefix(pfx); err != nil {
@@ -194,7 +194,7 @@ func (p *Pool) AllocateNext(f Family, owner string) (netip.Addr, error) {
 	defer p.mu.Unlock()
 	a, undo, err := p.allocateNextLocked(f, owner)
 	if err == nil {
-		err = p.persist(undo)
+		err = p.persist(func() { p.undoAllocateNext(undo) })
 	}
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("allocate next %s address for %q: %w", f, owner, err)
@@ -216,37 +216,49 @@ func (p *Pool) AllocateNextDual(owner string) (v4, v6 netip.Addr, err error) {
 	}
 	v6, undo6, err := p.allocateNextLocked(IPv6, owner)
 	if err != nil {
-		undo4()
+		p.undoAllocateNext(undo4)
 		return netip.Addr{}, netip.Addr{}, fmt.Errorf("allocate dual-stack addresses for %q: %w", owner, err)
 	}
-	if err := p.persist(func() { undo6(); undo4() }); err != nil {
+	if err := p.persist(func() { p.undoAllocateNext(undo6); p.undoAllocateNext(undo4) }); err != nil {
 		return netip.Addr{}, netip.Addr{}, fmt.Errorf("allocate dual-stack addresses for %q: %w", owner, err)
 	}
 	return v4, v6, nil
 }
 
-// allocateNextLocked takes the next free address of f for owner and returns
-// a function that undoes exactly that.
-func (p *Pool) allocateNextLocked(f Family, owner string) (netip.Addr, func(), error) {
+// nextUndo is what it takes to undo one AllocateNext. It is a value, not a
+// closure, so that the common path allocates nothing for it.
+type nextUndo struct {
+	s      *blockSet
+	b      *block
+	off    u128
+	cur    int
+	curOff u128
+	addr   netip.Addr
+}
+
+// allocateNextLocked takes the next free address of f for owner.
+func (p *Pool) allocateNextLocked(f Family, owner string) (netip.Addr, nextUndo, error) {
 	s, err := p.family(f)
 	if err != nil {
-		return netip.Addr{}, nil, err
+		return netip.Addr{}, nextUndo{}, err
 	}
 	bi, off, ok := s.next()
 	if !ok {
-		return netip.Addr{}, nil, &ExhaustedError{Family: f, Prefixes: s.prefixes()}
+		return netip.Addr{}, nextUndo{}, &ExhaustedError{Family: f, Prefixes: s.prefixes()}
 	}
 	b := s.blocks[bi]
-	cur, curOff := s.cur, s.curOff
+	u := nextUndo{s: s, b: b, off: off, cur: s.cur, curOff: s.curOff}
 	b.taken.set(off)
 	s.advance(bi, off)
-	a := b.addr(off)
-	p.addOwner(a, owner)
-	return a, func() {
-		p.removeOwner(a)
-		b.taken.clear(off)
-		s.cur, s.curOff = cur, curOff
-	}, nil
+	u.addr = b.addr(off)
+	p.addOwner(u.addr, owner)
+	return u.addr, u, nil
+}
+
+func (p *Pool) undoAllocateNext(u nextUndo) {
+	p.removeOwner(u.addr)
+	u.b.taken.clear(u.off)
+	u.s.cur, u.s.curOff = u.cur, u.curOff
 }
 
 // Allocate hands the address a to owner. It fails with [ErrOutOfRange] if
@@ -329,7 +341,7 @@ func (p *Pool) Release(a netip.Addr) error {
 func (p *Pool) ReleaseOwner(owner string) ([]netip.Addr, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	addrs := slices.Clone(p.byOwner[owner])
+	addrs := p.byOwner[owner].list()
 	if len(addrs) == 0 {
 		return nil, nil
 	}
@@ -363,7 +375,7 @@ func (p *Pool) Owner(a netip.Addr) (string, bool) {
 func (p *Pool) Addrs(owner string) []netip.Addr {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	addrs := slices.Clone(p.byOwner[owner])
+	addrs := p.byOwner[owner].list()
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	return addrs
 }
@@ -410,24 +422,63 @@ func (p *Pool) Free(f Family) uint64 {
 
 func (p *Pool) addOwner(a netip.Addr, owner string) {
 	p.owners[a] = owner
-	p.byOwner[owner] = append(p.byOwner[owner], a)
+	as := p.byOwner[owner]
+	as.add(a)
+	p.byOwner[owner] = as
 	p.used[familyOf(a).index()]++
 }
 
 func (p *Pool) removeOwner(a netip.Addr) {
 	owner := p.owners[a]
 	delete(p.owners, a)
-	addrs := p.byOwner[owner]
-	if i := slices.Index(addrs, a); i >= 0 {
-		addrs[i] = addrs[len(addrs)-1]
-		addrs = addrs[:len(addrs)-1]
-	}
-	if len(addrs) == 0 {
+	as := p.byOwner[owner]
+	if as.remove(a) {
 		delete(p.byOwner, owner)
 	} else {
-		p.byOwner[owner] = addrs
+		p.byOwner[owner] = as
 	}
 	p.used[familyOf(a).index()]--
+}
+
+// ownerAddrs are the addresses of one owner. Nearly every owner holds one
+// address, or one of each family, and those are stored inline: allocating
+// for a new owner then costs no heap allocation.
+type ownerAddrs struct {
+	inline [2]netip.Addr
+	n      int // addresses in inline
+	more   []netip.Addr
+}
+
+func (o *ownerAddrs) add(a netip.Addr) {
+	if o.n < len(o.inline) {
+		o.inline[o.n] = a
+		o.n++
+		return
+	}
+	o.more = append(o.more, a)
+}
+
+// remove removes a and reports whether o is now empty.
+func (o *ownerAddrs) remove(a netip.Addr) bool {
+	if i := slices.Index(o.more, a); i >= 0 {
+		o.more = slices.Delete(o.more, i, i+1)
+	} else if i := slices.Index(o.inline[:o.n], a); i >= 0 {
+		copy(o.inline[i:], o.inline[i+1:o.n])
+		o.n--
+		if len(o.more) > 0 { // refill inline from the overflow
+			o.inline[o.n] = o.more[len(o.more)-1]
+			o.n++
+			o.more = o.more[:len(o.more)-1]
+		}
+	}
+	return o.n == 0
+}
+
+func (o ownerAddrs) list() []netip.Addr {
+	if o.n == 0 {
+		return nil
+	}
+	return append(slices.Clone(o.inline[:o.n]), o.more...)
 }
 
 // persist writes the pool's state through to the state file, if there is
