@@ -177,6 +177,7 @@ func (c *ClusterPool) Families() []Family {
 	return fs
 }
 
+// AllocateNode implements [ClusterAllocator].
 func (c *ClusterPool) AllocateNode(ctx context.Context, node string) ([]netip.Prefix, error) {
 	if err := checkCall(ctx, node); err != nil {
 		return nil, fmt.Errorf("allocate node CIDRs: %w", err)
@@ -200,6 +201,7 @@ func (c *ClusterPool) AllocateNode(ctx context.Context, node string) ([]netip.Pr
 	return c.nodeCIDRsLocked(node), nil
 }
 
+// Expand implements [ClusterAllocator].
 func (c *ClusterPool) Expand(ctx context.Context, node string, f Family) (netip.Prefix, error) {
 	if err := checkCall(ctx, node); err != nil {
 		return netip.Prefix{}, fmt.Errorf("expand node CIDRs: %w", err)
@@ -255,6 +257,7 @@ func (c *ClusterPool) checkNodeCIDR(cidr netip.Prefix) (*block, error) {
 	return b, nil
 }
 
+// Occupy implements [ClusterAllocator].
 func (c *ClusterPool) Occupy(ctx context.Context, node string, cidr netip.Prefix) error {
 	if err := checkCall(ctx, node); err != nil {
 		return fmt.Errorf("occupy node CIDR: %w", err)
@@ -276,6 +279,7 @@ func (c *ClusterPool) Occupy(ctx context.Context, node string, cidr netip.Prefix
 	return nil
 }
 
+// ReleaseCIDR implements [ClusterAllocator].
 func (c *ClusterPool) ReleaseCIDR(ctx context.Context, node string, cidr netip.Prefix) error {
 	if err := checkCall(ctx, node); err != nil {
 		return fmt.Errorf("release node CIDR: %w", err)
@@ -297,6 +301,7 @@ func (c *ClusterPool) ReleaseCIDR(ctx context.Context, node string, cidr netip.P
 	return nil
 }
 
+// ReleaseNode implements [ClusterAllocator].
 func (c *ClusterPool) ReleaseNode(ctx context.Context, node string) ([]netip.Prefix, error) {
 	if err := checkCall(ctx, node); err != nil {
 		return nil, fmt.Errorf("release node: %w", err)
@@ -312,6 +317,7 @@ func (c *ClusterPool) ReleaseNode(ctx context.Context, node string) ([]netip.Pre
 	return cidrs, nil
 }
 
+// NodeCIDRs implements [ClusterAllocator].
 func (c *ClusterPool) NodeCIDRs(ctx context.Context, node string) ([]netip.Prefix, error) {
 	if err := checkCall(ctx, node); err != nil {
 		return nil, fmt.Errorf("node CIDRs: %w", err)
@@ -321,6 +327,7 @@ func (c *ClusterPool) NodeCIDRs(ctx context.Context, node string) ([]netip.Prefi
 	return c.nodeCIDRsLocked(node), nil
 }
 
+// Nodes implements [ClusterAllocator].
 func (c *ClusterPool) Nodes(ctx context.Context) (map[string][]netip.Prefix, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

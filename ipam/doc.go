@@ -35,9 +35,9 @@
 // A [ClusterAllocator] carves node CIDRs of a fixed size out of cluster
 // CIDRs, as Cilium's cluster-pool IPAM does: one per family when a node
 // joins, more when its pool runs out. [ClusterPool] keeps the cluster's
-// state in one process. The etcdpool subpackage shares it among many
-// processes through etcd; it lives apart so that importing ipam does not
-// pull in the etcd client.
+// state in one process. [github.com/nodeplane/nodeplane/ipam/etcdpool]
+// shares it among many processes through etcd; it lives apart so that
+// importing ipam does not pull in the etcd client.
 //
 // # Errors
 //

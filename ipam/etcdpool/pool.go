@@ -212,6 +212,7 @@ func (p *Pool) claim(ctx context.Context, node string, fresh []netip.Prefix, fir
 	return resp.Succeeded, nil
 }
 
+// AllocateNode implements [ipam.ClusterAllocator].
 func (p *Pool) AllocateNode(ctx context.Context, node string) ([]netip.Prefix, error) {
 	if err := ipam.CheckNodeName(node); err != nil {
 		return nil, fmt.Errorf("allocate node CIDRs: %w", err)
@@ -249,6 +250,7 @@ func (p *Pool) AllocateNode(ctx context.Context, node string) ([]netip.Prefix, e
 	return result, nil
 }
 
+// Expand implements [ipam.ClusterAllocator].
 func (p *Pool) Expand(ctx context.Context, node string, f ipam.Family) (netip.Prefix, error) {
 	if err := ipam.CheckNodeName(node); err != nil {
 		return netip.Prefix{}, fmt.Errorf("expand node CIDRs: %w", err)
@@ -269,6 +271,7 @@ func (p *Pool) Expand(ctx context.Context, node string, f ipam.Family) (netip.Pr
 	return result, nil
 }
 
+// Occupy implements [ipam.ClusterAllocator].
 func (p *Pool) Occupy(ctx context.Context, node string, cidr netip.Prefix) error {
 	if err := ipam.CheckNodeName(node); err != nil {
 		return fmt.Errorf("occupy node CIDR: %w", err)
@@ -289,6 +292,7 @@ func (p *Pool) Occupy(ctx context.Context, node string, cidr netip.Prefix) error
 	return nil
 }
 
+// ReleaseCIDR implements [ipam.ClusterAllocator].
 func (p *Pool) ReleaseCIDR(ctx context.Context, node string, cidr netip.Prefix) error {
 	if err := ipam.CheckNodeName(node); err != nil {
 		return fmt.Errorf("release node CIDR: %w", err)
@@ -306,6 +310,7 @@ func (p *Pool) ReleaseCIDR(ctx context.Context, node string, cidr netip.Prefix) 
 	return nil
 }
 
+// ReleaseNode implements [ipam.ClusterAllocator].
 func (p *Pool) ReleaseNode(ctx context.Context, node string) ([]netip.Prefix, error) {
 	if err := ipam.CheckNodeName(node); err != nil {
 		return nil, fmt.Errorf("release node: %w", err)
@@ -341,6 +346,7 @@ func (p *Pool) release(ctx context.Context, node string, cidrs []netip.Prefix) (
 	return resp.Succeeded, nil
 }
 
+// NodeCIDRs implements [ipam.ClusterAllocator].
 func (p *Pool) NodeCIDRs(ctx context.Context, node string) ([]netip.Prefix, error) {
 	if err := ipam.CheckNodeName(node); err != nil {
 		return nil, fmt.Errorf("node CIDRs: %w", err)
@@ -363,6 +369,7 @@ func (p *Pool) NodeCIDRs(ctx context.Context, node string) ([]netip.Prefix, erro
 	return cidrs, nil
 }
 
+// Nodes implements [ipam.ClusterAllocator].
 func (p *Pool) Nodes(ctx context.Context) (map[string][]netip.Prefix, error) {
 	owners, err := p.read(ctx)
 	if err != nil {
