@@ -5,7 +5,7 @@
 //
 // A [Pool] owns one or more IPv4 and IPv6 prefixes, typically the node's pod
 // CIDRs, and gives addresses to owners: opaque strings such as a container
-// ID and interface name, as a CNI plugin or Cilium's host-scope IPAM use
+// ID and interface name, as CNI plugins and Cilium's host-scope IPAM use
 // them. No other node is asked, because no other node allocates from these
 // prefixes. [Pool.AllocateNext] picks a free address, [Pool.Allocate] a
 // given one, [Pool.AllocateNextDual] one of each family in one step;
