@@ -148,12 +148,12 @@ func yamlErrorText(err error) string {
 // docDecoder decodes the objects of one document and collects its
 // errors.
 type docDecoder struct {
-	source string
-	doc    int
+	source  string
+	doc     int
 	objName string // "Kind ns/name" of the object being decoded
-	errs   []error
-	nodes  int
-	lines  map[string]int
+	errs    []error
+	nodes   int
+	lines   map[string]int
 }
 
 func (d *docDecoder) fail(n *yaml.Node, path, format string, args ...any) {

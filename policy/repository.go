@@ -339,4 +339,3 @@ func cloneSlice[T any](s []T, clone func(T) T) []T {
 	}
 	return out
 }
-
