@@ -265,3 +265,16 @@ func (p *EndpointPolicy) Lookup(peer identity.ID, dir Direction, proto Protocol,
 	defer p.mu.RUnlock()
 	return datapath.LookupPolicy(p.state, peer, dir, uint8(proto), port)
 }
+
+// rebuildIndexLocked recomputes byPeer from state; p.mu is held.
+func (p *EndpointPolicy) rebuildIndexLocked() {
+	p.byPeer = map[identity.ID]map[datapath.PolicyKey]struct{}{}
+	for k := range p.state {
+		set := p.byPeer[k.Identity]
+		if set == nil {
+			set = map[datapath.PolicyKey]struct{}{}
+			p.byPeer[k.Identity] = set
+		}
+		set[k] = struct{}{}
+	}
+}
