@@ -63,6 +63,9 @@ func Parse(data []byte, source string) ([]Policy, error) {
 		}
 		d := &docDecoder{source: source, doc: doc}
 		node := root.Content[0]
+		if isNull(node) {
+			continue // a document with nothing but comments
+		}
 		for _, obj := range d.objects(node) {
 			if p, ok := d.object(obj); ok {
 				policies = append(policies, p)
