@@ -8,7 +8,7 @@ import (
 // flowCase is one flow and the verdicts Cilium gives it: egress is the
 // source's egress policy, ingress the destination's ingress policy.
 type flowCase struct {
-	from, to, port   string
+	from, to, port  string
 	egress, ingress string
 }
 
@@ -543,8 +543,8 @@ func TestNetworkPolicyRules(t *testing.T) {
 			{dbProd, "cidr 8.8.8.8", "80", "allow", "allow"},
 		},
 	}, {
-		name: "no policyTypes means Ingress",
-		docs: []string{knp("prod", "deny", "podSelector: {}")},
+		name:  "no policyTypes means Ingress",
+		docs:  []string{knp("prod", "deny", "podSelector: {}")},
 		flows: []flowCase{{webProd, dbProd, "80", "allow", "deny"}},
 	}, {
 		name: "egress rules without policyTypes still enforce ingress",
@@ -555,8 +555,8 @@ func TestNetworkPolicyRules(t *testing.T) {
 			{webProd, "cidr 8.8.8.8", "80", "deny", "allow"},
 		},
 	}, {
-		name: "ingress [{}] allows all (unlike a CiliumNetworkPolicy)",
-		docs: []string{knp("prod", "all", "podSelector: {}\ningress:\n- {}")},
+		name:  "ingress [{}] allows all (unlike a CiliumNetworkPolicy)",
+		docs:  []string{knp("prod", "all", "podSelector: {}\ningress:\n- {}")},
 		flows: []flowCase{{"reserved:world", dbProd, "80", "allow", "allow"}},
 	}, {
 		name: "podSelector AND namespaceSelector",
