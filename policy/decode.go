@@ -316,18 +316,46 @@ func (d *docDecoder) object(n *yaml.Node) (Policy, bool) {
 			d.fail(n, "spec", "a %s needs spec or specs", kind)
 		}
 	}
-	if len(d.errs) > errsBefore {
+	decodeErrs := d.errs[errsBefore:]
+	if len(decodeErrs) > 0 && (p.Kind == "" || len(p.Rules) == 0) {
 		return Policy{}, false
 	}
 	p.lines = d.lines
 	if err := p.validate(); err != nil {
+		// Report what validation finds too, except where a decoding error
+		// already covers the field (a value that did not decode leaves a
+		// zero behind, which validation would misreport).
 		for _, ve := range ValidationErrors(err) {
-			ve.Source, ve.Document = d.source, d.doc
-			d.errs = append(d.errs, ve)
+			if !coveredBy(ve.Path, decodeErrs) {
+				ve.Source, ve.Document = d.source, d.doc
+				d.errs = append(d.errs, ve)
+			}
 		}
+	}
+	if len(d.errs) > errsBefore {
 		return Policy{}, false
 	}
 	return p, true
+}
+
+// coveredBy reports whether path is, contains or lies within the path of
+// one of errs.
+func coveredBy(path string, errs []error) bool {
+	for _, e := range errs {
+		ve, ok := e.(*ValidationError)
+		if !ok {
+			continue
+		}
+		if related(path, ve.Path) || related(ve.Path, path) {
+			return true
+		}
+	}
+	return false
+}
+
+// related reports whether b is a or lies within a.
+func related(a, b string) bool {
+	return a == b || strings.HasPrefix(b, a) && (a == "" || b[len(a)] == '.' || b[len(a)] == '[')
 }
 
 type objectMeta struct {
