@@ -233,8 +233,8 @@ func (w *conformanceWorld) check(phase string, table []expectation) {
 		}
 		from, to := w.pods[e.from], w.pods[e.to]
 		res, err := w.engine.Repository().Trace(TraceRequest{
-			From: identity.Identity{ID: from.id, Labels: mustLabels(w.t, from.labels)},
-			To:   identity.Identity{ID: to.id, Labels: mustLabels(w.t, to.labels)},
+			From:     identity.Identity{ID: from.id, Labels: mustLabels(w.t, from.labels)},
+			To:       identity.Identity{ID: to.id, Labels: mustLabels(w.t, to.labels)},
 			Protocol: ProtoTCP, Port: e.port,
 		})
 		if err != nil {
