@@ -84,12 +84,16 @@ func (r *Repository) selectRules(entries []*entry, subject identity.ID, labels i
 		}
 		return nil, nil, dirs
 	}
+	// The cache's selections answer for an identity it knows with these
+	// labels; otherwise match the labels.
+	cached, ok := r.rv.cache.Labels(subject)
+	useCache := ok && cached == labels
 	for _, e := range entries {
 		// Node rules select only the host, endpoint rules never select it.
 		if e.node != isHost {
 			continue
 		}
-		if !e.subject.cs.matches(labels) {
+		if useCache && !r.rv.cache.selects(e.subject, subject) || !useCache && !e.subject.cs.matches(labels) {
 			continue
 		}
 		d := Egress

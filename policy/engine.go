@@ -238,8 +238,8 @@ func (e *Engine) UpdateIdentities(added []identity.Identity, removed []identity.
 	return e.updatePeersLocked(ids, 0)
 }
 
-// updatePeersLocked recomputes the given peer identities' entries in every
-// endpoint's map but skip's.
+// updatePeersLocked recomputes the given peer identities' entries in the
+// map of every endpoint except skip.
 func (e *Engine) updatePeersLocked(ids []identity.ID, skip datapath.EndpointID) error {
 	var errs []error
 	for _, id := range e.endpointIDsLocked() {

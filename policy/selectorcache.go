@@ -218,6 +218,17 @@ func (c *SelectorCache) evaluateLocked(cs *cachedSelector) {
 	if cs.kind == selFQDN {
 		return
 	}
+	if cs.kind == selCIDR {
+		// Only identities with a world label can match.
+		for _, name := range []string{identity.LabelWorld, identity.LabelWorldIPv4, identity.LabelWorldIPv6} {
+			for id := range c.index.byLabel[indexKey{name, ""}] {
+				if cs.matches(c.identities[id]) {
+					cs.selected[id] = struct{}{}
+				}
+			}
+		}
+		return
+	}
 	if cands, ok := c.index.candidates(cs.candidates); ok {
 		for _, id := range cands {
 			if cs.matches(c.identities[id]) {

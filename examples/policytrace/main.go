@@ -147,8 +147,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return bad("%v", err)
 	}
+	seen := map[policy.PolicyID]string{}
+	var notes []string
 	for _, p := range policies {
-		if _, err := repo.Add(p); err != nil {
+		// A later definition of the same object replaces the earlier one,
+		// as kubectl apply of the whole directory would.
+		if first, ok := seen[p.ID()]; ok {
+			notes = append(notes, fmt.Sprintf("%s (%s) replaces its definition in %s", p.ID(), p.Source, first))
+		}
+		seen[p.ID()] = p.Source
+		if _, err := repo.Replace(p); err != nil {
 			return bad("%s: %v", p.Source, err)
 		}
 	}
@@ -198,8 +206,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		portString(port, proto), proto, src.ID, dst.ID, len(policies), repo.Revision())
 	for _, p := range policies {
 		if p.Kind == policy.KindCiliumNetworkPolicy && p.Namespace == "" {
-			fmt.Fprintf(stdout, "note: %s (%s) has no namespace; like Cilium, it is treated as clusterwide\n", p.ID(), p.Source)
+			notes = append(notes, fmt.Sprintf("%s (%s) has no namespace; like Cilium, it is treated as clusterwide", p.ID(), p.Source))
 		}
+	}
+	for _, n := range notes {
+		fmt.Fprintf(stdout, "note: %s\n", n)
 	}
 	fmt.Fprintln(stdout)
 	res, err := repo.Trace(policy.TraceRequest{
