@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -188,29 +189,30 @@ func BenchmarkPolicyDecisionBPF(b *testing.B) {
 	}
 }
 
-// BenchmarkPolicyThroughput runs iperf3 from a client to a server
-// namespace over a veth pair and reports Gbit/s, side by side in one run:
+// filterSetup is one way to filter the benchmark's traffic: it builds a
+// client and a server namespace with the filter in place.
+type filterSetup struct {
+	name  string
+	setup func(b *testing.B) (client, server *testutils.NetNS)
+}
+
+// filterSetups are the configurations the traffic benchmarks compare:
 //
-//   - bare-veth: no filtering (the baseline);
+//   - bare-veth: a veth pair, no filtering (the baseline);
 //   - bpf: the two are datapath endpoints and the server's policy map is
 //     compiled from rules that allow 10, 1k or 100k client identities
 //     (with as many ipcache entries), the real client among them;
-//   - iptables, nftables: the server's INPUT chain holds 10, 1k or 10k
-//     rules that each accept one client address on the iperf3 port, the
-//     real client's last, and drops the rest: the same decision as the
-//     policy map, written the way iptables and nftables write it (one rule
-//     per peer, evaluated for every packet, as in FACTS' measurement).
+//   - iptables, nftables: a veth pair, and the server's INPUT chain holds
+//     10, 1k or 10k rules that each accept one client address on the
+//     benchmark port, the real client's last, and drops the rest: the same
+//     decision as the policy map, written the way iptables and nftables
+//     write it (one rule per peer, evaluated for every packet, as in the
+//     FACTS measurement).
 //
 // The datapath decides a connection's first packet from its maps and the
-// rest from conntrack; iptables and nftables evaluate their chain for
-// every packet. That difference is the point of the comparison.
-func BenchmarkPolicyThroughput(b *testing.B) {
-	testutils.RequirePrivileged(b)
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		b.Skip("iperf3 not installed")
-	}
-	const seconds = "3"
-
+// rest from conntrack; the chains are evaluated for every packet. That
+// difference is the point of the comparison.
+func filterSetups() []filterSetup {
 	vethPair := func(b *testing.B) (client, server *testutils.NetNS) {
 		client, server = testutils.NewNetNS(b), testutils.NewNetNS(b)
 		v := testutils.NewVeth(b, client, "c0", server, "s0")
@@ -230,14 +232,14 @@ func BenchmarkPolicyThroughput(b *testing.B) {
 		}
 		return client, server
 	}
-
-	b.Run("bare-veth", func(b *testing.B) {
-		client, server := vethPair(b)
-		iperf(b, client, server, benchServer, seconds)
-	})
-
+	rules := func(n int) []netip.Addr {
+		_, addrs := benchPeers(n)
+		// The real client last: every packet walks the whole chain.
+		return append(addrs[1:], addrs[0])
+	}
+	out := []filterSetup{{"bare-veth", vethPair}}
 	for _, n := range []int{10, 1000, 100000} {
-		b.Run(fmt.Sprintf("bpf/entries=%d", n), func(b *testing.B) {
+		out = append(out, filterSetup{fmt.Sprintf("bpf/entries=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
 			d, _ := newTestDatapath(b, datapath.Config{IPCacheMaxEntries: 1 << 18, PolicyMapMaxEntries: 1 << 18})
 			state, ids, addrs, server := compiledServerPolicy(b, n)
 			clientNS, serverNS := testutils.NewNetNS(b), testutils.NewNetNS(b)
@@ -264,17 +266,11 @@ func BenchmarkPolicyThroughput(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			iperf(b, clientNS, serverNS, benchServer, seconds)
-		})
-	}
-
-	rules := func(n int) []netip.Addr {
-		_, addrs := benchPeers(n)
-		// The real client last: every packet walks the whole chain.
-		return append(addrs[1:], addrs[0])
+			return clientNS, serverNS
+		}})
 	}
 	for _, n := range []int{10, 1000, 10000} {
-		b.Run(fmt.Sprintf("iptables/rules=%d", n), func(b *testing.B) {
+		out = append(out, filterSetup{fmt.Sprintf("iptables/rules=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
 			if _, err := exec.LookPath("iptables-restore"); err != nil {
 				b.Skip("iptables not installed")
 			}
@@ -282,15 +278,15 @@ func BenchmarkPolicyThroughput(b *testing.B) {
 			var s strings.Builder
 			s.WriteString("*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n")
 			for _, a := range rules(n) {
-				fmt.Fprintf(&s, "-A INPUT -s %s/32 -p tcp -m tcp --dport 5201 -j ACCEPT\n", a)
+				fmt.Fprintf(&s, "-A INPUT -s %s/32 -p tcp -m tcp --dport %d -j ACCEPT\n", a, benchPort)
 			}
 			s.WriteString("COMMIT\n")
 			runIn(b, server, s.String(), "iptables-restore")
-			iperf(b, client, server, benchServer, seconds)
-		})
+			return client, server
+		}})
 	}
 	for _, n := range []int{10, 1000, 10000} {
-		b.Run(fmt.Sprintf("nftables/rules=%d", n), func(b *testing.B) {
+		out = append(out, filterSetup{fmt.Sprintf("nftables/rules=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
 			if _, err := exec.LookPath("nft"); err != nil {
 				b.Skip("nft not installed")
 			}
@@ -298,13 +294,104 @@ func BenchmarkPolicyThroughput(b *testing.B) {
 			var s strings.Builder
 			s.WriteString("table ip bench {\n chain input {\n  type filter hook input priority 0; policy drop;\n")
 			for _, a := range rules(n) {
-				fmt.Fprintf(&s, "  ip saddr %s tcp dport 5201 accept\n", a)
+				fmt.Fprintf(&s, "  ip saddr %s tcp dport %d accept\n", a, benchPort)
 			}
 			s.WriteString(" }\n}\n")
 			runIn(b, server, s.String(), "nft", "-f", "-")
-			iperf(b, client, server, benchServer, seconds)
+			return client, server
+		}})
+	}
+	return out
+}
+
+// benchPort is the port every filter configuration allows: iperf3's.
+const benchPort = 5201
+
+// BenchmarkPolicyThroughput runs iperf3 (TCP, one stream) from the client
+// to the server of each filterSetups configuration and reports Gbit/s.
+func BenchmarkPolicyThroughput(b *testing.B) {
+	testutils.RequirePrivileged(b)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("iperf3 not installed")
+	}
+	for _, fs := range filterSetups() {
+		b.Run(fs.name, func(b *testing.B) {
+			client, server := fs.setup(b)
+			iperf(b, client, server, benchServer, "3")
 		})
 	}
+}
+
+// BenchmarkPolicyLatency measures the round trip of a one-byte request and
+// its echo over an established TCP connection, in each filterSetups
+// configuration: ns/op is the round-trip time. Every round trip is one
+// packet each way through the filters, so the filters' per-packet cost
+// adds to it directly, and latency is less at the mercy of a busy machine
+// than throughput.
+func BenchmarkPolicyLatency(b *testing.B) {
+	testutils.RequirePrivileged(b)
+	for _, fs := range filterSetups() {
+		b.Run(fs.name, func(b *testing.B) {
+			client, server := fs.setup(b)
+			serveEcho(b, server, netip.AddrPortFrom(benchServer, benchPort))
+			var c net.Conn
+			for try := 0; ; try++ {
+				err := client.Do(func() (err error) {
+					c, err = net.DialTimeout("tcp", netip.AddrPortFrom(benchServer, benchPort).String(), 5*time.Second)
+					return err
+				})
+				if err == nil {
+					break
+				}
+				if try == 10 {
+					b.Fatal(err)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			defer c.Close()
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetNoDelay(true)
+			}
+			buf := []byte{0}
+			roundTrip := func() {
+				if _, err := c.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for i := 0; i < 100; i++ { // warm up
+				roundTrip()
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				roundTrip()
+			}
+		})
+	}
+}
+
+// serveEcho runs an echo server inside ns.
+func serveEcho(tb testing.TB, ns *testutils.NetNS, addr netip.AddrPort) {
+	tb.Helper()
+	var ln net.Listener
+	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", addr.String()); return err }); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetNoDelay(true)
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
 }
 
 // runIn runs a command with stdin inside ns.

@@ -123,7 +123,7 @@ func (r *Repository) Trace(req TraceRequest) (*TraceResult, error) {
 			}
 			res.Allowed = res.Allowed && res.Egress.Allowed()
 		} else {
-			res.Notes = append(res.Notes, fmt.Sprintf("egress: the source (identity %d) is not a local endpoint; no egress policy applies", req.From.ID))
+			res.Notes = append(res.Notes, fmt.Sprintf("egress: the source (identity %d) %s; no egress policy applies", req.From.ID, notEndpointReason(req.From.ID)))
 		}
 	}
 	if req.Directions != TraceEgressOnly {
@@ -134,10 +134,24 @@ func (r *Repository) Trace(req TraceRequest) (*TraceResult, error) {
 			}
 			res.Allowed = res.Allowed && res.Ingress.Allowed()
 		} else {
-			res.Notes = append(res.Notes, fmt.Sprintf("ingress: the destination (identity %d) is not a local endpoint; no ingress policy applies", req.To.ID))
+			res.Notes = append(res.Notes, fmt.Sprintf("ingress: the destination (identity %d) %s; no ingress policy applies", req.To.ID, notEndpointReason(req.To.ID)))
 		}
 	}
 	return res, nil
+}
+
+// notEndpointReason says why policy does not apply at an identity.
+func notEndpointReason(id identity.ID) string {
+	switch {
+	case id == identity.ReservedHost:
+		return "is the host, which endpoint policy does not restrict (host firewall disabled)"
+	case id.IsLocal():
+		return "is outside the cluster (a CIDR identity)"
+	case id.IsReserved():
+		name, _ := id.ReservedName()
+		return "is reserved:" + name + ", not a local endpoint"
+	}
+	return "is not a local endpoint"
 }
 
 func decisionString(d datapath.PolicyDecision) string {
