@@ -176,7 +176,7 @@ func (d *Datapath) AddEndpoint(cfg EndpointConfig) (_ *Endpoint, err error) {
 			_ = ep.delete()
 		}
 	}()
-	if ep.progs, err = loadEndpointPrograms(d.spec, d.maps, cfg.ID); err != nil {
+	if ep.progs, err = loadEndpointPrograms(d.spec, d.maps, cfg); err != nil {
 		return nil, err
 	}
 	if ep.policy, err = newPolicyMap(d.spec.Maps[datapathMapNpPolicy].InnerMap, cfg.ID); err != nil {

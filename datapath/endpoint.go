@@ -139,8 +139,8 @@ func (ep *Endpoint) SetIdentity(id identity.ID) error {
 }
 
 // Delete removes the endpoint: its addresses from the endpoints map (from
-// then on its traffic is dropped), its interfaces (which detaches the
-// programs), its policy map, and the programs. Connections of the endpoint
+// then on new connections from and to it are dropped), its interfaces
+// (which detaches the programs), its policy map, and the programs. Connections of the endpoint
 // stay in conntrack until they expire. Delete is idempotent.
 func (ep *Endpoint) Delete() error {
 	ep.dp.forget(ep)
