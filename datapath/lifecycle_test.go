@@ -210,3 +210,58 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 		t.Fatalf("re-adding a deleted endpoint: %v", err)
 	}
 }
+
+func TestPrivilegedAddEndpointFailureLeavesNothing(t *testing.T) {
+	d, node := newTestDatapath(t, Config{})
+	_, err := d.AddEndpoint(EndpointConfig{ID: 5, Identity: idA, IPv4: addrA, NetNS: "/nonexistent/netns"})
+	if err == nil {
+		t.Fatal("AddEndpoint with a missing namespace succeeded")
+	}
+	var inner *ebpf.Map
+	if err := d.maps.policy.Lookup(uint32(5), &inner); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("policy map of the failed endpoint still installed: %v", err)
+	}
+	var k endpointKey
+	if err := d.maps.endpoints.NextKey(nil, &k); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("endpoints map not empty: %+v, %v", k, err)
+	}
+	if _, err := node.Netlink(t).LinkByName("np5"); err == nil {
+		t.Fatal("interface of the failed endpoint left behind")
+	}
+	if _, ok := d.Endpoint(5); ok {
+		t.Fatal("failed endpoint registered")
+	}
+	// The ID is free.
+	addDetached(t, d, 5, idA, addrA.String(), "")
+	// The file descriptors of the failed attempt are checked by TestMain.
+}
+
+func TestPrivilegedEventReaderDeadlineAndClose(t *testing.T) {
+	d, _ := newTestDatapath(t, Config{})
+	r, err := d.NewEventReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := r.Read(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline: %v", err)
+	}
+	r.SetDeadline(time.Time{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Read()
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("blocked Read after Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not unblock Read")
+	}
+}
