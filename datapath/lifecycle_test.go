@@ -68,6 +68,12 @@ func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
 	if _, err := d3.AddEndpoint(EndpointConfig{ID: 7, Identity: idB, IPv4: addrA, Detached: true}); !errors.Is(err, ErrEndpointExists) {
 		t.Fatalf("address owned by another Datapath's endpoint: %v, want ErrEndpointExists", err)
 	}
+	if _, err := d3.AddEndpoint(EndpointConfig{ID: 1, Identity: idB, IPv4: addrB, Detached: true}); !errors.Is(err, ErrEndpointExists) {
+		t.Fatalf("ID owned by another Datapath's endpoint: %v, want ErrEndpointExists", err)
+	}
+	if got, err := ep2.Policy().Dump(); err != nil || len(got) != 0 {
+		t.Fatalf("the owner's policy map was touched: %v %v", got, err)
+	}
 
 	// A configuration that contradicts the pins is refused.
 	other := cfg
@@ -184,11 +190,25 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 		t.Fatalf("after SetIdentity: %+v, %v", v, err)
 	}
 
+	// An unrelated connection, which Delete must leave alone.
+	other := addDetached(t, d, 11, idB, addrB.String(), "")
+	mustUpdate(t, other.Policy(), map[PolicyKey]PolicyEntry{{Direction: Egress}: allow})
+	if v, _, err := other.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrB, remote, 1, 2, TCPSyn))); err != nil || v.Reason != 0 {
+		t.Fatalf("%+v %v", v, err)
+	}
+
 	if err := ep.Delete(); err != nil {
 		t.Fatal(err)
 	}
 	if err := ep.Delete(); err != nil {
 		t.Fatalf("second Delete: %v", err)
+	}
+	entries, err := d.Conntrack().Entries()
+	if err != nil || len(entries) != 1 || entries[0].Tuple.Src != addrB {
+		t.Fatalf("conntrack after Delete: %+v, %v; want only the other endpoint's connection", entries, err)
+	}
+	if err := other.Delete(); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := node.Netlink(t).LinkByName("lxc9"); err == nil {
 		t.Fatal("host interface still there after Delete")
@@ -205,6 +225,10 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 	var k endpointKey
 	if err := d.maps.endpoints.NextKey(nil, &k); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Fatalf("endpoints map not empty after Delete: %+v, %v", k, err)
+	}
+	var inner *ebpf.Map
+	if err := d.maps.policy.Lookup(uint32(9), &inner); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("policy map still installed after Delete: %v", err)
 	}
 	if _, err := d.AddEndpoint(cfg); err != nil {
 		t.Fatalf("re-adding a deleted endpoint: %v", err)
