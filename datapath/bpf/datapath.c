@@ -3,15 +3,17 @@
 
 /*
  * The endpoint datapath: two programs on the host-side veth of every
- * endpoint, loaded once per endpoint with its ID as a load-time constant.
+ * endpoint, loaded once per endpoint with its ID and addresses as load-time
+ * constants.
  *
  *   np_from_endpoint  tc ingress: what the endpoint sends. Anti-spoofing,
  *                     conntrack, the endpoint's egress policy, and for a
  *                     local destination its ingress policy and a redirect
  *                     into its namespace; anything else goes to the stack.
  *   np_to_endpoint    tc egress: what the stack sends to the endpoint. The
- *                     source identity comes from the ipcache; conntrack and
- *                     the endpoint's ingress policy decide.
+ *                     source identity comes from the endpoints map or the
+ *                     ipcache; conntrack and the endpoint's ingress policy
+ *                     decide.
  *
  * Traffic between two local endpoints is redirected straight into the
  * destination's namespace with bpf_redirect_peer, so it never reaches the
@@ -23,8 +25,8 @@
  * the connection was created; identities are looked up (endpoints map,
  * ipcache) only for new connections.
  *
- * Both programs leave their verdict in skb->cb (struct np_verdict layout
- * below), which is how BPF_PROG_TEST_RUN callers read the drop reason.
+ * Both programs leave their verdict in skb->cb (layout below), which is how
+ * BPF_PROG_TEST_RUN callers read the drop reason.
  */
 
 #include "np_common.h"
