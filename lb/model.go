@@ -25,8 +25,8 @@ type Model struct {
 }
 
 type modelAffinityKey struct {
-	v6     bool
-	netns  uint64
+	v6      bool
+	netns   uint64
 	service ServiceID
 }
 
