@@ -2,7 +2,6 @@ package lb
 
 import (
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -116,8 +115,4 @@ func describeTable(t *table) string {
 	}
 	slices.Sort(lines)
 	return strings.Join(lines, "\n")
-}
-
-func fe(s string, p Protocol) Frontend {
-	return Frontend{Addr: netip.MustParseAddrPort(s), Protocol: p}
 }
