@@ -2,7 +2,8 @@ package lb
 
 import (
 	"fmt"
-	"slices"
+
+	"github.com/nodeplane/nodeplane/lb/maglev"
 )
 
 // Config configures New. Zero fields take the documented defaults.
@@ -38,17 +39,17 @@ type Config struct {
 	// table: one of Cilium's primes 251, 509, 1021, 2039, 4093, 8191, 16381,
 	// 32749, 65521 or 131071. Default 16381.
 	MaglevTableSize uint32
+	// MaglevHashSeed is the cluster-wide Maglev seed in Cilium's format
+	// (12 bytes, base64); every node must use the same. Default Cilium's.
+	MaglevHashSeed string
 }
-
-// MaglevTableSizes are the table sizes Cilium accepts.
-var maglevTableSizes = []uint32{251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071}
 
 const (
 	defaultServiceEntries  = 65536
 	defaultBackendEntries  = 65536
 	defaultAffinityEntries = 65536
 	defaultSocketEntries   = 262144
-	defaultMaglevTableSize = 16381
+	defaultMaglevTableSize = maglev.DefaultTableSize
 )
 
 func (c Config) withDefaults() (Config, error) {
@@ -65,8 +66,8 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.AffinityEntries, defaultAffinityEntries)
 	def(&c.SocketEntries, defaultSocketEntries)
 	def(&c.MaglevTableSize, defaultMaglevTableSize)
-	if !slices.Contains(maglevTableSizes, c.MaglevTableSize) {
-		return c, fmt.Errorf("config: Maglev table size %d is not one of %v", c.MaglevTableSize, maglevTableSizes)
+	if c.MaglevHashSeed == "" {
+		c.MaglevHashSeed = maglev.DefaultHashSeed
 	}
 	// A backend ID is a u32 and the match map holds one entry per active
 	// backend of either family.

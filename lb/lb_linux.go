@@ -9,6 +9,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/nodeplane/nodeplane/lb/maglev"
 )
 
 // LB is the socket-layer load balancer of one cgroup: it owns the maps and
@@ -39,6 +41,7 @@ type LB struct {
 	maps   sockMaps
 	progs  sockPrograms
 	links  []link.Link
+	maglev *maglev.Builder
 	closed bool
 
 	// Entries in use, for refusing updates that cannot fit before writing.
@@ -55,6 +58,10 @@ func New(cfg Config) (_ *LB, err error) {
 	cfg, err = cfg.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	mb, err := maglev.New(maglev.Config{TableSize: uint(cfg.MaglevTableSize), HashSeed: cfg.MaglevHashSeed})
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	if err := HaveSocketLB(); err != nil {
 		return nil, err
@@ -85,7 +92,7 @@ func New(cfg Config) (_ *LB, err error) {
 	}
 	spec.Maps["np_lb_maglev"].InnerMap.ValueSize = 4 * cfg.MaglevTableSize
 
-	lb := &LB{cfg: cfg, t: newTable()}
+	lb := &LB{cfg: cfg, t: newTable(), maglev: mb}
 	var objs struct {
 		sockMaps
 		sockPrograms

@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/lb/maglev"
 )
 
 // newTestLB returns an LB attached to a fresh cgroup, closed at cleanup.
@@ -66,7 +67,7 @@ func TestPrivilegedMapsFollowModel(t *testing.T) {
 		var errLB, errModel error
 		switch k := rng.IntN(10); {
 		case k < 5 || !exists:
-			svc := Service{Frontend: f, Type: ServiceType(rng.IntN(4))}
+			svc := Service{Frontend: f, Type: ServiceType(rng.IntN(4)), Algorithm: Algorithm(rng.IntN(2))}
 			if rng.IntN(3) == 0 {
 				svc.SessionAffinity = time.Duration(1+rng.IntN(100)) * time.Second
 			}
@@ -152,7 +153,7 @@ func TestPrivilegedRestore(t *testing.T) {
 
 	lb1 := newTestLB(t, cfg)
 	a := Service{Frontend: fe("10.96.0.1:80", TCP), SessionAffinity: time.Minute}
-	b := Service{Frontend: fe("[fd00:96::1]:53", UDP), Type: LoadBalancer}
+	b := Service{Frontend: fe("[fd00:96::1]:53", UDP), Type: LoadBalancer, Algorithm: AlgorithmMaglev}
 	c := Service{Frontend: fe("10.96.0.2:80", TCP), Type: NodePort}
 	aBackends := []Backend{
 		{Addr: netip.MustParseAddrPort("10.0.0.9:80"), State: BackendTerminating},
@@ -269,4 +270,124 @@ func TestPrivilegedTrafficAcrossRestart(t *testing.T) {
 	if r := e.client.one(clientCmd{Op: "echo", ID: 1, Msg: "hi"}); r.Err != "" || r.Peer != "10.96.1.1:80" {
 		t.Fatalf("connection from before the restart: %+v", r)
 	}
+}
+
+// TestPrivilegedMaglevTables checks the per-service Maglev table map the
+// packet path will read: present exactly for Maglev services with an active
+// backend, holding the table lb/maglev computes for the active backends.
+func TestPrivilegedMaglevTables(t *testing.T) {
+	lb := newTestLB(t, Config{MaglevTableSize: 1021})
+	builder, err := maglev.New(maglev.Config{TableSize: 1021})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := Service{Frontend: fe("[fd00:96::7]:443", TCP), Algorithm: AlgorithmMaglev}
+	bes := backendsOf("[fd00::1]:443", "[fd00::2]:443", "[fd00::3]:443")
+	bes[2].Weight = 300
+
+	// tableOf reads the kernel's table of svc, or nil.
+	tableOf := func(id ServiceID) []uint32 {
+		t.Helper()
+		var innerID ebpf.MapID
+		key := uint16(id)
+		if err := lb.maps.NpLbMaglev.Lookup(&key, &innerID); errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		inner, err := ebpf.NewMapFromID(innerID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer inner.Close()
+		tbl := make([]uint32, 1021)
+		if err := inner.Lookup(uint32(0), tbl); err != nil {
+			t.Fatal(err)
+		}
+		return tbl
+	}
+	// want computes the table of the active backends as LB's table names
+	// them.
+	want := func() []uint32 {
+		t.Helper()
+		lb.mu.Lock()
+		defer lb.mu.Unlock()
+		e := lb.t.services[svc.Frontend]
+		var in []maglev.Backend
+		for _, b := range e.slots() {
+			key, err := maglev.BackendKey(b.Addr, maglev.ProtocolTCP)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in = append(in, maglev.Backend{Key: key, ID: uint32(b.id), Weight: b.Weight})
+		}
+		tbl, err := builder.Table(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tbl
+	}
+
+	id, err := lb.Upsert(svc, bes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tableOf(id); !slices.Equal(got, want()) {
+		t.Fatal("table after create differs from lb/maglev's")
+	}
+	// The weighted backend owns about 3/5 of the table.
+	heavy := 0
+	for _, v := range tableOf(id) {
+		if v == uint32(lb.t.services[svc.Frontend].backends[2].id) {
+			heavy++
+		}
+	}
+	if heavy < 1021*55/100 || heavy > 1021*65/100 {
+		t.Fatalf("weight 300 of 500 got %d of 1021 entries", heavy)
+	}
+
+	bes[0].State = BackendTerminating
+	if _, err := lb.Upsert(svc, bes); err != nil {
+		t.Fatal(err)
+	}
+	got := tableOf(id)
+	if !slices.Equal(got, want()) || slices.Contains(got, uint32(lb.t.services[svc.Frontend].backends[0].id)) {
+		t.Fatal("table after a backend terminates")
+	}
+	requireMapsMatch(t, lb, nil)
+
+	for i := range bes {
+		bes[i].State = BackendMaintenance
+	}
+	if _, err := lb.Upsert(svc, bes); err != nil {
+		t.Fatal(err)
+	}
+	if tableOf(id) != nil {
+		t.Fatal("table kept without active backends")
+	}
+	bes[1].State = BackendActive
+	if _, err := lb.Upsert(svc, bes); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(tableOf(id), want()) {
+		t.Fatal("table after a backend came back")
+	}
+	svc.Algorithm = AlgorithmRandom
+	if _, err := lb.Upsert(svc, bes); err != nil {
+		t.Fatal(err)
+	}
+	if tableOf(id) != nil {
+		t.Fatal("table kept after switching to random")
+	}
+	svc.Algorithm = AlgorithmMaglev
+	if _, err := lb.Upsert(svc, bes); err != nil {
+		t.Fatal(err)
+	}
+	if err := lb.Delete(svc.Frontend); err != nil {
+		t.Fatal(err)
+	}
+	if tableOf(id) != nil {
+		t.Fatal("table kept after delete")
+	}
+	requireMapsMatch(t, lb, nil)
 }

@@ -1,8 +1,10 @@
 package lb
 
 import (
-	"errors"
+	"fmt"
 	"slices"
+
+	"github.com/nodeplane/nodeplane/lb/maglev"
 )
 
 // needsMaglev reports whether e gets a Maglev table: a Maglev service with
@@ -24,8 +26,22 @@ func maglevChanged(old, e *entry) bool {
 	})
 }
 
-// maglevTable returns e's Maglev lookup table of size m, as backend IDs.
-func maglevTable(e *entry, m uint32) ([]uint32, error) {
-	_, _ = e, m
-	return nil, errors.New("Maglev table generation is not available yet")
+// maglevTable returns e's Maglev lookup table, as backend IDs. Backends are
+// keyed as Cilium keys them, so every node, and Cilium itself, computes the
+// same table for the same backends and seed.
+func maglevTable(b *maglev.Builder, e *entry) ([]uint32, error) {
+	slots := e.slots()
+	in := make([]maglev.Backend, len(slots))
+	for i, be := range slots {
+		key, err := maglev.BackendKey(be.Addr, maglev.Protocol(e.svc.Frontend.Protocol))
+		if err != nil {
+			return nil, err
+		}
+		in[i] = maglev.Backend{Key: key, ID: uint32(be.id), Weight: be.Weight}
+	}
+	tbl, err := b.Table(in)
+	if err != nil {
+		return nil, fmt.Errorf("Maglev table of %s: %w", e.svc.Frontend, err)
+	}
+	return tbl, nil
 }

@@ -9,7 +9,7 @@ import (
 // putMaglev writes e's Maglev table as a fresh inner map and swaps it into
 // the outer map in one update, so a reader sees the old or the new table.
 func (lb *LB) putMaglev(e *entry) error {
-	tbl, err := maglevTable(e, lb.cfg.MaglevTableSize)
+	tbl, err := maglevTable(lb.maglev, e)
 	if err != nil {
 		return err
 	}

@@ -267,7 +267,9 @@ func (t *table) nextBackendID(id BackendID, taken func(BackendID) bool) (Backend
 	// the bound only guards against a table that is somehow full.
 	for range len(t.backends) + MaxBackends + 2 {
 		id++
-		if id == 0 {
+		// 0 means no backend in the maps, and a Maglev table cannot
+		// hold ^0.
+		if id == 0 || id == ^BackendID(0) {
 			id = 1
 		}
 		if !taken(id) {
