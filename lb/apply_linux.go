@@ -184,14 +184,6 @@ func (l *undoLog) run() error {
 	return nil
 }
 
-// family is 0 for IPv4 frontends, 1 for IPv6 ones.
-func family(fe Frontend) int {
-	if fe.Addr.Addr().Is4() {
-		return 0
-	}
-	return 1
-}
-
 // The map accessors below are the only code that builds map keys and
 // values from the table.
 

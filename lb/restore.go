@@ -137,6 +137,11 @@ func rebuild(st *pinnedState) (*table, *repair, error) {
 	for k, v := range st.svc4 {
 		if k.Slot != 0 {
 			fe := Frontend{Addr: addrPort4(k.Address, k.Port), Protocol: Protocol(k.Proto)}
+			if k.Scope != 0 || k.Pad != [2]uint8{} {
+				// Not a key of ours; the datapath never looks it up.
+				r.delSvc4 = append(r.delSvc4, k)
+				continue
+			}
 			garbage, err := slot(fe, k.Slot, v)
 			if err != nil {
 				return nil, nil, err
@@ -149,6 +154,10 @@ func rebuild(st *pinnedState) (*table, *repair, error) {
 	for k, v := range st.svc6 {
 		if k.Slot != 0 {
 			fe := Frontend{Addr: addrPort6(k.Address, k.Port), Protocol: Protocol(k.Proto)}
+			if k.Scope != 0 || k.Pad != [2]uint8{} {
+				r.delSvc6 = append(r.delSvc6, k)
+				continue
+			}
 			garbage, err := slot(fe, k.Slot, v)
 			if err != nil {
 				return nil, nil, err

@@ -287,3 +287,11 @@ func (t *table) lookup(fe Frontend) (Service, []Backend, bool) {
 	}
 	return e.svc, e.publicBackends(), true
 }
+
+// family is 0 for IPv4 frontends, 1 for IPv6 ones.
+func family(fe Frontend) int {
+	if fe.Addr.Addr().Is4() {
+		return 0
+	}
+	return 1
+}
