@@ -29,7 +29,9 @@
 //     being active.
 //   - A service without an active backend refuses: the system call fails
 //     with EHOSTUNREACH, as in Cilium. Destinations that are not a frontend
-//     are left alone.
+//     are left alone, and so is an ExternalIP frontend that is not one of
+//     the node's addresses ([LB.SetHostAddresses]): a service may not
+//     capture traffic to somebody else's address.
 //   - A Maglev service is selected randomly too. Maglev hashes a flow's
 //     5-tuple, which does not exist at connect time, and the consistency it
 //     buys matters only for packets that may reach any node; the service's

@@ -352,3 +352,38 @@ loop:
 	}
 	requireMapsMatch(t, e.lb, nil)
 }
+
+// TestPrivilegedExternalIP: an ExternalIP service is translated only once
+// its address is the node's. Its frontend here is backend1's real address,
+// so an untranslated connect visibly reaches backend1, a translated one
+// backend0.
+func TestPrivilegedExternalIP(t *testing.T) {
+	e := newEnv(t, 2, Config{})
+	ext := e.top.backends[1].addr(false, backendPort)
+	svc := Service{Frontend: Frontend{Addr: ext, Protocol: TCP}, Type: ExternalIP}
+	e.upsert(t, svc, e.backends(false, 1))
+
+	reaches := func() string {
+		t.Helper()
+		r := e.client.one(clientCmd{Op: "dial", Net: "tcp4", Addr: ext.String()})
+		if r.Err != "" {
+			t.Fatal(r.Err)
+		}
+		return e.top.backendOf(r.Greeting).name
+	}
+	if got := reaches(); got != "backend1" {
+		t.Fatalf("external IP of another host reached %s, want it untouched", got)
+	}
+	if err := e.lb.SetHostAddresses(ext.Addr(), netip.MustParseAddr("fd00::99")); err != nil {
+		t.Fatal(err)
+	}
+	if got := reaches(); got != "backend0" {
+		t.Fatalf("external IP of this host reached %s, want the backend", got)
+	}
+	if err := e.lb.SetHostAddresses(); err != nil {
+		t.Fatal(err)
+	}
+	if got := reaches(); got != "backend1" {
+		t.Fatalf("after removing the host address: %s", got)
+	}
+}

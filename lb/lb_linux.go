@@ -38,6 +38,7 @@ type LB struct {
 	mu     sync.Mutex
 	cfg    Config
 	t      *table
+	hosts  hostAddrs
 	maps   sockMaps
 	progs  sockPrograms
 	links  []link.Link
@@ -92,7 +93,7 @@ func New(cfg Config) (_ *LB, err error) {
 	}
 	spec.Maps["np_lb_maglev"].InnerMap.ValueSize = 4 * cfg.MaglevTableSize
 
-	lb := &LB{cfg: cfg, t: newTable(), maglev: mb}
+	lb := &LB{cfg: cfg, t: newTable(), hosts: make(hostAddrs), maglev: mb}
 	var objs struct {
 		sockMaps
 		sockPrograms
@@ -164,6 +165,7 @@ func (lb *LB) closeObjects() error {
 		p.NpSock4Recvmsg, p.NpSock6Recvmsg, p.NpSock4Getpeer, p.NpSock6Getpeer,
 		m.NpLb4Svc, m.NpLb6Svc, m.NpLb4Be, m.NpLb6Be, m.NpLb4Revnat, m.NpLb6Revnat,
 		m.NpLb4SkRnat, m.NpLb6SkRnat, m.NpLb4Aff, m.NpLb6Aff, m.NpLbAffMatch, m.NpLbMaglev,
+		m.NpLbHostAddr,
 	} {
 		errs = append(errs, c.Close())
 	}
@@ -266,6 +268,44 @@ func (lb *LB) Delete(fe Frontend) error {
 		return err
 	}
 	return lb.apply(u)
+}
+
+// SetHostAddresses replaces the set of the node's own addresses. An
+// ExternalIP service is translated at the socket layer only when its
+// address is in this set, as in Cilium, so that a service cannot capture
+// connections to an address that is not the node's. At most 1024
+// addresses; on error the set is unchanged.
+func (lb *LB) SetHostAddresses(addrs ...netip.Addr) error {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	if err := lb.usable(); err != nil {
+		return err
+	}
+	set, err := newHostAddrs(addrs)
+	if err != nil {
+		return err
+	}
+	var undo undoLog
+	one := uint8(1)
+	for a := range set {
+		if lb.hosts.has(a) {
+			continue
+		}
+		k := hostAddrKey(a)
+		if err := lb.maps.NpLbHostAddr.Update(&k, &one, ebpf.UpdateAny); err != nil {
+			return errors.Join(fmt.Errorf("add host address %s: %w", a, err), undo.run())
+		}
+		undo.add(func() error { return ignoreMissing(lb.maps.NpLbHostAddr.Delete(&k)) })
+	}
+	var errs []error
+	for a := range lb.hosts {
+		if !set.has(a) {
+			k := hostAddrKey(a)
+			errs = append(errs, ignoreMissing(lb.maps.NpLbHostAddr.Delete(&k)))
+		}
+	}
+	lb.hosts = set
+	return errors.Join(errs...)
 }
 
 // Lookup returns the service at fe and its backends, as last written.

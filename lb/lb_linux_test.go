@@ -168,6 +168,9 @@ func TestPrivilegedRestore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if err := lb1.SetHostAddresses(netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")); err != nil {
+		t.Fatal(err)
+	}
 	// Flip a's bank so that the restored one is bank 1.
 	if _, err := lb1.Upsert(a, aBackends[:2]); err != nil {
 		t.Fatal(err)
@@ -182,6 +185,9 @@ func TestPrivilegedRestore(t *testing.T) {
 		t.Fatalf("restored\n%s\nwant\n%s", got, want)
 	}
 	requireMapsMatch(t, lb2, nil)
+	if len(lb2.hosts) != 2 || !lb2.hosts.has(netip.MustParseAddr("2001:db8::1")) {
+		t.Fatalf("restored host addresses %v", lb2.hosts)
+	}
 	id, err := lb2.Upsert(Service{Frontend: fe("10.96.0.3:80", TCP)}, nil)
 	if err != nil || id != 4 {
 		t.Fatalf("new service after restore: ID %d, %v", id, err)

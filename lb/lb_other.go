@@ -26,4 +26,5 @@ func (*LB) UpsertBackends(Frontend, ...Backend) error        { return errNotLinu
 func (*LB) DeleteBackends(Frontend, ...netip.AddrPort) error { return errNotLinux }
 func (*LB) Delete(Frontend) error                            { return errNotLinux }
 func (*LB) Lookup(Frontend) (Service, []Backend, bool)       { return Service{}, nil, false }
+func (*LB) SetHostAddresses(...netip.Addr) error             { return errNotLinux }
 func (*LB) Services() []Frontend                             { return nil }

@@ -157,6 +157,16 @@ type lbAffinityMatch struct {
 	Pad       uint16
 }
 
+// lbHostAddr is struct lb_host_addr: an address of the node, IPv4 as
+// IPv4-mapped IPv6.
+type lbHostAddr struct {
+	_       structs.HostLayout
+	Address [16]byte
+}
+
+// maxHostAddrs is the capacity of the host address map.
+const maxHostAddrs = 1024
+
 // Values of lbService.Flags and .Algorithm (SVC_F_*, LB_ALG_*).
 const (
 	svcFlagExternalIP   = 1 << 0

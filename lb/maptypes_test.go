@@ -35,6 +35,7 @@ func TestMapLayoutMatchesBTF(t *testing.T) {
 		{"lb6_affinity_key", lb6AffinityKey{}},
 		{"lb_affinity_val", lbAffinityVal{}},
 		{"lb_affinity_match", lbAffinityMatch{}},
+		{"lb_host_addr", lbHostAddr{}},
 	}
 	for _, s := range structs {
 		t.Run(s.c, func(t *testing.T) {
@@ -85,6 +86,7 @@ func TestMapLayoutMatchesBTF(t *testing.T) {
 		{"np_lb6_aff", lb6AffinityKey{}, lbAffinityVal{}},
 		{"np_lb_aff_match", lbAffinityMatch{}, uint8(0)},
 		{"np_lb_maglev", uint16(0), uint32(0)},
+		{"np_lb_host_addr", lbHostAddr{}, uint8(0)},
 	}
 	if len(maps) != len(spec.Maps) {
 		t.Errorf("object has %d maps, test knows %d", len(spec.Maps), len(maps))

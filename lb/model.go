@@ -20,6 +20,7 @@ import (
 // The zero value is an empty model. A Model is not safe for concurrent use.
 type Model struct {
 	t        *table
+	hosts    hostAddrs
 	affinity map[modelAffinityKey]modelAffinity
 	revnat   map[modelRevNATKey]modelRevNAT
 }
@@ -48,6 +49,7 @@ type modelRevNAT struct {
 func (m *Model) init() {
 	if m.t == nil {
 		m.t = newTable()
+		m.hosts = make(hostAddrs)
 		m.affinity = make(map[modelAffinityKey]modelAffinity)
 		m.revnat = make(map[modelRevNATKey]modelRevNAT)
 	}
@@ -72,6 +74,17 @@ func (m *Model) Delete(fe Frontend) error {
 		return err
 	}
 	m.t.commit(u)
+	return nil
+}
+
+// SetHostAddresses sets the node's addresses, as LB.SetHostAddresses.
+func (m *Model) SetHostAddresses(addrs ...netip.Addr) error {
+	m.init()
+	set, err := newHostAddrs(addrs)
+	if err != nil {
+		return err
+	}
+	m.hosts = set
 	return nil
 }
 
@@ -118,7 +131,8 @@ type Result struct {
 // The decision, step by step, as in bpf/sock.c:
 //  1. Only TCP and UDP are translated; the service is looked up by exact
 //     address, port and protocol. No service: no translation.
-//  2. No active backend: refuse.
+//  2. No active backend: refuse. An ExternalIP service whose address is not
+//     one of the node's (SetHostAddresses) is then left alone.
 //  3. With affinity, a pin of this client for this service that is younger
 //     than the timeout (last use + timeout > now, in whole seconds) and
 //     still names an active backend of the service is used and refreshed;
@@ -145,6 +159,9 @@ func (m *Model) Connect(r Request) (Result, error) {
 	slots := e.slots()
 	if len(slots) == 0 {
 		return res, ErrNoBackends
+	}
+	if e.svc.Type == ExternalIP && !m.hosts.has(dest.Addr()) {
+		return res, nil
 	}
 
 	var be backendEntry

@@ -197,3 +197,26 @@ func TestModelPeer(t *testing.T) {
 		t.Fatalf("no backends: %s", got)
 	}
 }
+
+func TestModelExternalIP(t *testing.T) {
+	var m Model
+	ext := Service{Frontend: fe("203.0.113.7:443", TCP), Type: ExternalIP}
+	m.Upsert(ext, backendsOf("10.0.0.1:443"))
+	req := Request{Dest: ext.Frontend.Addr, Protocol: TCP}
+	if r, err := m.Connect(req); err != nil || r.Translated {
+		t.Fatalf("external IP of another host: %+v, %v", r, err)
+	}
+	if err := m.SetHostAddresses(netip.MustParseAddr("203.0.113.7")); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := m.Connect(req); err != nil || r.Dest != netip.MustParseAddrPort("10.0.0.1:443") {
+		t.Fatalf("external IP of this host: %+v, %v", r, err)
+	}
+	// As in Cilium, a service without backends refuses before the host
+	// address is considered.
+	m.SetHostAddresses()
+	m.Upsert(ext, nil)
+	if _, err := m.Connect(req); !errors.Is(err, ErrNoBackends) {
+		t.Fatalf("external IP without backends: %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package lb
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 )
@@ -22,6 +23,17 @@ func (lb *LB) restore() error {
 		return fmt.Errorf("restore from %s: %w", lb.cfg.PinPath, err)
 	}
 	lb.t = t
+	var (
+		k   lbHostAddr
+		one uint8
+	)
+	it := lb.maps.NpLbHostAddr.Iterate()
+	for it.Next(&k, &one) {
+		lb.hosts[netip.AddrFrom16(k.Address).Unmap()] = struct{}{}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read pinned host addresses: %w", err)
+	}
 	for _, e := range t.services {
 		f := family(e.svc.Frontend)
 		lb.svcEntries[f] += 1 + len(e.slots())

@@ -26,8 +26,11 @@ func (p Protocol) String() string {
 }
 
 // ServiceType is the Kubernetes service type a frontend belongs to. At the
-// socket layer every type is translated the same way; the type is recorded in
-// the service entry for the packet path, which treats them differently.
+// socket layer, as in Cilium, every type is translated alike except
+// ExternalIP, which is translated only when its address is one of the node's
+// (LB.SetHostAddresses). The type is recorded in the service entry for the
+// packet path. A NodePort frontend is one node address and port; Cilium's
+// wildcard 0.0.0.0:port surrogate is not supported.
 type ServiceType uint8
 
 // Service types. The zero value is ClusterIP.

@@ -27,6 +27,7 @@ const (
 	sockMapNpLb6SkRnat     = "np_lb6_sk_rnat"
 	sockMapNpLb6Svc        = "np_lb6_svc"
 	sockMapNpLbAffMatch    = "np_lb_aff_match"
+	sockMapNpLbHostAddr    = "np_lb_host_addr"
 	sockMapNpLbMaglev      = "np_lb_maglev"
 	sockProgNpSock4Connect = "np_sock4_connect"
 	sockProgNpSock4Getpeer = "np_sock4_getpeer"
@@ -105,6 +106,7 @@ type sockMapSpecs struct {
 	NpLb6SkRnat  *ebpf.MapSpec `ebpf:"np_lb6_sk_rnat"`
 	NpLb6Svc     *ebpf.MapSpec `ebpf:"np_lb6_svc"`
 	NpLbAffMatch *ebpf.MapSpec `ebpf:"np_lb_aff_match"`
+	NpLbHostAddr *ebpf.MapSpec `ebpf:"np_lb_host_addr"`
 	NpLbMaglev   *ebpf.MapSpec `ebpf:"np_lb_maglev"`
 }
 
@@ -145,6 +147,7 @@ type sockMaps struct {
 	NpLb6SkRnat  *ebpf.Map `ebpf:"np_lb6_sk_rnat"`
 	NpLb6Svc     *ebpf.Map `ebpf:"np_lb6_svc"`
 	NpLbAffMatch *ebpf.Map `ebpf:"np_lb_aff_match"`
+	NpLbHostAddr *ebpf.Map `ebpf:"np_lb_host_addr"`
 	NpLbMaglev   *ebpf.Map `ebpf:"np_lb_maglev"`
 }
 
@@ -161,6 +164,7 @@ func (m *sockMaps) Close() error {
 		m.NpLb6SkRnat,
 		m.NpLb6Svc,
 		m.NpLbAffMatch,
+		m.NpLbHostAddr,
 		m.NpLbMaglev,
 	)
 }

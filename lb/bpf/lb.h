@@ -281,6 +281,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } np_lb_aff_match SEC(".maps");
 
+/* The node's own addresses (IPv4 as IPv4-mapped IPv6). An ExternalIP
+ * service is translated at the socket layer only when its address is one of
+ * them, as in Cilium: translating any address a service claims would let a
+ * service capture traffic to, say, a public IP. */
+struct lb_host_addr {
+	__u32 address[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_host_addr);
+	__type(value, __u8);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_lb_host_addr SEC(".maps");
+
 /* Service ID -> that service's Maglev lookup table (backend IDs), one inner
  * array per Maglev-algorithm service, swapped whole on every change. Service
  * IDs are unique across IPv4 and IPv6, so one map serves both. */

@@ -19,6 +19,8 @@
  *  - Maglev services are selected like random ones here: Maglev hashes the
  *    5-tuple, which does not exist yet at connect() time; the per-service
  *    table serves the packet path.
+ *  - An ExternalIP service is translated only when its address is one of
+ *    the node's (np_lb_host_addr).
  *  - An IPv4-mapped IPv6 destination on an AF_INET6 socket is translated
  *    with the IPv4 tables.
  *
@@ -31,6 +33,7 @@
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
 
+#define EPERM 1
 #define ENOENT 2
 #define ENXIO 6
 #define ENOMEM 12
@@ -141,6 +144,24 @@ static __always_inline __u32 lb_affinity_get(void *map, void *key, __u16 rev_nat
 	return backend_id;
 }
 
+static __always_inline bool lb_host_addr4(__be32 addr)
+{
+	struct lb_host_addr key = {
+		.address = { 0, 0, bpf_htonl(0x0000ffff), addr },
+	};
+
+	return bpf_map_lookup_elem(&np_lb_host_addr, &key) != NULL;
+}
+
+static __always_inline bool lb_host_addr6(const __u32 *addr)
+{
+	struct lb_host_addr key = {
+		.address = { addr[0], addr[1], addr[2], addr[3] },
+	};
+
+	return bpf_map_lookup_elem(&np_lb_host_addr, &key) != NULL;
+}
+
 static __always_inline void lb_affinity_set(void *map, void *key, __u32 backend_id, __u64 now)
 {
 	struct lb_affinity_val val = {
@@ -190,6 +211,9 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 		rev_nat = svc->rev_nat_index;
 		if (count == 0)
 			return -EHOSTUNREACH;
+		/* An external IP that is not the node's is left alone. */
+		if (i == 0 && (svc->flags & SVC_F_EXTERNAL_IP) && !lb_host_addr4(key.address))
+			return -EPERM;
 
 		affinity = svc->flags & SVC_F_AFFINITY;
 		if (affinity) {
@@ -330,6 +354,9 @@ static __always_inline int lb6_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 		rev_nat = svc->rev_nat_index;
 		if (count == 0)
 			return -EHOSTUNREACH;
+		/* An external IP that is not the node's is left alone. */
+		if (i == 0 && (svc->flags & SVC_F_EXTERNAL_IP) && !lb_host_addr6(key.address))
+			return -EPERM;
 
 		affinity = svc->flags & SVC_F_AFFINITY;
 		if (affinity) {
