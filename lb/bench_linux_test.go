@@ -23,79 +23,164 @@ import (
 
 // BenchmarkConnect measures the latency of a TCP connect() (SYN out, SYN-ACK
 // back, then a reset) from a client namespace to a backend namespace routed
-// through a node namespace, in one run:
+// through a node namespace, for these variants:
 //
 //   - direct: to the backend address, no load balancer anywhere;
-//   - socketlb: to a VIP translated by the socket load balancer with 1, 1k
-//     and 10k services configured, to the first and the last service;
-//   - socketlb-passthrough: to the backend address from inside the cgroup
-//     with 10k services, the cost the hook adds to other traffic;
-//   - iptables: to a VIP DNATed by kube-proxy-style rules in the client
-//     namespace (KUBE-SERVICES jumping to a chain per service that picks a
-//     backend with -m statistic, then DNAT) for the same numbers of
-//     services, first and last in KUBE-SERVICES.
+//   - socketlb/services=N/{first,last}: to a VIP translated by the socket
+//     load balancer with N = 1, 1k and 10k services configured (an LB per
+//     N, each on its own cgroup), to the first and the last service;
+//   - socketlb-passthrough: to the backend address from inside the cgroup of
+//     the 10k-service LB, the cost the hook adds to other traffic;
+//   - iptables/services=N/{first,last}: to a VIP DNATed by kube-proxy-style
+//     rules (KUBE-SERVICES jumping to a chain per service that picks a
+//     backend with -m statistic, then DNAT) in a client namespace of its
+//     own per N, first and last in KUBE-SERVICES.
 //
-// Every service has the same two backends.
+// Every service has the same two backends. Each variant runs as a
+// sub-benchmark of its own; the sub-benchmark "interleaved" then makes b.N
+// connects per variant in rounds of 20 per variant, one variant after the
+// other, and reports each variant's median, so that on a shared machine
+// every variant sees the same load. Its ns/op covers all variants and means
+// nothing.
 func BenchmarkConnect(b *testing.B) {
 	testutils.RequirePrivileged(b)
 	testutils.SkipIfNotSupported(b, HaveSocketLB())
-	top := newTopology(b, 2, 2)
+	counts := []int{1, 1000, 10000}
+	top := newTopology(b, 1+len(counts), 2)
 	serveAcceptClose(b, top)
-	lbClient, iptClient := top.clients[0], top.clients[1]
 	backends := []Backend{
 		{Addr: top.backends[0].addr(false, backendPort)},
 		{Addr: top.backends[1].addr(false, backendPort)},
 	}
-
-	cg := testutils.NewCgroup(b)
-	lb, err := New(Config{Cgroup: cg.Path})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer lb.Close()
-
 	vip := func(base byte, i int) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, base, byte(i >> 8), byte(i)}), 80)
 	}
 
-	b.Run("direct", func(b *testing.B) {
-		connectLoop(b, lbClient, backends[0].Addr)
-	})
-
-	configured := 0
-	for _, n := range []int{1, 1000, 10000} {
-		for ; configured < n; configured++ {
-			if _, err := lb.Upsert(Service{Frontend: Frontend{Addr: vip(96, configured), Protocol: TCP}}, backends); err != nil {
+	variants := []connectVariant{{name: "direct", client: top.clients[0], dst: backends[0].Addr}}
+	var lbCgroup *testutils.Cgroup
+	for _, n := range counts {
+		cg := testutils.NewCgroup(b)
+		lb, err := New(Config{Cgroup: cg.Path})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer lb.Close()
+		for i := range n {
+			if _, err := lb.Upsert(Service{Frontend: Frontend{Addr: vip(96, i), Protocol: TCP}}, backends); err != nil {
 				b.Fatal(err)
 			}
 		}
 		for _, pos := range positions(n) {
-			b.Run(fmt.Sprintf("socketlb/services=%d/%s", n, pos.name), func(b *testing.B) {
-				defer enterCgroup(b, cg)()
-				connectLoop(b, lbClient, vip(96, pos.index(n)))
+			variants = append(variants, connectVariant{
+				name:   fmt.Sprintf("socketlb/services=%d/%s", n, pos.name),
+				client: top.clients[0], cgroup: cg, dst: vip(96, pos.index(n)),
 			})
 		}
+		lbCgroup = cg
 	}
-	b.Run("socketlb-passthrough/services=10000", func(b *testing.B) {
-		defer enterCgroup(b, cg)()
-		connectLoop(b, lbClient, backends[0].Addr)
+	variants = append(variants, connectVariant{
+		name:   fmt.Sprintf("socketlb-passthrough/services=%d", counts[len(counts)-1]),
+		client: top.clients[0], cgroup: lbCgroup, dst: backends[0].Addr,
 	})
 
 	if _, err := exec.LookPath("iptables-restore"); err != nil {
 		b.Logf("iptables baseline skipped: %v", err)
+	} else {
+		for k, n := range counts {
+			client := top.clients[1+k]
+			start := time.Now()
+			if err := kubeProxyRules(client, n, func(i int) netip.AddrPort { return vip(97, i) }, backends); err != nil {
+				b.Fatalf("iptables-restore of %d services: %v", n, err)
+			}
+			b.Logf("iptables-restore of %d services took %s", n, time.Since(start).Round(time.Millisecond))
+			for _, pos := range positions(n) {
+				variants = append(variants, connectVariant{
+					name:   fmt.Sprintf("iptables/services=%d/%s", n, pos.name),
+					client: client, dst: vip(97, pos.index(n)),
+				})
+			}
+		}
+	}
+
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) {
+			defer v.enter(b)()
+			lat := make([]time.Duration, b.N)
+			inNetNS(b, v.client.ns, func() {
+				// One connection outside the timer: neighbour entries.
+				v.connect(b)
+				b.ResetTimer()
+				for i := range b.N {
+					lat[i] = v.connect(b)
+				}
+				b.StopTimer()
+			})
+			reportLatency(b, lat, "")
+		})
+	}
+
+	b.Run("interleaved", func(b *testing.B) {
+		// b.N connects per variant, in rounds of 20.
+		const perRound = 20
+		lat := make([][]time.Duration, len(variants))
+		for done := 0; done < b.N; done += perRound {
+			for i, v := range variants {
+				leave := v.enter(b)
+				inNetNS(b, v.client.ns, func() {
+					for range min(perRound, b.N-done) {
+						lat[i] = append(lat[i], v.connect(b))
+					}
+				})
+				leave()
+			}
+		}
+		for i, v := range variants {
+			reportLatency(b, lat[i], strings.ReplaceAll(v.name, "/", ":")+"-")
+		}
+	})
+}
+
+// connectVariant is one way of reaching a backend.
+type connectVariant struct {
+	name   string
+	client *endpointNS
+	// cgroup, if set, is the cgroup of the load balancer the connect goes
+	// through.
+	cgroup *testutils.Cgroup
+	dst    netip.AddrPort
+}
+
+// enter moves the process into the variant's cgroup and returns how to
+// leave it again.
+func (v connectVariant) enter(b *testing.B) func() {
+	if v.cgroup == nil {
+		return func() {}
+	}
+	return enterCgroup(b, v.cgroup)
+}
+
+// connect runs one connect and returns how long it took. It must run in the
+// variant's client namespace.
+func (v connectVariant) connect(b *testing.B) time.Duration {
+	sa := &unix.SockaddrInet4{Port: int(v.dst.Port()), Addr: v.dst.Addr().As4()}
+	start := time.Now()
+	if err := connectOnce(sa); err != nil {
+		b.Fatalf("%s: connect %s: %v", v.name, v.dst, err)
+	}
+	return time.Since(start)
+}
+
+// reportLatency reports the median and 99th percentile of lat. On a shared
+// machine the mean is at the mercy of a few connects that waited for a CPU;
+// the median is what a connect costs.
+func reportLatency(b *testing.B, lat []time.Duration, prefix string) {
+	if len(lat) == 0 {
 		return
 	}
-	for _, n := range []int{1, 1000, 10000} {
-		start := time.Now()
-		if err := kubeProxyRules(iptClient, n, func(i int) netip.AddrPort { return vip(97, i) }, backends); err != nil {
-			b.Fatalf("iptables-restore of %d services: %v", n, err)
-		}
-		b.Logf("iptables-restore of %d services took %s", n, time.Since(start).Round(time.Millisecond))
-		for _, pos := range positions(n) {
-			b.Run(fmt.Sprintf("iptables/services=%d/%s", n, pos.name), func(b *testing.B) {
-				connectLoop(b, iptClient, vip(97, pos.index(n)))
-			})
-		}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), prefix+"p50-ns/connect")
+	if prefix == "" {
+		b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns/connect")
 	}
 }
 
@@ -111,33 +196,6 @@ func positions(n int) []position {
 		return []position{first}
 	}
 	return []position{first, {"last", func(n int) int { return n - 1 }}}
-}
-
-// connectLoop connects to dst b.N times from ep's namespace, on the
-// benchmark goroutine's own thread.
-func connectLoop(b *testing.B, ep *endpointNS, dst netip.AddrPort) {
-	sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
-	inNetNS(b, ep.ns, func() {
-		// One connection outside the timer: ARP and neighbour entries.
-		if err := connectOnce(sa); err != nil {
-			b.Fatalf("connect %s: %v", dst, err)
-		}
-		lat := make([]time.Duration, b.N)
-		b.ResetTimer()
-		for i := range b.N {
-			start := time.Now()
-			if err := connectOnce(sa); err != nil {
-				b.Fatalf("connect %s: %v", dst, err)
-			}
-			lat[i] = time.Since(start)
-		}
-		b.StopTimer()
-		// On a shared machine the mean is at the mercy of a few connects
-		// that waited for a CPU; the median is what a connect costs.
-		slices.Sort(lat)
-		b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns/connect")
-		b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns/connect")
-	})
 }
 
 func connectOnce(sa unix.Sockaddr) error {
