@@ -241,6 +241,11 @@ func TestPrivilegedRestore(t *testing.T) {
 	}
 
 	// Pinned maps of another size are not reused silently.
+	other := cfg
+	other.MaglevTableSize = 251
+	if _, err := New(other); !errors.Is(err, ebpf.ErrMapIncompatible) {
+		t.Fatalf("pinned Maglev tables of another size: %v", err)
+	}
 	cfg.ServiceEntries = 1024
 	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "do not match") {
 		t.Fatalf("incompatible pins: %v", err)

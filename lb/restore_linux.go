@@ -71,12 +71,32 @@ func (lb *LB) dump() (*pinnedState, error) {
 	var inner ebpf.MapID
 	it := m.NpLbMaglev.Iterate()
 	for it.Next(&id, &inner) {
+		if len(st.maglev) == 0 {
+			if err := lb.checkMaglevSize(inner); err != nil {
+				return nil, err
+			}
+		}
 		st.maglev[id] = struct{}{}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("%s: %w", m.NpLbMaglev, err)
 	}
 	return st, nil
+}
+
+// checkMaglevSize refuses pinned Maglev tables of another size than the
+// configured one: the outer map only takes inner maps like its first.
+func (lb *LB) checkMaglevSize(id ebpf.MapID) error {
+	inner, err := ebpf.NewMapFromID(id)
+	if err != nil {
+		return fmt.Errorf("open pinned Maglev table: %w", err)
+	}
+	defer inner.Close()
+	if got, want := inner.ValueSize(), 4*lb.cfg.MaglevTableSize; got != want {
+		return fmt.Errorf("pinned Maglev tables have %d entries, the configuration %d: %w",
+			got/4, lb.cfg.MaglevTableSize, ebpf.ErrMapIncompatible)
+	}
+	return nil
 }
 
 func dumpMap[K comparable, V any](m *ebpf.Map, into map[K]V) error {
