@@ -25,16 +25,25 @@ func benchBackends(tb testing.TB, n int, weight uint16) []Backend {
 
 // BenchmarkTable measures building a table with Builder.Fill (lazy
 // permutations) beside the direct computation that materialises all N
-// permutations first, as Cilium does. Weight 1 is the even table; weight
-// 100 is Kubernetes' default and takes Cilium's weighted path. Cilium's own
-// implementation is compared in the same run outside this module; see
-// doc/benchmarks.md.
+// permutations first, as Cilium does. Weights: 1 is an even table (and
+// Cilium's own benchmark); 100 is Kubernetes' default and takes the
+// weighted path with equal weights; mixed gives every tenth backend 1000
+// and the others 100. Cilium's own implementation is compared in the same
+// run outside this module; see doc/benchmarks.md.
 func BenchmarkTable(b *testing.B) {
 	for _, m := range []uint{16381, 65521} {
 		for _, n := range []int{10, 100, 1000} {
-			for _, w := range []uint16{1, 100} {
-				backends := benchBackends(b, n, w)
-				name := fmt.Sprintf("M=%d/N=%d/weight=%d", m, n, w)
+			for _, w := range []string{"1", "100", "mixed"} {
+				backends := benchBackends(b, n, 100)
+				for i := range backends {
+					switch {
+					case w == "1":
+						backends[i].Weight = 1
+					case w == "mixed" && i%10 == 0:
+						backends[i].Weight = 1000
+					}
+				}
+				name := fmt.Sprintf("M=%d/N=%d/weight=%s", m, n, w)
 				b.Run(name+"/impl=lazy", func(b *testing.B) {
 					builder, err := New(Config{TableSize: m})
 					if err != nil {
