@@ -13,8 +13,9 @@ import "math/bits"
 //
 // Cilium finds the backend by scanning, which costs nothing when weights are
 // equal (the backend at n mod N is due) but grows with N when they differ:
-// 100 backends of which one in ten has ten times the weight of the others
-// average 12 steps a turn, one heavy backend among 1000 light ones about 500.
+// with every tenth backend ten times as heavy as the others a turn takes 12
+// steps on average among 100 backends and 111 among 1000; one heavy backend
+// among 1000 light ones takes about 500.
 // So the scan runs while it is short, and once it has cost more than a few
 // steps a turn the fill switches to a calendar of due backends, which
 // answers the same question in constant time.
