@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"math"
 	"net/netip"
 	"os"
 	"testing"
@@ -79,39 +80,63 @@ func tableDigest(table []uint32) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// pacings are the ways a Builder can pace weighted turns, which must give
+// the same tables: scanning while it is cheap (the default), the calendar
+// only, and scanning only.
+var pacings = []struct {
+	name   string
+	budget uint64
+}{
+	{"default", defaultScanBudget},
+	{"calendar", 0},
+	{"scan", math.MaxUint32},
+}
+
+func newPaced(tb testing.TB, cfg Config, budget uint64) *Builder {
+	tb.Helper()
+	b, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b.scanBudget = budget
+	return b
+}
+
 // TestCiliumGoldenTables checks that the tables equal those Cilium's own
 // code computed for the same inputs: all table sizes, three seeds, 1 to
 // 1000 backends, IPv4, IPv6 and IPv4-mapped addresses, all protocols, even
 // and weighted pools (including weight 0), more backends than entries and
-// duplicate keys.
+// duplicate keys; and that for every way of pacing weighted turns.
 func TestCiliumGoldenTables(t *testing.T) {
 	cases := loadGolden(t)
-	builders := map[Config]*Builder{}
+	type key struct {
+		cfg    Config
+		budget uint64
+	}
+	builders := map[key]*Builder{}
 	for _, gc := range cases {
-		t.Run(gc.Name, func(t *testing.T) {
-			cfg := Config{TableSize: gc.TableSize, HashSeed: gc.HashSeed}
-			b := builders[cfg]
-			if b == nil {
-				var err error
-				if b, err = New(cfg); err != nil {
+		backends := gc.backends(t)
+		for _, p := range pacings {
+			t.Run(gc.Name+"/pacing="+p.name, func(t *testing.T) {
+				k := key{Config{TableSize: gc.TableSize, HashSeed: gc.HashSeed}, p.budget}
+				if builders[k] == nil {
+					builders[k] = newPaced(t, k.cfg, k.budget)
+				}
+				table, err := builders[k].Table(backends)
+				if err != nil {
 					t.Fatal(err)
 				}
-				builders[cfg] = b
-			}
-			table, err := b.Table(gc.backends(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if gc.Table != nil {
-				for i := range table {
-					if table[i] != gc.Table[i] {
-						t.Fatalf("entry %d: got %d, Cilium has %d", i, table[i], gc.Table[i])
+				if gc.Table != nil {
+					for i := range table {
+						if table[i] != gc.Table[i] {
+							t.Fatalf("entry %d: got %d, Cilium has %d", i, table[i], gc.Table[i])
+						}
 					}
 				}
-			}
-			if got := tableDigest(table); got != gc.SHA256 {
-				t.Fatalf("table digest %s, Cilium's is %s", got, gc.SHA256)
-			}
-		})
+				if got := tableDigest(table); got != gc.SHA256 {
+					t.Fatalf("table digest %s, Cilium's is %s", got, gc.SHA256)
+				}
+			})
+		}
 	}
 }

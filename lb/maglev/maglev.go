@@ -46,6 +46,11 @@ type Builder struct {
 	// used has a bit per table entry, set once the entry is filled. At most
 	// 16 KiB, it stays in L1 cache where probing the table itself would not.
 	used []uint64
+	// due is the calendar of weighted turns; see fillWeightedCalendar.
+	due calendar
+	// scanBudget is defaultScanBudget; tests set 0 (calendar only) and
+	// math.MaxUint32 (scan only) to check both ways of pacing weights.
+	scanBudget uint64
 }
 
 // turn is a backend's state while a table is filled.
@@ -79,6 +84,8 @@ func New(cfg Config) (*Builder, error) {
 		size: m,
 		seed: seed,
 		used: make([]uint64, (m+63)/64),
+
+		scanBudget: defaultScanBudget,
 	}, nil
 }
 
@@ -229,33 +236,5 @@ func (b *Builder) fillEven(table []uint32) {
 				return
 			}
 		}
-	}
-}
-
-// fillWeighted fills the table with weights, pacing backends as Cilium does
-// (after Envoy's weighted Maglev): turn n goes to the first backend from
-// n mod N on whose (n+1)·weight has reached its counter, and taking a turn
-// adds the sum of all weights to the counter. Counters start at weight/N, so
-// every backend takes a turn early. Some backend is always due, since the
-// counters sum to (n + 1/N)·sum of weights before turn n.
-func (b *Builder) fillWeighted(table []uint32, weightSum uint64) {
-	turns := b.turns
-	step := float64(weightSum)
-	i := 0
-	for n := range uint64(b.size) {
-		for {
-			t := &turns[i]
-			if (n+1)*uint64(t.weight) >= t.due {
-				t.credit += step
-				t.due = uint64(t.credit)
-				b.place(table, t)
-				break
-			}
-			if i++; i == len(turns) {
-				i = 0
-			}
-		}
-		// Turn n+1 starts at backend (n+1) mod N, wherever turn n ended.
-		i = int((n + 1) % uint64(len(turns)))
 	}
 }
