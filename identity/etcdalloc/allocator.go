@@ -247,37 +247,40 @@ func (a *Allocator) addRef(id identity.ID, labels identity.Labels) {
 }
 
 // acquire writes this node's reference to the identity of labels in etcd,
-// creating the identity if it does not exist.
+// creating the identity if it does not exist. Joining an identity the cache
+// knows takes one transaction; creating one takes one transaction too; only
+// a label set created elsewhere and not yet cached takes two.
 func (a *Allocator) acquire(ctx context.Context, labels identity.Labels) (identity.ID, bool, error) {
 	labelsKey := a.keys.labels(labels)
 	refKey := a.keys.ref(labels, a.node)
 	tried := make(map[identity.ID]bool)
-	for range maxAttempts {
+	join := func(id identity.ID) (bool, error) {
 		lease, lost := a.currentLease()
-		resp, err := a.cli.Get(ctx, labelsKey)
+		value := strconv.FormatUint(uint64(id), 10)
+		// The index still naming id proves the identity exists: garbage
+		// collection deletes the index with the master.
+		txn, err := a.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.Value(labelsKey), "=", value)).
+			Then(clientv3.OpPut(refKey, value, clientv3.WithLease(lease))).
+			Commit()
 		if err != nil {
-			return identity.Unknown, false, unavailable(ctx, err)
+			if a.leaseGone(err, lost) {
+				return false, nil
+			}
+			return false, unavailable(ctx, err)
 		}
-		if len(resp.Kvs) == 1 {
-			kv := resp.Kvs[0]
-			id, err := a.keys.parseID(string(kv.Value))
+		return txn.Succeeded, nil
+	}
+
+	for range maxAttempts {
+		if id, ok := a.cache.LookupByLabels(labels); ok {
+			joined, err := join(id)
 			if err != nil {
-				return identity.Unknown, false, fmt.Errorf("index key %q: %w", kv.Key, err)
+				return identity.Unknown, false, err
 			}
-			txn, err := a.cli.Txn(ctx).
-				If(clientv3.Compare(clientv3.ModRevision(labelsKey), "=", kv.ModRevision)).
-				Then(clientv3.OpPut(refKey, string(kv.Value), clientv3.WithLease(lease))).
-				Commit()
-			if err != nil {
-				if a.leaseGone(err, lost) {
-					continue
-				}
-				return identity.Unknown, false, unavailable(ctx, err)
-			}
-			if txn.Succeeded {
+			if joined {
 				return id, false, nil
 			}
-			continue // the identity was collected or recreated: start over
 		}
 
 		id, ok := a.candidate(tried)
@@ -285,6 +288,7 @@ func (a *Allocator) acquire(ctx context.Context, labels identity.Labels) (identi
 			return identity.Unknown, false, identity.ErrExhausted
 		}
 		tried[id] = true
+		lease, lost := a.currentLease()
 		idKey := a.keys.id(id)
 		value := strconv.FormatUint(uint64(id), 10)
 		txn, err := a.cli.Txn(ctx).
@@ -297,6 +301,7 @@ func (a *Allocator) acquire(ctx context.Context, labels identity.Labels) (identi
 				clientv3.OpPut(labelsKey, value),
 				clientv3.OpPut(refKey, value, clientv3.WithLease(lease)),
 			).
+			Else(clientv3.OpGet(labelsKey)).
 			Commit()
 		if err != nil {
 			if a.leaseGone(err, lost) {
@@ -307,7 +312,23 @@ func (a *Allocator) acquire(ctx context.Context, labels identity.Labels) (identi
 		if txn.Succeeded {
 			return id, true, nil
 		}
-		// Another node created these labels, or took this ID: look again.
+		kvs := txn.Responses[0].GetResponseRange().GetKvs()
+		if len(kvs) == 0 {
+			continue // the ID is taken by other labels: try another
+		}
+		// The labels have an identity the cache does not know yet.
+		existing, err := a.keys.parseID(string(kvs[0].Value))
+		if err != nil {
+			return identity.Unknown, false, fmt.Errorf("index key %q: %w", kvs[0].Key, err)
+		}
+		joined, err := join(existing)
+		if err != nil {
+			return identity.Unknown, false, err
+		}
+		if joined {
+			return existing, false, nil
+		}
+		// Collected or recreated meanwhile: start over.
 	}
 	return identity.Unknown, false, fmt.Errorf("%w: gave up after %d attempts", ErrConflict, maxAttempts)
 }
