@@ -189,8 +189,10 @@ func unavailable(ctx context.Context, err error) error {
 
 // Allocate implements [identity.Allocator]. Cluster-scoped label sets this
 // node already references only take another local reference; others need
-// etcd and wait for it until ctx ends. The returned ID is in the cache (and
-// its creation in the watch stream) when Allocate returns.
+// etcd and wait for it until ctx ends. The returned ID is normally in the
+// cache (and its creation in the watch stream) when Allocate returns; if ctx
+// ends after etcd committed the reference but before the watch delivered
+// it, Allocate returns the ID all the same and the cache catches up.
 func (a *Allocator) Allocate(ctx context.Context, labels identity.Labels) (identity.ID, bool, error) {
 	if labels.IsEmpty() {
 		return identity.Unknown, false, fmt.Errorf("etcdalloc: allocate: %w", identity.ErrNoLabels)
@@ -224,12 +226,7 @@ func (a *Allocator) Allocate(ctx context.Context, labels identity.Labels) (ident
 	if err != nil {
 		return identity.Unknown, false, fmt.Errorf("etcdalloc: allocate %v: %w", labels, err)
 	}
-	if err := a.waitCached(ctx, id, labels); err != nil {
-		// The reference is in etcd; keep it counted so that Release
-		// can remove it.
-		a.addRef(id, labels)
-		return identity.Unknown, false, fmt.Errorf("etcdalloc: allocate %v: identity %d not seen by the watch: %w", labels, uint32(id), err)
-	}
+	a.waitCached(ctx, id, labels)
 	a.addRef(id, labels)
 	return id, isNew, nil
 }
@@ -351,21 +348,22 @@ func (a *Allocator) candidate(tried map[identity.ID]bool) (identity.ID, bool) {
 	return identity.Unknown, false
 }
 
-// waitCached waits until the watch has put id with labels into the cache.
-func (a *Allocator) waitCached(ctx context.Context, id identity.ID, labels identity.Labels) error {
+// waitCached waits until the watch has put id with labels into the cache,
+// or ctx or the allocator ends: the identity exists in etcd either way.
+func (a *Allocator) waitCached(ctx context.Context, id identity.ID, labels identity.Labels) {
 	for {
 		a.mu.Lock()
 		ch := a.changed
 		a.mu.Unlock()
 		if got, ok := a.cache.Lookup(id); ok && got == labels {
-			return nil
+			return
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return unavailable(ctx, ctx.Err())
+			return
 		case <-a.ctx.Done():
-			return identity.ErrClosed
+			return
 		}
 	}
 }
