@@ -189,8 +189,10 @@ func unavailable(ctx context.Context, err error) error {
 
 // Allocate implements [identity.Allocator]. Cluster-scoped label sets this
 // node already references only take another local reference; others need
-// etcd and wait for it until ctx ends. The returned ID is in the cache (and
-// its creation in the watch stream) when Allocate returns.
+// etcd and wait for it until ctx ends. The returned ID is normally in the
+// cache (and its creation in the watch stream) when Allocate returns; if ctx
+// ends after etcd committed the reference but before the watch delivered
+// it, Allocate returns the ID all the same and the cache catches up.
 func (a *Allocator) Allocate(ctx context.Context, labels identity.Labels) (identity.ID, bool, error) {
 	if labels.IsEmpty() {
 		return identity.Unknown, false, fmt.Errorf("etcdalloc: allocate: %w", identity.ErrNoLabels)
@@ -224,12 +226,7 @@ func (a *Allocator) Allocate(ctx context.Context, labels identity.Labels) (ident
 	if err != nil {
 		return identity.Unknown, false, fmt.Errorf("etcdalloc: allocate %v: %w", labels, err)
 	}
-	if err := a.waitCached(ctx, id, labels); err != nil {
-		// The reference is in etcd; keep it counted so that Release
-		// can remove it.
-		a.addRef(id, labels)
-		return identity.Unknown, false, fmt.Errorf("etcdalloc: allocate %v: identity %d not seen by the watch: %w", labels, uint32(id), err)
-	}
+	a.waitCached(ctx, id, labels)
 	a.addRef(id, labels)
 	return id, isNew, nil
 }
@@ -247,37 +244,40 @@ func (a *Allocator) addRef(id identity.ID, labels identity.Labels) {
 }
 
 // acquire writes this node's reference to the identity of labels in etcd,
-// creating the identity if it does not exist.
+// creating the identity if it does not exist. Joining an identity the cache
+// knows takes one transaction; creating one takes one transaction too; only
+// a label set created elsewhere and not yet cached takes two.
 func (a *Allocator) acquire(ctx context.Context, labels identity.Labels) (identity.ID, bool, error) {
 	labelsKey := a.keys.labels(labels)
 	refKey := a.keys.ref(labels, a.node)
 	tried := make(map[identity.ID]bool)
-	for range maxAttempts {
+	join := func(id identity.ID) (bool, error) {
 		lease, lost := a.currentLease()
-		resp, err := a.cli.Get(ctx, labelsKey)
+		value := strconv.FormatUint(uint64(id), 10)
+		// The index still naming id proves the identity exists: garbage
+		// collection deletes the index with the master.
+		txn, err := a.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.Value(labelsKey), "=", value)).
+			Then(clientv3.OpPut(refKey, value, clientv3.WithLease(lease))).
+			Commit()
 		if err != nil {
-			return identity.Unknown, false, unavailable(ctx, err)
+			if a.leaseGone(err, lost) {
+				return false, nil
+			}
+			return false, unavailable(ctx, err)
 		}
-		if len(resp.Kvs) == 1 {
-			kv := resp.Kvs[0]
-			id, err := a.keys.parseID(string(kv.Value))
+		return txn.Succeeded, nil
+	}
+
+	for range maxAttempts {
+		if id, ok := a.cache.LookupByLabels(labels); ok {
+			joined, err := join(id)
 			if err != nil {
-				return identity.Unknown, false, fmt.Errorf("index key %q: %w", kv.Key, err)
+				return identity.Unknown, false, err
 			}
-			txn, err := a.cli.Txn(ctx).
-				If(clientv3.Compare(clientv3.ModRevision(labelsKey), "=", kv.ModRevision)).
-				Then(clientv3.OpPut(refKey, string(kv.Value), clientv3.WithLease(lease))).
-				Commit()
-			if err != nil {
-				if a.leaseGone(err, lost) {
-					continue
-				}
-				return identity.Unknown, false, unavailable(ctx, err)
-			}
-			if txn.Succeeded {
+			if joined {
 				return id, false, nil
 			}
-			continue // the identity was collected or recreated: start over
 		}
 
 		id, ok := a.candidate(tried)
@@ -285,6 +285,7 @@ func (a *Allocator) acquire(ctx context.Context, labels identity.Labels) (identi
 			return identity.Unknown, false, identity.ErrExhausted
 		}
 		tried[id] = true
+		lease, lost := a.currentLease()
 		idKey := a.keys.id(id)
 		value := strconv.FormatUint(uint64(id), 10)
 		txn, err := a.cli.Txn(ctx).
@@ -297,6 +298,7 @@ func (a *Allocator) acquire(ctx context.Context, labels identity.Labels) (identi
 				clientv3.OpPut(labelsKey, value),
 				clientv3.OpPut(refKey, value, clientv3.WithLease(lease)),
 			).
+			Else(clientv3.OpGet(labelsKey)).
 			Commit()
 		if err != nil {
 			if a.leaseGone(err, lost) {
@@ -307,7 +309,23 @@ func (a *Allocator) acquire(ctx context.Context, labels identity.Labels) (identi
 		if txn.Succeeded {
 			return id, true, nil
 		}
-		// Another node created these labels, or took this ID: look again.
+		kvs := txn.Responses[0].GetResponseRange().GetKvs()
+		if len(kvs) == 0 {
+			continue // the ID is taken by other labels: try another
+		}
+		// The labels have an identity the cache does not know yet.
+		existing, err := a.keys.parseID(string(kvs[0].Value))
+		if err != nil {
+			return identity.Unknown, false, fmt.Errorf("index key %q: %w", kvs[0].Key, err)
+		}
+		joined, err := join(existing)
+		if err != nil {
+			return identity.Unknown, false, err
+		}
+		if joined {
+			return existing, false, nil
+		}
+		// Collected or recreated meanwhile: start over.
 	}
 	return identity.Unknown, false, fmt.Errorf("%w: gave up after %d attempts", ErrConflict, maxAttempts)
 }
@@ -330,21 +348,22 @@ func (a *Allocator) candidate(tried map[identity.ID]bool) (identity.ID, bool) {
 	return identity.Unknown, false
 }
 
-// waitCached waits until the watch has put id with labels into the cache.
-func (a *Allocator) waitCached(ctx context.Context, id identity.ID, labels identity.Labels) error {
+// waitCached waits until the watch has put id with labels into the cache,
+// or ctx or the allocator ends: the identity exists in etcd either way.
+func (a *Allocator) waitCached(ctx context.Context, id identity.ID, labels identity.Labels) {
 	for {
 		a.mu.Lock()
 		ch := a.changed
 		a.mu.Unlock()
 		if got, ok := a.cache.Lookup(id); ok && got == labels {
-			return nil
+			return
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return unavailable(ctx, ctx.Err())
+			return
 		case <-a.ctx.Done():
-			return identity.ErrClosed
+			return
 		}
 	}
 }

@@ -16,8 +16,8 @@
 // the index and the creating node's reference only if neither the master nor
 // the index exists, so two nodes racing for the same labels agree on one ID
 // and two label sets never get the same ID. A node joins an existing
-// identity with a transaction that adds its reference only if the index has
-// not changed since it was read. Garbage collection deletes the master and
+// identity with a transaction that adds its reference only if the index
+// still names that ID. Garbage collection deletes the master and
 // the index of an identity with a transaction that requires the reference
 // range to be empty and the master to be unchanged; it therefore never
 // removes an identity that a node is joining at the same moment.
