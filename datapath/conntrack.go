@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -136,9 +137,28 @@ func (c *Conntrack) GC(now time.Duration) (int, error) {
 	return deleted, nil
 }
 
-// Flush deletes every entry; established connections are then decided by
-// policy again at their next packet, like new ones.
+// Flush deletes every entry and returns how many it deleted; established
+// connections are then decided by policy again at their next packet, like
+// new ones.
 func (c *Conntrack) Flush() (int, error) {
+	return c.deleteIf(func(tuple) bool { return true })
+}
+
+// deleteAddrs deletes the entries of connections from or to any of addrs.
+func (c *Conntrack) deleteAddrs(addrs []netip.Addr) (int, error) {
+	keys := make(map[endpointKey]bool, len(addrs))
+	for _, a := range addrs {
+		keys[endpointKeyFor(a)] = true
+	}
+	return c.deleteIf(func(k tuple) bool {
+		return keys[endpointKey{Addr: k.SAddr, IPVersion: k.IPVersion}] ||
+			keys[endpointKey{Addr: k.DAddr, IPVersion: k.IPVersion}]
+	})
+}
+
+// deleteIf deletes the entries whose key del selects and returns how many
+// it deleted.
+func (c *Conntrack) deleteIf(del func(tuple) bool) (int, error) {
 	var (
 		keys []tuple
 		k    tuple
@@ -146,10 +166,12 @@ func (c *Conntrack) Flush() (int, error) {
 	)
 	it := c.m.Iterate()
 	for it.Next(&k, &e) {
-		keys = append(keys, k)
+		if del(k) {
+			keys = append(keys, k)
+		}
 	}
 	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("conntrack: flush: %w", err)
+		return 0, fmt.Errorf("conntrack: list: %w", err)
 	}
 	n := 0
 	for _, k := range keys {
@@ -157,7 +179,7 @@ func (c *Conntrack) Flush() (int, error) {
 		case err == nil:
 			n++
 		case !errors.Is(err, ebpf.ErrKeyNotExist):
-			return n, fmt.Errorf("conntrack: flush: %w", err)
+			return n, fmt.Errorf("conntrack: delete %v: %w", k.typed(), err)
 		}
 	}
 	return n, nil

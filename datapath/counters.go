@@ -1,9 +1,6 @@
 package datapath
 
-import (
-	"fmt"
-	"runtime"
-)
+import "fmt"
 
 // CounterKey names one counter: packets a hook forwarded (Reason 0) or
 // dropped for a reason.
@@ -40,7 +37,6 @@ func (d *Datapath) Counters() (map[CounterKey]Counter, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read counters: %w", err)
 	}
-	runtime.KeepAlive(d)
 	return out, nil
 }
 

@@ -102,12 +102,14 @@ func (d *Datapath) Endpoint(id EndpointID) (*Endpoint, bool) {
 	return ep, ok
 }
 
-// Close deletes every endpoint of the Datapath (as [Endpoint.Delete] does)
-// and releases the maps. Endpoints never outlive their Datapath: an
-// interface left without its programs would pass traffic without policy,
-// so the datapath fails closed. Pinned maps keep the ipcache, conntrack and
-// counters for the next Datapath on the same directory. Close is
-// idempotent.
+// Close deletes every endpoint of the Datapath and releases the maps.
+// Endpoints never outlive their Datapath: an interface left without its
+// programs would pass traffic without policy, so the datapath fails closed.
+// Unlike [Endpoint.Delete], Close keeps the endpoints' conntrack entries:
+// with pinned maps, the ipcache, conntrack and counters carry over to the
+// next Datapath on the same directory, and connections of endpoints it
+// adds again with the same addresses continue without a new policy
+// decision. Close is idempotent.
 func (d *Datapath) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -121,7 +123,7 @@ func (d *Datapath) Close() error {
 
 	var errs []error
 	for _, ep := range eps {
-		errs = append(errs, ep.delete())
+		errs = append(errs, ep.delete(false))
 	}
 	errs = append(errs, d.release())
 	return errors.Join(errs...)
@@ -173,16 +175,20 @@ func (d *Datapath) AddEndpoint(cfg EndpointConfig) (_ *Endpoint, err error) {
 	ep := &Endpoint{dp: d, cfg: cfg}
 	defer func() {
 		if err != nil {
-			_ = ep.delete()
+			_ = ep.delete(false)
 		}
 	}()
-	if ep.progs, err = loadEndpointPrograms(d.spec, d.maps, cfg.ID); err != nil {
+	if ep.progs, err = loadEndpointPrograms(d.spec, d.maps, cfg); err != nil {
 		return nil, err
 	}
 	if ep.policy, err = newPolicyMap(d.spec.Maps[datapathMapNpPolicy].InnerMap, cfg.ID); err != nil {
 		return nil, err
 	}
-	if err := d.maps.policy.Update(uint32(cfg.ID), ep.policy.m, ebpf.UpdateAny); err != nil {
+	// Another Datapath on the same pins may own the ID.
+	if err := d.maps.policy.Update(uint32(cfg.ID), ep.policy.m, ebpf.UpdateNoExist); err != nil {
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			return nil, fmt.Errorf("endpoint %d: the pinned policy maps have one for this ID: %w", cfg.ID, ErrEndpointExists)
+		}
 		return nil, fmt.Errorf("endpoint %d: install policy map: %w", cfg.ID, err)
 	}
 	ep.policyInstalled = true

@@ -30,6 +30,8 @@ const (
 	datapathVarNpCtLifetimeSyn    = "np_ct_lifetime_syn"
 	datapathVarNpCtLifetimeTcp    = "np_ct_lifetime_tcp"
 	datapathVarNpEndpointId       = "np_endpoint_id"
+	datapathVarNpEndpointIpv4     = "np_endpoint_ipv4"
+	datapathVarNpEndpointIpv6     = "np_endpoint_ipv6"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -100,6 +102,8 @@ type datapathVariableSpecs struct {
 	NpCtLifetimeSyn    *ebpf.VariableSpec `ebpf:"np_ct_lifetime_syn"`
 	NpCtLifetimeTcp    *ebpf.VariableSpec `ebpf:"np_ct_lifetime_tcp"`
 	NpEndpointId       *ebpf.VariableSpec `ebpf:"np_endpoint_id"`
+	NpEndpointIpv4     *ebpf.VariableSpec `ebpf:"np_endpoint_ipv4"`
+	NpEndpointIpv6     *ebpf.VariableSpec `ebpf:"np_endpoint_ipv6"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -152,6 +156,8 @@ type datapathVariables struct {
 	NpCtLifetimeSyn    *ebpf.Variable `ebpf:"np_ct_lifetime_syn"`
 	NpCtLifetimeTcp    *ebpf.Variable `ebpf:"np_ct_lifetime_tcp"`
 	NpEndpointId       *ebpf.Variable `ebpf:"np_endpoint_id"`
+	NpEndpointIpv4     *ebpf.Variable `ebpf:"np_endpoint_ipv4"`
+	NpEndpointIpv6     *ebpf.Variable `ebpf:"np_endpoint_ipv6"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

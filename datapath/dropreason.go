@@ -39,8 +39,9 @@ const (
 	DropFragmentation DropReason = 157
 	// DropPolicyDeny: an explicit deny entry matched. DROP_POLICY_DENY.
 	DropPolicyDeny DropReason = 181
-	// DropEndpointNotReady: the endpoint has no policy map (it is being
-	// added or deleted). DROP_EP_NOT_READY.
+	// DropEndpointNotReady: a new connection of an endpoint that has no
+	// policy map or endpoint entry: it is being added or deleted.
+	// DROP_EP_NOT_READY.
 	DropEndpointNotReady DropReason = 203
 )
 

@@ -139,15 +139,18 @@ func (ep *Endpoint) SetIdentity(id identity.ID) error {
 }
 
 // Delete removes the endpoint: its addresses from the endpoints map (from
-// then on its traffic is dropped), its interfaces (which detaches the
-// programs), its policy map, and the programs. Connections of the endpoint
-// stay in conntrack until they expire. Delete is idempotent.
+// then on new connections from and to it are dropped), its interfaces
+// (which detaches the programs), its policy map, its programs, and the
+// conntrack entries of its addresses, so that a later endpoint with the
+// same address inherits none of its connections. Delete is idempotent.
 func (ep *Endpoint) Delete() error {
 	ep.dp.forget(ep)
-	return ep.delete()
+	return ep.delete(true)
 }
 
-func (ep *Endpoint) delete() error {
+// delete tears the endpoint down; flushCT also deletes the conntrack
+// entries of its addresses.
+func (ep *Endpoint) delete(flushCT bool) error {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
 	if ep.deleted {
@@ -181,6 +184,11 @@ func (ep *Endpoint) delete() error {
 	}
 	if ep.progs != nil {
 		errs = append(errs, ep.progs.close())
+	}
+	if flushCT {
+		if _, err := ep.dp.conntrack.deleteAddrs(ep.addrs()); err != nil {
+			errs = append(errs, fmt.Errorf("endpoint %d: %w", ep.cfg.ID, err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -42,29 +42,22 @@ func perturb(rng *rand.Rand, a netip.Addr) netip.Addr {
 	return r
 }
 
-// lpmModel is the plain definition of the ipcache's answer: the entry of
-// the longest prefix containing the address.
-func lpmModel(m map[netip.Prefix]identity.IPCacheEntry, a netip.Addr) (identity.IPCacheEntry, bool) {
-	for bits := a.BitLen(); bits >= 0; bits-- {
-		if e, ok := m[netip.PrefixFrom(a, bits).Masked()]; ok {
-			return e, true
-		}
-	}
-	return identity.IPCacheEntry{}, false
-}
-
-// TestPrivilegedIPCacheLongestPrefixMatch fills the BPF ipcache with random
-// overlapping v4 and v6 prefixes (including /0, /32 and /128) and checks
-// that the identity the from-endpoint program attaches to a destination
-// is the longest match's, or world without one.
-func TestPrivilegedIPCacheLongestPrefixMatch(t *testing.T) {
+// TestPrivilegedIPCacheMatchesIdentityModel drives the BPF ipcache through
+// identity.IPCache, the Go model, as its writer: random overlapping v4 and
+// v6 prefixes (including /0, /32 and /128) are upserted and deleted, and
+// the identity the from-endpoint program attaches to a destination must be
+// the model's longest match, or world where the model has none.
+func TestPrivilegedIPCacheMatchesIdentityModel(t *testing.T) {
 	d, _ := newTestDatapath(t, Config{EventsBufferSize: 4096})
 	ep := addDetached(t, d, 1, idA, "10.99.99.1", "fd99::1")
 
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
-	model := map[netip.Prefix]identity.IPCacheEntry{}
+	model := identity.NewIPCache()
+	if err := model.AddWriter(d.IPCache()); err != nil {
+		t.Fatal(err)
+	}
 	prefixes := randomPrefixes(rng, 400)
 	prefixes = append(prefixes, netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0"))
 
@@ -81,7 +74,7 @@ func TestPrivilegedIPCacheLongestPrefixMatch(t *testing.T) {
 				src = ep.IPv6()
 			}
 			want := identity.ReservedWorld
-			if e, ok := lpmModel(model, dst); ok {
+			if _, e, ok := model.Lookup(dst); ok {
 				want = e.Identity
 			}
 			// The policy map is empty: every packet is denied, so none
@@ -108,29 +101,31 @@ func TestPrivilegedIPCacheLongestPrefixMatch(t *testing.T) {
 		for _, p := range prefixes {
 			switch rng.IntN(3) {
 			case 0:
-				e := identity.IPCacheEntry{Identity: identity.ID(256 + rng.IntN(100000))}
+				// Cluster-scoped or local-scope (CIDR) identities.
+				e := identity.IPCacheEntry{Identity: identity.ID(256 + rng.IntN(60000))}
 				if rng.IntN(2) == 0 {
+					e.Identity |= identity.LocalScopeFlag
 					e.TunnelEndpoint = netip.MustParseAddr("172.16.0.1")
 				}
-				if err := d.IPCache().UpsertPrefix(p, e); err != nil {
+				if err := model.Upsert(p, e); err != nil {
 					t.Fatal(err)
 				}
-				model[p] = e
 			case 1:
-				if err := d.IPCache().DeletePrefix(p); err != nil {
-					t.Fatal(err)
+				if _, ok := model.Get(p); ok {
+					if err := model.Delete(p); err != nil {
+						t.Fatal(err)
+					}
 				}
-				delete(model, p)
 			}
 		}
 		dump, err := d.IPCache().Dump()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(dump) != len(model) {
-			t.Fatalf("round %d: dump has %d prefixes, model %d", round, len(dump), len(model))
+		if len(dump) != model.Len() {
+			t.Fatalf("round %d: dump has %d prefixes, model %d", round, len(dump), model.Len())
 		}
-		for p, e := range model {
+		for p, e := range model.All() {
 			if dump[p] != e {
 				t.Fatalf("round %d: dump[%v] = %+v, want %+v", round, p, dump[p], e)
 			}

@@ -68,6 +68,27 @@ func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
 	if _, err := d3.AddEndpoint(EndpointConfig{ID: 7, Identity: idB, IPv4: addrA, Detached: true}); !errors.Is(err, ErrEndpointExists) {
 		t.Fatalf("address owned by another Datapath's endpoint: %v, want ErrEndpointExists", err)
 	}
+	if _, err := d3.AddEndpoint(EndpointConfig{ID: 1, Identity: idB, IPv4: addrB, Detached: true}); !errors.Is(err, ErrEndpointExists) {
+		t.Fatalf("ID owned by another Datapath's endpoint: %v, want ErrEndpointExists", err)
+	}
+	var installed *ebpf.Map
+	if err := d2.maps.policy.Lookup(uint32(1), &installed); err != nil {
+		t.Fatal(err)
+	}
+	defer installed.Close()
+	gotInfo, err := installed.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantInfo, err := ep2.policy.m.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotID, _ := gotInfo.ID()
+	wantID, _ := wantInfo.ID()
+	if gotID != wantID {
+		t.Fatal("another Datapath replaced the owner's policy map")
+	}
 
 	// A configuration that contradicts the pins is refused.
 	other := cfg
@@ -184,11 +205,25 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 		t.Fatalf("after SetIdentity: %+v, %v", v, err)
 	}
 
+	// An unrelated connection, which Delete must leave alone.
+	other := addDetached(t, d, 11, idB, addrB.String(), "")
+	mustUpdate(t, other.Policy(), map[PolicyKey]PolicyEntry{{Direction: Egress}: allow})
+	if v, _, err := other.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrB, remote, 1, 2, TCPSyn))); err != nil || v.Reason != 0 {
+		t.Fatalf("%+v %v", v, err)
+	}
+
 	if err := ep.Delete(); err != nil {
 		t.Fatal(err)
 	}
 	if err := ep.Delete(); err != nil {
 		t.Fatalf("second Delete: %v", err)
+	}
+	entries, err := d.Conntrack().Entries()
+	if err != nil || len(entries) != 1 || entries[0].Tuple.Src != addrB {
+		t.Fatalf("conntrack after Delete: %+v, %v; want only the other endpoint's connection", entries, err)
+	}
+	if err := other.Delete(); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := node.Netlink(t).LinkByName("lxc9"); err == nil {
 		t.Fatal("host interface still there after Delete")
@@ -206,7 +241,66 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 	if err := d.maps.endpoints.NextKey(nil, &k); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Fatalf("endpoints map not empty after Delete: %+v, %v", k, err)
 	}
+	var inner *ebpf.Map
+	if err := d.maps.policy.Lookup(uint32(9), &inner); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("policy map still installed after Delete: %v", err)
+	}
 	if _, err := d.AddEndpoint(cfg); err != nil {
 		t.Fatalf("re-adding a deleted endpoint: %v", err)
+	}
+}
+
+func TestPrivilegedAddEndpointFailureLeavesNothing(t *testing.T) {
+	d, node := newTestDatapath(t, Config{})
+	_, err := d.AddEndpoint(EndpointConfig{ID: 5, Identity: idA, IPv4: addrA, NetNS: "/nonexistent/netns"})
+	if err == nil {
+		t.Fatal("AddEndpoint with a missing namespace succeeded")
+	}
+	var inner *ebpf.Map
+	if err := d.maps.policy.Lookup(uint32(5), &inner); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("policy map of the failed endpoint still installed: %v", err)
+	}
+	var k endpointKey
+	if err := d.maps.endpoints.NextKey(nil, &k); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("endpoints map not empty: %+v, %v", k, err)
+	}
+	if _, err := node.Netlink(t).LinkByName("np5"); err == nil {
+		t.Fatal("interface of the failed endpoint left behind")
+	}
+	if _, ok := d.Endpoint(5); ok {
+		t.Fatal("failed endpoint registered")
+	}
+	// The ID is free.
+	addDetached(t, d, 5, idA, addrA.String(), "")
+	// The file descriptors of the failed attempt are checked by TestMain.
+}
+
+func TestPrivilegedEventReaderDeadlineAndClose(t *testing.T) {
+	d, _ := newTestDatapath(t, Config{})
+	r, err := d.NewEventReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := r.Read(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline: %v", err)
+	}
+	r.SetDeadline(time.Time{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Read()
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("blocked Read after Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not unblock Read")
 	}
 }

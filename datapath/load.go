@@ -128,12 +128,28 @@ func (p *endpointPrograms) close() error {
 	return errors.Join(errs...)
 }
 
-// loadEndpointPrograms loads the programs for one endpoint: its ID is a
-// load-time constant, the maps are the shared ones.
-func loadEndpointPrograms(spec *ebpf.CollectionSpec, maps *sharedMaps, id EndpointID) (*endpointPrograms, error) {
+// loadEndpointPrograms loads the programs for one endpoint: its ID and
+// addresses are load-time constants, the maps are the shared ones.
+func loadEndpointPrograms(spec *ebpf.CollectionSpec, maps *sharedMaps, cfg EndpointConfig) (*endpointPrograms, error) {
+	id := cfg.ID
 	spec = spec.Copy()
-	if err := spec.Variables[datapathVarNpEndpointId].Set(uint16(id)); err != nil {
-		return nil, fmt.Errorf("set endpoint ID: %w", err)
+	// Addresses go in as bytes: they stay in network byte order.
+	var v4 [4]byte
+	var v6 [16]byte
+	if cfg.IPv4.IsValid() {
+		v4 = cfg.IPv4.As4()
+	}
+	if cfg.IPv6.IsValid() {
+		v6 = cfg.IPv6.As16()
+	}
+	for name, v := range map[string]any{
+		datapathVarNpEndpointId:   uint16(id),
+		datapathVarNpEndpointIpv4: v4,
+		datapathVarNpEndpointIpv6: v6,
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("endpoint %d: set %s: %w", id, name, err)
+		}
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: maps.replacements()})
 	if err != nil {

@@ -75,7 +75,8 @@ type Verdict struct {
 	// parsed and its source accepted.
 	Conntrack ConntrackState
 	// SrcIdentity and DstIdentity as the program determined them (0 where
-	// it stopped before).
+	// it stopped before). For packets of known connections they are the
+	// identities conntrack recorded when the connection was created.
 	SrcIdentity, DstIdentity identity.ID
 	// RedirectIfindex is the host-side ifindex of the local endpoint the
 	// packet was redirected to.

@@ -1,9 +1,12 @@
 package identity_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/nodeplane/nodeplane/identity"
 )
@@ -142,4 +145,118 @@ func ExampleLookupReserved() {
 	// 1 true
 	// 10 true
 	// 0 false
+}
+
+func ExampleInProcessAllocator() {
+	ctx := context.Background()
+	alloc, err := identity.NewInProcessAllocator(identity.InProcessConfig{ClusterID: 1})
+	if err != nil {
+		panic(err)
+	}
+	defer alloc.Close()
+
+	web, _ := identity.ParseLabelList("k8s:app=web,k8s:io.kubernetes.pod.namespace=prod")
+	id, isNew, _ := alloc.Allocate(ctx, web)
+	fmt.Println(id, isNew)
+	id, isNew, _ = alloc.Allocate(ctx, web) // a second workload with the same labels
+	fmt.Println(id, isNew)
+
+	// CIDR identities are node-local; the world's prefix is reserved.
+	cidr, _ := identity.CIDRLabels(netip.MustParsePrefix("192.0.2.0/24"), false)
+	local, _, _ := alloc.Allocate(ctx, cidr)
+	fmt.Println(local, local.Scope())
+	world, _ := identity.CIDRLabels(netip.MustParsePrefix("0.0.0.0/0"), false)
+	reserved, _, _ := alloc.Allocate(ctx, world)
+	fmt.Println(reserved)
+
+	labels, _ := alloc.Lookup(id)
+	fmt.Println(identity.Identity{ID: id, Labels: labels})
+
+	released, _ := alloc.Release(ctx, id)
+	fmt.Println(released)
+	released, _ = alloc.Release(ctx, id)
+	fmt.Println(released)
+	_, err = alloc.Release(ctx, id)
+	fmt.Println(err)
+	// Output:
+	// 65792 true
+	// 65792 false
+	// 16777217 local
+	// 2
+	// 65792 (k8s:app=web,k8s:io.kubernetes.pod.namespace=prod)
+	// false
+	// true
+	// release identity 65792: identity not allocated
+}
+
+func ExampleInProcessAllocator_Watch() {
+	ctx := context.Background()
+	alloc, _ := identity.NewInProcessAllocator(identity.InProcessConfig{})
+	defer alloc.Close()
+	web, _ := identity.ParseLabelList("k8s:app=web")
+	alloc.Allocate(ctx, web)
+
+	snapshot, w := alloc.Watch(identity.WatchOptions{})
+	defer w.Close()
+	fmt.Println("snapshot:", snapshot)
+
+	db, _ := identity.ParseLabelList("k8s:app=db")
+	id, _, _ := alloc.Allocate(ctx, db)
+	alloc.Release(ctx, id)
+	for range 2 {
+		e, _ := w.Next(ctx)
+		fmt.Println(e)
+	}
+	// Output:
+	// snapshot: [65792 (k8s:app=web)]
+	// added 65793 (k8s:app=db)
+	// removed 65793 (k8s:app=db)
+}
+
+func ExampleInProcessConfig_statePath() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "identity-example")
+	defer os.RemoveAll(dir)
+	cfg := identity.InProcessConfig{StatePath: filepath.Join(dir, "identities")}
+
+	alloc, _ := identity.NewInProcessAllocator(cfg)
+	web, _ := identity.ParseLabelList("k8s:app=web")
+	db, _ := identity.ParseLabelList("k8s:app=db")
+	alloc.Allocate(ctx, web)
+	alloc.Allocate(ctx, db)
+	alloc.Close()
+
+	// After a restart the IDs come back. Allocate claims them; the ones
+	// nobody claims are released once the program has caught up.
+	alloc, err := identity.NewInProcessAllocator(cfg)
+	if err != nil {
+		panic(err)
+	}
+	defer alloc.Close()
+	id, isNew, _ := alloc.Allocate(ctx, db)
+	fmt.Println(id, isNew)
+	n, _ := alloc.ReleaseRestored(ctx)
+	fmt.Println("released", n)
+	// Output:
+	// 65793 false
+	// released 1
+}
+
+func ExampleIPCache() {
+	c := identity.NewIPCache()
+	c.Upsert(netip.MustParsePrefix("0.0.0.0/0"), identity.IPCacheEntry{Identity: identity.ReservedWorld})
+	c.Upsert(netip.MustParsePrefix("10.0.0.0/8"), identity.IPCacheEntry{Identity: 16777217})
+	c.Upsert(netip.MustParsePrefix("10.1.2.3/32"), identity.IPCacheEntry{
+		Identity:       65792,
+		TunnelEndpoint: netip.MustParseAddr("192.168.0.2"),
+	})
+	for _, a := range []string{"10.1.2.3", "10.9.9.9", "8.8.8.8", "2001:db8::1"} {
+		prefix, e, ok := c.Lookup(netip.MustParseAddr(a))
+		fmt.Println(a, prefix, e.Identity, e.TunnelEndpoint, ok)
+	}
+	// Output:
+	// 10.1.2.3 10.1.2.3/32 65792 192.168.0.2 true
+	// 10.9.9.9 10.0.0.0/8 16777217 invalid IP true
+	// 8.8.8.8 0.0.0.0/0 2 invalid IP true
+	// 2001:db8::1 invalid Prefix 0 invalid IP false
 }

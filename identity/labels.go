@@ -215,7 +215,9 @@ func (ls Labels) Slice() []Label {
 
 // Get returns the label with the given key, whatever its source.
 func (ls Labels) Get(key string) (Label, bool) {
-	for l := range ls.All() {
+	for rest := ls.kv; rest != ""; {
+		var l Label
+		l, rest = decodeNext(rest)
 		if l.Key == key {
 			return l, true
 		}
@@ -237,7 +239,9 @@ func (ls Labels) Has(l Label) bool {
 
 // HasSource reports whether some label has the given source.
 func (ls Labels) HasSource(source string) bool {
-	for l := range ls.All() {
+	for rest := ls.kv; rest != ""; {
+		var l Label
+		l, rest = decodeNext(rest)
 		if l.Source == source {
 			return true
 		}
@@ -264,7 +268,9 @@ func (ls Labels) lookup(source, key string) (string, bool) {
 // lookupPrefix is lookup with the prefix of a cidr key already parsed.
 func (ls Labels) lookupPrefix(source, key string, sel netip.Prefix) (string, bool) {
 	if source == SourceCIDR {
-		for l := range ls.All() {
+		for rest := ls.kv; rest != ""; {
+			var l Label
+			l, rest = decodeNext(rest)
 			if l.Source != SourceCIDR {
 				continue
 			}
@@ -281,6 +287,27 @@ func (ls Labels) lookupPrefix(source, key string, sel netip.Prefix) (string, boo
 		return "", false
 	}
 	return l.Value, true
+}
+
+// findKey finds the label whose key is needle[1:len(needle)-1], given
+// needle = ":" + key + "=". A match must start a label: everything between
+// the previous ';' (or the start) and the ':' is the source, which holds
+// neither ':' nor '='; that rules out matches inside keys and values.
+func (ls Labels) findKey(needle string) (source, value string, ok bool) {
+	s := ls.kv
+	for off := 0; ; {
+		i := strings.Index(s[off:], needle)
+		if i < 0 {
+			return "", "", false
+		}
+		i += off
+		start := strings.LastIndexByte(s[:i], ';') + 1
+		if src := s[start:i]; src != "" && strings.IndexByte(src, ':') < 0 && strings.IndexByte(src, '=') < 0 {
+			v := s[i+len(needle):]
+			return src, v[:strings.IndexByte(v, ';')], true
+		}
+		off = i + 1
+	}
 }
 
 // Merge returns the union of ls and other; for a key in both, other's label

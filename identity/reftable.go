@@ -12,7 +12,9 @@ type refTable struct {
 	// round-robin, so that a released ID is not reused before the whole
 	// range has been gone through: a stale reference to it (in a packet,
 	// a map, a log) is unlikely to name somebody else.
-	next     uint32
+	next uint32
+	// prevNext is next before the last creation, for undoCreate.
+	prevNext uint32
 	byID     map[ID]*refEntry
 	byLabels map[Labels]*refEntry
 }
@@ -58,27 +60,32 @@ func (t *refTable) owns(id ID) bool {
 }
 
 // acquire takes a reference on the entry of labels, creating it with a free
-// ID if there is none. The caller must call undo to take the reference back
-// if it cannot complete the operation (e.g. persisting failed).
-func (t *refTable) acquire(labels Labels) (e *refEntry, created bool, undo func(), err error) {
+// ID if there is none. If the caller cannot complete the creation (e.g.
+// persisting fails) it must call undoCreate.
+func (t *refTable) acquire(labels Labels) (e *refEntry, created bool, err error) {
 	if e, ok := t.byLabels[labels]; ok {
-		wasRestored := e.restored
 		e.refs++
 		e.restored = false
-		return e, false, func() { e.refs--; e.restored = wasRestored }, nil
+		return e, false, nil
 	}
 	index, ok := t.freeIndex()
 	if !ok {
-		return nil, false, nil, fmt.Errorf("allocate %s identity for %v: %w", t.scope, labels, ErrExhausted)
+		return nil, false, fmt.Errorf("allocate %s identity for %v: %w", t.scope, labels, ErrExhausted)
 	}
 	e = &refEntry{id: t.idAt(index), labels: labels, refs: 1}
-	prevNext := t.next
 	t.insert(e)
+	t.prevNext = t.next
 	t.next = index + 1
 	if t.next > t.max {
 		t.next = t.min
 	}
-	return e, true, func() { t.remove(e); t.next = prevNext }, nil
+	return e, true, nil
+}
+
+// undoCreate takes back the entry the last acquire created.
+func (t *refTable) undoCreate(e *refEntry) {
+	t.remove(e)
+	t.next = t.prevNext
 }
 
 // freeIndex finds the first unused index at or after next, wrapping.
@@ -108,17 +115,24 @@ func (t *refTable) remove(e *refEntry) {
 	delete(t.byLabels, e.labels)
 }
 
-// release drops one reference of id. It returns the entry, whether that was
-// the last reference (the entry is then removed), and an undo function.
-func (t *refTable) release(id ID) (e *refEntry, last bool, undo func(), err error) {
+// release drops one reference of id. It returns the entry and whether that
+// was the last reference; the entry is then removed, and undoRelease puts
+// it back.
+func (t *refTable) release(id ID) (e *refEntry, last bool, err error) {
 	e, ok := t.byID[id]
 	if !ok || e.refs == 0 {
-		return nil, false, nil, fmt.Errorf("release identity %d: %w", uint32(id), ErrNotAllocated)
+		return nil, false, fmt.Errorf("release identity %d: %w", uint32(id), ErrNotAllocated)
 	}
 	e.refs--
 	if e.refs > 0 {
-		return e, false, func() { e.refs++ }, nil
+		return e, false, nil
 	}
 	t.remove(e)
-	return e, true, func() { e.refs++; t.insert(e) }, nil
+	return e, true, nil
+}
+
+// undoRelease reverts a release that removed e.
+func (t *refTable) undoRelease(e *refEntry) {
+	e.refs++
+	t.insert(e)
 }

@@ -62,7 +62,7 @@ func LookupReserved(ls Labels) (ID, bool) {
 	if ls.Len() != 1 {
 		return Unknown, false
 	}
-	l := ls.Slice()[0]
+	l, _ := decodeNext(ls.kv)
 	for id := ReservedHost; id <= ReservedWorldIPv6; id++ {
 		if reservedNames[id] == l.Key {
 			return id, true
@@ -80,7 +80,9 @@ func ScopeOf(ls Labels) Scope {
 	if ls.IsEmpty() {
 		return ScopeInvalid
 	}
-	for l := range ls.All() {
+	for rest := ls.kv; rest != ""; {
+		var l Label
+		l, rest = decodeNext(rest)
 		switch l.Source {
 		case SourceCIDR, SourceCIDRGroup, SourceFQDN, SourceReserved:
 		default:

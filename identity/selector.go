@@ -73,6 +73,8 @@ type requirement struct {
 	// Cilium).
 	prefix   netip.Prefix
 	prefixOK bool
+	// needle is ":" + key + "=", for [Labels.findKey].
+	needle string
 }
 
 // NewSelector validates spec as Cilium validates a policy's selectors and
@@ -203,6 +205,7 @@ func newRequirement(key string, op SelectorOperator, values []string) requiremen
 }
 
 func (r *requirement) compilePrefix() {
+	r.needle = ":" + r.key + "="
 	if r.source != SourceCIDR {
 		return
 	}
@@ -295,10 +298,16 @@ func (r *requirement) matches(ls Labels) bool {
 		v  string
 		ok bool
 	)
-	if r.source == SourceCIDR && !r.prefixOK {
-		ok = false
-	} else {
+	switch {
+	case r.source == SourceCIDR && !r.prefixOK:
+	case r.source == SourceCIDR:
 		v, ok = ls.lookupPrefix(r.source, r.key, r.prefix)
+	default:
+		var src string
+		src, v, ok = ls.findKey(r.needle)
+		if ok && r.source != SourceAny && src != r.source {
+			v, ok = "", false
+		}
 	}
 	switch r.op {
 	case SelectorOpIn:

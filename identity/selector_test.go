@@ -263,3 +263,44 @@ func mustSelector(t testing.TB, js string) Selector {
 	}
 	return sel
 }
+
+// TestSelectorKeysInsideKeysAndValues checks that a selector key never
+// matches text inside another label's key or value.
+func TestSelectorKeysInsideKeysAndValues(t *testing.T) {
+	ls, err := NewLabels(
+		Label{"k8s", "x:app", "1"},
+		Label{"k8s", "foo", "a:app=b"},
+		Label{"container", "b:c", "d=e:f=g"},
+		Label{"k8s", "c", "v"},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		l    Label
+		want bool
+	}{
+		{Label{"any", "app", "1"}, false},
+		{Label{"any", "app", "b"}, false},
+		{Label{"k8s", "app", "b"}, false},
+		{Label{"any", "x:app", "1"}, true},
+		{Label{"k8s", "x:app", "1"}, true},
+		{Label{"container", "x:app", "1"}, false},
+		{Label{"any", "foo", "a:app=b"}, true},
+		{Label{"any", "b:c", "d=e:f=g"}, true},
+		{Label{"any", "c", "v"}, true},
+		{Label{"any", "f", "g"}, false},
+		{Label{"any", "e:f", "g"}, false},
+	} {
+		sel, err := SelectorFromLabels(tc.l)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.l, err)
+		}
+		if got := sel.Matches(ls); got != tc.want {
+			t.Errorf("%s.Matches = %v, want %v", sel, got, tc.want)
+		}
+		if got := ls.Has(tc.l); got != tc.want {
+			t.Errorf("Has(%v) = %v, want %v", tc.l, got, tc.want)
+		}
+	}
+}

@@ -43,6 +43,17 @@ func (a *tableAllocator) allocate(ctx context.Context, labels Labels) (ID, bool,
 	if err := ctx.Err(); err != nil {
 		return Unknown, false, err
 	}
+	// Fast path: another reference to a label set that has an ID.
+	// Reserved label sets never have a table entry.
+	a.mu.Lock()
+	if e := a.lookupEntry(labels); e != nil && !a.closed {
+		e.refs++
+		e.restored = false
+		a.mu.Unlock()
+		return e.id, false, nil
+	}
+	a.mu.Unlock()
+
 	if id, ok := LookupReserved(labels); ok {
 		return id, false, nil
 	}
@@ -56,7 +67,7 @@ func (a *tableAllocator) allocate(ctx context.Context, labels Labels) (ID, bool,
 	if a.closed {
 		return Unknown, false, fmt.Errorf("allocate: %w", ErrClosed)
 	}
-	e, created, undo, err := t.acquire(labels)
+	e, created, err := t.acquire(labels)
 	if err != nil {
 		return Unknown, false, err
 	}
@@ -65,7 +76,7 @@ func (a *tableAllocator) allocate(ctx context.Context, labels Labels) (ID, bool,
 	}
 	if a.persist != nil {
 		if err := a.persist(); err != nil {
-			undo()
+			t.undoCreate(e)
 			return Unknown, false, fmt.Errorf("allocate %v: %w", labels, err)
 		}
 	}
@@ -75,6 +86,17 @@ func (a *tableAllocator) allocate(ctx context.Context, labels Labels) (ID, bool,
 		panic(fmt.Sprintf("identity: cache out of step with allocator: %v", err))
 	}
 	return e.id, true, nil
+}
+
+// lookupEntry returns the table entry of labels. Called with mu held.
+func (a *tableAllocator) lookupEntry(labels Labels) *refEntry {
+	if e := a.local.byLabels[labels]; e != nil {
+		return e
+	}
+	if a.cluster != nil {
+		return a.cluster.byLabels[labels]
+	}
+	return nil
 }
 
 func (a *tableAllocator) tableOf(id ID) *refTable {
@@ -107,13 +129,13 @@ func (a *tableAllocator) release(ctx context.Context, id ID) (bool, error) {
 	if a.closed {
 		return false, fmt.Errorf("release: %w", ErrClosed)
 	}
-	_, last, undo, err := t.release(id)
+	e, last, err := t.release(id)
 	if err != nil || !last {
 		return false, err
 	}
 	if a.persist != nil {
 		if err := a.persist(); err != nil {
-			undo()
+			t.undoRelease(e)
 			return false, fmt.Errorf("release identity %d: %w", uint32(id), err)
 		}
 	}

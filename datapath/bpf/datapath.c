@@ -3,22 +3,30 @@
 
 /*
  * The endpoint datapath: two programs on the host-side veth of every
- * endpoint, loaded once per endpoint with its ID as a load-time constant.
+ * endpoint, loaded once per endpoint with its ID and addresses as load-time
+ * constants.
  *
  *   np_from_endpoint  tc ingress: what the endpoint sends. Anti-spoofing,
  *                     conntrack, the endpoint's egress policy, and for a
  *                     local destination its ingress policy and a redirect
  *                     into its namespace; anything else goes to the stack.
  *   np_to_endpoint    tc egress: what the stack sends to the endpoint. The
- *                     source identity comes from the ipcache; conntrack and
- *                     the endpoint's ingress policy decide.
+ *                     source identity comes from the endpoints map or the
+ *                     ipcache; conntrack and the endpoint's ingress policy
+ *                     decide.
  *
  * Traffic between two local endpoints is redirected straight into the
  * destination's namespace with bpf_redirect_peer, so it never reaches the
  * destination's np_to_endpoint: its ingress policy is enforced here.
  *
- * Both programs leave their verdict in skb->cb (struct np_verdict layout
- * below), which is how BPF_PROG_TEST_RUN callers read the drop reason.
+ * Packets of known connections take a fast path: anti-spoofing against the
+ * addresses compiled in, one conntrack lookup, and for a local destination
+ * its endpoint entry. Their identities are the ones conntrack recorded when
+ * the connection was created; identities are looked up (endpoints map,
+ * ipcache) only for new connections.
+ *
+ * Both programs leave their verdict in skb->cb (layout below), which is how
+ * BPF_PROG_TEST_RUN callers read the drop reason.
  */
 
 #include "np_common.h"
@@ -30,8 +38,12 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-/* The endpoint this copy of the programs serves; set at load time. */
+/* The endpoint this copy of the programs serves, and its addresses (zero
+ * when it has none of a family); set at load time. An endpoint's addresses
+ * never change, so anti-spoofing needs no lookup. */
 volatile const __u16 np_endpoint_id = 0;
+volatile const __be32 np_endpoint_ipv4 = 0;
+volatile const __u32 np_endpoint_ipv6[4] = {};
 
 /* Identity of addresses the ipcache does not know (Cilium's WORLD_ID). */
 #define NP_WORLD_ID 2
@@ -174,6 +186,28 @@ static __always_inline int np_exit(struct __sk_buff *skb, struct np_state *s, in
 	return action;
 }
 
+static __always_inline int np_is_own_addr(const union np_addr *a, __u8 ip_version)
+{
+	if (ip_version == NP_IPV4)
+		return np_endpoint_ipv4 != 0 && a->ip4 == np_endpoint_ipv4;
+	return (np_endpoint_ipv6[0] | np_endpoint_ipv6[1] | np_endpoint_ipv6[2] | np_endpoint_ipv6[3]) &&
+	       a->words[0] == np_endpoint_ipv6[0] && a->words[1] == np_endpoint_ipv6[1] &&
+	       a->words[2] == np_endpoint_ipv6[2] && a->words[3] == np_endpoint_ipv6[3];
+}
+
+/* np_ct_identities takes a known connection's identities from its entry:
+ * what they were when it was created. */
+static __always_inline void np_ct_identities(struct np_state *s, const struct np_ct_entry *ct)
+{
+	if (s->ct_state == NP_CT_REPLY) {
+		s->src_identity = ct->dst_identity;
+		s->dst_identity = ct->src_identity;
+	} else {
+		s->src_identity = ct->src_identity;
+		s->dst_identity = ct->dst_identity;
+	}
+}
+
 static __always_inline struct np_endpoint_info *np_lookup_endpoint(const union np_addr *addr,
 								   __u8 ip_version)
 {
@@ -196,6 +230,15 @@ static __always_inline __u32 np_ipcache_identity(const union np_addr *addr, __u8
 	struct np_ipcache_info *info = bpf_map_lookup_elem(&np_ipcache, &key);
 
 	return info ? info->identity : NP_WORLD_ID;
+}
+
+/* Identity of an address: a local endpoint's, else the ipcache's longest
+ * match, else world. */
+static __always_inline __u32 np_identity_of(const union np_addr *addr, __u8 ip_version)
+{
+	struct np_endpoint_info *ep = np_lookup_endpoint(addr, ip_version);
+
+	return ep ? ep->identity : np_ipcache_identity(addr, ip_version);
 }
 
 /* np_check_policy decides a new connection against one endpoint's policy,
@@ -275,26 +318,32 @@ int np_from_endpoint(struct __sk_buff *skb)
 	s.parsed = 1;
 
 	/* Anti-spoofing: the source must be one of this endpoint's addresses. */
-	src = np_lookup_endpoint(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version);
-	if (!src || src->endpoint_id != np_endpoint_id) {
+	if (!np_is_own_addr(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version)) {
 		s.reason = DROP_INVALID_SIP;
 		return np_exit(skb, &s, TC_ACT_SHOT);
 	}
-	s.src_identity = src->identity;
-
 	dst = np_lookup_endpoint(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
-	s.dst_identity = dst ? dst->identity :
-			       np_ipcache_identity(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
 
 	s.ct_state = np_ct_lookup(skb, &s.pkt, &ct);
 	now = np_now_sec();
-	switch (s.ct_state) {
-	case NP_CT_ESTABLISHED:
-	case NP_CT_REPLY:
-		if (ct)
-			np_ct_update(ct, &s.pkt, s.ct_state == NP_CT_REPLY, now);
-		break;
-	case NP_CT_NEW:
+	if (ct) {
+		/* Established or reply: the fast path, no identity lookups. */
+		np_ct_identities(&s, ct);
+		np_ct_update(ct, &s.pkt, s.ct_state == NP_CT_REPLY, now);
+	} else {
+		/* Our identity lives in the endpoints map, so that it can change
+		 * without reloading the program. */
+		src = np_lookup_endpoint(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version);
+		if (!src || src->endpoint_id != np_endpoint_id) {
+			s.reason = DROP_EP_NOT_READY;
+			return np_exit(skb, &s, TC_ACT_SHOT);
+		}
+		s.src_identity = src->identity;
+		s.dst_identity = dst ? dst->identity :
+				       np_ipcache_identity(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
+	}
+
+	if (s.ct_state == NP_CT_NEW) {
 		s.reason = np_check_policy(skb, &s, np_endpoint_id, 1);
 		if (!s.reason && dst)
 			s.reason = np_check_policy(skb, &s, dst->endpoint_id, 0);
@@ -304,7 +353,6 @@ int np_from_endpoint(struct __sk_buff *skb)
 			s.reason = DROP_CT_CREATE_FAILED;
 			return np_exit(skb, &s, TC_ACT_SHOT);
 		}
-		break;
 	}
 
 	if (dst)
@@ -316,7 +364,7 @@ SEC("tc")
 int np_to_endpoint(struct __sk_buff *skb)
 {
 	struct np_state s = { .hook = NP_HOOK_TO_ENDPOINT };
-	struct np_endpoint_info *src, *dst;
+	struct np_endpoint_info *dst;
 	struct np_ct_entry *ct = NULL;
 	__u32 now;
 	int ret;
@@ -330,26 +378,28 @@ int np_to_endpoint(struct __sk_buff *skb)
 	}
 	s.parsed = 1;
 
-	dst = np_lookup_endpoint(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
-	if (!dst || dst->endpoint_id != np_endpoint_id) {
+	if (!np_is_own_addr(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version)) {
 		s.reason = DROP_UNKNOWN_TARGET;
 		return np_exit(skb, &s, TC_ACT_SHOT);
 	}
-	s.dst_identity = dst->identity;
-
-	src = np_lookup_endpoint(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version);
-	s.src_identity = src ? src->identity :
-			       np_ipcache_identity(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version);
 
 	s.ct_state = np_ct_lookup(skb, &s.pkt, &ct);
 	now = np_now_sec();
-	switch (s.ct_state) {
-	case NP_CT_ESTABLISHED:
-	case NP_CT_REPLY:
-		if (ct)
-			np_ct_update(ct, &s.pkt, s.ct_state == NP_CT_REPLY, now);
-		break;
-	case NP_CT_NEW:
+	if (ct) {
+		np_ct_identities(&s, ct);
+		np_ct_update(ct, &s.pkt, s.ct_state == NP_CT_REPLY, now);
+		return np_exit(skb, &s, TC_ACT_OK);
+	}
+
+	dst = np_lookup_endpoint(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
+	if (!dst || dst->endpoint_id != np_endpoint_id) {
+		s.reason = DROP_EP_NOT_READY;
+		return np_exit(skb, &s, TC_ACT_SHOT);
+	}
+	s.dst_identity = dst->identity;
+	s.src_identity = np_identity_of(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version);
+
+	if (s.ct_state == NP_CT_NEW) {
 		s.reason = np_check_policy(skb, &s, np_endpoint_id, 0);
 		if (s.reason)
 			return np_exit(skb, &s, TC_ACT_SHOT);
@@ -357,7 +407,6 @@ int np_to_endpoint(struct __sk_buff *skb)
 			s.reason = DROP_CT_CREATE_FAILED;
 			return np_exit(skb, &s, TC_ACT_SHOT);
 		}
-		break;
 	}
 	return np_exit(skb, &s, TC_ACT_OK);
 }
