@@ -393,7 +393,8 @@ func ignore(*yaml.Node, string) {}
 // already refuses them in YAML; JSON input goes through the same check).
 func (d *docDecoder) fields(n *yaml.Node, path string, handlers map[string]func(*yaml.Node, string)) {
 	n, ok := d.resolve(n)
-	if !ok {
+	if !ok || isNull(n) {
+		// null is an absent object, as Go's JSON decoder reads it.
 		return
 	}
 	if n.Kind != yaml.MappingNode {
@@ -434,7 +435,7 @@ func (d *docDecoder) fields(n *yaml.Node, path string, handlers map[string]func(
 // list decodes a sequence, calling fn for each element.
 func (d *docDecoder) list(n *yaml.Node, path string, fn func(*yaml.Node, string)) {
 	n, ok := d.resolve(n)
-	if !ok {
+	if !ok || isNull(n) {
 		return
 	}
 	if n.Kind != yaml.SequenceNode {
@@ -463,11 +464,29 @@ func (d *docDecoder) str(n *yaml.Node, path string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" || yaml11Bool(n) != nil {
 		d.fail(n, path, "must be a string, not %s", describe(n))
 		return "", false
 	}
 	return n.Value, true
+}
+
+// yaml11Bool returns the boolean an unquoted scalar means in YAML 1.1,
+// which Kubernetes' YAML reader (and so kubectl and Cilium) follows: yes,
+// no, on, off, y and n are booleans there, not strings. Nil for anything
+// else.
+func yaml11Bool(n *yaml.Node) *bool {
+	if n.Kind != yaml.ScalarNode || n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle|yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
+		return nil
+	}
+	t, f := true, false
+	switch n.Value {
+	case "y", "Y", "yes", "Yes", "YES", "on", "On", "ON", "true", "True", "TRUE":
+		return &t
+	case "n", "N", "no", "No", "NO", "off", "Off", "OFF", "false", "False", "FALSE":
+		return &f
+	}
+	return nil
 }
 
 // strOrNumber decodes a scalar that may be written as a string or a
@@ -477,7 +496,7 @@ func (d *docDecoder) strOrNumber(n *yaml.Node, path string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	if n.Kind != yaml.ScalarNode || (n.Tag != "!!str" && n.Tag != "!!int") {
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!str" && n.Tag != "!!int") || yaml11Bool(n) != nil {
 		d.fail(n, path, "must be a string or a number, not %s", describe(n))
 		return "", false
 	}
@@ -510,12 +529,11 @@ func (d *docDecoder) boolean(n *yaml.Node, path string) (*bool, bool) {
 	if isNull(n) {
 		return nil, true
 	}
-	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
-		d.fail(n, path, "must be true or false, not %s", describe(n))
-		return nil, false
+	if v := yaml11Bool(n); v != nil {
+		return v, true
 	}
-	v := n.Value == "true" || n.Value == "True" || n.Value == "TRUE"
-	return &v, true
+	d.fail(n, path, "must be true or false, not %s", describe(n))
+	return nil, false
 }
 
 // stringMap decodes a mapping of strings to strings.
@@ -565,10 +583,13 @@ func describe(n *yaml.Node) string {
 			return "null"
 		case "!!bool":
 			return "a boolean"
+		case "!!str":
+			if yaml11Bool(n) != nil {
+				return "a YAML 1.1 boolean (" + n.Value + "); quote it to make it a string"
+			}
+			return strconv.Quote(n.Value)
 		case "!!int", "!!float":
 			return "a number (" + n.Value + ")"
-		case "!!str":
-			return strconv.Quote(n.Value)
 		}
 		return n.Tag + " " + strconv.Quote(n.Value)
 	}

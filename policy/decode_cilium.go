@@ -327,7 +327,13 @@ func (d *docDecoder) portProtocol(n *yaml.Node, path string) PortProtocol {
 	var portGiven bool
 	d.fields(n, path, map[string]func(*yaml.Node, string){
 		"port": func(v *yaml.Node, p string) {
-			s, ok := d.strOrNumber(v, p)
+			// The CRD types port as a string: an unquoted number is an
+			// error for the API server and for Cilium's decoder alike.
+			if rv, ok := d.resolve(v); ok && rv.Kind == yaml.ScalarNode && rv.Tag == "!!int" {
+				d.fail(v, p, "must be a string, not a number; quote it: port: %q", rv.Value)
+				return
+			}
+			s, ok := d.str(v, p)
 			if !ok {
 				return
 			}

@@ -28,7 +28,7 @@ spec:
   - fromEndpoints:
     - matchLabels: {app: lb}
     toPorts:
-    - ports: [{port: "443", protocol: TCP}, {port: 8000, endPort: 8010}]
+    - ports: [{port: "443", protocol: TCP}, {port: "8000", endPort: 8010}]
   egressDeny:
   - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]
 specs:
@@ -175,6 +175,8 @@ func TestParseErrors(t *testing.T) {
 		{"KNP protocol", knp("prod", "x", "podSelector: {}\ningress:\n- ports: [{protocol: ICMP}]"), []string{`unsupported value "ICMP"`}},
 		{"KNP source in key", knp("prod", "x", "podSelector: {matchLabels: {\"k8s:app\": web}}"), []string{"a Kubernetes label key cannot contain ':'"}},
 		{"KNP policyTypes", knp("prod", "x", "podSelector: {}\npolicyTypes: [Both]"), []string{`spec.policyTypes[0]: unsupported value "Both"`}},
+		{"unquoted port", cnp("prod", "x", "endpointSelector: {}\ningress:\n- toPorts: [{ports: [{port: 80}]}]"),
+			[]string{"spec.ingress[0].toPorts[0].ports[0].port: must be a string, not a number"}},
 		{"wrong type", cnp("prod", "x", "endpointSelector: {matchLabels: {app: [web]}}\ningress: [{}]"),
 			[]string{"spec.endpointSelector.matchLabels[app]: must be a string, not a list"}},
 		{"ICMP type name", cnp("prod", "x", "endpointSelector: {}\ningress:\n- icmps: [{fields: [{type: PacketTooBig}]}]"),
