@@ -112,7 +112,7 @@ func NewRepository(cfg Config) (*Repository, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	cache := NewSelectorCache()
+	cache := newSelectorCache()
 	cache.UpdateIdentities(identity.ReservedIdentities(), nil)
 	return &Repository{
 		cfg:      cfg,

@@ -24,8 +24,8 @@ type SelectorCache struct {
 	index      labelIndex
 }
 
-// NewSelectorCache returns an empty cache.
-func NewSelectorCache() *SelectorCache {
+// newSelectorCache returns an empty cache.
+func newSelectorCache() *SelectorCache {
 	return &SelectorCache{
 		identities: map[identity.ID]identity.Labels{},
 		selectors:  map[string]*cachedSelector{},
