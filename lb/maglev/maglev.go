@@ -96,8 +96,9 @@ func (b *Builder) TableSize() int {
 
 // Table returns a new lookup table for backends: TableSize entries, each the
 // ID of the backend that entry selects. The table depends on the backends'
-// keys, weights and IDs but not on their order. See [Builder.Fill] for the
-// errors.
+// keys, weights and IDs but not on their order, unless two backends share a
+// key: then, as in Cilium, their order decides which gets which entries.
+// See [Builder.Fill] for the errors.
 func (b *Builder) Table(backends []Backend) ([]uint32, error) {
 	if err := validate(backends); err != nil {
 		return nil, err
