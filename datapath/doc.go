@@ -1,8 +1,78 @@
-// Package datapath owns nodeplane's endpoint datapath: the BPF programs that
-// forward, track and filter the traffic of local endpoints, the maps they
-// share (local endpoints, ipcache, conntrack, per-endpoint policy, events,
-// counters) and the Go types that mirror them.
+// Package datapath is nodeplane's endpoint datapath: BPF programs that
+// forward, track and filter the traffic of the workloads on a node, the
+// maps they share, and a typed Go API over both.
 //
-// Policy-map semantics are defined by [PolicyKey], [PolicyEntry] and
-// [LookupPolicy], the Go model of the kernel's decision.
+// # Model
+//
+// An [Endpoint] is a workload: one IPv4 and/or one IPv6 address in its own
+// network namespace, reached through a veth pair whose host side lives in
+// the node namespace. Every endpoint has a numeric security identity
+// ([identity.ID]) and its own policy map. Remote addresses get their
+// identity from the ipcache ([IPCache]), a longest-prefix-match map that
+// [identity.IPCacheWriter] feeds; addresses it does not cover are the world
+// (identity 2).
+//
+// Each endpoint gets its own copy of two programs, with its ID compiled in
+// as a load-time constant, attached to the host-side interface with tcx (or
+// tc clsact where the kernel lacks tcx, see [HaveTCX]):
+//
+//   - from-endpoint (ingress of the host side) sees what the endpoint
+//     sends. The source address must be the endpoint's (else
+//     [DropInvalidSourceIP]). A packet conntrack knows, or a reply or an
+//     ICMP error about a known connection, passes. A new connection must be
+//     allowed by the endpoint's egress policy and, when the destination is
+//     another local endpoint, by that endpoint's ingress policy; then
+//     conntrack records it. Packets to local endpoints are routed (TTL,
+//     MACs) and redirected straight into the destination's namespace
+//     (bpf_redirect_peer); everything else goes to the node's stack.
+//   - to-endpoint (egress of the host side) sees what the node's stack
+//     sends to the endpoint: from the node itself or routed from outside.
+//     The source's identity comes from the ipcache; new connections must be
+//     allowed by the endpoint's ingress policy.
+//
+// Policy follows Cilium's policy map: keys of peer identity (0 for any),
+// direction, protocol and destination port with a prefix length for port
+// ranges, two lookups per decision, and [LookupPolicy] as the exact Go model
+// of the kernel's choice. An empty policy map denies every new connection.
+// Malformed, truncated, fragmented and non-IP packets are dropped (ARP and
+// IPv6 neighbour discovery pass untouched). Every drop is counted by reason
+// ([Datapath.Counters]) and reported as a [DropEvent] with both identities;
+// every policy decision about a new connection as a [PolicyVerdictEvent]
+// ([Datapath.NewEventReader]; the record format is in events.go and
+// bpf/events.h, with Cilium's drop-reason numbers).
+//
+// Inside an endpoint's namespace, AddEndpoint configures the address(es)
+// as /32 and /128 and default routes through the link-local gateways
+// 169.254.1.1 and fe80::1, whose permanent neighbour entries name the
+// host-side MAC, so no ARP or neighbour discovery is needed. The node
+// namespace gets a host route and a permanent neighbour entry per address.
+//
+// # Testing policy without traffic
+//
+// [Endpoint.TestRun] runs a crafted packet ([TestPacket]) through an
+// endpoint's program with BPF_PROG_TEST_RUN and returns the [Verdict]:
+// pass, redirect or drop, the drop reason, the identities, the conntrack
+// state and the policy entry that decided. The programs leave that verdict
+// in skb->cb, which is how the kernel reports it back. A detached endpoint
+// ([EndpointConfig].Detached) has programs and map entries but no
+// interface, so such tests need no namespaces at all.
+//
+// # Lifetime
+//
+// [New] creates the shared maps, or opens them from their pins when
+// [Config].BPFFSDir is set; a later Datapath on the same directory reuses
+// them with their contents (ipcache, conntrack, counters). Endpoints are
+// added and deleted at run time; [Datapath.Close] deletes the ones it still
+// has, interfaces included, so that no interface is ever left without its
+// programs. Everything holding a file descriptor has a Close or Delete
+// method, and constructors release what they acquired when they fail.
+//
+// # Errors
+//
+// Invalid configuration and keys are rejected before anything changes,
+// with errors wrapping [ErrInvalidConfig] or [ErrInvalidPolicyKey]. A taken
+// endpoint ID, address or interface name wraps [ErrEndpointExists]; use of
+// a closed or deleted object wraps [ErrClosed]; a kernel feature this
+// machine lacks wraps nodeplane.ErrNotSupported. Other errors come from the
+// kernel, wrapped with the operation that failed.
 package datapath

@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/nodeplane/nodeplane/identity"
@@ -137,9 +136,6 @@ type PolicyDecision struct {
 	Key     PolicyKey
 	Matched bool
 }
-
-// ErrInvalidPolicyKey is returned for keys that [PolicyKey.Validate] rejects.
-var ErrInvalidPolicyKey = errors.New("invalid policy key")
 
 // LookupPolicy is the Go model of the datapath's policy decision. Given the
 // whole content of an endpoint's policy map it returns what the BPF program

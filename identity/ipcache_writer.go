@@ -14,13 +14,24 @@ type IPCacheEntry struct {
 	Flags IPCacheFlags
 }
 
-// IPCacheFlags qualify an ipcache entry.
+// IPCacheFlags qualify an ipcache entry. Bits not defined here are carried
+// through to writers unchanged.
 type IPCacheFlags uint8
+
+const (
+	// IPCacheFlagSkipTunnel: send to the prefix without encapsulation even
+	// though a tunnel endpoint is known (Cilium's flag_skip_tunnel).
+	IPCacheFlagSkipTunnel IPCacheFlags = 1 << iota
+)
 
 // IPCacheWriter receives every change of the ipcache. The datapath's ipcache
 // map implements it, so that the kernel's view follows the Go model.
 //
-// Prefixes are masked ([netip.Prefix.Masked]) before they reach a writer.
+// Prefixes are masked ([netip.Prefix.Masked]) before they reach a writer,
+// and are never IPv4-mapped IPv6 prefixes. Calls are serialised by the
+// [IPCache]. A writer must apply a call completely or not at all, and
+// DeletePrefix of a prefix the writer does not hold must succeed: the
+// ipcache uses both to put a writer back in step after a failure.
 type IPCacheWriter interface {
 	UpsertPrefix(prefix netip.Prefix, entry IPCacheEntry) error
 	DeletePrefix(prefix netip.Prefix) error

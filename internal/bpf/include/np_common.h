@@ -12,6 +12,17 @@
 #ifndef NP_COMMON_H
 #define NP_COMMON_H
 
+/*
+ * nodeplane programs touch only UAPI structures (__sk_buff, bpf_sock_addr,
+ * packet headers), whose layout the kernel keeps stable, so they need no
+ * CO-RE relocations. Turning off vmlinux.h's blanket preserve_access_index
+ * also keeps the objects byte-reproducible: with it, every context access
+ * drags the whole context struct into BTF together with forward declarations
+ * of the structs it points to, and clang orders those by heap address, which
+ * varies with the length of the build directory's path. A program that does
+ * need CO-RE can still ask for it per access (BPF_CORE_READ).
+ */
+#define BPF_NO_PRESERVE_ACCESS_INDEX
 #include "vmlinux.h"
 
 #include <bpf/bpf_endian.h>

@@ -1,0 +1,412 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright 2026 The nodeplane Authors. */
+
+/*
+ * The endpoint datapath: two programs on the host-side veth of every
+ * endpoint, loaded once per endpoint with its ID and addresses as load-time
+ * constants.
+ *
+ *   np_from_endpoint  tc ingress: what the endpoint sends. Anti-spoofing,
+ *                     conntrack, the endpoint's egress policy, and for a
+ *                     local destination its ingress policy and a redirect
+ *                     into its namespace; anything else goes to the stack.
+ *   np_to_endpoint    tc egress: what the stack sends to the endpoint. The
+ *                     source identity comes from the endpoints map or the
+ *                     ipcache; conntrack and the endpoint's ingress policy
+ *                     decide.
+ *
+ * Traffic between two local endpoints is redirected straight into the
+ * destination's namespace with bpf_redirect_peer, so it never reaches the
+ * destination's np_to_endpoint: its ingress policy is enforced here.
+ *
+ * Packets of known connections take a fast path: anti-spoofing against the
+ * addresses compiled in, one conntrack lookup, and for a local destination
+ * its endpoint entry. Their identities are the ones conntrack recorded when
+ * the connection was created; identities are looked up (endpoints map,
+ * ipcache) only for new connections.
+ *
+ * Both programs leave their verdict in skb->cb (layout below), which is how
+ * BPF_PROG_TEST_RUN callers read the drop reason.
+ */
+
+#include "np_common.h"
+#include "maps.h"
+#include "events.h"
+#include "parse.h"
+#include "conntrack.h"
+#include "policy.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* The endpoint this copy of the programs serves, and its addresses (zero
+ * when it has none of a family); set at load time. An endpoint's addresses
+ * never change, so anti-spoofing needs no lookup. */
+volatile const __u16 np_endpoint_id = 0;
+volatile const __be32 np_endpoint_ipv4 = 0;
+volatile const __u32 np_endpoint_ipv6[4] = {};
+
+/* Identity of addresses the ipcache does not know (Cilium's WORLD_ID). */
+#define NP_WORLD_ID 2
+
+/*
+ * The verdict in skb->cb when a program returns:
+ *   cb[0]  bits 0-7 drop reason (0: not dropped), 8-15 enum np_ct_state,
+ *          bit 24 NP_VERDICT_VALID
+ *   cb[1]  source identity
+ *   cb[2]  destination identity
+ *   cb[3]  redirect target ifindex (0: none)
+ *   cb[4]  bits 0-15 proxy port, 16-23 policy match type, 24-31 L4 prefix
+ *          length, of the last policy decision (new connections only)
+ */
+#define NP_VERDICT_VALID (1U << 24)
+
+struct np_state {
+	struct np_pkt pkt;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 redirect_ifindex;
+	struct np_policy_result policy;
+	__u8 reason;
+	__u8 ct_state;
+	__u8 hook;
+	__u8 parsed;
+};
+
+static __always_inline void np_fill_hdr(struct np_event_hdr *h, struct __sk_buff *skb, __u8 type)
+{
+	h->type = type;
+	h->version = NP_EVENT_VERSION;
+	h->endpoint_id = np_endpoint_id;
+	h->ifindex = skb->ifindex;
+	h->ktime_ns = bpf_ktime_get_ns();
+}
+
+static __always_inline void np_event_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&np_events_lost, &zero);
+
+	if (lost)
+		*lost += 1;
+}
+
+/* The record-filling functions take the record type as a parameter and are
+ * not inlined, which puts the event layouts into the object's BTF for the
+ * Go layout test. */
+static __noinline void np_fill_drop(struct np_drop_event *e, struct __sk_buff *skb,
+				    const struct np_state *s)
+{
+	__u32 cap;
+
+	__builtin_memset(e, 0, sizeof(*e));
+	np_fill_hdr(&e->hdr, skb, NP_EVENT_DROP);
+	if (s->parsed) {
+		e->tuple = s->pkt.tuple;
+		e->flags = NP_DROP_F_TUPLE;
+	}
+	e->src_identity = s->src_identity;
+	e->dst_identity = s->dst_identity;
+	e->reason = s->reason;
+	e->hook = s->hook;
+	e->orig_len = skb->len;
+	cap = skb->len;
+	if (cap > NP_EVENT_CAP_LEN)
+		cap = NP_EVENT_CAP_LEN;
+	if (cap > 0 && bpf_skb_load_bytes(skb, 0, e->data, cap) == 0)
+		e->cap_len = cap;
+}
+
+static __always_inline void np_emit_drop(struct __sk_buff *skb, const struct np_state *s)
+{
+	struct np_drop_event *e = bpf_ringbuf_reserve(&np_events, sizeof(*e), 0);
+
+	if (!e) {
+		np_event_lost();
+		return;
+	}
+	np_fill_drop(e, skb, s);
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __noinline void np_fill_verdict(struct np_policy_verdict_event *e, struct __sk_buff *skb,
+				       const struct np_state *s, __u16 policy_endpoint_id,
+				       __u8 egress)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	np_fill_hdr(&e->hdr, skb, NP_EVENT_POLICY_VERDICT);
+	e->tuple = s->pkt.tuple;
+	e->src_identity = s->src_identity;
+	e->dst_identity = s->dst_identity;
+	e->policy_endpoint_id = policy_endpoint_id;
+	e->proxy_port = s->policy.proxy_port;
+	e->hook = s->hook;
+	e->egress = egress;
+	e->verdict = s->policy.reason;
+	e->match_type = s->policy.match_type;
+	e->l4_prefix_len = s->policy.l4_prefix_len;
+	e->policy_port = s->pkt.policy_port;
+}
+
+static __always_inline void np_emit_verdict(struct __sk_buff *skb, const struct np_state *s,
+					    __u16 policy_endpoint_id, __u8 egress)
+{
+	struct np_policy_verdict_event *e = bpf_ringbuf_reserve(&np_events, sizeof(*e), 0);
+
+	if (!e) {
+		np_event_lost();
+		return;
+	}
+	np_fill_verdict(e, skb, s, policy_endpoint_id, egress);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* np_exit records the verdict in skb->cb and the counters, reports drops,
+ * and returns the tc action. */
+static __always_inline int np_exit(struct __sk_buff *skb, struct np_state *s, int action)
+{
+	__u32 idx = ((__u32)s->hook << 8) | s->reason;
+	struct np_counter *c;
+
+	skb->cb[0] = s->reason | ((__u32)s->ct_state << 8) | NP_VERDICT_VALID;
+	skb->cb[1] = s->src_identity;
+	skb->cb[2] = s->dst_identity;
+	skb->cb[3] = s->redirect_ifindex;
+	skb->cb[4] = s->policy.proxy_port | ((__u32)s->policy.match_type << 16) |
+		     ((__u32)s->policy.l4_prefix_len << 24);
+
+	c = bpf_map_lookup_elem(&np_counters, &idx);
+	if (c) {
+		c->packets += 1;
+		c->bytes += skb->len;
+	}
+	if (s->reason) {
+		np_emit_drop(skb, s);
+		return TC_ACT_SHOT;
+	}
+	return action;
+}
+
+static __always_inline int np_is_own_addr(const union np_addr *a, __u8 ip_version)
+{
+	if (ip_version == NP_IPV4)
+		return np_endpoint_ipv4 != 0 && a->ip4 == np_endpoint_ipv4;
+	return (np_endpoint_ipv6[0] | np_endpoint_ipv6[1] | np_endpoint_ipv6[2] | np_endpoint_ipv6[3]) &&
+	       a->words[0] == np_endpoint_ipv6[0] && a->words[1] == np_endpoint_ipv6[1] &&
+	       a->words[2] == np_endpoint_ipv6[2] && a->words[3] == np_endpoint_ipv6[3];
+}
+
+/* np_ct_identities takes a known connection's identities from its entry:
+ * what they were when it was created. */
+static __always_inline void np_ct_identities(struct np_state *s, const struct np_ct_entry *ct)
+{
+	if (s->ct_state == NP_CT_REPLY) {
+		s->src_identity = ct->dst_identity;
+		s->dst_identity = ct->src_identity;
+	} else {
+		s->src_identity = ct->src_identity;
+		s->dst_identity = ct->dst_identity;
+	}
+}
+
+static __always_inline struct np_endpoint_info *np_lookup_endpoint(const union np_addr *addr,
+								   __u8 ip_version)
+{
+	struct np_endpoint_key key = {
+		.addr = *addr,
+		.ip_version = ip_version,
+	};
+
+	return bpf_map_lookup_elem(&np_endpoints, &key);
+}
+
+/* Identity of a remote address: the ipcache's longest match, else world. */
+static __always_inline __u32 np_ipcache_identity(const union np_addr *addr, __u8 ip_version)
+{
+	struct np_ipcache_key key = {
+		.prefixlen = NP_IPCACHE_STATIC_PREFIX + (ip_version == NP_IPV4 ? 32 : 128),
+		.ip_version = ip_version,
+		.addr = *addr,
+	};
+	struct np_ipcache_info *info = bpf_map_lookup_elem(&np_ipcache, &key);
+
+	return info ? info->identity : NP_WORLD_ID;
+}
+
+/* Identity of an address: a local endpoint's, else the ipcache's longest
+ * match, else world. */
+static __always_inline __u32 np_identity_of(const union np_addr *addr, __u8 ip_version)
+{
+	struct np_endpoint_info *ep = np_lookup_endpoint(addr, ip_version);
+
+	return ep ? ep->identity : np_ipcache_identity(addr, ip_version);
+}
+
+/* np_check_policy decides a new connection against one endpoint's policy,
+ * reports the verdict, and returns the drop reason or 0. */
+static __always_inline __u8 np_check_policy(struct __sk_buff *skb, struct np_state *s,
+					    __u16 endpoint_id, __u8 egress)
+{
+	struct np_policy_key key = {
+		.prefixlen = NP_POLICY_FULL_PREFIX,
+		.identity = egress ? s->dst_identity : s->src_identity,
+		.egress = egress,
+		.protocol = s->pkt.tuple.proto,
+		.dport = s->pkt.policy_port,
+	};
+
+	np_policy_decide(endpoint_id, &key, &s->policy);
+	np_emit_verdict(skb, s, endpoint_id, egress);
+	return s->policy.reason;
+}
+
+/* np_redirect_local hands the packet to a local endpoint: it routes it
+ * (hop limit, MACs) and redirects it into the endpoint's namespace. A
+ * packet whose hop limit runs out goes to the stack, which answers with
+ * ICMP time exceeded. */
+static __always_inline int np_redirect_local(struct __sk_buff *skb, struct np_state *s,
+					     const struct np_endpoint_info *dst)
+{
+	void *data, *data_end;
+	struct ethhdr *eth;
+
+	if (s->pkt.tuple.ip_version == NP_IPV4) {
+		struct iphdr *ip;
+		__u32 csum;
+
+		if (np_pull(skb, ETH_HLEN + sizeof(*ip), &data, &data_end))
+			return TC_ACT_OK;
+		ip = data + ETH_HLEN;
+		if (ip->ttl <= 1)
+			return TC_ACT_OK;
+		/* RFC 1624 incremental update, as the kernel's ip_decrease_ttl. */
+		csum = (__u32)ip->check + (__u32)bpf_htons(0x0100);
+		ip->check = (__u16)(csum + (csum >= 0xFFFF));
+		ip->ttl--;
+	} else {
+		struct ipv6hdr *ip6;
+
+		if (np_pull(skb, ETH_HLEN + sizeof(*ip6), &data, &data_end))
+			return TC_ACT_OK;
+		ip6 = data + ETH_HLEN;
+		if (ip6->hop_limit <= 1)
+			return TC_ACT_OK;
+		ip6->hop_limit--;
+	}
+	eth = data;
+	__builtin_memcpy(eth->h_dest, dst->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, dst->node_mac, ETH_ALEN);
+	s->redirect_ifindex = dst->ifindex;
+	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
+SEC("tc")
+int np_from_endpoint(struct __sk_buff *skb)
+{
+	struct np_state s = { .hook = NP_HOOK_FROM_ENDPOINT };
+	struct np_endpoint_info *src, *dst;
+	struct np_ct_entry *ct = NULL;
+	__u32 now;
+	int ret;
+
+	ret = np_parse(skb, &s.pkt);
+	if (ret == NP_PARSE_PASS)
+		return np_exit(skb, &s, TC_ACT_OK);
+	if (ret) {
+		s.reason = ret;
+		return np_exit(skb, &s, TC_ACT_SHOT);
+	}
+	s.parsed = 1;
+
+	/* Anti-spoofing: the source must be one of this endpoint's addresses. */
+	if (!np_is_own_addr(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version)) {
+		s.reason = DROP_INVALID_SIP;
+		return np_exit(skb, &s, TC_ACT_SHOT);
+	}
+	dst = np_lookup_endpoint(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
+
+	s.ct_state = np_ct_lookup(skb, &s.pkt, &ct);
+	now = np_now_sec();
+	if (ct) {
+		/* Established or reply: the fast path, no identity lookups. */
+		np_ct_identities(&s, ct);
+		np_ct_update(ct, &s.pkt, s.ct_state == NP_CT_REPLY, now);
+	} else {
+		/* Our identity lives in the endpoints map, so that it can change
+		 * without reloading the program. */
+		src = np_lookup_endpoint(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version);
+		if (!src || src->endpoint_id != np_endpoint_id) {
+			s.reason = DROP_EP_NOT_READY;
+			return np_exit(skb, &s, TC_ACT_SHOT);
+		}
+		s.src_identity = src->identity;
+		s.dst_identity = dst ? dst->identity :
+				       np_ipcache_identity(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
+	}
+
+	if (s.ct_state == NP_CT_NEW) {
+		s.reason = np_check_policy(skb, &s, np_endpoint_id, 1);
+		if (!s.reason && dst)
+			s.reason = np_check_policy(skb, &s, dst->endpoint_id, 0);
+		if (s.reason)
+			return np_exit(skb, &s, TC_ACT_SHOT);
+		if (np_ct_create(&s.pkt, s.src_identity, s.dst_identity, np_endpoint_id, now)) {
+			s.reason = DROP_CT_CREATE_FAILED;
+			return np_exit(skb, &s, TC_ACT_SHOT);
+		}
+	}
+
+	if (dst)
+		return np_exit(skb, &s, np_redirect_local(skb, &s, dst));
+	return np_exit(skb, &s, TC_ACT_OK);
+}
+
+SEC("tc")
+int np_to_endpoint(struct __sk_buff *skb)
+{
+	struct np_state s = { .hook = NP_HOOK_TO_ENDPOINT };
+	struct np_endpoint_info *dst;
+	struct np_ct_entry *ct = NULL;
+	__u32 now;
+	int ret;
+
+	ret = np_parse(skb, &s.pkt);
+	if (ret == NP_PARSE_PASS)
+		return np_exit(skb, &s, TC_ACT_OK);
+	if (ret) {
+		s.reason = ret;
+		return np_exit(skb, &s, TC_ACT_SHOT);
+	}
+	s.parsed = 1;
+
+	if (!np_is_own_addr(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version)) {
+		s.reason = DROP_UNKNOWN_TARGET;
+		return np_exit(skb, &s, TC_ACT_SHOT);
+	}
+
+	s.ct_state = np_ct_lookup(skb, &s.pkt, &ct);
+	now = np_now_sec();
+	if (ct) {
+		np_ct_identities(&s, ct);
+		np_ct_update(ct, &s.pkt, s.ct_state == NP_CT_REPLY, now);
+		return np_exit(skb, &s, TC_ACT_OK);
+	}
+
+	dst = np_lookup_endpoint(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
+	if (!dst || dst->endpoint_id != np_endpoint_id) {
+		s.reason = DROP_EP_NOT_READY;
+		return np_exit(skb, &s, TC_ACT_SHOT);
+	}
+	s.dst_identity = dst->identity;
+	s.src_identity = np_identity_of(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version);
+
+	if (s.ct_state == NP_CT_NEW) {
+		s.reason = np_check_policy(skb, &s, np_endpoint_id, 0);
+		if (s.reason)
+			return np_exit(skb, &s, TC_ACT_SHOT);
+		if (np_ct_create(&s.pkt, s.src_identity, s.dst_identity, np_endpoint_id, now)) {
+			s.reason = DROP_CT_CREATE_FAILED;
+			return np_exit(skb, &s, TC_ACT_SHOT);
+		}
+	}
+	return np_exit(skb, &s, TC_ACT_OK);
+}

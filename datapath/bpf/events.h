@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright 2026 The nodeplane Authors. */
+
+/*
+ * events.h is the binary format of the records the datapath writes to the
+ * np_events ring buffer. Its Go twin is datapath/events.go; a test checks
+ * the two layouts against each other through BTF.
+ *
+ * Every record starts with struct np_event_hdr. type says which struct
+ * follows, version is NP_EVENT_VERSION and changes whenever a layout does.
+ * Integers are in host byte order, addresses and ports in network byte
+ * order (as on the wire). Records are never truncated: a record's length is
+ * the size of its struct.
+ *
+ *   NP_EVENT_DROP            struct np_drop_event            208 bytes
+ *   NP_EVENT_POLICY_VERDICT  struct np_policy_verdict_event   80 bytes
+ *
+ * A drop record is written for every packet the datapath drops. A policy
+ * verdict record is written for every policy decision about a new
+ * connection (one that conntrack does not know), allowed or not, so a
+ * denied new connection yields both.
+ */
+#ifndef NP_EVENTS_H
+#define NP_EVENTS_H
+
+#include "maps.h"
+
+#define NP_EVENT_VERSION 1
+
+enum np_event_type {
+	NP_EVENT_DROP = 1,
+	NP_EVENT_POLICY_VERDICT = 2,
+};
+
+/* Where the datapath saw the packet. */
+enum np_hook {
+	NP_HOOK_FROM_ENDPOINT = 0, /* sent by the endpoint (tc ingress of its host-side veth) */
+	NP_HOOK_TO_ENDPOINT = 1,   /* sent to the endpoint by the stack (tc egress) */
+};
+
+struct np_event_hdr {
+	__u8 type;          /* enum np_event_type */
+	__u8 version;       /* NP_EVENT_VERSION */
+	__u16 endpoint_id;  /* endpoint whose program wrote the record */
+	__u32 ifindex;      /* interface the packet was seen on */
+	__u64 ktime_ns;     /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+};
+NP_ASSERT_SIZE(struct np_event_hdr, 16);
+
+/* np_drop_event.flags */
+#define NP_DROP_F_TUPLE (1U << 0) /* tuple holds the parsed packet */
+
+/* Bytes of the packet, from the Ethernet header on, kept in a drop record. */
+#define NP_EVENT_CAP_LEN 128
+
+struct np_drop_event {
+	struct np_event_hdr hdr;
+	struct np_tuple tuple;       /* zero unless NP_DROP_F_TUPLE */
+	__u32 src_identity;          /* 0 where not known yet */
+	__u32 dst_identity;          /* 0 where not known yet */
+	__u8 reason;                 /* Cilium drop reason (DROP_* below) */
+	__u8 hook;                   /* enum np_hook */
+	__u8 flags;                  /* NP_DROP_F_* */
+	__u8 pad;
+	__u32 orig_len;              /* length of the whole packet */
+	__u16 cap_len;               /* valid bytes in data */
+	__u8 pad2[6];
+	__u8 data[NP_EVENT_CAP_LEN]; /* the packet's first bytes */
+};
+NP_ASSERT_SIZE(struct np_drop_event, 208);
+
+/* Which entry decided, with Cilium's numbers (bpf/lib/policy.h). */
+enum np_policy_match {
+	NP_POLICY_MATCH_NONE = 0,
+	NP_POLICY_MATCH_L3_ONLY = 1,   /* identity, any protocol */
+	NP_POLICY_MATCH_L3_L4 = 2,     /* identity, protocol and port(s) */
+	NP_POLICY_MATCH_L4_ONLY = 3,   /* any identity, protocol and port(s) */
+	NP_POLICY_MATCH_ALL = 4,       /* any identity, any protocol */
+	NP_POLICY_MATCH_L3_PROTO = 5,  /* identity, protocol, any port */
+	NP_POLICY_MATCH_PROTO_ONLY = 6,/* any identity, protocol, any port */
+};
+
+struct np_policy_verdict_event {
+	struct np_event_hdr hdr;
+	struct np_tuple tuple;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u16 policy_endpoint_id; /* endpoint whose policy map decided */
+	__u16 proxy_port;         /* host order; 0 without L7 redirect */
+	__u8 hook;                /* enum np_hook */
+	__u8 egress;              /* 0: ingress policy, 1: egress policy */
+	__u8 verdict;             /* 0 allowed, else the drop reason */
+	__u8 match_type;          /* enum np_policy_match */
+	__u8 l4_prefix_len;       /* of the deciding entry */
+	__u8 pad;
+	__be16 policy_port;       /* port looked up: dport, or the ICMP type */
+	__u8 pad2[4];
+};
+NP_ASSERT_SIZE(struct np_policy_verdict_event, 80);
+
+/* Drop reasons: Cilium's numbers (bpf/lib/drop_reasons.h negated,
+ * pkg/monitor/api/drop.go). */
+#define DROP_INVALID_SIP       132
+#define DROP_POLICY            133
+#define DROP_INVALID           134
+#define DROP_CT_INVALID_HDR    135
+#define DROP_CT_UNKNOWN_PROTO  137
+#define DROP_UNKNOWN_L3        139
+#define DROP_UNKNOWN_TARGET    150
+#define DROP_CT_CREATE_FAILED  155
+#define DROP_INVALID_EXTHDR    156
+#define DROP_FRAG_NOSUPPORT    157
+#define DROP_POLICY_DENY       181
+#define DROP_EP_NOT_READY      203
+
+#endif /* NP_EVENTS_H */

@@ -1,0 +1,109 @@
+package datapath
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	c, err := Config{}.withDefaults(4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxEndpoints != defaultMaxEndpoints || c.ConntrackMaxEntries != defaultConntrackMaxEntries ||
+		c.EventsBufferSize != defaultEventsBufferSize || c.TCPLifetime != 6*time.Hour || c.Attach != AttachAuto {
+		t.Fatalf("defaults: %+v", c)
+	}
+	for _, bad := range []Config{
+		{MaxEndpoints: -1},
+		{MaxEndpoints: 70000},
+		{ConntrackMaxEntries: -5},
+		{EventsBufferSize: 4096 + 1},
+		{EventsBufferSize: 1024},
+		{TCPLifetime: 1500 * time.Millisecond},
+		{CloseLifetime: -time.Second},
+		{Attach: 9},
+	} {
+		if _, err := bad.withDefaults(4096); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%+v: %v, want ErrInvalidConfig", bad, err)
+		}
+	}
+}
+
+func TestEndpointConfigValidation(t *testing.T) {
+	good := EndpointConfig{ID: 3, Identity: 1000, IPv4: addrA, NetNS: "/proc/1/ns/net"}
+	c, err := good.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.IfName != "eth0" || c.HostIfName != "np3" || c.MAC.String() != "0a:58:0a:00:00:01" {
+		t.Fatalf("defaults: %+v", c)
+	}
+	c6, err := EndpointConfig{ID: 0x102, Identity: 1000, IPv6: addrA6, Detached: true}.withDefaults()
+	if err != nil || c6.MAC.String() != "0a:58:00:00:01:02" {
+		t.Fatalf("IPv6-only default MAC: %v %v", c6.MAC, err)
+	}
+
+	for name, mod := range map[string]func(*EndpointConfig){
+		"ID 0":                func(c *EndpointConfig) { c.ID = 0 },
+		"identity 0":          func(c *EndpointConfig) { c.Identity = 0 },
+		"no address":          func(c *EndpointConfig) { c.IPv4 = netip.Addr{} },
+		"IPv6 in IPv4":        func(c *EndpointConfig) { c.IPv4 = addrA6 },
+		"IPv4 in IPv6":        func(c *EndpointConfig) { c.IPv6 = addrA },
+		"mapped IPv6":         func(c *EndpointConfig) { c.IPv6 = netip.MustParseAddr("::ffff:10.0.0.1") },
+		"link-local IPv6":     func(c *EndpointConfig) { c.IPv6 = netip.MustParseAddr("fe80::1") },
+		"multicast IPv4":      func(c *EndpointConfig) { c.IPv4 = netip.MustParseAddr("224.0.0.1") },
+		"multicast MAC":       func(c *EndpointConfig) { c.MAC = net.HardwareAddr{1, 0, 0, 0, 0, 1} },
+		"short MAC":           func(c *EndpointConfig) { c.MAC = net.HardwareAddr{2, 0, 0} },
+		"no namespace":        func(c *EndpointConfig) { c.NetNS = "" },
+		"detached with netns": func(c *EndpointConfig) { c.Detached = true },
+		"long interface name": func(c *EndpointConfig) { c.HostIfName = "a-very-long-name" },
+		"slash in name":       func(c *EndpointConfig) { c.IfName = "eth/0" },
+		"MTU too small":       func(c *EndpointConfig) { c.MTU = 20 },
+	} {
+		c := good
+		mod(&c)
+		if _, err := c.withDefaults(); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%s: %v, want ErrInvalidConfig", name, err)
+		}
+	}
+}
+
+func TestPolicyKeyRawRoundTrip(t *testing.T) {
+	for _, k := range []PolicyKey{
+		{},
+		{Identity: 5, Direction: Egress},
+		{Identity: 1000, Protocol: protoTCP},
+		{Identity: 1000, Protocol: protoTCP, Port: 8080, PortPrefixLen: 14},
+		{Protocol: protoUDP, Port: 53, PortPrefixLen: 16},
+		{Protocol: protoICMP, Port: 0, PortPrefixLen: 1},
+	} {
+		got, err := k.raw().typed()
+		if err != nil || got != k {
+			t.Errorf("%v -> %+v -> %v, %v", k, k.raw(), got, err)
+		}
+		e := PolicyEntry{Deny: k.Identity == 5, ProxyPort: 15001, ProxyPortPriority: 2}
+		if r := e.raw(k); r.typed() != e || r.L4PrefixLen != k.L4PrefixLen() {
+			t.Errorf("entry %+v -> %+v", e, r)
+		}
+	}
+	if _, err := (policyKey{PrefixLen: 44}).typed(); err == nil {
+		t.Error("a key with half a protocol accepted")
+	}
+}
+
+func TestIPCacheKey(t *testing.T) {
+	for _, s := range []string{"0.0.0.0/0", "10.0.0.0/8", "192.0.2.1/32", "::/0", "2001:db8::/32", "fd00::1/128", "::ffff:10.0.0.0/104"} {
+		p := netip.MustParsePrefix(s)
+		got, err := ipcacheKeyFor(p).prefix()
+		if err != nil || got != p {
+			t.Errorf("%v -> %v, %v", p, got, err)
+		}
+	}
+	if k := ipcacheKeyFor(netip.MustParsePrefix("10.1.2.3/8")); k.Addr[1] != 0 || k.PrefixLen != 40 {
+		t.Errorf("host bits not masked: %+v", k)
+	}
+}

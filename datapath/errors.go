@@ -1,0 +1,24 @@
+package datapath
+
+import (
+	"errors"
+	"os"
+)
+
+var (
+	// ErrInvalidPolicyKey is returned for keys that [PolicyKey.Validate]
+	// rejects.
+	ErrInvalidPolicyKey = errors.New("invalid policy key")
+	// ErrInvalidConfig is returned for a [Config] or [EndpointConfig] that
+	// fails validation; nothing has been created then.
+	ErrInvalidConfig = errors.New("invalid configuration")
+	// ErrEndpointExists is returned when adding an endpoint whose ID,
+	// address or interface name is taken.
+	ErrEndpointExists = errors.New("endpoint exists")
+	// ErrMalformedEvent is returned by [ParseEvent] for a record it cannot
+	// decode.
+	ErrMalformedEvent = errors.New("malformed event")
+	// ErrClosed is returned by methods of a closed [Datapath], deleted
+	// [Endpoint] or closed [EventReader]. It is [os.ErrClosed].
+	ErrClosed = os.ErrClosed
+)

@@ -1,0 +1,139 @@
+package datapath_test
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane/identity"
+)
+
+// LookupPolicy is the Go model of the kernel's decision: here a port range
+// allowed for one peer, and an explicit deny for everyone that takes
+// precedence.
+func ExampleLookupPolicy() {
+	const web identity.ID = 1000
+	entries := map[datapath.PolicyKey]datapath.PolicyEntry{
+		// 8080-8083 from web: a /14 port prefix.
+		{Identity: web, Direction: datapath.Ingress, Protocol: 6, Port: 8080, PortPrefixLen: 14}: {},
+		// Nobody may reach 8082.
+		{Direction: datapath.Ingress, Protocol: 6, Port: 8082, PortPrefixLen: 16}: {Deny: true},
+	}
+	for _, port := range []uint16{8080, 8082, 8084} {
+		d := datapath.LookupPolicy(entries, web, datapath.Ingress, 6, port)
+		if d.Allowed {
+			fmt.Printf("%d: allowed by %v\n", port, d.Key)
+		} else {
+			fmt.Printf("%d: %v\n", port, d.Reason)
+		}
+	}
+	// Output:
+	// 8080: allowed by {ingress identity 1000 8080-8083/proto 6}
+	// 8082: POLICY_DENY
+	// 8084: POLICY_DENIED
+}
+
+// Run a crafted packet through an endpoint's program with
+// BPF_PROG_TEST_RUN: no interface, no namespace, just the kernel's verdict.
+func ExampleEndpoint_TestRun() {
+	dp, err := datapath.New(datapath.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer dp.Close()
+
+	web, err := dp.AddEndpoint(datapath.EndpointConfig{
+		ID: 1, Identity: 1000, IPv4: netip.MustParseAddr("10.0.0.1"), Detached: true,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// 192.0.2.0/24 is the database, identity 2000; web may reach it on 5432.
+	if err := dp.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), identity.IPCacheEntry{Identity: 2000}); err != nil {
+		log.Fatal(err)
+	}
+	if err := web.Policy().Update(datapath.PolicyKey{Identity: 2000, Direction: datapath.Egress, Protocol: 6, Port: 5432, PortPrefixLen: 16},
+		datapath.PolicyEntry{}); err != nil {
+		log.Fatal(err)
+	}
+
+	for _, port := range []uint16{5432, 22} {
+		pkt, err := datapath.TestPacket{
+			Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("192.0.2.7"),
+			Proto: 6, SrcPort: 40000, DstPort: port, TCPFlags: datapath.TCPSyn,
+		}.Bytes()
+		if err != nil {
+			log.Fatal(err)
+		}
+		v, _, err := web.TestRun(datapath.FromEndpoint, pkt)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("port %d: %s %v (identity %d -> %d)\n", port, v.Action, v.Reason, v.SrcIdentity, v.DstIdentity)
+	}
+}
+
+// Plumb two workloads and read the datapath's drop events.
+func ExampleDatapath_AddEndpoint() {
+	dp, err := datapath.New(datapath.Config{BPFFSDir: "/sys/fs/bpf/nodeplane"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer dp.Close()
+
+	for _, w := range []struct {
+		id    datapath.EndpointID
+		ident identity.ID
+		addr  string
+		netns string
+	}{
+		{1, 1000, "10.0.0.1", "/var/run/netns/web"},
+		{2, 2000, "10.0.0.2", "/var/run/netns/db"},
+	} {
+		if _, err := dp.AddEndpoint(datapath.EndpointConfig{
+			ID: w.id, Identity: w.ident, IPv4: netip.MustParseAddr(w.addr), NetNS: w.netns,
+		}); err != nil {
+			log.Fatal(err)
+		}
+	}
+	web, _ := dp.Endpoint(1)
+	db, _ := dp.Endpoint(2)
+	// web -> db on 5432, both ways of the policy.
+	if err := web.Policy().Update(datapath.PolicyKey{Identity: 2000, Direction: datapath.Egress, Protocol: 6, Port: 5432, PortPrefixLen: 16}, datapath.PolicyEntry{}); err != nil {
+		log.Fatal(err)
+	}
+	if err := db.Policy().Update(datapath.PolicyKey{Identity: 1000, Direction: datapath.Ingress, Protocol: 6, Port: 5432, PortPrefixLen: 16}, datapath.PolicyEntry{}); err != nil {
+		log.Fatal(err)
+	}
+
+	events, err := dp.NewEventReader()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer events.Close()
+	events.SetDeadline(time.Now().Add(10 * time.Second))
+	for {
+		ev, err := events.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		if drop, ok := ev.(*datapath.DropEvent); ok {
+			fmt.Printf("%v: %v, identity %d -> %d\n", drop.Tuple, drop.Reason, drop.SrcIdentity, drop.DstIdentity)
+		}
+	}
+}
+
+func ExampleDropReason() {
+	fmt.Println(datapath.DropPolicyDenied, uint8(datapath.DropPolicyDenied))
+	fmt.Println(datapath.DropInvalidSourceIP, uint8(datapath.DropInvalidSourceIP))
+	// Output:
+	// POLICY_DENIED 133
+	// INVALID_SOURCE_IP 132
+}

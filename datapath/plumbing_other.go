@@ -1,0 +1,37 @@
+//go:build !linux
+
+package datapath
+
+import (
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/nodeplane/nodeplane"
+)
+
+var errNotLinux = fmt.Errorf("datapath on %s: %w", runtime.GOOS, nodeplane.ErrNotSupported)
+
+// HaveTCX reports whether the kernel can attach programs with tcx links;
+// never outside Linux.
+func HaveTCX() error { return errNotLinux }
+
+// MonotonicNow returns the current CLOCK_MONOTONIC time; outside Linux, the
+// time since an arbitrary point.
+func MonotonicNow() time.Duration { return time.Since(time.Time{}) }
+
+type nodeNamespace struct{}
+
+func openNodeNamespace(string) (*nodeNamespace, error) { return nil, errNotLinux }
+
+func (*nodeNamespace) close() error { return nil }
+
+func (*nodeNamespace) plumb(EndpointConfig) (hostLink, error) { return hostLink{}, errNotLinux }
+
+func (*nodeNamespace) unplumb(EndpointConfig, hostLink) error { return errNotLinux }
+
+type attachment interface{ detach() error }
+
+func (*nodeNamespace) attach(AttachMode, int, *endpointPrograms) ([]attachment, error) {
+	return nil, errNotLinux
+}

@@ -1,0 +1,277 @@
+// Command policytrace explains whether network policy allows a flow, the
+// way Cilium decides it, and exits 0 if it does, 1 if it does not and 2 for
+// bad input.
+//
+//	policytrace -policies ./policies \
+//	    -from k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default \
+//	    -to   k8s:app=db,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default \
+//	    -dport 5432/TCP
+//
+// -policies is a YAML or JSON file, or a directory of them, holding
+// CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and NetworkPolicy
+// documents. Every file is validated first; any invalid document fails the
+// run with exit 2 and a message naming the file, document and field path.
+//
+// -from and -to are the labels Cilium gives the two sides, with their
+// sources: a pod has k8s:<label> for each pod label,
+// k8s:io.kubernetes.pod.namespace=<ns>, k8s:io.cilium.k8s.policy.cluster=<cluster>
+// and k8s:io.cilium.k8s.namespace.labels.<key>=<value> for each label of its
+// namespace; reserved:host, reserved:world and the other reserved labels
+// name the reserved identities. -to-cidr (or -from-cidr) names a peer
+// outside the cluster by address or prefix instead.
+//
+// Without -direction the verdict is for the whole path: the source's egress
+// policy and the destination's ingress policy must both allow the flow.
+// Policy only applies at sides that can be local endpoints (pods and the
+// health, init and ingress identities); the world, CIDRs, remote nodes and
+// the host are decided by the other side alone. -direction egress or
+// ingress decides one side.
+//
+// The verdict comes from the compiled policy map, looked up the way the
+// datapath looks it up, and is cross-checked against a direct evaluation
+// of the rules.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy"
+)
+
+// Exit codes.
+const (
+	exitAllowed  = 0
+	exitDenied   = 1
+	exitBadInput = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+type namedPortsFlag []policy.NamedPort
+
+func (f *namedPortsFlag) String() string { return fmt.Sprint(*f) }
+
+func (f *namedPortsFlag) Set(s string) error {
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok || name == "" {
+		return fmt.Errorf("want NAME=PORT[/PROTO], got %q", s)
+	}
+	port, proto, err := parsePort(rest)
+	if err != nil {
+		return err
+	}
+	*f = append(*f, policy.NamedPort{Name: strings.ToLower(name), Port: port, Protocol: proto})
+	return nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("policytrace", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		policiesPath = fs.String("policies", "", "policy `file or directory` (YAML or JSON)")
+		from         = fs.String("from", "", "source `labels`, comma-separated (e.g. k8s:app=web,k8s:io.kubernetes.pod.namespace=prod)")
+		to           = fs.String("to", "", "destination `labels`, comma-separated")
+		fromCIDR     = fs.String("from-cidr", "", "source outside the cluster: an `address or prefix`")
+		toCIDR       = fs.String("to-cidr", "", "destination outside the cluster: an `address or prefix`")
+		dport        = fs.String("dport", "", "destination `port[/protocol]` (TCP by default; for ICMP and ICMPv6 the port is the type)")
+		direction    = fs.String("direction", "", "decide only `egress` (the source's policy) or ingress (the destination's)")
+		clusterName  = fs.String("cluster-name", "default", "the local cluster's `name`")
+		namedPorts   namedPortsFlag
+	)
+	fs.Var(&namedPorts, "named-port", "a named port of the destination, `NAME=PORT[/PROTO]` (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return exitBadInput
+	}
+	bad := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "policytrace: "+format+"\n", a...)
+		return exitBadInput
+	}
+	if fs.NArg() > 0 {
+		return bad("unexpected arguments: %q", fs.Args())
+	}
+	switch {
+	case *policiesPath == "":
+		return bad("-policies is required")
+	case *from == "" && *fromCIDR == "":
+		return bad("one of -from and -from-cidr is required")
+	case *from != "" && *fromCIDR != "":
+		return bad("-from and -from-cidr are exclusive")
+	case *to == "" && *toCIDR == "":
+		return bad("one of -to and -to-cidr is required")
+	case *to != "" && *toCIDR != "":
+		return bad("-to and -to-cidr are exclusive")
+	case *dport == "":
+		return bad("-dport is required")
+	}
+	var dirs policy.TraceDirections
+	switch strings.ToLower(*direction) {
+	case "":
+		dirs = policy.TraceBoth
+	case "egress":
+		dirs = policy.TraceEgressOnly
+	case "ingress":
+		dirs = policy.TraceIngressOnly
+	default:
+		return bad("-direction must be egress or ingress, not %q", *direction)
+	}
+	port, proto, err := parsePort(*dport)
+	if err != nil {
+		return bad("-dport: %v", err)
+	}
+
+	// Validate every policy file before deciding anything.
+	policies, err := policy.ParseFiles(*policiesPath)
+	if err != nil {
+		if ves := policy.ValidationErrors(err); len(ves) > 0 {
+			fmt.Fprintf(stderr, "policytrace: %d invalid field(s) in %s:\n", len(ves), *policiesPath)
+			for _, ve := range ves {
+				fmt.Fprintf(stderr, "  %v\n", ve)
+			}
+			return exitBadInput
+		}
+		return bad("%v", err)
+	}
+
+	repo, err := policy.NewRepository(policy.Config{ClusterName: *clusterName})
+	if err != nil {
+		return bad("%v", err)
+	}
+	seen := map[policy.PolicyID]string{}
+	var notes []string
+	for _, p := range policies {
+		// A later definition of the same object replaces the earlier one,
+		// as kubectl apply of the whole directory would.
+		if first, ok := seen[p.ID()]; ok {
+			notes = append(notes, fmt.Sprintf("%s (%s) replaces its definition in %s", p.ID(), p.Source, first))
+		}
+		seen[p.ID()] = p.Source
+		if _, err := repo.Replace(p); err != nil {
+			return bad("%s: %v", p.Source, err)
+		}
+	}
+
+	alloc, err := identity.NewInProcessAllocator(identity.InProcessConfig{})
+	if err != nil {
+		return bad("%v", err)
+	}
+	defer alloc.Close()
+	ctx := context.Background()
+	side := func(name, labels, cidr string) (identity.Identity, error) {
+		var ls identity.Labels
+		if cidr != "" {
+			pfx, err := parsePrefix(cidr)
+			if err != nil {
+				return identity.Identity{}, fmt.Errorf("-%s-cidr: %w", name, err)
+			}
+			if ls, err = identity.CIDRLabels(pfx, !repo.Config().SingleStack); err != nil {
+				return identity.Identity{}, fmt.Errorf("-%s-cidr: %w", name, err)
+			}
+		} else {
+			var err error
+			if ls, err = identity.ParseLabelList(labels); err != nil {
+				return identity.Identity{}, fmt.Errorf("-%s: %w", name, err)
+			}
+			if ls.IsEmpty() {
+				return identity.Identity{}, fmt.Errorf("-%s: no labels", name)
+			}
+		}
+		id, _, err := alloc.Allocate(ctx, ls)
+		if err != nil {
+			return identity.Identity{}, fmt.Errorf("-%s: %w", name, err)
+		}
+		return identity.Identity{ID: id, Labels: ls}, nil
+	}
+	src, err := side("from", *from, *fromCIDR)
+	if err != nil {
+		return bad("%v", err)
+	}
+	dst, err := side("to", *to, *toCIDR)
+	if err != nil {
+		return bad("%v", err)
+	}
+	repo.UpdateIdentities([]identity.Identity{src, dst}, nil)
+
+	fmt.Fprintf(stdout, "Tracing %s/%s from identity %d to identity %d against %d policies (repository revision %d)\n",
+		portString(port, proto), proto, src.ID, dst.ID, len(policies), repo.Revision())
+	for _, p := range policies {
+		if p.Kind == policy.KindCiliumNetworkPolicy && p.Namespace == "" {
+			notes = append(notes, fmt.Sprintf("%s (%s) has no namespace; like Cilium, it is treated as clusterwide", p.ID(), p.Source))
+		}
+	}
+	for _, n := range notes {
+		fmt.Fprintf(stdout, "note: %s\n", n)
+	}
+	fmt.Fprintln(stdout)
+	res, err := repo.Trace(policy.TraceRequest{
+		From: src, To: dst, ToNamedPorts: namedPorts,
+		Protocol: proto, Port: port, Directions: dirs,
+	})
+	if err != nil {
+		if res != nil {
+			fmt.Fprint(stdout, res)
+		}
+		fmt.Fprintf(stderr, "policytrace: %v\n", err)
+		if errors.Is(err, policy.ErrInconsistent) {
+			return exitDenied
+		}
+		return exitBadInput
+	}
+	fmt.Fprint(stdout, res)
+	if res.Allowed {
+		return exitAllowed
+	}
+	return exitDenied
+}
+
+// parsePort reads PORT[/PROTO]; the protocol defaults to TCP.
+func parsePort(s string) (uint16, policy.Protocol, error) {
+	portStr, protoStr, hasProto := strings.Cut(s, "/")
+	proto := policy.ProtoTCP
+	if hasProto {
+		p, err := policy.ParseProtocol(protoStr)
+		if err != nil {
+			return 0, 0, err
+		}
+		if p == policy.ProtoAny {
+			return 0, 0, fmt.Errorf("a packet has one protocol, not %q", protoStr)
+		}
+		proto = p
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return 0, 0, fmt.Errorf("invalid port %q: want 0-65535", portStr)
+	}
+	if (proto == policy.ProtoICMP || proto == policy.ProtoICMPv6) && port > 255 {
+		return 0, 0, fmt.Errorf("invalid ICMP type %d: want 0-255", port)
+	}
+	return uint16(port), proto, nil
+}
+
+func portString(port uint16, proto policy.Protocol) string {
+	if proto == policy.ProtoICMP || proto == policy.ProtoICMPv6 {
+		return "type " + strconv.Itoa(int(port))
+	}
+	return strconv.Itoa(int(port))
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("invalid address or prefix %q", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}

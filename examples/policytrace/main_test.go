@@ -1,0 +1,121 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestGolden runs the cases of testdata/golden/cases.txt through the
+// command and checks the exit code of each.
+func TestGolden(t *testing.T) {
+	f, err := os.Open("testdata/golden/cases.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	vars := map[string]string{}
+	sc := bufio.NewScanner(f)
+	n := 0
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		fields := strings.Fields(text)
+		if fields[0] == "let" {
+			if len(fields) != 3 {
+				t.Fatalf("line %d: want let NAME LABELS", line)
+			}
+			vars[fields[1]] = fields[2]
+			continue
+		}
+		if len(fields) < 2 {
+			t.Fatalf("line %d: want SCENARIO EXPECTATION FLAGS...", line)
+		}
+		scenario, want := fields[0], fields[1]
+		args := []string{"-policies", filepath.Join("testdata/golden", scenario)}
+		for _, a := range fields[2:] {
+			if v, ok := strings.CutPrefix(a, "$"); ok {
+				if vars[v] == "" {
+					t.Fatalf("line %d: undefined $%s", line, v)
+				}
+				a = vars[v]
+			}
+			args = append(args, a)
+		}
+		wantCode := map[string]int{"allowed": exitAllowed, "denied": exitDenied, "invalid": exitBadInput}[want]
+		if want != "allowed" && wantCode == 0 {
+			t.Fatalf("line %d: unknown expectation %q", line, want)
+		}
+		var stdout, stderr bytes.Buffer
+		if code := run(args, &stdout, &stderr); code != wantCode {
+			t.Errorf("line %d: %s\nexit %d, want %d (%s)\n%s%s", line, text, code, wantCode, want, stdout.String(), stderr.String())
+		}
+		if wantCode == exitBadInput && stderr.Len() == 0 {
+			t.Errorf("line %d: exit 2 without a message", line)
+		}
+		n++
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d golden cases", n)
+}
+
+// Invalid policy files are reported with document and field path, every
+// file before any verdict.
+func TestInvalidReport(t *testing.T) {
+	dir := t.TempDir()
+	for name, data := range map[string]string{
+		"a.yaml": "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a, namespace: x}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEntities: [galaxy]\n",
+		"b.yaml": "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b}\nspec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 0}]\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-policies", dir, "-from", "k8s:app=a", "-to", "k8s:app=b", "-dport", "80"}, &stdout, &stderr)
+	if code != exitBadInput || stdout.Len() != 0 {
+		t.Fatalf("exit %d, stdout %q", code, stdout.String())
+	}
+	for _, want := range []string{
+		"a.yaml: document 1 (CiliumNetworkPolicy x/a), line 7: spec.ingress[0].fromEntities[0]: unsupported entity: galaxy",
+		"b.yaml: document 1 (NetworkPolicy default/b), line 8: spec.ingress[0].ports[0].port: must be between 1 and 65535",
+	} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}
+
+func TestExplanation(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-policies", "testdata/golden/deny",
+		"-from", "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default",
+		"-to", "k8s:app=db,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default",
+		"-dport", "22/TCP"}, &stdout, &stderr)
+	if code != exitDenied {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	for _, want := range []string{
+		"Egress of the source",
+		"selects: CiliumClusterwideNetworkPolicy no-metadata spec.egressDeny[0]",
+		"default deny: no",
+		"Ingress of the destination",
+		"default deny: yes, because of CiliumNetworkPolicy prod/db spec.ingress[0]",
+		"DENIED by CiliumNetworkPolicy prod/db spec.ingressDeny[0] (peer any:app=web,",
+		"allowed by CiliumNetworkPolicy prod/db spec.ingress[0]",
+		"but deny takes precedence",
+		"datapath: denied (181) by entry {ingress identity",
+		"Final verdict: DENIED",
+	} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("explanation lacks %q:\n%s", want, stdout.String())
+		}
+	}
+}

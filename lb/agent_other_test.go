@@ -1,0 +1,7 @@
+//go:build !linux
+
+package lb
+
+var agentMain func() int
+
+const clientAgentEnv = ""

@@ -1,0 +1,487 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/internal/testutils"
+)
+
+// The conformance test runs the classic network-policy cases on real
+// traffic: pods are network namespaces attached to the datapath as
+// endpoints, in two "namespaces" with labels; an Engine compiles the
+// policies into their policy maps; TCP connections between them, and to
+// addresses outside the cluster, must succeed or fail as each phase's
+// truth table says, while policies are added and removed under traffic.
+
+type pod struct {
+	name   string
+	labels string
+	addr   netip.Addr
+	ns     *testutils.NetNS
+	id     identity.ID
+}
+
+var conformancePorts = []uint16{80, 5432, 8080, 9050, 9200}
+
+// External destinations live on the node's loopback: the allowed range,
+// its except range and an address no rule names.
+var (
+	extAllowed  = netip.MustParseAddr("192.0.2.10")
+	extExcepted = netip.MustParseAddr("192.0.2.200")
+	extOther    = netip.MustParseAddr("198.51.100.10")
+)
+
+type conformanceWorld struct {
+	t      *testing.T
+	engine *Engine
+	pods   map[string]*pod
+	node   *testutils.NetNS
+}
+
+func newConformanceWorld(t *testing.T) *conformanceWorld {
+	d, node := newTestDatapath(t, datapath.Config{})
+	alloc, err := identity.NewInProcessAllocator(identity.InProcessConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { alloc.Close() })
+	// The ipcache feeds the datapath's: CIDR rules' prefixes reach the
+	// kernel through it.
+	ipc := identity.NewIPCache()
+	if err := ipc.AddWriter(d.IPCache()); err != nil {
+		t.Fatal(err)
+	}
+	engine, err := NewEngine(EngineConfig{CIDRAllocator: alloc, IPCache: ipc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { engine.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	watchDone := make(chan error, 1)
+	go func() { watchDone <- engine.WatchIdentities(ctx, alloc) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-watchDone; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("identity watch: %v", err)
+		}
+	})
+
+	w := &conformanceWorld{t: t, engine: engine, pods: map[string]*pod{}, node: node}
+	team := map[string]string{"prod": "a", "dev": "b"}
+	for i, p := range []struct{ ns, app, addr string }{
+		{"prod", "web", "10.0.1.1"},
+		{"prod", "db", "10.0.1.2"},
+		{"dev", "web", "10.0.2.1"},
+		{"dev", "tools", "10.0.2.2"},
+	} {
+		pd := &pod{
+			name: p.ns + "/" + p.app,
+			labels: fmt.Sprintf("k8s:app=%s,k8s:io.kubernetes.pod.namespace=%s,k8s:io.cilium.k8s.namespace.labels.team=%s,%s",
+				p.app, p.ns, team[p.ns], clusterLbl),
+			addr: netip.MustParseAddr(p.addr),
+			ns:   testutils.NewNetNS(t),
+		}
+		ls := mustLabels(t, pd.labels)
+		if pd.id, _, err = alloc.Allocate(ctx, ls); err != nil {
+			t.Fatal(err)
+		}
+		epID := datapath.EndpointID(i + 1)
+		dep, err := d.AddEndpoint(datapath.EndpointConfig{ID: epID, Identity: pd.id, IPv4: pd.addr,
+			NetNS: fmt.Sprintf("/proc/self/fd/%d", pd.ns.FD())})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := engine.AddEndpoint(epID, Endpoint{Identity: pd.id, Labels: ls}, dep.Policy()); err != nil {
+			t.Fatal(err)
+		}
+		for _, port := range conformancePorts {
+			serveTCP(t, pd.ns, netip.AddrPortFrom(pd.addr, port))
+		}
+		w.pods[pd.name] = pd
+	}
+
+	// The external addresses, served by the node.
+	nl := node.Netlink(t)
+	lo, err := nl.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []netip.Addr{extAllowed, extExcepted, extOther} {
+		if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}, Flags: unix.IFA_F_NODAD}); err != nil {
+			t.Fatal(err)
+		}
+		serveTCP(t, node, netip.AddrPortFrom(a, 443))
+	}
+	return w
+}
+
+// serveTCP runs an echo server inside ns.
+func serveTCP(t *testing.T, ns *testutils.NetNS, addr netip.AddrPort) {
+	t.Helper()
+	var ln net.Listener
+	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", addr.String()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+}
+
+// connect opens a TCP connection from inside ns and echoes one message:
+// nil if the connection works, an error otherwise.
+func connect(ns *testutils.NetNS, dst netip.AddrPort, timeout time.Duration) error {
+	var c net.Conn
+	err := ns.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", dst.String(), timeout)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return echoOnce(c, timeout)
+}
+
+func echoOnce(c net.Conn, timeout time.Duration) error {
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	msg := []byte("policy conformance")
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	return nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// expectation is one line of a truth table: "prod/web -> prod/db:5432".
+type expectation struct {
+	from, to string // pod names, or an external address for to
+	port     uint16
+	allowed  bool
+}
+
+func (w *conformanceWorld) dst(e expectation) netip.AddrPort {
+	if p, ok := w.pods[e.to]; ok {
+		return netip.AddrPortFrom(p.addr, e.port)
+	}
+	return netip.AddrPortFrom(netip.MustParseAddr(e.to), e.port)
+}
+
+// check makes every connection of a truth table and compares the outcome.
+// Allowed connections get a generous timeout (the machine may be busy);
+// denied ones must time out, which is how a dropped SYN looks.
+func (w *conformanceWorld) check(phase string, table []expectation) {
+	w.t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, len(table))
+	for i, e := range table {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			timeout := 700 * time.Millisecond
+			if e.allowed {
+				timeout = 5 * time.Second
+			}
+			errs[i] = connect(w.pods[e.from].ns, w.dst(e), timeout)
+		}()
+	}
+	wg.Wait()
+	for i, e := range table {
+		err := errs[i]
+		switch {
+		case e.allowed && err != nil:
+			w.t.Errorf("%s: %s -> %s:%d should connect: %v", phase, e.from, e.to, e.port, err)
+		case !e.allowed && err == nil:
+			w.t.Errorf("%s: %s -> %s:%d connected, should be denied", phase, e.from, e.to, e.port)
+		case !e.allowed && !isTimeout(err):
+			w.t.Errorf("%s: %s -> %s:%d failed with %v, want a silent drop", phase, e.from, e.to, e.port, err)
+		}
+	}
+	// The policy's own verdicts agree with the truth table too.
+	for _, e := range table {
+		if _, ok := w.pods[e.to]; !ok {
+			continue
+		}
+		from, to := w.pods[e.from], w.pods[e.to]
+		res, err := w.engine.Repository().Trace(TraceRequest{
+			From:     identity.Identity{ID: from.id, Labels: mustLabels(w.t, from.labels)},
+			To:       identity.Identity{ID: to.id, Labels: mustLabels(w.t, to.labels)},
+			Protocol: ProtoTCP, Port: e.port,
+		})
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		if res.Allowed != e.allowed {
+			w.t.Errorf("%s: trace of %s -> %s:%d says allowed=%v", phase, e.from, e.to, e.port, res.Allowed)
+		}
+	}
+}
+
+func (w *conformanceWorld) apply(doc string) []PolicyID {
+	w.t.Helper()
+	ps, err := Parse([]byte(doc), "conformance")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	var ids []PolicyID
+	for _, p := range ps {
+		if _, err := w.engine.ReplacePolicy(p); err != nil {
+			w.t.Fatal(err)
+		}
+		ids = append(ids, p.ID())
+	}
+	return ids
+}
+
+func (w *conformanceWorld) remove(ids ...PolicyID) {
+	w.t.Helper()
+	for _, id := range ids {
+		if _, err := w.engine.DeletePolicy(id); err != nil {
+			w.t.Fatal(err)
+		}
+	}
+}
+
+// table builds expectations from "from -> to:port allow|deny" lines.
+func table(t *testing.T, lines string) []expectation {
+	t.Helper()
+	var out []expectation
+	for _, l := range strings.Split(lines, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" {
+			continue
+		}
+		var from, arrow, dst, verdict string
+		if _, err := fmt.Sscan(l, &from, &arrow, &dst, &verdict); err != nil || arrow != "->" {
+			t.Fatalf("bad line %q", l)
+		}
+		i := strings.LastIndexByte(dst, ':')
+		var port uint16
+		fmt.Sscan(dst[i+1:], &port)
+		out = append(out, expectation{from: from, to: dst[:i], port: port, allowed: verdict == "allow"})
+	}
+	return out
+}
+
+func TestPrivilegedConformance(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	w := newConformanceWorld(t)
+
+	// Traffic runs all along: every 50 ms prod/web opens a connection to
+	// prod/db, and dev/tools one to prod/db, recording the outcome.
+	type sample struct {
+		at      time.Time
+		from    string
+		allowed bool
+	}
+	var (
+		mu      sync.Mutex
+		samples []sample
+		stop    = make(chan struct{})
+		done    sync.WaitGroup
+	)
+	for _, from := range []string{"prod/web", "dev/tools"} {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			dst := netip.AddrPortFrom(w.pods["prod/db"].addr, 80)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				start := time.Now()
+				err := connect(w.pods[from].ns, dst, time.Second)
+				mu.Lock()
+				samples = append(samples, sample{start, from, err == nil})
+				mu.Unlock()
+			}
+		}()
+	}
+	// dwell lets the background traffic sample a phase.
+	dwell := func() { time.Sleep(1500 * time.Millisecond) }
+	dwell()
+
+	// Phase 0: no policy, everything flows.
+	w.check("no policy", table(t, `
+		prod/web -> prod/db:5432 allow
+		dev/web -> prod/db:80 allow
+		dev/tools -> prod/web:8080 allow
+		prod/db -> 192.0.2.10:443 allow
+		dev/web -> 198.51.100.10:443 allow`))
+
+	// Phase 1: deny all ingress in prod.
+	tDenyAll := time.Now()
+	denyAll := w.apply(knp("prod", "default-deny", "podSelector: {}\npolicyTypes: [Ingress]"))
+	dwell()
+	w.check("deny-all ingress", table(t, `
+		prod/web -> prod/db:5432 deny
+		dev/web -> prod/db:80 deny
+		dev/tools -> prod/web:8080 deny
+		prod/db -> dev/web:80 allow
+		dev/web -> dev/tools:9050 allow`))
+
+	// Phase 2: allow within the namespace.
+	tSameNS := time.Now()
+	sameNS := w.apply(knp("prod", "same-namespace", "podSelector: {}\ningress:\n- from: [{podSelector: {}}]"))
+	w.check("allow same namespace", table(t, `
+		prod/web -> prod/db:5432 allow
+		prod/db -> prod/web:8080 allow
+		dev/web -> prod/db:5432 deny
+		dev/tools -> prod/web:80 deny`))
+
+	// Phase 3: team b's web pods may reach db on 5432 and 9000-9100
+	// (namespaceSelector AND podSelector, ports and a range); every team b
+	// pod may reach prod/web on 80 (namespace by label).
+	fromTeamB := w.apply(knp("prod", "db-from-team-b-web", `
+podSelector: {matchLabels: {app: db}}
+ingress:
+- from:
+  - namespaceSelector: {matchLabels: {team: b}}
+    podSelector: {matchLabels: {app: web}}
+  ports:
+  - port: 5432
+  - port: 9000
+    endPort: 9100`) + "---\n" + knp("prod", "web-from-team-b", `
+podSelector: {matchLabels: {app: web}}
+ingress:
+- from:
+  - namespaceSelector: {matchLabels: {team: b}}
+  ports: [{port: 80}]`))
+	w.check("namespace and pod selectors, ports", table(t, `
+		dev/web -> prod/db:5432 allow
+		dev/web -> prod/db:9050 allow
+		dev/web -> prod/db:9200 deny
+		dev/web -> prod/db:80 deny
+		dev/tools -> prod/db:5432 deny
+		dev/tools -> prod/web:80 allow
+		dev/tools -> prod/web:8080 deny
+		prod/web -> prod/db:9200 allow`))
+
+	// A connection established now must survive the deny below: policy
+	// decides new connections; conntrack carries established ones.
+	var established net.Conn
+	if err := w.pods["dev/web"].ns.Do(func() (err error) {
+		established, err = net.DialTimeout("tcp", netip.AddrPortFrom(w.pods["prod/db"].addr, 5432).String(), 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer established.Close()
+
+	// Phase 4: dev/web's egress: the cluster, and 192.0.2.0/24 on 443
+	// except 192.0.2.128/25.
+	webEgress := w.apply(cnp("dev", "web-egress", `
+endpointSelector: {matchLabels: {app: web}}
+egress:
+- toEntities: [cluster]
+- toCIDRSet:
+  - cidr: 192.0.2.0/24
+    except: [192.0.2.128/25]
+  toPorts: [{ports: [{port: "443", protocol: TCP}]}]`))
+	w.check("egress to CIDR with except", table(t, `
+		dev/web -> 192.0.2.10:443 allow
+		dev/web -> 192.0.2.200:443 deny
+		dev/web -> 198.51.100.10:443 deny
+		dev/tools -> 198.51.100.10:443 allow
+		dev/web -> prod/db:5432 allow
+		dev/web -> dev/tools:80 allow`))
+
+	// Phase 5: deny overrides allow.
+	deny := w.apply(cnp("prod", "no-5432-from-dev-web", `
+endpointSelector: {matchLabels: {app: db}}
+ingressDeny:
+- fromEndpoints:
+  - matchLabels: {io.kubernetes.pod.namespace: dev, app: web}
+  toPorts: [{ports: [{port: "5432", protocol: TCP}]}]`))
+	w.check("deny overrides allow", table(t, `
+		dev/web -> prod/db:5432 deny
+		dev/web -> prod/db:9050 allow
+		prod/web -> prod/db:5432 allow`))
+	if err := echoOnce(established, 5*time.Second); err != nil {
+		t.Errorf("established connection broken by a new deny: %v", err)
+	}
+
+	// Phase 6: policies removed while traffic runs.
+	w.remove(deny...)
+	w.check("deny removed", table(t, `dev/web -> prod/db:5432 allow`))
+	tOpen := time.Now()
+	w.remove(append(append(append(sameNS, fromTeamB...), webEgress...), denyAll...)...)
+	dwell()
+	w.check("all removed", table(t, `
+		dev/web -> prod/db:80 allow
+		dev/tools -> prod/web:8080 allow
+		dev/web -> 198.51.100.10:443 allow`))
+	close(stop)
+	done.Wait()
+
+	// The background traffic saw each change: prod/web -> prod/db:80 was
+	// allowed before phase 1, denied between the deny-all and the
+	// same-namespace allow, allowed after; dev/tools -> prod/db:80 was
+	// denied from phase 1 until everything was removed.
+	settle := 400 * time.Millisecond
+	phase := func(from string, start, end time.Time) (allowed, denied int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range samples {
+			if s.from != from || s.at.Before(start.Add(settle)) || !end.IsZero() && s.at.After(end.Add(-settle)) {
+				continue
+			}
+			if s.allowed {
+				allowed++
+			} else {
+				denied++
+			}
+		}
+		return
+	}
+	for _, want := range []struct {
+		from       string
+		start, end time.Time
+		allowed    bool
+	}{
+		{"prod/web", time.Time{}, tDenyAll, true},
+		{"prod/web", tDenyAll, tSameNS, false},
+		{"prod/web", tSameNS, tOpen, true},
+		{"dev/tools", time.Time{}, tDenyAll, true},
+		{"dev/tools", tDenyAll, tOpen, false},
+		{"dev/tools", tOpen, time.Time{}, true},
+	} {
+		a, d := phase(want.from, want.start, want.end)
+		t.Logf("background %s -> prod/db:80, allowed=%v phase: %d allowed, %d denied", want.from, want.allowed, a, d)
+		if want.allowed && (d > 0 || a == 0) || !want.allowed && (a > 0 || d == 0) {
+			t.Errorf("background %s -> prod/db:80 in [%v, %v]: %d allowed, %d denied, want all allowed=%v",
+				want.from, want.start.Format("15:04:05.000"), want.end.Format("15:04:05.000"), a, d, want.allowed)
+		}
+	}
+}

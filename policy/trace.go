@@ -1,0 +1,254 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane/identity"
+)
+
+// TraceRequest describes a flow to trace: a packet from one identity to
+// another, to a destination port.
+type TraceRequest struct {
+	// From and To are the two sides, with their labels.
+	From, To identity.Identity
+	// FromNamedPorts and ToNamedPorts are the sides' named ports; rules
+	// that name a port mean the destination's.
+	FromNamedPorts, ToNamedPorts []NamedPort
+	Protocol                     Protocol
+	// Port is the destination port, or the ICMP type.
+	Port uint16
+	// Directions restricts the trace to the source's egress or the
+	// destination's ingress; zero means both (the whole path).
+	Directions TraceDirections
+}
+
+// TraceDirections selects which sides of a flow a trace decides.
+type TraceDirections uint8
+
+const (
+	// TraceBoth decides the whole path: the source's egress and the
+	// destination's ingress must both allow the packet.
+	TraceBoth TraceDirections = iota
+	// TraceEgressOnly decides the source's egress only.
+	TraceEgressOnly
+	// TraceIngressOnly decides the destination's ingress only.
+	TraceIngressOnly
+)
+
+// TraceResult is the verdict on a traced flow and its explanation.
+type TraceResult struct {
+	Allowed bool
+	// Egress and Ingress are the two sides; nil when not decided (not
+	// requested, or the side is not an endpoint that policy applies to).
+	Egress, Ingress *SideTrace
+	// Notes explain sides that were not decided.
+	Notes []string
+}
+
+// SideTrace is one direction of a traced flow.
+type SideTrace struct {
+	Direction Direction
+	// Endpoint is the side whose policy applies; Peer is the other side.
+	Endpoint, Peer identity.Identity
+	// Evaluation is the direct evaluation of the rules.
+	Evaluation Evaluation
+	// Decision is what the datapath decides from the compiled map.
+	Decision datapath.PolicyDecision
+	// MapEntries is the size of the compiled map.
+	MapEntries int
+}
+
+// Allowed is the side's verdict: the datapath's decision over the compiled
+// map, which Trace checks against the direct evaluation.
+func (s *SideTrace) Allowed() bool { return s.Decision.Allowed }
+
+// PolicyApplies reports whether an identity can be a local endpoint whose
+// policy decides traffic: a cluster identity (a pod), or the reserved
+// health, init and ingress identities, or the host when its firewall is
+// enabled. Traffic from or to the world, CIDR identities, remote nodes,
+// the kube-apiserver and unmanaged endpoints is decided by the other side
+// only.
+func (r *Repository) PolicyApplies(id identity.ID) bool {
+	switch id {
+	case identity.ReservedHealth, identity.ReservedInit, identity.ReservedIngress:
+		return true
+	case identity.ReservedHost:
+		return r.cfg.HostFirewall
+	}
+	return !id.IsReserved() && !id.IsLocal() && id != identity.Unknown
+}
+
+// Trace decides a flow the way the datapath does, side by side with the
+// direct evaluation of the rules, and explains it. The source's egress
+// policy and the destination's ingress policy both apply (unless
+// Directions restricts them), each only if [Repository.PolicyApplies] to
+// that side. Both identities must be known to the repository's selector
+// cache, so that the compiled maps can hold them.
+//
+// It fails with [ErrInconsistent] if the compiled map and the rules
+// disagree, which would be a bug in this package.
+func (r *Repository) Trace(req TraceRequest) (*TraceResult, error) {
+	cache := r.rv.cache
+	for _, side := range []identity.Identity{req.From, req.To} {
+		if ls, ok := cache.Labels(side.ID); !ok || ls != side.Labels {
+			return nil, fmt.Errorf("trace: identity %d (%s): %w", side.ID, side.Labels, ErrUnknownIdentity)
+		}
+	}
+	res := &TraceResult{Allowed: true}
+	side := func(dir Direction, ep identity.Identity, epPorts []NamedPort, peer identity.Identity) (*SideTrace, error) {
+		endpoint := Endpoint{Identity: ep.ID, Labels: ep.Labels, NamedPorts: epPorts}
+		pol := r.Compile(endpoint)
+		st := &SideTrace{
+			Direction:  dir,
+			Endpoint:   ep,
+			Peer:       peer,
+			Evaluation: r.Evaluate(endpoint, peer, dir, req.Protocol, req.Port),
+			Decision:   pol.Lookup(peer.ID, dir, req.Protocol, req.Port),
+			MapEntries: pol.Len(),
+		}
+		if st.Decision.Allowed != st.Evaluation.Allowed ||
+			!st.Decision.Allowed && st.Decision.Reason != st.Evaluation.Reason {
+			return st, fmt.Errorf("trace %s of %d: map says %s, rules say %s: %w", dir, ep.ID,
+				decisionString(st.Decision), evaluationString(st.Evaluation), ErrInconsistent)
+		}
+		return st, nil
+	}
+	var err error
+	if req.Directions != TraceIngressOnly {
+		if r.PolicyApplies(req.From.ID) {
+			if res.Egress, err = side(Egress, req.From, req.FromNamedPorts, req.To); err != nil {
+				return res, err
+			}
+			res.Allowed = res.Allowed && res.Egress.Allowed()
+		} else {
+			res.Notes = append(res.Notes, fmt.Sprintf("egress: the source (identity %d) %s; no egress policy applies", req.From.ID, notEndpointReason(req.From.ID)))
+		}
+	}
+	if req.Directions != TraceEgressOnly {
+		if r.PolicyApplies(req.To.ID) {
+			// Ingress named ports are the destination's own.
+			if res.Ingress, err = side(Ingress, req.To, req.ToNamedPorts, req.From); err != nil {
+				return res, err
+			}
+			res.Allowed = res.Allowed && res.Ingress.Allowed()
+		} else {
+			res.Notes = append(res.Notes, fmt.Sprintf("ingress: the destination (identity %d) %s; no ingress policy applies", req.To.ID, notEndpointReason(req.To.ID)))
+		}
+	}
+	return res, nil
+}
+
+// notEndpointReason says why policy does not apply at an identity.
+func notEndpointReason(id identity.ID) string {
+	switch {
+	case id == identity.ReservedHost:
+		return "is the host, which endpoint policy does not restrict (host firewall disabled)"
+	case id.IsLocal():
+		return "is outside the cluster (a CIDR identity)"
+	case id.IsReserved():
+		name, _ := id.ReservedName()
+		return "is reserved:" + name + ", not a local endpoint"
+	}
+	return "is not a local endpoint"
+}
+
+func decisionString(d datapath.PolicyDecision) string {
+	if d.Allowed {
+		if d.Matched {
+			return "allowed by entry " + d.Key.String()
+		}
+		return "allowed"
+	}
+	if d.Matched {
+		return fmt.Sprintf("denied (%d) by entry %s", d.Reason, d.Key)
+	}
+	return fmt.Sprintf("denied (%d): no entry matches", d.Reason)
+}
+
+func evaluationString(e Evaluation) string {
+	if e.Allowed {
+		return "allowed"
+	}
+	return fmt.Sprintf("denied (%d)", e.Reason)
+}
+
+// String renders the trace as the explanation policytrace prints.
+func (t *TraceResult) String() string {
+	var b strings.Builder
+	for _, s := range []*SideTrace{t.Egress, t.Ingress} {
+		if s == nil {
+			continue
+		}
+		s.write(&b)
+		b.WriteByte('\n')
+	}
+	for _, n := range t.Notes {
+		b.WriteString("note: " + n + "\n")
+	}
+	if t.Allowed {
+		b.WriteString("Final verdict: ALLOWED\n")
+	} else {
+		b.WriteString("Final verdict: DENIED\n")
+	}
+	return b.String()
+}
+
+func (s *SideTrace) write(b *strings.Builder) {
+	who, peerRole := "source", "destination"
+	if s.Direction == Ingress {
+		who, peerRole = "destination", "source"
+	}
+	fmt.Fprintf(b, "%s of the %s (identity %d: %s)\n", titleCase(s.Direction.String()), who, s.Endpoint.ID, s.Endpoint.Labels)
+	fmt.Fprintf(b, "  %s: identity %d (%s)\n", peerRole, s.Peer.ID, s.Peer.Labels)
+	ev := s.Evaluation
+	fmt.Fprintf(b, "  policy: %s\n", ev.Policy.Reason)
+	for _, r := range ev.Policy.Rules {
+		fmt.Fprintf(b, "    selects: %s\n", r)
+	}
+	if ev.Policy.DefaultDeny {
+		if len(ev.Policy.DefaultDenyRules) > 0 {
+			fmt.Fprintf(b, "  default deny: yes, because of %s", ev.Policy.DefaultDenyRules[0])
+			if n := len(ev.Policy.DefaultDenyRules) - 1; n > 0 {
+				fmt.Fprintf(b, " and %d more", n)
+			}
+			b.WriteByte('\n')
+		} else {
+			b.WriteString("  default deny: yes\n")
+		}
+	} else if ev.Policy.Enforced {
+		b.WriteString("  default deny: no (every selecting rule sets enableDefaultDeny false)\n")
+	}
+	for _, m := range ev.DeniedBy {
+		fmt.Fprintf(b, "  DENIED by %s\n", m)
+	}
+	for _, m := range ev.AllowedBy {
+		if len(ev.DeniedBy) > 0 {
+			fmt.Fprintf(b, "  allowed by %s, but deny takes precedence\n", m)
+		} else {
+			fmt.Fprintf(b, "  ALLOWED by %s\n", m)
+		}
+	}
+	switch {
+	case !ev.Policy.Enforced:
+		b.WriteString("  no rule applies: allowed\n")
+	case len(ev.DeniedBy) == 0 && len(ev.AllowedBy) == 0 && ev.Policy.DefaultDeny:
+		b.WriteString("  no rule allows it: denied by default deny\n")
+	case len(ev.DeniedBy) == 0 && len(ev.AllowedBy) == 0:
+		b.WriteString("  no rule matches and the direction is not default-deny: allowed\n")
+	}
+	fmt.Fprintf(b, "  datapath: %s (%d map entries)\n", decisionString(s.Decision), s.MapEntries)
+	verdict := "ALLOWED"
+	if !s.Decision.Allowed {
+		verdict = "DENIED"
+	}
+	fmt.Fprintf(b, "  %s verdict: %s\n", s.Direction, verdict)
+}
+
+func titleCase(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
