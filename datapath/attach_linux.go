@@ -3,6 +3,8 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 
 	"github.com/cilium/ebpf"
@@ -45,24 +47,65 @@ func HaveTCX() error { return tcxProbe.Result() }
 
 // attachment is one program attached to one hook of an interface.
 type attachment interface {
+	// release lets go of the process's handle. A pinned tcx link and a
+	// tc filter stay attached; an unpinned tcx link is detached.
+	release() error
+	// detach removes the attachment from the kernel, and its pin.
 	detach() error
 }
 
+// endpointHook is one of the two attachment points of an endpoint's
+// host-side interface.
+type endpointHook struct {
+	pin    string // file name of the tcx link's pin
+	filter string // name of the tc filter
+	egress bool
+}
+
+var endpointHooks = [2]endpointHook{
+	{pin: "from_endpoint", filter: datapathProgNpFromEndpoint},
+	{pin: "to_endpoint", filter: datapathProgNpToEndpoint, egress: true},
+}
+
+func (h endpointHook) program(p *endpointPrograms) *ebpf.Program {
+	if h.egress {
+		return p.to
+	}
+	return p.from
+}
+
+func (h endpointHook) tcxType() ebpf.AttachType {
+	if h.egress {
+		return ebpf.AttachTCXEgress
+	}
+	return ebpf.AttachTCXIngress
+}
+
+func (h endpointHook) tcParent() uint32 {
+	if h.egress {
+		return netlink.HANDLE_MIN_EGRESS
+	}
+	return netlink.HANDLE_MIN_INGRESS
+}
+
 // attach attaches the endpoint's programs to the host-side interface:
-// from-endpoint on ingress, to-endpoint on egress. On error nothing stays
-// attached.
-func (n *nodeNamespace) attach(mode AttachMode, ifindex int, progs *endpointPrograms) ([]attachment, error) {
+// from-endpoint on ingress, to-endpoint on egress. With a pinDir, tcx
+// links are pinned there, so that they outlive the process. On error
+// nothing stays attached or pinned.
+func (n *nodeNamespace) attach(mode AttachMode, ifindex int, progs *endpointPrograms, pinDir string) ([]attachment, error) {
+	if mode == AttachTCX && pinDir != "" {
+		if err := os.MkdirAll(pinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin directory: %w", err)
+		}
+	}
 	var as []attachment
-	for _, h := range []struct {
-		prog   *ebpf.Program
-		egress bool
-	}{{progs.from, false}, {progs.to, true}} {
+	for _, h := range endpointHooks {
 		var a attachment
 		var err error
 		if mode == AttachTCX {
-			a, err = n.attachTCX(ifindex, h.prog, h.egress)
+			a, err = n.attachTCX(ifindex, h, h.program(progs), pinDir)
 		} else {
-			a, err = n.attachTC(ifindex, h.prog, h.egress)
+			a, err = n.attachTC(ifindex, h, h.program(progs))
 		}
 		if err != nil {
 			for _, a := range as {
@@ -77,21 +120,25 @@ func (n *nodeNamespace) attach(mode AttachMode, ifindex int, progs *endpointProg
 
 type tcxAttachment struct{ l link.Link }
 
-func (a tcxAttachment) detach() error { return a.l.Close() }
+func (a tcxAttachment) release() error { return a.l.Close() }
 
-func (n *nodeNamespace) attachTCX(ifindex int, prog *ebpf.Program, egress bool) (attachment, error) {
-	typ := ebpf.AttachTCXIngress
-	if egress {
-		typ = ebpf.AttachTCXEgress
-	}
+func (a tcxAttachment) detach() error { return errors.Join(a.l.Unpin(), a.l.Close()) }
+
+func (n *nodeNamespace) attachTCX(ifindex int, h endpointHook, prog *ebpf.Program, pinDir string) (attachment, error) {
 	var l link.Link
 	// tcx resolves the ifindex in the namespace of the calling thread.
 	err := inNetNS(n.ns, func() (err error) {
-		l, err = link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: typ})
+		l, err = link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: h.tcxType()})
 		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	if pinDir != "" {
+		if err := l.Pin(filepath.Join(pinDir, h.pin)); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("pin %s link: %w", h.pin, err)
+		}
 	}
 	return tcxAttachment{l}, nil
 }
@@ -101,6 +148,9 @@ type tcAttachment struct {
 	filter *netlink.BpfFilter
 }
 
+// release leaves the filter in place: it holds the program, not us.
+func (a tcAttachment) release() error { return nil }
+
 func (a tcAttachment) detach() error {
 	err := a.nl.FilterDel(a.filter)
 	if err != nil && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
@@ -109,7 +159,10 @@ func (a tcAttachment) detach() error {
 	return nil
 }
 
-func (n *nodeNamespace) attachTC(ifindex int, prog *ebpf.Program, egress bool) (attachment, error) {
+// attachTC adds the filter, or replaces the program of the one there. The
+// kernel swaps a cls_bpf filter's program in one step, so a filter being
+// replaced never passes a packet without a program.
+func (n *nodeNamespace) attachTC(ifindex int, h endpointHook, prog *ebpf.Program) (attachment, error) {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{
 			LinkIndex: ifindex,
@@ -121,27 +174,75 @@ func (n *nodeNamespace) attachTC(ifindex int, prog *ebpf.Program, egress bool) (
 	if err := n.nl.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("add clsact qdisc: %w", err)
 	}
-	parent := uint32(netlink.HANDLE_MIN_INGRESS)
-	name := datapathProgNpFromEndpoint
-	if egress {
-		parent, name = netlink.HANDLE_MIN_EGRESS, datapathProgNpToEndpoint
-	}
-	filter := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: ifindex,
-			Parent:    parent,
-			Handle:    1,
-			Priority:  1,
-			Protocol:  unix.ETH_P_ALL,
-		},
-		Fd:           prog.FD(),
-		Name:         name,
-		DirectAction: true,
-	}
+	filter := tcFilter(ifindex, h)
+	filter.Fd = prog.FD()
 	if err := n.nl.FilterReplace(filter); err != nil {
 		return nil, fmt.Errorf("add tc filter: %w", err)
 	}
 	return tcAttachment{nl: n.nl, filter: filter}, nil
+}
+
+// tcFilter is the datapath's filter for hook h of an interface.
+func tcFilter(ifindex int, h endpointHook) *netlink.BpfFilter {
+	return &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: ifindex,
+			Parent:    h.tcParent(),
+			Handle:    1,
+			Priority:  1,
+			Protocol:  unix.ETH_P_ALL,
+		},
+		Name:         h.filter,
+		DirectAction: true,
+	}
+}
+
+// tcFilterPresent reports whether hook h of the interface has the
+// datapath's filter.
+func (n *nodeNamespace) tcFilterPresent(l netlink.Link, h endpointHook) (bool, error) {
+	filters, err := n.nl.FilterList(l, h.tcParent())
+	if err != nil {
+		return false, fmt.Errorf("list tc filters: %w", err)
+	}
+	want := tcFilter(l.Attrs().Index, h)
+	for _, f := range filters {
+		bf, ok := f.(*netlink.BpfFilter)
+		if ok && bf.Handle == want.Handle && bf.Priority == want.Priority && bf.Name == want.Name {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// tcxLinkAttached reports whether l is a tcx link at hook h of the
+// interface with ifindex in the node namespace. The kernel keeps a link's
+// ifindex for the life of the device and reports 0 once it is gone, so a
+// link that passes this check is attached to that very device.
+func (n *nodeNamespace) tcxLinkAttached(l link.Link, ifindex int, h endpointHook) (bool, error) {
+	info, err := l.Info()
+	if err != nil {
+		return false, err
+	}
+	if tcx := info.TCX(); tcx == nil || tcx.Ifindex != uint32(ifindex) {
+		return false, nil
+	}
+	var res *link.QueryResult
+	err = inNetNS(n.ns, func() (err error) {
+		res, err = link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: h.tcxType()})
+		return err
+	})
+	if errors.Is(err, unix.ENODEV) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("query tcx programs of ifindex %d: %w", ifindex, err)
+	}
+	for _, p := range res.Programs {
+		if id, ok := p.LinkID(); ok && id == info.ID {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // inNetNS runs fn on a locked OS thread that has entered ns. A thread that

@@ -1,9 +1,13 @@
 package datapath
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -23,6 +27,11 @@ type Datapath struct {
 	ipcache   *IPCache
 	conntrack *Conntrack
 
+	// pinLock is cfg.BPFFSDir, open and flock'ed while the Datapath owns
+	// the endpoints pinned there; nil without pinning.
+	pinLock  *os.File
+	restored RestoreReport
+
 	mu        sync.Mutex
 	endpoints map[EndpointID]*Endpoint
 	closed    bool
@@ -31,6 +40,15 @@ type Datapath struct {
 // New loads the datapath's maps (creating them, or reusing the pins in
 // cfg.BPFFSDir) and opens the node namespace. Programs are loaded per
 // endpoint, by [Datapath.AddEndpoint].
+//
+// With cfg.BPFFSDir, New first takes the directory for itself (a second
+// Datapath on it fails with [ErrBPFFSDirInUse] until the first is closed
+// or its process is gone) and then restores the endpoints an earlier
+// Datapath left there: those whose interface is still there are adopted,
+// with this build's programs swapped in without detaching the old ones
+// (see [Datapath.Restored]); the state of the others is deleted. If New
+// fails after it started adopting, the endpoints stay installed, each with
+// its old or its new programs, and a later New can try again.
 func New(cfg Config) (_ *Datapath, err error) {
 	cfg, err = cfg.withDefaults(os.Getpagesize())
 	if err != nil {
@@ -51,6 +69,11 @@ func New(cfg Config) (_ *Datapath, err error) {
 	if d.attach, err = resolveAttachMode(cfg.Attach); err != nil {
 		return nil, err
 	}
+	if cfg.BPFFSDir != "" {
+		if d.pinLock, err = lockBPFFSDir(cfg.BPFFSDir); err != nil {
+			return nil, err
+		}
+	}
 	if d.maps, err = createSharedMaps(spec, cfg); err != nil {
 		return nil, err
 	}
@@ -59,6 +82,14 @@ func New(cfg Config) (_ *Datapath, err error) {
 	}
 	d.ipcache = &IPCache{m: d.maps.ipcache}
 	d.conntrack = &Conntrack{m: d.maps.conntrack}
+	if cfg.BPFFSDir != "" {
+		if err := d.restore(); err != nil {
+			for _, ep := range d.endpoints {
+				_ = ep.release()
+			}
+			return nil, fmt.Errorf("restore endpoints from %s: %w", cfg.BPFFSDir, err)
+		}
+	}
 	return d, nil
 }
 
@@ -94,7 +125,7 @@ func (d *Datapath) IPCache() *IPCache { return d.ipcache }
 func (d *Datapath) Conntrack() *Conntrack { return d.conntrack }
 
 // Endpoint returns the endpoint with the given ID, if this Datapath added
-// it.
+// or adopted it.
 func (d *Datapath) Endpoint(id EndpointID) (*Endpoint, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -102,31 +133,101 @@ func (d *Datapath) Endpoint(id EndpointID) (*Endpoint, bool) {
 	return ep, ok
 }
 
-// Close deletes every endpoint of the Datapath and releases the maps.
-// Endpoints never outlive their Datapath: an interface left without its
-// programs would pass traffic without policy, so the datapath fails closed.
-// Unlike [Endpoint.Delete], Close keeps the endpoints' conntrack entries:
-// with pinned maps, the ipcache, conntrack and counters carry over to the
-// next Datapath on the same directory, and connections of endpoints it
-// adds again with the same addresses continue without a new policy
-// decision. Close is idempotent.
-func (d *Datapath) Close() error {
+// Endpoints returns the Datapath's endpoints, added or adopted, in ID
+// order.
+func (d *Datapath) Endpoints() []*Endpoint {
 	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
+	defer d.mu.Unlock()
+	eps := make([]*Endpoint, 0, len(d.endpoints))
+	for _, ep := range d.endpoints {
+		eps = append(eps, ep)
+	}
+	slices.SortFunc(eps, func(a, b *Endpoint) int { return cmp.Compare(a.cfg.ID, b.cfg.ID) })
+	return eps
+}
+
+// Restored returns what New found in [Config].BPFFSDir: the endpoints it
+// adopted, repaired or removed. It is empty without pinning.
+func (d *Datapath) Restored() RestoreReport { return d.restored.clone() }
+
+// Pinning reports whether the Datapath pins its state in a bpffs
+// directory, so that its endpoints outlive it.
+func (d *Datapath) Pinning() bool { return d.cfg.BPFFSDir != "" }
+
+// Close releases the Datapath's file descriptors. Close is idempotent.
+//
+// With [Config].BPFFSDir, Close leaves everything installed: endpoints,
+// map entries, pins and attachments stay in the kernel, traffic keeps
+// flowing under the same policy, and the next Datapath on the directory
+// adopts the endpoints. The handles of this Datapath's endpoints become
+// unusable ([ErrClosed]). A crash leaves the same state behind, except
+// that an AddEndpoint or Delete it interrupted is undone or finished by
+// the next New. [Datapath.Uninstall] removes it all instead.
+//
+// Without BPFFSDir, Close deletes every endpoint, interfaces included:
+// the endpoints never outlive their Datapath, because an interface left
+// without its programs would pass traffic without policy. Unlike
+// [Endpoint.Delete], Close keeps their conntrack entries.
+func (d *Datapath) Close() error {
+	eps, ok := d.takeEndpoints()
+	if !ok {
 		return nil
 	}
-	d.closed = true
-	eps := d.endpoints
-	d.endpoints = nil
-	d.mu.Unlock()
-
 	var errs []error
 	for _, ep := range eps {
-		errs = append(errs, ep.delete(false))
+		if d.Pinning() {
+			errs = append(errs, ep.release())
+		} else {
+			errs = append(errs, ep.delete(false))
+		}
 	}
 	errs = append(errs, d.release())
 	return errors.Join(errs...)
+}
+
+// Uninstall deletes every endpoint of the Datapath (as [Endpoint.Delete]
+// does), removes the pins it made in [Config].BPFFSDir, and closes it: the
+// node is left as if no Datapath had run, but for the directory itself.
+// Maps that other processes still hold open live on until they close
+// them. After Close, Uninstall returns an error wrapping [ErrClosed].
+func (d *Datapath) Uninstall() error {
+	eps, ok := d.takeEndpoints()
+	if !ok {
+		return fmt.Errorf("uninstall: %w", ErrClosed)
+	}
+	var errs []error
+	for _, ep := range eps {
+		errs = append(errs, ep.delete(true))
+	}
+	if dir := d.cfg.BPFFSDir; dir != "" {
+		if err := os.RemoveAll(filepath.Join(dir, endpointPinDirName)); err != nil {
+			errs = append(errs, fmt.Errorf("uninstall: remove endpoint pins: %w", err))
+		}
+		for name := range d.maps.all() {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("uninstall: unpin %s: %w", name, err))
+			}
+		}
+	}
+	errs = append(errs, d.release())
+	return errors.Join(errs...)
+}
+
+// takeEndpoints closes the Datapath to new work and hands its endpoints
+// to the caller; false if it was closed already.
+func (d *Datapath) takeEndpoints() ([]*Endpoint, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, false
+	}
+	d.closed = true
+	eps := make([]*Endpoint, 0, len(d.endpoints))
+	for _, ep := range d.endpoints {
+		eps = append(eps, ep)
+	}
+	d.endpoints = nil
+	return eps, true
 }
 
 // release frees what New acquired.
@@ -138,7 +239,25 @@ func (d *Datapath) release() error {
 	if d.node != nil {
 		errs = append(errs, d.node.close())
 	}
+	if d.pinLock != nil {
+		// Closing the last descriptor of the directory drops the lock.
+		errs = append(errs, d.pinLock.Close())
+		d.pinLock = nil
+	}
 	return errors.Join(errs...)
+}
+
+// endpointPinDirName is the directory in Config.BPFFSDir that holds one
+// directory of pins per endpoint, named by its ID.
+const endpointPinDirName = "endpoints"
+
+// endpointPinDir is where the endpoint's links are pinned; "" without
+// pinning.
+func (d *Datapath) endpointPinDir(id EndpointID) string {
+	if d.cfg.BPFFSDir == "" {
+		return ""
+	}
+	return filepath.Join(d.cfg.BPFFSDir, endpointPinDirName, strconv.Itoa(int(id)))
 }
 
 // AddEndpoint adds an endpoint: it loads the endpoint's programs, creates
@@ -173,11 +292,25 @@ func (d *Datapath) AddEndpoint(cfg EndpointConfig) (_ *Endpoint, err error) {
 	}
 
 	ep := &Endpoint{dp: d, cfg: cfg}
+	if !cfg.Detached {
+		ep.attach = d.attach
+	}
 	defer func() {
 		if err != nil {
 			_ = ep.delete(false)
 		}
 	}()
+	// The record goes first and claims the ID; should the process die
+	// before the endpoint is ready, the next Datapath on the pins finds it
+	// in the creating state and removes what it names.
+	ep.rec = newEndpointRecord(cfg, ep.attach)
+	if err := d.maps.records.Update(uint32(cfg.ID), ep.rec, ebpf.UpdateNoExist); err != nil {
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			return nil, fmt.Errorf("endpoint %d: the pinned state has one with this ID: %w", cfg.ID, ErrEndpointExists)
+		}
+		return nil, fmt.Errorf("endpoint %d: write record: %w", cfg.ID, err)
+	}
+	ep.recorded = true
 	if ep.progs, err = loadEndpointPrograms(d.spec, d.maps, cfg); err != nil {
 		return nil, err
 	}
@@ -197,14 +330,20 @@ func (d *Datapath) AddEndpoint(cfg EndpointConfig) (_ *Endpoint, err error) {
 		if ep.host, err = d.node.plumb(cfg); err != nil {
 			return nil, err
 		}
+		if err := ep.updateRecord(func(r *endpointRecord) { r.setHost(ep.host) }); err != nil {
+			return nil, err
+		}
 	}
 	if err := ep.writeEndpointEntries(); err != nil {
 		return nil, err
 	}
 	if !cfg.Detached {
-		if ep.attachments, err = d.node.attach(d.attach, ep.host.index, ep.progs); err != nil {
+		if ep.attachments, err = d.node.attach(ep.attach, ep.host.index, ep.progs, d.endpointPinDir(cfg.ID)); err != nil {
 			return nil, err
 		}
+	}
+	if err := ep.updateRecord(func(r *endpointRecord) { r.State = recordReady }); err != nil {
+		return nil, err
 	}
 	d.endpoints[cfg.ID] = ep
 	return ep, nil

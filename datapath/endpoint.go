@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -19,6 +20,7 @@ type Endpoint struct {
 	dp  *Datapath
 	cfg EndpointConfig
 
+	attach          AttachMode // AttachTCX or AttachTC; AttachAuto when detached
 	progs           *endpointPrograms
 	policy          *PolicyMap
 	policyInstalled bool
@@ -27,8 +29,11 @@ type Endpoint struct {
 	entries         []endpointKey // written to the endpoints map
 
 	mu       sync.RWMutex
+	rec      endpointRecord // as in the records map, once recorded
+	recorded bool
 	identity identity.ID
-	deleted  bool
+	deleted  bool // deleted or released: the handle is unusable
+	released bool // released by a pinning Datapath's Close: still installed
 }
 
 // hostLink is the host side of an endpoint's veth pair.
@@ -71,6 +76,11 @@ func (ep *Endpoint) HostIfName() string { return ep.host.name }
 // HostMAC returns the MAC of the host-side interface: the endpoint's
 // gateway. Nil for a detached endpoint.
 func (ep *Endpoint) HostMAC() net.HardwareAddr { return append(net.HardwareAddr(nil), ep.host.mac...) }
+
+// AttachMode returns how the endpoint's programs are attached: AttachTCX
+// or AttachTC, or AttachAuto for a detached endpoint. An adopted endpoint
+// keeps the mode it was added with.
+func (ep *Endpoint) AttachMode() AttachMode { return ep.attach }
 
 // Policy returns the endpoint's policy map.
 func (ep *Endpoint) Policy() *PolicyMap { return ep.policy }
@@ -116,6 +126,18 @@ func (ep *Endpoint) writeEndpointEntries() error {
 	return nil
 }
 
+// updateRecord changes the endpoint's record in the records map. ep.mu is
+// held, or the endpoint is not shared yet.
+func (ep *Endpoint) updateRecord(change func(*endpointRecord)) error {
+	rec := ep.rec
+	change(&rec)
+	if err := ep.dp.maps.records.Update(uint32(ep.cfg.ID), rec, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("endpoint %d: update record: %w", ep.cfg.ID, err)
+	}
+	ep.rec = rec
+	return nil
+}
+
 // SetIdentity changes the endpoint's security identity. New connections
 // from and to the endpoint are decided with it at once; established ones
 // keep flowing.
@@ -127,6 +149,11 @@ func (ep *Endpoint) SetIdentity(id identity.ID) error {
 	defer ep.mu.Unlock()
 	if ep.deleted {
 		return fmt.Errorf("endpoint %d: %w", ep.cfg.ID, ErrClosed)
+	}
+	// The record first: a Datapath that finds the two disagreeing after a
+	// crash rewrites the endpoints map from the record.
+	if err := ep.updateRecord(func(r *endpointRecord) { r.Identity = uint32(id) }); err != nil {
+		return fmt.Errorf("set identity %d: %w", id, err)
 	}
 	info := ep.info(id)
 	for _, k := range ep.entries {
@@ -140,9 +167,12 @@ func (ep *Endpoint) SetIdentity(id identity.ID) error {
 
 // Delete removes the endpoint: its addresses from the endpoints map (from
 // then on new connections from and to it are dropped), its interfaces
-// (which detaches the programs), its policy map, its programs, and the
-// conntrack entries of its addresses, so that a later endpoint with the
-// same address inherits none of its connections. Delete is idempotent.
+// (which detaches the programs), its pins, its policy map, its programs,
+// and the conntrack entries of its addresses, so that a later endpoint
+// with the same address inherits none of its connections. Delete is
+// idempotent; after its Datapath was closed it returns an error wrapping
+// [ErrClosed] and, with pinning, leaves the endpoint installed for the next
+// Datapath.
 func (ep *Endpoint) Delete() error {
 	ep.dp.forget(ep)
 	return ep.delete(true)
@@ -153,12 +183,20 @@ func (ep *Endpoint) Delete() error {
 func (ep *Endpoint) delete(flushCT bool) error {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
+	if ep.released {
+		return fmt.Errorf("endpoint %d: %w", ep.cfg.ID, ErrClosed)
+	}
 	if ep.deleted {
 		return nil
 	}
 	ep.deleted = true
 
 	var errs []error
+	// Should the process die half way, the next Datapath finds the record
+	// in this state and finishes the job.
+	if ep.recorded {
+		errs = append(errs, ep.updateRecord(func(r *endpointRecord) { r.State = recordDeleting }))
+	}
 	for _, k := range ep.entries {
 		if err := ep.dp.maps.endpoints.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("endpoint %d: remove address: %w", ep.cfg.ID, err))
@@ -174,6 +212,11 @@ func (ep *Endpoint) delete(flushCT bool) error {
 		errs = append(errs, a.detach())
 	}
 	ep.attachments = nil
+	if dir := ep.dp.endpointPinDir(ep.cfg.ID); dir != "" {
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("endpoint %d: remove pins: %w", ep.cfg.ID, err))
+		}
+	}
 	if ep.policyInstalled {
 		if err := ep.dp.maps.policy.Delete(uint32(ep.cfg.ID)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("endpoint %d: remove policy map: %w", ep.cfg.ID, err))
@@ -189,6 +232,40 @@ func (ep *Endpoint) delete(flushCT bool) error {
 		if _, err := ep.dp.conntrack.deleteAddrs(ep.addrs()); err != nil {
 			errs = append(errs, fmt.Errorf("endpoint %d: %w", ep.cfg.ID, err))
 		}
+	}
+	err := errors.Join(errs...)
+	// A record that failed to go keeps its deleting state, and the next
+	// Datapath on the pins retries.
+	if ep.recorded && err == nil {
+		if err := ep.dp.maps.records.Delete(uint32(ep.cfg.ID)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("endpoint %d: remove record: %w", ep.cfg.ID, err)
+		}
+		ep.recorded = false
+	}
+	return err
+}
+
+// release lets go of the endpoint's file descriptors and leaves it
+// installed: entries, record, policy map, interface and attachments (a
+// pinned tcx link or a tc filter keeps its program). It is how a pinning
+// Datapath closes, and how adoption backs out.
+func (ep *Endpoint) release() error {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if ep.deleted {
+		return nil
+	}
+	ep.deleted, ep.released = true, true
+	var errs []error
+	for _, a := range ep.attachments {
+		errs = append(errs, a.release())
+	}
+	ep.attachments = nil
+	if ep.policy != nil {
+		errs = append(errs, ep.policy.close())
+	}
+	if ep.progs != nil {
+		errs = append(errs, ep.progs.close())
 	}
 	return errors.Join(errs...)
 }

@@ -3,6 +3,7 @@ package datapath
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"testing"
 
 	"github.com/nodeplane/nodeplane/identity"
@@ -10,7 +11,13 @@ import (
 	"github.com/nodeplane/nodeplane/internal/testutils/testmain"
 )
 
-func TestMain(m *testing.M) { testmain.Run(m) }
+func TestMain(m *testing.M) {
+	// The crash test re-executes the test binary as an agent to kill.
+	if os.Getenv(agentEnv) != "" {
+		os.Exit(agentMain())
+	}
+	testmain.Run(m)
+}
 
 // nsPath names a test namespace by a path the datapath can open.
 func nsPath(ns *testutils.NetNS) string {

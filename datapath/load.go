@@ -18,6 +18,9 @@ type sharedMaps struct {
 	counters   *ebpf.Map
 	eventsLost *ebpf.Map
 	events     *ebpf.Map
+	// records is Go's own map of endpoint records (record.go); the
+	// programs do not use it.
+	records *ebpf.Map
 }
 
 func (m *sharedMaps) byName() map[string]**ebpf.Map {
@@ -40,9 +43,16 @@ func (m *sharedMaps) replacements() map[string]*ebpf.Map {
 	return r
 }
 
+// all returns every map by name, the records map included.
+func (m *sharedMaps) all() map[string]**ebpf.Map {
+	all := m.byName()
+	all[recordsMapName] = &m.records
+	return all
+}
+
 func (m *sharedMaps) close() error {
 	var errs []error
-	for _, p := range m.byName() {
+	for _, p := range m.all() {
 		if *p != nil {
 			errs = append(errs, (*p).Close())
 			*p = nil
@@ -97,6 +107,10 @@ func createSharedMaps(spec *ebpf.CollectionSpec, cfg Config) (*sharedMaps, error
 	for name := range m.byName() {
 		maps[name] = spec.Maps[name]
 	}
+	maps[recordsMapName] = recordsMapSpec(cfg.MaxEndpoints)
+	if cfg.BPFFSDir == "" {
+		maps[recordsMapName].Pinning = ebpf.PinNone
+	}
 	coll, err := ebpf.NewCollectionWithOptions(&ebpf.CollectionSpec{Maps: maps, Types: spec.Types},
 		ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.BPFFSDir}})
 	if err != nil {
@@ -106,7 +120,7 @@ func createSharedMaps(spec *ebpf.CollectionSpec, cfg Config) (*sharedMaps, error
 		return nil, fmt.Errorf("create maps: %w", err)
 	}
 	defer coll.Close()
-	for name, p := range m.byName() {
+	for name, p := range m.all() {
 		*p = coll.DetachMap(name)
 	}
 	return m, nil

@@ -168,11 +168,10 @@ func configurePod(pod *netlink.Handle, cfg EndpointConfig, gatewayMAC net.Hardwa
 // the routes, the neighbour entries and the attachments with it.
 func (n *nodeNamespace) unplumb(cfg EndpointConfig, host hostLink) error {
 	link, err := n.nl.LinkByIndex(host.index)
+	if isLinkNotFound(err) {
+		return nil // gone already, e.g. with its namespace
+	}
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
-			return nil // gone already, e.g. with its namespace
-		}
 		return fmt.Errorf("endpoint %d: find %s: %w", cfg.ID, host.name, err)
 	}
 	if link.Attrs().Name != host.name {
@@ -182,6 +181,12 @@ func (n *nodeNamespace) unplumb(cfg EndpointConfig, host hostLink) error {
 		return fmt.Errorf("endpoint %d: delete %s: %w", cfg.ID, host.name, err)
 	}
 	return nil
+}
+
+// isLinkNotFound reports whether err says that no such interface exists.
+func isLinkNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
 }
 
 func family(a netip.Addr) int {

@@ -4,6 +4,7 @@ package datapath
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 	"time"
 
@@ -30,8 +31,31 @@ func (*nodeNamespace) plumb(EndpointConfig) (hostLink, error) { return hostLink{
 
 func (*nodeNamespace) unplumb(EndpointConfig, hostLink) error { return errNotLinux }
 
-type attachment interface{ detach() error }
+type attachment interface {
+	release() error
+	detach() error
+}
 
-func (*nodeNamespace) attach(AttachMode, int, *endpointPrograms) ([]attachment, error) {
+func (*nodeNamespace) attach(AttachMode, int, *endpointPrograms, string) ([]attachment, error) {
 	return nil, errNotLinux
 }
+
+func lockBPFFSDir(string) (*os.File, error) { return nil, errNotLinux }
+
+type hostInspection struct {
+	host    hostLink
+	stale   string
+	repairs []string
+}
+
+func (*hostInspection) close() {}
+
+func (*nodeNamespace) inspectHost(endpointRecord, string) (*hostInspection, error) {
+	return nil, errNotLinux
+}
+
+func (*nodeNamespace) adoptAttachments(AttachMode, *hostInspection, *endpointPrograms, string) ([]attachment, error) {
+	return nil, errNotLinux
+}
+
+func (*nodeNamespace) removeInterruptedHost(endpointRecord) error { return errNotLinux }
