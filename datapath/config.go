@@ -42,10 +42,13 @@ func (m AttachMode) String() string {
 // Config configures a [Datapath]. The zero value is usable: every zero
 // field means the documented default.
 type Config struct {
-	// BPFFSDir is a directory on a bpffs mount in which the maps are
-	// pinned by name. A Datapath opened later on the same directory reuses
-	// them with their contents. Empty means no pinning: the maps live as
-	// long as the Datapath.
+	// BPFFSDir is an existing directory on a bpffs mount in which the
+	// maps are pinned by name and the endpoints' tcx links by endpoint.
+	// Endpoints then outlive the Datapath and its process, and the next
+	// Datapath on the directory reuses the maps with their contents and
+	// adopts the endpoints (see the package documentation, Lifetime).
+	// Empty means no pinning: the maps and endpoints live as long as the
+	// Datapath.
 	BPFFSDir string
 	// NodeNetNS is the path of the network namespace the host-side
 	// interfaces live in, such as /proc/PID/ns/net or /var/run/netns/NAME.

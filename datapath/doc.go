@@ -62,17 +62,61 @@
 // [New] creates the shared maps, or opens them from their pins when
 // [Config].BPFFSDir is set; a later Datapath on the same directory reuses
 // them with their contents (ipcache, conntrack, counters). Endpoints are
-// added and deleted at run time; [Datapath.Close] deletes the ones it still
-// has, interfaces included, so that no interface is ever left without its
-// programs. Everything holding a file descriptor has a Close or Delete
-// method, and constructors release what they acquired when they fail.
+// added and deleted at run time. Everything holding a file descriptor has
+// a Close or Delete method, and constructors release what they acquired
+// when they fail. What outlives the process depends on pinning.
+//
+// Without BPFFSDir the process owns the endpoints: [Datapath.Close]
+// deletes them, interfaces included, so that no interface is left without
+// its programs. A process that dies without Close cannot do that: its tcx
+// links go with it and the interfaces stay, unfiltered, while tc filters
+// stay attached with nobody to change or remove them. Anything that must
+// survive its own crash sets BPFFSDir.
+//
+// With BPFFSDir the kernel and the bpffs own the endpoints, and a Datapath
+// only manages them. An endpoint's tcx links are pinned in
+// BPFFSDir/endpoints/ID/ (a tc filter is held by its interface), its
+// policy map by the pinned hash-of-maps, and a record in the pinned
+// np_ep_records map keeps what is needed to find it again: addresses, MAC,
+// identity, host interface, attach mode, and how far adding or deleting
+// it got. Close releases the descriptors and leaves all of it in place,
+// and so does a crash (SIGKILL, OOM, panic): traffic keeps flowing under
+// the policy last written, established connections included, and
+// nothing the policy denies gets through. One Datapath at a time owns a
+// directory: New takes an exclusive flock on it, which the kernel drops
+// with the process, and a second one fails with [ErrBPFFSDirInUse].
+//
+// The next New on the directory restores what it finds ([RestoreReport],
+// [Datapath.Restored]). An endpoint whose host interface is still there
+// in the node namespace is adopted: [Datapath.Endpoints] and
+// [Datapath.Endpoint] return it, with a working [Endpoint.Policy],
+// [Endpoint.SetIdentity], [Endpoint.TestRun] and [Endpoint.Delete]. The
+// new build's programs replace the old ones in one step (tcx link update,
+// or tc filter replace), so an upgrade never leaves an interface without
+// a program; a missing link or policy map is put back, the policy map
+// empty (denying). For tcx, a pinned link still attached to the recorded
+// ifindex proves the interface is the same device, since the kernel
+// unbinds links from devices that go away; for tc, which has no such
+// binding, the interface must have the recorded ifindex and name and be
+// a veth. The state of the other endpoints is deleted (map entries,
+// policy map, pins, conntrack entries), as is that of endpoints whose
+// AddEndpoint or Delete a dead process left half done, interfaces
+// included; their IDs and addresses are free for AddEndpoint again.
+// [Endpoint.Delete] removes an endpoint for good, and [Datapath.Uninstall]
+// removes every endpoint and every pin.
+//
+// Programs may change freely between builds; the maps may not. A pinned
+// map whose type, sizes or flags differ from this build's makes New fail
+// with an error wrapping ebpf.ErrMapIncompatible, and a record of a format
+// this build does not know makes it fail without touching anything.
 //
 // # Errors
 //
 // Invalid configuration and keys are rejected before anything changes,
 // with errors wrapping [ErrInvalidConfig] or [ErrInvalidPolicyKey]. A taken
 // endpoint ID, address or interface name wraps [ErrEndpointExists]; use of
-// a closed or deleted object wraps [ErrClosed]; a kernel feature this
+// a closed or deleted object wraps [ErrClosed]; a BPFFSDir another
+// Datapath holds gives [ErrBPFFSDirInUse]; a kernel feature this
 // machine lacks wraps nodeplane.ErrNotSupported. Other errors come from the
 // kernel, wrapped with the operation that failed.
 package datapath

@@ -77,9 +77,10 @@ func ExampleEndpoint_TestRun() {
 	}
 }
 
-// Plumb two workloads and read the datapath's drop events.
+// Plumb two workloads and read the datapath's drop events. Without
+// BPFFSDir the endpoints go when the Datapath closes.
 func ExampleDatapath_AddEndpoint() {
-	dp, err := datapath.New(datapath.Config{BPFFSDir: "/sys/fs/bpf/nodeplane"})
+	dp, err := datapath.New(datapath.Config{})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -126,6 +127,46 @@ func ExampleDatapath_AddEndpoint() {
 		}
 		if drop, ok := ev.(*datapath.DropEvent); ok {
 			fmt.Printf("%v: %v, identity %d -> %d\n", drop.Tuple, drop.Reason, drop.SrcIdentity, drop.DstIdentity)
+		}
+	}
+}
+
+// A node agent that survives its own restarts: its endpoints stay
+// installed, and enforced, while it is down, and the next run adopts them
+// with its own programs. It adds only the pods it does not find, and
+// releases the addresses of those that went away meanwhile.
+func ExampleNew_restart() {
+	dp, err := datapath.New(datapath.Config{BPFFSDir: "/sys/fs/bpf/nodeplane"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Close leaves every endpoint installed for the next run.
+	defer dp.Close()
+
+	restored := dp.Restored()
+	for _, gone := range restored.Removed {
+		fmt.Printf("endpoint %d (%v) removed: %s\n", gone.ID, gone.IPv4, gone.Reason)
+		// Release gone.IPv4 and gone.IPv6 to the address pool here.
+	}
+	for _, fixed := range restored.Repaired {
+		// A repaired policy map is empty, denying: write it again.
+		fmt.Printf("endpoint %d repaired: %s\n", fixed.ID, fixed.Reason)
+	}
+
+	pods := []datapath.EndpointConfig{
+		{ID: 1, Identity: 1000, IPv4: netip.MustParseAddr("10.0.0.1"), NetNS: "/var/run/netns/web"},
+		{ID: 2, Identity: 2000, IPv4: netip.MustParseAddr("10.0.0.2"), NetNS: "/var/run/netns/db"},
+	}
+	for _, pod := range pods {
+		ep, ok := dp.Endpoint(pod.ID)
+		if !ok {
+			if ep, err = dp.AddEndpoint(pod); err != nil {
+				log.Fatal(err)
+			}
+		}
+		// Adopted or new, the endpoint's policy is the agent's to (re)write.
+		if err := ep.Policy().Update(datapath.PolicyKey{Direction: datapath.Egress}, datapath.PolicyEntry{}); err != nil {
+			log.Fatal(err)
 		}
 	}
 }

@@ -2,7 +2,9 @@ package datapath
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"reflect"
 	"testing"
 )
 
@@ -46,6 +48,49 @@ func FuzzParseEvent(f *testing.F) {
 			}
 		default:
 			t.Fatalf("unexpected event type %T", ev)
+		}
+	})
+}
+
+// FuzzEndpointRecord feeds arbitrary records-map values to the decoder
+// that adoption trusts: it must never panic, and what it accepts must
+// describe an endpoint AddEndpoint would accept and encode back to the
+// same configuration.
+func FuzzEndpointRecord(f *testing.F) {
+	for _, cfg := range []EndpointConfig{
+		{ID: 7, Identity: 1000, IPv4: addrA, IPv6: addrA6, NetNS: "/x"},
+		{ID: 3, Identity: 2000, IPv4: addrB, Detached: true},
+	} {
+		cfg, err := cfg.withDefaults()
+		if err != nil {
+			f.Fatal(err)
+		}
+		rec := newEndpointRecord(cfg, AttachTC)
+		b, err := binary.Append(nil, binary.NativeEndian, rec)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(uint16(cfg.ID), b)
+	}
+	f.Fuzz(func(t *testing.T, id uint16, b []byte) {
+		var rec endpointRecord
+		if _, err := binary.Decode(b, binary.NativeEndian, &rec); err != nil {
+			return
+		}
+		cfg, err := rec.endpointConfig(EndpointID(id))
+		if err != nil {
+			return
+		}
+		check := cfg
+		if !check.Detached {
+			check.NetNS = "/x"
+		}
+		if _, err := check.withDefaults(); err != nil {
+			t.Fatalf("accepted %+v, which AddEndpoint refuses: %v", cfg, err)
+		}
+		again, err := newEndpointRecord(cfg, rec.attachMode()).endpointConfig(EndpointID(id))
+		if err != nil || !reflect.DeepEqual(again, cfg) {
+			t.Fatalf("re-encoded %+v as %+v, %v", cfg, again, err)
 		}
 	})
 }

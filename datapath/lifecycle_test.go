@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -50,49 +51,41 @@ func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
 	if c := counterOf(t, d2, CounterKey{FromEndpoint, 0}); c.Packets != 1 {
 		t.Fatalf("forwarded counter after reload: %+v", c)
 	}
-	// The first Datapath's endpoint went with it (Close deletes them), so
-	// its ID and address are free again.
-	ep2 := addDetached(t, d2, 1, idA, addrA.String(), "")
-	if got, err := ep2.Policy().Dump(); err != nil || len(got) != 0 {
-		t.Fatalf("new endpoint's policy map: %v %v", got, err)
+	// The first Datapath's endpoint outlived it (with pinning, Close
+	// leaves endpoints installed) and is the second one's now, with its
+	// policy and new programs.
+	ep2, ok := d2.Endpoint(1)
+	if !ok || ep2.IPv4() != addrA || ep2.Identity() != idA || ep2.HostIfindex() != 0 || ep2.AttachMode() != AttachAuto {
+		t.Fatalf("adopted detached endpoint: %v %+v", ok, ep2)
+	}
+	if got, err := ep2.Policy().Dump(); err != nil || len(got) != 1 || got[PolicyKey{Identity: idRemote, Direction: Egress}] != allow {
+		t.Fatalf("adopted endpoint's policy map: %v %v", got, err)
+	}
+	if v, _, err := ep2.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrA, remote, 40001, 80, TCPSyn))); err != nil || v.Action != ActionPass || v.SrcIdentity != idA {
+		t.Fatalf("test run on the adopted endpoint: %+v, %v", v, err)
+	}
+	if _, err := d2.AddEndpoint(EndpointConfig{ID: 7, Identity: idB, IPv4: addrA, Detached: true}); !errors.Is(err, ErrEndpointExists) {
+		t.Fatalf("address of an adopted endpoint: %v, want ErrEndpointExists", err)
+	}
+	if _, err := d2.AddEndpoint(EndpointConfig{ID: 1, Identity: idB, IPv4: addrB, Detached: true}); !errors.Is(err, ErrEndpointExists) {
+		t.Fatalf("ID of an adopted endpoint: %v, want ErrEndpointExists", err)
 	}
 
-	// Two live Datapaths on one directory share the maps.
-	d3, _ := newTestDatapath(t, cfg)
-	if err := d3.IPCache().DeletePrefix(prefix); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok, _ := d2.IPCache().Lookup(remote); ok {
-		t.Fatal("prefix deleted through one Datapath still visible through the other")
-	}
-	if _, err := d3.AddEndpoint(EndpointConfig{ID: 7, Identity: idB, IPv4: addrA, Detached: true}); !errors.Is(err, ErrEndpointExists) {
-		t.Fatalf("address owned by another Datapath's endpoint: %v, want ErrEndpointExists", err)
-	}
-	if _, err := d3.AddEndpoint(EndpointConfig{ID: 1, Identity: idB, IPv4: addrB, Detached: true}); !errors.Is(err, ErrEndpointExists) {
-		t.Fatalf("ID owned by another Datapath's endpoint: %v, want ErrEndpointExists", err)
-	}
-	var installed *ebpf.Map
-	if err := d2.maps.policy.Lookup(uint32(1), &installed); err != nil {
-		t.Fatal(err)
-	}
-	defer installed.Close()
-	gotInfo, err := installed.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantInfo, err := ep2.policy.m.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	gotID, _ := gotInfo.ID()
-	wantID, _ := wantInfo.ID()
-	if gotID != wantID {
-		t.Fatal("another Datapath replaced the owner's policy map")
-	}
-
-	// A configuration that contradicts the pins is refused.
+	// One Datapath at a time owns the pins.
 	other := cfg
 	other.NodeNetNS = nsPath(testutils.NewNetNS(t))
+	if d, err := New(other); !errors.Is(err, ErrBPFFSDirInUse) {
+		if d != nil {
+			d.Close()
+		}
+		t.Fatalf("New on pins in use: %v, want ErrBPFFSDirInUse", err)
+	}
+
+	// A configuration that contradicts the pins is refused, and leaves
+	// them alone.
+	if err := d2.Close(); err != nil {
+		t.Fatal(err)
+	}
 	other.ConntrackMaxEntries = 8192
 	if d, err := New(other); !errors.Is(err, ebpf.ErrMapIncompatible) {
 		if d != nil {
@@ -100,6 +93,14 @@ func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
 		}
 		t.Fatalf("New with a different conntrack size on the same pins: %v, want ErrMapIncompatible", err)
 	}
+	d3, _ := newTestDatapath(t, cfg)
+	if got := d3.Restored().Adopted; !slices.Equal(got, []EndpointID{1}) {
+		t.Fatalf("adopted after a refused New: %v", got)
+	}
+	if err := d3.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	expectNoPins(t, bpffs)
 }
 
 func TestPrivilegedConntrackLifetimesAndGC(t *testing.T) {

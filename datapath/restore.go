@@ -173,6 +173,7 @@ func (d *Datapath) adopt(id EndpointID, rec endpointRecord) (_ *Endpoint, stale 
 	}
 	if host != nil {
 		ep.host = host.host
+		ep.cfg.HostIfName = host.host.name
 		if ep.attachments, err = d.node.adoptAttachments(ep.attach, host, ep.progs, d.endpointPinDir(id)); err != nil {
 			return nil, "", nil, fmt.Errorf("endpoint %d: %w", id, err)
 		}
