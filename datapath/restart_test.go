@@ -843,3 +843,41 @@ func TestPrivilegedRestoreRepairs(t *testing.T) {
 	}
 	w.expectClean(t)
 }
+
+// TestPrivilegedRestoreRefusesWrongNodeNamespace restarts on the right pins
+// with the wrong node namespace: the endpoints' interfaces are not there,
+// but their links are still bound to them, so New must refuse rather than
+// remove the pins and leave the interfaces unfiltered.
+func TestPrivilegedRestoreRefusesWrongNodeNamespace(t *testing.T) {
+	w := newRestartWorld(t, AttachTCX)
+	d1 := openPinned(t, w.config())
+	a1, _, err := installPods(d1, nsPath(w.podA), nsPath(w.podB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	progs := w.programs(t, a1.HostIfindex())
+	if err := d1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	wrong := w.config()
+	wrong.NodeNetNS = nsPath(testutils.NewNetNS(t))
+	if d, err := New(wrong); err == nil || !strings.Contains(err.Error(), "NodeNetNS") {
+		if d != nil {
+			d.Close()
+		}
+		t.Fatalf("New in the wrong node namespace: %v, want a refusal naming NodeNetNS", err)
+	}
+	if got := w.programs(t, a1.HostIfindex()); !slices.Equal(got, progs) {
+		t.Fatalf("programs after the refused New: %v, want %v", got, progs)
+	}
+	w.expect(t, allowedPort, true)
+	w.expect(t, deniedPort, false)
+
+	d := openPinned(t, w.config())
+	checkAdoptedPods(t, d)
+	if err := d.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	w.expectClean(t)
+}

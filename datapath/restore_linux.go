@@ -64,6 +64,11 @@ func (n *nodeNamespace) inspectHost(rec endpointRecord, pinDir string) (_ *hostI
 	h := &hostInspection{}
 	l, err := n.nl.LinkByIndex(want.index)
 	if isLinkNotFound(err) {
+		if rec.attachMode() == AttachTCX {
+			if err := liveLinkElsewhere(pinDir, want); err != nil {
+				return nil, err
+			}
+		}
 		h.stale = fmt.Sprintf("its host interface %s (ifindex %d) is gone", want.name, want.index)
 		return h, nil
 	}
@@ -125,6 +130,31 @@ func (n *nodeNamespace) inspectHost(rec endpointRecord, pinDir string) (_ *hostI
 		}
 	}
 	return h, nil
+}
+
+// liveLinkElsewhere returns an error if one of the endpoint's pinned links
+// is still bound to a device although the node namespace has no interface
+// with the recorded ifindex: the device lives in another namespace, most
+// likely because Config.NodeNetNS names the wrong one. Removing the pins
+// would then detach its programs and leave it unfiltered, so restore
+// stops instead.
+func liveLinkElsewhere(pinDir string, want hostLink) error {
+	for _, hook := range endpointHooks {
+		l, err := link.LoadPinnedLink(filepath.Join(pinDir, hook.pin), nil)
+		if err != nil {
+			continue // no pin, nothing to detach
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("%s link: %w", hook.pin, err)
+		}
+		if tcx := info.TCX(); tcx != nil && tcx.Ifindex != 0 {
+			return fmt.Errorf("host interface %s: the node namespace has no ifindex %d, yet the %s link is attached to a live ifindex %d: is NodeNetNS the namespace the endpoint was added in?",
+				want.name, want.index, hook.pin, tcx.Ifindex)
+		}
+	}
+	return nil
 }
 
 // adoptAttachments puts progs on the inspected interface in place of what
