@@ -25,7 +25,8 @@
 // endpoint with it, allocates the endpoint's identity from its labels,
 // publishes address → identity in the ipcache, and lets policy compile the
 // rules that select the endpoint into its policy map. The examples directory
-// holds binaries that do exactly that.
+// holds binaries built from these packages, such as examples/policytrace,
+// which explains the verdict of a set of policies for a flow.
 //
 // Errors that mean "this kernel cannot do it" wrap [ErrNotSupported] in every
 // package, so callers can degrade with a single errors.Is check.

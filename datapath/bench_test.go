@@ -1,9 +1,6 @@
 package datapath
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -162,7 +159,7 @@ func BenchmarkTCPThroughput(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		iperf(b, client, server, addrB, seconds)
+		testutils.Iperf3(b, client, server, addrB, seconds)
 	})
 
 	for _, entries := range []int{0, 100000} {
@@ -182,7 +179,7 @@ func BenchmarkTCPThroughput(b *testing.B) {
 				{Identity: idA, Direction: Ingress, Protocol: protoTCP, Port: 5201, PortPrefixLen: 16}: allow,
 			})
 			fillMaps(b, d, a, entries)
-			iperf(b, client, server, addrB, seconds)
+			testutils.Iperf3(b, client, server, addrB, seconds)
 		})
 	}
 }
@@ -201,57 +198,4 @@ func fillMaps(b *testing.B, d *Datapath, ep *Endpoint, n int) {
 			b.Fatal(err)
 		}
 	}
-}
-
-type iperfResult struct {
-	End struct {
-		SumReceived struct {
-			BitsPerSecond float64 `json:"bits_per_second"`
-		} `json:"sum_received"`
-	} `json:"end"`
-	Error string `json:"error"`
-}
-
-// iperf runs b.N iperf3 client runs against a server in server and
-// reports the mean receive rate.
-func iperf(b *testing.B, client, server *testutils.NetNS, dst netip.Addr, seconds string) {
-	b.Helper()
-	srv := exec.Command("iperf3", "-s", "-B", dst.String())
-	if err := server.Start(srv); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-
-	var total float64
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		var (
-			out bytes.Buffer
-			res iperfResult
-			err error
-		)
-		// Retry while the server is not listening yet; iperf3 -J may exit 0
-		// with an error in its output.
-		for try := 0; try < 30; try++ {
-			out.Reset()
-			cmd := exec.Command("iperf3", "-c", dst.String(), "-t", seconds, "-J")
-			cmd.Stdout, cmd.Stderr = &out, &out
-			if err = client.Run(cmd); err == nil {
-				res = iperfResult{}
-				if err = json.Unmarshal(out.Bytes(), &res); err == nil && res.Error != "" {
-					err = errors.New(res.Error)
-				}
-			}
-			if err == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if err != nil || res.End.SumReceived.BitsPerSecond == 0 {
-			b.Fatalf("iperf3: %v\n%s", err, out.Bytes())
-		}
-		total += res.End.SumReceived.BitsPerSecond
-	}
-	b.StopTimer()
-	b.ReportMetric(total/float64(b.N)/1e9, "Gbit/s")
 }

@@ -85,25 +85,6 @@ func newE2EWorld(t *testing.T, mode AttachMode) *e2eWorld {
 	return w
 }
 
-// listen opens a listener inside ns.
-func listen(t *testing.T, ns *testutils.NetNS, network, addr string) (ln net.Listener) {
-	t.Helper()
-	if err := ns.Do(func() (err error) { ln, err = net.Listen(network, addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	return ln
-}
-
 func listenUDP(t *testing.T, ns *testutils.NetNS, addr string) {
 	t.Helper()
 	var pc net.PacketConn
@@ -234,12 +215,12 @@ func TestPrivilegedEndToEnd(t *testing.T) {
 }
 
 func (w *e2eWorld) run(t *testing.T, a, b, node netip.Addr) {
-	listen(t, w.podB, "tcp", netip.AddrPortFrom(b, 8080).String())
-	listen(t, w.podB, "tcp", netip.AddrPortFrom(b, 8081).String())
+	testutils.ServeEcho(t, w.podB, "tcp", netip.AddrPortFrom(b, 8080).String())
+	testutils.ServeEcho(t, w.podB, "tcp", netip.AddrPortFrom(b, 8081).String())
 	listenUDP(t, w.podB, netip.AddrPortFrom(b, 5353).String())
 	listenUDP(t, w.podB, netip.AddrPortFrom(b, 5354).String())
-	listen(t, w.podA, "tcp", netip.AddrPortFrom(a, 8080).String())
-	listen(t, w.podA, "tcp", netip.AddrPortFrom(a, 8081).String())
+	testutils.ServeEcho(t, w.podA, "tcp", netip.AddrPortFrom(a, 8080).String())
+	testutils.ServeEcho(t, w.podA, "tcp", netip.AddrPortFrom(a, 8081).String())
 
 	dropFromAToB := func(proto uint8, dport uint16) func(*DropEvent) bool {
 		return func(e *DropEvent) bool {
@@ -350,7 +331,7 @@ func (w *e2eWorld) run(t *testing.T, a, b, node netip.Addr) {
 		checkDenied(t, e, identity.ReservedHost, idA, ToEndpoint, 1)
 	})
 	t.Run("endpoint to node", func(t *testing.T) {
-		listen(t, w.node, "tcp", netip.AddrPortFrom(node, 9000).String())
+		testutils.ServeEcho(t, w.node, "tcp", netip.AddrPortFrom(node, 9000).String())
 		c, err := dial(w.podA, "tcp", netip.AddrPortFrom(node, 9000).String(), 2*time.Second)
 		if err != nil {
 			t.Fatal(err)

@@ -2,7 +2,6 @@ package policy
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -317,7 +316,7 @@ func BenchmarkPolicyThroughput(b *testing.B) {
 	for _, fs := range filterSetups() {
 		b.Run(fs.name, func(b *testing.B) {
 			client, server := fs.setup(b)
-			iperf(b, client, server, benchServer, "3")
+			testutils.Iperf3(b, client, server, benchServer, "3")
 		})
 	}
 }
@@ -404,54 +403,4 @@ func runIn(b *testing.B, ns *testutils.NetNS, stdin string, name string, args ..
 	if err := ns.Run(cmd); err != nil {
 		b.Fatalf("%s: %v\n%s", name, err, out.String())
 	}
-}
-
-type iperfResult struct {
-	Error string `json:"error"`
-	End   struct {
-		SumReceived struct {
-			BitsPerSecond float64 `json:"bits_per_second"`
-		} `json:"sum_received"`
-	} `json:"end"`
-}
-
-// iperf runs an iperf3 server in server and a client in client, b.N times,
-// and reports the mean received throughput.
-func iperf(b *testing.B, client, server *testutils.NetNS, dst netip.Addr, seconds string) {
-	b.Helper()
-	srv := exec.Command("iperf3", "-s", "-B", dst.String())
-	if err := server.Start(srv); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	var total float64
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		var (
-			out bytes.Buffer
-			res iperfResult
-			err error
-		)
-		for try := 0; try < 30; try++ {
-			out.Reset()
-			cmd := exec.Command("iperf3", "-c", dst.String(), "-t", seconds, "-J")
-			cmd.Stdout, cmd.Stderr = &out, &out
-			if err = client.Run(cmd); err == nil {
-				res = iperfResult{}
-				if err = json.Unmarshal(out.Bytes(), &res); err == nil && res.Error != "" {
-					err = errors.New(res.Error)
-				}
-			}
-			if err == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if err != nil || res.End.SumReceived.BitsPerSecond == 0 {
-			b.Fatalf("iperf3: %v\n%s", err, out.Bytes())
-		}
-		total += res.End.SumReceived.BitsPerSecond
-	}
-	b.StopTimer()
-	b.ReportMetric(total/float64(b.N)/1e9, "Gbit/s")
 }

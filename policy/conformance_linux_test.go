@@ -110,7 +110,7 @@ func newConformanceWorld(t *testing.T) *conformanceWorld {
 			t.Fatal(err)
 		}
 		for _, port := range conformancePorts {
-			serveTCP(t, pd.ns, netip.AddrPortFrom(pd.addr, port))
+			testutils.ServeEcho(t, pd.ns, "tcp", netip.AddrPortFrom(pd.addr, port).String())
 		}
 		w.pods[pd.name] = pd
 	}
@@ -125,28 +125,9 @@ func newConformanceWorld(t *testing.T) *conformanceWorld {
 		if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}, Flags: unix.IFA_F_NODAD}); err != nil {
 			t.Fatal(err)
 		}
-		serveTCP(t, node, netip.AddrPortFrom(a, 443))
+		testutils.ServeEcho(t, node, "tcp", netip.AddrPortFrom(a, 443).String())
 	}
 	return w
-}
-
-// serveTCP runs an echo server inside ns.
-func serveTCP(t *testing.T, ns *testutils.NetNS, addr netip.AddrPort) {
-	t.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", addr.String()); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
 }
 
 // connect opens a TCP connection from inside ns and echoes one message:

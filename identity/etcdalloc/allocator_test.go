@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/internal/testutils/etcdtest"
 )
 
 func newAllocator(t testing.TB, cli *clientv3.Client, node string, opts ...func(*Config)) *Allocator {
@@ -73,10 +74,10 @@ func clusterIDs(a *Allocator) map[identity.ID]identity.Labels {
 // gets one ID on both nodes; a restarted allocator sees the same IDs;
 // releasing on both nodes lets garbage collection remove them all.
 func TestTwoNodesConcurrent(t *testing.T) {
-	srv := startEtcd(t)
+	srv := etcdtest.Start(t)
 	ctx := context.Background()
-	nodeA := newAllocator(t, srv.client(t), "node-a")
-	nodeB := newAllocator(t, srv.client(t), "node-b")
+	nodeA := newAllocator(t, srv.Client(t), "node-a")
+	nodeB := newAllocator(t, srv.Client(t), "node-b")
 	_, watchB := nodeB.Watch(identity.WatchOptions{MaxBacklog: -1})
 	defer watchB.Close()
 
@@ -168,7 +169,7 @@ func TestTwoNodesConcurrent(t *testing.T) {
 	// Restart node A: the new allocator sees the same IDs and takes over
 	// node A's references under its own lease.
 	nodeA.Close()
-	nodeA2 := newAllocator(t, srv.client(t), "node-a")
+	nodeA2 := newAllocator(t, srv.Client(t), "node-a")
 	if got := clusterIDs(nodeA2); len(got) != len(want) {
 		t.Fatalf("restarted node sees %d identities, want %d", len(got), len(want))
 	} else {
@@ -282,9 +283,9 @@ func TestTwoNodesConcurrent(t *testing.T) {
 // the same data directory and port allocation resumes and the watch
 // delivers every change made since, in order.
 func TestOutage(t *testing.T) {
-	srv := startEtcd(t)
+	srv := etcdtest.Start(t)
 	ctx := context.Background()
-	a := newAllocator(t, srv.client(t), "node-a")
+	a := newAllocator(t, srv.Client(t), "node-a")
 	known := map[identity.ID]identity.Labels{}
 	for i := range 20 {
 		id, _, err := a.Allocate(ctx, labelSet(t, i))
@@ -296,7 +297,7 @@ func TestOutage(t *testing.T) {
 	_, w := a.Watch(identity.WatchOptions{})
 	defer w.Close()
 
-	srv.stop()
+	srv.Stop()
 
 	for id, ls := range known {
 		if got, ok := a.Lookup(id); !ok || got != ls {
@@ -340,11 +341,11 @@ func TestOutage(t *testing.T) {
 		t.Fatalf("Release during outage: %v", err)
 	}
 
-	srv.start()
+	srv.Restart()
 
 	// A second node changes the cluster right after the restart, while
 	// node A's watch may still be reconnecting.
-	b := newAllocator(t, srv.client(t), "node-b")
+	b := newAllocator(t, srv.Client(t), "node-b")
 	var want []identity.Event
 	for i := 100; i < 150; i++ {
 		id, isNew, err := b.Allocate(ctx, labelSet(t, i))
@@ -396,13 +397,13 @@ func TestOutage(t *testing.T) {
 // joining and leaving the same identities: no node may end up holding a
 // reference to an identity that was collected.
 func TestGCRacesJoiningNodes(t *testing.T) {
-	srv := startEtcd(t)
+	srv := etcdtest.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	nodes := []*Allocator{
-		newAllocator(t, srv.client(t), "n1"),
-		newAllocator(t, srv.client(t), "n2"),
-		newAllocator(t, srv.client(t), "n3"),
+		newAllocator(t, srv.Client(t), "n1"),
+		newAllocator(t, srv.Client(t), "n2"),
+		newAllocator(t, srv.Client(t), "n3"),
 	}
 	var gcRuns sync.WaitGroup
 	gcRuns.Add(1)
@@ -453,10 +454,10 @@ func TestGCRacesJoiningNodes(t *testing.T) {
 // vanish and another node collects the identity; the node takes a new lease
 // and recreates the identity under the same ID.
 func TestLeaseLoss(t *testing.T) {
-	srv := startEtcd(t)
+	srv := etcdtest.Start(t)
 	ctx := context.Background()
-	a := newAllocator(t, srv.client(t), "node-a")
-	b := newAllocator(t, srv.client(t), "node-b")
+	a := newAllocator(t, srv.Client(t), "node-a")
+	b := newAllocator(t, srv.Client(t), "node-b")
 	ls := labelSet(t, 1)
 	id, _, err := a.Allocate(ctx, ls)
 	if err != nil {
@@ -490,8 +491,8 @@ func TestLeaseLoss(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	srv := startEtcd(t)
-	cli := srv.client(t)
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
 	ctx := context.Background()
 	for _, cfg := range []Config{
 		{NodeName: "x"},

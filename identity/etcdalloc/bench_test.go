@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/internal/testutils/etcdtest"
 )
 
 // BenchmarkEtcd compares, on one embedded etcd server, the throughput of
@@ -17,8 +18,8 @@ import (
 // that create a new identity (a Get, a three-key transaction, and the wait
 // for the watch to deliver it), for 1, 8 and 64 concurrent callers.
 func BenchmarkEtcd(b *testing.B) {
-	srv := startEtcd(b)
-	cli := srv.client(b)
+	srv := etcdtest.Start(b)
+	cli := srv.Client(b)
 	run := 0
 	for _, callers := range []int{1, 8, 64} {
 		b.Run(fmt.Sprintf("Put/callers=%d", callers), func(b *testing.B) {

@@ -34,22 +34,7 @@ func TestPrivilegedNetNSVeth(t *testing.T) {
 	addr(a, veth.Index, "192.0.2.1/24")
 	addr(b, veth.PeerIndex, "192.0.2.2/24")
 
-	var ln net.Listener
-	if err := b.Do(func() (err error) {
-		ln, err = net.Listen("tcp4", "192.0.2.2:0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_, _ = io.Copy(c, c)
-	}()
+	ln := testutils.ServeEcho(t, b, "tcp4", "192.0.2.2:0")
 
 	var conn net.Conn
 	if err := a.Do(func() (err error) {

@@ -4,71 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
-
+	"github.com/nodeplane/nodeplane/internal/testutils/etcdtest"
 	"github.com/nodeplane/nodeplane/ipam"
 	"github.com/nodeplane/nodeplane/ipam/internal/clustertest"
 )
-
-// startEtcd starts a real single-member etcd server on loopback for the
-// test and returns its client URL.
-func startEtcd(t *testing.T) string {
-	t.Helper()
-	freeURL := func() url.URL {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return url.URL{Scheme: "http", Host: l.Addr().String()}
-	}
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	client, peer := freeURL(), freeURL()
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		t.Fatalf("etcd: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("etcd did not become ready in 60s")
-	}
-	return client.String()
-}
-
-// newClient returns a client of its own: one per simulated node process.
-func newClient(t *testing.T, endpoint string) *clientv3.Client {
-	t.Helper()
-	c, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{endpoint},
-		DialTimeout: 10 * time.Second,
-		Logger:      zap.NewNop(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
 
 var prefixSeq atomic.Int64
 
@@ -79,8 +24,8 @@ func freshPrefix(t *testing.T) string {
 }
 
 func TestEtcdPool(t *testing.T) {
-	endpoint := startEtcd(t)
-	client := newClient(t, endpoint)
+	srv := etcdtest.Start(t)
+	client := srv.Client(t)
 	ctx := context.Background()
 
 	t.Run("Conformance", func(t *testing.T) {
@@ -139,7 +84,7 @@ func TestEtcdPool(t *testing.T) {
 			}
 			pools := make([]*Pool, 2)
 			for i := range pools {
-				p, err := New(ctx, newClient(t, endpoint), cfg)
+				p, err := New(ctx, srv.Client(t), cfg)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -215,7 +160,7 @@ func TestEtcdPool(t *testing.T) {
 			results := make([][]netip.Prefix, 2)
 			start := make(chan struct{})
 			for i := range 2 {
-				p, err := New(ctx, newClient(t, endpoint), cfg)
+				p, err := New(ctx, srv.Client(t), cfg)
 				if err != nil {
 					t.Fatal(err)
 				}
