@@ -71,8 +71,8 @@ func newRestartWorld(t *testing.T, mode AttachMode) *restartWorld {
 		podB:  testutils.NewNetNS(t),
 	}
 	// Wildcard listeners, dual-stack: B's addresses come with its endpoint.
-	listen(t, w.podB, "tcp", fmt.Sprintf(":%d", allowedPort))
-	listen(t, w.podB, "tcp", fmt.Sprintf(":%d", deniedPort))
+	testutils.ServeEcho(t, w.podB, "tcp", fmt.Sprintf(":%d", allowedPort))
+	testutils.ServeEcho(t, w.podB, "tcp", fmt.Sprintf(":%d", deniedPort))
 	return w
 }
 
@@ -739,8 +739,8 @@ func TestPrivilegedRestoreRemovesStaleEndpoints(t *testing.T) {
 		t.Fatalf("re-adding endpoint 2: %v", err)
 	}
 	mustUpdate(t, a.Policy(), map[PolicyKey]PolicyEntry{{Direction: Egress}: allow})
-	listen(t, podC, "tcp", fmt.Sprintf(":%d", allowedPort))
-	listen(t, podC, "tcp", fmt.Sprintf(":%d", deniedPort))
+	testutils.ServeEcho(t, podC, "tcp", fmt.Sprintf(":%d", allowedPort))
+	testutils.ServeEcho(t, podC, "tcp", fmt.Sprintf(":%d", deniedPort))
 	c, err := dial(podA, "tcp", netip.AddrPortFrom(addr(3), allowedPort).String(), 2*time.Second)
 	if err != nil {
 		t.Fatalf("new endpoint 1 -> adopted endpoint 3: %v", err)
