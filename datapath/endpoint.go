@@ -152,12 +152,19 @@ func (ep *Endpoint) SetIdentity(id identity.ID) error {
 	}
 	// The record first: a Datapath that finds the two disagreeing after a
 	// crash rewrites the endpoints map from the record.
+	prev := ep.rec.Identity
 	if err := ep.updateRecord(func(r *endpointRecord) { r.Identity = uint32(id) }); err != nil {
 		return fmt.Errorf("set identity %d: %w", id, err)
 	}
 	info := ep.info(id)
-	for _, k := range ep.entries {
+	for i, k := range ep.entries {
 		if err := ep.dp.maps.endpoints.Update(k, info, ebpf.UpdateExist); err != nil {
+			// Put the old identity back where it changed.
+			old := ep.info(identity.ID(prev))
+			for _, k := range ep.entries[:i] {
+				_ = ep.dp.maps.endpoints.Update(k, old, ebpf.UpdateExist)
+			}
+			_ = ep.updateRecord(func(r *endpointRecord) { r.Identity = prev })
 			return fmt.Errorf("endpoint %d: set identity %d: %w", ep.cfg.ID, id, err)
 		}
 	}
@@ -170,9 +177,9 @@ func (ep *Endpoint) SetIdentity(id identity.ID) error {
 // (which detaches the programs), its pins, its policy map, its programs,
 // and the conntrack entries of its addresses, so that a later endpoint
 // with the same address inherits none of its connections. Delete is
-// idempotent; after its Datapath was closed it returns an error wrapping
-// [ErrClosed] and, with pinning, leaves the endpoint installed for the next
-// Datapath.
+// idempotent. With pinning, Delete on the handle of a closed Datapath
+// returns an error wrapping [ErrClosed] and leaves the endpoint installed:
+// it belongs to the next Datapath on the pins.
 func (ep *Endpoint) Delete() error {
 	ep.dp.forget(ep)
 	return ep.delete(true)
