@@ -22,12 +22,14 @@ type RestoreReport struct {
 	// belong to this Datapath ([Datapath.Endpoint]) and run this build's
 	// programs, swapped in without a moment unattached.
 	Adopted []EndpointID
-	// Repaired are the adopted endpoints that needed fixing: a program
-	// attachment or a policy map had gone missing and was put back.
+	// Repaired are the adopted endpoints that needed fixing, one note per
+	// fix: a program attachment, the policy map (put back empty, so
+	// denying) or an entry of the endpoints map had gone missing.
 	Repaired []RestoreNote
-	// Removed are the endpoints whose state was deleted: their interface
-	// is gone (the pod was deleted while no Datapath ran), or a process
-	// died while it added or deleted them. Their addresses and IDs are free.
+	// Removed are the endpoints whose state was deleted, in ID order
+	// within each cause: their interface is gone (the pod was deleted while
+	// no Datapath ran), a process died while it added or deleted them, or
+	// their state had no record. Their addresses and IDs are free.
 	Removed []RestoreNote
 }
 
