@@ -98,8 +98,10 @@ type ClusterAllocator interface {
 	Occupy(ctx context.Context, node string, cidr netip.Prefix) error
 	// ReleaseCIDR returns one of node's CIDRs to the cluster.
 	ReleaseCIDR(ctx context.Context, node string, cidr netip.Prefix) error
-	// ReleaseNode returns all of node's CIDRs, for a node that left the
-	// cluster, and returns them. A node with none is not an error.
+	// ReleaseNode returns all of node's CIDRs to the cluster, for a node
+	// that left it, and lists them in address order. A node with none is
+	// not an error. If it fails, some of the CIDRs may be released already;
+	// calling it again releases the rest.
 	ReleaseNode(ctx context.Context, node string) ([]netip.Prefix, error)
 	// NodeCIDRs returns node's CIDRs, IPv4 first, ascending.
 	NodeCIDRs(ctx context.Context, node string) ([]netip.Prefix, error)

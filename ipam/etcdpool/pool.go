@@ -24,6 +24,10 @@ const DefaultPrefix = "/nodeplane/ipam/cluster/"
 // into an error instead of a spin.
 const maxAttempts = 100
 
+// releaseBatch is how many CIDRs one release transaction deletes: two
+// operations each, well under etcd's default limit of 128 per transaction.
+const releaseBatch = 32
+
 // ErrConfigMismatch means etcd already holds a cluster pool with a
 // different configuration under the same prefix.
 var ErrConfigMismatch = errors.New("cluster pool configuration differs from the one in etcd")
@@ -321,12 +325,23 @@ func (p *Pool) ReleaseNode(ctx context.Context, node string) ([]netip.Prefix, er
 		if err != nil || len(cidrs) == 0 {
 			return true, err
 		}
-		result = cidrs
-		return p.release(ctx, node, cidrs)
+		// etcd bounds the operations of one transaction (--max-txn-ops,
+		// 128 by default), so a node with many CIDRs is released in
+		// batches. A batch that loses a race is retried after a sync, which
+		// leaves the mirror with only the CIDRs still to release.
+		for batch := range slices.Chunk(cidrs, releaseBatch) {
+			ok, err := p.release(ctx, node, batch)
+			if !ok || err != nil {
+				return false, err
+			}
+			result = append(result, batch...)
+		}
+		return true, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("release node %q: %w", node, err)
 	}
+	slices.SortFunc(result, comparePrefix)
 	return result, nil
 }
 

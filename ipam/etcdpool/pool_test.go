@@ -68,6 +68,49 @@ func TestEtcdPool(t *testing.T) {
 		}
 	})
 
+	// A node that expanded many times holds more CIDRs than one etcd
+	// transaction may touch (--max-txn-ops, 128 by default): ReleaseNode
+	// must still release all of them.
+	t.Run("ReleaseNodeWithManyCIDRs", func(t *testing.T) {
+		p, err := New(ctx, client, Config{Cluster: ipam.ClusterConfig{
+			CIDRs:            []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")},
+			NodeMaskSizeIPv4: 24,
+		}, Prefix: freshPrefix(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = 150
+		want, err := p.AllocateNode(ctx, "big")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for len(want) < n {
+			c, err := p.Expand(ctx, "big", ipam.IPv4)
+			if err != nil {
+				t.Fatalf("expand %d: %v", len(want), err)
+			}
+			want = append(want, c)
+		}
+		got, err := p.ReleaseNode(ctx, "big")
+		if err != nil {
+			t.Fatalf("ReleaseNode of %d CIDRs: %v", n, err)
+		}
+		slices.SortFunc(want, comparePrefix)
+		slices.SortFunc(got, comparePrefix)
+		if !slices.Equal(got, want) {
+			t.Fatalf("released %d CIDRs, want the %d the node held", len(got), len(want))
+		}
+		if left, err := p.NodeCIDRs(ctx, "big"); err != nil || len(left) != 0 {
+			t.Fatalf("after ReleaseNode the node still holds %v (%v)", left, err)
+		}
+		// Every CIDR is free again: another node can take all 256.
+		for i := range 256 {
+			if _, err := p.Expand(ctx, "other", ipam.IPv4); err != nil {
+				t.Fatalf("expand %d after release: %v", i, err)
+			}
+		}
+	})
+
 	// Two node agents, each with its own client and Pool, allocate at the
 	// same moment, again and again. Both start with the same cursor, so they
 	// pick the same candidates; etcd's transactions must keep the CIDRs
