@@ -65,6 +65,11 @@ type Config struct {
 	// ConntrackMaxEntries is the size of the conntrack LRU (default
 	// 262144). The LRU is preallocated: about 150 bytes an entry.
 	ConntrackMaxEntries int
+	// FragmentsMaxEntries is the size of the LRU that carries the L4
+	// header of a fragmented datagram's first fragment to the later ones
+	// (default 8192, Cilium's): how many datagrams may be in flight in
+	// fragments at once.
+	FragmentsMaxEntries int
 	// PolicyMapMaxEntries bounds each endpoint's policy map (default
 	// 16384, Cilium's).
 	PolicyMapMaxEntries int
@@ -85,6 +90,7 @@ const (
 	defaultMaxEndpoints        = 4096
 	defaultIPCacheMaxEntries   = 512000
 	defaultConntrackMaxEntries = 262144
+	defaultFragmentsMaxEntries = 8192
 	defaultPolicyMapMaxEntries = 16384
 	defaultEventsBufferSize    = 256 << 10
 	defaultTCPLifetime         = 6 * time.Hour
@@ -106,6 +112,7 @@ func (c Config) withDefaults(pageSize int) (Config, error) {
 	def(&c.MaxEndpoints, defaultMaxEndpoints)
 	def(&c.IPCacheMaxEntries, defaultIPCacheMaxEntries)
 	def(&c.ConntrackMaxEntries, defaultConntrackMaxEntries)
+	def(&c.FragmentsMaxEntries, defaultFragmentsMaxEntries)
 	def(&c.PolicyMapMaxEntries, defaultPolicyMapMaxEntries)
 	def(&c.EventsBufferSize, defaultEventsBufferSize)
 	defDur := func(v *time.Duration, d time.Duration) {
@@ -126,6 +133,7 @@ func (c Config) withDefaults(pageSize int) (Config, error) {
 		{"MaxEndpoints", c.MaxEndpoints, maxEndpointID},
 		{"IPCacheMaxEntries", c.IPCacheMaxEntries, 1 << 30},
 		{"ConntrackMaxEntries", c.ConntrackMaxEntries, 1 << 30},
+		{"FragmentsMaxEntries", c.FragmentsMaxEntries, 1 << 30},
 		{"PolicyMapMaxEntries", c.PolicyMapMaxEntries, 1 << 30},
 	} {
 		if f.v < 1 || f.v > f.max {

@@ -13,7 +13,7 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxEndpoints != defaultMaxEndpoints || c.ConntrackMaxEntries != defaultConntrackMaxEntries ||
+	if c.MaxEndpoints != defaultMaxEndpoints || c.ConntrackMaxEntries != defaultConntrackMaxEntries || c.FragmentsMaxEntries != 8192 ||
 		c.EventsBufferSize != defaultEventsBufferSize || c.TCPLifetime != 6*time.Hour || c.Attach != AttachAuto {
 		t.Fatalf("defaults: %+v", c)
 	}
@@ -21,6 +21,7 @@ func TestConfigDefaults(t *testing.T) {
 		{MaxEndpoints: -1},
 		{MaxEndpoints: 70000},
 		{ConntrackMaxEntries: -5},
+		{FragmentsMaxEntries: -1},
 		{EventsBufferSize: 4096 + 1},
 		{EventsBufferSize: 1024},
 		{TCPLifetime: 1500 * time.Millisecond},

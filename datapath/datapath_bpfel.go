@@ -21,6 +21,7 @@ const (
 	datapathMapNpEndpoints        = "np_endpoints"
 	datapathMapNpEvents           = "np_events"
 	datapathMapNpEventsLost       = "np_events_lost"
+	datapathMapNpFrags            = "np_frags"
 	datapathMapNpIpcache          = "np_ipcache"
 	datapathMapNpPolicy           = "np_policy"
 	datapathProgNpFromEndpoint    = "np_from_endpoint"
@@ -89,6 +90,7 @@ type datapathMapSpecs struct {
 	NpEndpoints  *ebpf.MapSpec `ebpf:"np_endpoints"`
 	NpEvents     *ebpf.MapSpec `ebpf:"np_events"`
 	NpEventsLost *ebpf.MapSpec `ebpf:"np_events_lost"`
+	NpFrags      *ebpf.MapSpec `ebpf:"np_frags"`
 	NpIpcache    *ebpf.MapSpec `ebpf:"np_ipcache"`
 	NpPolicy     *ebpf.MapSpec `ebpf:"np_policy"`
 }
@@ -131,6 +133,7 @@ type datapathMaps struct {
 	NpEndpoints  *ebpf.Map `ebpf:"np_endpoints"`
 	NpEvents     *ebpf.Map `ebpf:"np_events"`
 	NpEventsLost *ebpf.Map `ebpf:"np_events_lost"`
+	NpFrags      *ebpf.Map `ebpf:"np_frags"`
 	NpIpcache    *ebpf.Map `ebpf:"np_ipcache"`
 	NpPolicy     *ebpf.Map `ebpf:"np_policy"`
 }
@@ -142,6 +145,7 @@ func (m *datapathMaps) Close() error {
 		m.NpEndpoints,
 		m.NpEvents,
 		m.NpEventsLost,
+		m.NpFrags,
 		m.NpIpcache,
 		m.NpPolicy,
 	)

@@ -34,8 +34,12 @@
 // direction, protocol and destination port with a prefix length for port
 // ranges, two lookups per decision, and [LookupPolicy] as the exact Go model
 // of the kernel's choice. An empty policy map denies every new connection.
-// Malformed, truncated, fragmented and non-IP packets are dropped (ARP and
-// IPv6 neighbour discovery pass untouched). Every drop is counted by reason
+// IP fragments are tracked as Cilium tracks them: the first fragment of a
+// datagram records its ports under the datagram's addresses and
+// identification, and the later ones get the first one's verdict; a later
+// fragment whose first one was not seen is dropped. Malformed, truncated and
+// non-IP packets are dropped (ARP and IPv6 neighbour discovery pass
+// untouched). Every drop is counted by reason
 // ([Datapath.Counters]) and reported as a [DropEvent] with both identities;
 // every policy decision about a new connection as a [PolicyVerdictEvent]
 // ([Datapath.NewEventReader]; the record format is in events.go and

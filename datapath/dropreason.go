@@ -34,9 +34,10 @@ const (
 	// DropInvalidExtHeader: an IPv6 extension header is truncated, or there
 	// are more than the datapath skips. DROP_INVALID_EXTHDR.
 	DropInvalidExtHeader DropReason = 156
-	// DropFragmentation: IP fragments, which the datapath does not
-	// reassemble or track. DROP_FRAG_NOSUPPORT.
-	DropFragmentation DropReason = 157
+	// DropFragmentNotFound: a later fragment of a datagram whose first
+	// fragment the datapath has not seen (lost, reordered, or evicted from
+	// the fragments map), so its ports are unknown. DROP_FRAG_NOT_FOUND.
+	DropFragmentNotFound DropReason = 175
 	// DropPolicyDeny: an explicit deny entry matched. DROP_POLICY_DENY.
 	DropPolicyDeny DropReason = 181
 	// DropEndpointNotReady: a new connection of an endpoint that has no
@@ -69,8 +70,8 @@ func (r DropReason) String() string {
 		return "CT_MAP_INSERTION_FAILED"
 	case DropInvalidExtHeader:
 		return "INVALID_IPV6_EXTENSION_HEADER"
-	case DropFragmentation:
-		return "IP_FRAGMENTATION_NOT_SUPPORTED"
+	case DropFragmentNotFound:
+		return "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND"
 	case DropPolicyDeny:
 		return "POLICY_DENY"
 	case DropEndpointNotReady:

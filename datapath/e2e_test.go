@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,7 +94,7 @@ func listenUDP(t *testing.T, ns *testutils.NetNS, addr string) {
 	}
 	t.Cleanup(func() { pc.Close() })
 	go func() {
-		buf := make([]byte, 2048)
+		buf := make([]byte, 1<<16)
 		for {
 			n, from, err := pc.ReadFrom(buf)
 			if err != nil {
@@ -291,6 +292,42 @@ func (w *e2eWorld) run(t *testing.T, a, b, node netip.Addr) {
 			t.Fatalf("UDP to a denied port: %v, want a timeout", err)
 		}
 		e := w.waitDrop(t, dropFromAToB(protoUDP, 5354))
+		checkDenied(t, e, idA, idB, FromEndpoint, 1)
+	})
+	// 3000 bytes do not fit the veths' MTU of 1500: A's stack sends the
+	// datagram in three fragments, the last one short, and B's reassembles
+	// it.
+	big := strings.Repeat("fragmented datagram ", 150)
+	t.Run("UDP fragmented allowed", func(t *testing.T) {
+		c, err := dial(w.podA, "udp", netip.AddrPortFrom(b, 5353).String(), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sport := c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+		if err := echo(c, big); err != nil {
+			t.Fatal(err)
+		}
+		flow := Tuple{Src: a, Dst: b, SrcPort: sport, DstPort: 5353, Proto: protoUDP}
+		ct, ok, err := w.d.Conntrack().Lookup(flow)
+		if err != nil || !ok {
+			t.Fatalf("no conntrack entry for %v: %v", flow, err)
+		}
+		if ct.Packets < 3 || ct.ReplyPackets < 3 {
+			t.Errorf("conntrack counted %d packets and %d replies for one datagram each way, want a packet per fragment (3 or more)",
+				ct.Packets, ct.ReplyPackets)
+		}
+	})
+	t.Run("UDP fragmented denied", func(t *testing.T) {
+		c, err := dial(w.podA, "udp", netip.AddrPortFrom(b, 5354).String(), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := echoWithin(c, big, 500*time.Millisecond); !isTimeout(err) {
+			t.Fatalf("fragmented UDP to a denied port: %v, want a timeout", err)
+		}
+		e := w.waitDrop(t, func(e *DropEvent) bool {
+			return dropFromAToB(protoUDP, 5354)(e) && e.OrigLen < 1000 // the last fragment, ports from the first
+		})
 		checkDenied(t, e, idA, idB, FromEndpoint, 1)
 	})
 	t.Run("ICMP allowed", func(t *testing.T) {

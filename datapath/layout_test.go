@@ -27,6 +27,8 @@ func TestMapLayouts(t *testing.T) {
 		{"np_ipcache_info", ipcacheInfo{}},
 		{"np_tuple", tuple{}},
 		{"np_ct_entry", ctEntry{}},
+		{"np_frag_key", fragKey{}},
+		{"np_frag_l4", fragL4{}},
 		{"np_policy_key", policyKey{}},
 		{"np_policy_entry", policyEntry{}},
 		{"np_counter", counter{}},
@@ -50,6 +52,7 @@ func TestMapLayouts(t *testing.T) {
 		datapathMapNpEndpoints: {"np_endpoint_key", "np_endpoint_info"},
 		datapathMapNpIpcache:   {"np_ipcache_key", "np_ipcache_info"},
 		datapathMapNpConntrack: {"np_tuple", "np_ct_entry"},
+		datapathMapNpFrags:     {"np_frag_key", "np_frag_l4"},
 		datapathMapNpCounters:  {"", "np_counter"},
 	} {
 		m := spec.Maps[name]

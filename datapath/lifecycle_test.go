@@ -30,7 +30,7 @@ func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
 	if v, _, err := ep.TestRun(FromEndpoint, mustBytes(t, flow)); err != nil || v.Action != ActionPass {
 		t.Fatalf("test run: %+v, %v", v, err)
 	}
-	for _, name := range []string{"np_endpoints", "np_ipcache", "np_conntrack", "np_policy", "np_counters", "np_events", "np_events_lost"} {
+	for _, name := range []string{"np_endpoints", "np_ipcache", "np_conntrack", "np_policy", "np_counters", "np_events", "np_events_lost", "np_frags"} {
 		if _, err := os.Stat(filepath.Join(bpffs, name)); err != nil {
 			t.Errorf("map %s not pinned: %v", name, err)
 		}

@@ -14,6 +14,7 @@ type sharedMaps struct {
 	endpoints  *ebpf.Map
 	ipcache    *ebpf.Map
 	conntrack  *ebpf.Map
+	frags      *ebpf.Map
 	policy     *ebpf.Map
 	counters   *ebpf.Map
 	eventsLost *ebpf.Map
@@ -28,6 +29,7 @@ func (m *sharedMaps) byName() map[string]**ebpf.Map {
 		datapathMapNpEndpoints:  &m.endpoints,
 		datapathMapNpIpcache:    &m.ipcache,
 		datapathMapNpConntrack:  &m.conntrack,
+		datapathMapNpFrags:      &m.frags,
 		datapathMapNpPolicy:     &m.policy,
 		datapathMapNpCounters:   &m.counters,
 		datapathMapNpEventsLost: &m.eventsLost,
@@ -72,6 +74,7 @@ func loadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 		datapathMapNpEndpoints: 2 * cfg.MaxEndpoints,
 		datapathMapNpIpcache:   cfg.IPCacheMaxEntries,
 		datapathMapNpConntrack: cfg.ConntrackMaxEntries,
+		datapathMapNpFrags:     cfg.FragmentsMaxEntries,
 		datapathMapNpPolicy:    cfg.MaxEndpoints,
 		datapathMapNpEvents:    cfg.EventsBufferSize,
 	}

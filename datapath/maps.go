@@ -122,6 +122,26 @@ type tuple struct {
 	_         [2]byte `btf:"pad"`
 }
 
+// fragKey is struct np_frag_key. Go never reads the fragments map; the
+// mirror keeps the layout checked like every other.
+type fragKey struct {
+	SAddr     rawAddr `btf:"saddr"`
+	DAddr     rawAddr `btf:"daddr"`
+	ID        uint32  `btf:"id"`
+	Proto     uint8   `btf:"proto"`
+	IPVersion uint8   `btf:"ip_version"`
+	_         [2]byte `btf:"pad"`
+}
+
+// fragL4 is struct np_frag_l4.
+type fragL4 struct {
+	SPort      be16  `btf:"sport"`
+	DPort      be16  `btf:"dport"`
+	PolicyPort be16  `btf:"policy_port"`
+	Proto      uint8 `btf:"proto"`
+	TCPFlags   uint8 `btf:"tcp_flags"`
+}
+
 // ctEntry is struct np_ct_entry.
 type ctEntry struct {
 	PacketsFwd  uint64 `btf:"packets_fwd"`

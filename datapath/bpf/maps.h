@@ -134,6 +134,39 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } np_conntrack SEC(".maps");
 
+/* ---- IP fragments ---- */
+
+/* Only the first fragment of a datagram carries its L4 header. The first
+ * fragment records what the datapath read from it under the datagram's
+ * identity, and the later ones replay it, so that every fragment gets the
+ * first one's verdict (Cilium's fragment tracking, for IPv4 and IPv6). */
+struct np_frag_key {
+	union np_addr saddr;
+	union np_addr daddr;
+	__be32 id;         /* IPv4: the 16-bit identification, zero-extended */
+	__u8 proto;        /* IPv4 protocol; IPv6: the fragment header's next header */
+	__u8 ip_version;
+	__u8 pad[2];
+};
+NP_ASSERT_SIZE(struct np_frag_key, 40);
+
+struct np_frag_l4 {
+	__be16 sport;
+	__be16 dport;
+	__be16 policy_port;
+	__u8 proto;        /* the L4 protocol behind any IPv6 extension headers */
+	__u8 tcp_flags;
+};
+NP_ASSERT_SIZE(struct np_frag_l4, 8);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct np_frag_key);
+	__type(value, struct np_frag_l4);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_frags SEC(".maps");
+
 /* ---- per-endpoint policy ---- */
 
 /* The key of Cilium's policy map (bpf/lib/policy.h). identity and egress

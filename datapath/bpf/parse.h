@@ -138,11 +138,60 @@ static __always_inline int np_parse_l4(struct __sk_buff *skb, struct np_pkt *p, 
 	return DROP_CT_UNKNOWN_PROTO;
 }
 
+static __always_inline void np_frag_key_init(struct np_frag_key *k, const struct np_pkt *p,
+					     __be32 id, __u8 proto)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->saddr = p->tuple.saddr;
+	k->daddr = p->tuple.daddr;
+	k->id = id;
+	k->proto = proto;
+	k->ip_version = p->tuple.ip_version;
+}
+
+/* np_frag_record keeps what the first fragment of a datagram said for the
+ * fragments after it. ICMP errors are not kept: they are cut to fit the
+ * minimum MTU (576 bytes for IPv4, 1280 for IPv6) and never need
+ * fragmenting, so the rest of one is dropped. Should the update fail, the
+ * later fragments are dropped as not found. */
+static __always_inline void np_frag_record(const struct np_pkt *p, const struct np_frag_key *k)
+{
+	struct np_frag_l4 l4 = {
+		.sport = p->tuple.sport,
+		.dport = p->tuple.dport,
+		.policy_port = p->policy_port,
+		.proto = p->tuple.proto,
+		.tcp_flags = p->tcp_flags,
+	};
+
+	if (p->flags & NP_PKT_ICMP_ERROR)
+		return;
+	bpf_map_update_elem(&np_frags, k, &l4, BPF_ANY);
+}
+
+/* np_frag_replay gives a later fragment its first fragment's L4 fields. */
+static __always_inline int np_frag_replay(struct np_pkt *p, const struct np_frag_key *k)
+{
+	struct np_frag_l4 *l4 = bpf_map_lookup_elem(&np_frags, k);
+
+	if (!l4)
+		return DROP_FRAG_NOT_FOUND;
+	p->tuple.proto = l4->proto;
+	p->tuple.sport = l4->sport;
+	p->tuple.dport = l4->dport;
+	p->policy_port = l4->policy_port;
+	p->tcp_flags = l4->tcp_flags;
+	return 0;
+}
+
 static __always_inline int np_parse_ipv4(struct __sk_buff *skb, struct np_pkt *p)
 {
 	void *data, *data_end;
+	struct np_frag_key k;
 	struct iphdr *ip;
 	__u32 hlen, tot;
+	__be16 frag, id;
+	int ret;
 
 	if (np_pull(skb, ETH_HLEN + sizeof(struct iphdr), &data, &data_end))
 		return DROP_INVALID;
@@ -153,26 +202,35 @@ static __always_inline int np_parse_ipv4(struct __sk_buff *skb, struct np_pkt *p
 	tot = bpf_ntohs(ip->tot_len);
 	if (tot < hlen || ETH_HLEN + tot > skb->len)
 		return DROP_INVALID;
-	/* Only the first fragment has ports; without fragment tracking none
-	 * can be decided on (Cilium without enable-ipv4-fragment-tracking). */
-	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
-		return DROP_FRAG_NOSUPPORT;
+	frag = ip->frag_off & bpf_htons(IP_MF | IP_OFFSET);
+	id = ip->id;
 
 	p->tuple.ip_version = NP_IPV4;
 	p->tuple.saddr.ip4 = ip->saddr;
 	p->tuple.daddr.ip4 = ip->daddr;
 	p->tuple.proto = ip->protocol;
 	p->l4_off = ETH_HLEN + hlen;
-	return np_parse_l4(skb, p, ETH_HLEN + tot);
+	if (!frag)
+		return np_parse_l4(skb, p, ETH_HLEN + tot);
+
+	np_frag_key_init(&k, p, (__be32)id, p->tuple.proto);
+	if (frag & bpf_htons(IP_OFFSET))
+		return np_frag_replay(p, &k);
+	ret = np_parse_l4(skb, p, ETH_HLEN + tot);
+	if (ret == 0)
+		np_frag_record(p, &k);
+	return ret;
 }
 
 static __always_inline int np_parse_ipv6(struct __sk_buff *skb, struct np_pkt *p)
 {
 	void *data, *data_end;
+	struct np_frag_key k;
 	struct ipv6hdr *ip6;
 	__u32 off, end;
-	__u8 nexthdr;
-	int i;
+	__be32 frag_id = 0;
+	__u8 nexthdr, frag_proto = 0;
+	int i, ret, frag = -1; /* -1: no fragment header, 0: atomic, 1: first fragment, 2: a later one */
 
 	if (np_pull(skb, ETH_HLEN + sizeof(struct ipv6hdr), &data, &data_end))
 		return DROP_INVALID;
@@ -204,21 +262,54 @@ static __always_inline int np_parse_ipv6(struct __sk_buff *skb, struct np_pkt *p
 			off += nexthdr == IPPROTO_AH ? ((__u32)ext[1] + 2) * 4 : ((__u32)ext[1] + 1) * 8;
 			nexthdr = ext[0];
 			continue;
-		case NP_IPPROTO_FRAGMENT:
-			return DROP_FRAG_NOSUPPORT;
+		case NP_IPPROTO_FRAGMENT: {
+			/* next header, reserved, offset << 3 | M, identification */
+			__u8 fh[8];
+			__be16 offlg;
+
+			if (frag >= 0 || off + 8 > end || bpf_skb_load_bytes(skb, off, fh, sizeof(fh)))
+				return DROP_INVALID_EXTHDR;
+			__builtin_memcpy(&offlg, &fh[2], 2);
+			__builtin_memcpy(&frag_id, &fh[4], 4);
+			off += 8;
+			nexthdr = fh[0];
+			frag_proto = nexthdr;
+			/* An atomic fragment (offset 0, no M flag) is a whole packet. */
+			if (offlg & bpf_htons(0xfff8))
+				frag = 2;
+			else if (offlg & bpf_htons(1))
+				frag = 1;
+			else
+				frag = 0;
+			if (frag == 2)
+				break;
+			continue;
+		}
 		}
 		break;
+	}
+	if (frag == 2) {
+		/* Behind the fragment header is the middle of a datagram. */
+		np_frag_key_init(&k, p, frag_id, frag_proto);
+		p->l4_off = off;
+		return np_frag_replay(p, &k);
 	}
 	switch (nexthdr) {
 	case NP_IPPROTO_HOPOPTS:
 	case NP_IPPROTO_ROUTING:
 	case NP_IPPROTO_DSTOPTS:
 	case IPPROTO_AH:
+	case NP_IPPROTO_FRAGMENT:
 		return DROP_INVALID_EXTHDR; /* too many */
 	}
 	p->tuple.proto = nexthdr;
 	p->l4_off = off;
-	return np_parse_l4(skb, p, end);
+	ret = np_parse_l4(skb, p, end);
+	if (ret == 0 && frag == 1) {
+		np_frag_key_init(&k, p, frag_id, frag_proto);
+		np_frag_record(p, &k);
+	}
+	return ret;
 }
 
 /* np_parse returns 0 with p filled in, NP_PARSE_PASS for link-local
