@@ -29,6 +29,8 @@
 // releases the owners that no longer exist: the pool cannot know that a
 // container died while the node was down. [Pool.Snapshot] and
 // [Pool.Restore] do the same for callers that keep the state elsewhere.
+// Processes that share a state file, such as concurrent CNI plugin
+// invocations, hold [StateFile.Lock] around restoring, changing and saving.
 //
 // # Cluster pools
 //

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/nodeplane/nodeplane/ipam"
 )
@@ -124,6 +125,40 @@ func ExampleStateFile() {
 	// 10.0.0.1 a/eth0
 	// 10.0.0.3 c/eth0
 	// next: 10.0.0.4
+}
+
+// A CNI plugin runs as one process per ADD or DEL, possibly many at once.
+// Each holds the state file's lock while it restores, changes and saves
+// the pool.
+func ExampleStateFile_Lock() {
+	dir, _ := os.MkdirTemp("", "ipam")
+	defer os.RemoveAll(dir)
+	cniAdd := func(ctx context.Context, container string) (netip.Addr, error) {
+		state, err := ipam.NewStateFile(filepath.Join(dir, "pool.state"))
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		lock, err := state.Lock(ctx)
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		defer lock.Close()
+		pool, err := ipam.New(ipam.Config{Prefixes: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}, State: state})
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		return pool.AllocateNext(ipam.IPv4, container+"/eth0")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, c := range []string{"a", "b"} {
+		addr, err := cniAdd(ctx, c)
+		fmt.Println(c, addr, err)
+	}
+	// Output:
+	// a 10.0.0.1 <nil>
+	// b 10.0.0.2 <nil>
 }
 
 func ExampleClusterPool() {

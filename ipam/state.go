@@ -37,8 +37,9 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // on disk, never a mix. Load detects a damaged file by its checksum and
 // fails with [ErrCorrupt].
 //
-// One process owns a state file at a time; StateFile takes no lock between
-// processes. It keeps no file open, so it needs no Close.
+// Load and Save take no lock: processes that share a state file serialise
+// their read-modify-write cycles with [StateFile.Lock]. A StateFile keeps
+// no file open, so it needs no Close.
 type StateFile struct {
 	path string
 	fs   stateFS

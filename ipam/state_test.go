@@ -432,6 +432,9 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(crashChildEnv); path != "" {
 		crashChild(path)
 	}
+	if arg := os.Getenv(lockChildEnv); arg != "" {
+		lockChild(arg)
+	}
 	os.Exit(m.Run())
 }
 
