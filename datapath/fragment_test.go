@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
-
-	"github.com/nodeplane/nodeplane/identity"
 )
 
 // fragment splits pkt, an IPv4 packet with a 20-byte header or an IPv6
@@ -63,19 +61,13 @@ func fragment(t *testing.T, pkt []byte, id uint32, size int) [][]byte {
 // a later fragment whose first one never came is dropped.
 func TestPrivilegedFragments(t *testing.T) {
 	w := newTestRunWorld(t)
-	type want struct {
-		action   Action
-		reason   DropReason
-		ct       ConntrackState
-		src, dst identity.ID
-	}
 	run := func(t *testing.T, pkt []byte) want {
 		t.Helper()
 		v, _, err := w.a.TestRun(FromEndpoint, pkt)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return want{v.Action, v.Reason, v.Conntrack, v.SrcIdentity, v.DstIdentity}
+		return wantOf(v)
 	}
 	payload := make([]byte, 100)
 	for i := range payload {

@@ -76,14 +76,20 @@ func tcpPkt(src, dst netip.Addr, sport, dport uint16, flags uint8) TestPacket {
 	return TestPacket{Src: src, Dst: dst, Proto: protoTCP, SrcPort: sport, DstPort: dport, TCPFlags: flags}
 }
 
+// want is the part of a Verdict the table tests compare.
+type want struct {
+	action   Action
+	reason   DropReason
+	ct       ConntrackState
+	src, dst identity.ID
+}
+
+func wantOf(v Verdict) want {
+	return want{v.Action, v.Reason, v.Conntrack, v.SrcIdentity, v.DstIdentity}
+}
+
 func TestPrivilegedTestRun(t *testing.T) {
 	w := newTestRunWorld(t)
-	type want struct {
-		action   Action
-		reason   DropReason
-		ct       ConntrackState
-		src, dst identity.ID
-	}
 	// The cases run in order: later ones rely on connections earlier ones
 	// opened.
 	for _, tc := range []struct {
@@ -201,7 +207,7 @@ func TestPrivilegedTestRun(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := want{v.Action, v.Reason, v.Conntrack, v.SrcIdentity, v.DstIdentity}
+			got := wantOf(v)
 			if got != tc.want {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
