@@ -151,6 +151,26 @@ func TestPrivilegedFragments(t *testing.T) {
 					t.Fatalf("its second fragment: %+v", got)
 				}
 			})
+			t.Run("spoofed first fragment plants nothing", func(t *testing.T) {
+				// A sends the first fragment of a datagram in B's name; it is
+				// dropped, and B's own later fragment of that datagram finds
+				// no ports to inherit.
+				b := addrB
+				if fam.src.Is6() {
+					b = addrB6
+				}
+				frags := fragment(t, mustBytes(t, TestPacket{Src: b, Dst: fam.remote, Proto: protoUDP, SrcPort: 40008, DstPort: 53, Payload: payload}), id+8, 32)
+				if got := run(t, frags[0]); got != (want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}) {
+					t.Fatalf("spoofed first fragment: %+v", got)
+				}
+				v, _, err := w.b.TestRun(FromEndpoint, frags[1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := wantOf(v); got != (want{ActionDrop, DropFragmentNotFound, 0, 0, 0}) {
+					t.Fatalf("B's later fragment: %+v", got)
+				}
+			})
 			t.Run("fragmented ping", func(t *testing.T) {
 				proto := uint8(protoICMP)
 				if fam.src.Is6() {

@@ -322,6 +322,7 @@ int np_from_endpoint(struct __sk_buff *skb)
 		s.reason = DROP_INVALID_SIP;
 		return np_exit(skb, &s, TC_ACT_SHOT);
 	}
+	np_frag_record(&s.pkt);
 	dst = np_lookup_endpoint(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
 
 	s.ct_state = np_ct_lookup(skb, &s.pkt, &ct);
@@ -382,6 +383,7 @@ int np_to_endpoint(struct __sk_buff *skb)
 		s.reason = DROP_UNKNOWN_TARGET;
 		return np_exit(skb, &s, TC_ACT_SHOT);
 	}
+	np_frag_record(&s.pkt);
 
 	s.ct_state = np_ct_lookup(skb, &s.pkt, &ct);
 	now = np_now_sec();

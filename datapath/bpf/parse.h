@@ -34,6 +34,7 @@
 
 /* np_pkt.flags */
 #define NP_PKT_ICMP_ERROR (1U << 0) /* an ICMP error: may relate to a connection */
+#define NP_PKT_FIRST_FRAG (1U << 1) /* the first fragment of a datagram: np_frag_record it */
 
 struct np_pkt {
 	struct np_tuple tuple;
@@ -42,6 +43,8 @@ struct np_pkt {
 	__be16 policy_port; /* dport, or the ICMP type, as the policy key wants it */
 	__u8 tcp_flags;
 	__u8 flags;         /* NP_PKT_* */
+	__u8 frag_proto;    /* with NP_PKT_FIRST_FRAG: the fragment key's protocol */
+	__be32 frag_id;     /* ... and its identification */
 };
 
 /* np_pull makes the first need bytes linear and returns the packet
@@ -150,12 +153,15 @@ static __always_inline void np_frag_key_init(struct np_frag_key *k, const struct
 }
 
 /* np_frag_record keeps what the first fragment of a datagram said for the
- * fragments after it. ICMP errors are not kept: they are cut to fit the
- * minimum MTU (576 bytes for IPv4, 1280 for IPv6) and never need
- * fragmenting, so the rest of one is dropped. Should the update fail, the
- * later fragments are dropped as not found. */
-static __always_inline void np_frag_record(const struct np_pkt *p, const struct np_frag_key *k)
+ * fragments after it. The programs call it once they have accepted the
+ * packet's addresses as the endpoint's, so that an endpoint cannot plant
+ * ports for datagrams of addresses it does not own. ICMP errors are not
+ * kept: they are cut to fit the minimum MTU (576 bytes for IPv4, 1280 for
+ * IPv6) and never need fragmenting, so the rest of one is dropped. Should
+ * the update fail, the later fragments are dropped as not found. */
+static __always_inline void np_frag_record(const struct np_pkt *p)
 {
+	struct np_frag_key k;
 	struct np_frag_l4 l4 = {
 		.sport = p->tuple.sport,
 		.dport = p->tuple.dport,
@@ -164,9 +170,10 @@ static __always_inline void np_frag_record(const struct np_pkt *p, const struct 
 		.tcp_flags = p->tcp_flags,
 	};
 
-	if (p->flags & NP_PKT_ICMP_ERROR)
+	if (!(p->flags & NP_PKT_FIRST_FRAG) || (p->flags & NP_PKT_ICMP_ERROR))
 		return;
-	bpf_map_update_elem(&np_frags, k, &l4, BPF_ANY);
+	np_frag_key_init(&k, p, p->frag_id, p->frag_proto);
+	bpf_map_update_elem(&np_frags, &k, &l4, BPF_ANY);
 }
 
 /* np_frag_replay gives a later fragment its first fragment's L4 fields. */
@@ -191,7 +198,6 @@ static __always_inline int np_parse_ipv4(struct __sk_buff *skb, struct np_pkt *p
 	struct iphdr *ip;
 	__u32 hlen, tot;
 	__be16 frag, id;
-	int ret;
 
 	if (np_pull(skb, ETH_HLEN + sizeof(struct iphdr), &data, &data_end))
 		return DROP_INVALID;
@@ -213,13 +219,14 @@ static __always_inline int np_parse_ipv4(struct __sk_buff *skb, struct np_pkt *p
 	if (!frag)
 		return np_parse_l4(skb, p, ETH_HLEN + tot);
 
-	np_frag_key_init(&k, p, (__be32)id, p->tuple.proto);
-	if (frag & bpf_htons(IP_OFFSET))
+	if (frag & bpf_htons(IP_OFFSET)) {
+		np_frag_key_init(&k, p, (__be32)id, p->tuple.proto);
 		return np_frag_replay(p, &k);
-	ret = np_parse_l4(skb, p, ETH_HLEN + tot);
-	if (ret == 0)
-		np_frag_record(p, &k);
-	return ret;
+	}
+	p->flags |= NP_PKT_FIRST_FRAG;
+	p->frag_id = (__be32)id;
+	p->frag_proto = p->tuple.proto;
+	return np_parse_l4(skb, p, ETH_HLEN + tot);
 }
 
 static __always_inline int np_parse_ipv6(struct __sk_buff *skb, struct np_pkt *p)
@@ -230,7 +237,7 @@ static __always_inline int np_parse_ipv6(struct __sk_buff *skb, struct np_pkt *p
 	__u32 off, end;
 	__be32 frag_id = 0;
 	__u8 nexthdr, frag_proto = 0;
-	int i, ret, frag = -1; /* -1: no fragment header, 0: atomic, 1: first fragment, 2: a later one */
+	int i, frag = -1; /* -1: no fragment header, 0: atomic, 1: first fragment, 2: a later one */
 
 	if (np_pull(skb, ETH_HLEN + sizeof(struct ipv6hdr), &data, &data_end))
 		return DROP_INVALID;
@@ -304,12 +311,12 @@ static __always_inline int np_parse_ipv6(struct __sk_buff *skb, struct np_pkt *p
 	}
 	p->tuple.proto = nexthdr;
 	p->l4_off = off;
-	ret = np_parse_l4(skb, p, end);
-	if (ret == 0 && frag == 1) {
-		np_frag_key_init(&k, p, frag_id, frag_proto);
-		np_frag_record(p, &k);
+	if (frag == 1) {
+		p->flags |= NP_PKT_FIRST_FRAG;
+		p->frag_id = frag_id;
+		p->frag_proto = frag_proto;
 	}
-	return ret;
+	return np_parse_l4(skb, p, end);
 }
 
 /* np_parse returns 0 with p filled in, NP_PARSE_PASS for link-local
