@@ -28,9 +28,10 @@
 // and explains the verdict: which rules select the endpoint, which rules
 // and selectors allowed or denied, why the direction is default-deny.
 //
-// An [Engine] keeps endpoints' maps current: it applies the difference
-// when policies change, and when identities are added or removed (from an
-// identity allocator's watch) it updates only those identities' entries.
+// An [Engine] keeps endpoints' maps current: when a policy changes it
+// recompiles only the endpoints the policy selects and applies the
+// difference, and when identities are added or removed (from an identity
+// allocator's watch) it updates only those identities' entries.
 // It allocates the identities of the prefixes that CIDR rules name and
 // publishes them in the ipcache, excepts included, so that the datapath
 // maps addresses to them.

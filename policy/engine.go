@@ -37,8 +37,10 @@ type EngineConfig struct {
 
 // Engine keeps the policy maps of local endpoints in step with the rules
 // and the identities: it compiles each endpoint's policy when the endpoint
-// is added or the rules change, and applies only the difference to the
-// endpoint's map; when identities come and go (see
+// is added, recompiles the endpoints a changed policy selects (before or
+// after the change; no other endpoint's policy can change), and applies
+// only the difference to each endpoint's map; when identities come and go
+// (see
 // [Engine.UpdateIdentities] and [Engine.WatchIdentities]) it updates only
 // the entries of those identities.
 //
@@ -134,28 +136,32 @@ func (e *Engine) EndpointPolicy(id datapath.EndpointID) (*EndpointPolicy, bool) 
 	return ee.policy, true
 }
 
-// AddPolicy adds a policy and updates every endpoint's map.
+// AddPolicy adds a policy and updates the maps of the endpoints it
+// selects.
 func (e *Engine) AddPolicy(p Policy) (uint64, error) {
 	return e.putPolicy(p, false)
 }
 
-// ReplacePolicy adds or replaces a policy and updates every endpoint's map.
+// ReplacePolicy adds or replaces a policy and updates the maps of the
+// endpoints the old or the new version selects.
 func (e *Engine) ReplacePolicy(p Policy) (uint64, error) {
 	return e.putPolicy(p, true)
 }
 
-// DeletePolicy deletes a policy and updates every endpoint's map.
+// DeletePolicy deletes a policy and updates the maps of the endpoints it
+// selected.
 func (e *Engine) DeletePolicy(id PolicyID) (uint64, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
 		return 0, ErrClosed
 	}
+	affected := e.selectedLocked(nil, id)
 	rev, err := e.repo.Delete(id)
 	if err != nil {
 		return 0, err
 	}
-	errs := []error{e.recompileLocked()}
+	errs := []error{e.recompileLocked(affected)}
 	errs = append(errs, e.releaseCIDRsLocked(e.policyCIDRs[id]))
 	delete(e.policyCIDRs, id)
 	return rev, errors.Join(errs...)
@@ -176,6 +182,9 @@ func (e *Engine) putPolicy(p Policy, replace bool) (uint64, error) {
 	if err := e.acquireCIDRsLocked(prefixes); err != nil {
 		return 0, err
 	}
+	// The endpoints the policy selects before the change (if it exists)
+	// and after it are the only ones whose policy can change.
+	affected := e.selectedLocked(nil, p.ID())
 	var (
 		rev uint64
 		err error
@@ -188,16 +197,44 @@ func (e *Engine) putPolicy(p Policy, replace bool) (uint64, error) {
 	if err != nil {
 		return 0, errors.Join(err, e.releaseCIDRsLocked(prefixes))
 	}
+	affected = e.selectedLocked(affected, p.ID())
 	old := e.policyCIDRs[p.ID()]
 	e.policyCIDRs[p.ID()] = prefixes
-	errs := []error{e.recompileLocked(), e.releaseCIDRsLocked(old)}
+	errs := []error{e.recompileLocked(affected), e.releaseCIDRsLocked(old)}
 	return rev, errors.Join(errs...)
 }
 
-// recompileLocked recompiles every endpoint and applies the differences.
-func (e *Engine) recompileLocked() error {
+// selectedLocked adds to set the endpoints that a rule of policy id, as
+// the repository holds it now, selects as its subject, the way Compile
+// selects rules. A policy the repository does not hold selects none.
+func (e *Engine) selectedLocked(set map[datapath.EndpointID]bool, id PolicyID) map[datapath.EndpointID]bool {
+	if set == nil {
+		set = map[datapath.EndpointID]bool{}
+	}
+	entries := e.repo.policyEntries(id)
+	if len(entries) == 0 {
+		return set
+	}
+	for epID, ee := range e.endpoints {
+		if set[epID] {
+			continue
+		}
+		in, eg, _ := e.repo.selectRules(entries, ee.ep.Identity, ee.ep.Labels)
+		if len(in)+len(eg) > 0 {
+			set[epID] = true
+		}
+	}
+	return set
+}
+
+// recompileLocked recompiles the given endpoints and applies the
+// differences.
+func (e *Engine) recompileLocked(which map[datapath.EndpointID]bool) error {
 	var errs []error
 	for _, id := range e.endpointIDsLocked() {
+		if !which[id] {
+			continue
+		}
 		ee := e.endpoints[id]
 		p := e.repo.Compile(ee.ep)
 		d := Diff(ee.policy.State(), p.State())

@@ -223,6 +223,17 @@ func (r *Repository) UpdateIdentities(added []identity.Identity, removed []ident
 	r.rv.cache.UpdateIdentities(added, removed)
 }
 
+// policyEntries returns the resolved entries of one policy, nil if the
+// repository does not hold it.
+func (r *Repository) policyEntries(id PolicyID) []*entry {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if sp, ok := r.policies[id]; ok {
+		return sp.entries
+	}
+	return nil
+}
+
 // snapshot returns the entries of every policy and the revision, for a
 // consistent computation.
 func (r *Repository) snapshot() ([]*entry, uint64) {
