@@ -150,16 +150,17 @@ func checkTable(t *testing.T, tbl *table) {
 
 // Record kinds of the fuzz encoding of a pinnedState: a kind byte, then the
 // key and the value in native byte order.
-var fuzzKinds = []struct{ key, value any }{
-	{lb4Key{}, lbService{}},
-	{lb6Key{}, lbService{}},
-	{uint32(0), lb4Backend{}},
-	{uint32(0), lb6Backend{}},
-	{lbAffinityMatch{}, uint8(0)},
-	{uint16(0), lb4ReverseNAT{}},
-	{uint16(0), lb6ReverseNAT{}},
-	{uint16(0), uint8(0)},
-}
+const (
+	kindSvc4    byte = iota // lb4Key → lbService
+	kindSvc6                // lb6Key → lbService
+	kindBe4                 // uint32 → lb4Backend
+	kindBe6                 // uint32 → lb6Backend
+	kindMatch               // lbAffinityMatch → uint8
+	kindRevNAT4             // uint16 → lb4ReverseNAT
+	kindRevNAT6             // uint16 → lb6ReverseNAT
+	kindMaglev              // uint16 → uint8 (ignored)
+	fuzzKinds
+)
 
 func decodeFuzzState(data []byte) *pinnedState {
 	st := newPinnedState()
@@ -169,67 +170,51 @@ func decodeFuzzState(data []byte) *pinnedState {
 		if err != nil {
 			return st
 		}
-		switch kind % uint8(len(fuzzKinds)) {
-		case 0:
-			var k lb4Key
-			var v lbService
-			if read(r, &k, &v) {
-				st.svc4[k] = v
-			}
-		case 1:
-			var k lb6Key
-			var v lbService
-			if read(r, &k, &v) {
-				st.svc6[k] = v
-			}
-		case 2:
-			var k uint32
-			var v lb4Backend
-			if read(r, &k, &v) {
-				st.be4[k] = v
-			}
-		case 3:
-			var k uint32
-			var v lb6Backend
-			if read(r, &k, &v) {
-				st.be6[k] = v
-			}
-		case 4:
-			var k lbAffinityMatch
-			var v uint8
-			if read(r, &k, &v) {
-				st.match[k] = v
-			}
-		case 5:
-			var k uint16
-			var v lb4ReverseNAT
-			if read(r, &k, &v) {
-				st.revnat4[k] = v
-			}
-		case 6:
-			var k uint16
-			var v lb6ReverseNAT
-			if read(r, &k, &v) {
-				st.revnat6[k] = v
-			}
-		case 7:
-			var k uint16
-			var v uint8
-			if read(r, &k, &v) {
+		switch kind % fuzzKinds {
+		case kindSvc4:
+			readRecord(r, st.svc4)
+		case kindSvc6:
+			readRecord(r, st.svc6)
+		case kindBe4:
+			readRecord(r, st.be4)
+		case kindBe6:
+			readRecord(r, st.be6)
+		case kindMatch:
+			readRecord(r, st.match)
+		case kindRevNAT4:
+			readRecord(r, st.revnat4)
+		case kindRevNAT6:
+			readRecord(r, st.revnat6)
+		case kindMaglev:
+			tables := make(map[uint16]uint8)
+			readRecord(r, tables)
+			for k := range tables {
 				st.maglev[k] = struct{}{}
 			}
 		}
 	}
 }
 
-func read(r *bytes.Reader, k, v any) bool {
-	return binary.Read(r, binary.NativeEndian, k) == nil && binary.Read(r, binary.NativeEndian, v) == nil
+// readRecord reads a key and a value and, if both are whole, stores them in
+// m.
+func readRecord[K comparable, V any](r *bytes.Reader, m map[K]V) {
+	var k K
+	var v V
+	if binary.Read(r, binary.NativeEndian, &k) == nil && binary.Read(r, binary.NativeEndian, &v) == nil {
+		m[k] = v
+	}
 }
 
 func encodeFuzzRecord(buf *bytes.Buffer, kind byte, k, v any) {
 	buf.WriteByte(kind)
 	_ = binary.Write(buf, binary.NativeEndian, k)
 	_ = binary.Write(buf, binary.NativeEndian, v)
+}
+
+func encodeFuzzRecords[K comparable, V any](buf *bytes.Buffer, kind byte, m map[K]V) {
+	for k, v := range m {
+		encodeFuzzRecord(buf, kind, k, v)
+	}
 }
 
 // seedPinnedState encodes the maps of a small but complete table, plus an
@@ -251,33 +236,19 @@ func seedPinnedState(tb testing.TB) []byte {
 	}
 	var buf bytes.Buffer
 	st := imageOf(m.t)
-	for k, v := range st.svc4 {
-		encodeFuzzRecord(&buf, 0, k, v)
-	}
-	for k, v := range st.svc6 {
-		encodeFuzzRecord(&buf, 1, k, v)
-	}
-	for k, v := range st.be4 {
-		encodeFuzzRecord(&buf, 2, k, v)
-	}
-	for k, v := range st.be6 {
-		encodeFuzzRecord(&buf, 3, k, v)
-	}
-	for k, v := range st.match {
-		encodeFuzzRecord(&buf, 4, k, v)
-	}
-	for k, v := range st.revnat4 {
-		encodeFuzzRecord(&buf, 5, k, v)
-	}
-	for k, v := range st.revnat6 {
-		encodeFuzzRecord(&buf, 6, k, v)
-	}
+	encodeFuzzRecords(&buf, kindSvc4, st.svc4)
+	encodeFuzzRecords(&buf, kindSvc6, st.svc6)
+	encodeFuzzRecords(&buf, kindBe4, st.be4)
+	encodeFuzzRecords(&buf, kindBe6, st.be6)
+	encodeFuzzRecords(&buf, kindMatch, st.match)
+	encodeFuzzRecords(&buf, kindRevNAT4, st.revnat4)
+	encodeFuzzRecords(&buf, kindRevNAT6, st.revnat6)
 	for k := range st.maglev {
-		encodeFuzzRecord(&buf, 7, k, uint8(0))
+		encodeFuzzRecord(&buf, kindMaglev, k, uint8(0))
 	}
 	// Leftovers: a slot of the unused bank, an orphan backend.
-	encodeFuzzRecord(&buf, 0, lb4KeyOf(a.Frontend, 1), lbService{BackendID: 1, RevNAT: 1})
-	encodeFuzzRecord(&buf, 2, uint32(77), lb4Backend{Address: [4]byte{10, 0, 0, 7}, Port: portBytes(80), Proto: 6, Weight: 1, RevNAT: 9})
+	encodeFuzzRecord(&buf, kindSvc4, lb4KeyOf(a.Frontend, 1), lbService{BackendID: 1, RevNAT: 1})
+	encodeFuzzRecord(&buf, kindBe4, uint32(77), lb4Backend{Address: [4]byte{10, 0, 0, 7}, Port: portBytes(80), Proto: 6, Weight: 1, RevNAT: 9})
 	return buf.Bytes()
 }
 
