@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -204,20 +203,7 @@ func (lb *LB) UpsertBackends(fe Frontend, backends ...Backend) error {
 	if err := lb.usable(); err != nil {
 		return err
 	}
-	e := lb.t.services[fe]
-	if e == nil {
-		return fmt.Errorf("%w: %s", ErrServiceNotFound, fe)
-	}
-	merged := e.publicBackends()
-	for _, b := range backends {
-		i := slices.IndexFunc(merged, func(x Backend) bool { return x.Addr == b.Addr })
-		if i >= 0 {
-			merged[i] = b
-		} else {
-			merged = append(merged, b)
-		}
-	}
-	u, err := lb.t.planUpsert(e.svc, merged)
+	u, err := lb.t.planUpsertBackends(fe, backends)
 	if err != nil {
 		return err
 	}
@@ -236,19 +222,7 @@ func (lb *LB) DeleteBackends(fe Frontend, addrs ...netip.AddrPort) error {
 	if err := lb.usable(); err != nil {
 		return err
 	}
-	e := lb.t.services[fe]
-	if e == nil {
-		return fmt.Errorf("%w: %s", ErrServiceNotFound, fe)
-	}
-	kept := e.publicBackends()
-	for _, a := range addrs {
-		i := slices.IndexFunc(kept, func(x Backend) bool { return x.Addr == a })
-		if i < 0 {
-			return fmt.Errorf("%w: %s is not a backend of %s", ErrInvalidBackend, a, fe)
-		}
-		kept = slices.Delete(kept, i, i+1)
-	}
-	u, err := lb.t.planUpsert(e.svc, kept)
+	u, err := lb.t.planDeleteBackends(fe, addrs)
 	if err != nil {
 		return err
 	}

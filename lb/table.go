@@ -193,6 +193,43 @@ func (t *table) planUpsert(svc Service, backends []Backend) (*update, error) {
 	return u, nil
 }
 
+// planUpsertBackends computes adding backends to the service at fe, or
+// updating those with an address the service already has.
+func (t *table) planUpsertBackends(fe Frontend, backends []Backend) (*update, error) {
+	e := t.services[fe]
+	if e == nil {
+		return nil, fmt.Errorf("%w: %s", ErrServiceNotFound, fe)
+	}
+	merged := e.publicBackends()
+	for _, b := range backends {
+		i := slices.IndexFunc(merged, func(x Backend) bool { return x.Addr == b.Addr })
+		if i >= 0 {
+			merged[i] = b
+		} else {
+			merged = append(merged, b)
+		}
+	}
+	return t.planUpsert(e.svc, merged)
+}
+
+// planDeleteBackends computes removing the backends with the given
+// addresses from the service at fe; each must be one of its backends.
+func (t *table) planDeleteBackends(fe Frontend, addrs []netip.AddrPort) (*update, error) {
+	e := t.services[fe]
+	if e == nil {
+		return nil, fmt.Errorf("%w: %s", ErrServiceNotFound, fe)
+	}
+	kept := e.publicBackends()
+	for _, a := range addrs {
+		i := slices.IndexFunc(kept, func(x Backend) bool { return x.Addr == a })
+		if i < 0 {
+			return nil, fmt.Errorf("%w: %s is not a backend of %s", ErrInvalidBackend, a, fe)
+		}
+		kept = slices.Delete(kept, i, i+1)
+	}
+	return t.planUpsert(e.svc, kept)
+}
+
 // planDelete computes the removal of the service at fe.
 func (t *table) planDelete(fe Frontend) (*update, error) {
 	old := t.services[fe]
