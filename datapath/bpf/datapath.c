@@ -299,6 +299,34 @@ static __always_inline int np_redirect_local(struct __sk_buff *skb, struct np_st
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
+/* np_admit parses the packet and checks that the endpoint owns its source
+ * (from the endpoint) or its destination (to the endpoint). It returns
+ * TC_ACT_UNSPEC to go on, or the action to exit with. Only an admitted
+ * packet may record a first fragment, so that an endpoint cannot plant
+ * ports for datagrams of addresses it does not own. */
+static __always_inline int np_admit(struct __sk_buff *skb, struct np_state *s, bool from_endpoint)
+{
+	int ret = np_parse(skb, &s->pkt);
+
+	if (ret == NP_PARSE_PASS)
+		return TC_ACT_OK;
+	if (ret) {
+		s->reason = ret;
+		return TC_ACT_SHOT;
+	}
+	s->parsed = 1;
+	if (from_endpoint && !np_is_own_addr(&s->pkt.tuple.saddr, s->pkt.tuple.ip_version)) {
+		s->reason = DROP_INVALID_SIP; /* anti-spoofing */
+		return TC_ACT_SHOT;
+	}
+	if (!from_endpoint && !np_is_own_addr(&s->pkt.tuple.daddr, s->pkt.tuple.ip_version)) {
+		s->reason = DROP_UNKNOWN_TARGET;
+		return TC_ACT_SHOT;
+	}
+	np_frag_record(&s->pkt);
+	return TC_ACT_UNSPEC;
+}
+
 SEC("tc")
 int np_from_endpoint(struct __sk_buff *skb)
 {
@@ -308,21 +336,9 @@ int np_from_endpoint(struct __sk_buff *skb)
 	__u32 now;
 	int ret;
 
-	ret = np_parse(skb, &s.pkt);
-	if (ret == NP_PARSE_PASS)
-		return np_exit(skb, &s, TC_ACT_OK);
-	if (ret) {
-		s.reason = ret;
-		return np_exit(skb, &s, TC_ACT_SHOT);
-	}
-	s.parsed = 1;
-
-	/* Anti-spoofing: the source must be one of this endpoint's addresses. */
-	if (!np_is_own_addr(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version)) {
-		s.reason = DROP_INVALID_SIP;
-		return np_exit(skb, &s, TC_ACT_SHOT);
-	}
-	np_frag_record(&s.pkt);
+	ret = np_admit(skb, &s, true);
+	if (ret != TC_ACT_UNSPEC)
+		return np_exit(skb, &s, ret);
 	dst = np_lookup_endpoint(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
 
 	s.ct_state = np_ct_lookup(skb, &s.pkt, &ct);
@@ -370,20 +386,9 @@ int np_to_endpoint(struct __sk_buff *skb)
 	__u32 now;
 	int ret;
 
-	ret = np_parse(skb, &s.pkt);
-	if (ret == NP_PARSE_PASS)
-		return np_exit(skb, &s, TC_ACT_OK);
-	if (ret) {
-		s.reason = ret;
-		return np_exit(skb, &s, TC_ACT_SHOT);
-	}
-	s.parsed = 1;
-
-	if (!np_is_own_addr(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version)) {
-		s.reason = DROP_UNKNOWN_TARGET;
-		return np_exit(skb, &s, TC_ACT_SHOT);
-	}
-	np_frag_record(&s.pkt);
+	ret = np_admit(skb, &s, false);
+	if (ret != TC_ACT_UNSPEC)
+		return np_exit(skb, &s, ret);
 
 	s.ct_state = np_ct_lookup(skb, &s.pkt, &ct);
 	now = np_now_sec();
