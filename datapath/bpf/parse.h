@@ -154,10 +154,10 @@ static __always_inline void np_frag_key_init(struct np_frag_key *k, const struct
 
 /* np_frag_record keeps what the first fragment of a datagram said for the
  * fragments after it; np_admit calls it once the packet's addresses are
- * accepted as the endpoint's. ICMP errors are not
- * kept: they are cut to fit the minimum MTU (576 bytes for IPv4, 1280 for
- * IPv6) and never need fragmenting, so the rest of one is dropped. Should
- * the update fail, the later fragments are dropped as not found. */
+ * accepted as the endpoint's. ICMP errors are not kept: they are cut to fit
+ * the minimum MTU (576 bytes for IPv4, 1280 for IPv6) and never need
+ * fragmenting, so the rest of one is dropped. Should the update fail, the
+ * later fragments are dropped as not found. */
 static __always_inline void np_frag_record(const struct np_pkt *p)
 {
 	struct np_frag_key k;
