@@ -25,26 +25,33 @@ func FuzzDecodeState(f *testing.F) {
 	f.Add([]byte("nodeplane-ipam-state 1 2 00000000\n{}"))
 	f.Add([]byte("nodeplane-ipam-state 1 0 00000000\n"))
 	f.Add([]byte(""))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		snap, err := decodeState(data)
-		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("decode error does not match ErrCorrupt: %v", err)
-			}
-			return
+	f.Fuzz(func(t *testing.T, data []byte) { decodeRoundTrip(t, data) })
+}
+
+// decodeRoundTrip decodes a state file, which must either fail with
+// ErrCorrupt or give a snapshot that encodes and decodes to itself. It
+// reports whether the file was accepted.
+func decodeRoundTrip(t *testing.T, data []byte) (Snapshot, bool) {
+	t.Helper()
+	snap, err := decodeState(data)
+	if err != nil {
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("decode error does not match ErrCorrupt: %v", err)
 		}
-		again, err := encodeState(snap)
-		if err != nil {
-			t.Fatalf("accepted a snapshot that does not encode: %v", err)
-		}
-		snap2, err := decodeState(again)
-		if err != nil {
-			t.Fatalf("re-encoded snapshot does not decode: %v", err)
-		}
-		if !reflect.DeepEqual(snap, snap2) {
-			t.Fatalf("round trip changed the snapshot:\n%+v\n%+v", snap, snap2)
-		}
-	})
+		return Snapshot{}, false
+	}
+	again, err := encodeState(snap)
+	if err != nil {
+		t.Fatalf("accepted a snapshot that does not encode: %v", err)
+	}
+	snap2, err := decodeState(again)
+	if err != nil {
+		t.Fatalf("re-encoded snapshot does not decode: %v", err)
+	}
+	if !reflect.DeepEqual(snap, snap2) {
+		t.Fatalf("round trip changed the snapshot:\n%+v\n%+v", snap, snap2)
+	}
+	return snap, true
 }
 
 // FuzzDecodeStateBody fuzzes the JSON body behind a header with the right
@@ -62,22 +69,12 @@ func FuzzDecodeStateBody(f *testing.F) {
 	f.Add([]byte(`{"allocations":null,"next":["fe80::1%eth0"]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		header := fmt.Sprintf("%s %d %d %08x\n", stateMagic, stateVersion, len(body), crc32.Checksum(body, castagnoli))
-		snap, err := decodeState(append([]byte(header), body...))
-		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("decode error does not match ErrCorrupt: %v", err)
-			}
+		snap, ok := decodeRoundTrip(t, append([]byte(header), body...))
+		if !ok {
 			return
 		}
 		// Whatever is accepted restores into a pool that covers it, or is
 		// rejected by Restore with an ipam error, never a panic.
-		again, err := encodeState(snap)
-		if err != nil {
-			t.Fatalf("accepted a snapshot that does not encode: %v", err)
-		}
-		if snap2, err := decodeState(again); err != nil || !reflect.DeepEqual(snap, snap2) {
-			t.Fatalf("round trip: %v\n%+v\n%+v", err, snap, snap2)
-		}
 		p := mustPool(t, Config{Prefixes: []netip.Prefix{pfx("0.0.0.0/0"), pfx("::/0")}})
 		if err := p.Restore(snap); err != nil && !errors.Is(err, ErrReserved) {
 			t.Fatalf("restore of a decoded snapshot: %v", err)
