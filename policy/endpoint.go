@@ -198,7 +198,7 @@ func (f *filter) keys(peer identity.ID, ep *Endpoint, peers NamedPortResolver) [
 			ports = append(ports, PortPrefix{n, 16})
 		}
 	default:
-		ports = PortRangePrefixes(f.l4.port, f.l4.endPort)
+		ports = PortRangePrefixes(f.l4.bounds())
 	}
 	out := make([]datapath.PolicyKey, 0, len(ports))
 	for _, p := range ports {

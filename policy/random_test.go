@@ -12,7 +12,8 @@ import (
 // oracle test, the BPF sample and the benchmarks. The generator leans on
 // the corners of the semantics: namespaces and namespace labels, reserved
 // identities, CIDR identities inside and around except ranges, empty and
-// absent peer lists, port ranges, deny rules and default-deny opt-outs.
+// absent peer lists, port ranges (from port 0 too), protocol ANY, deny
+// rules and default-deny opt-outs.
 
 type randomGen struct {
 	r *rand.Rand
@@ -27,7 +28,7 @@ var (
 		"10.96.0.0/12", "2001:db8::/32", "::/0", "172.16.0.0/12"}
 	rAddrs = []string{"10.1.2.3", "10.1.2.4", "10.96.1.1", "10.200.0.1", "192.168.1.1", "8.8.8.8",
 		"2001:db8::1", "2001:db9::1", "172.16.5.5", "10.1.0.0/16"}
-	rPorts = []uint16{80, 81, 443, 53, 8080, 8081, 1000, 1023, 1024, 1100, 65535}
+	rPorts = []uint16{0, 1, 22, 80, 81, 443, 53, 8080, 8081, 1000, 1023, 1024, 1100, 65535}
 )
 
 func (g randomGen) pick(n int) int { return g.r.IntN(n) }
@@ -99,8 +100,16 @@ func (g randomGen) ports() []PortRule {
 		var pr PortRule
 		for m := 1 + g.pick(2); m > 0; m-- {
 			pp := PortProtocol{Port: []uint16{80, 443, 53, 8080, 0, 1000, 1024}[g.pick(7)]}
-			if pp.Port != 0 && g.chance(0.25) {
+			switch x := g.r.Float64(); {
+			case x < 0.25:
+				// A range; from port 0 it is every port all the same.
 				pp.EndPort = pp.Port + []uint16{1, 7, 100, 1000}[g.pick(4)]
+			case x < 0.3:
+				// An endPort that is not above the port: the port alone.
+				pp.EndPort = pp.Port - uint16(g.pick(2))
+				if pp.Port == 0 {
+					pp.EndPort = 0
+				}
 			}
 			pp.Protocol = []Protocol{ProtoAny, ProtoTCP, ProtoUDP, ProtoSCTP, ProtoTCP}[g.pick(5)]
 			pr.Ports = append(pr.Ports, pp)

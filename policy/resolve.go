@@ -70,6 +70,19 @@ func (p l4Port) String() string {
 	return s + "/" + p.proto.String()
 }
 
+// bounds returns the first and last port of a numbered port entry as
+// Cilium's l4.go reads it: a range only when port != 0 && endPort > port,
+// else the single port, and port 0 is every port whatever endPort says.
+func (p l4Port) bounds() (first, last uint16) {
+	switch {
+	case p.port == 0:
+		return 0, 0xFFFF
+	case p.endPort > p.port:
+		return p.port, p.endPort
+	}
+	return p.port, p.port
+}
+
 // matches reports whether the port entry covers a packet's protocol and
 // destination port; namedPort resolves a name to a port number (0: not
 // defined).

@@ -188,11 +188,13 @@ type PortRule struct {
 
 // PortProtocol is a port or port range with a protocol.
 type PortProtocol struct {
-	// Port is the destination port; 0 means every port.
+	// Port is the destination port; 0 means every port, whatever EndPort
+	// says (as in Cilium, which only expands a range from a port above 0).
 	Port uint16
 	// Name is a named port (a container port name) instead of a number.
 	Name string
-	// EndPort, when greater than Port, makes the rule cover Port..EndPort.
+	// EndPort, when Port is not 0 and EndPort is greater than Port, makes
+	// the rule cover Port..EndPort; otherwise it is ignored.
 	EndPort uint16
 	// Protocol is the L4 protocol; ProtoAny covers TCP, UDP and SCTP.
 	Protocol Protocol
