@@ -39,8 +39,14 @@ const (
 // Fields are decoded strictly: an unknown field is an error, not silently
 // ignored, because a misspelt peer or port list would otherwise widen or
 // narrow a policy without notice. Fields of the Cilium API that this
-// package does not implement (toServices, toGroups, TLS contexts,
-// listeners, CIDR groups) are rejected as unsupported.
+// package does not implement (toServices, toGroups and fromGroups, TLS
+// contexts, serverNames, listeners, CIDR groups, HTTP header matches, the
+// deprecated toRequires and fromRequires, toNodes and fromNodes) are
+// rejected as unsupported. So are, as "not supported yet", the fields
+// nothing enforces yet, because enforcing the rest of the rule would allow
+// more than it says: L7 rules (toPorts[].rules.http, .dns, .kafka,
+// .l7proto and .l7), toFQDNs, authentication modes other than "disabled",
+// and host policies (nodeSelector).
 func Parse(data []byte, source string) ([]Policy, error) {
 	var (
 		policies []Policy

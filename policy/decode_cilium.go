@@ -179,9 +179,9 @@ func (d *docDecoder) unsupported(what string) func(*yaml.Node, string) {
 	}
 }
 
-// authentication is accepted for compatibility; mutual authentication is
-// not enforced here, and Cilium's verdict for authenticated traffic is the
-// rule's verdict.
+// authentication decodes a rule's authentication requirement. Mode
+// "disabled" is what a rule without one means; the modes that require
+// authentication are not enforced, so they are rejected (unsupported.go).
 func (d *docDecoder) authentication(v *yaml.Node, p string) {
 	if !d.present(v) {
 		return
@@ -189,7 +189,11 @@ func (d *docDecoder) authentication(v *yaml.Node, p string) {
 	d.fields(v, p, map[string]func(*yaml.Node, string){
 		"mode": func(v *yaml.Node, p string) {
 			m, ok := d.str(v, p)
-			if ok && m != "disabled" && m != "required" && m != "test-always-fail" {
+			switch {
+			case !ok, m == "disabled":
+			case m == "required" || m == "test-always-fail":
+				d.fail(v, p, reasonAuth, m)
+			default:
 				d.fail(v, p, "unsupported value %q: want disabled, required or test-always-fail", m)
 			}
 		},
@@ -409,6 +413,11 @@ func (d *docDecoder) l7Rules(n *yaml.Node, path string) *L7Rules {
 	r := &L7Rules{}
 	d.fields(n, path, map[string]func(*yaml.Node, string){
 		"http": func(v *yaml.Node, p string) {
+			if d.present(v) {
+				// An empty list is still an HTTP rule set (Cilium's
+				// L7Rules.IsEmpty tests for nil): it redirects to a proxy.
+				r.HTTP = []HTTPRule{}
+			}
 			d.list(v, p, func(item *yaml.Node, ip string) {
 				var h HTTPRule
 				d.fields(item, ip, map[string]func(*yaml.Node, string){
@@ -427,6 +436,9 @@ func (d *docDecoder) l7Rules(n *yaml.Node, path string) *L7Rules {
 			})
 		},
 		"dns": func(v *yaml.Node, p string) {
+			if d.present(v) {
+				r.DNS = []DNSRule{}
+			}
 			d.list(v, p, func(item *yaml.Node, ip string) {
 				var dr DNSRule
 				d.fields(item, ip, map[string]func(*yaml.Node, string){
@@ -436,6 +448,9 @@ func (d *docDecoder) l7Rules(n *yaml.Node, path string) *L7Rules {
 				r.DNS = append(r.DNS, dr)
 			})
 		},
+		"kafka":   d.notSupportedYet(reasonKafka),
+		"l7proto": d.notSupportedYet(reasonGenericL7),
+		"l7":      d.notSupportedYet(reasonGenericL7),
 	})
 	return r
 }

@@ -64,6 +64,16 @@
 //   - The host is not subject to endpoint policy (no host firewall); an
 //     endpoint with an init label is default-deny both ways; policy
 //     enforcement mode is "default".
+//   - Port 0 is every port of its protocol even with an endPort: like
+//     Cilium, a range is only expanded from a port above 0.
+//
+// What this package cannot enforce it rejects rather than enforce as
+// something wider ("fail closed"): L7 rules (HTTP, DNS, Kafka and generic
+// L7 rules under toPorts[].rules), toFQDNs, mutual authentication
+// (authentication.mode required or test-always-fail) and host policies
+// (nodeSelector) fail validation as "not supported yet", as do the other
+// fields [Parse] lists. A GET-only HTTP rule would otherwise open its
+// port to every request.
 //
 // # Lifetime and errors
 //

@@ -14,17 +14,10 @@ type RuleMatch struct {
 	// Port is the port entry that matched ("all protocols" for an item
 	// without ports).
 	Port string
-	// L7 is set when the port carries L7 rules: the traffic is allowed at
-	// L3/L4 and is for an L7 proxy to judge.
-	L7 bool
 }
 
 func (m RuleMatch) String() string {
-	s := m.Rule.String() + " (peer " + m.Peer + ", port " + m.Port
-	if m.L7 {
-		s += ", L7 rules"
-	}
-	return s + ")"
+	return m.Rule.String() + " (peer " + m.Peer + ", port " + m.Port + ")"
 }
 
 // Evaluation is the outcome of evaluating the rules for one packet in one
@@ -88,7 +81,7 @@ func (r *Repository) Evaluate(ep Endpoint, peer identity.Identity, dir Direction
 		} else {
 			for _, p := range e.ports {
 				if p.matches(proto, port, namedPort) {
-					m = &RuleMatch{Rule: e.ref, Peer: peerDesc, Port: p.String(), L7: p.l7 && !e.deny}
+					m = &RuleMatch{Rule: e.ref, Peer: peerDesc, Port: p.String()}
 					break
 				}
 			}

@@ -54,8 +54,10 @@ type Config struct {
 	// Enforcement is the policy enforcement mode; the zero value is
 	// EnforcementDefault.
 	Enforcement EnforcementMode
-	// HostFirewall enforces node (host) policy on the host identity.
-	// Without it, as in Cilium by default, the host is never restricted.
+	// HostFirewall makes the host identity subject to policy. Without it,
+	// as in Cilium by default, the host is never restricted. Host policies
+	// (nodeSelector) are rejected as not supported yet, so no rule selects
+	// the host either way.
 	HostFirewall bool
 	// NamedPorts resolves the named ports of peers, for egress rules that
 	// name a port. Nil: such rules select no port (ingress rules use the

@@ -52,7 +52,6 @@ type l4Port struct {
 	port    uint16
 	endPort uint16
 	name    string // named port; port is 0
-	l7      bool   // the port carries L7 rules: allowed, to be redirected
 }
 
 func (p l4Port) String() string {
@@ -235,14 +234,15 @@ func (rv *resolver) resolve(p *Policy) ([]*entry, error) {
 
 			e.l4Given = len(it.ports)+len(it.icmps) > 0
 			for _, pr := range it.ports {
-				l7 := !pr.Rules.empty()
+				// pr.Rules (L7) is empty: validation rejects L7 rules
+				// until they are enforced (unsupported.go).
 				for _, pp := range pr.Ports {
 					protos := []Protocol{pp.Protocol}
 					if pp.Protocol == ProtoAny {
 						protos = []Protocol{ProtoTCP, ProtoUDP, ProtoSCTP}
 					}
 					for _, proto := range protos {
-						e.ports = append(e.ports, l4Port{proto: proto, port: pp.Port, endPort: pp.EndPort, name: pp.Name, l7: l7})
+						e.ports = append(e.ports, l4Port{proto: proto, port: pp.Port, endPort: pp.EndPort, name: pp.Name})
 					}
 				}
 			}

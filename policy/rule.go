@@ -82,7 +82,8 @@ type Rule struct {
 	// policy it only selects endpoints of the policy's namespace.
 	EndpointSelector *identity.LabelSelector
 	// NodeSelector selects nodes (host policy); only clusterwide policies
-	// may use it.
+	// may use it. Nothing enforces policy on the host yet, so validation
+	// rejects it as not supported yet.
 	NodeSelector *identity.LabelSelector
 
 	// Ingress rules allow traffic into the selected endpoints.
@@ -155,8 +156,8 @@ type EgressRule struct {
 	ToCIDRSet   []CIDRRule
 	ToNodes     []identity.LabelSelector
 	// ToFQDNs selects destinations by DNS name. The names resolve to
-	// identities only through a DNS proxy, which this issue does not
-	// provide: the selectors select no identity yet.
+	// identities only through a DNS proxy, which nodeplane does not have
+	// yet: validation rejects a rule that gives it (even empty).
 	ToFQDNs []FQDNSelector
 
 	ToPorts []PortRule
@@ -181,8 +182,10 @@ type FQDNSelector struct {
 // PortRule is a list of ports with optional L7 rules.
 type PortRule struct {
 	Ports []PortProtocol
-	// Rules are L7 rules. They need an L7 proxy; at L3/L4 a port with L7
-	// rules is allowed (and, once a proxy exists, redirected to it).
+	// Rules are L7 rules. They need an L7 proxy, which nodeplane does not
+	// have yet: validation rejects HTTP and DNS rules (given, even empty)
+	// rather than open the port to everything. Nil or empty (&L7Rules{})
+	// means no L7 rules.
 	Rules *L7Rules
 }
 
@@ -212,7 +215,9 @@ type ICMPField struct {
 	Type uint8
 }
 
-// L7Rules are HTTP or DNS rules of a port.
+// L7Rules are HTTP or DNS rules of a port. They are decoded and checked as
+// Cilium checks them, then rejected as not supported yet: nothing enforces
+// them.
 type L7Rules struct {
 	HTTP []HTTPRule
 	DNS  []DNSRule

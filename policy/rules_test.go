@@ -415,19 +415,6 @@ endpointSelector: {matchLabels: {app: db}}
 ingress:
 - toPorts: [{ports: [{port: http, protocol: TCP}]}]`)},
 		flows: []flowCase{{webProd, dbProd, "80", "allow", "deny"}},
-	}, {
-		name: "L7 rules are allowed at L4",
-		docs: []string{cnp("prod", "p", `
-endpointSelector: {matchLabels: {app: db}}
-ingress:
-- toPorts:
-  - ports: [{port: "80", protocol: TCP}]
-    rules:
-      http: [{method: GET, path: /public}]`)},
-		flows: []flowCase{
-			{webProd, dbProd, "80", "allow", "allow"},
-			{webProd, dbProd, "81", "allow", "deny"},
-		},
 	}})
 }
 

@@ -104,6 +104,7 @@ func (v *validator) rule(r *Rule, path string) {
 	case r.NodeSelector != nil && v.p.Kind != KindCiliumClusterwideNetworkPolicy:
 		v.fail(path+".nodeSelector", "only a CiliumClusterwideNetworkPolicy may select nodes")
 	}
+	v.unsupportedRule(r, path)
 	if r.EndpointSelector != nil {
 		v.selector(*r.EndpointSelector, path+".endpointSelector")
 	}
@@ -208,6 +209,7 @@ func (v *validator) egress(r *EgressRule, path string, deny, host bool) {
 	if deny && r.ToFQDNs != nil {
 		v.fail(path+".toFQDNs", "deny rules cannot select by DNS name")
 	}
+	v.unsupportedEgress(r, path, deny)
 	for i, f := range r.ToFQDNs {
 		fp := fmt.Sprintf("%s.toFQDNs[%d]", path, i)
 		switch {
@@ -280,6 +282,7 @@ func (v *validator) l4(path string, ports []PortRule, icmps []ICMPRule, ingress,
 		if len(pr.Ports) > maxPortsPerRule {
 			v.fail(pp+".ports", "too many ports, the max is %d", maxPortsPerRule)
 		}
+		v.unsupportedL7(pr, pp)
 		hasDNS := pr.Rules != nil && len(pr.Rules.DNS) > 0
 		hasL7 := !pr.Rules.empty()
 		if deny && hasL7 {

@@ -93,6 +93,27 @@ func TestInvalidReport(t *testing.T) {
 	}
 }
 
+// What nodeplane cannot enforce yet is refused with exit 2, a message per
+// field naming file, document and path, and no verdict.
+func TestUnsupportedReport(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-policies", "testdata/golden/unsupported", "-from", "k8s:app=web", "-to", "k8s:app=db", "-dport", "80"}, &stdout, &stderr)
+	if code != exitBadInput || stdout.Len() != 0 {
+		t.Fatalf("exit %d, stdout %q", code, stdout.String())
+	}
+	for _, want := range []string{
+		"l7.yaml: document 1 (CiliumNetworkPolicy prod/http-get), line 16: spec.ingress[0].toPorts[0].rules.http: HTTP rules are not supported yet",
+		"l7.yaml: document 2 (CiliumNetworkPolicy prod/dns-only), line 31: spec.egress[0].toPorts[0].rules.dns: DNS rules are not supported yet",
+		"other.yaml: document 1 (CiliumNetworkPolicy prod/fqdn), line 10: spec.egress[0].toFQDNs: toFQDNs is not supported yet",
+		"other.yaml: document 2 (CiliumNetworkPolicy prod/mutual-auth), line 24: spec.ingress[0].authentication.mode: mutual authentication (mode \"required\") is not supported yet",
+		"other.yaml: document 3 (CiliumClusterwideNetworkPolicy host), line 31: spec.nodeSelector: host policies (nodeSelector) are not supported yet",
+	} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}
+
 func TestExplanation(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"-policies", "testdata/golden/deny",

@@ -1,0 +1,75 @@
+package policy
+
+import (
+	"go.yaml.in/yaml/v3"
+)
+
+// This file rejects the parts of the Cilium policy API that are valid in
+// Cilium but that nodeplane does not enforce yet. Accepting them would
+// enforce something else: an HTTP rule would open its port to every
+// request, a toFQDNs rule would depend on a DNS proxy that does not exist,
+// a rule that requires mutual authentication would allow unauthenticated
+// peers, and a host policy would leave the host unrestricted. Until each
+// is enforced, it fails validation ("fail closed") with a message that
+// says so, at the field that asks for it.
+
+const notSupportedYet = "not supported yet"
+
+// Reasons for the fields rejected as not supported yet.
+const (
+	reasonHTTP = "HTTP rules are " + notSupportedYet +
+		": there is no L7 proxy, so the port would be open to every request"
+	reasonDNS = "DNS rules are " + notSupportedYet +
+		": there is no DNS proxy, so the port would be open to every query"
+	reasonKafka = "Kafka rules are " + notSupportedYet +
+		": there is no L7 proxy, so the port would be open to every request"
+	reasonGenericL7 = "L7 rules (l7proto, l7) are " + notSupportedYet +
+		": there is no L7 proxy, so the port would be open to every request"
+	reasonFQDN = "toFQDNs is " + notSupportedYet +
+		": DNS names resolve to addresses only through a DNS proxy, which nodeplane does not have"
+	reasonAuth = "mutual authentication (mode %q) is " + notSupportedYet +
+		": the rule would allow peers that did not authenticate"
+	reasonHost = "host policies (nodeSelector) are " + notSupportedYet +
+		": nothing enforces policy on the host"
+)
+
+// unsupportedRule rejects a host policy. Cilium's own checks on
+// nodeSelector (only in a clusterwide policy, not with endpointSelector)
+// come first; this is for a rule that passes them.
+func (v *validator) unsupportedRule(r *Rule, path string) {
+	if r.NodeSelector != nil && r.EndpointSelector == nil && v.p.Kind == KindCiliumClusterwideNetworkPolicy {
+		v.fail(path+".nodeSelector", reasonHost)
+	}
+}
+
+// unsupportedEgress rejects toFQDNs in an allow rule (Cilium itself
+// rejects it in a deny rule).
+func (v *validator) unsupportedEgress(r *EgressRule, path string, deny bool) {
+	if r.ToFQDNs != nil && !deny {
+		v.fail(path+".toFQDNs", reasonFQDN)
+	}
+}
+
+// unsupportedL7 rejects the L7 rules of a port rule, per kind.
+func (v *validator) unsupportedL7(pr PortRule, path string) {
+	if pr.Rules == nil {
+		return
+	}
+	if pr.Rules.HTTP != nil {
+		v.fail(path+".rules.http", reasonHTTP)
+	}
+	if pr.Rules.DNS != nil {
+		v.fail(path+".rules.dns", reasonDNS)
+	}
+}
+
+// notSupportedYet returns a decoder for a field that the model has no
+// place for and that cannot be enforced yet: if the field is given, it is
+// an error with the given reason.
+func (d *docDecoder) notSupportedYet(reason string) func(*yaml.Node, string) {
+	return func(v *yaml.Node, p string) {
+		if d.present(v) {
+			d.fail(v, p, "%s", reason)
+		}
+	}
+}
