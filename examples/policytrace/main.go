@@ -1,6 +1,6 @@
 // Command policytrace explains whether network policy allows a flow, the
 // way Cilium decides it, and exits 0 if it does, 1 if it does not and 2 for
-// bad input.
+// bad input or an internal error (then it prints no verdict).
 //
 //	policytrace -policies ./policies \
 //	    -from k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default \
@@ -29,7 +29,8 @@
 //
 // The verdict comes from the compiled policy map, looked up the way the
 // datapath looks it up, and is cross-checked against a direct evaluation
-// of the rules.
+// of the rules. Should the two disagree (a bug in the policy package),
+// policytrace says so on stderr and exits 2 without a verdict.
 package main
 
 import (
@@ -52,6 +53,10 @@ const (
 	exitAllowed  = 0
 	exitDenied   = 1
 	exitBadInput = 2
+	// exitError is an internal inconsistency: the compiled policy map and
+	// the rules disagree on the flow. It shares its code with bad input:
+	// either way there is no verdict.
+	exitError = 2
 )
 
 func main() {
@@ -75,7 +80,15 @@ func (f *namedPortsFlag) Set(s string) error {
 	return nil
 }
 
+// tracer decides a flow; run uses [policy.Repository.Trace], tests
+// substitute their own to reach paths no correct repository takes.
+type tracer func(*policy.Repository, policy.TraceRequest) (*policy.TraceResult, error)
+
 func run(args []string, stdout, stderr io.Writer) int {
+	return runWith(args, stdout, stderr, (*policy.Repository).Trace)
+}
+
+func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 	fs := flag.NewFlagSet("policytrace", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -213,18 +226,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "note: %s\n", n)
 	}
 	fmt.Fprintln(stdout)
-	res, err := repo.Trace(policy.TraceRequest{
+	res, err := trace(repo, policy.TraceRequest{
 		From: src, To: dst, ToNamedPorts: namedPorts,
 		Protocol: proto, Port: port, Directions: dirs,
 	})
+	if errors.Is(err, policy.ErrInconsistent) {
+		// The compiled map and the rules disagree: a bug, with no verdict
+		// to trust either way.
+		fmt.Fprintf(stderr, "policytrace: internal error, no verdict: %v\n", err)
+		return exitError
+	}
 	if err != nil {
-		if res != nil {
-			fmt.Fprint(stdout, res)
-		}
 		fmt.Fprintf(stderr, "policytrace: %v\n", err)
-		if errors.Is(err, policy.ErrInconsistent) {
-			return exitDenied
-		}
 		return exitBadInput
 	}
 	fmt.Fprint(stdout, res)

@@ -3,10 +3,13 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nodeplane/nodeplane/policy"
 )
 
 // TestGolden runs the cases of testdata/golden/cases.txt through the
@@ -137,6 +140,38 @@ func TestExplanation(t *testing.T) {
 	} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("explanation lacks %q:\n%s", want, stdout.String())
+		}
+	}
+}
+
+// An inconsistency between the compiled map and the rules is a bug, not a
+// verdict: exit 2 with the reason on stderr and no verdict line. No
+// correct repository disagrees with itself, so a tracer stands in for one
+// that does.
+func TestInconsistencyIsAnError(t *testing.T) {
+	for _, allowed := range []bool{true, false} {
+		inconsistent := func(repo *policy.Repository, req policy.TraceRequest) (*policy.TraceResult, error) {
+			res, err := repo.Trace(req)
+			if err != nil {
+				t.Fatalf("trace: %v", err)
+			}
+			res.Allowed = allowed
+			return res, fmt.Errorf("trace egress of %d: map says allowed, rules say denied (133): %w", req.From.ID, policy.ErrInconsistent)
+		}
+		var stdout, stderr bytes.Buffer
+		code := runWith([]string{"-policies", "testdata/golden/deny",
+			"-from", "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default",
+			"-to", "k8s:app=db,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default",
+			"-dport", "22/TCP"}, &stdout, &stderr, inconsistent)
+		if code != exitError {
+			t.Errorf("allowed=%v: exit %d, want %d", allowed, code, exitError)
+		}
+		if strings.Contains(strings.ToLower(stdout.String()), "verdict") {
+			t.Errorf("allowed=%v: a verdict was printed:\n%s", allowed, stdout.String())
+		}
+		if !strings.Contains(stderr.String(), "map says allowed, rules say denied") ||
+			!strings.Contains(stderr.String(), "internal error") {
+			t.Errorf("allowed=%v: stderr does not explain the inconsistency:\n%s", allowed, stderr.String())
 		}
 	}
 }
