@@ -26,7 +26,11 @@
 // [Repository.Evaluate], the direct evaluation of the rules, decides; the
 // oracle test checks it over random policies. [Repository.Trace] runs both
 // and explains the verdict: which rules select the endpoint, which rules
-// and selectors allowed or denied, why the direction is default-deny.
+// and selectors allowed or denied, why the direction is default-deny, and
+// for a packet no rule allows, which part of each allow item failed (a
+// [NearMiss]: the peer selector and its failed label requirement, such as
+// the cluster name Cilium adds to peer selectors, the port, the protocol,
+// a CIDR except).
 //
 // An [Engine] keeps endpoints' maps current: when a policy changes it
 // recompiles only the endpoints the policy selects and applies the

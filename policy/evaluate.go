@@ -52,15 +52,7 @@ func (r *Repository) Evaluate(ep Endpoint, peer identity.Identity, dir Direction
 	if dir == Ingress {
 		sel = in
 	}
-	namedPort := func(name string, p Protocol) []uint16 {
-		if dir == Ingress {
-			return ep.namedPort(name, p)
-		}
-		if r.cfg.NamedPorts == nil {
-			return nil
-		}
-		return r.cfg.NamedPorts.NamedPorts(peer.ID, name, p)
-	}
+	namedPort := r.namedPortFunc(ep, peer, dir)
 	for _, e := range sel {
 		if !e.matchesPeer(peer.Labels) {
 			continue
@@ -104,4 +96,18 @@ func (r *Repository) Evaluate(ep Endpoint, peer identity.Identity, dir Direction
 		ev.Reason = datapath.DropPolicyDenied
 	}
 	return ev
+}
+
+// namedPortFunc resolves the named ports of rules in one direction: an
+// ingress rule names the endpoint's own port, an egress rule the peer's.
+func (r *Repository) namedPortFunc(ep Endpoint, peer identity.Identity, dir Direction) func(string, Protocol) []uint16 {
+	return func(name string, p Protocol) []uint16 {
+		if dir == Ingress {
+			return ep.namedPort(name, p)
+		}
+		if r.cfg.NamedPorts == nil {
+			return nil
+		}
+		return r.cfg.NamedPorts.NamedPorts(peer.ID, name, p)
+	}
 }

@@ -91,6 +91,9 @@ func ExampleRepository_Trace() {
 	//     selects: CiliumNetworkPolicy prod/db spec.ingress[0]
 	//   default deny: yes, because of CiliumNetworkPolicy prod/db spec.ingress[0]
 	//   no rule allows it: denied by default deny
+	//   near misses (allow items that select the endpoint, and what failed):
+	//     CiliumNetworkPolicy prod/db spec.ingress[0]
+	//       port: 22/TCP is not among 5432/TCP
 	//   datapath: denied (133): no entry matches (2 map entries)
 	//   ingress verdict: DENIED
 	//

@@ -44,6 +44,10 @@ type entry struct {
 	// peers and without l4 allows every protocol.
 	l4Given bool
 	ports   []l4Port
+	// implied maps, per peer (parallel to peers), the requirement keys
+	// that scoping added to the user's selector to why it added them, for
+	// traces (nearmiss.go).
+	implied []map[string]string
 }
 
 // l4Port is one port entry of a rule item, its protocol concrete.
@@ -199,8 +203,9 @@ func (rv *resolver) resolve(p *Policy) ([]*entry, error) {
 				e.peers = []*selectorRef{}
 				var specs []selectorSpec
 				for _, s := range it.endpoints {
-					specs = append(specs, selectorSpec{kind: selLabels,
-						labels: rv.peerSelector(s, namespace, matchesInit)})
+					scoped := rv.peerSelector(s, namespace, matchesInit)
+					specs = append(specs, selectorSpec{kind: selLabels, labels: scoped})
+					e.implied = append(e.implied, impliedRequirements(normalizeSelector(s), scoped))
 				}
 				for _, s := range it.nodes {
 					ns := normalizeSelector(s)

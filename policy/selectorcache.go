@@ -60,6 +60,12 @@ type cachedSelector struct {
 	sel      identity.Selector
 	kind     selectorKind
 	wildcard bool
+	// spec is what sel was compiled from, and cidr and except the
+	// prefixes of a CIDR selector: traces explain a miss requirement by
+	// requirement (nearmiss.go).
+	spec   identity.LabelSelector
+	cidr   netip.Prefix
+	except []netip.Prefix
 	// candidates names an In requirement the index can answer: only
 	// identities with one of these labels can match.
 	candidates []indexKey
@@ -109,7 +115,7 @@ func compileSelector(spec selectorSpec) (*cachedSelector, error) {
 		if err != nil {
 			return nil, err
 		}
-		cs.sel = sel
+		cs.sel, cs.spec = sel, spec.labels
 		cs.key = "labels:" + sel.String()
 		cs.desc = sel.String()
 		cs.wildcard = sel.IsWildcard()
@@ -133,7 +139,8 @@ func compileSelector(spec selectorSpec) (*cachedSelector, error) {
 		if err != nil {
 			return nil, err
 		}
-		cs.sel = sel
+		cs.sel, cs.spec = sel, ls
+		cs.cidr, cs.except = spec.cidr, spec.except
 		cs.key = "cidr:" + sel.String()
 		cs.desc = "cidr " + desc
 	case selFQDN:

@@ -58,6 +58,10 @@ type SideTrace struct {
 	Decision datapath.PolicyDecision
 	// MapEntries is the size of the compiled map.
 	MapEntries int
+	// NearMisses explain a packet that no rule allows in a default-deny
+	// direction: each allow item that selects the endpoint, and which of
+	// its parts failed. Empty otherwise.
+	NearMisses []NearMiss
 }
 
 // Allowed is the side's verdict: the datapath's decision over the compiled
@@ -87,6 +91,10 @@ func (r *Repository) PolicyApplies(id identity.ID) bool {
 // that side. Both identities must be known to the repository's selector
 // cache, so that the compiled maps can hold them.
 //
+// A side denied for want of an allow carries its near misses
+// ([SideTrace.NearMisses]): why each allow item that selects the endpoint
+// did not match.
+//
 // It fails with [ErrInconsistent] if the compiled map and the rules
 // disagree, which would be a bug in this package.
 func (r *Repository) Trace(req TraceRequest) (*TraceResult, error) {
@@ -107,6 +115,9 @@ func (r *Repository) Trace(req TraceRequest) (*TraceResult, error) {
 			Evaluation: r.Evaluate(endpoint, peer, dir, req.Protocol, req.Port),
 			Decision:   pol.Lookup(peer.ID, dir, req.Protocol, req.Port),
 			MapEntries: pol.Len(),
+		}
+		if !st.Evaluation.Allowed && len(st.Evaluation.DeniedBy) == 0 {
+			st.NearMisses = r.nearMisses(endpoint, peer, dir, req.Protocol, req.Port)
 		}
 		if st.Decision.Allowed != st.Evaluation.Allowed ||
 			!st.Decision.Allowed && st.Decision.Reason != st.Evaluation.Reason {
@@ -235,6 +246,15 @@ func (s *SideTrace) write(b *strings.Builder) {
 		b.WriteString("  no rule applies: allowed\n")
 	case len(ev.DeniedBy) == 0 && len(ev.AllowedBy) == 0 && ev.Policy.DefaultDeny:
 		b.WriteString("  no rule allows it: denied by default deny\n")
+		if len(s.NearMisses) > 0 {
+			b.WriteString("  near misses (allow items that select the endpoint, and what failed):\n")
+		}
+		for _, nm := range s.NearMisses {
+			fmt.Fprintf(b, "    %s\n", nm.Rule)
+			for _, m := range nm.Misses {
+				fmt.Fprintf(b, "      %s\n", m)
+			}
+		}
 	case len(ev.DeniedBy) == 0 && len(ev.AllowedBy) == 0:
 		b.WriteString("  no rule matches and the direction is not default-deny: allowed\n")
 	}

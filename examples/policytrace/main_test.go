@@ -144,6 +144,38 @@ func TestExplanation(t *testing.T) {
 	}
 }
 
+// A denial for want of an allow explains each allow item's near miss: here
+// the peer's cluster (a requirement Cilium adds to peer selectors) and the
+// port. The first line and the verdict line keep their form.
+func TestNearMissExplanation(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-policies", "testdata/golden/namespaces",
+		"-from", "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=far",
+		"-to", "k8s:app=db,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default",
+		"-dport", "5433/TCP"}, &stdout, &stderr)
+	if code != exitDenied {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	out := stdout.String()
+	if !strings.HasPrefix(out, "Tracing 5433/TCP from identity ") || !strings.HasSuffix(out, "\nFinal verdict: DENIED\n") {
+		t.Errorf("first or last line changed:\n%s", out)
+	}
+	for _, want := range []string{
+		"  no rule allows it: denied by default deny\n" +
+			"  near misses (allow items that select the endpoint, and what failed):\n" +
+			"    CiliumNetworkPolicy prod/db-from-web spec.ingress[0]\n" +
+			"      peer: any:app=web,k8s:io.cilium.k8s.policy.cluster=default,k8s:io.kubernetes.pod.namespace=prod: " +
+			"requires k8s:io.cilium.k8s.policy.cluster=default (Cilium adds the local cluster to peer selectors that name no cluster); " +
+			"the peer has k8s:io.cilium.k8s.policy.cluster=far\n" +
+			"      port: 5433/TCP is not among 5432/TCP\n" +
+			"  datapath: denied (133): no entry matches",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explanation lacks\n%s\nin\n%s", want, out)
+		}
+	}
+}
+
 // An inconsistency between the compiled map and the rules is a bug, not a
 // verdict: exit 2 with the reason on stderr and no verdict line. No
 // correct repository disagrees with itself, so a tracer stands in for one
