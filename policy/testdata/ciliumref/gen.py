@@ -83,7 +83,8 @@ def ports():
             continue
         for _ in range(R.randint(1, 2)):
             p = {"port": str(R.choice([80, 443, 53, 8080, 0, 1000, 1024, "http", "dns"]))}
-            if R.random() < 0.25 and p["port"] not in ("0", "http", "dns"):
+            if R.random() < 0.25 and p["port"] not in ("http", "dns"):
+                # From port 0 the range is every port, as Cilium reads it.
                 p["endPort"] = int(p["port"]) + R.choice([1, 7, 100, 1000])
             if R.random() < 0.8:
                 p["protocol"] = R.choice(["TCP", "UDP", "SCTP", "ANY", "tcp"])
