@@ -11,6 +11,9 @@
 // CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and NetworkPolicy
 // documents. Every file is validated first; any invalid document fails the
 // run with exit 2 and a message naming the file, document and field path.
+// So does a rule nodeplane cannot enforce yet (L7 rules, toFQDNs, mutual
+// authentication, host policies): it is reported as "not supported yet"
+// rather than traced as the wider L3/L4 rule it would become.
 //
 // -from and -to are the labels Cilium gives the two sides, with their
 // sources: a pod has k8s:<label> for each pod label,
@@ -26,6 +29,12 @@
 // health, init and ingress identities); the world, CIDRs, remote nodes and
 // the host are decided by the other side alone. -direction egress or
 // ingress decides one side.
+//
+// A side that denies the flow because no rule allows it lists its near
+// misses: for each allow rule item that selects the endpoint, the part
+// that failed (the peer selector and its label requirement, such as the
+// cluster name Cilium adds to peer selectors; the port; the protocol; a
+// CIDR except).
 //
 // The verdict comes from the compiled policy map, looked up the way the
 // datapath looks it up, and is cross-checked against a direct evaluation
