@@ -186,6 +186,11 @@ func (d *docDecoder) authentication(v *yaml.Node, p string) {
 	if !d.present(v) {
 		return
 	}
+	if rv, ok := d.resolve(v); ok && rv.Kind == yaml.MappingNode && fieldNode(rv, "mode") == nil {
+		// The CRD requires it: an authentication block without a mode
+		// asks for something it does not name.
+		d.fail(v, p+".mode", "mode must be specified (disabled, required or test-always-fail)")
+	}
 	d.fields(v, p, map[string]func(*yaml.Node, string){
 		"mode": func(v *yaml.Node, p string) {
 			m, ok := d.str(v, p)

@@ -164,6 +164,8 @@ func TestParseErrors(t *testing.T) {
 			[]string{"spec.egress[0].toServices: toServices (service selection) is not supported"}},
 		{"deny with L7", cnp("prod", "x", "endpointSelector: {}\ningressDeny:\n- toPorts: [{ports: [{port: \"80\"}], rules: {http: [{}]}}]"),
 			[]string{"spec.ingressDeny[0].toPorts[0].rules: unknown field"}},
+		{"authentication without mode", cnp("prod", "x", "endpointSelector: {}\ningress:\n- fromEndpoints: [{}]\n  authentication: {}"),
+			[]string{"spec.ingress[0].authentication.mode: mode must be specified"}},
 		{"nodeSelector in CNP", cnp("prod", "x", "nodeSelector: {}\ningress: [{}]"), []string{"only a CiliumClusterwideNetworkPolicy may select nodes"}},
 		{"KNP bad port", knp("prod", "x", "podSelector: {}\ningress:\n- ports: [{port: 0}]"), []string{"spec.ingress[0].ports[0].port: must be between 1 and 65535"}},
 		{"KNP endPort below port", knp("prod", "x", "podSelector: {}\ningress:\n- ports: [{port: 90, endPort: 80}]"),
