@@ -119,7 +119,7 @@
 // Invalid configuration and keys are rejected before anything changes,
 // with errors wrapping [ErrInvalidConfig] or [ErrInvalidPolicyKey]. A taken
 // endpoint ID, address or interface name wraps [ErrEndpointExists]; use of
-// a closed or deleted object wraps [ErrClosed]; a BPFFSDir another
+// a closed or deleted object wraps [nodeplane.ErrClosed]; a BPFFSDir another
 // Datapath holds gives [ErrBPFFSDirInUse]; a kernel feature this
 // machine lacks wraps nodeplane.ErrNotSupported. Other errors come from the
 // kernel, wrapped with the operation that failed.

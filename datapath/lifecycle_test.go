@@ -11,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
@@ -232,10 +233,10 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 	if _, err := pod.Netlink(t).LinkByName("eth0"); err == nil {
 		t.Fatal("endpoint interface still there after Delete")
 	}
-	if _, _, err := ep.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrA, remote, 1, 2, TCPSyn))); !errors.Is(err, ErrClosed) {
+	if _, _, err := ep.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrA, remote, 1, 2, TCPSyn))); !errors.Is(err, nodeplane.ErrClosed) {
 		t.Fatalf("TestRun after Delete: %v", err)
 	}
-	if err := ep.Policy().Update(PolicyKey{}, PolicyEntry{}); !errors.Is(err, ErrClosed) {
+	if err := ep.Policy().Update(PolicyKey{}, PolicyEntry{}); !errors.Is(err, nodeplane.ErrClosed) {
 		t.Fatalf("policy update after Delete: %v", err)
 	}
 	var k endpointKey
@@ -298,8 +299,8 @@ func TestPrivilegedEventReaderDeadlineAndClose(t *testing.T) {
 	}
 	select {
 	case err := <-done:
-		if !errors.Is(err, ErrClosed) {
-			t.Fatalf("blocked Read after Close: %v, want ErrClosed", err)
+		if !errors.Is(err, nodeplane.ErrClosed) {
+			t.Fatalf("blocked Read after Close: %v, want nodeplane.ErrClosed", err)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not unblock Read")

@@ -5,6 +5,8 @@ import (
 	"maps"
 	"slices"
 	"sync"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // EventKind says what happened to an identity.
@@ -77,7 +79,7 @@ func (c *Cache) Upsert(id ID, labels Labels) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return ErrClosed
+		return nodeplane.ErrClosed
 	}
 	if other, ok := c.byLabels[labels]; ok {
 		if other == id {

@@ -29,8 +29,6 @@ var (
 	ErrWrongScope = errors.New("labels not in allocator scope")
 	// ErrExhausted: every ID of the range is in use.
 	ErrExhausted = errors.New("identity space exhausted")
-	// ErrClosed: the allocator or cache was closed.
-	ErrClosed = errors.New("closed")
 	// ErrWatcherOverflow: a watcher fell further behind than its backlog
 	// limit and was cut off; watch again to resynchronise.
 	ErrWatcherOverflow = errors.New("watcher backlog overflow")

@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // The state file is a header line followed by a JSON body:
@@ -155,7 +157,7 @@ func (s *stateFile) load(cluster uint8) ([]stateEntry, error) {
 // it, rename it over the old one, fsync the directory.
 func (s *stateFile) save(cluster uint8, entries []stateEntry) error {
 	if s.lock == nil {
-		return fmt.Errorf("identity state %s: %w", s.path, ErrClosed)
+		return fmt.Errorf("identity state %s: %w", s.path, nodeplane.ErrClosed)
 	}
 	slices.SortFunc(entries, func(a, b stateEntry) int { return cmp.Compare(a.id, b.id) })
 	sb := stateBody{ClusterID: cluster, Identities: make([]stateIdentity, len(entries))}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // tableAllocator is the allocation logic shared by [InProcessAllocator] and
@@ -65,7 +67,7 @@ func (a *tableAllocator) allocate(ctx context.Context, labels Labels) (ID, bool,
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
-		return Unknown, false, fmt.Errorf("allocate: %w", ErrClosed)
+		return Unknown, false, fmt.Errorf("allocate: %w", nodeplane.ErrClosed)
 	}
 	e, created, err := t.acquire(labels)
 	if err != nil {
@@ -127,7 +129,7 @@ func (a *tableAllocator) release(ctx context.Context, id ID) (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
-		return false, fmt.Errorf("release: %w", ErrClosed)
+		return false, fmt.Errorf("release: %w", nodeplane.ErrClosed)
 	}
 	e, last, err := t.release(id)
 	if err != nil || !last {

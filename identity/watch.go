@@ -3,6 +3,8 @@ package identity
 import (
 	"context"
 	"sync"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // DefaultMaxBacklog is the backlog limit of a watcher whose
@@ -46,9 +48,9 @@ func newWatcher[E any](opts WatchOptions, detach func(*Watcher[E])) *Watcher[E] 
 }
 
 // Next returns the next event, waiting for one until ctx is done. After the
-// source closes, Next returns the events still queued and then [ErrClosed];
+// source closes, Next returns the events still queued and then [nodeplane.ErrClosed];
 // after an overflow it returns [ErrWatcherOverflow]; after [Watcher.Close]
-// it returns ErrClosed.
+// it returns nodeplane.ErrClosed.
 func (w *Watcher[E]) Next(ctx context.Context) (E, error) {
 	for {
 		w.mu.Lock()
@@ -92,13 +94,13 @@ func (w *Watcher[E]) Backlog() int {
 }
 
 // Close stops the watcher: queued events are dropped and Next returns
-// [ErrClosed]. Close is idempotent.
+// [nodeplane.ErrClosed]. Close is idempotent.
 func (w *Watcher[E]) Close() error {
 	w.detach(w)
 	w.mu.Lock()
 	w.queue, w.head = nil, 0
 	if w.err == nil {
-		w.err = ErrClosed
+		w.err = nodeplane.ErrClosed
 	}
 	w.mu.Unlock()
 	w.wake()
@@ -157,7 +159,7 @@ func (h *hub[E]) subscribe(opts WatchOptions) *Watcher[E] {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
-		w.err = ErrClosed
+		w.err = nodeplane.ErrClosed
 		return w
 	}
 	if h.watchers == nil {
@@ -188,7 +190,7 @@ func (h *hub[E]) close() {
 	defer h.mu.Unlock()
 	h.closed = true
 	for w := range h.watchers {
-		w.finish(ErrClosed)
+		w.finish(nodeplane.ErrClosed)
 	}
 	h.watchers = nil
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
 )
@@ -97,7 +98,7 @@ func (e *Engine) AddEndpoint(id datapath.EndpointID, ep Endpoint, w PolicyMapWri
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return ErrClosed
+		return nodeplane.ErrClosed
 	}
 	if _, ok := e.endpoints[id]; ok {
 		return fmt.Errorf("add endpoint %d: %w", id, ErrEndpointExists)
@@ -154,7 +155,7 @@ func (e *Engine) DeletePolicy(id PolicyID) (uint64, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return 0, ErrClosed
+		return 0, nodeplane.ErrClosed
 	}
 	affected := e.selectedLocked(nil, id)
 	rev, err := e.repo.Delete(id)
@@ -171,7 +172,7 @@ func (e *Engine) putPolicy(p Policy, replace bool) (uint64, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return 0, ErrClosed
+		return 0, nodeplane.ErrClosed
 	}
 	if err := p.validate(); err != nil {
 		return 0, err
@@ -265,7 +266,7 @@ func (e *Engine) UpdateIdentities(added []identity.Identity, removed []identity.
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return ErrClosed
+		return nodeplane.ErrClosed
 	}
 	e.repo.UpdateIdentities(added, removed)
 	ids := slices.Clone(removed)

@@ -12,6 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -213,7 +214,7 @@ func (a *Allocator) Allocate(ctx context.Context, labels identity.Labels) (ident
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
-		return identity.Unknown, false, fmt.Errorf("etcdalloc: allocate: %w", identity.ErrClosed)
+		return identity.Unknown, false, fmt.Errorf("etcdalloc: allocate: %w", nodeplane.ErrClosed)
 	}
 	if r := a.byLabels[labels]; r != nil {
 		r.count++
@@ -407,7 +408,7 @@ func (a *Allocator) Release(ctx context.Context, id identity.ID) (bool, error) {
 	closed := a.closed
 	a.mu.Unlock()
 	if closed {
-		return false, fmt.Errorf("etcdalloc: release: %w", identity.ErrClosed)
+		return false, fmt.Errorf("etcdalloc: release: %w", nodeplane.ErrClosed)
 	}
 
 	if _, err := a.cli.Delete(ctx, a.keys.ref(r.labels, a.node)); err != nil {
