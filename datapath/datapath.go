@@ -118,7 +118,7 @@ func resolveAttachMode(m AttachMode) (AttachMode, error) {
 func (d *Datapath) AttachMode() AttachMode { return d.attach }
 
 // IPCache returns the ipcache map, which implements
-// [identity.IPCacheWriter].
+// [ipcache.Writer].
 func (d *Datapath) IPCache() *IPCache { return d.ipcache }
 
 // Conntrack returns the conntrack map.

@@ -9,7 +9,7 @@
 // the node namespace. Every endpoint has a numeric security identity
 // ([identity.ID]) and its own policy map. Remote addresses get their
 // identity from the ipcache ([IPCache]), a longest-prefix-match map that
-// [identity.IPCacheWriter] feeds; addresses it does not cover are the world
+// [ipcache.Writer] feeds; addresses it does not cover are the world
 // (identity 2).
 //
 // Each endpoint gets its own copy of two programs, with its ID compiled in

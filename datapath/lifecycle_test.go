@@ -12,7 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/nodeplane/nodeplane"
-	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -23,7 +23,7 @@ func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
 	flow := tcpPkt(addrA, remote, 40000, 80, TCPSyn)
 
 	d1, _ := newTestDatapath(t, cfg)
-	if err := d1.IPCache().UpsertPrefix(prefix, identity.IPCacheEntry{Identity: idRemote}); err != nil {
+	if err := d1.IPCache().UpsertPrefix(prefix, ipcache.Entry{Identity: idRemote}); err != nil {
 		t.Fatal(err)
 	}
 	ep := addDetached(t, d1, 1, idA, addrA.String(), "")

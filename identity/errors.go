@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+
+	"github.com/nodeplane/nodeplane/internal/watch"
 )
 
 // Sentinel errors. Every error the package returns wraps one of them, so
@@ -31,7 +33,7 @@ var (
 	ErrExhausted = errors.New("identity space exhausted")
 	// ErrWatcherOverflow: a watcher fell further behind than its backlog
 	// limit and was cut off; watch again to resynchronise.
-	ErrWatcherOverflow = errors.New("watcher backlog overflow")
+	ErrWatcherOverflow = watch.ErrOverflow
 	// ErrCorruptState: a persisted state file is torn, corrupt or
 	// inconsistent with the configuration.
 	ErrCorruptState = errors.New("corrupt identity state")

@@ -241,22 +241,3 @@ func ExampleInProcessConfig_statePath() {
 	// 65793 false
 	// released 1
 }
-
-func ExampleIPCache() {
-	c := identity.NewIPCache()
-	c.Upsert(netip.MustParsePrefix("0.0.0.0/0"), identity.IPCacheEntry{Identity: identity.ReservedWorld})
-	c.Upsert(netip.MustParsePrefix("10.0.0.0/8"), identity.IPCacheEntry{Identity: 16777217})
-	c.Upsert(netip.MustParsePrefix("10.1.2.3/32"), identity.IPCacheEntry{
-		Identity:       65792,
-		TunnelEndpoint: netip.MustParseAddr("192.168.0.2"),
-	})
-	for _, a := range []string{"10.1.2.3", "10.9.9.9", "8.8.8.8", "2001:db8::1"} {
-		prefix, e, ok := c.Lookup(netip.MustParseAddr(a))
-		fmt.Println(a, prefix, e.Identity, e.TunnelEndpoint, ok)
-	}
-	// Output:
-	// 10.1.2.3 10.1.2.3/32 65792 192.168.0.2 true
-	// 10.9.9.9 10.0.0.0/8 16777217 invalid IP true
-	// 8.8.8.8 0.0.0.0/0 2 invalid IP true
-	// 2001:db8::1 invalid Prefix 0 invalid IP false
-}

@@ -34,10 +34,10 @@ import (
 // may find a slot or backend gone in step 5; it then rereads the service
 // entry, as Cilium's datapath cannot, and selects from the new bank.
 type LB struct {
-	mu     sync.Mutex
-	cfg    Config
-	t      *table
-	hosts  hostAddrs
+	mu    sync.Mutex
+	cfg   Config
+	t     *table
+	hosts hostAddrs
 	// objs are the programs and maps bpf2go generated; their Close
 	// releases every one of them, however many sock.c defines.
 	objs   sockObjects

@@ -11,6 +11,7 @@ import (
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 )
 
 // PolicyMapWriter is where an endpoint's compiled policy goes: the
@@ -33,7 +34,7 @@ type EngineConfig struct {
 	// IPCache receives prefix → identity for those prefixes, so that the
 	// datapath maps addresses to them (longest prefix wins, which is how
 	// except ranges get their own identity). Nil: not published.
-	IPCache *identity.IPCache
+	IPCache *ipcache.IPCache
 }
 
 // Engine keeps the policy maps of local endpoints in step with the rules
@@ -399,7 +400,7 @@ func (e *Engine) acquireCIDRsLocked(prefixes []netip.Prefix) error {
 			var id identity.ID
 			if id, _, err = e.cfg.CIDRAllocator.Allocate(ctx, ls); err == nil {
 				if e.cfg.IPCache != nil {
-					if err = e.cfg.IPCache.Upsert(pfx, identity.IPCacheEntry{Identity: id}); err != nil {
+					if err = e.cfg.IPCache.Upsert(pfx, ipcache.Entry{Identity: id}); err != nil {
 						_, _ = e.cfg.CIDRAllocator.Release(ctx, id)
 					}
 				}
