@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/internal/statefile"
 )
 
 // Datapath owns the shared maps of the node's endpoint datapath and the
@@ -29,7 +30,7 @@ type Datapath struct {
 
 	// pinLock is cfg.BPFFSDir, open and flock'ed while the Datapath owns
 	// the endpoints pinned there; nil without pinning.
-	pinLock  *os.File
+	pinLock  *statefile.Lock
 	restored RestoreReport
 
 	mu        sync.Mutex

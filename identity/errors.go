@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/nodeplane/nodeplane/internal/statefile"
 	"github.com/nodeplane/nodeplane/internal/watch"
 )
 
@@ -35,8 +36,9 @@ var (
 	// limit and was cut off; watch again to resynchronise.
 	ErrWatcherOverflow = watch.ErrOverflow
 	// ErrCorruptState: a persisted state file is torn, corrupt or
-	// inconsistent with the configuration.
-	ErrCorruptState = errors.New("corrupt identity state")
+	// inconsistent with the configuration. It is the same error as
+	// ipam.ErrCorrupt: one sentinel for every state file.
+	ErrCorruptState = statefile.ErrCorrupt
 )
 
 // LabelError describes a malformed label. It wraps [ErrInvalidLabel].
