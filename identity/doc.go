@@ -18,6 +18,11 @@
 // absent label satisfies NotIn and DoesNotExist, and a cidr selector selects
 // the identities of every prefix inside its own.
 //
+// [PodLabels] builds the labels Cilium gives a pod: its own, its
+// namespace's, the namespace name and the cluster name. Policies depend on
+// the last two; a pod labelled without them is selected by no namespaced
+// policy and matches no peer selector.
+//
 // # Numeric identities
 //
 // An [ID] is a uint32 with Cilium's layout. IDs 1–10 are reserved for

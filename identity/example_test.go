@@ -241,3 +241,25 @@ func ExampleInProcessConfig_statePath() {
 	// 65793 false
 	// released 1
 }
+
+// The labels of a pod as Cilium gives them to its endpoint: the allocator
+// turns them into the pod's identity, and Cilium policies select on them.
+func ExamplePodLabels() {
+	labels, err := identity.PodLabels(identity.PodLabelsConfig{
+		Namespace:       "prod",
+		Labels:          map[string]string{"app": "web"},
+		NamespaceLabels: map[string]string{"team": "payments"},
+	})
+	if err != nil {
+		panic(err)
+	}
+	for l := range labels.All() {
+		fmt.Println(l)
+	}
+	// Output:
+	// k8s:app=web
+	// k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=prod
+	// k8s:io.cilium.k8s.namespace.labels.team=payments
+	// k8s:io.cilium.k8s.policy.cluster=default
+	// k8s:io.kubernetes.pod.namespace=prod
+}
