@@ -27,7 +27,7 @@
 //
 // An [ID] is a uint32 with Cilium's layout. IDs 1–10 are reserved for
 // well-known peers (host, world, remote-node, ...), with the labels
-// [ReservedLabels] returns. Cluster-scoped IDs carry the cluster ID (1–255)
+// [ID.ReservedLabels] returns. Cluster-scoped IDs carry the cluster ID (1–255)
 // in bits 16–23 and an index from 256 in bits 0–15, and mean the same label
 // set on every node of that cluster. Local-scope IDs have bit 24 set; they
 // name CIDR and FQDN peers and never leave the node. Only the low 24 bits

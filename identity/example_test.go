@@ -41,16 +41,6 @@ func ExampleParseLabel() {
 	// invalid label "any:app=web": source "any" only selects; a label needs a real source
 }
 
-func ExampleLabelsFromMap() {
-	podLabels := map[string]string{"app": "web", "tier": "frontend"}
-	ls, err := identity.LabelsFromMap(podLabels, identity.SourceK8s)
-	if err != nil {
-		panic(err)
-	}
-	fmt.Println(ls)
-	// Output: k8s:app=web,k8s:tier=frontend
-}
-
 func ExampleNewSelector() {
 	// A selector as a policy file writes it. Keys without a source select
 	// labels from every source.
@@ -122,7 +112,7 @@ func ExampleID() {
 	_, onWire := local.Wire()
 	fmt.Println(local, local.Scope(), onWire)
 
-	labels, _ := identity.ReservedLabels(identity.ReservedKubeAPIServer)
+	labels, _ := identity.ReservedKubeAPIServer.ReservedLabels()
 	fmt.Println(identity.Identity{ID: identity.ReservedKubeAPIServer, Labels: labels})
 
 	_, err = identity.ParseID("1000")

@@ -78,5 +78,5 @@ func PodLabels(cfg PodLabelsConfig) (Labels, error) {
 		m[serviceAccountLabel] = cfg.ServiceAccount
 	}
 	m[clusterLabel] = cluster
-	return LabelsFromMap(m, SourceK8s)
+	return labelsFromMap(m, SourceK8s)
 }

@@ -127,8 +127,8 @@ func (s *stateFile) load(cluster uint8) ([]stateEntry, error) {
 			return nil, s.corrupt("identity %d has no labels", uint32(id))
 		case ids[id]:
 			return nil, s.corrupt("identity %d appears twice", uint32(id))
-		case ScopeOf(labels) != id.Scope():
-			return nil, s.corrupt("identity %d is %s-scoped, its labels %v are %s-scoped", uint32(id), id.Scope(), labels, ScopeOf(labels))
+		case labels.Scope() != id.Scope():
+			return nil, s.corrupt("identity %d is %s-scoped, its labels %v are %s-scoped", uint32(id), id.Scope(), labels, labels.Scope())
 		}
 		if _, reserved := LookupReserved(labels); reserved {
 			return nil, s.corrupt("identity %d has the labels of a reserved identity", uint32(id))

@@ -26,7 +26,7 @@ type tableAllocator struct {
 }
 
 func (a *tableAllocator) tableFor(labels Labels) (*refTable, error) {
-	switch ScopeOf(labels) {
+	switch labels.Scope() {
 	case ScopeLocal:
 		return a.local, nil
 	case ScopeCluster:
@@ -146,7 +146,7 @@ func (a *tableAllocator) release(ctx context.Context, id ID) (bool, error) {
 }
 
 func (a *tableAllocator) lookup(id ID) (Labels, bool) {
-	if ls, ok := ReservedLabels(id); ok {
+	if ls, ok := id.ReservedLabels(); ok {
 		return ls, true
 	}
 	return a.cache.Lookup(id)

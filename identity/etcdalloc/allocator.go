@@ -201,7 +201,7 @@ func (a *Allocator) Allocate(ctx context.Context, labels identity.Labels) (ident
 	if id, ok := identity.LookupReserved(labels); ok {
 		return id, false, nil
 	}
-	if identity.ScopeOf(labels) == identity.ScopeLocal {
+	if labels.Scope() == identity.ScopeLocal {
 		return a.local.Allocate(ctx, labels)
 	}
 	if err := ctx.Err(); err != nil {
@@ -423,7 +423,7 @@ func (a *Allocator) Release(ctx context.Context, id identity.ID) (bool, error) {
 
 // Lookup implements [identity.Allocator] from the cache.
 func (a *Allocator) Lookup(id identity.ID) (identity.Labels, bool) {
-	if ls, ok := identity.ReservedLabels(id); ok {
+	if ls, ok := id.ReservedLabels(); ok {
 		return ls, true
 	}
 	return a.cache.Lookup(id)
