@@ -1,14 +1,10 @@
 package statefile
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 )
-
-// ErrInvalidPath: a state file path is empty or names no file.
-var ErrInvalidPath = errors.New("invalid state file path")
 
 // File is a state file of one [Format] at one path. It keeps no file open.
 // Load and Save take no lock: processes that share a file serialise their

@@ -2,17 +2,11 @@ package statefile
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"strconv"
 	"strings"
 )
-
-// ErrCorrupt: a state file is torn, damaged, of another kind or version,
-// or holds content its reader rejects. identity and ipam export it as
-// identity.ErrCorruptState and ipam.ErrCorrupt.
-var ErrCorrupt = errors.New("corrupt state")
 
 // maxHeader bounds the header line; a real one is well under 100 bytes.
 const maxHeader = 100

@@ -2,15 +2,11 @@ package statefile
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 
 	"github.com/nodeplane/nodeplane"
 )
-
-// ErrLocked: another holder, in this process or another, has the lock.
-var ErrLocked = errors.New("locked by another holder")
 
 // Lock is an exclusive flock(2) on a file or directory, held until Close.
 // The kernel releases it when the descriptor closes, with the process if
