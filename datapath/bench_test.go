@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -65,7 +66,7 @@ func BenchmarkFromEndpoint(b *testing.B) {
 	a := addDetached(b, d, 1, idA, addrA.String(), "")
 	addDetached(b, d, 2, idB, addrB.String(), "")
 	bEp, _ := d.Endpoint(2)
-	if err := d.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), identity.IPCacheEntry{Identity: idRemote}); err != nil {
+	if err := d.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), ipcache.Entry{Identity: idRemote}); err != nil {
 		b.Fatal(err)
 	}
 	mustUpdate(b, a.Policy(), map[PolicyKey]PolicyEntry{
@@ -95,7 +96,7 @@ func BenchmarkFromEndpoint(b *testing.B) {
 				ipcacheN--
 				continue
 			}
-			if err := d.IPCache().UpsertPrefix(p, identity.IPCacheEntry{Identity: identity.ID(5000 + rng.IntN(1000))}); err != nil {
+			if err := d.IPCache().UpsertPrefix(p, ipcache.Entry{Identity: identity.ID(5000 + rng.IntN(1000))}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -194,7 +195,7 @@ func fillMaps(b *testing.B, d *Datapath, ep *Endpoint, n int) {
 	mustUpdate(b, ep.Policy(), batch)
 	for i := 0; i < n; i++ {
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 16 + byte(i>>16), byte(i >> 8), byte(i)}), 32)
-		if err := d.IPCache().UpsertPrefix(p, identity.IPCacheEntry{Identity: 5000}); err != nil {
+		if err := d.IPCache().UpsertPrefix(p, ipcache.Entry{Identity: 5000}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/internal/statefile"
 )
 
 // Datapath owns the shared maps of the node's endpoint datapath and the
@@ -29,7 +30,7 @@ type Datapath struct {
 
 	// pinLock is cfg.BPFFSDir, open and flock'ed while the Datapath owns
 	// the endpoints pinned there; nil without pinning.
-	pinLock  *os.File
+	pinLock  *statefile.Lock
 	restored RestoreReport
 
 	mu        sync.Mutex
@@ -118,7 +119,7 @@ func resolveAttachMode(m AttachMode) (AttachMode, error) {
 func (d *Datapath) AttachMode() AttachMode { return d.attach }
 
 // IPCache returns the ipcache map, which implements
-// [identity.IPCacheWriter].
+// [ipcache.Writer].
 func (d *Datapath) IPCache() *IPCache { return d.ipcache }
 
 // Conntrack returns the conntrack map.
@@ -160,7 +161,7 @@ func (d *Datapath) Pinning() bool { return d.cfg.BPFFSDir != "" }
 // map entries, pins and attachments stay in the kernel, traffic keeps
 // flowing under the same policy, and the next Datapath on the directory
 // adopts the endpoints. The handles of this Datapath's endpoints become
-// unusable ([ErrClosed]). A crash leaves the same state behind, except
+// unusable ([nodeplane.ErrClosed]). A crash leaves the same state behind, except
 // that an AddEndpoint or Delete it interrupted is undone or finished by
 // the next New. [Datapath.Uninstall] removes it all instead.
 //
@@ -189,11 +190,11 @@ func (d *Datapath) Close() error {
 // does), removes the pins it made in [Config].BPFFSDir, and closes it: the
 // node is left as if no Datapath had run, but for the directory itself.
 // Maps that other processes still hold open live on until they close
-// them. After Close, Uninstall returns an error wrapping [ErrClosed].
+// them. After Close, Uninstall returns an error wrapping [nodeplane.ErrClosed].
 func (d *Datapath) Uninstall() error {
 	eps, ok := d.takeEndpoints()
 	if !ok {
-		return fmt.Errorf("uninstall: %w", ErrClosed)
+		return fmt.Errorf("uninstall: %w", nodeplane.ErrClosed)
 	}
 	var errs []error
 	for _, ep := range eps {
@@ -285,7 +286,7 @@ func (d *Datapath) AddEndpoint(cfg EndpointConfig) (_ *Endpoint, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, fmt.Errorf("add endpoint %d: %w", cfg.ID, ErrClosed)
+		return nil, fmt.Errorf("add endpoint %d: %w", cfg.ID, nodeplane.ErrClosed)
 	}
 	if _, ok := d.endpoints[cfg.ID]; ok {
 		return nil, fmt.Errorf("add endpoint %d: %w", cfg.ID, ErrEndpointExists)

@@ -9,7 +9,7 @@
 // the node namespace. Every endpoint has a numeric security identity
 // ([identity.ID]) and its own policy map. Remote addresses get their
 // identity from the ipcache ([IPCache]), a longest-prefix-match map that
-// [identity.IPCacheWriter] feeds; addresses it does not cover are the world
+// [ipcache.Writer] feeds; addresses it does not cover are the world
 // (identity 2).
 //
 // Each endpoint gets its own copy of two programs, with its ID compiled in
@@ -119,7 +119,7 @@
 // Invalid configuration and keys are rejected before anything changes,
 // with errors wrapping [ErrInvalidConfig] or [ErrInvalidPolicyKey]. A taken
 // endpoint ID, address or interface name wraps [ErrEndpointExists]; use of
-// a closed or deleted object wraps [ErrClosed]; a BPFFSDir another
+// a closed or deleted object wraps [nodeplane.ErrClosed]; a BPFFSDir another
 // Datapath holds gives [ErrBPFFSDirInUse]; a kernel feature this
 // machine lacks wraps nodeplane.ErrNotSupported. Other errors come from the
 // kernel, wrapped with the operation that failed.

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -59,7 +60,7 @@ func newE2EWorld(t *testing.T, mode AttachMode) *e2eWorld {
 		if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: hostPrefix(a), Flags: unix.IFA_F_NODAD}); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(a, a.BitLen()), identity.IPCacheEntry{Identity: identity.ReservedHost}); err != nil {
+		if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(a, a.BitLen()), ipcache.Entry{Identity: identity.ReservedHost}); err != nil {
 			t.Fatal(err)
 		}
 	}

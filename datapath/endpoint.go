@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -148,7 +149,7 @@ func (ep *Endpoint) SetIdentity(id identity.ID) error {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
 	if ep.deleted {
-		return fmt.Errorf("endpoint %d: %w", ep.cfg.ID, ErrClosed)
+		return fmt.Errorf("endpoint %d: %w", ep.cfg.ID, nodeplane.ErrClosed)
 	}
 	// The record first: a Datapath that finds the two disagreeing after a
 	// crash rewrites the endpoints map from the record.
@@ -178,7 +179,7 @@ func (ep *Endpoint) SetIdentity(id identity.ID) error {
 // and the conntrack entries of its addresses, so that a later endpoint
 // with the same address inherits none of its connections. Delete is
 // idempotent. With pinning, Delete on the handle of a closed Datapath
-// returns an error wrapping [ErrClosed] and leaves the endpoint installed:
+// returns an error wrapping [nodeplane.ErrClosed] and leaves the endpoint installed:
 // it belongs to the next Datapath on the pins.
 func (ep *Endpoint) Delete() error {
 	ep.dp.forget(ep)
@@ -191,7 +192,7 @@ func (ep *Endpoint) delete(flushCT bool) error {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
 	if ep.released {
-		return fmt.Errorf("endpoint %d: %w", ep.cfg.ID, ErrClosed)
+		return fmt.Errorf("endpoint %d: %w", ep.cfg.ID, nodeplane.ErrClosed)
 	}
 	if ep.deleted {
 		return nil

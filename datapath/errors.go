@@ -1,9 +1,6 @@
 package datapath
 
-import (
-	"errors"
-	"os"
-)
+import "errors"
 
 var (
 	// ErrInvalidPolicyKey is returned for keys that [PolicyKey.Validate]
@@ -22,7 +19,4 @@ var (
 	// ErrMalformedEvent is returned by [ParseEvent] for a record it cannot
 	// decode.
 	ErrMalformedEvent = errors.New("malformed event")
-	// ErrClosed is returned by methods of a closed [Datapath], deleted
-	// [Endpoint] or closed [EventReader]. It is [os.ErrClosed].
-	ErrClosed = os.ErrClosed
 )

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/nodeplane/nodeplane"
 )
 
 // EventReader reads the datapath's events ring buffer. The ring buffer has
@@ -26,13 +27,13 @@ func (d *Datapath) NewEventReader() (*EventReader, error) {
 
 // Read blocks until an event arrives and returns it. After the deadline it
 // returns an error wrapping os.ErrDeadlineExceeded; once the reader is
-// closed, [ErrClosed]. A record it cannot decode is returned as an error
+// closed, [nodeplane.ErrClosed]. A record it cannot decode is returned as an error
 // wrapping [ErrMalformedEvent]; the next Read continues with the next
 // record. Read is not safe for concurrent use with itself.
 func (r *EventReader) Read() (Event, error) {
 	if err := r.r.ReadInto(&r.rec); err != nil {
 		if errors.Is(err, ringbuf.ErrClosed) {
-			return nil, ErrClosed
+			return nil, nodeplane.ErrClosed
 		}
 		return nil, fmt.Errorf("read events: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 )
 
 // LookupPolicy is the Go model of the kernel's decision: here a port range
@@ -53,7 +54,7 @@ func ExampleEndpoint_TestRun() {
 		log.Fatal(err)
 	}
 	// 192.0.2.0/24 is the database, identity 2000; web may reach it on 5432.
-	if err := dp.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), identity.IPCacheEntry{Identity: 2000}); err != nil {
+	if err := dp.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), ipcache.Entry{Identity: 2000}); err != nil {
 		log.Fatal(err)
 	}
 	if err := web.Policy().Update(datapath.PolicyKey{Identity: 2000, Direction: datapath.Egress, Protocol: 6, Port: 5432, PortPrefixLen: 16},

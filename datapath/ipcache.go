@@ -8,6 +8,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 )
 
 // IPCache is the datapath's ipcache map: prefixes to identities, longest
@@ -16,17 +17,17 @@ import (
 // (identity.ReservedWorld). Local endpoints are found in the endpoints map
 // first, so the ipcache need not hold them.
 //
-// IPCache implements [identity.IPCacheWriter], so the identity package's
-// ipcache can drive it. Its methods are safe for concurrent use.
+// IPCache implements [ipcache.Writer], so that the Go model, an
+// [ipcache.IPCache], can drive it. Its methods are safe for concurrent use.
 type IPCache struct {
 	m *ebpf.Map
 }
 
-var _ identity.IPCacheWriter = (*IPCache)(nil)
+var _ ipcache.Writer = (*IPCache)(nil)
 
 // UpsertPrefix maps a prefix to an entry. The prefix's host bits are
 // ignored. An IPv4-mapped IPv6 prefix is an IPv6 prefix, as on the wire.
-func (c *IPCache) UpsertPrefix(prefix netip.Prefix, entry identity.IPCacheEntry) error {
+func (c *IPCache) UpsertPrefix(prefix netip.Prefix, entry ipcache.Entry) error {
 	if !prefix.IsValid() {
 		return fmt.Errorf("ipcache: upsert: invalid prefix %v", prefix)
 	}
@@ -57,24 +58,24 @@ func (c *IPCache) DeletePrefix(prefix netip.Prefix) error {
 
 // Lookup returns the entry of the longest prefix that covers addr, as the
 // kernel's trie finds it.
-func (c *IPCache) Lookup(addr netip.Addr) (identity.IPCacheEntry, bool, error) {
+func (c *IPCache) Lookup(addr netip.Addr) (ipcache.Entry, bool, error) {
 	if !addr.IsValid() {
-		return identity.IPCacheEntry{}, false, fmt.Errorf("ipcache: lookup: invalid address")
+		return ipcache.Entry{}, false, fmt.Errorf("ipcache: lookup: invalid address")
 	}
 	var info ipcacheInfo
 	err := c.m.Lookup(ipcacheKeyFor(netip.PrefixFrom(addr.WithZone(""), addr.BitLen())), &info)
 	switch {
 	case errors.Is(err, ebpf.ErrKeyNotExist):
-		return identity.IPCacheEntry{}, false, nil
+		return ipcache.Entry{}, false, nil
 	case err != nil:
-		return identity.IPCacheEntry{}, false, fmt.Errorf("ipcache: lookup %v: %w", addr, err)
+		return ipcache.Entry{}, false, fmt.Errorf("ipcache: lookup %v: %w", addr, err)
 	}
 	return info.typed(), true, nil
 }
 
 // Dump returns every prefix in the map.
-func (c *IPCache) Dump() (map[netip.Prefix]identity.IPCacheEntry, error) {
-	out := make(map[netip.Prefix]identity.IPCacheEntry)
+func (c *IPCache) Dump() (map[netip.Prefix]ipcache.Entry, error) {
+	out := make(map[netip.Prefix]ipcache.Entry)
 	var (
 		k    ipcacheKey
 		info ipcacheInfo
@@ -93,10 +94,10 @@ func (c *IPCache) Dump() (map[netip.Prefix]identity.IPCacheEntry, error) {
 	return out, nil
 }
 
-func (info ipcacheInfo) typed() identity.IPCacheEntry {
-	return identity.IPCacheEntry{
+func (info ipcacheInfo) typed() ipcache.Entry {
+	return ipcache.Entry{
 		Identity:       identity.ID(info.Identity),
 		TunnelEndpoint: info.TunnelEndpoint.addr(info.TunnelIPVersion),
-		Flags:          identity.IPCacheFlags(info.Flags),
+		Flags:          ipcache.Flags(info.Flags),
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 )
 
 // randomPrefixes returns n random prefixes that overlap a lot: they are
@@ -43,7 +44,7 @@ func perturb(rng *rand.Rand, a netip.Addr) netip.Addr {
 }
 
 // TestPrivilegedIPCacheMatchesIdentityModel drives the BPF ipcache through
-// identity.IPCache, the Go model, as its writer: random overlapping v4 and
+// ipcache.IPCache, the Go model, as its writer: random overlapping v4 and
 // v6 prefixes (including /0, /32 and /128) are upserted and deleted, and
 // the identity the from-endpoint program attaches to a destination must be
 // the model's longest match, or world where the model has none.
@@ -54,7 +55,7 @@ func TestPrivilegedIPCacheMatchesIdentityModel(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
-	model := identity.NewIPCache()
+	model := ipcache.New()
 	if err := model.AddWriter(d.IPCache()); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +103,7 @@ func TestPrivilegedIPCacheMatchesIdentityModel(t *testing.T) {
 			switch rng.IntN(3) {
 			case 0:
 				// Cluster-scoped or local-scope (CIDR) identities.
-				e := identity.IPCacheEntry{Identity: identity.ID(256 + rng.IntN(60000))}
+				e := ipcache.Entry{Identity: identity.ID(256 + rng.IntN(60000))}
 				if rng.IntN(2) == 0 {
 					e.Identity |= identity.LocalScopeFlag
 					e.TunnelEndpoint = netip.MustParseAddr("172.16.0.1")

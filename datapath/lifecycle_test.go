@@ -11,7 +11,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -22,7 +23,7 @@ func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
 	flow := tcpPkt(addrA, remote, 40000, 80, TCPSyn)
 
 	d1, _ := newTestDatapath(t, cfg)
-	if err := d1.IPCache().UpsertPrefix(prefix, identity.IPCacheEntry{Identity: idRemote}); err != nil {
+	if err := d1.IPCache().UpsertPrefix(prefix, ipcache.Entry{Identity: idRemote}); err != nil {
 		t.Fatal(err)
 	}
 	ep := addDetached(t, d1, 1, idA, addrA.String(), "")
@@ -232,10 +233,10 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 	if _, err := pod.Netlink(t).LinkByName("eth0"); err == nil {
 		t.Fatal("endpoint interface still there after Delete")
 	}
-	if _, _, err := ep.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrA, remote, 1, 2, TCPSyn))); !errors.Is(err, ErrClosed) {
+	if _, _, err := ep.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrA, remote, 1, 2, TCPSyn))); !errors.Is(err, nodeplane.ErrClosed) {
 		t.Fatalf("TestRun after Delete: %v", err)
 	}
-	if err := ep.Policy().Update(PolicyKey{}, PolicyEntry{}); !errors.Is(err, ErrClosed) {
+	if err := ep.Policy().Update(PolicyKey{}, PolicyEntry{}); !errors.Is(err, nodeplane.ErrClosed) {
 		t.Fatalf("policy update after Delete: %v", err)
 	}
 	var k endpointKey
@@ -298,8 +299,8 @@ func TestPrivilegedEventReaderDeadlineAndClose(t *testing.T) {
 	}
 	select {
 	case err := <-done:
-		if !errors.Is(err, ErrClosed) {
-			t.Fatalf("blocked Read after Close: %v, want ErrClosed", err)
+		if !errors.Is(err, nodeplane.ErrClosed) {
+			t.Fatalf("blocked Read after Close: %v, want nodeplane.ErrClosed", err)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not unblock Read")

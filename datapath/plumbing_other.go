@@ -4,11 +4,11 @@ package datapath
 
 import (
 	"fmt"
-	"os"
 	"runtime"
 	"time"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/internal/statefile"
 )
 
 var errNotLinux = fmt.Errorf("datapath on %s: %w", runtime.GOOS, nodeplane.ErrNotSupported)
@@ -40,7 +40,7 @@ func (*nodeNamespace) attach(AttachMode, int, *endpointPrograms, string) ([]atta
 	return nil, errNotLinux
 }
 
-func lockBPFFSDir(string) (*os.File, error) { return nil, errNotLinux }
+func lockBPFFSDir(string) (*statefile.Lock, error) { return nil, errNotLinux }
 
 type hostInspection struct {
 	host    hostLink

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 )
 
 // TestPrivilegedPolicyMatchesLookupPolicy checks that the kernel decides
@@ -23,7 +24,7 @@ func TestPrivilegedPolicyMatchesLookupPolicy(t *testing.T) {
 	peers := []identity.ID{1000, 1001, 1002, 70000, identity.ReservedHost}
 	addrOf := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}) }
 	for i, id := range peers {
-		if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(addrOf(i), 32), identity.IPCacheEntry{Identity: id}); err != nil {
+		if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(addrOf(i), 32), ipcache.Entry{Identity: id}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/nodeplane/nodeplane"
 )
 
 // PolicyMap is an endpoint's policy map: the entries [LookupPolicy]
@@ -180,7 +181,7 @@ func (p *PolicyMap) with(fn func(*ebpf.Map) error) error {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
-		return fmt.Errorf("policy map of endpoint %d: %w", p.endpoint, ErrClosed)
+		return fmt.Errorf("policy map of endpoint %d: %w", p.endpoint, nodeplane.ErrClosed)
 	}
 	return fn(p.m)
 }

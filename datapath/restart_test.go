@@ -19,6 +19,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/nodeplane/nodeplane"
 	"github.com/vishvananda/netlink"
 
 	"github.com/nodeplane/nodeplane/internal/testutils"
@@ -525,14 +526,14 @@ func TestPrivilegedGracefulRestart(t *testing.T) {
 			if err := d1.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := a1.Policy().Dump(); !errors.Is(err, ErrClosed) {
-				t.Fatalf("policy of a closed Datapath's endpoint: %v, want ErrClosed", err)
+			if _, err := a1.Policy().Dump(); !errors.Is(err, nodeplane.ErrClosed) {
+				t.Fatalf("policy of a closed Datapath's endpoint: %v, want nodeplane.ErrClosed", err)
 			}
-			if err := a1.Delete(); !errors.Is(err, ErrClosed) {
-				t.Fatalf("Delete after Close: %v, want ErrClosed", err)
+			if err := a1.Delete(); !errors.Is(err, nodeplane.ErrClosed) {
+				t.Fatalf("Delete after Close: %v, want nodeplane.ErrClosed", err)
 			}
-			if err := d1.Uninstall(); !errors.Is(err, ErrClosed) {
-				t.Fatalf("Uninstall after Close: %v, want ErrClosed", err)
+			if err := d1.Uninstall(); !errors.Is(err, nodeplane.ErrClosed) {
+				t.Fatalf("Uninstall after Close: %v, want nodeplane.ErrClosed", err)
 			}
 			if got := w.programs(t, a1.HostIfindex()); !slices.Equal(got, progs) {
 				t.Fatalf("programs after Close: %v, want %v still attached", got, progs)

@@ -9,24 +9,22 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nodeplane/nodeplane/internal/statefile"
 )
 
-// lockBPFFSDir opens dir and takes an exclusive flock on it, which the
-// kernel drops when the descriptor closes, with the process if need be. A
-// crashed Datapath never leaves the directory locked.
-func lockBPFFSDir(dir string) (*os.File, error) {
-	f, err := os.Open(dir)
+// lockBPFFSDir takes an exclusive flock on dir, which the kernel drops
+// when the descriptor closes, with the process if need be. A crashed
+// Datapath never leaves the directory locked.
+func lockBPFFSDir(dir string) (*statefile.Lock, error) {
+	l, err := statefile.TryLockDir(dir)
+	if errors.Is(err, statefile.ErrLocked) {
+		return nil, fmt.Errorf("%s: %w", dir, ErrBPFFSDirInUse)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("open bpffs directory: %w", err)
+		return nil, fmt.Errorf("bpffs directory: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s: %w", dir, ErrBPFFSDirInUse)
-		}
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
-	}
-	return f, nil
+	return l, nil
 }
 
 // hostInspection is what the kernel says about the host side of an

@@ -5,6 +5,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -140,7 +141,7 @@ func (ep *Endpoint) TestRun(hook Hook, packet []byte) (Verdict, []byte, error) {
 // reading at least.
 func (ep *Endpoint) program(hook Hook) (*ebpf.Program, error) {
 	if ep.deleted {
-		return nil, fmt.Errorf("endpoint %d: %w", ep.cfg.ID, ErrClosed)
+		return nil, fmt.Errorf("endpoint %d: %w", ep.cfg.ID, nodeplane.ErrClosed)
 	}
 	switch hook {
 	case FromEndpoint:

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 )
 
 const (
@@ -52,7 +53,7 @@ func newTestRunWorld(t *testing.T) *testRunWorld {
 		b: addDetached(t, d, 2, idB, addrB.String(), addrB6.String()),
 	}
 	for _, p := range []string{"192.0.2.0/24", "2001:db8::/32"} {
-		if err := d.IPCache().UpsertPrefix(netip.MustParsePrefix(p), identity.IPCacheEntry{Identity: idRemote}); err != nil {
+		if err := d.IPCache().UpsertPrefix(netip.MustParsePrefix(p), ipcache.Entry{Identity: idRemote}); err != nil {
 			t.Fatal(err)
 		}
 	}

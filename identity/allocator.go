@@ -11,7 +11,7 @@ import (
 // does.
 //
 // Label sets are routed by kind. A set that [LookupReserved] resolves gets
-// its reserved ID without a reference. A set whose [ScopeOf] is local (cidr,
+// its reserved ID without a reference. A set whose [Labels.Scope] is local (cidr,
 // fqdn and reserved labels only) gets a node-local ID. Every other set gets a
 // cluster-scoped ID, the same on every node that shares the allocator's
 // backend.

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 func newTestAllocator(t *testing.T, cfg InProcessConfig) *InProcessAllocator {
@@ -191,17 +193,17 @@ func TestWatchSnapshotAndOrder(t *testing.T) {
 		t.Errorf("extra event %v, %v", e, err)
 	}
 
-	// Closing the allocator delivers what is queued, then ErrClosed.
+	// Closing the allocator delivers what is queued, then nodeplane.ErrClosed.
 	extra := mustLabels(t, "k8s:n=last")
 	id, _, _ := a.Allocate(ctx, extra)
 	a.Close()
 	if e, err := w.Next(ctx); err != nil || e != (Event{EventAdded, id, extra}) {
 		t.Errorf("queued event after Close = %v, %v", e, err)
 	}
-	if _, err := w.Next(ctx); !errors.Is(err, ErrClosed) {
+	if _, err := w.Next(ctx); !errors.Is(err, nodeplane.ErrClosed) {
 		t.Errorf("after the queue: %v", err)
 	}
-	if _, _, err := a.Allocate(ctx, mustLabels(t, "k8s:n=closed")); !errors.Is(err, ErrClosed) {
+	if _, _, err := a.Allocate(ctx, mustLabels(t, "k8s:n=closed")); !errors.Is(err, nodeplane.ErrClosed) {
 		t.Errorf("Allocate after Close = %v", err)
 	}
 	if _, ok := a.Lookup(id); !ok {
@@ -228,7 +230,7 @@ func TestWatchOverflowAndClose(t *testing.T) {
 		t.Errorf("unlimited backlog = %d", unlimited.Backlog())
 	}
 	unlimited.Close()
-	if _, err := unlimited.Next(ctx); !errors.Is(err, ErrClosed) {
+	if _, err := unlimited.Next(ctx); !errors.Is(err, nodeplane.ErrClosed) {
 		t.Errorf("after Close: %v", err)
 	}
 	unlimited.Close() // idempotent

@@ -5,6 +5,9 @@ import (
 	"maps"
 	"slices"
 	"sync"
+
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/internal/watch"
 )
 
 // EventKind says what happened to an identity.
@@ -50,7 +53,7 @@ type Cache struct {
 	mu       sync.RWMutex
 	byID     map[ID]Labels
 	byLabels map[Labels]ID
-	hub      hub[Event]
+	hub      watch.Hub[Event]
 	closed   bool
 }
 
@@ -77,7 +80,7 @@ func (c *Cache) Upsert(id ID, labels Labels) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return ErrClosed
+		return nodeplane.ErrClosed
 	}
 	if other, ok := c.byLabels[labels]; ok {
 		if other == id {
@@ -87,11 +90,11 @@ func (c *Cache) Upsert(id ID, labels Labels) error {
 	}
 	if old, ok := c.byID[id]; ok {
 		delete(c.byLabels, old)
-		c.hub.publish(Event{Kind: EventRemoved, ID: id, Labels: old})
+		c.hub.Publish(Event{Kind: EventRemoved, ID: id, Labels: old})
 	}
 	c.byID[id] = labels
 	c.byLabels[labels] = id
-	c.hub.publish(Event{Kind: EventAdded, ID: id, Labels: labels})
+	c.hub.Publish(Event{Kind: EventAdded, ID: id, Labels: labels})
 	return nil
 }
 
@@ -106,7 +109,7 @@ func (c *Cache) Delete(id ID) bool {
 	}
 	delete(c.byID, id)
 	delete(c.byLabels, labels)
-	c.hub.publish(Event{Kind: EventRemoved, ID: id, Labels: labels})
+	c.hub.Publish(Event{Kind: EventRemoved, ID: id, Labels: labels})
 	return true
 }
 
@@ -154,7 +157,7 @@ func (c *Cache) snapshotLocked() []Identity {
 func (c *Cache) Watch(opts WatchOptions) ([]Identity, *Watcher[Event]) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.snapshotLocked(), c.hub.subscribe(opts)
+	return c.snapshotLocked(), c.hub.Subscribe(opts)
 }
 
 // Close ends every watch (after the events already queued) and makes further
@@ -163,5 +166,5 @@ func (c *Cache) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
-	c.hub.close()
+	c.hub.Close()
 }

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+
+	"github.com/nodeplane/nodeplane/internal/statefile"
+	"github.com/nodeplane/nodeplane/internal/watch"
 )
 
 // Sentinel errors. Every error the package returns wraps one of them, so
@@ -29,14 +32,13 @@ var (
 	ErrWrongScope = errors.New("labels not in allocator scope")
 	// ErrExhausted: every ID of the range is in use.
 	ErrExhausted = errors.New("identity space exhausted")
-	// ErrClosed: the allocator or cache was closed.
-	ErrClosed = errors.New("closed")
 	// ErrWatcherOverflow: a watcher fell further behind than its backlog
 	// limit and was cut off; watch again to resynchronise.
-	ErrWatcherOverflow = errors.New("watcher backlog overflow")
+	ErrWatcherOverflow = watch.ErrOverflow
 	// ErrCorruptState: a persisted state file is torn, corrupt or
-	// inconsistent with the configuration.
-	ErrCorruptState = errors.New("corrupt identity state")
+	// inconsistent with the configuration. It is the same error as
+	// ipam.ErrCorrupt: one sentinel for every state file.
+	ErrCorruptState = statefile.ErrCorrupt
 )
 
 // LabelError describes a malformed label. It wraps [ErrInvalidLabel].

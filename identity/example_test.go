@@ -41,16 +41,6 @@ func ExampleParseLabel() {
 	// invalid label "any:app=web": source "any" only selects; a label needs a real source
 }
 
-func ExampleLabelsFromMap() {
-	podLabels := map[string]string{"app": "web", "tier": "frontend"}
-	ls, err := identity.LabelsFromMap(podLabels, identity.SourceK8s)
-	if err != nil {
-		panic(err)
-	}
-	fmt.Println(ls)
-	// Output: k8s:app=web,k8s:tier=frontend
-}
-
 func ExampleNewSelector() {
 	// A selector as a policy file writes it. Keys without a source select
 	// labels from every source.
@@ -122,7 +112,7 @@ func ExampleID() {
 	_, onWire := local.Wire()
 	fmt.Println(local, local.Scope(), onWire)
 
-	labels, _ := identity.ReservedLabels(identity.ReservedKubeAPIServer)
+	labels, _ := identity.ReservedKubeAPIServer.ReservedLabels()
 	fmt.Println(identity.Identity{ID: identity.ReservedKubeAPIServer, Labels: labels})
 
 	_, err = identity.ParseID("1000")
@@ -242,21 +232,24 @@ func ExampleInProcessConfig_statePath() {
 	// released 1
 }
 
-func ExampleIPCache() {
-	c := identity.NewIPCache()
-	c.Upsert(netip.MustParsePrefix("0.0.0.0/0"), identity.IPCacheEntry{Identity: identity.ReservedWorld})
-	c.Upsert(netip.MustParsePrefix("10.0.0.0/8"), identity.IPCacheEntry{Identity: 16777217})
-	c.Upsert(netip.MustParsePrefix("10.1.2.3/32"), identity.IPCacheEntry{
-		Identity:       65792,
-		TunnelEndpoint: netip.MustParseAddr("192.168.0.2"),
+// The labels of a pod as Cilium gives them to its endpoint: the allocator
+// turns them into the pod's identity, and Cilium policies select on them.
+func ExamplePodLabels() {
+	labels, err := identity.PodLabels(identity.PodLabelsConfig{
+		Namespace:       "prod",
+		Labels:          map[string]string{"app": "web"},
+		NamespaceLabels: map[string]string{"team": "payments"},
 	})
-	for _, a := range []string{"10.1.2.3", "10.9.9.9", "8.8.8.8", "2001:db8::1"} {
-		prefix, e, ok := c.Lookup(netip.MustParseAddr(a))
-		fmt.Println(a, prefix, e.Identity, e.TunnelEndpoint, ok)
+	if err != nil {
+		panic(err)
+	}
+	for l := range labels.All() {
+		fmt.Println(l)
 	}
 	// Output:
-	// 10.1.2.3 10.1.2.3/32 65792 192.168.0.2 true
-	// 10.9.9.9 10.0.0.0/8 16777217 invalid IP true
-	// 8.8.8.8 0.0.0.0/0 2 invalid IP true
-	// 2001:db8::1 invalid Prefix 0 invalid IP false
+	// k8s:app=web
+	// k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=prod
+	// k8s:io.cilium.k8s.namespace.labels.team=payments
+	// k8s:io.cilium.k8s.policy.cluster=default
+	// k8s:io.kubernetes.pod.namespace=prod
 }

@@ -61,7 +61,8 @@ const (
 	LocalScopeFlag ID = 1 << 24
 	// scopeMask covers the bits that decide the scope.
 	scopeMask ID = 0xFF000000
-	// MaxWireID is the largest ID that fits the 24 bits carried in packets.
+	// MaxWireID is the largest ID that fits the 24 bits carried in packets;
+	// the ID in a packet is ID(v & MaxWireID).
 	MaxWireID ID = 1<<24 - 1
 	// maxReservedRange is the top of the range kept for reserved IDs.
 	maxReservedRange ID = 255
@@ -233,9 +234,6 @@ func (id ID) Wire() (v uint32, ok bool) {
 	}
 	return uint32(id), true
 }
-
-// IDFromWire returns the ID carried in a packet: the low 24 bits of v.
-func IDFromWire(v uint32) ID { return ID(v) & MaxWireID }
 
 // ReservedName returns the name of a reserved identity ("host", "world",
 // ...) and whether id is reserved.

@@ -14,7 +14,7 @@ func TestIDLayout(t *testing.T) {
 	if id != 65792 || id.Scope() != ScopeCluster || id.ClusterID() != 1 || id.Index() != 256 {
 		t.Errorf("ClusterScopedID(1, 256) = %#v scope %v cluster %d index %d", id, id.Scope(), id.ClusterID(), id.Index())
 	}
-	if v, ok := id.Wire(); !ok || v != 65792 || IDFromWire(v) != id {
+	if v, ok := id.Wire(); !ok || v != 65792 || ID(v) != id {
 		t.Errorf("Wire() = %d, %v", v, ok)
 	}
 	top, _ := ClusterScopedID(255, 65535)
@@ -32,8 +32,8 @@ func TestIDLayout(t *testing.T) {
 	if _, ok := local.Wire(); ok {
 		t.Error("a local ID must not go on the wire")
 	}
-	if IDFromWire(uint32(local)) != 1 {
-		t.Error("IDFromWire keeps only 24 bits")
+	if ID(uint32(local))&MaxWireID != 1 {
+		t.Error("MaxWireID keeps more than the 24 bits of a packet")
 	}
 
 	for _, tc := range []struct {
@@ -121,7 +121,7 @@ func TestIDFormatting(t *testing.T) {
 	if _, ok := ID(300).ReservedName(); ok {
 		t.Error("300 is not reserved")
 	}
-	host, _ := ReservedLabels(ReservedHost)
+	host, _ := ReservedHost.ReservedLabels()
 	if got := (Identity{ReservedHost, host}).String(); got != "1 (reserved:host)" {
 		t.Errorf("Identity.String() = %q", got)
 	}

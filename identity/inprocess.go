@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // InProcessConfig configures an [InProcessAllocator].
@@ -133,7 +135,7 @@ func (a *InProcessAllocator) ReleaseRestored(ctx context.Context) (int, error) {
 	a.a.mu.Lock()
 	defer a.a.mu.Unlock()
 	if a.a.closed {
-		return 0, fmt.Errorf("release restored: %w", ErrClosed)
+		return 0, fmt.Errorf("release restored: %w", nodeplane.ErrClosed)
 	}
 	var freed []*refEntry
 	for _, t := range []*refTable{a.a.cluster, a.a.local} {

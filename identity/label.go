@@ -38,16 +38,6 @@ type Label struct {
 	Value  string
 }
 
-// NewLabel returns a label with the given parts after checking them, the
-// constructor for labels built in code rather than parsed.
-func NewLabel(source, key, value string) (Label, error) {
-	l := Label{Source: source, Key: key, Value: value}
-	if err := l.validate(false); err != nil {
-		return Label{}, err
-	}
-	return l, nil
-}
-
 // ParseLabel parses "source:key=value" the way Cilium's labels.ParseLabel
 // does:
 //
@@ -71,10 +61,10 @@ func ParseLabel(s string) (Label, error) {
 	return l, nil
 }
 
-// ParseSelectLabel parses a label the way [ParseLabel] does, except that a
+// parseSelectLabel parses a label the way [ParseLabel] does, except that a
 // label without a source (or with source "unspec") selects every source: its
 // source is [SourceAny]. This is how Cilium reads labels that select.
-func ParseSelectLabel(s string) (Label, error) {
+func parseSelectLabel(s string) (Label, error) {
 	l := parseLabel(s)
 	if l.Source == SourceUnspec {
 		l.Source = SourceAny

@@ -65,7 +65,7 @@ func ParseLabelList(list string) (Labels, error) {
 	return ParseLabels(items...)
 }
 
-// LabelsFromMap converts a map of keys to values, such as a pod's labels,
+// labelsFromMap converts a map of keys to values, such as a pod's labels,
 // into a set the way Cilium's labels.Map2Labels does: each map key may carry
 // a source ("k8s:app"); a non-empty source argument overrides it; without
 // either the source is [SourceUnspec]. A map key cannot use the "$name"
@@ -73,7 +73,7 @@ func ParseLabelList(list string) (Labels, error) {
 //
 // Two map keys that name the same label key ("k8s:app" and "container:app")
 // are an error: a map has no order that could pick a winner.
-func LabelsFromMap(m map[string]string, source string) (Labels, error) {
+func labelsFromMap(m map[string]string, source string) (Labels, error) {
 	ls := make([]Label, 0, len(m))
 	for k, v := range m {
 		src, key := parseSource(k)

@@ -82,9 +82,9 @@ func TestParseSelectLabel(t *testing.T) {
 		"k8s:app=web":    {"k8s", "app", "web"},
 		"$host":          {"reserved", "host", ""},
 	} {
-		got, err := ParseSelectLabel(in)
+		got, err := parseSelectLabel(in)
 		if err != nil || got != want {
-			t.Errorf("ParseSelectLabel(%q) = %#v, %v; want %#v", in, got, err, want)
+			t.Errorf("parseSelectLabel(%q) = %#v, %v; want %#v", in, got, err, want)
 		}
 	}
 }
@@ -143,25 +143,25 @@ func TestLabelsDuplicateKeyLastWins(t *testing.T) {
 }
 
 func TestLabelsFromMap(t *testing.T) {
-	ls, err := LabelsFromMap(map[string]string{"app": "web", "k8s:tier": "db"}, "")
+	ls, err := labelsFromMap(map[string]string{"app": "web", "k8s:tier": "db"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := ls.String(); got != "unspec:app=web,k8s:tier=db" {
 		t.Errorf("no source: %q", got)
 	}
-	ls, err = LabelsFromMap(map[string]string{"app": "web", "container:tier": "db"}, SourceK8s)
+	ls, err = labelsFromMap(map[string]string{"app": "web", "container:tier": "db"}, SourceK8s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := ls.String(); got != "k8s:app=web,k8s:tier=db" {
 		t.Errorf("source override: %q", got)
 	}
-	if _, err := LabelsFromMap(map[string]string{"k8s:app": "a", "container:app": "b"}, ""); !errors.Is(err, ErrInvalidLabel) ||
+	if _, err := labelsFromMap(map[string]string{"k8s:app": "a", "container:app": "b"}, ""); !errors.Is(err, ErrInvalidLabel) ||
 		!strings.Contains(err.Error(), `key "app" appears twice`) {
 		t.Errorf("conflicting keys: %v", err)
 	}
-	if _, err := LabelsFromMap(map[string]string{"": "x"}, SourceK8s); !errors.Is(err, ErrInvalidLabel) {
+	if _, err := labelsFromMap(map[string]string{"": "x"}, SourceK8s); !errors.Is(err, ErrInvalidLabel) {
 		t.Errorf("empty key: %v", err)
 	}
 }
@@ -268,8 +268,8 @@ func TestCIDRLabels(t *testing.T) {
 		if ls.Key() != tc.want {
 			t.Errorf("CIDRLabels(%s, dual=%v) = %q, want %q", tc.prefix, tc.dualStack, ls.Key(), tc.want)
 		}
-		if ScopeOf(ls) != ScopeLocal {
-			t.Errorf("ScopeOf(%v) = %v", ls, ScopeOf(ls))
+		if ls.Scope() != ScopeLocal {
+			t.Errorf("%v.Scope() = %v", ls, ls.Scope())
 		}
 	}
 	ls, _ := CIDRLabels(netip.MustParsePrefix("2001:db8::/32"), true)
@@ -322,13 +322,13 @@ func TestLookupReserved(t *testing.T) {
 			t.Errorf("reserved identity %v does not resolve to itself: %v", id, got)
 		}
 	}
-	kube, _ := ReservedLabels(ReservedKubeAPIServer)
+	kube, _ := ReservedKubeAPIServer.ReservedLabels()
 	if kube.String() != "reserved:kube-apiserver,reserved:remote-node" {
 		t.Errorf("kube-apiserver labels = %v", kube)
 	}
 }
 
-func TestScopeOf(t *testing.T) {
+func TestLabelsScope(t *testing.T) {
 	for list, want := range map[string]Scope{
 		"k8s:app=web":                      ScopeCluster,
 		"cidr:10.0.0.0/8,reserved:world":   ScopeLocal,
@@ -341,8 +341,8 @@ func TestScopeOf(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := ScopeOf(ls); got != want {
-			t.Errorf("ScopeOf(%q) = %v, want %v", list, got, want)
+		if got := ls.Scope(); got != want {
+			t.Errorf("%q.Scope() = %v, want %v", list, got, want)
 		}
 	}
 }

@@ -18,7 +18,7 @@ var reservedLabels = func() [ReservedWorldIPv6 + 1]Labels {
 
 // ReservedLabels returns the labels of a reserved identity, e.g.
 // "reserved:host" for [ReservedHost], and false for other IDs.
-func ReservedLabels(id ID) (Labels, bool) {
+func (id ID) ReservedLabels() (Labels, bool) {
 	if !id.IsReserved() {
 		return Labels{}, false
 	}
@@ -71,12 +71,12 @@ func LookupReserved(ls Labels) (ID, bool) {
 	return Unknown, false
 }
 
-// ScopeOf returns the scope an allocator gives a label set that is not
+// Scope returns the scope an allocator gives the set if it is not
 // reserved (see [LookupReserved]): local when every label comes from the
 // cidr, cidrgroup, fqdn or reserved source (addresses outside the cluster,
 // known only to this node), cluster otherwise. Empty sets have no scope
 // ([ScopeInvalid]).
-func ScopeOf(ls Labels) Scope {
+func (ls Labels) Scope() Scope {
 	if ls.IsEmpty() {
 		return ScopeInvalid
 	}

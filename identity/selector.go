@@ -154,7 +154,7 @@ func NewSelector(spec LabelSelector) (Selector, error) {
 // source ("any" for every source) and value: Cilium's NewESFromLabels. The
 // labels skip the Kubernetes syntax check of [NewSelector], so that
 // selectors for reserved labels and IPv6 cidr labels can be built; they must
-// still be valid labels (see [ParseSelectLabel]).
+// still be valid labels (as [NewSelector] reads them).
 func SelectorFromLabels(labels ...Label) (Selector, error) {
 	reqs := make([]requirement, 0, len(labels))
 	for _, l := range labels {

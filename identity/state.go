@@ -6,25 +6,27 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
+
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/internal/statefile"
 )
 
-// The state file is a header line followed by a JSON body:
+// The state file is an internal/statefile file, a header line followed by
+// a JSON body:
 //
-//	nodeplane-identity-state v1 length=<body bytes> crc32c=<8 hex digits>
+//	nodeplane-identity-state 1 <body bytes> <crc32c, 8 hex digits>
 //	{"clusterID":1,"identities":[{"id":65792,"labels":"k8s:app=web;"},...]}
 //
-// The length and checksum make a torn or damaged file detectable even
-// though it is only ever replaced by rename.
-const stateMagic = "nodeplane-identity-state v1"
-
-var crc32c = crc32.MakeTable(crc32.Castagnoli)
+// Files written before the header was shared with ipam spell it
+// "nodeplane-identity-state v1 length=<n> crc32c=<hex>"; they load, and
+// the next save rewrites them in the current spelling.
+var stateFormat = statefile.Format{
+	Magic:   "nodeplane-identity-state",
+	Version: 1,
+	Legacy:  true,
+}
 
 type stateEntry struct {
 	id     ID
@@ -41,21 +43,35 @@ type stateIdentity struct {
 	Labels string `json:"labels"`
 }
 
-// stateFile is an open, locked state file path.
+// stateFile is an open, locked state file.
 type stateFile struct {
-	path string
-	lock *os.File
+	file *statefile.File
+	lock *statefile.Lock // nil once closed; nil where flock does not exist
+	open bool
 }
 
 func openStateFile(path string) (*stateFile, error) {
-	lock, err := lockFile(path + ".lock")
+	file, err := statefile.New(path, stateFormat)
 	if err != nil {
+		return nil, fmt.Errorf("identity state: %w", err)
+	}
+	lock, err := statefile.TryLockFile(file.LockPath())
+	switch {
+	case errors.Is(err, statefile.ErrLocked):
+		return nil, fmt.Errorf("identity state %s: in use by another allocator (%s is locked)", path, file.LockPath())
+	case errors.Is(err, nodeplane.ErrNotSupported):
+		// No flock here: do not point two allocators at one file.
+	case err != nil:
 		return nil, fmt.Errorf("identity state %s: %w", path, err)
 	}
-	return &stateFile{path: path, lock: lock}, nil
+	return &stateFile{file: file, lock: lock, open: true}, nil
 }
 
 func (s *stateFile) close() error {
+	if !s.open {
+		return nil
+	}
+	s.open = false
 	if s.lock == nil {
 		return nil
 	}
@@ -65,41 +81,17 @@ func (s *stateFile) close() error {
 }
 
 func (s *stateFile) corrupt(format string, args ...any) error {
-	return fmt.Errorf("identity state %s: %w: %s", s.path, ErrCorruptState, fmt.Sprintf(format, args...))
+	return fmt.Errorf("identity state %s: %w: %s", s.file.Path(), ErrCorruptState, fmt.Sprintf(format, args...))
 }
 
 // load reads and checks the file. A missing file is an empty state.
 func (s *stateFile) load(cluster uint8) ([]stateEntry, error) {
-	data, err := os.ReadFile(s.path)
+	body, err := s.file.Load()
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("identity state: %w", err)
-	}
-	nl := bytes.IndexByte(data, '\n')
-	if nl < 0 {
-		return nil, s.corrupt("no header line (torn write?)")
-	}
-	header, body := string(data[:nl]), data[nl+1:]
-	fields := strings.Fields(strings.TrimPrefix(header, stateMagic))
-	if !strings.HasPrefix(header, stateMagic+" ") || len(fields) != 2 ||
-		!strings.HasPrefix(fields[0], "length=") || !strings.HasPrefix(fields[1], "crc32c=") {
-		return nil, s.corrupt("bad header %q", header)
-	}
-	length, err := strconv.ParseUint(strings.TrimPrefix(fields[0], "length="), 10, 63)
-	if err != nil {
-		return nil, s.corrupt("bad length in header %q", header)
-	}
-	sum, err := strconv.ParseUint(strings.TrimPrefix(fields[1], "crc32c="), 16, 32)
-	if err != nil {
-		return nil, s.corrupt("bad checksum in header %q", header)
-	}
-	if uint64(len(body)) != length {
-		return nil, s.corrupt("body is %d bytes, header says %d (torn write?)", len(body), length)
-	}
-	if got := crc32.Checksum(body, crc32c); uint64(got) != sum {
-		return nil, s.corrupt("checksum %08x, header says %08x", got, sum)
 	}
 
 	var sb stateBody
@@ -135,8 +127,8 @@ func (s *stateFile) load(cluster uint8) ([]stateEntry, error) {
 			return nil, s.corrupt("identity %d has no labels", uint32(id))
 		case ids[id]:
 			return nil, s.corrupt("identity %d appears twice", uint32(id))
-		case ScopeOf(labels) != id.Scope():
-			return nil, s.corrupt("identity %d is %s-scoped, its labels %v are %s-scoped", uint32(id), id.Scope(), labels, ScopeOf(labels))
+		case labels.Scope() != id.Scope():
+			return nil, s.corrupt("identity %d is %s-scoped, its labels %v are %s-scoped", uint32(id), id.Scope(), labels, labels.Scope())
 		}
 		if _, reserved := LookupReserved(labels); reserved {
 			return nil, s.corrupt("identity %d has the labels of a reserved identity", uint32(id))
@@ -154,8 +146,8 @@ func (s *stateFile) load(cluster uint8) ([]stateEntry, error) {
 // save replaces the file with the given state: write a temporary file, fsync
 // it, rename it over the old one, fsync the directory.
 func (s *stateFile) save(cluster uint8, entries []stateEntry) error {
-	if s.lock == nil {
-		return fmt.Errorf("identity state %s: %w", s.path, ErrClosed)
+	if !s.open {
+		return fmt.Errorf("identity state %s: %w", s.file.Path(), nodeplane.ErrClosed)
 	}
 	slices.SortFunc(entries, func(a, b stateEntry) int { return cmp.Compare(a.id, b.id) })
 	sb := stateBody{ClusterID: cluster, Identities: make([]stateIdentity, len(entries))}
@@ -166,44 +158,8 @@ func (s *stateFile) save(cluster uint8, entries []stateEntry) error {
 	if err != nil {
 		return fmt.Errorf("identity state: %w", err)
 	}
-	var buf bytes.Buffer
-	fmt.Fprintf(&buf, "%s length=%d crc32c=%08x\n", stateMagic, len(body), crc32.Checksum(body, crc32c))
-	buf.Write(body)
-
-	tmp := s.path + ".tmp"
-	if err := writeSynced(tmp, buf.Bytes()); err != nil {
-		return fmt.Errorf("identity state: %w", err)
-	}
-	if err := os.Rename(tmp, s.path); err != nil {
-		return fmt.Errorf("identity state: %w", err)
-	}
-	if err := syncDir(filepath.Dir(s.path)); err != nil {
+	if _, err := s.file.Save(body); err != nil {
 		return fmt.Errorf("identity state: %w", err)
 	}
 	return nil
-}
-
-func writeSynced(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -156,9 +156,46 @@ func TestPersistenceFailureChangesNothing(t *testing.T) {
 
 func writeState(t *testing.T, path, body string) {
 	t.Helper()
-	header := fmt.Sprintf("%s length=%d crc32c=%08x\n", stateMagic, len(body), crc32.Checksum([]byte(body), crc32c))
+	if err := os.WriteFile(path, stateFormat.Encode([]byte(body)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLegacyStateFileLoads: a file in the header spelling the allocator
+// wrote before the state file was shared with ipam ("v1 length=<n>
+// crc32c=<hex>", built here as that code built it) still restores its IDs,
+// and the next save rewrites it in the current spelling.
+func TestLegacyStateFileLoads(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "state")
+	body := `{"clusterID":2,"identities":[{"id":131328,"labels":"k8s:app=web;"},{"id":16777217,"labels":"cidr:10.0.0.0/8=;"}]}`
+	header := fmt.Sprintf("nodeplane-identity-state v1 length=%d crc32c=%08x\n", len(body), crc32.Checksum([]byte(body), crc32.MakeTable(crc32.Castagnoli)))
 	if err := os.WriteFile(path, []byte(header+body), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	a, err := NewInProcessAllocator(InProcessConfig{ClusterID: 2, StatePath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if id, ok := a.LookupByLabels(mustLabels(t, "k8s:app=web")); !ok || id != 131328 {
+		t.Errorf("k8s:app=web = %v, %v; want 131328 from the legacy file", id, ok)
+	}
+	if id, ok := a.LookupByLabels(mustLabels(t, "cidr:10.0.0.0/8")); !ok || id != 16777217 {
+		t.Errorf("cidr:10.0.0.0/8 = %v, %v; want 16777217 from the legacy file", id, ok)
+	}
+	if _, _, err := a.Allocate(ctx, mustLabels(t, "k8s:app=db")); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(data, []byte("nodeplane-identity-state 1 ")) {
+		t.Errorf("after a save the file starts %q, want the current header", data[:min(len(data), 40)])
+	}
+	if _, err := stateFormat.Decode(data); err != nil {
+		t.Errorf("saved file: %v", err)
 	}
 }
 

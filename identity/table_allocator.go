@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // tableAllocator is the allocation logic shared by [InProcessAllocator] and
@@ -24,7 +26,7 @@ type tableAllocator struct {
 }
 
 func (a *tableAllocator) tableFor(labels Labels) (*refTable, error) {
-	switch ScopeOf(labels) {
+	switch labels.Scope() {
 	case ScopeLocal:
 		return a.local, nil
 	case ScopeCluster:
@@ -65,7 +67,7 @@ func (a *tableAllocator) allocate(ctx context.Context, labels Labels) (ID, bool,
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
-		return Unknown, false, fmt.Errorf("allocate: %w", ErrClosed)
+		return Unknown, false, fmt.Errorf("allocate: %w", nodeplane.ErrClosed)
 	}
 	e, created, err := t.acquire(labels)
 	if err != nil {
@@ -127,7 +129,7 @@ func (a *tableAllocator) release(ctx context.Context, id ID) (bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
-		return false, fmt.Errorf("release: %w", ErrClosed)
+		return false, fmt.Errorf("release: %w", nodeplane.ErrClosed)
 	}
 	e, last, err := t.release(id)
 	if err != nil || !last {
@@ -144,7 +146,7 @@ func (a *tableAllocator) release(ctx context.Context, id ID) (bool, error) {
 }
 
 func (a *tableAllocator) lookup(id ID) (Labels, bool) {
-	if ls, ok := ReservedLabels(id); ok {
+	if ls, ok := id.ReservedLabels(); ok {
 		return ls, true
 	}
 	return a.cache.Lookup(id)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/nodeplane/nodeplane/internal/statefile"
 )
 
 // Sentinel errors. Every error a Pool or ClusterPool returns wraps one of
@@ -36,8 +38,9 @@ var (
 	// does not serve.
 	ErrInvalid = errors.New("invalid argument")
 	// ErrCorrupt means a state file failed its checksum, has an unknown
-	// version, or holds inconsistent content.
-	ErrCorrupt = errors.New("corrupt state")
+	// version, or holds inconsistent content. It is the same error as
+	// identity.ErrCorruptState: one sentinel for every state file.
+	ErrCorrupt = statefile.ErrCorrupt
 )
 
 // ExhaustedError reports that no free address or node CIDR of Family is

@@ -3,16 +3,14 @@ package ipam
 import (
 	"bytes"
 	"encoding/json"
-
 	"fmt"
-	"hash/crc32"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"strconv"
+
+	"github.com/nodeplane/nodeplane/internal/statefile"
 )
 
-// A state file is a one-line header followed by a JSON body:
+// A state file is an internal/statefile file: a one-line header followed
+// by a JSON body:
 //
 //	nodeplane-ipam-state 1 <body length> <CRC-32C of the body, 8 hex digits>\n
 //	{"allocations":[{"addr":"10.0.0.2","owner":"c1/eth0"}],"next":["10.0.0.3"]}
@@ -20,15 +18,12 @@ import (
 // The header makes a torn or corrupted file detectable, and the version lets
 // a later format be told apart instead of misread. The body stays readable
 // with cat and jq, which is what an operator reaches for at 3 a.m.
-const (
-	stateMagic   = "nodeplane-ipam-state"
-	stateVersion = 1
-	// maxStateBody bounds what Load reads: a million allocations with long
-	// owners fit comfortably.
-	maxStateBody = 256 << 20
-)
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+var stateFormat = statefile.Format{
+	Magic:   "nodeplane-ipam-state",
+	Version: 1,
+	// A million allocations with long owners fit comfortably.
+	MaxBody: 256 << 20,
+}
 
 // StateFile keeps a [Snapshot] in one file so that it survives restarts and
 // crashes. Save replaces the file atomically: it writes a temporary file
@@ -41,36 +36,33 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // their read-modify-write cycles with [StateFile.Lock]. A StateFile keeps
 // no file open, so it needs no Close.
 type StateFile struct {
-	path string
-	fs   stateFS
+	f *statefile.File
 }
 
 // NewStateFile returns a StateFile at path. Nothing is read or written
 // until Load or Save; the directory must exist by then.
 func NewStateFile(path string) (*StateFile, error) {
-	if path == "" {
-		return nil, fmt.Errorf("state file: empty path: %w", ErrInvalid)
+	f, err := statefile.New(path, stateFormat)
+	if err != nil {
+		return nil, fmt.Errorf("state file: %w: %w", ErrInvalid, err)
 	}
-	if filepath.Base(path) == "." || filepath.Base(path) == string(filepath.Separator) {
-		return nil, fmt.Errorf("state file %q: not a file name: %w", path, ErrInvalid)
-	}
-	return &StateFile{path: filepath.Clean(path), fs: osFS{}}, nil
+	return &StateFile{f: f}, nil
 }
 
 // Path returns the file's path.
-func (s *StateFile) Path() string { return s.path }
+func (s *StateFile) Path() string { return s.f.Path() }
 
 // Load reads the state. A missing file fails with an error that matches
 // [fs.ErrNotExist]: a fresh node, for the caller to tell apart from a lost
 // one. A damaged file fails with [ErrCorrupt].
 func (s *StateFile) Load() (Snapshot, error) {
-	data, err := os.ReadFile(s.path)
+	body, err := s.f.Load()
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("load state: %w", err)
 	}
-	snap, err := decodeState(data)
+	snap, err := decodeBody(body)
 	if err != nil {
-		return Snapshot{}, fmt.Errorf("load state %s: %w", s.path, err)
+		return Snapshot{}, fmt.Errorf("load state %s: %w", s.f.Path(), err)
 	}
 	return snap, nil
 }
@@ -84,49 +76,15 @@ func (s *StateFile) Save(snap Snapshot) error {
 // write saves snap and reports whether the new file was renamed into place
 // (so that readers may see it) even if a later step failed.
 func (s *StateFile) write(snap Snapshot) (renamed bool, err error) {
-	data, err := encodeState(snap)
+	body, err := encodeBody(snap)
 	if err != nil {
 		return false, fmt.Errorf("save state: %w", err)
 	}
-	tmp := s.path + ".tmp"
-	if err := s.writeTemp(tmp, data); err != nil {
-		return false, fmt.Errorf("save state: %w", err)
-	}
-	if err := s.fs.rename(tmp, s.path); err != nil {
-		s.fs.remove(tmp)
-		return false, fmt.Errorf("save state: %w", err)
-	}
-	// The rename is only durable once the directory is.
-	dir, err := s.fs.openDir(filepath.Dir(s.path))
+	renamed, err = s.f.Save(body)
 	if err != nil {
-		return true, fmt.Errorf("save state: %w", err)
-	}
-	err = dir.Sync()
-	if cerr := dir.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return true, fmt.Errorf("save state: sync directory: %w", err)
+		return renamed, fmt.Errorf("save state: %w", err)
 	}
 	return true, nil
-}
-
-func (s *StateFile) writeTemp(tmp string, data []byte) error {
-	f, err := s.fs.create(tmp)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		s.fs.remove(tmp)
-	}
-	return err
 }
 
 // stateJSON is the body of a state file.
@@ -140,7 +98,25 @@ type allocationJSON struct {
 	Owner string     `json:"owner"`
 }
 
+// encodeState returns the whole file for snap.
 func encodeState(snap Snapshot) ([]byte, error) {
+	body, err := encodeBody(snap)
+	if err != nil {
+		return nil, err
+	}
+	return stateFormat.Encode(body), nil
+}
+
+// decodeState checks a whole file and returns its snapshot.
+func decodeState(data []byte) (Snapshot, error) {
+	body, err := stateFormat.Decode(data)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	return decodeBody(body)
+}
+
+func encodeBody(snap Snapshot) ([]byte, error) {
 	body := stateJSON{Allocations: make([]allocationJSON, len(snap.Allocations)), Next: snap.Next}
 	for i, a := range snap.Allocations {
 		body.Allocations[i] = allocationJSON(a)
@@ -148,42 +124,10 @@ func encodeState(snap Snapshot) ([]byte, error) {
 	if err := checkStateBody(&body); err != nil {
 		return nil, err
 	}
-	js, err := json.Marshal(body)
-	if err != nil {
-		return nil, err
-	}
-	header := fmt.Sprintf("%s %d %d %08x\n", stateMagic, stateVersion, len(js), crc32.Checksum(js, castagnoli))
-	return append([]byte(header), js...), nil
+	return json.Marshal(body)
 }
 
-func decodeState(data []byte) (Snapshot, error) {
-	nl := bytes.IndexByte(data, '\n')
-	if nl < 0 || nl > 100 {
-		return Snapshot{}, fmt.Errorf("no header line: %w", ErrCorrupt)
-	}
-	fields := bytes.Split(data[:nl], []byte(" "))
-	if len(fields) != 4 || string(fields[0]) != stateMagic {
-		return Snapshot{}, fmt.Errorf("header %q is not a nodeplane ipam state header: %w", data[:nl], ErrCorrupt)
-	}
-	if v, err := strconv.ParseUint(string(fields[1]), 10, 32); err != nil || v != stateVersion {
-		return Snapshot{}, fmt.Errorf("version %q, this build reads version %d: %w", fields[1], stateVersion, ErrCorrupt)
-	}
-	n, err := strconv.ParseUint(string(fields[2]), 10, 64)
-	if err != nil || n > maxStateBody {
-		return Snapshot{}, fmt.Errorf("body length %q: %w", fields[2], ErrCorrupt)
-	}
-	body := data[nl+1:]
-	if uint64(len(body)) != n {
-		return Snapshot{}, fmt.Errorf("body is %d bytes, header says %d (torn write?): %w", len(body), n, ErrCorrupt)
-	}
-	want, err := strconv.ParseUint(string(fields[3]), 16, 32)
-	if err != nil || len(fields[3]) != 8 {
-		return Snapshot{}, fmt.Errorf("checksum %q: %w", fields[3], ErrCorrupt)
-	}
-	if got := crc32.Checksum(body, castagnoli); got != uint32(want) {
-		return Snapshot{}, fmt.Errorf("checksum mismatch: header %08x, body %08x: %w", want, got, ErrCorrupt)
-	}
-
+func decodeBody(body []byte) (Snapshot, error) {
 	var js stateJSON
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -226,34 +170,3 @@ func checkStateBody(js *stateJSON) error {
 	}
 	return nil
 }
-
-// stateFS is the file-system seam of StateFile: the steps of an atomic
-// replace, so that tests can fail or "crash" any one of them.
-type stateFS interface {
-	create(name string) (stateWriter, error)
-	rename(from, to string) error
-	remove(name string)
-	openDir(name string) (stateSyncer, error)
-}
-
-type stateSyncer interface {
-	Sync() error
-	Close() error
-}
-
-type stateWriter interface {
-	Write([]byte) (int, error)
-	stateSyncer
-}
-
-type osFS struct{}
-
-func (osFS) create(name string) (stateWriter, error) {
-	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-}
-
-func (osFS) rename(from, to string) error { return os.Rename(from, to) }
-
-func (osFS) remove(name string) { _ = os.Remove(name) }
-
-func (osFS) openDir(name string) (stateSyncer, error) { return os.Open(name) }

@@ -1,25 +1,17 @@
-//go:build unix
-
 package ipam
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/nodeplane/nodeplane/internal/statefile"
 )
 
 // StateLock is an exclusive lock on a [StateFile] between processes (and
 // between StateLocks in one process), held until Close.
 type StateLock struct {
-	f *os.File
+	l *statefile.Lock
 }
-
-// lockPollMax bounds the wait between two attempts to take a held lock.
-const lockPollMax = 20 * time.Millisecond
 
 // Lock takes an exclusive lock on the state file, waiting while someone
 // else holds it until ctx is done. Processes that share a state file, such
@@ -31,45 +23,21 @@ const lockPollMax = 20 * time.Millisecond
 // ".lock" appended, created if missing and never removed: the state file
 // itself is replaced by every Save, so a lock on it would not reach the
 // next holder. The kernel releases it when its holder exits, so a crashed
-// process never leaves it held.
+// process never leaves it held. Where flock(2) does not exist, Lock fails
+// with an error wrapping nodeplane.ErrNotSupported.
 func (s *StateFile) Lock(ctx context.Context) (*StateLock, error) {
-	path := s.path + ".lock"
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	l, err := statefile.WaitLockFile(ctx, s.f.LockPath())
 	if err != nil {
-		return nil, fmt.Errorf("lock state: %w", err)
+		return nil, fmt.Errorf("state: %w", err)
 	}
-	wait := time.Millisecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return &StateLock{f: f}, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock state %s: %w", path, err)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			f.Close()
-			return nil, fmt.Errorf("lock state %s: held by another process: %w", path, context.Cause(ctx))
-		case <-t.C:
-		}
-		wait = min(2*wait, lockPollMax)
-	}
+	return &StateLock{l: l}, nil
 }
 
-// Close releases the lock. Closing it twice is an error.
+// Close releases the lock. Closing it twice is an error wrapping
+// nodeplane.ErrClosed.
 func (l *StateLock) Close() error {
-	if l.f == nil {
-		return fmt.Errorf("unlock state: %w", os.ErrClosed)
-	}
-	// Closing the descriptor releases the flock.
-	err := l.f.Close()
-	l.f = nil
-	if err != nil {
-		return fmt.Errorf("unlock state: %w", err)
+	if err := l.l.Close(); err != nil {
+		return fmt.Errorf("state: %w", err)
 	}
 	return nil
 }

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nodeplane/nodeplane/internal/statefile/statefiletest"
 )
 
 func testSnapshot() Snapshot {
@@ -173,114 +175,6 @@ func TestPoolWritesThroughAndRestores(t *testing.T) {
 	}
 }
 
-// faultFS injects a failure at one step of an atomic replace. In crash mode
-// every later step fails too, as if the process had died there: nothing
-// cleans up, and a failed write leaves half its data behind.
-type faultFS struct {
-	osFS
-	failAt int // 1-based step to fail; 0 never fails
-	crash  bool
-	steps  []string
-	dead   bool
-}
-
-var errInjected = errors.New("injected fault")
-
-func (f *faultFS) step(name string) error {
-	f.steps = append(f.steps, name)
-	if f.dead {
-		return errInjected
-	}
-	if len(f.steps) == f.failAt {
-		f.dead = f.crash
-		return fmt.Errorf("%s: %w", name, errInjected)
-	}
-	return nil
-}
-
-type faultFile struct {
-	fs *faultFS
-	f  *os.File
-}
-
-func (f *faultFS) create(name string) (stateWriter, error) {
-	if err := f.step("create"); err != nil {
-		return nil, err
-	}
-	file, err := f.osFS.create(name)
-	if err != nil {
-		return nil, err
-	}
-	return &faultFile{f, file.(*os.File)}, nil
-}
-
-func (f *faultFile) Write(b []byte) (int, error) {
-	if err := f.fs.step("write"); err != nil {
-		n, _ := f.f.Write(b[:len(b)/2]) // a torn write
-		return n, err
-	}
-	return f.f.Write(b)
-}
-
-func (f *faultFile) Sync() error {
-	if err := f.fs.step("sync"); err != nil {
-		return err
-	}
-	return f.f.Sync()
-}
-
-func (f *faultFile) Close() error {
-	err := f.fs.step("close")
-	if cerr := f.f.Close(); err == nil { // the descriptor goes either way
-		err = cerr
-	}
-	return err
-}
-
-func (f *faultFS) rename(from, to string) error {
-	if err := f.step("rename"); err != nil {
-		return err
-	}
-	return f.osFS.rename(from, to)
-}
-
-func (f *faultFS) remove(name string) {
-	if f.step("remove") == nil {
-		f.osFS.remove(name)
-	}
-}
-
-func (f *faultFS) openDir(name string) (stateSyncer, error) {
-	if err := f.step("opendir"); err != nil {
-		return nil, err
-	}
-	d, err := f.osFS.openDir(name)
-	if err != nil {
-		return nil, err
-	}
-	return &faultDir{f, d.(*os.File)}, nil
-}
-
-type faultDir struct {
-	fs *faultFS
-	d  *os.File
-}
-
-func (d *faultDir) Sync() error {
-	if err := d.fs.step("syncdir"); err != nil {
-		return err
-	}
-	return d.d.Sync()
-}
-
-func (d *faultDir) Close() error {
-	err := d.fs.step("closedir")
-	if cerr := d.d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
 // TestStateWriteFaults fails each step of a state write in turn, once as an
 // error the pool sees and once as a crash, and checks what a restart finds.
 func TestStateWriteFaults(t *testing.T) {
@@ -307,16 +201,16 @@ func TestStateWriteFaults(t *testing.T) {
 
 	// A clean write takes these steps, in this order.
 	p, sf, _ := setup(t)
-	clean := &faultFS{}
-	sf.fs = clean
+	clean := &statefiletest.FaultFS{}
+	sf.f.FS = clean
 	if _, err := p.AllocateNext(IPv4, "x"); err != nil {
 		t.Fatal(err)
 	}
-	wantSteps := []string{"create", "write", "sync", "close", "rename", "opendir", "syncdir", "closedir"}
-	if !reflect.DeepEqual(clean.steps, wantSteps) {
-		t.Fatalf("steps %v, want %v", clean.steps, wantSteps)
+	wantSteps := statefiletest.SaveSteps
+	if !reflect.DeepEqual(clean.Steps, wantSteps) {
+		t.Fatalf("steps %v, want %v", clean.Steps, wantSteps)
 	}
-	const renameStep = 5
+	const renameStep = statefiletest.RenameStep
 
 	for name, mutate := range mutations {
 		for step := 1; step <= len(wantSteps); step++ {
@@ -331,10 +225,10 @@ func TestStateWriteFaults(t *testing.T) {
 					}
 					updated := twin.Snapshot()
 
-					ffs := &faultFS{failAt: step, crash: crash}
-					sf.fs = ffs
+					ffs := &statefiletest.FaultFS{FailAt: step, Crash: crash}
+					sf.f.FS = ffs
 					err := mutate(p)
-					if !errors.Is(err, errInjected) {
+					if !errors.Is(err, statefiletest.ErrInjected) {
 						t.Fatalf("mutation: %v, want the injected fault", err)
 					}
 					if got := p.Snapshot(); !reflect.DeepEqual(got, old) {

@@ -198,48 +198,48 @@ func (lb *LB) putSlot(e *entry, slot uint16, b backendEntry) error {
 func (lb *LB) putSvcEntry(fe Frontend, slot uint16, v lbService) error {
 	if family(fe) == 0 {
 		k := lb4KeyOf(fe, slot)
-		return lb.maps.NpLb4Svc.Update(&k, &v, ebpf.UpdateAny)
+		return lb.objs.NpLb4Svc.Update(&k, &v, ebpf.UpdateAny)
 	}
 	k := lb6KeyOf(fe, slot)
-	return lb.maps.NpLb6Svc.Update(&k, &v, ebpf.UpdateAny)
+	return lb.objs.NpLb6Svc.Update(&k, &v, ebpf.UpdateAny)
 }
 
 func (lb *LB) deleteService(fe Frontend, slot uint16) error {
 	if family(fe) == 0 {
 		k := lb4KeyOf(fe, slot)
-		return ignoreMissing(lb.maps.NpLb4Svc.Delete(&k))
+		return ignoreMissing(lb.objs.NpLb4Svc.Delete(&k))
 	}
 	k := lb6KeyOf(fe, slot)
-	return ignoreMissing(lb.maps.NpLb6Svc.Delete(&k))
+	return ignoreMissing(lb.objs.NpLb6Svc.Delete(&k))
 }
 
 func (lb *LB) putBackend(e *entry, b backendEntry) error {
 	id := uint32(b.id)
 	if family(e.svc.Frontend) == 0 {
 		v := lb4BackendOf(e, b)
-		return lb.maps.NpLb4Be.Update(&id, &v, ebpf.UpdateAny)
+		return lb.objs.NpLb4Be.Update(&id, &v, ebpf.UpdateAny)
 	}
 	v := lb6BackendOf(e, b)
-	return lb.maps.NpLb6Be.Update(&id, &v, ebpf.UpdateAny)
+	return lb.objs.NpLb6Be.Update(&id, &v, ebpf.UpdateAny)
 }
 
 func (lb *LB) deleteBackend(fe Frontend, id BackendID) error {
 	k := uint32(id)
 	if family(fe) == 0 {
-		return ignoreMissing(lb.maps.NpLb4Be.Delete(&k))
+		return ignoreMissing(lb.objs.NpLb4Be.Delete(&k))
 	}
-	return ignoreMissing(lb.maps.NpLb6Be.Delete(&k))
+	return ignoreMissing(lb.objs.NpLb6Be.Delete(&k))
 }
 
 func (lb *LB) putMatch(svc ServiceID, be BackendID) error {
 	k := lbAffinityMatch{BackendID: uint32(be), RevNAT: uint16(svc)}
 	var one uint8 = 1
-	return lb.maps.NpLbAffMatch.Update(&k, &one, ebpf.UpdateAny)
+	return lb.objs.NpLbAffMatch.Update(&k, &one, ebpf.UpdateAny)
 }
 
 func (lb *LB) deleteMatch(svc ServiceID, be BackendID) error {
 	k := lbAffinityMatch{BackendID: uint32(be), RevNAT: uint16(svc)}
-	return ignoreMissing(lb.maps.NpLbAffMatch.Delete(&k))
+	return ignoreMissing(lb.objs.NpLbAffMatch.Delete(&k))
 }
 
 func (lb *LB) putRevNAT(e *entry) error {
@@ -247,18 +247,18 @@ func (lb *LB) putRevNAT(e *entry) error {
 	id := uint16(e.id)
 	if family(fe) == 0 {
 		v := lb4ReverseNAT{Address: fe.Addr.Addr().As4(), Port: portBytes(fe.Addr.Port()), Proto: uint8(fe.Protocol)}
-		return lb.maps.NpLb4Revnat.Update(&id, &v, ebpf.UpdateAny)
+		return lb.objs.NpLb4Revnat.Update(&id, &v, ebpf.UpdateAny)
 	}
 	v := lb6ReverseNAT{Address: fe.Addr.Addr().As16(), Port: portBytes(fe.Addr.Port()), Proto: uint8(fe.Protocol)}
-	return lb.maps.NpLb6Revnat.Update(&id, &v, ebpf.UpdateAny)
+	return lb.objs.NpLb6Revnat.Update(&id, &v, ebpf.UpdateAny)
 }
 
 func (lb *LB) deleteRevNAT(fe Frontend, svc ServiceID) error {
 	id := uint16(svc)
 	if family(fe) == 0 {
-		return ignoreMissing(lb.maps.NpLb4Revnat.Delete(&id))
+		return ignoreMissing(lb.objs.NpLb4Revnat.Delete(&id))
 	}
-	return ignoreMissing(lb.maps.NpLb6Revnat.Delete(&id))
+	return ignoreMissing(lb.objs.NpLb6Revnat.Delete(&id))
 }
 
 func ignoreMissing(err error) error {

@@ -248,7 +248,7 @@ func TestPrivilegedSessionAffinity(t *testing.T) {
 		}
 		var val lbAffinityVal
 		key := lb4AffinityKey{Client: netnsClient4(netns), RevNAT: uint16(id), NetNSCookie: 1}
-		if err := e.lb.maps.NpLb4Aff.Lookup(&key, &val); err != nil {
+		if err := e.lb.objs.NpLb4Aff.Lookup(&key, &val); err != nil {
 			t.Fatalf("affinity entry: %v", err)
 		}
 		_, backends, _ := e.lb.Lookup(svc.Frontend)

@@ -34,12 +34,13 @@ import (
 // may find a slot or backend gone in step 5; it then rereads the service
 // entry, as Cilium's datapath cannot, and selects from the new bank.
 type LB struct {
-	mu     sync.Mutex
-	cfg    Config
-	t      *table
-	hosts  hostAddrs
-	maps   sockMaps
-	progs  sockPrograms
+	mu    sync.Mutex
+	cfg   Config
+	t     *table
+	hosts hostAddrs
+	// objs are the programs and maps bpf2go generated; their Close
+	// releases every one of them, however many sock.c defines.
+	objs   sockObjects
 	links  []link.Link
 	maglev *maglev.Builder
 	closed bool
@@ -93,18 +94,13 @@ func New(cfg Config) (_ *LB, err error) {
 	spec.Maps["np_lb_maglev"].InnerMap.ValueSize = 4 * cfg.MaglevTableSize
 
 	lb := &LB{cfg: cfg, t: newTable(), hosts: make(hostAddrs), maglev: mb}
-	var objs struct {
-		sockMaps
-		sockPrograms
-	}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinPath}}
-	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+	if err := spec.LoadAndAssign(&lb.objs, opts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("pinned maps in %s do not match this configuration: %w", cfg.PinPath, err)
 		}
 		return nil, fmt.Errorf("load BPF objects: %w", err)
 	}
-	lb.maps, lb.progs = objs.sockMaps, objs.sockPrograms
 	defer func() {
 		if err != nil {
 			lb.closeObjects()
@@ -121,14 +117,14 @@ func New(cfg Config) (_ *LB, err error) {
 		prog *ebpf.Program
 		at   ebpf.AttachType
 	}{
-		{lb.progs.NpSock4Connect, ebpf.AttachCGroupInet4Connect},
-		{lb.progs.NpSock6Connect, ebpf.AttachCGroupInet6Connect},
-		{lb.progs.NpSock4Sendmsg, ebpf.AttachCGroupUDP4Sendmsg},
-		{lb.progs.NpSock6Sendmsg, ebpf.AttachCGroupUDP6Sendmsg},
-		{lb.progs.NpSock4Recvmsg, ebpf.AttachCGroupUDP4Recvmsg},
-		{lb.progs.NpSock6Recvmsg, ebpf.AttachCGroupUDP6Recvmsg},
-		{lb.progs.NpSock4Getpeer, ebpf.AttachCgroupInet4GetPeername},
-		{lb.progs.NpSock6Getpeer, ebpf.AttachCgroupInet6GetPeername},
+		{lb.objs.NpSock4Connect, ebpf.AttachCGroupInet4Connect},
+		{lb.objs.NpSock6Connect, ebpf.AttachCGroupInet6Connect},
+		{lb.objs.NpSock4Sendmsg, ebpf.AttachCGroupUDP4Sendmsg},
+		{lb.objs.NpSock6Sendmsg, ebpf.AttachCGroupUDP6Sendmsg},
+		{lb.objs.NpSock4Recvmsg, ebpf.AttachCGroupUDP4Recvmsg},
+		{lb.objs.NpSock6Recvmsg, ebpf.AttachCGroupUDP6Recvmsg},
+		{lb.objs.NpSock4Getpeer, ebpf.AttachCgroupInet4GetPeername},
+		{lb.objs.NpSock6Getpeer, ebpf.AttachCgroupInet6GetPeername},
 	}
 	for _, h := range hooks {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: cfg.Cgroup, Attach: h.at, Program: h.prog})
@@ -158,16 +154,7 @@ func (lb *LB) closeObjects() error {
 		errs = append(errs, l.Close())
 	}
 	lb.links = nil
-	m, p := &lb.maps, &lb.progs
-	for _, c := range []interface{ Close() error }{
-		p.NpSock4Connect, p.NpSock6Connect, p.NpSock4Sendmsg, p.NpSock6Sendmsg,
-		p.NpSock4Recvmsg, p.NpSock6Recvmsg, p.NpSock4Getpeer, p.NpSock6Getpeer,
-		m.NpLb4Svc, m.NpLb6Svc, m.NpLb4Be, m.NpLb6Be, m.NpLb4Revnat, m.NpLb6Revnat,
-		m.NpLb4SkRnat, m.NpLb6SkRnat, m.NpLb4Aff, m.NpLb6Aff, m.NpLbAffMatch, m.NpLbMaglev,
-		m.NpLbHostAddr,
-	} {
-		errs = append(errs, c.Close())
-	}
+	errs = append(errs, lb.objs.Close())
 	return errors.Join(errs...)
 }
 
@@ -266,16 +253,16 @@ func (lb *LB) SetHostAddresses(addrs ...netip.Addr) error {
 			continue
 		}
 		k := hostAddrKey(a)
-		if err := lb.maps.NpLbHostAddr.Update(&k, &one, ebpf.UpdateAny); err != nil {
+		if err := lb.objs.NpLbHostAddr.Update(&k, &one, ebpf.UpdateAny); err != nil {
 			return errors.Join(fmt.Errorf("add host address %s: %w", a, err), undo.run())
 		}
-		undo.add(func() error { return ignoreMissing(lb.maps.NpLbHostAddr.Delete(&k)) })
+		undo.add(func() error { return ignoreMissing(lb.objs.NpLbHostAddr.Delete(&k)) })
 	}
 	var errs []error
 	for a := range lb.hosts {
 		if !set.has(a) {
 			k := hostAddrKey(a)
-			errs = append(errs, ignoreMissing(lb.maps.NpLbHostAddr.Delete(&k)))
+			errs = append(errs, ignoreMissing(lb.objs.NpLbHostAddr.Delete(&k)))
 		}
 	}
 	lb.hosts = set

@@ -301,7 +301,7 @@ func TestPrivilegedMaglevTables(t *testing.T) {
 		t.Helper()
 		var innerID ebpf.MapID
 		key := uint16(id)
-		if err := lb.maps.NpLbMaglev.Lookup(&key, &innerID); errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := lb.objs.NpLbMaglev.Lookup(&key, &innerID); errors.Is(err, ebpf.ErrKeyNotExist) {
 			return nil
 		} else if err != nil {
 			t.Fatal(err)

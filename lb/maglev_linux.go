@@ -28,10 +28,10 @@ func (lb *LB) putMaglev(e *entry) error {
 		return fmt.Errorf("fill Maglev table map: %w", err)
 	}
 	id := uint16(e.id)
-	return lb.maps.NpLbMaglev.Update(&id, inner, ebpf.UpdateAny)
+	return lb.objs.NpLbMaglev.Update(&id, inner, ebpf.UpdateAny)
 }
 
 func (lb *LB) deleteMaglev(svc ServiceID) error {
 	id := uint16(svc)
-	return ignoreMissing(lb.maps.NpLbMaglev.Delete(&id))
+	return ignoreMissing(lb.objs.NpLbMaglev.Delete(&id))
 }

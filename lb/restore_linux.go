@@ -27,7 +27,7 @@ func (lb *LB) restore() error {
 		k   lbHostAddr
 		one uint8
 	)
-	it := lb.maps.NpLbHostAddr.Iterate()
+	it := lb.objs.NpLbHostAddr.Iterate()
 	for it.Next(&k, &one) {
 		lb.hosts[netip.AddrFrom16(k.Address).Unmap()] = struct{}{}
 	}
@@ -45,7 +45,7 @@ func (lb *LB) restore() error {
 
 func (lb *LB) dump() (*pinnedState, error) {
 	st := newPinnedState()
-	m := &lb.maps
+	m := &lb.objs.sockMaps
 	if err := dumpMap(m.NpLb4Svc, st.svc4); err != nil {
 		return nil, err
 	}
@@ -117,7 +117,7 @@ func dumpMap[K comparable, V any](m *ebpf.Map, into map[K]V) error {
 // repair makes the maps the image of the rebuilt table: deletions first,
 // so that a reslot can use the bank they free.
 func (lb *LB) repair(r *repair) error {
-	m := &lb.maps
+	m := &lb.objs.sockMaps
 	var errs []error
 	del := func(mp *ebpf.Map, k any) { errs = append(errs, ignoreMissing(mp.Delete(k))) }
 	for _, k := range r.delSvc4 {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -135,7 +136,7 @@ func BenchmarkPolicyDecisionBPF(b *testing.B) {
 
 	unknown := netip.MustParseAddr("192.0.2.1")
 	denied := netip.MustParseAddr("192.0.2.2")
-	if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(denied, 32), identity.IPCacheEntry{Identity: 65000}); err != nil {
+	if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(denied, 32), ipcache.Entry{Identity: 65000}); err != nil {
 		b.Fatal(err)
 	}
 	pkt := func(src netip.Addr, dport uint16) []byte {
@@ -156,7 +157,7 @@ func BenchmarkPolicyDecisionBPF(b *testing.B) {
 		}
 		prev = state
 		for i := range ids {
-			if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(addrs[i], 32), identity.IPCacheEntry{Identity: ids[i].ID}); err != nil {
+			if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(addrs[i], 32), ipcache.Entry{Identity: ids[i].ID}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -261,7 +262,7 @@ func filterSetups() []filterSetup {
 				b.Fatal(err)
 			}
 			for i := 1; i < n; i++ {
-				if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(addrs[i], 32), identity.IPCacheEntry{Identity: ids[i].ID}); err != nil {
+				if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(addrs[i], 32), ipcache.Entry{Identity: ids[i].ID}); err != nil {
 					b.Fatal(err)
 				}
 			}

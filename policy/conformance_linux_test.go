@@ -18,6 +18,7 @@ import (
 
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -62,7 +63,7 @@ func newConformanceWorld(t *testing.T) *conformanceWorld {
 	t.Cleanup(func() { alloc.Close() })
 	// The ipcache feeds the datapath's: CIDR rules' prefixes reach the
 	// kernel through it.
-	ipc := identity.NewIPCache()
+	ipc := ipcache.New()
 	if err := ipc.AddWriter(d.IPCache()); err != nil {
 		t.Fatal(err)
 	}

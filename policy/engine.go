@@ -8,8 +8,10 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 )
 
 // PolicyMapWriter is where an endpoint's compiled policy goes: the
@@ -32,7 +34,7 @@ type EngineConfig struct {
 	// IPCache receives prefix → identity for those prefixes, so that the
 	// datapath maps addresses to them (longest prefix wins, which is how
 	// except ranges get their own identity). Nil: not published.
-	IPCache *identity.IPCache
+	IPCache *ipcache.IPCache
 }
 
 // Engine keeps the policy maps of local endpoints in step with the rules
@@ -97,7 +99,7 @@ func (e *Engine) AddEndpoint(id datapath.EndpointID, ep Endpoint, w PolicyMapWri
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return ErrClosed
+		return nodeplane.ErrClosed
 	}
 	if _, ok := e.endpoints[id]; ok {
 		return fmt.Errorf("add endpoint %d: %w", id, ErrEndpointExists)
@@ -154,7 +156,7 @@ func (e *Engine) DeletePolicy(id PolicyID) (uint64, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return 0, ErrClosed
+		return 0, nodeplane.ErrClosed
 	}
 	affected := e.selectedLocked(nil, id)
 	rev, err := e.repo.Delete(id)
@@ -171,7 +173,7 @@ func (e *Engine) putPolicy(p Policy, replace bool) (uint64, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return 0, ErrClosed
+		return 0, nodeplane.ErrClosed
 	}
 	if err := p.validate(); err != nil {
 		return 0, err
@@ -265,7 +267,7 @@ func (e *Engine) UpdateIdentities(added []identity.Identity, removed []identity.
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return ErrClosed
+		return nodeplane.ErrClosed
 	}
 	e.repo.UpdateIdentities(added, removed)
 	ids := slices.Clone(removed)
@@ -398,7 +400,7 @@ func (e *Engine) acquireCIDRsLocked(prefixes []netip.Prefix) error {
 			var id identity.ID
 			if id, _, err = e.cfg.CIDRAllocator.Allocate(ctx, ls); err == nil {
 				if e.cfg.IPCache != nil {
-					if err = e.cfg.IPCache.Upsert(pfx, identity.IPCacheEntry{Identity: id}); err != nil {
+					if err = e.cfg.IPCache.Upsert(pfx, ipcache.Entry{Identity: id}); err != nil {
 						_, _ = e.cfg.CIDRAllocator.Release(ctx, id)
 					}
 				}

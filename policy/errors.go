@@ -25,8 +25,6 @@ var (
 	// ErrInconsistent: the compiled policy map and the rules disagree. It
 	// means a bug in this package; Trace reports it rather than guess.
 	ErrInconsistent = errors.New("compiled policy disagrees with rules")
-	// ErrClosed: the engine was closed.
-	ErrClosed = errors.New("closed")
 )
 
 // ValidationError is one invalid field of one policy document. It wraps

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 )
 
 // A new identity that an existing selector selects becomes reachable by a
@@ -157,7 +158,7 @@ func TestEngineIncremental(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer alloc.Close()
-	ipc := identity.NewIPCache()
+	ipc := ipcache.New()
 	e, err := NewEngine(EngineConfig{CIDRAllocator: alloc, IPCache: ipc})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -60,7 +61,7 @@ func TestPrivilegedOracleBPF(t *testing.T) {
 		peerAddr := map[identity.ID]netip.Addr{}
 		for i, id := range w.identities {
 			a := netip.AddrFrom4([4]byte{172, 30, byte(seed), byte(i + 1)})
-			if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(a, 32), identity.IPCacheEntry{Identity: id.ID}); err != nil {
+			if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(a, 32), ipcache.Entry{Identity: id.ID}); err != nil {
 				t.Fatal(err)
 			}
 			peerAddr[id.ID] = a

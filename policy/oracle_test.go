@@ -32,7 +32,7 @@ func newOracleWorld(tb testing.TB, seed uint64) *oracleWorld {
 	}
 	nextCluster, nextLocal := identity.ID(70000), identity.LocalScopeFlag|1
 	ids := g.identities(24, func(ls identity.Labels) identity.ID {
-		if identity.ScopeOf(ls) == identity.ScopeLocal {
+		if ls.Scope() == identity.ScopeLocal {
 			nextLocal++
 			return nextLocal
 		}

@@ -88,7 +88,7 @@ struct np_ipcache_info {
 	__u32 identity;
 	union np_addr tunnel_endpoint;
 	__u8 tunnel_ip_version; /* 0: no tunnel endpoint, else 4 or 6 */
-	__u8 flags;             /* identity.IPCacheFlags */
+	__u8 flags;             /* ipcache.Flags */
 	__u8 pad[2];
 };
 NP_ASSERT_SIZE(struct np_ipcache_info, 24);

@@ -12,6 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -200,7 +201,7 @@ func (a *Allocator) Allocate(ctx context.Context, labels identity.Labels) (ident
 	if id, ok := identity.LookupReserved(labels); ok {
 		return id, false, nil
 	}
-	if identity.ScopeOf(labels) == identity.ScopeLocal {
+	if labels.Scope() == identity.ScopeLocal {
 		return a.local.Allocate(ctx, labels)
 	}
 	if err := ctx.Err(); err != nil {
@@ -213,7 +214,7 @@ func (a *Allocator) Allocate(ctx context.Context, labels identity.Labels) (ident
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
-		return identity.Unknown, false, fmt.Errorf("etcdalloc: allocate: %w", identity.ErrClosed)
+		return identity.Unknown, false, fmt.Errorf("etcdalloc: allocate: %w", nodeplane.ErrClosed)
 	}
 	if r := a.byLabels[labels]; r != nil {
 		r.count++
@@ -407,7 +408,7 @@ func (a *Allocator) Release(ctx context.Context, id identity.ID) (bool, error) {
 	closed := a.closed
 	a.mu.Unlock()
 	if closed {
-		return false, fmt.Errorf("etcdalloc: release: %w", identity.ErrClosed)
+		return false, fmt.Errorf("etcdalloc: release: %w", nodeplane.ErrClosed)
 	}
 
 	if _, err := a.cli.Delete(ctx, a.keys.ref(r.labels, a.node)); err != nil {
@@ -422,7 +423,7 @@ func (a *Allocator) Release(ctx context.Context, id identity.ID) (bool, error) {
 
 // Lookup implements [identity.Allocator] from the cache.
 func (a *Allocator) Lookup(id identity.ID) (identity.Labels, bool) {
-	if ls, ok := identity.ReservedLabels(id); ok {
+	if ls, ok := id.ReservedLabels(); ok {
 		return ls, true
 	}
 	return a.cache.Lookup(id)

@@ -12,6 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/internal/testutils/etcdtest"
 )
@@ -521,7 +522,7 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("release reserved: %v %v", released, err)
 	}
 	a.Close()
-	if _, _, err := a.Allocate(ctx, labelSet(t, 1)); !errors.Is(err, identity.ErrClosed) {
+	if _, _, err := a.Allocate(ctx, labelSet(t, 1)); !errors.Is(err, nodeplane.ErrClosed) {
 		t.Errorf("Allocate after Close: %v", err)
 	}
 }

@@ -48,7 +48,7 @@ func (a *Allocator) parseMaster(kv *mvccpb.KeyValue) (identity.ID, identity.Labe
 		return identity.Unknown, identity.Labels{}, false
 	}
 	labels, err := identity.LabelsFromKey(string(kv.Value))
-	if err != nil || labels.IsEmpty() || identity.ScopeOf(labels) != identity.ScopeCluster {
+	if err != nil || labels.IsEmpty() || labels.Scope() != identity.ScopeCluster {
 		return identity.Unknown, identity.Labels{}, false
 	}
 	return id, labels, true

@@ -23,7 +23,8 @@ func Example() {
 	}
 	defer client.Close()
 
-	cluster, err := etcdpool.New(ctx, client, etcdpool.Config{
+	cluster, err := etcdpool.New(ctx, etcdpool.Config{
+		Client:  client,
 		Cluster: ipam.ClusterConfig{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
 	})
 	if err != nil {

@@ -34,6 +34,8 @@ var ErrConfigMismatch = errors.New("cluster pool configuration differs from the 
 
 // Config configures a [Pool].
 type Config struct {
+	// Client is the etcd client. Required; the pool does not close it.
+	Client *clientv3.Client
 	// Cluster is the cluster pool configuration, as for
 	// [ipam.NewClusterPool]. Every process sharing Prefix must use the same.
 	Cluster ipam.ClusterConfig
@@ -64,12 +66,13 @@ type storedConfig struct {
 	NodeMaskSizeIPv6 int            `json:"nodeMaskSizeIPv6"`
 }
 
-// New returns a pool that shares the cluster CIDRs of cfg through client.
-// The first pool under a prefix stores the configuration; later ones must
-// match it.
-func New(ctx context.Context, client *clientv3.Client, cfg Config) (*Pool, error) {
+// New returns a pool that shares the cluster CIDRs of cfg through
+// cfg.Client. The first pool under a prefix stores the configuration; later
+// ones must match it.
+func New(ctx context.Context, cfg Config) (*Pool, error) {
+	client := cfg.Client
 	if client == nil {
-		return nil, fmt.Errorf("new etcd cluster pool: nil client: %w", ipam.ErrInvalid)
+		return nil, fmt.Errorf("new etcd cluster pool: Config.Client is nil: %w", ipam.ErrInvalid)
 	}
 	mirror, err := ipam.NewClusterPool(cfg.Cluster)
 	if err != nil {

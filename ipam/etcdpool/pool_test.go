@@ -30,33 +30,33 @@ func TestEtcdPool(t *testing.T) {
 
 	t.Run("Conformance", func(t *testing.T) {
 		clustertest.Run(t, func(t *testing.T, cfg ipam.ClusterConfig) (ipam.ClusterAllocator, error) {
-			return New(ctx, client, Config{Cluster: cfg, Prefix: freshPrefix(t)})
+			return New(ctx, Config{Client: client, Cluster: cfg, Prefix: freshPrefix(t)})
 		})
 	})
 
 	t.Run("ConfigMismatch", func(t *testing.T) {
 		prefix := freshPrefix(t)
 		cfg := ipam.ClusterConfig{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}}
-		if _, err := New(ctx, client, Config{Cluster: cfg, Prefix: prefix}); err != nil {
+		if _, err := New(ctx, Config{Client: client, Cluster: cfg, Prefix: prefix}); err != nil {
 			t.Fatal(err)
 		}
 		// Same configuration, defaults spelled out: accepted.
 		cfg.NodeMaskSizeIPv4 = ipam.DefaultNodeMaskSizeIPv4
-		if _, err := New(ctx, client, Config{Cluster: cfg, Prefix: prefix}); err != nil {
+		if _, err := New(ctx, Config{Client: client, Cluster: cfg, Prefix: prefix}); err != nil {
 			t.Fatalf("same configuration: %v", err)
 		}
 		cfg.NodeMaskSizeIPv4 = 25
-		if _, err := New(ctx, client, Config{Cluster: cfg, Prefix: prefix}); !errors.Is(err, ErrConfigMismatch) {
+		if _, err := New(ctx, Config{Client: client, Cluster: cfg, Prefix: prefix}); !errors.Is(err, ErrConfigMismatch) {
 			t.Fatalf("different mask size: %v", err)
 		}
-		if _, err := New(ctx, nil, Config{Cluster: cfg}); !errors.Is(err, ipam.ErrInvalid) {
+		if _, err := New(ctx, Config{Cluster: cfg}); !errors.Is(err, ipam.ErrInvalid) {
 			t.Fatalf("nil client: %v", err)
 		}
 	})
 
 	t.Run("CorruptKey", func(t *testing.T) {
 		prefix := freshPrefix(t)
-		p, err := New(ctx, client, Config{Cluster: ipam.ClusterConfig{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}}, Prefix: prefix})
+		p, err := New(ctx, Config{Client: client, Cluster: ipam.ClusterConfig{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}}, Prefix: prefix})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -72,7 +72,7 @@ func TestEtcdPool(t *testing.T) {
 	// transaction may touch (--max-txn-ops, 128 by default): ReleaseNode
 	// must still release all of them.
 	t.Run("ReleaseNodeWithManyCIDRs", func(t *testing.T) {
-		p, err := New(ctx, client, Config{Cluster: ipam.ClusterConfig{
+		p, err := New(ctx, Config{Client: client, Cluster: ipam.ClusterConfig{
 			CIDRs:            []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")},
 			NodeMaskSizeIPv4: 24,
 		}, Prefix: freshPrefix(t)})
@@ -127,7 +127,8 @@ func TestEtcdPool(t *testing.T) {
 			}
 			pools := make([]*Pool, 2)
 			for i := range pools {
-				p, err := New(ctx, srv.Client(t), cfg)
+				cfg.Client = srv.Client(t)
+				p, err := New(ctx, cfg)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -203,7 +204,8 @@ func TestEtcdPool(t *testing.T) {
 			results := make([][]netip.Prefix, 2)
 			start := make(chan struct{})
 			for i := range 2 {
-				p, err := New(ctx, srv.Client(t), cfg)
+				cfg.Client = srv.Client(t)
+				p, err := New(ctx, cfg)
 				if err != nil {
 					t.Fatal(err)
 				}

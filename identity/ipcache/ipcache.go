@@ -1,49 +1,23 @@
-package identity
+package ipcache
 
 import (
 	"errors"
 	"fmt"
 	"iter"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sync"
+
+	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/internal/watch"
 )
 
-// ErrPrefixNotFound: the ipcache holds no entry for the prefix.
-var ErrPrefixNotFound = errors.New("prefix not in ipcache")
-
-// ErrIPCacheWriter: a registered [IPCacheWriter] failed; see
-// [*IPCacheWriterError].
-var ErrIPCacheWriter = errors.New("ipcache writer failed")
-
-// IPCacheWriterError reports a writer that failed to apply a change. It
-// unwraps to both [ErrIPCacheWriter] and the writer's own error.
-type IPCacheWriterError struct {
-	Op     string // "upsert" or "delete"
-	Prefix netip.Prefix
-	Err    error
-	// OutOfSync is set when putting the writer back to the ipcache's
-	// state failed too: its entry for Prefix is unknown until
-	// [IPCache.Resync] succeeds.
-	OutOfSync bool
-}
-
-func (e *IPCacheWriterError) Error() string {
-	s := fmt.Sprintf("ipcache writer: %s %v: %v", e.Op, e.Prefix, e.Err)
-	if e.OutOfSync {
-		s += " (writer out of sync until Resync)"
-	}
-	return s
-}
-
-// Unwrap returns [ErrIPCacheWriter] and the writer's error.
-func (e *IPCacheWriterError) Unwrap() []error { return []error{ErrIPCacheWriter, e.Err} }
-
-// IPCacheEvent reports a change of the ipcache.
-type IPCacheEvent struct {
+// Event reports a change of the ipcache.
+type Event struct {
 	Prefix netip.Prefix
 	// Entry is the new entry; zero when Deleted.
-	Entry   IPCacheEntry
+	Entry   Entry
 	Deleted bool
 }
 
@@ -51,33 +25,33 @@ type IPCacheEvent struct {
 // answers longest-prefix-match lookups: the entry of the most specific
 // prefix that contains an address.
 //
-// Every change is forwarded to the registered [IPCacheWriter]s (the
-// datapath's map) and announced to watchers. A change is all or nothing: if
-// a writer fails, the writers already updated are put back, the ipcache
-// stays as it was, and the error ([*IPCacheWriterError]) says so. When
-// putting a writer back fails as well, the ipcache remembers that the
-// writer is out of step for that prefix, says so in the error, and
-// [IPCache.Resync] repairs it; [IPCache.OutOfSync] counts such prefixes.
-// The model and a writer never disagree without an error having said so.
+// Every change is forwarded to the registered [Writer]s (the datapath's
+// map) and announced to watchers. A change is all or nothing: if a writer
+// fails, the writers already updated are put back, the ipcache stays as it
+// was, and the error ([*WriterError]) says so. When putting a writer back
+// fails as well, the ipcache remembers that the writer is out of step for
+// that prefix, says so in the error, and [IPCache.Resync] repairs it;
+// [IPCache.OutOfSync] counts such prefixes. The model and a writer never
+// disagree without an error having said so.
 //
 // IPCache is safe for concurrent use; writers are called with its lock
 // held, one call at a time.
 type IPCache struct {
 	mu      sync.RWMutex
 	v4, v6  lpm
-	writers []*ipcacheWriter
-	hub     hub[IPCacheEvent]
+	writers []*registered
+	hub     watch.Hub[Event]
 }
 
-type ipcacheWriter struct {
-	w IPCacheWriter
+type registered struct {
+	w Writer
 	// pending holds the prefixes for which the writer may disagree with
 	// the ipcache.
 	pending map[netip.Prefix]struct{}
 }
 
-// NewIPCache returns an empty ipcache.
-func NewIPCache() *IPCache {
+// New returns an empty ipcache.
+func New() *IPCache {
 	return &IPCache{v4: newLPM(32), v6: newLPM(128)}
 }
 
@@ -90,21 +64,21 @@ func (c *IPCache) table(p netip.Prefix) *lpm {
 
 func checkPrefix(p netip.Prefix) (netip.Prefix, error) {
 	if !p.IsValid() {
-		return p, fmt.Errorf("ipcache prefix %v: %w", p, ErrInvalidPrefix)
+		return p, fmt.Errorf("ipcache prefix %v: %w", p, identity.ErrInvalidPrefix)
 	}
 	if p.Addr().Is4In6() {
-		return p, fmt.Errorf("ipcache prefix %v: %w: IPv4-mapped IPv6; use the IPv4 prefix", p, ErrInvalidPrefix)
+		return p, fmt.Errorf("ipcache prefix %v: %w: IPv4-mapped IPv6; use the IPv4 prefix", p, identity.ErrInvalidPrefix)
 	}
 	return p.Masked(), nil
 }
 
-func checkEntry(e IPCacheEntry) error {
+func checkEntry(e Entry) error {
 	switch e.Identity.Scope() {
-	case ScopeUnknown, ScopeInvalid:
-		return fmt.Errorf("ipcache entry: identity %d: %w", uint32(e.Identity), ErrInvalidID)
+	case identity.ScopeUnknown, identity.ScopeInvalid:
+		return fmt.Errorf("ipcache entry: identity %d: %w", uint32(e.Identity), identity.ErrInvalidID)
 	}
 	if t := e.TunnelEndpoint; t.IsValid() && (t.Zone() != "" || t.IsUnspecified()) {
-		return fmt.Errorf("ipcache entry: tunnel endpoint %v: %w: must be a unicast address without zone", t, ErrInvalidPrefix)
+		return fmt.Errorf("ipcache entry: tunnel endpoint %v: %w: must be a unicast address without zone", t, identity.ErrInvalidPrefix)
 	}
 	return nil
 }
@@ -112,7 +86,7 @@ func checkEntry(e IPCacheEntry) error {
 // Upsert sets the entry of prefix (masked first). Setting an entry to its
 // current value changes nothing. Invalid prefixes and entries (an unknown or
 // invalid identity, a zoned or unspecified tunnel endpoint) are rejected.
-func (c *IPCache) Upsert(prefix netip.Prefix, entry IPCacheEntry) error {
+func (c *IPCache) Upsert(prefix netip.Prefix, entry Entry) error {
 	prefix, err := checkPrefix(prefix)
 	if err != nil {
 		return err
@@ -134,7 +108,7 @@ func (c *IPCache) Upsert(prefix netip.Prefix, entry IPCacheEntry) error {
 	}
 	t.set(prefix, entry)
 	c.clearPending(prefix)
-	c.hub.publish(IPCacheEvent{Prefix: prefix, Entry: entry})
+	c.hub.Publish(Event{Prefix: prefix, Entry: entry})
 	return nil
 }
 
@@ -159,15 +133,15 @@ func (c *IPCache) Delete(prefix netip.Prefix) error {
 	}
 	t.del(prefix)
 	c.clearPending(prefix)
-	c.hub.publish(IPCacheEvent{Prefix: prefix, Deleted: true})
+	c.hub.Publish(Event{Prefix: prefix, Deleted: true})
 	return nil
 }
 
 // rollback puts the writers touched by a failed change back to the
 // ipcache's (unchanged) state for prefix and builds the error. Called with
 // c.mu held.
-func (c *IPCache) rollback(touched []*ipcacheWriter, op string, prefix netip.Prefix, cause error, old IPCacheEntry, had bool) error {
-	werr := &IPCacheWriterError{Op: op, Prefix: prefix, Err: cause}
+func (c *IPCache) rollback(touched []*registered, op string, prefix netip.Prefix, cause error, old Entry, had bool) error {
+	werr := &WriterError{Op: op, Prefix: prefix, Err: cause}
 	for _, w := range touched {
 		if err := restore(w.w, prefix, old, had); err != nil {
 			w.pending[prefix] = struct{}{}
@@ -184,7 +158,7 @@ func (c *IPCache) rollback(touched []*ipcacheWriter, op string, prefix netip.Pre
 	return fmt.Errorf("ipcache %s %v: %w", op, prefix, werr)
 }
 
-func restore(w IPCacheWriter, prefix netip.Prefix, e IPCacheEntry, had bool) error {
+func restore(w Writer, prefix netip.Prefix, e Entry, had bool) error {
 	if had {
 		return w.UpsertPrefix(prefix, e)
 	}
@@ -209,9 +183,9 @@ func (c *IPCache) clearPending(prefix netip.Prefix) {
 // Lookup returns the entry of the longest prefix that contains addr, and
 // that prefix. A zone on addr is ignored. IPv4-mapped IPv6 addresses are
 // looked up as IPv6 (no IPv4 prefix contains them).
-func (c *IPCache) Lookup(addr netip.Addr) (netip.Prefix, IPCacheEntry, bool) {
+func (c *IPCache) Lookup(addr netip.Addr) (netip.Prefix, Entry, bool) {
 	if !addr.IsValid() {
-		return netip.Prefix{}, IPCacheEntry{}, false
+		return netip.Prefix{}, Entry{}, false
 	}
 	addr = addr.WithZone("")
 	c.mu.RLock()
@@ -223,10 +197,10 @@ func (c *IPCache) Lookup(addr netip.Addr) (netip.Prefix, IPCacheEntry, bool) {
 }
 
 // Get returns the entry of exactly prefix (masked first).
-func (c *IPCache) Get(prefix netip.Prefix) (IPCacheEntry, bool) {
+func (c *IPCache) Get(prefix netip.Prefix) (Entry, bool) {
 	prefix, err := checkPrefix(prefix)
 	if err != nil {
-		return IPCacheEntry{}, false
+		return Entry{}, false
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -242,11 +216,11 @@ func (c *IPCache) Len() int {
 
 // All iterates over a snapshot of the entries: IPv4 before IPv6, by
 // address, shorter prefixes first.
-func (c *IPCache) All() iter.Seq2[netip.Prefix, IPCacheEntry] {
+func (c *IPCache) All() iter.Seq2[netip.Prefix, Entry] {
 	c.mu.RLock()
 	snap := c.snapshotLocked()
 	c.mu.RUnlock()
-	return func(yield func(netip.Prefix, IPCacheEntry) bool) {
+	return func(yield func(netip.Prefix, Entry) bool) {
 		for _, e := range snap {
 			if !yield(e.Prefix, e.Entry) {
 				return
@@ -255,16 +229,16 @@ func (c *IPCache) All() iter.Seq2[netip.Prefix, IPCacheEntry] {
 	}
 }
 
-func (c *IPCache) snapshotLocked() []IPCacheEvent {
-	out := make([]IPCacheEvent, 0, c.v4.n+c.v6.n)
+func (c *IPCache) snapshotLocked() []Event {
+	out := make([]Event, 0, c.v4.n+c.v6.n)
 	for _, t := range []*lpm{&c.v4, &c.v6} {
 		for _, m := range t.byLen {
 			for p, e := range m {
-				out = append(out, IPCacheEvent{Prefix: p, Entry: e})
+				out = append(out, Event{Prefix: p, Entry: e})
 			}
 		}
 	}
-	slices.SortFunc(out, func(a, b IPCacheEvent) int {
+	slices.SortFunc(out, func(a, b Event) int {
 		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
 			return c
 		}
@@ -275,27 +249,32 @@ func (c *IPCache) snapshotLocked() []IPCacheEvent {
 
 // Watch returns the entries held now, in [IPCache.All] order, and a watcher
 // for every change after them.
-func (c *IPCache) Watch(opts WatchOptions) ([]IPCacheEvent, *Watcher[IPCacheEvent]) {
+func (c *IPCache) Watch(opts identity.WatchOptions) ([]Event, *identity.Watcher[Event]) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.snapshotLocked(), c.hub.subscribe(opts)
+	return c.snapshotLocked(), c.hub.Subscribe(opts)
 }
 
 // AddWriter registers w: it is first given every current entry, then every
 // change. If that initial copy fails, the entries already copied are
-// deleted again, w is not registered, and the error says what failed.
-func (c *IPCache) AddWriter(w IPCacheWriter) error {
+// deleted again, w is not registered, and the error says what failed. A nil
+// w (also a nil pointer in the interface) or one already registered fails
+// with [ErrInvalidWriter].
+func (c *IPCache) AddWriter(w Writer) error {
+	if isNil(w) {
+		return fmt.Errorf("ipcache: add writer: %w: nil", ErrInvalidWriter)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, have := range c.writers {
 		if have.w == w {
-			return errors.New("ipcache: writer already registered")
+			return fmt.Errorf("ipcache: add writer: %w: already registered", ErrInvalidWriter)
 		}
 	}
 	snap := c.snapshotLocked()
 	for i, e := range snap {
 		if err := w.UpsertPrefix(e.Prefix, e.Entry); err != nil {
-			werr := &IPCacheWriterError{Op: "upsert", Prefix: e.Prefix, Err: err}
+			werr := &WriterError{Op: "upsert", Prefix: e.Prefix, Err: err}
 			for _, done := range snap[:i+1] {
 				if derr := w.DeletePrefix(done.Prefix); derr != nil {
 					werr.Err = errors.Join(werr.Err, fmt.Errorf("undo %v: %w", done.Prefix, derr))
@@ -304,13 +283,26 @@ func (c *IPCache) AddWriter(w IPCacheWriter) error {
 			return fmt.Errorf("ipcache: add writer: %w", werr)
 		}
 	}
-	c.writers = append(c.writers, &ipcacheWriter{w: w, pending: make(map[netip.Prefix]struct{})})
+	c.writers = append(c.writers, &registered{w: w, pending: make(map[netip.Prefix]struct{})})
 	return nil
+}
+
+// isNil reports whether w is nil or holds a nil pointer, map, func, chan
+// or slice, whose methods would fail only once a change reaches them.
+func isNil(w Writer) bool {
+	if w == nil {
+		return true
+	}
+	switch v := reflect.ValueOf(w); v.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Func, reflect.Chan, reflect.Slice, reflect.Interface:
+		return v.IsNil()
+	}
+	return false
 }
 
 // RemoveWriter unregisters w and reports whether it was registered. The
 // writer keeps what it holds.
-func (c *IPCache) RemoveWriter(w IPCacheWriter) bool {
+func (c *IPCache) RemoveWriter(w Writer) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i, have := range c.writers {
@@ -354,7 +346,7 @@ func (c *IPCache) Resync() error {
 				if had {
 					op = "upsert"
 				}
-				errs = append(errs, &IPCacheWriterError{Op: op, Prefix: p, Err: err, OutOfSync: true})
+				errs = append(errs, &WriterError{Op: op, Prefix: p, Err: err, OutOfSync: true})
 				continue
 			}
 			delete(w.pending, p)
@@ -371,60 +363,4 @@ func comparePrefixes(a, b netip.Prefix) int {
 		return c
 	}
 	return a.Bits() - b.Bits()
-}
-
-// lpm is a longest-prefix-match table of one address family: a map per
-// prefix length, searched from the longest length in use to the shortest.
-type lpm struct {
-	byLen []map[netip.Prefix]IPCacheEntry
-	// lens lists the lengths with entries, longest first.
-	lens []int
-	n    int
-}
-
-func newLPM(bits int) lpm {
-	return lpm{byLen: make([]map[netip.Prefix]IPCacheEntry, bits+1)}
-}
-
-func (t *lpm) get(p netip.Prefix) (IPCacheEntry, bool) {
-	e, ok := t.byLen[p.Bits()][p]
-	return e, ok
-}
-
-func (t *lpm) set(p netip.Prefix, e IPCacheEntry) {
-	m := t.byLen[p.Bits()]
-	if m == nil {
-		m = make(map[netip.Prefix]IPCacheEntry)
-		t.byLen[p.Bits()] = m
-	}
-	if _, ok := m[p]; !ok {
-		t.n++
-		if len(m) == 0 {
-			t.lens = append(t.lens, p.Bits())
-			slices.SortFunc(t.lens, func(a, b int) int { return b - a })
-		}
-	}
-	m[p] = e
-}
-
-func (t *lpm) del(p netip.Prefix) {
-	m := t.byLen[p.Bits()]
-	if _, ok := m[p]; !ok {
-		return
-	}
-	delete(m, p)
-	t.n--
-	if len(m) == 0 {
-		t.lens = slices.DeleteFunc(t.lens, func(l int) bool { return l == p.Bits() })
-	}
-}
-
-func (t *lpm) lookup(addr netip.Addr) (netip.Prefix, IPCacheEntry, bool) {
-	for _, bits := range t.lens {
-		p, _ := addr.Prefix(bits)
-		if e, ok := t.byLen[bits][p]; ok {
-			return p, e, true
-		}
-	}
-	return netip.Prefix{}, IPCacheEntry{}, false
 }

@@ -1,4 +1,4 @@
-package identity
+package ipcache
 
 import (
 	"context"
@@ -7,24 +7,26 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+
+	"github.com/nodeplane/nodeplane/identity"
 )
 
-func entry(id ID) IPCacheEntry { return IPCacheEntry{Identity: id} }
+func entry(id identity.ID) Entry { return Entry{Identity: id} }
 
 func TestIPCacheLongestPrefixMatch(t *testing.T) {
-	c := NewIPCache()
-	for p, id := range map[string]ID{
-		"0.0.0.0/0":       ReservedWorldIPv4,
+	c := New()
+	for p, id := range map[string]identity.ID{
+		"0.0.0.0/0":       identity.ReservedWorldIPv4,
 		"10.0.0.0/8":      1<<24 | 1,
 		"10.1.0.0/16":     65792,
 		"10.1.2.3/32":     65793,
 		"10.1.2.128/25":   65794,
 		"192.168.0.0/24":  65795,
-		"::/0":            ReservedWorldIPv6,
+		"::/0":            identity.ReservedWorldIPv6,
 		"2001:db8::/32":   1<<24 | 2,
 		"2001:db8::1/128": 65796,
 		"2001:db8:1::/48": 65797,
-		"fe80::/10":       ReservedHost,
+		"fe80::/10":       identity.ReservedHost,
 	} {
 		if err := c.Upsert(netip.MustParsePrefix(p), entry(id)); err != nil {
 			t.Fatal(err)
@@ -33,21 +35,21 @@ func TestIPCacheLongestPrefixMatch(t *testing.T) {
 	for _, tc := range []struct {
 		addr   string
 		prefix string
-		id     ID
+		id     identity.ID
 	}{
 		{"10.1.2.3", "10.1.2.3/32", 65793},
 		{"10.1.2.4", "10.1.0.0/16", 65792},
 		{"10.1.2.200", "10.1.2.128/25", 65794},
 		{"10.2.0.1", "10.0.0.0/8", 1<<24 | 1},
-		{"11.0.0.1", "0.0.0.0/0", ReservedWorldIPv4},
+		{"11.0.0.1", "0.0.0.0/0", identity.ReservedWorldIPv4},
 		{"192.168.0.255", "192.168.0.0/24", 65795},
-		{"192.168.1.0", "0.0.0.0/0", ReservedWorldIPv4},
+		{"192.168.1.0", "0.0.0.0/0", identity.ReservedWorldIPv4},
 		{"2001:db8::1", "2001:db8::1/128", 65796},
 		{"2001:db8::2", "2001:db8::/32", 1<<24 | 2},
 		{"2001:db8:1::5", "2001:db8:1::/48", 65797},
-		{"2001:db9::1", "::/0", ReservedWorldIPv6},
-		{"fe80::1%eth0", "fe80::/10", ReservedHost},
-		{"::ffff:10.1.2.3", "::/0", ReservedWorldIPv6},
+		{"2001:db9::1", "::/0", identity.ReservedWorldIPv6},
+		{"fe80::1%eth0", "fe80::/10", identity.ReservedHost},
+		{"::ffff:10.1.2.3", "::/0", identity.ReservedWorldIPv6},
 	} {
 		p, e, ok := c.Lookup(netip.MustParseAddr(tc.addr))
 		if !ok || p != netip.MustParsePrefix(tc.prefix) || e.Identity != tc.id {
@@ -74,7 +76,7 @@ func TestIPCacheLongestPrefixMatch(t *testing.T) {
 }
 
 func TestIPCacheMasksPrefixes(t *testing.T) {
-	c := NewIPCache()
+	c := New()
 	if err := c.Upsert(netip.MustParsePrefix("10.1.2.3/8"), entry(65792)); err != nil {
 		t.Fatal(err)
 	}
@@ -90,20 +92,20 @@ func TestIPCacheMasksPrefixes(t *testing.T) {
 }
 
 func TestIPCacheBadInput(t *testing.T) {
-	c := NewIPCache()
+	c := New()
 	good := netip.MustParsePrefix("10.0.0.0/8")
 	c.Upsert(good, entry(65792))
 	for name, tc := range map[string]struct {
 		prefix netip.Prefix
-		entry  IPCacheEntry
+		entry  Entry
 		want   error
 	}{
-		"zero prefix":        {netip.Prefix{}, entry(65792), ErrInvalidPrefix},
-		"mapped prefix":      {netip.MustParsePrefix("::ffff:10.0.0.0/104"), entry(65792), ErrInvalidPrefix},
-		"unknown identity":   {good, entry(Unknown), ErrInvalidID},
-		"invalid identity":   {good, entry(1 << 26), ErrInvalidID},
-		"zoned tunnel":       {good, IPCacheEntry{Identity: 65792, TunnelEndpoint: netip.MustParseAddr("fe80::1%eth0")}, ErrInvalidPrefix},
-		"unspecified tunnel": {good, IPCacheEntry{Identity: 65792, TunnelEndpoint: netip.IPv4Unspecified()}, ErrInvalidPrefix},
+		"zero prefix":        {netip.Prefix{}, entry(65792), identity.ErrInvalidPrefix},
+		"mapped prefix":      {netip.MustParsePrefix("::ffff:10.0.0.0/104"), entry(65792), identity.ErrInvalidPrefix},
+		"unknown identity":   {good, entry(identity.Unknown), identity.ErrInvalidID},
+		"invalid identity":   {good, entry(1 << 26), identity.ErrInvalidID},
+		"zoned tunnel":       {good, Entry{Identity: 65792, TunnelEndpoint: netip.MustParseAddr("fe80::1%eth0")}, identity.ErrInvalidPrefix},
+		"unspecified tunnel": {good, Entry{Identity: 65792, TunnelEndpoint: netip.IPv4Unspecified()}, identity.ErrInvalidPrefix},
 	} {
 		if err := c.Upsert(tc.prefix, tc.entry); !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", name, err, tc.want)
@@ -122,8 +124,8 @@ func TestIPCacheBadInput(t *testing.T) {
 // including /0, /32 and /128.
 func TestIPCacheRandomAgainstLinearScan(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	c := NewIPCache()
-	model := map[netip.Prefix]ID{}
+	c := New()
+	model := map[netip.Prefix]identity.ID{}
 	randAddr := func(v6 bool) netip.Addr {
 		if v6 {
 			var b [16]byte
@@ -150,7 +152,7 @@ func TestIPCacheRandomAgainstLinearScan(t *testing.T) {
 			delete(model, p)
 			continue
 		}
-		id := ID(65792 + i)
+		id := identity.ID(65792 + i)
 		if err := c.Upsert(p, entry(id)); err != nil {
 			t.Fatal(err)
 		}
@@ -173,7 +175,7 @@ func TestIPCacheRandomAgainstLinearScan(t *testing.T) {
 			t.Fatalf("Lookup(%v) = %v %v %v; linear scan says %v %v %v", addr, p, e.Identity, ok, best, model[best], found)
 		}
 	}
-	got := map[netip.Prefix]ID{}
+	got := map[netip.Prefix]identity.ID{}
 	for p, e := range c.All() {
 		got[p] = e.Identity
 	}
@@ -182,15 +184,15 @@ func TestIPCacheRandomAgainstLinearScan(t *testing.T) {
 	}
 }
 
-// memWriter is an in-memory IPCacheWriter whose calls can be made to fail.
+// memWriter is an in-memory Writer whose calls can be made to fail.
 type memWriter struct {
-	m    map[netip.Prefix]IPCacheEntry
+	m    map[netip.Prefix]Entry
 	fail func(op string, p netip.Prefix) error
 }
 
-func newMemWriter() *memWriter { return &memWriter{m: map[netip.Prefix]IPCacheEntry{}} }
+func newMemWriter() *memWriter { return &memWriter{m: map[netip.Prefix]Entry{}} }
 
-func (w *memWriter) UpsertPrefix(p netip.Prefix, e IPCacheEntry) error {
+func (w *memWriter) UpsertPrefix(p netip.Prefix, e Entry) error {
 	if w.fail != nil {
 		if err := w.fail("upsert", p); err != nil {
 			return err
@@ -210,8 +212,8 @@ func (w *memWriter) DeletePrefix(p netip.Prefix) error {
 	return nil
 }
 
-func modelOf(c *IPCache) map[netip.Prefix]IPCacheEntry {
-	m := map[netip.Prefix]IPCacheEntry{}
+func modelOf(c *IPCache) map[netip.Prefix]Entry {
+	m := map[netip.Prefix]Entry{}
 	for p, e := range c.All() {
 		m[p] = e
 	}
@@ -220,7 +222,7 @@ func modelOf(c *IPCache) map[netip.Prefix]IPCacheEntry {
 
 func TestIPCacheWriters(t *testing.T) {
 	errFull := errors.New("map full")
-	c := NewIPCache()
+	c := New()
 	p1, p2 := netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")
 	c.Upsert(p1, entry(65792))
 
@@ -250,8 +252,8 @@ func TestIPCacheWriters(t *testing.T) {
 		return nil
 	}
 	err := c.Upsert(p2, entry(65794))
-	var werr *IPCacheWriterError
-	if !errors.Is(err, ErrIPCacheWriter) || !errors.Is(err, errFull) || !errors.As(err, &werr) || werr.OutOfSync {
+	var werr *WriterError
+	if !errors.Is(err, ErrWriter) || !errors.Is(err, errFull) || !errors.As(err, &werr) || werr.OutOfSync {
 		t.Fatalf("failing writer: %v", err)
 	}
 	if _, ok := c.Get(p2); ok {
@@ -333,24 +335,64 @@ func TestIPCacheWriters(t *testing.T) {
 
 func TestIPCacheWatch(t *testing.T) {
 	ctx := context.Background()
-	c := NewIPCache()
+	c := New()
 	p1 := netip.MustParsePrefix("10.0.0.0/8")
 	c.Upsert(p1, entry(65792))
-	snap, w := c.Watch(WatchOptions{})
+	snap, w := c.Watch(identity.WatchOptions{})
 	defer w.Close()
 	if len(snap) != 1 || snap[0].Prefix != p1 {
 		t.Fatalf("snapshot %v", snap)
 	}
-	tun := IPCacheEntry{Identity: 65792, TunnelEndpoint: netip.MustParseAddr("192.0.2.1"), Flags: IPCacheFlagSkipTunnel}
+	tun := Entry{Identity: 65792, TunnelEndpoint: netip.MustParseAddr("192.0.2.1"), Flags: FlagSkipTunnel}
 	c.Upsert(p1, entry(65792)) // unchanged: no event
 	c.Upsert(p1, tun)
 	c.Delete(p1)
-	for _, want := range []IPCacheEvent{{Prefix: p1, Entry: tun}, {Prefix: p1, Deleted: true}} {
+	for _, want := range []Event{{Prefix: p1, Entry: tun}, {Prefix: p1, Deleted: true}} {
 		if got, err := w.Next(ctx); err != nil || got != want {
 			t.Errorf("event %v, %v; want %v", got, err, want)
 		}
 	}
 	if w.Backlog() != 0 {
 		t.Error("extra events")
+	}
+}
+
+// TestIPCacheAddWriterNil: a nil writer, untyped or a typed nil pointer, is
+// refused when it is added, not found by a panic in the next Upsert.
+func TestIPCacheAddWriterNil(t *testing.T) {
+	for name, w := range map[string]Writer{
+		"nil interface":     nil,
+		"typed nil pointer": (*memWriter)(nil),
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := New()
+			if err := c.AddWriter(w); !errors.Is(err, ErrInvalidWriter) {
+				t.Errorf("AddWriter(nil) = %v, want ErrInvalidWriter", err)
+			}
+			func() {
+				defer func() {
+					if r := recover(); r != nil {
+						t.Errorf("Upsert after AddWriter(nil) panicked: %v", r)
+					}
+				}()
+				if err := c.Upsert(netip.MustParsePrefix("10.0.0.0/8"), entry(65792)); err != nil {
+					t.Errorf("Upsert: %v", err)
+				}
+			}()
+			if c.RemoveWriter(w) {
+				t.Error("RemoveWriter found the nil writer registered")
+			}
+		})
+	}
+}
+
+func TestIPCacheAddWriterTwice(t *testing.T) {
+	c := New()
+	w := newMemWriter()
+	if err := c.AddWriter(w); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddWriter(w); !errors.Is(err, ErrInvalidWriter) {
+		t.Fatalf("second AddWriter = %v, want ErrInvalidWriter", err)
 	}
 }
