@@ -16,6 +16,7 @@ import (
 )
 
 func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
+	testutils.RequirePrivileged(t)
 	bpffs := testutils.NewBPFFS(t)
 	cfg := Config{BPFFSDir: bpffs}
 	prefix := netip.MustParsePrefix("192.0.2.0/24")
