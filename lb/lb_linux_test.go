@@ -402,14 +402,3 @@ func TestPrivilegedMaglevTables(t *testing.T) {
 	}
 	requireMapsMatch(t, lb, nil)
 }
-
-func TestPrivilegedHaveSocketLB(t *testing.T) {
-	testutils.RequirePrivileged(t)
-	// A definite answer, the same from the cache; on this project's 6.18
-	// kernels it is nil.
-	first := HaveSocketLB()
-	testutils.SkipIfNotSupported(t, first)
-	if again := HaveSocketLB(); again != nil {
-		t.Fatalf("cached answer changed: %v", again)
-	}
-}
