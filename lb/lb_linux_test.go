@@ -33,8 +33,12 @@ func newTestLB(tb testing.TB, cfg Config) *LB {
 	return lb
 }
 
-// randomUpdates drives an LB and a Model through the same random updates
-// and checks after each that the maps hold exactly what both tables say.
+// TestPrivilegedMapsFollowModel drives an LB and a Model through the same
+// random updates and checks after each that the kernel maps hold exactly the
+// encoding of the table both built. The LB and the Model plan with the same
+// code (planUpsert), so this checks the map writes and their bookkeeping,
+// not the planner's choices; TestPrivilegedSelectionIsUniformOverActiveBackends
+// and the end-to-end tests check those over real connections.
 func TestPrivilegedMapsFollowModel(t *testing.T) {
 	lb := newTestLB(t, Config{})
 	var m Model
