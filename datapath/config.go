@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -210,17 +211,17 @@ func (c EndpointConfig) withDefaults() (EndpointConfig, error) {
 	if c.ID == 0 {
 		return bad("ID 0 is reserved")
 	}
-	if c.Identity == identity.Unknown {
-		return bad("identity 0 means any peer and cannot name an endpoint")
+	if err := checkEndpointIdentity(c.Identity); err != nil {
+		return bad("%v", err)
 	}
 	if !c.IPv4.IsValid() && !c.IPv6.IsValid() {
 		return bad("no address")
 	}
-	if c.IPv4.IsValid() && (!c.IPv4.Is4() || c.IPv4.IsUnspecified() || c.IPv4.IsMulticast()) {
-		return bad("IPv4 %v is not a unicast IPv4 address", c.IPv4)
+	if c.IPv4.IsValid() && (!c.IPv4.Is4() || !endpointUnicast(c.IPv4) ||
+		c.IPv4.As4()[0] == 0 || c.IPv4 == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
+		return bad("IPv4 %v is not a unicast IPv4 address an endpoint can own (not loopback, link-local, broadcast, multicast or 0.0.0.0/8)", c.IPv4)
 	}
-	if c.IPv6.IsValid() && (!c.IPv6.Is6() || c.IPv6.Is4In6() || c.IPv6.Zone() != "" ||
-		c.IPv6.IsUnspecified() || c.IPv6.IsMulticast() || c.IPv6.IsLinkLocalUnicast()) {
+	if c.IPv6.IsValid() && (!c.IPv6.Is6() || c.IPv6.Is4In6() || c.IPv6.Zone() != "" || !endpointUnicast(c.IPv6)) {
 		return bad("IPv6 %v is not a global or unique-local unicast IPv6 address", c.IPv6)
 	}
 	if c.MAC == nil {
@@ -253,6 +254,35 @@ func (c EndpointConfig) withDefaults() (EndpointConfig, error) {
 		return bad("MTU %d out of range [68, 65535]", c.MTU)
 	}
 	return c, nil
+}
+
+// endpointUnicast reports whether a is an address a pod can own: not
+// unspecified, loopback, multicast or link-local.
+func endpointUnicast(a netip.Addr) bool {
+	return !a.IsUnspecified() && !a.IsLoopback() && !a.IsMulticast() &&
+		!a.IsLinkLocalUnicast() && !a.IsLinkLocalMulticast() && !a.IsInterfaceLocalMulticast()
+}
+
+// checkEndpointIdentity accepts the identities an endpoint can have: a
+// cluster-scoped one, or reserved:health or reserved:init as Cilium gives
+// its health endpoint and endpoints whose labels are not known yet. The
+// other reserved identities name peers (world, remote nodes) or the host,
+// and local-scope ones name CIDRs, never an endpoint.
+func checkEndpointIdentity(id identity.ID) error {
+	switch {
+	case id == identity.Unknown:
+		return errors.New("identity 0 means any peer and cannot name an endpoint")
+	case id == identity.ReservedHealth, id == identity.ReservedInit, id.IsCluster():
+		return nil
+	case id.IsReserved():
+		return fmt.Errorf("reserved identity %v cannot name an endpoint (only health and init can)", id)
+	case id.IsLocal():
+		return fmt.Errorf("local-scope identity %v names a CIDR, not an endpoint", id)
+	}
+	if err := id.Validate(); err != nil {
+		return err
+	}
+	return fmt.Errorf("identity %v cannot name an endpoint", id)
 }
 
 func validIfName(n string) bool {

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/nodeplane/nodeplane/identity"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -49,26 +51,53 @@ func TestEndpointConfigValidation(t *testing.T) {
 	}
 
 	for name, mod := range map[string]func(*EndpointConfig){
-		"ID 0":                func(c *EndpointConfig) { c.ID = 0 },
-		"identity 0":          func(c *EndpointConfig) { c.Identity = 0 },
-		"no address":          func(c *EndpointConfig) { c.IPv4 = netip.Addr{} },
-		"IPv6 in IPv4":        func(c *EndpointConfig) { c.IPv4 = addrA6 },
-		"IPv4 in IPv6":        func(c *EndpointConfig) { c.IPv6 = addrA },
-		"mapped IPv6":         func(c *EndpointConfig) { c.IPv6 = netip.MustParseAddr("::ffff:10.0.0.1") },
-		"link-local IPv6":     func(c *EndpointConfig) { c.IPv6 = netip.MustParseAddr("fe80::1") },
-		"multicast IPv4":      func(c *EndpointConfig) { c.IPv4 = netip.MustParseAddr("224.0.0.1") },
-		"multicast MAC":       func(c *EndpointConfig) { c.MAC = net.HardwareAddr{1, 0, 0, 0, 0, 1} },
-		"short MAC":           func(c *EndpointConfig) { c.MAC = net.HardwareAddr{2, 0, 0} },
-		"no namespace":        func(c *EndpointConfig) { c.NetNS = "" },
-		"detached with netns": func(c *EndpointConfig) { c.Detached = true },
-		"long interface name": func(c *EndpointConfig) { c.HostIfName = "a-very-long-name" },
-		"slash in name":       func(c *EndpointConfig) { c.IfName = "eth/0" },
-		"MTU too small":       func(c *EndpointConfig) { c.MTU = 20 },
+		"ID 0":                        func(c *EndpointConfig) { c.ID = 0 },
+		"identity 0":                  func(c *EndpointConfig) { c.Identity = 0 },
+		"no address":                  func(c *EndpointConfig) { c.IPv4 = netip.Addr{} },
+		"IPv6 in IPv4":                func(c *EndpointConfig) { c.IPv4 = addrA6 },
+		"IPv4 in IPv6":                func(c *EndpointConfig) { c.IPv6 = addrA },
+		"mapped IPv6":                 func(c *EndpointConfig) { c.IPv6 = netip.MustParseAddr("::ffff:10.0.0.1") },
+		"link-local IPv6":             func(c *EndpointConfig) { c.IPv6 = netip.MustParseAddr("fe80::1") },
+		"multicast IPv4":              func(c *EndpointConfig) { c.IPv4 = netip.MustParseAddr("224.0.0.1") },
+		"multicast MAC":               func(c *EndpointConfig) { c.MAC = net.HardwareAddr{1, 0, 0, 0, 0, 1} },
+		"short MAC":                   func(c *EndpointConfig) { c.MAC = net.HardwareAddr{2, 0, 0} },
+		"no namespace":                func(c *EndpointConfig) { c.NetNS = "" },
+		"detached with netns":         func(c *EndpointConfig) { c.Detached = true },
+		"long interface name":         func(c *EndpointConfig) { c.HostIfName = "a-very-long-name" },
+		"slash in name":               func(c *EndpointConfig) { c.IfName = "eth/0" },
+		"MTU too small":               func(c *EndpointConfig) { c.MTU = 20 },
+		"loopback IPv4":               func(c *EndpointConfig) { c.IPv4 = netip.MustParseAddr("127.0.0.1") },
+		"loopback IPv4 /8":            func(c *EndpointConfig) { c.IPv4 = netip.MustParseAddr("127.1.2.3") },
+		"loopback IPv6":               func(c *EndpointConfig) { c.IPv6 = netip.IPv6Loopback() },
+		"broadcast IPv4":              func(c *EndpointConfig) { c.IPv4 = netip.MustParseAddr("255.255.255.255") },
+		"this-network IPv4":           func(c *EndpointConfig) { c.IPv4 = netip.MustParseAddr("0.1.2.3") },
+		"unspecified IPv4":            func(c *EndpointConfig) { c.IPv4 = netip.IPv4Unspecified() },
+		"unspecified IPv6":            func(c *EndpointConfig) { c.IPv6 = netip.IPv6Unspecified() },
+		"multicast IPv6":              func(c *EndpointConfig) { c.IPv6 = netip.MustParseAddr("ff02::1") },
+		"link-local IPv4":             func(c *EndpointConfig) { c.IPv4 = netip.MustParseAddr("169.254.1.1") },
+		"host identity":               func(c *EndpointConfig) { c.Identity = identity.ReservedHost },
+		"world identity":              func(c *EndpointConfig) { c.Identity = identity.ReservedWorld },
+		"unmanaged identity":          func(c *EndpointConfig) { c.Identity = identity.ReservedUnmanaged },
+		"remote-node identity":        func(c *EndpointConfig) { c.Identity = identity.ReservedRemoteNode },
+		"world-ipv6 identity":         func(c *EndpointConfig) { c.Identity = identity.ReservedWorldIPv6 },
+		"unnamed reserved identity":   func(c *EndpointConfig) { c.Identity = 200 },
+		"local-scope (CIDR) identity": func(c *EndpointConfig) { c.Identity = identity.LocalScopeFlag | 1 },
+		"identity above 24 bits":      func(c *EndpointConfig) { c.Identity = 1 << 25 },
 	} {
 		c := good
 		mod(&c)
 		if _, err := c.withDefaults(); !errors.Is(err, ErrInvalidConfig) {
 			t.Errorf("%s: %v, want ErrInvalidConfig", name, err)
+		}
+	}
+
+	// The reserved identities an endpoint may have: a health-check
+	// endpoint, and one whose labels are not known yet.
+	for _, id := range []identity.ID{identity.ReservedHealth, identity.ReservedInit} {
+		c := good
+		c.Identity = id
+		if _, err := c.withDefaults(); err != nil {
+			t.Errorf("identity %v: %v", id, err)
 		}
 	}
 }

@@ -38,8 +38,10 @@
 // datagram records its ports under the datagram's addresses and
 // identification, and the later ones get the first one's verdict; a later
 // fragment whose first one was not seen is dropped. Malformed, truncated and
-// non-IP packets are dropped (ARP and IPv6 neighbour discovery pass
-// untouched). Every drop is counted by reason
+// non-IP packets are dropped (ARP passes untouched; IPv6 neighbour
+// discovery and MLD are checked like any ICMPv6, except that the datapath
+// answers an endpoint's solicitation for its gateway, as Cilium does; see
+// bpf/icmp6.h). Every drop is counted by reason
 // ([Datapath.Counters]) and reported as a [DropEvent] with both identities;
 // every policy decision about a new connection as a [PolicyVerdictEvent]
 // ([Datapath.NewEventReader]; the record format is in events.go and

@@ -17,8 +17,8 @@ import (
 // (identity.ReservedWorld). Local endpoints are found in the endpoints map
 // first, so the ipcache need not hold them.
 //
-// IPCache implements [ipcache.Writer], so that the Go model, an
-// [ipcache.IPCache], can drive it. Its methods are safe for concurrent use.
+// IPCache implements [ipcache.Writer], so the identity package's
+// ipcache can drive it. Its methods are safe for concurrent use.
 type IPCache struct {
 	m *ebpf.Map
 }
@@ -27,9 +27,17 @@ var _ ipcache.Writer = (*IPCache)(nil)
 
 // UpsertPrefix maps a prefix to an entry. The prefix's host bits are
 // ignored. An IPv4-mapped IPv6 prefix is an IPv6 prefix, as on the wire.
+// Identity 0 and IDs that fit no range are refused with an error wrapping
+// identity.ErrInvalidID.
 func (c *IPCache) UpsertPrefix(prefix netip.Prefix, entry ipcache.Entry) error {
 	if !prefix.IsValid() {
 		return fmt.Errorf("ipcache: upsert: invalid prefix %v", prefix)
+	}
+	// Identity 0 means "any peer" in a policy key; an ID of no range is
+	// no one's. (Cluster-scoped IDs of cluster 0 are accepted, as the wire
+	// format carries them.)
+	if id := entry.Identity; id == identity.Unknown || id.Scope() == identity.ScopeInvalid {
+		return fmt.Errorf("ipcache: upsert %v: identity %d: %w", prefix, uint32(id), identity.ErrInvalidID)
 	}
 	info := ipcacheInfo{Identity: uint32(entry.Identity), Flags: uint8(entry.Flags)}
 	if t := entry.TunnelEndpoint; t.IsValid() {

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -132,5 +133,26 @@ func TestPrivilegedIPCacheMatchesIdentityModel(t *testing.T) {
 			}
 		}
 		check(round)
+	}
+}
+
+// TestPrivilegedIPCacheRefusesInvalidIdentities: identity 0 means "any
+// peer" in a policy key and cannot be a prefix's identity, nor can an ID
+// that fits no range; the map is left as it was.
+func TestPrivilegedIPCacheRefusesInvalidIdentities(t *testing.T) {
+	d, _ := newTestDatapath(t, Config{})
+	p := netip.MustParsePrefix("192.0.2.0/24")
+	for _, id := range []identity.ID{identity.Unknown, 1 << 25, identity.LocalScopeFlag} {
+		if err := d.IPCache().UpsertPrefix(p, ipcache.Entry{Identity: id}); !errors.Is(err, identity.ErrInvalidID) {
+			t.Errorf("identity %d: %v, want identity.ErrInvalidID", uint32(id), err)
+		}
+	}
+	if _, ok, err := d.IPCache().Lookup(netip.MustParseAddr("192.0.2.1")); ok || err != nil {
+		t.Fatalf("a refused entry reached the map: %v %v", ok, err)
+	}
+	for _, id := range []identity.ID{identity.ReservedWorld, idRemote, identity.LocalScopeFlag | 5} {
+		if err := d.IPCache().UpsertPrefix(p, ipcache.Entry{Identity: id}); err != nil {
+			t.Errorf("identity %d: %v", uint32(id), err)
+		}
 	}
 }

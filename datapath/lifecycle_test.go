@@ -17,6 +17,7 @@ import (
 )
 
 func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
+	testutils.RequirePrivileged(t)
 	bpffs := testutils.NewBPFFS(t)
 	cfg := Config{BPFFSDir: bpffs}
 	prefix := netip.MustParsePrefix("192.0.2.0/24")
@@ -304,5 +305,91 @@ func TestPrivilegedEventReaderDeadlineAndClose(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not unblock Read")
+	}
+}
+
+// TestPrivilegedEventReaderSetDeadlineWakesBlockedRead: a Read blocked with
+// no deadline gives up when another goroutine sets one, without Close; a
+// deadline moved later while Read waits keeps it waiting; and Read works
+// again once the deadline is cleared.
+func TestPrivilegedEventReaderSetDeadlineWakesBlockedRead(t *testing.T) {
+	d, _ := newTestDatapath(t, Config{})
+	r, err := d.NewEventReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+
+	read := func() <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := r.Read()
+			done <- err
+		}()
+		return done
+	}
+	wait := func(done <-chan error, within time.Duration) (error, bool) {
+		select {
+		case err := <-done:
+			return err, true
+		case <-time.After(within):
+			return nil, false
+		}
+	}
+
+	// Blocked without a deadline; a deadline in the past wakes it at once.
+	done := read()
+	time.Sleep(50 * time.Millisecond)
+	setAt := time.Now()
+	setDone := make(chan error, 1)
+	go func() { r.SetDeadline(time.Now().Add(-time.Second)); setDone <- nil }()
+	if _, ok := wait(setDone, 2*time.Second); !ok {
+		t.Fatal("SetDeadline blocked while Read was waiting")
+	}
+	if err, ok := wait(done, 2*time.Second); !ok {
+		t.Fatal("SetDeadline did not wake a blocked Read")
+	} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("woken Read: %v, want os.ErrDeadlineExceeded", err)
+	}
+	if took := time.Since(setAt); took > time.Second {
+		t.Fatalf("Read gave up %v after the deadline", took)
+	}
+
+	// Blocked without a deadline; a deadline 200ms ahead wakes it then.
+	r.SetDeadline(time.Time{})
+	done = read()
+	time.Sleep(50 * time.Millisecond)
+	deadline := time.Now().Add(200 * time.Millisecond)
+	r.SetDeadline(deadline)
+	if err, ok := wait(done, 3*time.Second); !ok {
+		t.Fatal("a future deadline did not wake a blocked Read")
+	} else if !errors.Is(err, os.ErrDeadlineExceeded) || time.Now().Before(deadline) {
+		t.Fatalf("Read returned %v at %v before the deadline", err, time.Until(deadline))
+	}
+
+	// A deadline moved later while Read waits: it keeps waiting past the
+	// first one.
+	r.SetDeadline(time.Now().Add(100 * time.Millisecond))
+	done = read()
+	time.Sleep(20 * time.Millisecond)
+	r.SetDeadline(time.Now().Add(600 * time.Millisecond))
+	if err, ok := wait(done, 300*time.Millisecond); ok {
+		t.Fatalf("Read returned %v at the old deadline, after it was extended", err)
+	}
+	if err, ok := wait(done, 3*time.Second); !ok || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read after the extended deadline: %v, %v", err, ok)
+	}
+
+	// Cleared again: Read blocks until Close.
+	r.SetDeadline(time.Time{})
+	done = read()
+	if err, ok := wait(done, 200*time.Millisecond); ok {
+		t.Fatalf("Read without a deadline returned %v", err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err, ok := wait(done, 2*time.Second); !ok || !errors.Is(err, nodeplane.ErrClosed) {
+		t.Fatalf("Read after Close: %v, %v", err, ok)
 	}
 }

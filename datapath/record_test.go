@@ -25,7 +25,7 @@ func TestEndpointRecordRoundTrip(t *testing.T) {
 		mode AttachMode
 	}{
 		"IPv4 tcx":      {EndpointConfig{ID: 7, Identity: 1000, IPv4: addrA, NetNS: "/x", HostIfName: "lxc7"}, AttachTCX},
-		"dual-stack tc": {EndpointConfig{ID: 65535, Identity: 1 << 24, IPv4: addrA, IPv6: addrA6, NetNS: "/x"}, AttachTC},
+		"dual-stack tc": {EndpointConfig{ID: 65535, Identity: 0xFFFFFF, IPv4: addrA, IPv6: addrA6, NetNS: "/x"}, AttachTC},
 		"IPv6 only":     {EndpointConfig{ID: 1, Identity: 5, IPv6: addrB6, NetNS: "/x", MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}, AttachTCX},
 		"detached":      {EndpointConfig{ID: 3, Identity: 2000, IPv4: addrB, Detached: true}, AttachTCX},
 	} {

@@ -78,6 +78,15 @@ func (p TestPacket) Bytes() ([]byte, error) {
 		binary.BigEndian.PutUint16(l4[4:], p.ICMPID)
 	}
 	l4 = append(l4, p.Payload...)
+	// The IPv4 total length and the IPv6 payload length are 16 bits (no
+	// jumbograms): refuse what would wrap.
+	ipLen := len(l4) // IPv6: the payload length
+	if p.Src.Is4() {
+		ipLen += 20 // IPv4: the total length
+	}
+	if ipLen > 65535 {
+		return nil, fmt.Errorf("test packet: IP length %d exceeds 65535 bytes", ipLen)
+	}
 
 	var l3 []byte
 	if p.Src.Is4() {

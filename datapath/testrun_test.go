@@ -165,9 +165,7 @@ func TestPrivilegedTestRun(t *testing.T) {
 			want{ActionRedirect, 0, ConntrackNew, idA, idB}},
 		{"IPv6 spoofed", w.a, FromEndpoint, tcpPkt(netip.MustParseAddr("fd00::99"), remote6, 40000, 80, TCPSyn),
 			want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}},
-		{"IPv6 neighbour solicitation passes", w.a, FromEndpoint,
-			TestPacket{Src: netip.MustParseAddr("fe80::2"), Dst: netip.MustParseAddr("ff02::1:ff00:1"), Proto: protoICMPv6, ICMPType: 135, TTL: 255},
-			want{ActionPass, 0, 0, 0, 0}},
+		// Neighbour discovery and MLD: TestPrivilegedICMPv6NeighbourDiscovery.
 
 		{"ARP passes", w.a, FromEndpoint, arpRequest(),
 			want{ActionPass, 0, 0, 0, 0}},

@@ -41,7 +41,8 @@ type clientCmd struct {
 	//   udpconn  Count times: a fresh UDP socket of Net connects to Addr,
 	//            sends Msg and receives the answer
 	//   dialfor  connect and close for Millis milliseconds, counting
-	//            greetings per backend and errors per errno
+	//            greetings per backend, the client addresses the backends
+	//            saw, the peers getpeername showed, and errors per errno
 	//   netns    report the namespace cookie
 	Op     string
 	Net    string
@@ -66,6 +67,8 @@ type clientReply struct {
 	Results []clientResult
 	// For dialfor.
 	Backends map[string]int
+	Clients  map[string]int // client address (without port) as a backend saw it
+	Peers    map[string]int // getpeername
 	Errnos   map[int]int
 	NetNS    uint64
 	Err      string
@@ -138,6 +141,8 @@ func agentDo(cmd clientCmd, conns map[int]net.Conn) clientReply {
 		}
 	case "dialfor":
 		r.Backends = make(map[string]int)
+		r.Clients = make(map[string]int)
+		r.Peers = make(map[string]int)
 		r.Errnos = make(map[int]int)
 		end := time.Now().Add(time.Duration(cmd.Millis) * time.Millisecond)
 		for time.Now().Before(end) {
@@ -149,8 +154,13 @@ func agentDo(cmd clientCmd, conns map[int]net.Conn) clientReply {
 				r.Errnos[res.Errno]++
 				continue
 			}
-			name, _, _ := strings.Cut(res.Greeting, " ")
+			name, seen, _ := strings.Cut(res.Greeting, " ")
 			r.Backends[name]++
+			if ap, err := netip.ParseAddrPort(seen); err == nil {
+				seen = ap.Addr().String()
+			}
+			r.Clients[seen]++
+			r.Peers[res.Peer]++
 		}
 	case "netns":
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)

@@ -54,7 +54,7 @@ const (
 
 func (c Config) withDefaults() (Config, error) {
 	if c.Cgroup == "" {
-		return c, fmt.Errorf("config: no cgroup")
+		return c, fmt.Errorf("%w: no cgroup", ErrInvalidConfig)
 	}
 	def := func(v *uint32, d uint32) {
 		if *v == 0 {
@@ -72,7 +72,7 @@ func (c Config) withDefaults() (Config, error) {
 	// A backend ID is a u32 and the match map holds one entry per active
 	// backend of either family.
 	if c.BackendEntries > 1<<30 {
-		return c, fmt.Errorf("config: %d backend entries is more than %d", c.BackendEntries, 1<<30)
+		return c, fmt.Errorf("%w: %d backend entries is more than %d", ErrInvalidConfig, c.BackendEntries, 1<<30)
 	}
 	return c, nil
 }

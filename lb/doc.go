@@ -54,8 +54,9 @@
 // # Errors
 //
 // Kernels without the hooks or helpers make New fail with an error wrapping
-// nodeplane.ErrNotSupported; [HaveSocketLB] tells in advance. Invalid input
-// fails with [ErrInvalidService] or [ErrInvalidBackend], an update that
+// nodeplane.ErrNotSupported; [HaveSocketLB] tells in advance. A Config New
+// cannot use fails with [ErrInvalidConfig]. Invalid input fails with
+// [ErrInvalidService] or [ErrInvalidBackend], an update that
 // does not fit the maps with [ErrFull], an update of an unknown frontend
 // with [ErrServiceNotFound]; in each case nothing changes. Pinned maps with
 // content this package cannot have written make New fail with

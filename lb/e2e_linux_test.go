@@ -304,7 +304,9 @@ func backendAddr(e *entry, id BackendID) netip.AddrPort {
 // TestPrivilegedUpdatesAreAtomic connects as fast as one client can while
 // the backend set of the service changes as fast as the control plane can,
 // growing and shrinking so that slots are rewritten and deleted under the
-// readers. No connect may fail or go astray.
+// readers. No connect may fail or go astray: every one must reach one of the
+// service's backends, be seen there from the client's own address and show
+// the VIP as its peer.
 func TestPrivilegedUpdatesAreAtomic(t *testing.T) {
 	e := newEnv(t, 4, Config{})
 	svc := Service{Frontend: fe("10.96.0.50:80", TCP)}
@@ -346,6 +348,17 @@ loop:
 	t.Logf("%d connections during %d updates: %v", total, updates, reply.Backends)
 	if len(reply.Errnos) != 0 {
 		t.Fatalf("connects failed during updates (errno: count): %v", reply.Errnos)
+	}
+	for name := range reply.Backends {
+		if e.top.backendOf(name) == nil {
+			t.Errorf("connections reached %q, not a backend of the service", name)
+		}
+	}
+	if client := e.top.clients[0].v4.String(); len(reply.Clients) != 1 || reply.Clients[client] != total {
+		t.Errorf("backends saw the client as %v, want %s for all %d connections", reply.Clients, client, total)
+	}
+	if len(reply.Peers) != 1 || reply.Peers["10.96.0.50:80"] != total {
+		t.Errorf("getpeername showed %v, want the VIP for all %d connections", reply.Peers, total)
 	}
 	if total < 100 || updates < 100 {
 		t.Fatalf("too little overlap to tell: %d connections, %d updates", total, updates)

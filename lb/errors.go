@@ -6,6 +6,10 @@ import (
 )
 
 var (
+	// ErrInvalidConfig reports a Config that New cannot use: no cgroup, a
+	// map size out of range, or a Maglev table size or seed that
+	// lb/maglev refuses (the error also wraps that one).
+	ErrInvalidConfig = errors.New("invalid load balancer config")
 	// ErrInvalidService reports a Service that cannot be programmed: a bad
 	// frontend address, protocol, type, algorithm or affinity timeout.
 	ErrInvalidService = errors.New("invalid service")

@@ -62,7 +62,7 @@ func New(cfg Config) (_ *LB, err error) {
 	}
 	mb, err := maglev.New(maglev.Config{TableSize: uint(cfg.MaglevTableSize), HashSeed: cfg.MaglevHashSeed})
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if err := HaveSocketLB(); err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package lb
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -25,6 +26,18 @@ func HaveSocketLB() error {
 }
 
 func probeSocketLB() error {
+	return probeSocketLBWith(func(spec *ebpf.ProgramSpec) error {
+		prog, err := ebpf.NewProgram(spec)
+		if err == nil {
+			prog.Close()
+		}
+		return err
+	})
+}
+
+// probeSocketLBWith loads a small program for each hook with load and says
+// from the errors whether the kernel has what socket LB needs.
+func probeSocketLBWith(load func(*ebpf.ProgramSpec) error) error {
 	hooks := []struct {
 		at     ebpf.AttachType
 		refuse bool // the hook may fail the system call
@@ -53,21 +66,44 @@ func probeSocketLB() error {
 			)
 		}
 		insns = append(insns, asm.Mov.Imm(asm.R0, 1), asm.Return())
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		err := load(&ebpf.ProgramSpec{
 			Type:         ebpf.CGroupSockAddr,
 			AttachType:   h.at,
 			Instructions: insns,
 			License:      "GPL",
 		})
-		switch {
-		case err == nil:
-			prog.Close()
-		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.E2BIG), errors.Is(err, unix.EACCES):
-			// An unknown attach type or helper: the verifier rejects it.
-			return fmt.Errorf("%s: %w: %w", h.at, nodeplane.ErrNotSupported, err)
-		default:
-			return err
+		if err != nil {
+			return loadProbeError(h.at, err)
 		}
 	}
 	return nil
+}
+
+// loadProbeError tells a kernel that lacks a hook or helper from any other
+// failure to load a probe program, as cilium/ebpf's features package does.
+// Only the first wraps nodeplane.ErrNotSupported; EACCES, EPERM and any
+// verifier complaint other than an unknown helper are errors to report,
+// not a missing feature, so that they cannot silently skip the suite.
+func loadProbeError(at ebpf.AttachType, err error) error {
+	notSupported := func() error { return fmt.Errorf("%s: %w: %w", at, nodeplane.ErrNotSupported, err) }
+	switch {
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return notSupported()
+	case errors.Is(err, unix.E2BIG):
+		// The kernel predates a field of the load attributes.
+		return notSupported()
+	case errors.Is(err, unix.EINVAL):
+		var verr *ebpf.VerifierError
+		if !errors.As(err, &verr) || len(verr.Log) == 0 {
+			// Rejected before verification: an unknown attach type.
+			return notSupported()
+		}
+		log := strings.Join(verr.Log, "\n")
+		for _, unknown := range []string{"invalid func", "unknown func", "program of this type cannot use helper"} {
+			if strings.Contains(log, unknown) {
+				return notSupported()
+			}
+		}
+	}
+	return fmt.Errorf("load %s probe: %w", at, err)
 }

@@ -28,6 +28,11 @@ import (
 // policies into their policy maps; TCP connections between them, and to
 // addresses outside the cluster, must succeed or fail as each phase's
 // truth table says, while policies are added and removed under traffic.
+// Each outcome is also checked in the kernel's own records, read from the
+// datapath's event ring buffer: a denied connection must show its drop
+// event with the policy drop reason and both identities, an allowed one
+// the policy-verdict events of each policy that decided it, with the match
+// type the truth table names.
 
 type pod struct {
 	name   string
@@ -35,6 +40,7 @@ type pod struct {
 	addr   netip.Addr
 	ns     *testutils.NetNS
 	id     identity.ID
+	ep     datapath.EndpointID
 }
 
 var conformancePorts = []uint16{80, 5432, 8080, 9050, 9200}
@@ -49,9 +55,14 @@ var (
 
 type conformanceWorld struct {
 	t      *testing.T
+	d      *datapath.Datapath
 	engine *Engine
 	pods   map[string]*pod
 	node   *testutils.NetNS
+	events *eventLog
+	// nextPort is the source port of the next connection check makes, so
+	// that its events can be told from the background traffic's.
+	nextPort uint16
 }
 
 func newConformanceWorld(t *testing.T) *conformanceWorld {
@@ -82,7 +93,8 @@ func newConformanceWorld(t *testing.T) *conformanceWorld {
 		}
 	})
 
-	w := &conformanceWorld{t: t, engine: engine, pods: map[string]*pod{}, node: node}
+	w := &conformanceWorld{t: t, d: d, engine: engine, pods: map[string]*pod{}, node: node, nextPort: 20000}
+	w.events = newEventLog(t, d)
 	team := map[string]string{"prod": "a", "dev": "b"}
 	for i, p := range []struct{ ns, app, addr string }{
 		{"prod", "web", "10.0.1.1"},
@@ -96,12 +108,13 @@ func newConformanceWorld(t *testing.T) *conformanceWorld {
 				p.app, p.ns, team[p.ns], clusterLbl),
 			addr: netip.MustParseAddr(p.addr),
 			ns:   testutils.NewNetNS(t),
+			ep:   datapath.EndpointID(i + 1),
 		}
 		ls := mustLabels(t, pd.labels)
 		if pd.id, _, err = alloc.Allocate(ctx, ls); err != nil {
 			t.Fatal(err)
 		}
-		epID := datapath.EndpointID(i + 1)
+		epID := pd.ep
 		dep, err := d.AddEndpoint(datapath.EndpointConfig{ID: epID, Identity: pd.id, IPv4: pd.addr,
 			NetNS: fmt.Sprintf("/proc/self/fd/%d", pd.ns.FD())})
 		if err != nil {
@@ -131,12 +144,16 @@ func newConformanceWorld(t *testing.T) *conformanceWorld {
 	return w
 }
 
-// connect opens a TCP connection from inside ns and echoes one message:
-// nil if the connection works, an error otherwise.
-func connect(ns *testutils.NetNS, dst netip.AddrPort, timeout time.Duration) error {
+// connect opens a TCP connection from inside ns, from src if it is valid,
+// and echoes one message: nil if the connection works, an error otherwise.
+func connect(ns *testutils.NetNS, src, dst netip.AddrPort, timeout time.Duration) error {
 	var c net.Conn
 	err := ns.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", dst.String(), timeout)
+		d := net.Dialer{Timeout: timeout}
+		if src.IsValid() {
+			d.LocalAddr = net.TCPAddrFromAddrPort(src)
+		}
+		c, err = d.Dial("tcp", dst.String())
 		return err
 	})
 	if err != nil {
@@ -169,7 +186,23 @@ type expectation struct {
 	from, to string // pod names, or an external address for to
 	port     uint16
 	allowed  bool
+	// dropReason is the drop reason of a denied connection: 133 (Cilium's
+	// DROP_POLICY, no rule allows it) or 181 (DROP_POLICY_DENY, a deny
+	// rule).
+	dropReason uint8
+	// egressMatch and ingressMatch name the policy entry kind that allows
+	// an allowed connection in the sender's and the receiver's policy
+	// (PolicyMatch names: "all" where a direction is not enforced,
+	// "L3-only", "L3-L4", ...); ingressMatch is empty for a destination
+	// outside the cluster.
+	egressMatch, ingressMatch string
 }
+
+// Cilium's drop reasons for policy, as the kernel reports them.
+const (
+	dropPolicyDenied = 133 // DROP_POLICY
+	dropPolicyDeny   = 181 // DROP_POLICY_DENY
+)
 
 func (w *conformanceWorld) dst(e expectation) netip.AddrPort {
 	if p, ok := w.pods[e.to]; ok {
@@ -185,7 +218,10 @@ func (w *conformanceWorld) check(phase string, table []expectation) {
 	w.t.Helper()
 	var wg sync.WaitGroup
 	errs := make([]error, len(table))
+	srcs := make([]netip.AddrPort, len(table))
 	for i, e := range table {
+		srcs[i] = netip.AddrPortFrom(w.pods[e.from].addr, w.nextPort)
+		w.nextPort++
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -193,7 +229,7 @@ func (w *conformanceWorld) check(phase string, table []expectation) {
 			if e.allowed {
 				timeout = 5 * time.Second
 			}
-			errs[i] = connect(w.pods[e.from].ns, w.dst(e), timeout)
+			errs[i] = connect(w.pods[e.from].ns, srcs[i], w.dst(e), timeout)
 		}()
 	}
 	wg.Wait()
@@ -206,6 +242,13 @@ func (w *conformanceWorld) check(phase string, table []expectation) {
 			w.t.Errorf("%s: %s -> %s:%d connected, should be denied", phase, e.from, e.to, e.port)
 		case !e.allowed && !isTimeout(err):
 			w.t.Errorf("%s: %s -> %s:%d failed with %v, want a silent drop", phase, e.from, e.to, e.port, err)
+		}
+	}
+	// The kernel's records agree: each connection's drop or verdicts.
+	for i, e := range table {
+		tup := datapath.Tuple{Src: srcs[i].Addr(), Dst: w.dst(e).Addr(), SrcPort: srcs[i].Port(), DstPort: e.port, Proto: 6}
+		if err := w.checkEvents(e, tup); err != nil {
+			w.t.Errorf("%s: %s -> %s:%d: %v", phase, e.from, e.to, e.port, err)
 		}
 	}
 	// The policy's own verdicts agree with the truth table too.
@@ -253,23 +296,45 @@ func (w *conformanceWorld) remove(ids ...PolicyID) {
 	}
 }
 
-// table builds expectations from "from -> to:port allow|deny" lines.
+// table builds expectations from lines of the forms
+//
+//	from -> to:port allow EGRESS/INGRESS   (to a pod)
+//	from -> to:port allow EGRESS           (to an external address)
+//	from -> to:port deny                   (no rule allows it: 133)
+//	from -> to:port deny-rule              (a deny rule: 181)
+//
+// where EGRESS and INGRESS are the match types of the entries that allow
+// the connection in the sender's and the receiver's policy.
 func table(t *testing.T, lines string) []expectation {
 	t.Helper()
 	var out []expectation
 	for _, l := range strings.Split(lines, "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" {
+		f := strings.Fields(l)
+		if len(f) == 0 {
 			continue
 		}
-		var from, arrow, dst, verdict string
-		if _, err := fmt.Sscan(l, &from, &arrow, &dst, &verdict); err != nil || arrow != "->" {
+		if len(f) < 4 || f[1] != "->" {
 			t.Fatalf("bad line %q", l)
 		}
-		i := strings.LastIndexByte(dst, ':')
+		i := strings.LastIndexByte(f[2], ':')
 		var port uint16
-		fmt.Sscan(dst[i+1:], &port)
-		out = append(out, expectation{from: from, to: dst[:i], port: port, allowed: verdict == "allow"})
+		fmt.Sscan(f[2][i+1:], &port)
+		e := expectation{from: f[0], to: f[2][:i], port: port}
+		switch {
+		case f[3] == "allow" && len(f) == 5:
+			e.allowed = true
+			e.egressMatch, e.ingressMatch, _ = strings.Cut(f[4], "/")
+			if _, err := netip.ParseAddr(e.to); (err == nil) != (e.ingressMatch == "") {
+				t.Fatalf("line %q: name both match types for a pod, only the egress one for an address", l)
+			}
+		case f[3] == "deny" && len(f) == 4:
+			e.dropReason = dropPolicyDenied
+		case f[3] == "deny-rule" && len(f) == 4:
+			e.dropReason = dropPolicyDeny
+		default:
+			t.Fatalf("bad line %q", l)
+		}
+		out = append(out, e)
 	}
 	return out
 }
@@ -303,7 +368,7 @@ func TestPrivilegedConformance(t *testing.T) {
 				case <-time.After(50 * time.Millisecond):
 				}
 				start := time.Now()
-				err := connect(w.pods[from].ns, dst, time.Second)
+				err := connect(w.pods[from].ns, netip.AddrPort{}, dst, time.Second)
 				mu.Lock()
 				samples = append(samples, sample{start, from, err == nil})
 				mu.Unlock()
@@ -316,11 +381,11 @@ func TestPrivilegedConformance(t *testing.T) {
 
 	// Phase 0: no policy, everything flows.
 	w.check("no policy", table(t, `
-		prod/web -> prod/db:5432 allow
-		dev/web -> prod/db:80 allow
-		dev/tools -> prod/web:8080 allow
-		prod/db -> 192.0.2.10:443 allow
-		dev/web -> 198.51.100.10:443 allow`))
+		prod/web -> prod/db:5432 allow all/all
+		dev/web -> prod/db:80 allow all/all
+		dev/tools -> prod/web:8080 allow all/all
+		prod/db -> 192.0.2.10:443 allow all
+		dev/web -> 198.51.100.10:443 allow all`))
 
 	// Phase 1: deny all ingress in prod.
 	tDenyAll := time.Now()
@@ -330,15 +395,15 @@ func TestPrivilegedConformance(t *testing.T) {
 		prod/web -> prod/db:5432 deny
 		dev/web -> prod/db:80 deny
 		dev/tools -> prod/web:8080 deny
-		prod/db -> dev/web:80 allow
-		dev/web -> dev/tools:9050 allow`))
+		prod/db -> dev/web:80 allow all/all
+		dev/web -> dev/tools:9050 allow all/all`))
 
 	// Phase 2: allow within the namespace.
 	tSameNS := time.Now()
 	sameNS := w.apply(knp("prod", "same-namespace", "podSelector: {}\ningress:\n- from: [{podSelector: {}}]"))
 	w.check("allow same namespace", table(t, `
-		prod/web -> prod/db:5432 allow
-		prod/db -> prod/web:8080 allow
+		prod/web -> prod/db:5432 allow all/L3-only
+		prod/db -> prod/web:8080 allow all/L3-only
 		dev/web -> prod/db:5432 deny
 		dev/tools -> prod/web:80 deny`))
 
@@ -361,14 +426,14 @@ ingress:
   - namespaceSelector: {matchLabels: {team: b}}
   ports: [{port: 80}]`))
 	w.check("namespace and pod selectors, ports", table(t, `
-		dev/web -> prod/db:5432 allow
-		dev/web -> prod/db:9050 allow
+		dev/web -> prod/db:5432 allow all/L3-L4
+		dev/web -> prod/db:9050 allow all/L3-L4
 		dev/web -> prod/db:9200 deny
 		dev/web -> prod/db:80 deny
 		dev/tools -> prod/db:5432 deny
-		dev/tools -> prod/web:80 allow
+		dev/tools -> prod/web:80 allow all/L3-L4
 		dev/tools -> prod/web:8080 deny
-		prod/web -> prod/db:9200 allow`))
+		prod/web -> prod/db:9200 allow all/L3-only`))
 
 	// A connection established now must survive the deny below: policy
 	// decides new connections; conntrack carries established ones.
@@ -392,12 +457,12 @@ egress:
     except: [192.0.2.128/25]
   toPorts: [{ports: [{port: "443", protocol: TCP}]}]`))
 	w.check("egress to CIDR with except", table(t, `
-		dev/web -> 192.0.2.10:443 allow
+		dev/web -> 192.0.2.10:443 allow L3-L4
 		dev/web -> 192.0.2.200:443 deny
 		dev/web -> 198.51.100.10:443 deny
-		dev/tools -> 198.51.100.10:443 allow
-		dev/web -> prod/db:5432 allow
-		dev/web -> dev/tools:80 allow`))
+		dev/tools -> 198.51.100.10:443 allow all
+		dev/web -> prod/db:5432 allow L3-only/L3-L4
+		dev/web -> dev/tools:80 allow L3-only/all`))
 
 	// Phase 5: deny overrides allow.
 	deny := w.apply(cnp("prod", "no-5432-from-dev-web", `
@@ -407,23 +472,23 @@ ingressDeny:
   - matchLabels: {io.kubernetes.pod.namespace: dev, app: web}
   toPorts: [{ports: [{port: "5432", protocol: TCP}]}]`))
 	w.check("deny overrides allow", table(t, `
-		dev/web -> prod/db:5432 deny
-		dev/web -> prod/db:9050 allow
-		prod/web -> prod/db:5432 allow`))
+		dev/web -> prod/db:5432 deny-rule
+		dev/web -> prod/db:9050 allow L3-only/L3-L4
+		prod/web -> prod/db:5432 allow all/L3-only`))
 	if err := echoOnce(established, 5*time.Second); err != nil {
 		t.Errorf("established connection broken by a new deny: %v", err)
 	}
 
 	// Phase 6: policies removed while traffic runs.
 	w.remove(deny...)
-	w.check("deny removed", table(t, `dev/web -> prod/db:5432 allow`))
+	w.check("deny removed", table(t, `dev/web -> prod/db:5432 allow L3-only/L3-L4`))
 	tOpen := time.Now()
 	w.remove(append(append(append(sameNS, fromTeamB...), webEgress...), denyAll...)...)
 	dwell()
 	w.check("all removed", table(t, `
-		dev/web -> prod/db:80 allow
-		dev/tools -> prod/web:8080 allow
-		dev/web -> 198.51.100.10:443 allow`))
+		dev/web -> prod/db:80 allow all/all
+		dev/tools -> prod/web:8080 allow all/all
+		dev/web -> 198.51.100.10:443 allow all`))
 	close(stop)
 	done.Wait()
 

@@ -18,6 +18,33 @@ type Endpoint struct {
 	NamedPorts []NamedPort
 }
 
+// checkEndpointIdentity accepts what can name a local endpoint: a valid
+// identity with labels, either cluster-scoped or reserved:health or
+// reserved:init (Cilium's health endpoint, and endpoints whose labels are
+// not known yet). Identity 0 means "any peer" in a policy key; the other
+// reserved identities name peers or the host and local-scope ones CIDRs.
+func checkEndpointIdentity(id identity.ID, labels identity.Labels) error {
+	if err := checkPeerIdentity(identity.Identity{ID: id, Labels: labels}); err != nil {
+		return err
+	}
+	if id.IsLocal() || id.IsReserved() && id != identity.ReservedHealth && id != identity.ReservedInit {
+		return fmt.Errorf("identity %v: %w: cannot name an endpoint", id, identity.ErrInvalidID)
+	}
+	return nil
+}
+
+// checkPeerIdentity accepts an identity the engine can be told about: a
+// valid ID with labels.
+func checkPeerIdentity(ident identity.Identity) error {
+	if err := ident.ID.Validate(); err != nil {
+		return err
+	}
+	if ident.Labels.IsEmpty() {
+		return fmt.Errorf("identity %v: %w", ident.ID, identity.ErrNoLabels)
+	}
+	return nil
+}
+
 // NamedPort is a named port of an endpoint.
 type NamedPort struct {
 	Name     string

@@ -104,6 +104,9 @@ func (e *Engine) AddEndpoint(id datapath.EndpointID, ep Endpoint, w PolicyMapWri
 	if _, ok := e.endpoints[id]; ok {
 		return fmt.Errorf("add endpoint %d: %w", id, ErrEndpointExists)
 	}
+	if err := checkEndpointIdentity(ep.Identity, ep.Labels); err != nil {
+		return fmt.Errorf("add endpoint %d: %w", id, err)
+	}
 	// The endpoint's own identity must be known for peers' rules to
 	// select it, and its selections are computed against the cache.
 	e.repo.UpdateIdentities([]identity.Identity{{ID: ep.Identity, Labels: ep.Labels}}, nil)
@@ -268,6 +271,11 @@ func (e *Engine) UpdateIdentities(added []identity.Identity, removed []identity.
 	defer e.mu.Unlock()
 	if e.closed {
 		return nodeplane.ErrClosed
+	}
+	for _, a := range added {
+		if err := checkPeerIdentity(a); err != nil {
+			return fmt.Errorf("update identities: %w", err)
+		}
 	}
 	e.repo.UpdateIdentities(added, removed)
 	ids := slices.Clone(removed)

@@ -67,7 +67,12 @@ func TestPrivilegedOracleBPF(t *testing.T) {
 			peerAddr[id.ID] = a
 		}
 		for n := 0; n < endpointsPerWorld; n++ {
+			// Only identities an endpoint can have (the pure oracle also
+			// compiles policies for peers such as world).
 			ep := w.endpoints[g.pick(len(w.endpoints))]
+			for !ep.ID.IsCluster() && ep.ID != identity.ReservedHealth && ep.ID != identity.ReservedInit {
+				ep = w.endpoints[g.pick(len(w.endpoints))]
+			}
 			epID++
 			addr := netip.AddrFrom4([4]byte{10, 200, byte(epID >> 8), byte(epID)})
 			dep, err := d.AddEndpoint(datapath.EndpointConfig{ID: epID, Identity: ep.ID, IPv4: addr, Detached: true})

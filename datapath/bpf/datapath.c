@@ -35,6 +35,7 @@
 #include "parse.h"
 #include "conntrack.h"
 #include "policy.h"
+#include "icmp6.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -299,6 +300,30 @@ static __always_inline int np_redirect_local(struct __sk_buff *skb, struct np_st
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
+/* np_answer_ns answers the endpoint's neighbour solicitation for its
+ * gateway with the gateway's advertisement, sent straight back into the
+ * endpoint's namespace, and drops any other (icmp6.h). */
+static __always_inline int np_answer_ns(struct __sk_buff *skb, struct np_state *s)
+{
+	union np_addr own = {
+		.words = { np_endpoint_ipv6[0], np_endpoint_ipv6[1], np_endpoint_ipv6[2],
+			   np_endpoint_ipv6[3] },
+	};
+	struct np_endpoint_info *ep = NULL;
+
+	if (own.words[0] | own.words[1] | own.words[2] | own.words[3])
+		ep = np_lookup_endpoint(&own, NP_IPV6);
+	if (!ep || ep->endpoint_id != np_endpoint_id) {
+		s->reason = ep ? DROP_UNKNOWN_TARGET : DROP_EP_NOT_READY;
+		return TC_ACT_SHOT;
+	}
+	s->reason = np_icmp6_answer_ns(skb, &s->pkt, ep->node_mac);
+	if (s->reason)
+		return TC_ACT_SHOT;
+	s->redirect_ifindex = skb->ifindex;
+	return bpf_redirect_peer(skb->ifindex, 0);
+}
+
 /* np_admit parses the packet and checks that the endpoint owns its source
  * (from the endpoint) or its destination (to the endpoint). It returns
  * TC_ACT_UNSPEC to go on, or the action to exit with. Only an admitted
@@ -315,6 +340,8 @@ static __always_inline int np_admit(struct __sk_buff *skb, struct np_state *s, b
 		return TC_ACT_SHOT;
 	}
 	s->parsed = 1;
+	if (from_endpoint && (s->pkt.flags & NP_PKT_ND_NS))
+		return np_answer_ns(skb, s);
 	if (from_endpoint && !np_is_own_addr(&s->pkt.tuple.saddr, s->pkt.tuple.ip_version)) {
 		s->reason = DROP_INVALID_SIP; /* anti-spoofing */
 		return TC_ACT_SHOT;

@@ -30,11 +30,12 @@
 #define NP_IPV6_MAX_EXTHDRS 4
 
 /* np_parse result besides 0 (parsed) and a drop reason (>= 130). */
-#define NP_PARSE_PASS 1 /* link-local control traffic (ARP, ND, MLD): pass untouched */
+#define NP_PARSE_PASS 1 /* link-local control traffic (ARP): pass untouched */
 
 /* np_pkt.flags */
 #define NP_PKT_ICMP_ERROR (1U << 0) /* an ICMP error: may relate to a connection */
 #define NP_PKT_FIRST_FRAG (1U << 1) /* the first fragment of a datagram: np_frag_record it */
+#define NP_PKT_ND_NS (1U << 2)      /* an ICMPv6 neighbour solicitation (icmp6.h) */
 
 struct np_pkt {
 	struct np_tuple tuple;
@@ -73,14 +74,6 @@ static __always_inline int np_icmp4_is_error(__u8 type)
 static __always_inline int np_icmp6_is_error(__u8 type)
 {
 	return type >= 1 && type <= 4; /* unreachable, too big, time exceeded, param */
-}
-
-/* Neighbour discovery (133-137) and multicast listener messages (130-132,
- * 143): link-scoped control traffic that the stacks on both sides validate
- * themselves. It passes without policy. */
-static __always_inline int np_icmp6_is_link_control(__u8 type)
-{
-	return (type >= 130 && type <= 137) || type == 143;
 }
 
 /* np_parse_l4 fills ports, TCP flags and the policy port. end is where the
@@ -126,8 +119,8 @@ static __always_inline int np_parse_l4(struct __sk_buff *skb, struct np_pkt *p, 
 		type = hdr[0];
 		__builtin_memcpy(&id, &hdr[4], 2);
 		p->policy_port = bpf_htons(type);
-		if (v6 && np_icmp6_is_link_control(type))
-			return NP_PARSE_PASS;
+		if (v6 && type == 135)
+			p->flags |= NP_PKT_ND_NS;
 		if (type == (v6 ? ICMPV6_ECHO_REQUEST : ICMP_ECHO)) {
 			p->tuple.sport = id;
 		} else if (type == (v6 ? ICMPV6_ECHO_REPLY : ICMP_ECHOREPLY)) {
@@ -318,8 +311,8 @@ static __always_inline int np_parse_ipv6(struct __sk_buff *skb, struct np_pkt *p
 	return np_parse_l4(skb, p, end);
 }
 
-/* np_parse returns 0 with p filled in, NP_PARSE_PASS for link-local
- * control traffic, or the reason to drop the packet. */
+/* np_parse returns 0 with p filled in, NP_PARSE_PASS for ARP, or the
+ * reason to drop the packet. */
 static __always_inline int np_parse(struct __sk_buff *skb, struct np_pkt *p)
 {
 	p->len = skb->len;

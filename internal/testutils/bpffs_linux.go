@@ -11,6 +11,7 @@ import (
 // pin inside it.
 func NewBPFFS(tb testing.TB) string {
 	tb.Helper()
+	RequirePrivileged(tb)
 	dir := tb.TempDir()
 	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
 		tb.Fatalf("mount bpffs on %s: %v", dir, err)

@@ -23,6 +23,7 @@ type Cgroup struct {
 // cleanup every process still in it is moved to the root and it is removed.
 func NewCgroup(tb testing.TB) *Cgroup {
 	tb.Helper()
+	RequirePrivileged(tb)
 	root, err := Cgroup2Root()
 	if err != nil {
 		tb.Fatal(err)

@@ -21,6 +21,7 @@ type NetNS struct {
 // moved into it, or a process started in it.
 func NewNetNS(tb testing.TB) *NetNS {
 	tb.Helper()
+	RequirePrivileged(tb)
 	ns, err := newNetNS()
 	if err != nil {
 		tb.Fatalf("create netns: %v", err)

@@ -173,6 +173,38 @@ static __always_inline void lb_affinity_set(void *map, void *key, __u32 backend_
 }
 
 /*
+ * lbN_backend_copy reads backend id once into *b and returns b, or NULL when
+ * the entry is gone or does not belong to service rev_nat. A backend map
+ * element the control plane deletes can be reused at once for another
+ * backend (hash maps recycle freed elements without waiting for readers),
+ * so fields read through the map pointer at different times may belong to
+ * different backends: the destination and the reverse-NAT key of a
+ * connection could disagree, and getpeername would show the backend. One
+ * copy, checked against the service, keeps them together.
+ */
+static __always_inline const struct lb4_backend *lb4_backend_copy(__u32 id, __u16 rev_nat,
+								  struct lb4_backend *b)
+{
+	const struct lb4_backend *be = bpf_map_lookup_elem(&np_lb4_be, &id);
+
+	if (!be)
+		return NULL;
+	__builtin_memcpy(b, be, sizeof(*b));
+	return b->rev_nat_index == rev_nat ? b : NULL;
+}
+
+static __always_inline const struct lb6_backend *lb6_backend_copy(__u32 id, __u16 rev_nat,
+								  struct lb6_backend *b)
+{
+	const struct lb6_backend *be = bpf_map_lookup_elem(&np_lb6_be, &id);
+
+	if (!be)
+		return NULL;
+	__builtin_memcpy(b, be, sizeof(*b));
+	return b->rev_nat_index == rev_nat ? b : NULL;
+}
+
+/*
  * IPv4 forward translation of (*addr, *port). Returns 0 and the backend in
  * (*addr, *port); -ENXIO when the destination is not a service (leave it
  * alone); -EHOSTUNREACH when the service has no backend to offer; -ENOMEM
@@ -188,6 +220,7 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 	};
 	struct lb4_affinity_key akey = {};
 	const struct lb4_backend *be = NULL;
+	struct lb4_backend b = {};
 	const struct lb_service *svc, *slot;
 	bool affinity = false, pinned = false;
 	__u32 backend_id = 0;
@@ -225,8 +258,8 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 			akey.netns_cookie = 1;
 			backend_id = lb_affinity_get(&np_lb4_aff, &akey, rev_nat, timeout, now);
 			if (backend_id) {
-				be = bpf_map_lookup_elem(&np_lb4_be, &backend_id);
-				if (be && be->state == BE_STATE_ACTIVE) {
+				be = lb4_backend_copy(backend_id, rev_nat, &b);
+				if (be && b.state == BE_STATE_ACTIVE) {
 					pinned = true;
 					break;
 				}
@@ -239,7 +272,7 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 		if (!slot)
 			continue;
 		backend_id = slot->backend_id;
-		be = bpf_map_lookup_elem(&np_lb4_be, &backend_id);
+		be = lb4_backend_copy(backend_id, rev_nat, &b);
 		if (be)
 			break;
 	}
@@ -252,8 +285,8 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 	{
 		struct lb4_sock_revnat_key rkey = {
 			.cookie = bpf_get_socket_cookie(ctx),
-			.address = be->address,
-			.port = be->port,
+			.address = b.address,
+			.port = b.port,
 		};
 		struct lb4_sock_revnat rval = {
 			.address = *addr,
@@ -270,8 +303,8 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 		}
 	}
 
-	*addr = be->address;
-	*port = be->port;
+	*addr = b.address;
+	*port = b.port;
 	return 0;
 }
 
@@ -330,6 +363,7 @@ static __always_inline int lb6_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 	};
 	struct lb6_affinity_key akey = {};
 	const struct lb6_backend *be = NULL;
+	struct lb6_backend b = {};
 	const struct lb_service *svc, *slot;
 	bool affinity = false, pinned = false;
 	__u32 backend_id = 0;
@@ -368,8 +402,8 @@ static __always_inline int lb6_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 			akey.netns_cookie = 1;
 			backend_id = lb_affinity_get(&np_lb6_aff, &akey, rev_nat, timeout, now);
 			if (backend_id) {
-				be = bpf_map_lookup_elem(&np_lb6_be, &backend_id);
-				if (be && be->state == BE_STATE_ACTIVE) {
+				be = lb6_backend_copy(backend_id, rev_nat, &b);
+				if (be && b.state == BE_STATE_ACTIVE) {
 					pinned = true;
 					break;
 				}
@@ -382,7 +416,7 @@ static __always_inline int lb6_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 		if (!slot)
 			continue;
 		backend_id = slot->backend_id;
-		be = bpf_map_lookup_elem(&np_lb6_be, &backend_id);
+		be = lb6_backend_copy(backend_id, rev_nat, &b);
 		if (be)
 			break;
 	}
@@ -395,7 +429,7 @@ static __always_inline int lb6_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 	{
 		struct lb6_sock_revnat_key rkey = {
 			.cookie = bpf_get_socket_cookie(ctx),
-			.port = be->port,
+			.port = b.port,
 		};
 		struct lb6_sock_revnat rval = {
 			.port = *port,
@@ -403,7 +437,7 @@ static __always_inline int lb6_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 		};
 		struct lb6_sock_revnat *old;
 
-		ip6_copy(rkey.address, be->address);
+		ip6_copy(rkey.address, b.address);
 		ip6_copy(rval.address, addr);
 		old = bpf_map_lookup_elem(&np_lb6_sk_rnat, &rkey);
 		if (!old || !ip6_eq(old->address, rval.address) || old->port != rval.port ||
@@ -413,8 +447,8 @@ static __always_inline int lb6_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 		}
 	}
 
-	ip6_copy(addr, be->address);
-	*port = be->port;
+	ip6_copy(addr, b.address);
+	*port = b.port;
 	return 0;
 }
 
