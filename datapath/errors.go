@@ -6,9 +6,6 @@ import (
 )
 
 var (
-	// ErrInvalidPolicyKey is returned for keys that [PolicyKey.Validate]
-	// rejects.
-	ErrInvalidPolicyKey = errors.New("invalid policy key")
 	// ErrInvalidConfig is returned for a [Config] or [EndpointConfig] that
 	// fails validation; nothing has been created then.
 	ErrInvalidConfig = errors.New("invalid configuration")

@@ -9,33 +9,10 @@ import (
 	"time"
 
 	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
-
-// LookupPolicy is the Go model of the kernel's decision: here a port range
-// allowed for one peer, and an explicit deny for everyone that takes
-// precedence.
-func ExampleLookupPolicy() {
-	const web identity.ID = 1000
-	entries := map[datapath.PolicyKey]datapath.PolicyEntry{
-		// 8080-8083 from web: a /14 port prefix.
-		{Identity: web, Direction: datapath.Ingress, Protocol: 6, Port: 8080, PortPrefixLen: 14}: {},
-		// Nobody may reach 8082.
-		{Direction: datapath.Ingress, Protocol: 6, Port: 8082, PortPrefixLen: 16}: {Deny: true},
-	}
-	for _, port := range []uint16{8080, 8082, 8084} {
-		d := datapath.LookupPolicy(entries, web, datapath.Ingress, 6, port)
-		if d.Allowed {
-			fmt.Printf("%d: allowed by %v\n", port, d.Key)
-		} else {
-			fmt.Printf("%d: %v\n", port, d.Reason)
-		}
-	}
-	// Output:
-	// 8080: allowed by {ingress identity 1000 8080-8083/proto 6}
-	// 8082: POLICY_DENY
-	// 8084: POLICY_DENIED
-}
 
 // Run a crafted packet through an endpoint's program with
 // BPF_PROG_TEST_RUN: no interface, no namespace, just the kernel's verdict.
@@ -56,8 +33,8 @@ func ExampleEndpoint_TestRun() {
 	if err := dp.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), identity.IPCacheEntry{Identity: 2000}); err != nil {
 		log.Fatal(err)
 	}
-	if err := web.Policy().Update(datapath.PolicyKey{Identity: 2000, Direction: datapath.Egress, Protocol: 6, Port: 5432, PortPrefixLen: 16},
-		datapath.PolicyEntry{}); err != nil {
+	if err := web.Policy().Update(mapstate.Key{Identity: 2000, Direction: mapstate.Egress, Protocol: 6, Port: 5432, PortPrefixLen: 16},
+		mapstate.Entry{}); err != nil {
 		log.Fatal(err)
 	}
 
@@ -104,10 +81,10 @@ func ExampleDatapath_AddEndpoint() {
 	web, _ := dp.Endpoint(1)
 	db, _ := dp.Endpoint(2)
 	// web -> db on 5432, both ways of the policy.
-	if err := web.Policy().Update(datapath.PolicyKey{Identity: 2000, Direction: datapath.Egress, Protocol: 6, Port: 5432, PortPrefixLen: 16}, datapath.PolicyEntry{}); err != nil {
+	if err := web.Policy().Update(mapstate.Key{Identity: 2000, Direction: mapstate.Egress, Protocol: 6, Port: 5432, PortPrefixLen: 16}, mapstate.Entry{}); err != nil {
 		log.Fatal(err)
 	}
-	if err := db.Policy().Update(datapath.PolicyKey{Identity: 1000, Direction: datapath.Ingress, Protocol: 6, Port: 5432, PortPrefixLen: 16}, datapath.PolicyEntry{}); err != nil {
+	if err := db.Policy().Update(mapstate.Key{Identity: 1000, Direction: mapstate.Ingress, Protocol: 6, Port: 5432, PortPrefixLen: 16}, mapstate.Entry{}); err != nil {
 		log.Fatal(err)
 	}
 
@@ -165,15 +142,15 @@ func ExampleNew_restart() {
 			}
 		}
 		// Adopted or new, the endpoint's policy is the agent's to (re)write.
-		if err := ep.Policy().Update(datapath.PolicyKey{Direction: datapath.Egress}, datapath.PolicyEntry{}); err != nil {
+		if err := ep.Policy().Update(mapstate.Key{Direction: mapstate.Egress}, mapstate.Entry{}); err != nil {
 			log.Fatal(err)
 		}
 	}
 }
 
 func ExampleDropReason() {
-	fmt.Println(datapath.DropPolicyDenied, uint8(datapath.DropPolicyDenied))
-	fmt.Println(datapath.DropInvalidSourceIP, uint8(datapath.DropInvalidSourceIP))
+	fmt.Println(monitor.DropPolicyDenied, uint8(monitor.DropPolicyDenied))
+	fmt.Println(monitor.DropInvalidSourceIP, uint8(monitor.DropInvalidSourceIP))
 	// Output:
 	// POLICY_DENIED 133
 	// INVALID_SOURCE_IP 132

@@ -33,8 +33,8 @@ func TestEnginePolicyChangesMatchFullCompile(t *testing.T) {
 		eps := map[datapath.EndpointID]managed{}
 		for i, id := range ids[:12] {
 			epID := datapath.EndpointID(i + 1)
-			m := managed{Endpoint{Identity: id.ID, Labels: id.Labels}, &recordingMap{}}
-			if err := e.AddEndpoint(epID, m.ep, m.m); err != nil {
+			m := managed{Endpoint{Identity: id.ID, Labels: id.Labels}, &recordingMap{id: id.ID}}
+			if err := e.AddEndpoint(m.m); err != nil {
 				t.Fatal(err)
 			}
 			eps[epID] = m
@@ -75,7 +75,7 @@ func TestEnginePolicyChangesMatchFullCompile(t *testing.T) {
 			}
 			for id, m := range eps {
 				fresh := e.repo.Compile(m.ep).State()
-				pol, _ := e.EndpointPolicy(id)
+				pol, _ := e.EndpointPolicy(m.m)
 				if got := pol.State(); !maps.Equal(got, fresh) {
 					t.Fatalf("seed %d step %d %s: endpoint %d compiled %d entries, from scratch %d",
 						seed, step, what, id, len(got), len(fresh))

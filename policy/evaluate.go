@@ -1,8 +1,10 @@
 package policy
 
 import (
-	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // RuleMatch is a rule item that matched a packet.
@@ -33,7 +35,7 @@ type Evaluation struct {
 	Allowed bool
 	// Reason is DropPolicyDeny when a deny rule matched, DropPolicyDenied
 	// when nothing allowed a packet in a default-deny direction.
-	Reason datapath.DropReason
+	Reason monitor.DropReason
 	// Policy summarises the direction (enforced, default deny, why).
 	Policy DirectionPolicy
 	// Denied and Allowed list the rule items that matched.
@@ -47,7 +49,7 @@ type Evaluation struct {
 // with, and what traces explain. ep is the endpoint whose policy applies
 // (the destination for ingress, the source for egress); peer is the other
 // side.
-func (r *Repository) Evaluate(ep Endpoint, peer identity.Identity, dir Direction, proto Protocol, port uint16) Evaluation {
+func (r *Repository) Evaluate(ep Endpoint, peer identity.Identity, dir mapstate.Direction, proto nodeplane.Protocol, port uint16) Evaluation {
 	entries, _ := r.snapshot()
 	in, eg, dirs := r.selectRules(entries, ep.Identity, ep.Labels)
 	ev := Evaluation{Policy: dirs[dir]}
@@ -56,11 +58,11 @@ func (r *Repository) Evaluate(ep Endpoint, peer identity.Identity, dir Direction
 		return ev
 	}
 	sel := eg
-	if dir == Ingress {
+	if dir == mapstate.Ingress {
 		sel = in
 	}
-	namedPort := func(name string, p Protocol) []uint16 {
-		if dir == Ingress {
+	namedPort := func(name string, p nodeplane.Protocol) []uint16 {
+		if dir == mapstate.Ingress {
 			return ep.namedPort(name, p)
 		}
 		if r.cfg.NamedPorts == nil {
@@ -104,11 +106,11 @@ func (r *Repository) Evaluate(ep Endpoint, peer identity.Identity, dir Direction
 	}
 	switch {
 	case len(ev.DeniedBy) > 0:
-		ev.Reason = datapath.DropPolicyDeny
+		ev.Reason = monitor.DropPolicyDeny
 	case len(ev.AllowedBy) > 0, !ev.Policy.DefaultDeny:
 		ev.Allowed = true
 	default:
-		ev.Reason = datapath.DropPolicyDenied
+		ev.Reason = monitor.DropPolicyDenied
 	}
 	return ev
 }

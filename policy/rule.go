@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -194,8 +195,9 @@ type PortProtocol struct {
 	Name string
 	// EndPort, when greater than Port, makes the rule cover Port..EndPort.
 	EndPort uint16
-	// Protocol is the L4 protocol; ProtoAny covers TCP, UDP and SCTP.
-	Protocol Protocol
+	// Protocol is the L4 protocol; [nodeplane.ProtoAny] covers TCP, UDP and
+	// SCTP.
+	Protocol nodeplane.Protocol
 }
 
 // ICMPRule lists ICMP types.
