@@ -183,7 +183,6 @@ func BenchmarkIdentityAdd(b *testing.B) {
 	})
 }
 
-// discardMap is a PolicyMapWriter that writes nowhere.
 // discardEndpoint is a LocalEndpoint of that identity whose map is
 // nowhere.
 type discardEndpoint identity.ID

@@ -19,7 +19,7 @@ import (
 // standing for every peer. Deny wins over allow: a deny for a key
 // overrides an allow for the same key, and allows that a deny of the same
 // identity covers are left out, so that the datapath's two lookups
-// (datapath.LookupPolicy) decide exactly as the rules do. A direction that
+// (mapstate.Lookup) decide exactly as the rules do. A direction that
 // is not enforced, or not default-deny, gets an allow-all entry for
 // identity 0.
 type EndpointPolicy struct {
@@ -184,7 +184,7 @@ func (p *EndpointPolicy) Endpoint() Endpoint { return p.endpoint }
 func (p *EndpointPolicy) Direction(d mapstate.Direction) DirectionPolicy { return p.dirs[d] }
 
 // Lookup decides a packet against the compiled map the way the datapath
-// does (datapath.LookupPolicy).
+// does (mapstate.Lookup).
 func (p *EndpointPolicy) Lookup(peer identity.ID, dir mapstate.Direction, proto nodeplane.Protocol, port uint16) mapstate.Decision {
 	p.mu.RLock()
 	defer p.mu.RUnlock()

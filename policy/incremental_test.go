@@ -123,10 +123,8 @@ func TestIncrementalMatchesFullCompile(t *testing.T) {
 	}
 }
 
-// recordingMap is a PolicyMapWriter that keeps the map in memory and
-// records every call.
-// recordingMap is a LocalEndpoint of identity id that records the deltas
-// applied to its map.
+// recordingMap is a LocalEndpoint of identity id that keeps its map in
+// memory and records every delta applied to it.
 type recordingMap struct {
 	id    identity.ID
 	mu    sync.Mutex

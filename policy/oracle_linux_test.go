@@ -45,7 +45,7 @@ func newTestDatapath(tb testing.TB, cfg datapath.Config) (*datapath.Datapath, *t
 // into a detached endpoint's policy map, every peer identity gets an
 // address in the ipcache, and crafted packets go through the endpoint's
 // egress (from-endpoint) or ingress (to-endpoint) program. The kernel's
-// verdict and drop reason must equal datapath.LookupPolicy's, and so the
+// verdict and drop reason must equal mapstate.Lookup's, and so the
 // rules'.
 func TestPrivilegedOracleBPF(t *testing.T) {
 	d, _ := newTestDatapath(t, datapath.Config{})

@@ -54,7 +54,7 @@ func newOracleWorld(tb testing.TB, seed uint64) *oracleWorld {
 }
 
 // TestOracle checks, over random policies, identities and packets, that
-// the datapath's decision over the compiled map (datapath.LookupPolicy)
+// the datapath's decision over the compiled map (mapstate.Lookup)
 // equals a direct evaluation of the rules, reason included.
 func TestOracle(t *testing.T) {
 	worlds, packets := 250, 420
