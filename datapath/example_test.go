@@ -8,8 +8,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
-	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
@@ -23,17 +23,19 @@ func ExampleEndpoint_TestRun() {
 	}
 	defer dp.Close()
 
+	// Cluster-scoped identities of cluster 1 (identity.ClusterScopedID).
+	const webID, dbID identity.ID = 1<<16 | 1000, 1<<16 | 2000
 	web, err := dp.AddEndpoint(datapath.EndpointConfig{
-		ID: 1, Identity: 1000, IPv4: netip.MustParseAddr("10.0.0.1"), Detached: true,
+		ID: 1, Identity: webID, IPv4: netip.MustParseAddr("10.0.0.1"), Detached: true,
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	// 192.0.2.0/24 is the database, identity 2000; web may reach it on 5432.
-	if err := dp.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), identity.IPCacheEntry{Identity: 2000}); err != nil {
+	// 192.0.2.0/24 is the database, identity dbID; web may reach it on 5432.
+	if err := dp.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), identity.IPCacheEntry{Identity: dbID}); err != nil {
 		log.Fatal(err)
 	}
-	if err := web.Policy().Update(mapstate.Key{Identity: 2000, Direction: mapstate.Egress, Protocol: 6, Port: 5432, PortPrefixLen: 16},
+	if err := web.Policy().Update(mapstate.Key{Identity: dbID, Direction: mapstate.Egress, Protocol: nodeplane.ProtoTCP, Port: 5432, PortPrefixLen: 16},
 		mapstate.Entry{}); err != nil {
 		log.Fatal(err)
 	}
@@ -41,7 +43,7 @@ func ExampleEndpoint_TestRun() {
 	for _, port := range []uint16{5432, 22} {
 		pkt, err := datapath.TestPacket{
 			Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("192.0.2.7"),
-			Proto: 6, SrcPort: 40000, DstPort: port, TCPFlags: datapath.TCPSyn,
+			Proto: nodeplane.ProtoTCP, SrcPort: 40000, DstPort: port, TCPFlags: datapath.TCPSyn,
 		}.Bytes()
 		if err != nil {
 			log.Fatal(err)
@@ -63,14 +65,16 @@ func ExampleDatapath_AddEndpoint() {
 	}
 	defer dp.Close()
 
+	// Cluster-scoped identities of cluster 1 (identity.ClusterScopedID).
+	const webID, dbID identity.ID = 1<<16 | 1000, 1<<16 | 2000
 	for _, w := range []struct {
 		id    datapath.EndpointID
 		ident identity.ID
 		addr  string
 		netns string
 	}{
-		{1, 1000, "10.0.0.1", "/var/run/netns/web"},
-		{2, 2000, "10.0.0.2", "/var/run/netns/db"},
+		{1, webID, "10.0.0.1", "/var/run/netns/web"},
+		{2, dbID, "10.0.0.2", "/var/run/netns/db"},
 	} {
 		if _, err := dp.AddEndpoint(datapath.EndpointConfig{
 			ID: w.id, Identity: w.ident, IPv4: netip.MustParseAddr(w.addr), NetNS: w.netns,
@@ -81,10 +85,10 @@ func ExampleDatapath_AddEndpoint() {
 	web, _ := dp.Endpoint(1)
 	db, _ := dp.Endpoint(2)
 	// web -> db on 5432, both ways of the policy.
-	if err := web.Policy().Update(mapstate.Key{Identity: 2000, Direction: mapstate.Egress, Protocol: 6, Port: 5432, PortPrefixLen: 16}, mapstate.Entry{}); err != nil {
+	if err := web.Policy().Update(mapstate.Key{Identity: dbID, Direction: mapstate.Egress, Protocol: nodeplane.ProtoTCP, Port: 5432, PortPrefixLen: 16}, mapstate.Entry{}); err != nil {
 		log.Fatal(err)
 	}
-	if err := db.Policy().Update(mapstate.Key{Identity: 1000, Direction: mapstate.Ingress, Protocol: 6, Port: 5432, PortPrefixLen: 16}, mapstate.Entry{}); err != nil {
+	if err := db.Policy().Update(mapstate.Key{Identity: webID, Direction: mapstate.Ingress, Protocol: nodeplane.ProtoTCP, Port: 5432, PortPrefixLen: 16}, mapstate.Entry{}); err != nil {
 		log.Fatal(err)
 	}
 
@@ -130,9 +134,11 @@ func ExampleNew_restart() {
 		fmt.Printf("endpoint %d repaired: %s\n", fixed.ID, fixed.Reason)
 	}
 
+	// Cluster-scoped identities of cluster 1 (identity.ClusterScopedID).
+	const webID, dbID identity.ID = 1<<16 | 1000, 1<<16 | 2000
 	pods := []datapath.EndpointConfig{
-		{ID: 1, Identity: 1000, IPv4: netip.MustParseAddr("10.0.0.1"), NetNS: "/var/run/netns/web"},
-		{ID: 2, Identity: 2000, IPv4: netip.MustParseAddr("10.0.0.2"), NetNS: "/var/run/netns/db"},
+		{ID: 1, Identity: webID, IPv4: netip.MustParseAddr("10.0.0.1"), NetNS: "/var/run/netns/web"},
+		{ID: 2, Identity: dbID, IPv4: netip.MustParseAddr("10.0.0.2"), NetNS: "/var/run/netns/db"},
 	}
 	for _, pod := range pods {
 		ep, ok := dp.Endpoint(pod.ID)
@@ -146,12 +152,4 @@ func ExampleNew_restart() {
 			log.Fatal(err)
 		}
 	}
-}
-
-func ExampleDropReason() {
-	fmt.Println(monitor.DropPolicyDenied, uint8(monitor.DropPolicyDenied))
-	fmt.Println(monitor.DropInvalidSourceIP, uint8(monitor.DropInvalidSourceIP))
-	// Output:
-	// POLICY_DENIED 133
-	// INVALID_SOURCE_IP 132
 }
