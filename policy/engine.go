@@ -356,7 +356,9 @@ func (e *Engine) learnLocked(added []identity.Identity, removed []identity.ID) {
 // entries to every managed endpoint's map, or until ctx is done or the
 // engine closed. Call it between allocating an endpoint's identity and
 // [Engine.AddEndpoint] when the watch runs in another goroutine.
-// Reserved identities are always known.
+// Reserved identities are always known. An identity whose entries could
+// not be written to some map still counts as known; that failure is the
+// error of UpdateIdentities (or of the watch).
 func (e *Engine) WaitForIdentities(ctx context.Context, ids ...identity.ID) error {
 	for {
 		e.mu.Lock()
