@@ -15,9 +15,25 @@ import (
 // Do runs fn on a fresh goroutine locked to its OS thread that has entered
 // ns, and waits for it. fn must not start goroutines that expect to be in
 // the namespace (they may run on other threads), and must not unlock the
-// thread. A thread that cannot return to its original namespace stays
-// locked, so the runtime retires it rather than reuse it.
+// thread.
 func Do(ns netns.NsHandle, fn func() error) error {
+	return onThread(func(orig netns.NsHandle) (bool, error) {
+		if err := netns.Set(ns); err != nil {
+			return netns.Set(orig) == nil, fmt.Errorf("enter namespace: %w", err)
+		}
+		fnErr := fn()
+		if err := netns.Set(orig); err != nil {
+			return false, errors.Join(fnErr, fmt.Errorf("leave namespace: %w", err))
+		}
+		return true, fnErr
+	})
+}
+
+// onThread runs fn on a fresh goroutine locked to its OS thread, with the
+// thread's namespace, and waits for it. fn reports whether the thread is
+// back in that namespace; a thread that is not stays locked, so the runtime
+// retires it rather than reuse it.
+func onThread(fn func(orig netns.NsHandle) (back bool, err error)) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -27,21 +43,12 @@ func Do(ns netns.NsHandle, fn func() error) error {
 			errc <- fmt.Errorf("get current namespace: %w", err)
 			return
 		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			if netns.Set(orig) == nil {
-				runtime.UnlockOSThread()
-			}
-			errc <- fmt.Errorf("enter namespace: %w", err)
-			return
+		back, err := fn(orig)
+		orig.Close()
+		if back {
+			runtime.UnlockOSThread()
 		}
-		fnErr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(fnErr, fmt.Errorf("leave namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
+		errc <- err
 	}()
 	return <-errc
 }
@@ -52,35 +59,20 @@ func Do(ns netns.NsHandle, fn func() error) error {
 // it, or a process started in it.
 func New() (netns.NsHandle, error) {
 	h := netns.None()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	err := onThread(func(orig netns.NsHandle) (bool, error) {
 		nh, err := netns.New()
 		if err != nil {
 			// netns.New only switches the thread once unshare succeeded.
-			if netns.Set(orig) == nil {
-				runtime.UnlockOSThread()
-			}
-			errc <- fmt.Errorf("create namespace: %w", err)
-			return
+			return netns.Set(orig) == nil, fmt.Errorf("create namespace: %w", err)
 		}
 		if err := netns.Set(orig); err != nil {
 			nh.Close()
-			errc <- fmt.Errorf("leave new namespace: %w", err)
-			return
+			return false, fmt.Errorf("leave new namespace: %w", err)
 		}
-		runtime.UnlockOSThread()
 		h = nh
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+		return true, nil
+	})
+	if err != nil {
 		return netns.None(), err
 	}
 	if err := Do(h, func() error {
