@@ -3,30 +3,41 @@
 // independent packages that each do one thing in the kernel and can be
 // composed as the caller sees fit. There is no agent to run.
 //
-// The packages and how they compose:
+// The packages and how they compose (doc/architecture.md has the layers
+// and which package may import which):
 //
 //   - [github.com/nodeplane/nodeplane/identity] turns label sets into numeric
 //     security identities (in-process or cluster-wide through etcd) and keeps
 //     the ipcache, the map from address prefix to identity.
 //   - [github.com/nodeplane/nodeplane/policy] parses Cilium and Kubernetes
-//     network policies, resolves their selectors against identities and
-//     compiles them, incrementally, into per-endpoint policy-map entries;
-//     it also traces why a packet is allowed or denied.
+//     network policies, resolves their selectors against identities and,
+//     through its Engine (the one way to change policy), compiles them
+//     incrementally into each endpoint's policy map; it also traces why a
+//     packet is allowed or denied. It imports no kernel code: the compiled
+//     form is [github.com/nodeplane/nodeplane/policy/mapstate].
 //   - [github.com/nodeplane/nodeplane/datapath] owns the BPF programs that
 //     enforce that state on endpoint traffic: endpoints (veth + netns),
-//     ipcache, conntrack, policy maps, forwarding and drop events.
+//     ipcache, conntrack, policy maps, forwarding and drop events, whose
+//     vocabulary is [github.com/nodeplane/nodeplane/datapath/monitor].
 //   - [github.com/nodeplane/nodeplane/lb] translates service addresses to
 //     backends at the socket layer and builds Maglev tables.
 //   - [github.com/nodeplane/nodeplane/ipam] hands out pod addresses from
 //     host-scope pools that survive restarts and carves node CIDRs from
 //     cluster CIDRs.
 //
-// A node agent typically allocates an address from ipam, creates a datapath
-// endpoint with it, allocates the endpoint's identity from its labels,
-// publishes address → identity in the ipcache, and lets policy compile the
-// rules that select the endpoint into its policy map. The examples directory
-// holds binaries built from these packages, such as examples/policytrace,
-// which explains the verdict of a set of policies for a flow.
+// A node agent allocates an address from ipam, allocates the pod's
+// identity from its labels, creates a datapath endpoint with both,
+// publishes address → identity in the ipcache, and gives the endpoint to
+// the policy engine, which writes the rules that select it into its policy
+// map. Every endpoint goes to the engine, selected or not: the datapath
+// denies all traffic of an endpoint whose policy map is empty. Example
+// (example_test.go) is that path as code. The examples directory holds
+// binaries built from these packages, such as examples/policytrace, which
+// explains the verdict of a set of policies for a flow.
+//
+// The root package holds what every package shares: [Protocol], the one
+// IP-protocol type; [StackMode], which identity's allocators and policy
+// must agree on; and the errors below.
 //
 // Errors that mean "this kernel cannot do it" wrap [ErrNotSupported] in every
 // package, so callers can degrade with a single errors.Is check.

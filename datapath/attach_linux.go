@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nodeplane/nodeplane/internal/feature"
+	"github.com/nodeplane/nodeplane/internal/netnsutil"
 )
 
 var tcxProbe = feature.NewProbe("tcx", "6.6", func() error {
@@ -245,34 +245,5 @@ func (n *nodeNamespace) tcxLinkAttached(l link.Link, ifindex int, h endpointHook
 	return false, nil
 }
 
-// inNetNS runs fn on a locked OS thread that has entered ns. A thread that
-// cannot return to its namespace stays locked, so the runtime retires it
-// rather than reuse it.
-func inNetNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			if netns.Set(orig) == nil {
-				runtime.UnlockOSThread()
-			}
-			errc <- fmt.Errorf("enter namespace: %w", err)
-			return
-		}
-		fnErr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(fnErr, fmt.Errorf("leave namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
-	}()
-	return <-errc
-}
+// inNetNS runs fn on a locked OS thread that has entered ns.
+func inNetNS(ns netns.NsHandle, fn func() error) error { return netnsutil.Do(ns, fn) }

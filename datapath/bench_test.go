@@ -16,6 +16,7 @@ import (
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // testRunRepeat is how often BPF_PROG_TEST_RUN runs a packet per call; the
@@ -69,12 +70,12 @@ func BenchmarkFromEndpoint(b *testing.B) {
 	if err := d.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), ipcache.Entry{Identity: idRemote}); err != nil {
 		b.Fatal(err)
 	}
-	mustUpdate(b, a.Policy(), map[PolicyKey]PolicyEntry{
-		{Identity: idRemote, Direction: Egress, Protocol: protoTCP, Port: 80, PortPrefixLen: 16}: allow,
-		{Identity: idB, Direction: Egress, Protocol: protoTCP, Port: 8080, PortPrefixLen: 16}:    allow,
+	mustUpdate(b, a.Policy(), map[mapstate.Key]mapstate.Entry{
+		{Identity: idRemote, Direction: mapstate.Egress, Protocol: protoTCP, Port: 80, PortPrefixLen: 16}: allow,
+		{Identity: idB, Direction: mapstate.Egress, Protocol: protoTCP, Port: 8080, PortPrefixLen: 16}:    allow,
 	})
-	mustUpdate(b, bEp.Policy(), map[PolicyKey]PolicyEntry{
-		{Identity: idA, Direction: Ingress, Protocol: protoTCP, Port: 8080, PortPrefixLen: 16}: allow,
+	mustUpdate(b, bEp.Policy(), map[mapstate.Key]mapstate.Entry{
+		{Identity: idA, Direction: mapstate.Ingress, Protocol: protoTCP, Port: 8080, PortPrefixLen: 16}: allow,
 	})
 
 	established := mustBytes(b, tcpPkt(addrA, remote, 40000, 80, TCPAck))
@@ -100,15 +101,15 @@ func BenchmarkFromEndpoint(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		batch := map[PolicyKey]PolicyEntry{}
+		batch := map[mapstate.Key]mapstate.Entry{}
 		for ; policyN < n; policyN++ {
-			k := PolicyKey{Identity: identity.ID(5000 + rng.IntN(100000)), Direction: Direction(rng.IntN(2)),
+			k := mapstate.Key{Identity: identity.ID(5000 + rng.IntN(100000)), Direction: mapstate.Direction(rng.IntN(2)),
 				Protocol: protoTCP, Port: uint16(rng.IntN(65536)), PortPrefixLen: 16}
 			if _, dup := batch[k]; dup {
 				policyN--
 				continue
 			}
-			batch[k] = PolicyEntry{}
+			batch[k] = mapstate.Entry{}
 		}
 		mustUpdate(b, a.Policy(), batch)
 
@@ -175,9 +176,9 @@ func BenchmarkTCPThroughput(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			mustUpdate(b, a.Policy(), map[PolicyKey]PolicyEntry{{Identity: idB, Direction: Egress}: allow})
-			mustUpdate(b, s.Policy(), map[PolicyKey]PolicyEntry{
-				{Identity: idA, Direction: Ingress, Protocol: protoTCP, Port: 5201, PortPrefixLen: 16}: allow,
+			mustUpdate(b, a.Policy(), map[mapstate.Key]mapstate.Entry{{Identity: idB, Direction: mapstate.Egress}: allow})
+			mustUpdate(b, s.Policy(), map[mapstate.Key]mapstate.Entry{
+				{Identity: idA, Direction: mapstate.Ingress, Protocol: protoTCP, Port: 5201, PortPrefixLen: 16}: allow,
 			})
 			fillMaps(b, d, a, entries)
 			testutils.Iperf3(b, client, server, addrB, seconds)
@@ -187,10 +188,10 @@ func BenchmarkTCPThroughput(b *testing.B) {
 
 func fillMaps(b *testing.B, d *Datapath, ep *Endpoint, n int) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	batch := map[PolicyKey]PolicyEntry{}
+	batch := map[mapstate.Key]mapstate.Entry{}
 	for len(batch) < n {
-		batch[PolicyKey{Identity: identity.ID(5000 + rng.IntN(100000)), Direction: Direction(rng.IntN(2)),
-			Protocol: protoTCP, Port: uint16(rng.IntN(65536)), PortPrefixLen: 16}] = PolicyEntry{}
+		batch[mapstate.Key{Identity: identity.ID(5000 + rng.IntN(100000)), Direction: mapstate.Direction(rng.IntN(2)),
+			Protocol: protoTCP, Port: uint16(rng.IntN(65536)), PortPrefixLen: 16}] = mapstate.Entry{}
 	}
 	mustUpdate(b, ep.Policy(), batch)
 	for i := 0; i < n; i++ {

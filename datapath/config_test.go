@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -103,20 +104,20 @@ func TestEndpointConfigValidation(t *testing.T) {
 }
 
 func TestPolicyKeyRawRoundTrip(t *testing.T) {
-	for _, k := range []PolicyKey{
+	for _, k := range []mapstate.Key{
 		{},
-		{Identity: 5, Direction: Egress},
+		{Identity: 5, Direction: mapstate.Egress},
 		{Identity: 1000, Protocol: protoTCP},
 		{Identity: 1000, Protocol: protoTCP, Port: 8080, PortPrefixLen: 14},
 		{Protocol: protoUDP, Port: 53, PortPrefixLen: 16},
 		{Protocol: protoICMP, Port: 0, PortPrefixLen: 1},
 	} {
-		got, err := k.raw().typed()
+		got, err := rawPolicyKey(k).typed()
 		if err != nil || got != k {
-			t.Errorf("%v -> %+v -> %v, %v", k, k.raw(), got, err)
+			t.Errorf("%v -> %+v -> %v, %v", k, rawPolicyKey(k), got, err)
 		}
-		e := PolicyEntry{Deny: k.Identity == 5, ProxyPort: 15001, ProxyPortPriority: 2}
-		if r := e.raw(k); r.typed() != e || r.L4PrefixLen != k.L4PrefixLen() {
+		e := mapstate.Entry{Deny: k.Identity == 5, ProxyPort: 15001, ProxyPortPriority: 2}
+		if r := rawPolicyEntry(e, k); r.typed() != e || r.L4PrefixLen != k.L4PrefixLen() {
 			t.Errorf("entry %+v -> %+v", e, r)
 		}
 	}

@@ -1,12 +1,16 @@
 package datapath
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/nodeplane/nodeplane/datapath/monitor"
+)
 
 // CounterKey names one counter: packets a hook forwarded (Reason 0) or
 // dropped for a reason.
 type CounterKey struct {
 	Hook   Hook
-	Reason DropReason
+	Reason monitor.DropReason
 }
 
 // Counter counts packets and their bytes.
@@ -31,7 +35,7 @@ func (d *Datapath) Counters() (map[CounterKey]Counter, error) {
 			sum.Bytes += c.Bytes
 		}
 		if sum.Packets != 0 {
-			out[CounterKey{Hook: Hook(k >> 8), Reason: DropReason(k)}] = sum
+			out[CounterKey{Hook: Hook(k >> 8), Reason: monitor.DropReason(k)}] = sum
 		}
 	}
 	if err := it.Err(); err != nil {

@@ -265,9 +265,11 @@ func (d *Datapath) endpointPinDir(id EndpointID) string {
 // its (empty) policy map, and unless cfg.Detached creates and configures
 // its veth pair and attaches the programs to the host side.
 //
-// An empty policy map denies every new connection in both directions:
-// callers add the entries that allow traffic (an entry with identity 0 and
-// protocol 0 allows everything in its direction).
+// An empty policy map denies every new connection in both directions.
+// Give every endpoint to the policy engine (policy.Engine.AddEndpoint),
+// whether a policy selects it or not: the engine writes its entries, the
+// allow-all ones for an endpoint no policy selects. (An entry with identity
+// 0 and protocol 0 allows everything in its direction.)
 //
 // Inside the endpoint's namespace the interface gets the address(es) as
 // /32 and /128, and default routes via link-local gateways 169.254.1.1

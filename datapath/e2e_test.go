@@ -15,9 +15,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // e2eWorld is two endpoints, each in its own namespace behind a veth pair
@@ -67,16 +70,16 @@ func newE2EWorld(t *testing.T, mode AttachMode) *e2eWorld {
 
 	// A may send anything to B; B accepts from A TCP 8080, UDP 5353 and
 	// pings; A accepts TCP 8080 from the node. Nothing else is allowed.
-	mustUpdate(t, w.a.Policy(), map[PolicyKey]PolicyEntry{
-		{Identity: idB, Direction: Egress}:                                                                       allow,
-		{Identity: identity.ReservedHost, Direction: Egress}:                                                     allow,
-		{Identity: identity.ReservedHost, Direction: Ingress, Protocol: protoTCP, Port: 8080, PortPrefixLen: 16}: allow,
+	mustUpdate(t, w.a.Policy(), map[mapstate.Key]mapstate.Entry{
+		{Identity: idB, Direction: mapstate.Egress}:                                                                       allow,
+		{Identity: identity.ReservedHost, Direction: mapstate.Egress}:                                                     allow,
+		{Identity: identity.ReservedHost, Direction: mapstate.Ingress, Protocol: protoTCP, Port: 8080, PortPrefixLen: 16}: allow,
 	})
-	mustUpdate(t, w.b.Policy(), map[PolicyKey]PolicyEntry{
-		{Identity: idA, Direction: Ingress, Protocol: protoTCP, Port: 8080, PortPrefixLen: 16}:   allow,
-		{Identity: idA, Direction: Ingress, Protocol: protoUDP, Port: 5353, PortPrefixLen: 16}:   allow,
-		{Identity: idA, Direction: Ingress, Protocol: protoICMP, Port: 8, PortPrefixLen: 16}:     allow,
-		{Identity: idA, Direction: Ingress, Protocol: protoICMPv6, Port: 128, PortPrefixLen: 16}: allow,
+	mustUpdate(t, w.b.Policy(), map[mapstate.Key]mapstate.Entry{
+		{Identity: idA, Direction: mapstate.Ingress, Protocol: protoTCP, Port: 8080, PortPrefixLen: 16}:   allow,
+		{Identity: idA, Direction: mapstate.Ingress, Protocol: protoUDP, Port: 5353, PortPrefixLen: 16}:   allow,
+		{Identity: idA, Direction: mapstate.Ingress, Protocol: protoICMP, Port: 8, PortPrefixLen: 16}:     allow,
+		{Identity: idA, Direction: mapstate.Ingress, Protocol: protoICMPv6, Port: 128, PortPrefixLen: 16}: allow,
 	})
 
 	w.events, err = d.NewEventReader()
@@ -224,14 +227,14 @@ func (w *e2eWorld) run(t *testing.T, a, b, node netip.Addr) {
 	testutils.ServeEcho(t, w.podA, "tcp", netip.AddrPortFrom(a, 8080).String())
 	testutils.ServeEcho(t, w.podA, "tcp", netip.AddrPortFrom(a, 8081).String())
 
-	dropFromAToB := func(proto uint8, dport uint16) func(*DropEvent) bool {
+	dropFromAToB := func(proto nodeplane.Protocol, dport uint16) func(*DropEvent) bool {
 		return func(e *DropEvent) bool {
 			return e.HasTuple && e.Tuple.Proto == proto && e.Tuple.Dst == b && e.Tuple.DstPort == dport
 		}
 	}
 	checkDenied := func(t *testing.T, e *DropEvent, src, dst identity.ID, hook Hook, ep EndpointID) {
 		t.Helper()
-		if e.Reason != DropPolicyDenied || e.SrcIdentity != src || e.DstIdentity != dst || e.Hook != hook || e.Endpoint != ep {
+		if e.Reason != monitor.DropPolicyDenied || e.SrcIdentity != src || e.DstIdentity != dst || e.Hook != hook || e.Endpoint != ep {
 			t.Fatalf("drop event %+v, want POLICY_DENIED %d -> %d at %s of endpoint %d", e, src, dst, hook, ep)
 		}
 	}
@@ -250,10 +253,10 @@ func (w *e2eWorld) run(t *testing.T, a, b, node netip.Addr) {
 		// allowed it, and conntrack tracked it both ways.
 		flow := Tuple{Src: a, Dst: b, SrcPort: sport, DstPort: 8080, Proto: protoTCP}
 		for _, want := range []struct {
-			dir   Direction
+			dir   mapstate.Direction
 			ep    EndpointID
 			match PolicyMatch
-		}{{Egress, 1, MatchL3Only}, {Ingress, 2, MatchL3L4}} {
+		}{{mapstate.Egress, 1, MatchL3Only}, {mapstate.Ingress, 2, MatchL3L4}} {
 			v := waitEvent(t, w.events, func(e *PolicyVerdictEvent) bool { return e.Tuple == flow && e.Direction == want.dir })
 			if !v.Allowed() || v.PolicyEndpoint != want.ep || v.Match != want.match || v.SrcIdentity != idA || v.DstIdentity != idB {
 				t.Errorf("%s verdict %+v, want allowed by endpoint %d's policy (%s)", want.dir, v, want.ep, want.match)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // Endpoint is a workload on the node: one or two addresses behind a veth
@@ -85,6 +86,16 @@ func (ep *Endpoint) AttachMode() AttachMode { return ep.attach }
 
 // Policy returns the endpoint's policy map.
 func (ep *Endpoint) Policy() *PolicyMap { return ep.policy }
+
+// ApplyPolicy changes the endpoint's policy map by a delta; see
+// [PolicyMap.Apply]. With it and [Endpoint.Identity] an Endpoint is what
+// the policy engine (policy.Engine.AddEndpoint) manages.
+func (ep *Endpoint) ApplyPolicy(upserts mapstate.State, deletes []mapstate.Key) error {
+	return ep.policy.Apply(upserts, deletes)
+}
+
+// String returns "endpoint N", N being the endpoint's ID.
+func (ep *Endpoint) String() string { return fmt.Sprintf("endpoint %d", ep.cfg.ID) }
 
 func (ep *Endpoint) addrs() []netip.Addr {
 	var a []netip.Addr

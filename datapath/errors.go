@@ -3,9 +3,6 @@ package datapath
 import "errors"
 
 var (
-	// ErrInvalidPolicyKey is returned for keys that [PolicyKey.Validate]
-	// rejects.
-	ErrInvalidPolicyKey = errors.New("invalid policy key")
 	// ErrInvalidConfig is returned for a [Config] or [EndpointConfig] that
 	// fails validation; nothing has been created then.
 	ErrInvalidConfig = errors.New("invalid configuration")

@@ -6,7 +6,10 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // This file is the Go side of the event format defined in bpf/events.h:
@@ -114,7 +117,7 @@ func (m PolicyMatch) String() string {
 type Tuple struct {
 	Src, Dst         netip.Addr
 	SrcPort, DstPort uint16
-	Proto            uint8
+	Proto            nodeplane.Protocol
 }
 
 func (t Tuple) String() string {
@@ -130,7 +133,7 @@ func (t Tuple) Reverse() Tuple {
 func (t tuple) typed() Tuple {
 	return Tuple{
 		Src: t.SAddr.addr(t.IPVersion), Dst: t.DAddr.addr(t.IPVersion),
-		SrcPort: t.SPort.host(), DstPort: t.DPort.host(), Proto: t.Proto,
+		SrcPort: t.SPort.host(), DstPort: t.DPort.host(), Proto: nodeplane.Protocol(t.Proto),
 	}
 }
 
@@ -141,7 +144,7 @@ func (t Tuple) raw() (tuple, error) {
 	s, v := toRawAddr(t.Src)
 	d, _ := toRawAddr(t.Dst)
 	return tuple{SAddr: s, DAddr: d, SPort: toBE16(t.SrcPort), DPort: toBE16(t.DstPort),
-		Proto: t.Proto, IPVersion: v}, nil
+		Proto: uint8(t.Proto), IPVersion: v}, nil
 }
 
 // EventHeader is what every event carries.
@@ -173,7 +176,7 @@ type DropEvent struct {
 	// SrcIdentity and DstIdentity are the identities of the two ends, as
 	// far as the datapath had determined them (0 where it had not).
 	SrcIdentity, DstIdentity identity.ID
-	Reason                   DropReason
+	Reason                   monitor.DropReason
 	Hook                     Hook
 	// OrigLen is the length of the whole packet.
 	OrigLen uint32
@@ -193,10 +196,10 @@ type PolicyVerdictEvent struct {
 	Hook           Hook
 	// Direction is the policy's direction: Egress for the sender's policy,
 	// Ingress for the receiver's.
-	Direction Direction
+	Direction mapstate.Direction
 	// Reason is 0 when the connection is allowed, else DropPolicyDenied or
 	// DropPolicyDeny (or DropEndpointNotReady without a policy map).
-	Reason DropReason
+	Reason monitor.DropReason
 	// Match says which kind of entry decided, L4PrefixLen how much of
 	// protocol and port it fixed.
 	Match       PolicyMatch
@@ -296,7 +299,7 @@ func ParseEvent(b []byte) (Event, error) {
 		e := &DropEvent{
 			EventHeader: hdr,
 			SrcIdentity: identity.ID(r.SrcIdentity), DstIdentity: identity.ID(r.DstIdentity),
-			Reason: DropReason(r.Reason), Hook: Hook(r.Hook), OrigLen: r.OrigLen,
+			Reason: monitor.DropReason(r.Reason), Hook: Hook(r.Hook), OrigLen: r.OrigLen,
 			Data: append([]byte(nil), r.Data[:r.CapLen]...),
 		}
 		if r.Flags&dropTupleValid != 0 {
@@ -324,7 +327,7 @@ func ParseEvent(b []byte) (Event, error) {
 			EventHeader: hdr, Tuple: t,
 			SrcIdentity: identity.ID(r.SrcIdentity), DstIdentity: identity.ID(r.DstIdentity),
 			PolicyEndpoint: EndpointID(r.PolicyEndpointID), Hook: Hook(r.Hook),
-			Direction: Direction(r.Egress), Reason: DropReason(r.Verdict),
+			Direction: mapstate.Direction(r.Egress), Reason: monitor.DropReason(r.Verdict),
 			Match: PolicyMatch(r.MatchType), L4PrefixLen: r.L4PrefixLen,
 			ProxyPort: r.ProxyPort, PolicyPort: r.PolicyPort.host(),
 		}, nil

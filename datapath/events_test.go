@@ -6,6 +6,9 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/nodeplane/nodeplane/datapath/monitor"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 func encodeRecord(t testing.TB, v any) []byte {
@@ -26,7 +29,7 @@ func sampleDrop(t testing.TB) dropEvent {
 		Hdr:         eventHeader{Type: uint8(EventDrop), Version: EventVersion, EndpointID: 7, Ifindex: 42, KtimeNS: 123456789},
 		Tuple:       tup,
 		SrcIdentity: 1000, DstIdentity: 3000,
-		Reason: uint8(DropPolicyDeny), Hook: uint8(FromEndpoint), Flags: dropTupleValid,
+		Reason: uint8(monitor.DropPolicyDeny), Hook: uint8(FromEndpoint), Flags: dropTupleValid,
 		OrigLen: 74, CapLen: 3,
 	}
 	copy(r.Data[:], []byte{1, 2, 3})
@@ -62,7 +65,7 @@ func TestParseEvent(t *testing.T) {
 	want := DropEvent{
 		EventHeader: EventHeader{Type: EventDrop, Endpoint: 7, Ifindex: 42, Time: 123456789 * time.Nanosecond},
 		Tuple:       Tuple{Src: addrA6, Dst: remote6, SrcPort: 40000, DstPort: 443, Proto: protoTCP}, HasTuple: true,
-		SrcIdentity: 1000, DstIdentity: 3000, Reason: DropPolicyDeny, Hook: FromEndpoint, OrigLen: 74,
+		SrcIdentity: 1000, DstIdentity: 3000, Reason: monitor.DropPolicyDeny, Hook: FromEndpoint, OrigLen: 74,
 	}
 	if d.EventHeader != want.EventHeader || d.Tuple != want.Tuple || !d.HasTuple || d.SrcIdentity != want.SrcIdentity ||
 		d.DstIdentity != want.DstIdentity || d.Reason != want.Reason || d.OrigLen != 74 || string(d.Data) != "\x01\x02\x03" {
@@ -78,7 +81,7 @@ func TestParseEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := ev.(*PolicyVerdictEvent)
-	if !v.Allowed() || v.Direction != Ingress || v.PolicyEndpoint != 2 || v.Match != MatchL3L4 || v.PolicyPort != 8 ||
+	if !v.Allowed() || v.Direction != mapstate.Ingress || v.PolicyEndpoint != 2 || v.Match != MatchL3L4 || v.PolicyPort != 8 ||
 		v.ProxyPort != 15001 || v.Tuple.Src != addrA || v.Tuple.SrcPort != 9 || v.Header().Endpoint != 1 {
 		t.Fatalf("got %+v", v)
 	}

@@ -8,35 +8,12 @@ import (
 	"os"
 	"time"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
-
-// LookupPolicy is the Go model of the kernel's decision: here a port range
-// allowed for one peer, and an explicit deny for everyone that takes
-// precedence.
-func ExampleLookupPolicy() {
-	const web identity.ID = 1000
-	entries := map[datapath.PolicyKey]datapath.PolicyEntry{
-		// 8080-8083 from web: a /14 port prefix.
-		{Identity: web, Direction: datapath.Ingress, Protocol: 6, Port: 8080, PortPrefixLen: 14}: {},
-		// Nobody may reach 8082.
-		{Direction: datapath.Ingress, Protocol: 6, Port: 8082, PortPrefixLen: 16}: {Deny: true},
-	}
-	for _, port := range []uint16{8080, 8082, 8084} {
-		d := datapath.LookupPolicy(entries, web, datapath.Ingress, 6, port)
-		if d.Allowed {
-			fmt.Printf("%d: allowed by %v\n", port, d.Key)
-		} else {
-			fmt.Printf("%d: %v\n", port, d.Reason)
-		}
-	}
-	// Output:
-	// 8080: allowed by {ingress identity 1000 8080-8083/proto 6}
-	// 8082: POLICY_DENY
-	// 8084: POLICY_DENIED
-}
 
 // Run a crafted packet through an endpoint's program with
 // BPF_PROG_TEST_RUN: no interface, no namespace, just the kernel's verdict.
@@ -47,25 +24,27 @@ func ExampleEndpoint_TestRun() {
 	}
 	defer dp.Close()
 
+	// Cluster-scoped identities of cluster 1 (identity.ClusterScopedID).
+	const webID, dbID identity.ID = 1<<16 | 1000, 1<<16 | 2000
 	web, err := dp.AddEndpoint(datapath.EndpointConfig{
-		ID: 1, Identity: 1000, IPv4: netip.MustParseAddr("10.0.0.1"), Detached: true,
+		ID: 1, Identity: webID, IPv4: netip.MustParseAddr("10.0.0.1"), Detached: true,
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	// 192.0.2.0/24 is the database, identity 2000; web may reach it on 5432.
-	if err := dp.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), ipcache.Entry{Identity: 2000}); err != nil {
+	// 192.0.2.0/24 is the database, identity dbID; web may reach it on 5432.
+	if err := dp.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), ipcache.Entry{Identity: dbID}); err != nil {
 		log.Fatal(err)
 	}
-	if err := web.Policy().Update(datapath.PolicyKey{Identity: 2000, Direction: datapath.Egress, Protocol: 6, Port: 5432, PortPrefixLen: 16},
-		datapath.PolicyEntry{}); err != nil {
+	if err := web.Policy().Update(mapstate.Key{Identity: dbID, Direction: mapstate.Egress, Protocol: nodeplane.ProtoTCP, Port: 5432, PortPrefixLen: 16},
+		mapstate.Entry{}); err != nil {
 		log.Fatal(err)
 	}
 
 	for _, port := range []uint16{5432, 22} {
 		pkt, err := datapath.TestPacket{
 			Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("192.0.2.7"),
-			Proto: 6, SrcPort: 40000, DstPort: port, TCPFlags: datapath.TCPSyn,
+			Proto: nodeplane.ProtoTCP, SrcPort: 40000, DstPort: port, TCPFlags: datapath.TCPSyn,
 		}.Bytes()
 		if err != nil {
 			log.Fatal(err)
@@ -87,14 +66,16 @@ func ExampleDatapath_AddEndpoint() {
 	}
 	defer dp.Close()
 
+	// Cluster-scoped identities of cluster 1 (identity.ClusterScopedID).
+	const webID, dbID identity.ID = 1<<16 | 1000, 1<<16 | 2000
 	for _, w := range []struct {
 		id    datapath.EndpointID
 		ident identity.ID
 		addr  string
 		netns string
 	}{
-		{1, 1000, "10.0.0.1", "/var/run/netns/web"},
-		{2, 2000, "10.0.0.2", "/var/run/netns/db"},
+		{1, webID, "10.0.0.1", "/var/run/netns/web"},
+		{2, dbID, "10.0.0.2", "/var/run/netns/db"},
 	} {
 		if _, err := dp.AddEndpoint(datapath.EndpointConfig{
 			ID: w.id, Identity: w.ident, IPv4: netip.MustParseAddr(w.addr), NetNS: w.netns,
@@ -105,10 +86,10 @@ func ExampleDatapath_AddEndpoint() {
 	web, _ := dp.Endpoint(1)
 	db, _ := dp.Endpoint(2)
 	// web -> db on 5432, both ways of the policy.
-	if err := web.Policy().Update(datapath.PolicyKey{Identity: 2000, Direction: datapath.Egress, Protocol: 6, Port: 5432, PortPrefixLen: 16}, datapath.PolicyEntry{}); err != nil {
+	if err := web.Policy().Update(mapstate.Key{Identity: dbID, Direction: mapstate.Egress, Protocol: nodeplane.ProtoTCP, Port: 5432, PortPrefixLen: 16}, mapstate.Entry{}); err != nil {
 		log.Fatal(err)
 	}
-	if err := db.Policy().Update(datapath.PolicyKey{Identity: 1000, Direction: datapath.Ingress, Protocol: 6, Port: 5432, PortPrefixLen: 16}, datapath.PolicyEntry{}); err != nil {
+	if err := db.Policy().Update(mapstate.Key{Identity: webID, Direction: mapstate.Ingress, Protocol: nodeplane.ProtoTCP, Port: 5432, PortPrefixLen: 16}, mapstate.Entry{}); err != nil {
 		log.Fatal(err)
 	}
 
@@ -154,9 +135,11 @@ func ExampleNew_restart() {
 		fmt.Printf("endpoint %d repaired: %s\n", fixed.ID, fixed.Reason)
 	}
 
+	// Cluster-scoped identities of cluster 1 (identity.ClusterScopedID).
+	const webID, dbID identity.ID = 1<<16 | 1000, 1<<16 | 2000
 	pods := []datapath.EndpointConfig{
-		{ID: 1, Identity: 1000, IPv4: netip.MustParseAddr("10.0.0.1"), NetNS: "/var/run/netns/web"},
-		{ID: 2, Identity: 2000, IPv4: netip.MustParseAddr("10.0.0.2"), NetNS: "/var/run/netns/db"},
+		{ID: 1, Identity: webID, IPv4: netip.MustParseAddr("10.0.0.1"), NetNS: "/var/run/netns/web"},
+		{ID: 2, Identity: dbID, IPv4: netip.MustParseAddr("10.0.0.2"), NetNS: "/var/run/netns/db"},
 	}
 	for _, pod := range pods {
 		ep, ok := dp.Endpoint(pod.ID)
@@ -166,16 +149,8 @@ func ExampleNew_restart() {
 			}
 		}
 		// Adopted or new, the endpoint's policy is the agent's to (re)write.
-		if err := ep.Policy().Update(datapath.PolicyKey{Direction: datapath.Egress}, datapath.PolicyEntry{}); err != nil {
+		if err := ep.Policy().Update(mapstate.Key{Direction: mapstate.Egress}, mapstate.Entry{}); err != nil {
 			log.Fatal(err)
 		}
 	}
-}
-
-func ExampleDropReason() {
-	fmt.Println(datapath.DropPolicyDenied, uint8(datapath.DropPolicyDenied))
-	fmt.Println(datapath.DropInvalidSourceIP, uint8(datapath.DropInvalidSourceIP))
-	// Output:
-	// POLICY_DENIED 133
-	// INVALID_SOURCE_IP 132
 }

@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
+
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 )
 
 // fragment splits pkt, an IPv4 packet with a 20-byte header or an IPv6
@@ -113,14 +116,14 @@ func TestPrivilegedFragments(t *testing.T) {
 			})
 			t.Run("denied datagram", func(t *testing.T) {
 				for i, f := range fragment(t, udp(40001, 54), id+2, 32) {
-					if got := run(t, f); got != (want{ActionDrop, DropPolicyDenied, ConntrackNew, idA, idRemote}) {
+					if got := run(t, f); got != (want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idA, idRemote}) {
 						t.Fatalf("fragment %d: %+v, want every one denied", i, got)
 					}
 				}
 			})
 			t.Run("fragments out of order", func(t *testing.T) {
 				frags := fragment(t, udp(40002, 53), id+3, 32)
-				if got := run(t, frags[2]); got != (want{ActionDrop, DropFragmentNotFound, 0, 0, 0}) {
+				if got := run(t, frags[2]); got != (want{ActionDrop, monitor.DropFragmentNotFound, 0, 0, 0}) {
 					t.Fatalf("later fragment before the first: %+v", got)
 				}
 				if got := run(t, frags[0]); got.action != ActionPass {
@@ -135,7 +138,7 @@ func TestPrivilegedFragments(t *testing.T) {
 				denied := fragment(t, udp(40003, 54), id+5, 32)
 				run(t, allowed[0])
 				run(t, denied[0])
-				if got := run(t, denied[1]); got.reason != DropPolicyDenied {
+				if got := run(t, denied[1]); got.reason != monitor.DropPolicyDenied {
 					t.Fatalf("later fragment of the denied datagram: %+v", got)
 				}
 				if got := run(t, allowed[1]); got.action != ActionPass {
@@ -144,10 +147,10 @@ func TestPrivilegedFragments(t *testing.T) {
 			})
 			t.Run("first fragment too short for the L4 header", func(t *testing.T) {
 				frags := fragment(t, mustBytes(t, TestPacket{Src: fam.src, Dst: fam.remote, Proto: protoTCP, SrcPort: 40004, DstPort: 80, Payload: payload}), id+6, 8)
-				if got := run(t, frags[0]); got != (want{ActionDrop, DropCTInvalidHeader, 0, 0, 0}) {
+				if got := run(t, frags[0]); got != (want{ActionDrop, monitor.DropCTInvalidHeader, 0, 0, 0}) {
 					t.Fatalf("8-byte first fragment of a TCP segment: %+v", got)
 				}
-				if got := run(t, frags[1]); got != (want{ActionDrop, DropFragmentNotFound, 0, 0, 0}) {
+				if got := run(t, frags[1]); got != (want{ActionDrop, monitor.DropFragmentNotFound, 0, 0, 0}) {
 					t.Fatalf("its second fragment: %+v", got)
 				}
 			})
@@ -160,19 +163,19 @@ func TestPrivilegedFragments(t *testing.T) {
 					b = addrB6
 				}
 				frags := fragment(t, mustBytes(t, TestPacket{Src: b, Dst: fam.remote, Proto: protoUDP, SrcPort: 40008, DstPort: 53, Payload: payload}), id+8, 32)
-				if got := run(t, frags[0]); got != (want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}) {
+				if got := run(t, frags[0]); got != (want{ActionDrop, monitor.DropInvalidSourceIP, 0, 0, 0}) {
 					t.Fatalf("spoofed first fragment: %+v", got)
 				}
 				v, _, err := w.b.TestRun(FromEndpoint, frags[1])
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := wantOf(v); got != (want{ActionDrop, DropFragmentNotFound, 0, 0, 0}) {
+				if got := wantOf(v); got != (want{ActionDrop, monitor.DropFragmentNotFound, 0, 0, 0}) {
 					t.Fatalf("B's later fragment: %+v", got)
 				}
 			})
 			t.Run("fragmented ping", func(t *testing.T) {
-				proto := uint8(protoICMP)
+				proto := nodeplane.Protocol(protoICMP)
 				if fam.src.Is6() {
 					proto = protoICMPv6
 				}
@@ -199,7 +202,7 @@ func TestPrivilegedFragments(t *testing.T) {
 		b := mustBytes(t, TestPacket{Src: addrA6, Dst: remote6, Proto: protoUDP, SrcPort: 40006, DstPort: 53, Payload: payload})
 		once := fragment(t, b, 10, 256)[0]
 		twice := fragment(t, once, 11, 256)[0]
-		if got := run(t, twice); got != (want{ActionDrop, DropInvalidExtHeader, 0, 0, 0}) {
+		if got := run(t, twice); got != (want{ActionDrop, monitor.DropInvalidExtHeader, 0, 0, 0}) {
 			t.Fatalf("two fragment headers: %+v", got)
 		}
 	})

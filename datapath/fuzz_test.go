@@ -6,6 +6,8 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // FuzzParseEvent feeds arbitrary records to ParseEvent: it must never
@@ -43,7 +45,7 @@ func FuzzParseEvent(f *testing.F) {
 				}
 			}
 		case *PolicyVerdictEvent:
-			if len(rec) < verdictEventSize || e.Type != EventPolicyVerdict || e.Direction > Egress {
+			if len(rec) < verdictEventSize || e.Type != EventPolicyVerdict || e.Direction > mapstate.Egress {
 				t.Fatalf("accepted verdict %+v from %d bytes", e, len(rec))
 			}
 		default:

@@ -9,6 +9,7 @@ import (
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/internal/testutils/testmain"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 func TestMain(m *testing.M) {
@@ -72,7 +73,7 @@ func mustBytes(tb testing.TB, p TestPacket) []byte {
 	return b
 }
 
-func mustUpdate(tb testing.TB, pm *PolicyMap, entries map[PolicyKey]PolicyEntry) {
+func mustUpdate(tb testing.TB, pm *PolicyMap, entries map[mapstate.Key]mapstate.Entry) {
 	tb.Helper()
 	if err := pm.Apply(entries, nil); err != nil {
 		tb.Fatal(err)

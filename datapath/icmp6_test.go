@@ -12,7 +12,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 var (
@@ -87,72 +89,72 @@ func TestPrivilegedICMPv6NeighbourDiscovery(t *testing.T) {
 			want{ActionRedirect, 0, 0, 0, 0}},
 		{"NS for another address is dropped", FromEndpoint,
 			ndPacket(podLL, solicitedNode(hostLL), 135, 255, hostLL, 1, podMAC),
-			want{ActionDrop, DropUnknownTarget, 0, 0, 0}},
+			want{ActionDrop, monitor.DropUnknownTarget, 0, 0, 0}},
 		{"NS for a remote address is dropped", FromEndpoint,
 			ndPacket(addrA6, solicitedNode(remote6), 135, 255, remote6, 1, podMAC),
-			want{ActionDrop, DropUnknownTarget, 0, 0, 0}},
+			want{ActionDrop, monitor.DropUnknownTarget, 0, 0, 0}},
 		{"DAD for the endpoint's own address is dropped", FromEndpoint,
 			ndPacket(netip.IPv6Unspecified(), solicitedNode(addrA6), 135, 255, addrA6, 0, nil),
-			want{ActionDrop, DropUnknownTarget, 0, 0, 0}},
+			want{ActionDrop, monitor.DropUnknownTarget, 0, 0, 0}},
 		{"NS with hop limit below 255 is invalid", FromEndpoint,
 			ndPacket(podLL, solicitedNode(gateway6), 135, 64, gateway6, 1, podMAC),
-			want{ActionDrop, DropInvalidPacket, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidPacket, 0, 0, 0}},
 		{"truncated NS is invalid", FromEndpoint,
 			TestPacket{Src: podLL, Dst: solicitedNode(gateway6), Proto: protoICMPv6, ICMPType: 135, TTL: 255, Payload: make([]byte, 8)},
-			want{ActionDrop, DropInvalidPacket, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidPacket, 0, 0, 0}},
 
 		// From the endpoint: everything else is checked like any packet.
 		{"NA from a link-local source fails the source check", FromEndpoint,
 			ndPacket(podLL, hostLL, 136, 255, podLL, 2, podMAC),
-			want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidSourceIP, 0, 0, 0}},
 		{"NA from the endpoint's address meets policy", FromEndpoint,
 			ndPacket(addrA6, remote6, 136, 255, addrA6, 2, podMAC),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idA, idRemote}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idA, idRemote}},
 		{"RS fails the source check", FromEndpoint,
 			ndPacket(podLL, allRouters, 133, 255, netip.Addr{}, 1, podMAC),
-			want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidSourceIP, 0, 0, 0}},
 		{"RA fails the source check", FromEndpoint,
 			ndPacket(podLL, allNodes, 134, 255, netip.Addr{}, 0, nil),
-			want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidSourceIP, 0, 0, 0}},
 		{"redirect from the endpoint's address meets policy", FromEndpoint,
 			ndPacket(addrA6, remote6, 137, 255, remote6, 0, nil),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idA, idRemote}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idA, idRemote}},
 		{"MLDv2 report fails the source check", FromEndpoint,
 			mldPacket(podLL, mldv2, 143),
-			want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidSourceIP, 0, 0, 0}},
 		{"MLDv2 report from :: fails the source check", FromEndpoint,
 			mldPacket(netip.IPv6Unspecified(), mldv2, 143),
-			want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidSourceIP, 0, 0, 0}},
 		{"MLD done fails the source check", FromEndpoint,
 			mldPacket(podLL, allRouters, 132),
-			want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidSourceIP, 0, 0, 0}},
 		{"MLD query from the endpoint's address meets policy", FromEndpoint,
 			mldPacket(addrA6, remote6, 130),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idA, idRemote}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idA, idRemote}},
 		{"MLD report to a local endpoint meets its policies", FromEndpoint,
 			mldPacket(addrA6, addrB6, 131),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idA, idB}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idA, idB}},
 
 		// To the endpoint: the destination must be the endpoint's, then
 		// ingress policy decides.
 		{"multicast NS to the endpoint is dropped", ToEndpoint,
 			ndPacket(hostLL, solicitedNode(addrA6), 135, 255, addrA6, 1, nodeMAC),
-			want{ActionDrop, DropUnknownTarget, 0, 0, 0}},
+			want{ActionDrop, monitor.DropUnknownTarget, 0, 0, 0}},
 		{"RA to all nodes is dropped", ToEndpoint,
 			ndPacket(hostLL, allNodes, 134, 255, netip.Addr{}, 1, nodeMAC),
-			want{ActionDrop, DropUnknownTarget, 0, 0, 0}},
+			want{ActionDrop, monitor.DropUnknownTarget, 0, 0, 0}},
 		{"MLD query to all nodes is dropped", ToEndpoint,
 			mldPacket(hostLL, allNodes, 130),
-			want{ActionDrop, DropUnknownTarget, 0, 0, 0}},
+			want{ActionDrop, monitor.DropUnknownTarget, 0, 0, 0}},
 		{"unicast NS from a remote peer meets ingress policy", ToEndpoint,
 			ndPacket(remote6, addrA6, 135, 255, addrA6, 1, nodeMAC),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idRemote, idA}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idRemote, idA}},
 		{"NA from a remote peer meets ingress policy", ToEndpoint,
 			ndPacket(remote6, addrA6, 136, 255, remote6, 2, nodeMAC),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idRemote, idA}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idRemote, idA}},
 		{"MLD report to the endpoint meets ingress policy", ToEndpoint,
 			mldPacket(remote6, addrA6, 143),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idRemote, idA}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idRemote, idA}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := mustBytes(t, tc.pkt)
@@ -171,8 +173,8 @@ func TestPrivilegedICMPv6NeighbourDiscovery(t *testing.T) {
 
 	// With a rule that allows it, the same unicast solicitation passes:
 	// policy, not a blanket rule, decided above.
-	mustUpdate(t, w.a.Policy(), map[PolicyKey]PolicyEntry{
-		{Identity: idRemote, Direction: Ingress, Protocol: protoICMPv6, Port: 135, PortPrefixLen: 16}: allow,
+	mustUpdate(t, w.a.Policy(), mapstate.State{
+		{Identity: idRemote, Direction: mapstate.Ingress, Protocol: protoICMPv6, Port: 135, PortPrefixLen: 16}: allow,
 	})
 	v, _, err := w.a.TestRun(ToEndpoint, mustBytes(t, ndPacket(remote6, addrA6, 135, 255, addrA6, 1, nodeMAC)))
 	if err != nil {

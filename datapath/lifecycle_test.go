@@ -14,6 +14,7 @@ import (
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
@@ -28,7 +29,7 @@ func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	ep := addDetached(t, d1, 1, idA, addrA.String(), "")
-	mustUpdate(t, ep.Policy(), map[PolicyKey]PolicyEntry{{Identity: idRemote, Direction: Egress}: allow})
+	mustUpdate(t, ep.Policy(), map[mapstate.Key]mapstate.Entry{{Identity: idRemote, Direction: mapstate.Egress}: allow})
 	if v, _, err := ep.TestRun(FromEndpoint, mustBytes(t, flow)); err != nil || v.Action != ActionPass {
 		t.Fatalf("test run: %+v, %v", v, err)
 	}
@@ -60,7 +61,7 @@ func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
 	if !ok || ep2.IPv4() != addrA || ep2.Identity() != idA || ep2.HostIfindex() != 0 || ep2.AttachMode() != AttachAuto {
 		t.Fatalf("adopted detached endpoint: %v %+v", ok, ep2)
 	}
-	if got, err := ep2.Policy().Dump(); err != nil || len(got) != 1 || got[PolicyKey{Identity: idRemote, Direction: Egress}] != allow {
+	if got, err := ep2.Policy().Dump(); err != nil || len(got) != 1 || got[mapstate.Key{Identity: idRemote, Direction: mapstate.Egress}] != allow {
 		t.Fatalf("adopted endpoint's policy map: %v %v", got, err)
 	}
 	if v, _, err := ep2.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrA, remote, 40001, 80, TCPSyn))); err != nil || v.Action != ActionPass || v.SrcIdentity != idA {
@@ -108,9 +109,9 @@ func TestPrivilegedPinnedMapsSurviveReload(t *testing.T) {
 func TestPrivilegedConntrackLifetimesAndGC(t *testing.T) {
 	d, _ := newTestDatapath(t, Config{NonTCPLifetime: 5 * time.Second, CloseLifetime: 2 * time.Second})
 	ep := addDetached(t, d, 1, idA, addrA.String(), "")
-	mustUpdate(t, ep.Policy(), map[PolicyKey]PolicyEntry{
-		{Direction: Egress}:  allow,
-		{Direction: Ingress}: allow,
+	mustUpdate(t, ep.Policy(), map[mapstate.Key]mapstate.Entry{
+		{Direction: mapstate.Egress}:  allow,
+		{Direction: mapstate.Ingress}: allow,
 	})
 	run := func(hook Hook, p TestPacket) {
 		t.Helper()
@@ -199,7 +200,7 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 	}
 
 	// SetIdentity takes effect for new connections at once.
-	mustUpdate(t, ep.Policy(), map[PolicyKey]PolicyEntry{{Direction: Egress}: allow})
+	mustUpdate(t, ep.Policy(), map[mapstate.Key]mapstate.Entry{{Direction: mapstate.Egress}: allow})
 	if err := ep.SetIdentity(4242); err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +211,7 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 
 	// An unrelated connection, which Delete must leave alone.
 	other := addDetached(t, d, 11, idB, addrB.String(), "")
-	mustUpdate(t, other.Policy(), map[PolicyKey]PolicyEntry{{Direction: Egress}: allow})
+	mustUpdate(t, other.Policy(), map[mapstate.Key]mapstate.Entry{{Direction: mapstate.Egress}: allow})
 	if v, _, err := other.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrB, remote, 1, 2, TCPSyn))); err != nil || v.Reason != 0 {
 		t.Fatalf("%+v %v", v, err)
 	}
@@ -237,7 +238,7 @@ func TestPrivilegedEndpointLifecycle(t *testing.T) {
 	if _, _, err := ep.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrA, remote, 1, 2, TCPSyn))); !errors.Is(err, nodeplane.ErrClosed) {
 		t.Fatalf("TestRun after Delete: %v", err)
 	}
-	if err := ep.Policy().Update(PolicyKey{}, PolicyEntry{}); !errors.Is(err, nodeplane.ErrClosed) {
+	if err := ep.Policy().Update(mapstate.Key{}, mapstate.Entry{}); !errors.Is(err, nodeplane.ErrClosed) {
 		t.Fatalf("policy update after Delete: %v", err)
 	}
 	var k endpointKey

@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -31,13 +32,13 @@ func TestPrivilegedMalformedFrames(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		frame  []byte
-		reason DropReason
+		reason monitor.DropReason
 	}{
-		{"truncated IPv4 header", withEtherType(0x0800, []byte{0x45, 0, 0, 20, 0, 0}), DropInvalidPacket},
-		{"truncated IPv6 header", withEtherType(0x86dd, append([]byte{0x60}, make([]byte, 20)...)), DropInvalidPacket},
-		{"garbage", withEtherType(0x0800, bytes.Repeat([]byte{0xa5}, 64)), DropInvalidPacket},
-		{"unknown ethertype", withEtherType(0x88b5, make([]byte, 46)), DropUnknownL3},
-		{"spoofed source", mustBytes(t, tcpPkt(spoofed, remote, 1, 80, TCPSyn)), DropInvalidSourceIP},
+		{"truncated IPv4 header", withEtherType(0x0800, []byte{0x45, 0, 0, 20, 0, 0}), monitor.DropInvalidPacket},
+		{"truncated IPv6 header", withEtherType(0x86dd, append([]byte{0x60}, make([]byte, 20)...)), monitor.DropInvalidPacket},
+		{"garbage", withEtherType(0x0800, bytes.Repeat([]byte{0xa5}, 64)), monitor.DropInvalidPacket},
+		{"unknown ethertype", withEtherType(0x88b5, make([]byte, 46)), monitor.DropUnknownL3},
+		{"spoofed source", mustBytes(t, tcpPkt(spoofed, remote, 1, 80, TCPSyn)), monitor.DropInvalidSourceIP},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := counterOf(t, d, CounterKey{FromEndpoint, tc.reason})

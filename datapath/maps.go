@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // This file mirrors the keys and values of bpf/maps.h. Every struct has a
@@ -171,24 +173,24 @@ type policyKey struct {
 	DPort     be16   `btf:"dport"`
 }
 
-func (k PolicyKey) raw() policyKey {
+func rawPolicyKey(k mapstate.Key) policyKey {
 	return policyKey{
 		PrefixLen: policyStaticPrefix + uint32(k.L4PrefixLen()),
 		Identity:  uint32(k.Identity),
 		Egress:    uint8(k.Direction),
-		Protocol:  k.Protocol,
+		Protocol:  uint8(k.Protocol),
 		DPort:     toBE16(k.Port),
 	}
 }
 
-func (k policyKey) typed() (PolicyKey, error) {
+func (k policyKey) typed() (mapstate.Key, error) {
 	if k.PrefixLen < policyStaticPrefix || k.PrefixLen > policyStaticPrefix+24 ||
 		(k.PrefixLen > policyStaticPrefix && k.PrefixLen < policyStaticPrefix+8) {
-		return PolicyKey{}, fmt.Errorf("malformed policy key %+v: prefix length %d", k, k.PrefixLen)
+		return mapstate.Key{}, fmt.Errorf("malformed policy key %+v: prefix length %d", k, k.PrefixLen)
 	}
-	pk := PolicyKey{Identity: identity.ID(k.Identity), Direction: Direction(k.Egress)}
+	pk := mapstate.Key{Identity: identity.ID(k.Identity), Direction: mapstate.Direction(k.Egress)}
 	if l4 := k.PrefixLen - policyStaticPrefix; l4 > 0 {
-		pk.Protocol = k.Protocol
+		pk.Protocol = nodeplane.Protocol(k.Protocol)
 		pk.PortPrefixLen = uint8(l4 - 8)
 		pk.Port = k.DPort.host() & portMask(pk.PortPrefixLen)
 	}
@@ -207,7 +209,7 @@ type policyEntry struct {
 	_                 [3]byte `btf:"pad"`
 }
 
-func (e PolicyEntry) raw(k PolicyKey) policyEntry {
+func rawPolicyEntry(e mapstate.Entry, k mapstate.Key) policyEntry {
 	r := policyEntry{
 		ProxyPort:         toBE16(e.ProxyPort),
 		L4PrefixLen:       k.L4PrefixLen(),
@@ -219,8 +221,8 @@ func (e PolicyEntry) raw(k PolicyKey) policyEntry {
 	return r
 }
 
-func (e policyEntry) typed() PolicyEntry {
-	return PolicyEntry{
+func (e policyEntry) typed() mapstate.Entry {
+	return mapstate.Entry{
 		Deny:              e.Flags&policyDeny != 0,
 		ProxyPort:         e.ProxyPort.host(),
 		ProxyPortPriority: e.ProxyPortPriority,
@@ -235,3 +237,12 @@ type counter struct {
 
 // counterSlots is NP_COUNTER_SLOTS: hook << 8 | reason.
 const counterSlots = 512
+
+// portMask is the mask of a port prefix of prefixLen bits, for converting
+// raw policy keys.
+func portMask(prefixLen uint8) uint16 {
+	if prefixLen >= 16 {
+		return 0xFFFF
+	}
+	return ^uint16(0xFFFF >> prefixLen)
+}

@@ -6,8 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // TestPrivilegedPolicyMatchesLookupPolicy checks that the kernel decides
@@ -34,10 +36,10 @@ func TestPrivilegedPolicyMatchesLookupPolicy(t *testing.T) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 
-	protos := []uint8{0, protoTCP, protoUDP, protoICMP}
+	protos := []nodeplane.Protocol{0, protoTCP, protoUDP, protoICMP}
 	ports := []uint16{0, 22, 53, 80, 443, 8080, 8083, 8084, 65535}
-	randKey := func() PolicyKey {
-		k := PolicyKey{Direction: Direction(rng.IntN(2))}
+	randKey := func() mapstate.Key {
+		k := mapstate.Key{Direction: mapstate.Direction(rng.IntN(2))}
 		if rng.IntN(3) > 0 {
 			k.Identity = peers[rng.IntN(len(peers))]
 		}
@@ -53,25 +55,25 @@ func TestPrivilegedPolicyMatchesLookupPolicy(t *testing.T) {
 		}
 		return k
 	}
-	randEntry := func() PolicyEntry {
-		e := PolicyEntry{Deny: rng.IntN(5) == 0, ProxyPortPriority: uint8(rng.IntN(3))}
+	randEntry := func() mapstate.Entry {
+		e := mapstate.Entry{Deny: rng.IntN(5) == 0, ProxyPortPriority: uint8(rng.IntN(3))}
 		if !e.Deny && rng.IntN(3) == 0 {
 			e.ProxyPort = uint16(15000 + rng.IntN(10))
 		}
 		return e
 	}
 
-	current := map[PolicyKey]PolicyEntry{}
+	current := map[mapstate.Key]mapstate.Entry{}
 	sport := uint16(1024)
 	const rounds, packets = 400, 80
 	checked := 0
 	for round := 0; round < rounds; round++ {
 		// A new random map, reached from the previous one by a delta.
-		next := map[PolicyKey]PolicyEntry{}
+		next := map[mapstate.Key]mapstate.Entry{}
 		for n := rng.IntN(40); n > 0; n-- {
 			next[randKey()] = randEntry()
 		}
-		var deletes []PolicyKey
+		var deletes []mapstate.Key
 		for k := range current {
 			if _, ok := next[k]; !ok {
 				deletes = append(deletes, k)
@@ -88,7 +90,7 @@ func TestPrivilegedPolicyMatchesLookupPolicy(t *testing.T) {
 		for i := 0; i < packets; i++ {
 			peerIdx := rng.IntN(len(peers))
 			peer, peerAddr := peers[peerIdx], addrOf(peerIdx)
-			dir := Direction(rng.IntN(2))
+			dir := mapstate.Direction(rng.IntN(2))
 			pkt := TestPacket{Proto: protos[1+rng.IntN(len(protos)-1)]}
 			var port uint16
 			sport++
@@ -109,7 +111,7 @@ func TestPrivilegedPolicyMatchesLookupPolicy(t *testing.T) {
 			}
 			hook := FromEndpoint
 			pkt.Src, pkt.Dst = addrA, peerAddr
-			if dir == Ingress {
+			if dir == mapstate.Ingress {
 				hook = ToEndpoint
 				pkt.Src, pkt.Dst = peerAddr, addrA
 				pkt.SrcPort, pkt.DstPort = pkt.DstPort, pkt.SrcPort
@@ -118,7 +120,7 @@ func TestPrivilegedPolicyMatchesLookupPolicy(t *testing.T) {
 				}
 			}
 
-			want := LookupPolicy(current, peer, dir, pkt.Proto, port)
+			want := mapstate.Lookup(current, peer, dir, pkt.Proto, port)
 			v, _, err := ep.TestRun(hook, mustBytes(t, pkt))
 			if err != nil {
 				t.Fatal(err)
@@ -145,7 +147,7 @@ func TestPrivilegedPolicyMatchesLookupPolicy(t *testing.T) {
 
 // matchOf is the match type and L4 prefix length the kernel reports for a
 // decision of LookupPolicy.
-func matchOf(d PolicyDecision) (PolicyMatch, uint8) {
+func matchOf(d mapstate.Decision) (PolicyMatch, uint8) {
 	if !d.Matched {
 		return MatchNone, 0
 	}
@@ -191,7 +193,7 @@ func forgetConnection(t *testing.T, d *Datapath, p TestPacket) {
 	}
 }
 
-func equalPolicy(a, b map[PolicyKey]PolicyEntry) bool {
+func equalPolicy(a, b map[mapstate.Key]mapstate.Entry) bool {
 	if len(a) != len(b) {
 		return false
 	}

@@ -7,6 +7,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/nodeplane/nodeplane"
+
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // PolicyMap is an endpoint's policy map: the entries [LookupPolicy]
@@ -34,12 +36,12 @@ func newPolicyMap(inner *ebpf.MapSpec, id EndpointID) (*PolicyMap, error) {
 func (p *PolicyMap) Endpoint() EndpointID { return p.endpoint }
 
 // Update adds or replaces one entry.
-func (p *PolicyMap) Update(k PolicyKey, e PolicyEntry) error {
+func (p *PolicyMap) Update(k mapstate.Key, e mapstate.Entry) error {
 	if err := k.Validate(); err != nil {
 		return err
 	}
 	return p.with(func(m *ebpf.Map) error {
-		if err := m.Update(k.raw(), e.raw(k), ebpf.UpdateAny); err != nil {
+		if err := m.Update(rawPolicyKey(k), rawPolicyEntry(e, k), ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("policy map of endpoint %d: update %v: %w", p.endpoint, k, err)
 		}
 		return nil
@@ -48,12 +50,12 @@ func (p *PolicyMap) Update(k PolicyKey, e PolicyEntry) error {
 
 // Delete removes one entry. Deleting a key that is not in the map returns
 // an error wrapping [ebpf.ErrKeyNotExist].
-func (p *PolicyMap) Delete(k PolicyKey) error {
+func (p *PolicyMap) Delete(k mapstate.Key) error {
 	if err := k.Validate(); err != nil {
 		return err
 	}
 	return p.with(func(m *ebpf.Map) error {
-		if err := m.Delete(k.raw()); err != nil {
+		if err := m.Delete(rawPolicyKey(k)); err != nil {
 			return fmt.Errorf("policy map of endpoint %d: delete %v: %w", p.endpoint, k, err)
 		}
 		return nil
@@ -70,7 +72,7 @@ func (p *PolicyMap) Delete(k PolicyKey) error {
 // invalid or in both upserts and deletes is an error and the map stays as
 // it was. If the kernel refuses a change (the map is full), Apply restores
 // the entries it had changed and returns the error.
-func (p *PolicyMap) Apply(upserts map[PolicyKey]PolicyEntry, deletes []PolicyKey) error {
+func (p *PolicyMap) Apply(upserts mapstate.State, deletes []mapstate.Key) error {
 	for k := range upserts {
 		if err := k.Validate(); err != nil {
 			return err
@@ -81,7 +83,7 @@ func (p *PolicyMap) Apply(upserts map[PolicyKey]PolicyEntry, deletes []PolicyKey
 			return err
 		}
 		if _, ok := upserts[k]; ok {
-			return fmt.Errorf("policy key %v: %w: both upserted and deleted", k, ErrInvalidPolicyKey)
+			return fmt.Errorf("policy key %v: %w: both upserted and deleted", k, mapstate.ErrInvalidKey)
 		}
 	}
 
@@ -125,18 +127,18 @@ func (p *PolicyMap) Apply(upserts map[PolicyKey]PolicyEntry, deletes []PolicyKey
 		}
 
 		for k, e := range upserts {
-			rk := k.raw()
+			rk := rawPolicyKey(k)
 			u, err := lookup(rk)
 			if err != nil {
 				return rollback(fmt.Errorf("read %v: %w", k, err))
 			}
-			if err := m.Update(rk, e.raw(k), ebpf.UpdateAny); err != nil {
+			if err := m.Update(rk, rawPolicyEntry(e, k), ebpf.UpdateAny); err != nil {
 				return rollback(fmt.Errorf("update %v: %w", k, err))
 			}
 			undo = append(undo, u)
 		}
 		for _, k := range deletes {
-			rk := k.raw()
+			rk := rawPolicyKey(k)
 			u, err := lookup(rk)
 			if err != nil {
 				return rollback(fmt.Errorf("read %v: %w", k, err))
@@ -154,8 +156,8 @@ func (p *PolicyMap) Apply(upserts map[PolicyKey]PolicyEntry, deletes []PolicyKey
 }
 
 // Dump returns every entry of the map.
-func (p *PolicyMap) Dump() (map[PolicyKey]PolicyEntry, error) {
-	out := make(map[PolicyKey]PolicyEntry)
+func (p *PolicyMap) Dump() (mapstate.State, error) {
+	out := make(mapstate.State)
 	err := p.with(func(m *ebpf.Map) error {
 		var (
 			k policyKey

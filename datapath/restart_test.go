@@ -22,7 +22,9 @@ import (
 	"github.com/nodeplane/nodeplane"
 	"github.com/vishvananda/netlink"
 
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // The restart tests run pods A and B behind a Datapath pinned in a private
@@ -33,7 +35,7 @@ const (
 	deniedPort  = 8081
 )
 
-var allowedKey = PolicyKey{Identity: idA, Direction: Ingress, Protocol: protoTCP, Port: allowedPort, PortPrefixLen: 16}
+var allowedKey = mapstate.Key{Identity: idA, Direction: mapstate.Ingress, Protocol: protoTCP, Port: allowedPort, PortPrefixLen: 16}
 
 // installPods adds endpoints A (ID 1) and B (ID 2) in the namespaces at
 // podA and podB, with A's egress open to B and B's ingress open to A on
@@ -45,7 +47,7 @@ func installPods(d *Datapath, podA, podB string) (a, b *Endpoint, err error) {
 	if b, err = d.AddEndpoint(EndpointConfig{ID: 2, Identity: idB, IPv4: addrB, IPv6: addrB6, NetNS: podB}); err != nil {
 		return nil, nil, err
 	}
-	if err := a.Policy().Update(PolicyKey{Identity: idB, Direction: Egress}, allow); err != nil {
+	if err := a.Policy().Update(mapstate.Key{Identity: idB, Direction: mapstate.Egress}, allow); err != nil {
 		return nil, nil, err
 	}
 	return a, b, b.Policy().Update(allowedKey, allow)
@@ -111,7 +113,7 @@ func (w *restartWorld) expect(t *testing.T, port uint16, allowed bool) {
 func (w *restartWorld) policyDrops(t *testing.T) uint64 {
 	t.Helper()
 	var percpu []counter
-	if err := loadPinned(t, w.bpffs, datapathMapNpCounters).Lookup(uint32(FromEndpoint)<<8|uint32(DropPolicyDenied), &percpu); err != nil {
+	if err := loadPinned(t, w.bpffs, datapathMapNpCounters).Lookup(uint32(FromEndpoint)<<8|uint32(monitor.DropPolicyDenied), &percpu); err != nil {
 		t.Fatal(err)
 	}
 	var n uint64
@@ -473,9 +475,9 @@ func TestPrivilegedCrashKeepsEndpointsEnforced(t *testing.T) {
 
 			// The adopted handles work: policy moves from one port to the
 			// other, the established stream stays.
-			if err := b.Policy().Apply(map[PolicyKey]PolicyEntry{
-				{Identity: idA, Direction: Ingress, Protocol: protoTCP, Port: deniedPort, PortPrefixLen: 16}: allow,
-			}, []PolicyKey{allowedKey}); err != nil {
+			if err := b.Policy().Apply(map[mapstate.Key]mapstate.Entry{
+				{Identity: idA, Direction: mapstate.Ingress, Protocol: protoTCP, Port: deniedPort, PortPrefixLen: 16}: allow,
+			}, []mapstate.Key{allowedKey}); err != nil {
 				t.Fatal(err)
 			}
 			w.expect(t, deniedPort, true)
@@ -560,7 +562,7 @@ func TestPrivilegedGracefulRestart(t *testing.T) {
 			w.expect(t, deniedPort, false)
 			// The adopted endpoint's programs run test packets too.
 			v, _, err := a.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrA, addrB, 40000, deniedPort, TCPSyn)))
-			if err != nil || v.Reason != DropPolicyDenied {
+			if err != nil || v.Reason != monitor.DropPolicyDenied {
 				t.Fatalf("test run on an adopted endpoint: %+v, %v", v, err)
 			}
 			s.close(t)

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // TestPrivilegedRestoreRemovesStaleEndpoints leaves endpoints behind in
@@ -50,14 +51,14 @@ func TestPrivilegedRestoreRemovesStaleEndpoints(t *testing.T) {
 			if ec.ID == 1 {
 				gone1 = ep.HostIfindex()
 				// A connection of endpoint 1, which must not outlive it.
-				mustUpdate(t, ep.Policy(), map[PolicyKey]PolicyEntry{{Direction: Egress}: allow})
+				mustUpdate(t, ep.Policy(), map[mapstate.Key]mapstate.Entry{{Direction: mapstate.Egress}: allow})
 				if v, _, err := ep.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrA, remote, 1234, 80, TCPSyn))); err != nil || v.Action != ActionPass {
 					t.Fatalf("%+v %v", v, err)
 				}
 			}
 		}
 		c, _ := d.Endpoint(3)
-		mustUpdate(t, c.Policy(), map[PolicyKey]PolicyEntry{allowedKey: allow})
+		mustUpdate(t, c.Policy(), map[mapstate.Key]mapstate.Entry{allowedKey: allow})
 		if err := d.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -180,7 +181,7 @@ func TestPrivilegedRestoreRemovesStaleEndpoints(t *testing.T) {
 	if _, err := d.AddEndpoint(EndpointConfig{ID: 2, Identity: idB, IPv4: addrB, NetNS: nsPath(testutils.NewNetNS(t))}); err != nil {
 		t.Fatalf("re-adding endpoint 2: %v", err)
 	}
-	mustUpdate(t, a.Policy(), map[PolicyKey]PolicyEntry{{Direction: Egress}: allow})
+	mustUpdate(t, a.Policy(), map[mapstate.Key]mapstate.Entry{{Direction: mapstate.Egress}: allow})
 	testutils.ServeEcho(t, podC, "tcp", fmt.Sprintf(":%d", allowedPort))
 	testutils.ServeEcho(t, podC, "tcp", fmt.Sprintf(":%d", deniedPort))
 	c, err := dial(podA, "tcp", netip.AddrPortFrom(addr(3), allowedPort).String(), 2*time.Second)
@@ -254,7 +255,7 @@ func TestPrivilegedRestoreRepairs(t *testing.T) {
 		t.Fatalf("repaired policy map: %v, %v; want it empty", got, err)
 	}
 	w.expect(t, allowedPort, false)
-	mustUpdate(t, b.Policy(), map[PolicyKey]PolicyEntry{allowedKey: allow})
+	mustUpdate(t, b.Policy(), map[mapstate.Key]mapstate.Entry{allowedKey: allow})
 	w.expect(t, allowedPort, true)
 	w.expect(t, deniedPort, false)
 	if err := d.Uninstall(); err != nil {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // TestPacket describes a packet to feed to [Endpoint.TestRun]; Bytes
@@ -12,9 +14,9 @@ import (
 type TestPacket struct {
 	// Src and Dst are the IP addresses, both IPv4 or both IPv6.
 	Src, Dst netip.Addr
-	// Proto is the L4 protocol: 6 TCP, 17 UDP, 132 SCTP, 1 ICMP, 58 ICMPv6,
-	// or any other number for a bare payload.
-	Proto uint8
+	// Proto is the L4 protocol: TCP, UDP, SCTP, ICMP, ICMPv6, or any other
+	// number for a bare payload.
+	Proto nodeplane.Protocol
 	// SrcPort and DstPort for TCP, UDP and SCTP.
 	SrcPort, DstPort uint16
 	// TCPFlags for TCP; 0 means a SYN.
@@ -93,7 +95,7 @@ func (p TestPacket) Bytes() ([]byte, error) {
 		l3 = make([]byte, 20)
 		l3[0] = 0x45
 		binary.BigEndian.PutUint16(l3[2:], uint16(20+len(l4)))
-		l3[8], l3[9] = ttl, p.Proto
+		l3[8], l3[9] = ttl, uint8(p.Proto)
 		s, d := p.Src.As4(), p.Dst.As4()
 		copy(l3[12:], s[:])
 		copy(l3[16:], d[:])
@@ -102,7 +104,7 @@ func (p TestPacket) Bytes() ([]byte, error) {
 		l3 = make([]byte, 40)
 		l3[0] = 0x60
 		binary.BigEndian.PutUint16(l3[4:], uint16(len(l4)))
-		l3[6], l3[7] = p.Proto, ttl
+		l3[6], l3[7] = uint8(p.Proto), ttl
 		s, d := p.Src.As16(), p.Dst.As16()
 		copy(l3[8:], s[:])
 		copy(l3[24:], d[:])
@@ -132,7 +134,7 @@ func (p TestPacket) Bytes() ([]byte, error) {
 
 // l4ChecksumOffset returns where the protocol's checksum is, or -1. SCTP
 // uses CRC32c, which the datapath never checks; it is left zero.
-func l4ChecksumOffset(proto uint8) int {
+func l4ChecksumOffset(proto nodeplane.Protocol) int {
 	switch proto {
 	case 6:
 		return 16
@@ -144,7 +146,7 @@ func l4ChecksumOffset(proto uint8) int {
 	return -1
 }
 
-func pseudoHeaderSum(src, dst netip.Addr, proto uint8, length int) uint32 {
+func pseudoHeaderSum(src, dst netip.Addr, proto nodeplane.Protocol, length int) uint32 {
 	var sum uint32
 	for _, b := range [][]byte{src.AsSlice(), dst.AsSlice()} {
 		for i := 0; i+1 < len(b); i += 2 {

@@ -6,6 +6,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -71,7 +72,7 @@ func (s ConntrackState) String() string {
 type Verdict struct {
 	Action Action
 	// Reason is why the packet was dropped; 0 unless Action is ActionDrop.
-	Reason DropReason
+	Reason monitor.DropReason
 	// Conntrack is the packet's conntrack state, valid once the packet was
 	// parsed and its source accepted.
 	Conntrack ConntrackState
@@ -157,7 +158,7 @@ func verdictFrom(ret uint32, cb [5]uint32) (Verdict, error) {
 		return Verdict{}, fmt.Errorf("program returned %d without a verdict in skb->cb", ret)
 	}
 	v := Verdict{
-		Reason:          DropReason(cb[0]),
+		Reason:          monitor.DropReason(cb[0]),
 		Conntrack:       ConntrackState(cb[0] >> 8),
 		SrcIdentity:     identity.ID(cb[1]),
 		DstIdentity:     identity.ID(cb[2]),

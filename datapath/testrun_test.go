@@ -6,8 +6,10 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 const (
@@ -41,8 +43,8 @@ var (
 	remote6  = netip.MustParseAddr("2001:db8::10")
 	world    = netip.MustParseAddr("198.51.100.1")
 	spoofed  = netip.MustParseAddr("10.0.0.99")
-	allow    = PolicyEntry{}
-	denyThis = PolicyEntry{Deny: true}
+	allow    = mapstate.Entry{}
+	denyThis = mapstate.Entry{Deny: true}
 )
 
 func newTestRunWorld(t *testing.T) *testRunWorld {
@@ -57,18 +59,18 @@ func newTestRunWorld(t *testing.T) *testRunWorld {
 			t.Fatal(err)
 		}
 	}
-	mustUpdate(t, w.a.Policy(), map[PolicyKey]PolicyEntry{
-		{Identity: idRemote, Direction: Egress, Protocol: protoTCP, Port: 80, PortPrefixLen: 16}:     allow,
-		{Identity: idRemote, Direction: Egress, Protocol: protoTCP, Port: 443, PortPrefixLen: 16}:    denyThis,
-		{Identity: idRemote, Direction: Egress, Protocol: protoUDP, Port: 53, PortPrefixLen: 16}:     allow,
-		{Identity: idRemote, Direction: Egress, Protocol: protoICMP, Port: 8, PortPrefixLen: 16}:     allow,
-		{Identity: idRemote, Direction: Egress, Protocol: protoICMPv6, Port: 128, PortPrefixLen: 16}: allow,
-		{Identity: idB, Direction: Egress}: allow,
-		{Identity: identity.ReservedWorld, Direction: Ingress, Protocol: protoTCP, Port: 22, PortPrefixLen: 16}: allow,
+	mustUpdate(t, w.a.Policy(), map[mapstate.Key]mapstate.Entry{
+		{Identity: idRemote, Direction: mapstate.Egress, Protocol: protoTCP, Port: 80, PortPrefixLen: 16}:                allow,
+		{Identity: idRemote, Direction: mapstate.Egress, Protocol: protoTCP, Port: 443, PortPrefixLen: 16}:               denyThis,
+		{Identity: idRemote, Direction: mapstate.Egress, Protocol: protoUDP, Port: 53, PortPrefixLen: 16}:                allow,
+		{Identity: idRemote, Direction: mapstate.Egress, Protocol: protoICMP, Port: 8, PortPrefixLen: 16}:                allow,
+		{Identity: idRemote, Direction: mapstate.Egress, Protocol: protoICMPv6, Port: 128, PortPrefixLen: 16}:            allow,
+		{Identity: idB, Direction: mapstate.Egress}:                                                                      allow,
+		{Identity: identity.ReservedWorld, Direction: mapstate.Ingress, Protocol: protoTCP, Port: 22, PortPrefixLen: 16}: allow,
 	})
-	mustUpdate(t, w.b.Policy(), map[PolicyKey]PolicyEntry{
-		{Identity: idA, Direction: Ingress, Protocol: protoTCP, Port: 8080, PortPrefixLen: 16}: allow,
-		{Identity: idA, Direction: Ingress, Protocol: protoTCP, Port: 9090, PortPrefixLen: 16}: denyThis,
+	mustUpdate(t, w.b.Policy(), map[mapstate.Key]mapstate.Entry{
+		{Identity: idA, Direction: mapstate.Ingress, Protocol: protoTCP, Port: 8080, PortPrefixLen: 16}: allow,
+		{Identity: idA, Direction: mapstate.Ingress, Protocol: protoTCP, Port: 9090, PortPrefixLen: 16}: denyThis,
 	})
 	return w
 }
@@ -80,7 +82,7 @@ func tcpPkt(src, dst netip.Addr, sport, dport uint16, flags uint8) TestPacket {
 // want is the part of a Verdict the table tests compare.
 type want struct {
 	action   Action
-	reason   DropReason
+	reason   monitor.DropReason
 	ct       ConntrackState
 	src, dst identity.ID
 }
@@ -107,56 +109,56 @@ func TestPrivilegedTestRun(t *testing.T) {
 		{"reply via conntrack", w.a, ToEndpoint, tcpPkt(remote, addrA, 80, 40000, TCPSyn|TCPAck),
 			want{ActionPass, 0, ConntrackReply, idRemote, idA}},
 		{"same packet from another port is new and denied", w.a, ToEndpoint, tcpPkt(remote, addrA, 81, 40000, TCPAck),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idRemote, idA}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idRemote, idA}},
 		{"denied by default", w.a, FromEndpoint, tcpPkt(addrA, remote, 40001, 81, TCPSyn),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idA, idRemote}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idA, idRemote}},
 		{"explicit deny", w.a, FromEndpoint, tcpPkt(addrA, remote, 40002, 443, TCPSyn),
-			want{ActionDrop, DropPolicyDeny, ConntrackNew, idA, idRemote}},
+			want{ActionDrop, monitor.DropPolicyDeny, ConntrackNew, idA, idRemote}},
 		{"UDP allowed", w.a, FromEndpoint, TestPacket{Src: addrA, Dst: remote, Proto: protoUDP, SrcPort: 5353, DstPort: 53},
 			want{ActionPass, 0, ConntrackNew, idA, idRemote}},
 		{"UDP reply", w.a, ToEndpoint, TestPacket{Src: remote, Dst: addrA, Proto: protoUDP, SrcPort: 53, DstPort: 5353},
 			want{ActionPass, 0, ConntrackReply, idRemote, idA}},
 		{"UDP denied", w.a, FromEndpoint, TestPacket{Src: addrA, Dst: remote, Proto: protoUDP, SrcPort: 5353, DstPort: 54},
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idA, idRemote}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idA, idRemote}},
 		{"ICMP echo allowed", w.a, FromEndpoint, TestPacket{Src: addrA, Dst: remote, Proto: protoICMP, ICMPType: 8, ICMPID: 7},
 			want{ActionPass, 0, ConntrackNew, idA, idRemote}},
 		{"ICMP echo reply via conntrack", w.a, ToEndpoint, TestPacket{Src: remote, Dst: addrA, Proto: protoICMP, ICMPType: 0, ICMPID: 7},
 			want{ActionPass, 0, ConntrackReply, idRemote, idA}},
 		{"ICMP echo reply of another identifier", w.a, ToEndpoint, TestPacket{Src: remote, Dst: addrA, Proto: protoICMP, ICMPType: 0, ICMPID: 8},
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idRemote, idA}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idRemote, idA}},
 		{"ICMP error about a tracked connection is related", w.a, ToEndpoint, icmpErrorAbout(t, remote, tcpPkt(addrA, remote, 40000, 80, TCPAck)),
 			want{ActionPass, 0, ConntrackRelated, idRemote, idA}},
 		{"ICMP error about nothing tracked", w.a, ToEndpoint, icmpErrorAbout(t, remote, tcpPkt(addrA, remote, 49999, 80, TCPAck)),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idRemote, idA}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idRemote, idA}},
 		{"ICMP echo to the world denied", w.a, FromEndpoint, TestPacket{Src: addrA, Dst: world, Proto: protoICMP, ICMPType: 8, ICMPID: 9},
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idA, identity.ReservedWorld}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idA, identity.ReservedWorld}},
 		{"local destination: redirect", w.a, FromEndpoint, tcpPkt(addrA, addrB, 40003, 8080, TCPSyn),
 			want{ActionRedirect, 0, ConntrackNew, idA, idB}},
 		{"local reply: redirect back", w.b, FromEndpoint, tcpPkt(addrB, addrA, 8080, 40003, TCPSyn|TCPAck),
 			want{ActionRedirect, 0, ConntrackReply, idB, idA}},
 		{"local destination's ingress default deny", w.a, FromEndpoint, tcpPkt(addrA, addrB, 40004, 8081, TCPSyn),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idA, idB}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idA, idB}},
 		{"local destination's explicit deny", w.a, FromEndpoint, tcpPkt(addrA, addrB, 40005, 9090, TCPSyn),
-			want{ActionDrop, DropPolicyDeny, ConntrackNew, idA, idB}},
+			want{ActionDrop, monitor.DropPolicyDeny, ConntrackNew, idA, idB}},
 		{"spoofed source", w.a, FromEndpoint, tcpPkt(spoofed, remote, 40006, 80, TCPSyn),
-			want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidSourceIP, 0, 0, 0}},
 		{"another endpoint's source", w.a, FromEndpoint, tcpPkt(addrB, remote, 40007, 80, TCPSyn),
-			want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidSourceIP, 0, 0, 0}},
 		{"world to endpoint allowed", w.a, ToEndpoint, tcpPkt(world, addrA, 50000, 22, TCPSyn),
 			want{ActionPass, 0, ConntrackNew, identity.ReservedWorld, idA}},
 		{"world to endpoint denied", w.a, ToEndpoint, tcpPkt(world, addrA, 50000, 23, TCPSyn),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, identity.ReservedWorld, idA}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, identity.ReservedWorld, idA}},
 		{"stack sends another endpoint's packet", w.a, ToEndpoint, tcpPkt(world, addrB, 50000, 22, TCPSyn),
-			want{ActionDrop, DropUnknownTarget, 0, 0, 0}},
+			want{ActionDrop, monitor.DropUnknownTarget, 0, 0, 0}},
 
 		{"IPv6 allowed", w.a, FromEndpoint, tcpPkt(addrA6, remote6, 40000, 80, TCPSyn),
 			want{ActionPass, 0, ConntrackNew, idA, idRemote}},
 		{"IPv6 reply", w.a, ToEndpoint, tcpPkt(remote6, addrA6, 80, 40000, TCPSyn|TCPAck),
 			want{ActionPass, 0, ConntrackReply, idRemote, idA}},
 		{"IPv6 denied", w.a, FromEndpoint, tcpPkt(addrA6, remote6, 40000, 81, TCPSyn),
-			want{ActionDrop, DropPolicyDenied, ConntrackNew, idA, idRemote}},
+			want{ActionDrop, monitor.DropPolicyDenied, ConntrackNew, idA, idRemote}},
 		{"IPv6 explicit deny", w.a, FromEndpoint, tcpPkt(addrA6, remote6, 40000, 443, TCPSyn),
-			want{ActionDrop, DropPolicyDeny, ConntrackNew, idA, idRemote}},
+			want{ActionDrop, monitor.DropPolicyDeny, ConntrackNew, idA, idRemote}},
 		{"IPv6 echo", w.a, FromEndpoint, TestPacket{Src: addrA6, Dst: remote6, Proto: protoICMPv6, ICMPType: 128, ICMPID: 3},
 			want{ActionPass, 0, ConntrackNew, idA, idRemote}},
 		{"IPv6 echo reply", w.a, ToEndpoint, TestPacket{Src: remote6, Dst: addrA6, Proto: protoICMPv6, ICMPType: 129, ICMPID: 3},
@@ -164,38 +166,38 @@ func TestPrivilegedTestRun(t *testing.T) {
 		{"IPv6 local redirect", w.a, FromEndpoint, tcpPkt(addrA6, addrB6, 40000, 8080, TCPSyn),
 			want{ActionRedirect, 0, ConntrackNew, idA, idB}},
 		{"IPv6 spoofed", w.a, FromEndpoint, tcpPkt(netip.MustParseAddr("fd00::99"), remote6, 40000, 80, TCPSyn),
-			want{ActionDrop, DropInvalidSourceIP, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidSourceIP, 0, 0, 0}},
 		// Neighbour discovery and MLD: TestPrivilegedICMPv6NeighbourDiscovery.
 
 		{"ARP passes", w.a, FromEndpoint, arpRequest(),
 			want{ActionPass, 0, 0, 0, 0}},
 		{"unknown ethertype", w.a, FromEndpoint, withEtherType(0x88cc, make([]byte, 46)),
-			want{ActionDrop, DropUnknownL3, 0, 0, 0}},
+			want{ActionDrop, monitor.DropUnknownL3, 0, 0, 0}},
 		// BPF_PROG_TEST_RUN refuses IPv4 and IPv6 packets shorter than
 		// their fixed header; TestPrivilegedMalformedFrames sends those
 		// over a real interface.
 		{"IPv4 header length beyond the packet", w.a, FromEndpoint, mutate(t, tcpPkt(addrA, remote, 1, 80, 0), func(b []byte) { b[14] = 0x4f }),
-			want{ActionDrop, DropInvalidPacket, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidPacket, 0, 0, 0}},
 		{"garbage IPv4", w.a, FromEndpoint, withEtherType(0x0800, bytes.Repeat([]byte{0xff}, 40)),
-			want{ActionDrop, DropInvalidPacket, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidPacket, 0, 0, 0}},
 		{"IPv4 header length below 5", w.a, FromEndpoint, mutate(t, tcpPkt(addrA, remote, 1, 80, 0), func(b []byte) { b[14] = 0x44 }),
-			want{ActionDrop, DropInvalidPacket, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidPacket, 0, 0, 0}},
 		{"IPv4 total length beyond the packet", w.a, FromEndpoint, mutate(t, tcpPkt(addrA, remote, 1, 80, 0), func(b []byte) { b[16], b[17] = 0x05, 0xdc }),
-			want{ActionDrop, DropInvalidPacket, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidPacket, 0, 0, 0}},
 		{"truncated TCP header", w.a, FromEndpoint, truncateL4(t, tcpPkt(addrA, remote, 1, 80, 0), 8),
-			want{ActionDrop, DropCTInvalidHeader, 0, 0, 0}},
+			want{ActionDrop, monitor.DropCTInvalidHeader, 0, 0, 0}},
 		{"truncated UDP header", w.a, FromEndpoint, truncateL4(t, TestPacket{Src: addrA, Dst: remote, Proto: protoUDP}, 4),
-			want{ActionDrop, DropCTInvalidHeader, 0, 0, 0}},
+			want{ActionDrop, monitor.DropCTInvalidHeader, 0, 0, 0}},
 		{"unknown L4 protocol", w.a, FromEndpoint, TestPacket{Src: addrA, Dst: remote, Proto: protoGRE, Payload: make([]byte, 8)},
-			want{ActionDrop, DropCTUnknownProto, 0, 0, 0}},
+			want{ActionDrop, monitor.DropCTUnknownProto, 0, 0, 0}},
 		{"IPv6 version garbage", w.a, FromEndpoint, withEtherType(0x86dd, bytes.Repeat([]byte{0xff}, 60)),
-			want{ActionDrop, DropInvalidPacket, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidPacket, 0, 0, 0}},
 		{"IPv6 payload length beyond the packet", w.a, FromEndpoint, mutate(t, tcpPkt(addrA6, remote6, 1, 80, 0), func(b []byte) { b[18] = 0xff }),
-			want{ActionDrop, DropInvalidPacket, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidPacket, 0, 0, 0}},
 		{"IPv6 extension headers skipped", w.a, FromEndpoint, ipv6WithExt(t, []uint8{0, 60}),
 			want{ActionPass, 0, ConntrackNew, idA, idRemote}},
 		{"IPv6 too many extension headers", w.a, FromEndpoint, ipv6WithExt(t, []uint8{0, 60, 60, 60, 60}),
-			want{ActionDrop, DropInvalidExtHeader, 0, 0, 0}},
+			want{ActionDrop, monitor.DropInvalidExtHeader, 0, 0, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pkt, ok := tc.pkt.([]byte)

@@ -90,12 +90,12 @@ func TestAllocatorReservedAndLocal(t *testing.T) {
 		t.Errorf("Lookup(world) = %v, %v", ls, ok)
 	}
 
-	cidr, _ := CIDRLabels(netip.MustParsePrefix("192.0.2.0/24"), false)
+	cidr, _ := CIDRLabels(netip.MustParsePrefix("192.0.2.0/24"), nodeplane.SingleStack)
 	lid, isNew, err := a.Allocate(ctx, cidr)
 	if err != nil || !isNew || !lid.IsLocal() {
 		t.Fatalf("Allocate(cidr) = %#v, %v, %v", lid, isNew, err)
 	}
-	world, _ := CIDRLabels(netip.MustParsePrefix("0.0.0.0/0"), false)
+	world, _ := CIDRLabels(netip.MustParsePrefix("0.0.0.0/0"), nodeplane.SingleStack)
 	if wid, _, err := a.Allocate(ctx, world); err != nil || wid != ReservedWorld {
 		t.Errorf("Allocate(0.0.0.0/0 labels) = %v, %v", wid, err)
 	}
@@ -126,7 +126,7 @@ func TestAllocatorReservedAndLocal(t *testing.T) {
 func TestLocalAllocator(t *testing.T) {
 	ctx := context.Background()
 	cache := NewCache()
-	l := NewLocalAllocator(LocalAllocatorConfig{DualStack: true, Cache: cache})
+	l := NewLocalAllocator(LocalAllocatorConfig{Stack: nodeplane.DualStack, Cache: cache})
 	defer l.Close()
 
 	id4, isNew, err := l.AllocateCIDR(ctx, netip.MustParsePrefix("10.0.0.0/8"))
@@ -267,7 +267,7 @@ func TestConcurrentAllocateRelease(t *testing.T) {
 	labels := make([]Labels, sets)
 	for i := range labels {
 		if i%4 == 0 {
-			labels[i], _ = CIDRLabels(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16), false)
+			labels[i], _ = CIDRLabels(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16), nodeplane.SingleStack)
 		} else {
 			labels[i] = mustLabels(t, fmt.Sprintf("k8s:set=%d", i))
 		}

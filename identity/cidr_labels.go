@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // Names of the reserved labels, "reserved:<name>".
@@ -39,9 +41,9 @@ func CIDRLabel(prefix netip.Prefix) (Label, error) {
 // WorldLabel returns the reserved label of the world outside the cluster for
 // addresses of addr's family: "reserved:world" in a single-stack cluster,
 // "reserved:world-ipv4" or "reserved:world-ipv6" in a dual-stack one.
-func WorldLabel(addr netip.Addr, dualStack bool) Label {
+func WorldLabel(addr netip.Addr, stack nodeplane.StackMode) Label {
 	name := LabelWorld
-	if dualStack {
+	if stack == nodeplane.DualStack {
 		if addr.Is4() {
 			name = LabelWorldIPv4
 		} else {
@@ -56,11 +58,11 @@ func WorldLabel(addr netip.Addr, dualStack bool) Label {
 // (none for a zero-length prefix) and the world label of its family (see
 // [WorldLabel]). A CIDR selector for any prefix that contains this one
 // selects the identity (see [Labels.Has]).
-func CIDRLabels(prefix netip.Prefix, dualStack bool) (Labels, error) {
+func CIDRLabels(prefix netip.Prefix, stack nodeplane.StackMode) (Labels, error) {
 	if !prefix.IsValid() {
 		return Labels{}, fmt.Errorf("cidr labels for %v: %w", prefix, ErrInvalidPrefix)
 	}
-	world := WorldLabel(prefix.Addr(), dualStack)
+	world := WorldLabel(prefix.Addr(), stack)
 	if prefix.Bits() == 0 {
 		return makeLabels([]Label{world}), nil
 	}

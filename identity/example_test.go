@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -87,12 +88,12 @@ func ExampleNewSelector_invalid() {
 }
 
 func ExampleCIDRSelector() {
-	sel, err := identity.CIDRSelector(netip.MustParsePrefix("10.0.0.0/8"), false)
+	sel, err := identity.CIDRSelector(netip.MustParsePrefix("10.0.0.0/8"), nodeplane.SingleStack)
 	if err != nil {
 		panic(err)
 	}
 	for _, p := range []string{"10.1.0.0/16", "192.168.0.0/16"} {
-		ls, _ := identity.CIDRLabels(netip.MustParsePrefix(p), false)
+		ls, _ := identity.CIDRLabels(netip.MustParsePrefix(p), nodeplane.SingleStack)
 		fmt.Println(sel, "selects", ls, sel.Matches(ls))
 	}
 	// Output:
@@ -152,10 +153,10 @@ func ExampleInProcessAllocator() {
 	fmt.Println(id, isNew)
 
 	// CIDR identities are node-local; the world's prefix is reserved.
-	cidr, _ := identity.CIDRLabels(netip.MustParsePrefix("192.0.2.0/24"), false)
+	cidr, _ := identity.CIDRLabels(netip.MustParsePrefix("192.0.2.0/24"), nodeplane.SingleStack)
 	local, _, _ := alloc.Allocate(ctx, cidr)
 	fmt.Println(local, local.Scope())
-	world, _ := identity.CIDRLabels(netip.MustParsePrefix("0.0.0.0/0"), false)
+	world, _ := identity.CIDRLabels(netip.MustParsePrefix("0.0.0.0/0"), nodeplane.SingleStack)
 	reserved, _, _ := alloc.Allocate(ctx, world)
 	fmt.Println(reserved)
 

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 func TestParseLabel(t *testing.T) {
@@ -260,7 +262,7 @@ func TestCIDRLabels(t *testing.T) {
 		{"0.0.0.0/0", true, "reserved:world-ipv4=;"},
 		{"::/0", true, "reserved:world-ipv6=;"},
 	} {
-		ls, err := CIDRLabels(netip.MustParsePrefix(tc.prefix), tc.dualStack)
+		ls, err := CIDRLabels(netip.MustParsePrefix(tc.prefix), stackMode(tc.dualStack))
 		if err != nil {
 			t.Errorf("CIDRLabels(%s): %v", tc.prefix, err)
 			continue
@@ -272,11 +274,11 @@ func TestCIDRLabels(t *testing.T) {
 			t.Errorf("%v.Scope() = %v", ls, ls.Scope())
 		}
 	}
-	ls, _ := CIDRLabels(netip.MustParsePrefix("2001:db8::/32"), true)
+	ls, _ := CIDRLabels(netip.MustParsePrefix("2001:db8::/32"), nodeplane.DualStack)
 	if got := ls.String(); got != "cidr:2001:db8::/32,reserved:world-ipv6" {
 		t.Errorf("String() = %q", got)
 	}
-	if _, err := CIDRLabels(netip.Prefix{}, false); !errors.Is(err, ErrInvalidPrefix) {
+	if _, err := CIDRLabels(netip.Prefix{}, nodeplane.SingleStack); !errors.Is(err, ErrInvalidPrefix) {
 		t.Errorf("invalid prefix: %v", err)
 	}
 	if _, err := CIDRLabel(netip.MustParsePrefix("0.0.0.0/0")); !errors.Is(err, ErrInvalidPrefix) {
@@ -354,4 +356,12 @@ func mustLabels(t testing.TB, labels ...string) Labels {
 		t.Fatal(err)
 	}
 	return ls
+}
+
+// stackMode turns a table's dual-stack flag into the mode.
+func stackMode(dual bool) nodeplane.StackMode {
+	if dual {
+		return nodeplane.DualStack
+	}
+	return nodeplane.SingleStack
 }

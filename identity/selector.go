@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // SelectorOperator is the operator of a [SelectorRequirement].
@@ -175,12 +177,12 @@ func SelectorFromLabels(labels ...Label) (Selector, error) {
 // requires the prefix's cidr label, so it selects the identities of every
 // prefix inside it; for a zero-length prefix it requires the world label of
 // the family (see [WorldLabel]).
-func CIDRSelector(prefix netip.Prefix, dualStack bool) (Selector, error) {
+func CIDRSelector(prefix netip.Prefix, stack nodeplane.StackMode) (Selector, error) {
 	if !prefix.IsValid() {
 		return Selector{}, fmt.Errorf("cidr selector for %v: %w", prefix, ErrInvalidPrefix)
 	}
 	if prefix.Bits() == 0 {
-		return SelectorFromLabels(WorldLabel(prefix.Addr(), dualStack))
+		return SelectorFromLabels(WorldLabel(prefix.Addr(), stack))
 	}
 	l, err := CIDRLabel(prefix)
 	if err != nil {

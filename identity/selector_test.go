@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // pod is the label set Cilium gives a pod "web" in namespace "prod" whose
@@ -226,7 +228,7 @@ func TestCIDRSelector(t *testing.T) {
 		{"0.0.0.0/0", true, "reserved:world-ipv4=", []match{{"10.0.0.0/8", true}, {"::1/128", false}}},
 		{"0.0.0.0/0", false, "reserved:world=", []match{{"10.0.0.0/8", true}, {"::1/128", true}}},
 	} {
-		sel, err := CIDRSelector(netip.MustParsePrefix(tc.prefix), tc.dualStack)
+		sel, err := CIDRSelector(netip.MustParsePrefix(tc.prefix), stackMode(tc.dualStack))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -234,7 +236,7 @@ func TestCIDRSelector(t *testing.T) {
 			t.Errorf("CIDRSelector(%s) = %q, want %q", tc.prefix, sel, tc.str)
 		}
 		for _, m := range tc.matches {
-			ls, err := CIDRLabels(netip.MustParsePrefix(m.labels), tc.dualStack)
+			ls, err := CIDRLabels(netip.MustParsePrefix(m.labels), stackMode(tc.dualStack))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -246,7 +248,7 @@ func TestCIDRSelector(t *testing.T) {
 			t.Errorf("CIDRSelector(%s) selects a pod", tc.prefix)
 		}
 	}
-	if _, err := CIDRSelector(netip.Prefix{}, false); !errors.Is(err, ErrInvalidPrefix) {
+	if _, err := CIDRSelector(netip.Prefix{}, nodeplane.SingleStack); !errors.Is(err, ErrInvalidPrefix) {
 		t.Errorf("invalid prefix: %v", err)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 func TestPersistenceRestoresEveryID(t *testing.T) {
@@ -25,7 +27,7 @@ func TestPersistenceRestoresEveryID(t *testing.T) {
 	for i := range 300 {
 		var ls Labels
 		if i%5 == 0 {
-			ls, _ = CIDRLabels(netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 51, byte(i), 0}), 24), false)
+			ls, _ = CIDRLabels(netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 51, byte(i), 0}), 24), nodeplane.SingleStack)
 		} else {
 			ls = mustLabels(t, fmt.Sprintf("k8s:app=a%d", i), "k8s:io.kubernetes.pod.namespace=prod")
 		}

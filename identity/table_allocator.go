@@ -170,10 +170,10 @@ func (a *tableAllocator) close() {
 
 // LocalAllocatorConfig configures a [LocalAllocator].
 type LocalAllocatorConfig struct {
-	// DualStack selects the world labels of a dual-stack cluster
-	// (reserved:world-ipv4, reserved:world-ipv6) for [LocalAllocator.AllocateCIDR];
-	// false gives reserved:world.
-	DualStack bool
+	// Stack selects the world labels of the identities
+	// [LocalAllocator.AllocateCIDR] creates (see [WorldLabel]). The zero
+	// value is [nodeplane.DualStack], as in policy.Config.
+	Stack nodeplane.StackMode
 	// Cache receives the identities the allocator creates. Nil means a
 	// cache of the allocator's own. Sharing a cache lets a cluster-wide
 	// allocator report local identities in the same watch stream.
@@ -186,8 +186,8 @@ type LocalAllocatorConfig struct {
 // program after a restart. Cluster-scoped label sets fail with
 // [ErrWrongScope]. It implements [Allocator].
 type LocalAllocator struct {
-	a         tableAllocator
-	dualStack bool
+	a     tableAllocator
+	stack nodeplane.StackMode
 }
 
 var _ Allocator = (*LocalAllocator)(nil)
@@ -199,8 +199,8 @@ func NewLocalAllocator(cfg LocalAllocatorConfig) *LocalAllocator {
 		cache = NewCache()
 	}
 	return &LocalAllocator{
-		a:         tableAllocator{cache: cache, local: newLocalTable()},
-		dualStack: cfg.DualStack,
+		a:     tableAllocator{cache: cache, local: newLocalTable()},
+		stack: cfg.Stack,
 	}
 }
 
@@ -238,7 +238,7 @@ func (l *LocalAllocator) Close() error {
 // by [CIDRLabels]: a local-scope ID, or the reserved world identity for a
 // zero-length prefix.
 func (l *LocalAllocator) AllocateCIDR(ctx context.Context, prefix netip.Prefix) (ID, bool, error) {
-	labels, err := CIDRLabels(prefix, l.dualStack)
+	labels, err := CIDRLabels(prefix, l.stack)
 	if err != nil {
 		return Unknown, false, err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -66,7 +67,7 @@ func BenchmarkConnect(b *testing.B) {
 		}
 		defer lb.Close()
 		for i := range n {
-			if _, err := lb.Upsert(Service{Frontend: Frontend{Addr: vip(96, i), Protocol: TCP}}, backends); err != nil {
+			if _, err := lb.Upsert(Service{Frontend: Frontend{Addr: vip(96, i), Protocol: nodeplane.ProtoTCP}}, backends); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -343,7 +344,7 @@ func kubeProxyRules(ep *endpointNS, n int, vip func(int) netip.AddrPort, backend
 func BenchmarkUpsert(b *testing.B) {
 	svcs := make([]Service, 1000)
 	for i := range svcs {
-		svcs[i] = Service{Frontend: Frontend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), 80), Protocol: TCP}}
+		svcs[i] = Service{Frontend: Frontend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), 80), Protocol: nodeplane.ProtoTCP}}
 	}
 	sets := [][]Backend{backendsOf("10.0.0.1:80", "10.0.0.2:80"), backendsOf("10.0.0.3:80", "10.0.0.4:80")}
 	run := func(b *testing.B, upsert func(Service, []Backend) (ServiceID, error)) {

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // family describes one address family case of the end-to-end tests.
@@ -60,7 +62,7 @@ func TestPrivilegedTCPThroughVIP(t *testing.T) {
 	for _, fc := range famCases {
 		t.Run(fc.name, func(t *testing.T) {
 			e := newEnv(t, 3, Config{})
-			e.upsert(t, Service{Frontend: fe(fc.vip, TCP)}, e.backends(fc.v6, 3))
+			e.upsert(t, Service{Frontend: fe(fc.vip, nodeplane.ProtoTCP)}, e.backends(fc.v6, 3))
 			network, local := fc.dialNet("tcp")
 
 			r := e.client.do(clientCmd{Op: "dials", Net: network, Local: local, Addr: fc.vip, Count: 60})
@@ -95,7 +97,7 @@ func TestPrivilegedUDPThroughVIP(t *testing.T) {
 	for _, fc := range famCases {
 		t.Run(fc.name, func(t *testing.T) {
 			e := newEnv(t, 3, Config{})
-			svcFE := fe(fc.udpVIP, UDP)
+			svcFE := fe(fc.udpVIP, nodeplane.ProtoUDP)
 			e.upsert(t, Service{Frontend: svcFE}, e.backends(fc.v6, 3))
 			network, local := fc.dialNet("udp")
 
@@ -109,7 +111,7 @@ func TestPrivilegedUDPThroughVIP(t *testing.T) {
 					t.Fatalf("%s: answer from %s, want the VIP %s", op, res.From, fc.udpVIP)
 				}
 				// UDP selects by socket cookie: the model names the backend.
-				want, err := e.model.Connect(Request{Dest: svcFE.Addr, Protocol: UDP, SocketCookie: res.Cookie})
+				want, err := e.model.Connect(Request{Dest: svcFE.Addr, Protocol: nodeplane.ProtoUDP, SocketCookie: res.Cookie})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -141,7 +143,7 @@ func TestPrivilegedBackendRemoval(t *testing.T) {
 	for _, how := range []string{"deleted", "terminating", "maintenance"} {
 		t.Run(how, func(t *testing.T) {
 			e := newEnv(t, 3, Config{})
-			svc := Service{Frontend: fe("10.96.0.20:80", TCP)}
+			svc := Service{Frontend: fe("10.96.0.20:80", nodeplane.ProtoTCP)}
 			backends := e.backends(false, 3)
 			e.upsert(t, svc, backends)
 
@@ -186,8 +188,8 @@ func TestPrivilegedBackendRemoval(t *testing.T) {
 
 func TestPrivilegedNoBackendRefuses(t *testing.T) {
 	e := newEnv(t, 2, Config{})
-	tcp := Service{Frontend: fe("10.96.0.30:80", TCP)}
-	udp := Service{Frontend: fe("[fd00:96::30]:53", UDP)}
+	tcp := Service{Frontend: fe("10.96.0.30:80", nodeplane.ProtoTCP)}
+	udp := Service{Frontend: fe("[fd00:96::30]:53", nodeplane.ProtoUDP)}
 	e.upsert(t, tcp, nil)
 	e.upsert(t, udp, []Backend{
 		{Addr: e.top.backends[0].addr(true, backendPort), State: BackendTerminating},
@@ -225,7 +227,7 @@ func TestPrivilegedNoBackendRefuses(t *testing.T) {
 func TestPrivilegedSessionAffinity(t *testing.T) {
 	e := newEnv(t, 3, Config{})
 	const timeout = 3 * time.Second
-	svc := Service{Frontend: fe("10.96.0.40:80", TCP), SessionAffinity: timeout}
+	svc := Service{Frontend: fe("10.96.0.40:80", nodeplane.ProtoTCP), SessionAffinity: timeout}
 	id := e.upsert(t, svc, e.backends(false, 3))
 	netns := e.client.do(clientCmd{Op: "netns"}).NetNS
 
@@ -309,7 +311,7 @@ func backendAddr(e *entry, id BackendID) netip.AddrPort {
 // the VIP as its peer.
 func TestPrivilegedUpdatesAreAtomic(t *testing.T) {
 	e := newEnv(t, 4, Config{})
-	svc := Service{Frontend: fe("10.96.0.50:80", TCP)}
+	svc := Service{Frontend: fe("10.96.0.50:80", nodeplane.ProtoTCP)}
 	all := e.backends(false, 4)
 	sets := [][]Backend{all, all[2:3], {all[0], all[3]}, all[1:], all[3:], all[:2]}
 	e.upsert(t, svc, sets[0])
@@ -373,7 +375,7 @@ loop:
 func TestPrivilegedExternalIP(t *testing.T) {
 	e := newEnv(t, 2, Config{})
 	ext := e.top.backends[1].addr(false, backendPort)
-	svc := Service{Frontend: Frontend{Addr: ext, Protocol: TCP}, Type: ExternalIP}
+	svc := Service{Frontend: Frontend{Addr: ext, Protocol: nodeplane.ProtoTCP}, Type: ExternalIP}
 	e.upsert(t, svc, e.backends(false, 1))
 
 	reaches := func() string {

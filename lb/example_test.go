@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/lb"
 )
 
@@ -21,7 +22,7 @@ func ExampleNew() {
 	defer balancer.Close()
 
 	svc := lb.Service{
-		Frontend: lb.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:53"), Protocol: lb.UDP},
+		Frontend: lb.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:53"), Protocol: nodeplane.ProtoUDP},
 	}
 	_, err = balancer.Upsert(svc, []lb.Backend{
 		{Addr: netip.MustParseAddrPort("10.0.1.5:53")},
@@ -35,7 +36,7 @@ func ExampleNew() {
 // Drain a backend: it keeps the connections it has and gets no new ones.
 func ExampleLB_UpsertBackends() {
 	var balancer *lb.LB // from lb.New
-	web := lb.Frontend{Addr: netip.MustParseAddrPort("10.96.0.20:80"), Protocol: lb.TCP}
+	web := lb.Frontend{Addr: netip.MustParseAddrPort("10.96.0.20:80"), Protocol: nodeplane.ProtoTCP}
 	err := balancer.UpsertBackends(web, lb.Backend{
 		Addr:  netip.MustParseAddrPort("10.0.1.9:8080"),
 		State: lb.BackendTerminating,
@@ -48,7 +49,7 @@ func ExampleLB_UpsertBackends() {
 // The model answers what the kernel does with a connect.
 func ExampleModel() {
 	var m lb.Model
-	web := lb.Frontend{Addr: netip.MustParseAddrPort("10.96.0.20:80"), Protocol: lb.TCP}
+	web := lb.Frontend{Addr: netip.MustParseAddrPort("10.96.0.20:80"), Protocol: nodeplane.ProtoTCP}
 	m.Upsert(lb.Service{Frontend: web, SessionAffinity: 30 * time.Second}, []lb.Backend{
 		{Addr: netip.MustParseAddrPort("10.0.1.9:8080")},
 		{Addr: netip.MustParseAddrPort("10.0.2.4:8080"), State: lb.BackendTerminating},
@@ -57,15 +58,15 @@ func ExampleModel() {
 	fmt.Println("eligible:", m.Eligible(web))
 
 	// A TCP connect: bpf_get_prandom_u32 returned 5; slot 5 mod 2.
-	r, _ := m.Connect(lb.Request{Dest: web.Addr, Protocol: lb.TCP, Random: 5, NetNSCookie: 1, Now: 100 * time.Second})
+	r, _ := m.Connect(lb.Request{Dest: web.Addr, Protocol: nodeplane.ProtoTCP, Random: 5, NetNSCookie: 1, Now: 100 * time.Second})
 	fmt.Println("connect:", r.Dest)
 	// The same namespace is pinned to that backend for 30 s after its last use.
-	r, _ = m.Connect(lb.Request{Dest: web.Addr, Protocol: lb.TCP, Random: 0, NetNSCookie: 1, Now: 120 * time.Second})
+	r, _ = m.Connect(lb.Request{Dest: web.Addr, Protocol: nodeplane.ProtoTCP, Random: 0, NetNSCookie: 1, Now: 120 * time.Second})
 	fmt.Println("again:", r.Dest, "pinned:", r.Pinned)
 
 	// Without an active backend the connect fails with EHOSTUNREACH.
 	m.Upsert(lb.Service{Frontend: web}, nil)
-	_, err := m.Connect(lb.Request{Dest: web.Addr, Protocol: lb.TCP})
+	_, err := m.Connect(lb.Request{Dest: web.Addr, Protocol: nodeplane.ProtoTCP})
 	fmt.Println(err, errors.Is(err, syscall.EHOSTUNREACH))
 	// Output:
 	// eligible: [{10.0.1.9:8080 100 active} {10.0.3.1:8080 100 active}]

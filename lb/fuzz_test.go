@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // FuzzRebuild feeds arbitrary pinned map content to rebuild, the decoder
@@ -48,7 +50,7 @@ func FuzzModel(f *testing.F) {
 	f.Add([]byte{0, 3, 0x0f, 0x05, 1, 2, 3, 0, 1, 0x30, 9, 2, 3, 7})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var m Model
-		fes := []Frontend{fe("10.96.0.1:80", TCP), fe("10.96.0.1:80", UDP), fe("[fd00::1]:53", UDP), fe("[fd00::1]:80", TCP)}
+		fes := []Frontend{fe("10.96.0.1:80", nodeplane.ProtoTCP), fe("10.96.0.1:80", nodeplane.ProtoUDP), fe("[fd00::1]:53", nodeplane.ProtoUDP), fe("[fd00::1]:80", nodeplane.ProtoTCP)}
 		next := func() byte {
 			if len(data) == 0 {
 				return 0
@@ -221,8 +223,8 @@ func encodeFuzzRecords[K comparable, V any](buf *bytes.Buffer, kind byte, m map[
 // interrupted update's leftovers.
 func seedPinnedState(tb testing.TB) []byte {
 	var m Model
-	a := Service{Frontend: fe("10.96.0.1:80", TCP), SessionAffinity: time.Minute}
-	b := Service{Frontend: fe("[fd00::1]:53", UDP), Algorithm: AlgorithmMaglev, Type: NodePort}
+	a := Service{Frontend: fe("10.96.0.1:80", nodeplane.ProtoTCP), SessionAffinity: time.Minute}
+	b := Service{Frontend: fe("[fd00::1]:53", nodeplane.ProtoUDP), Algorithm: AlgorithmMaglev, Type: NodePort}
 	if _, err := m.Upsert(a, backendsOf("10.0.0.1:80", "10.0.0.2:80")); err != nil {
 		tb.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/lb/maglev"
 )
@@ -44,8 +45,8 @@ func TestPrivilegedMapsFollowModel(t *testing.T) {
 	var m Model
 	rng := rand.New(rand.NewPCG(1, 2))
 	frontends := []Frontend{
-		fe("10.96.0.1:80", TCP), fe("10.96.0.1:80", UDP), fe("10.96.0.2:443", TCP),
-		fe("[fd00:96::1]:80", TCP), fe("[fd00:96::2]:53", UDP), fe("[fd00:96::3]:8080", TCP),
+		fe("10.96.0.1:80", nodeplane.ProtoTCP), fe("10.96.0.1:80", nodeplane.ProtoUDP), fe("10.96.0.2:443", nodeplane.ProtoTCP),
+		fe("[fd00:96::1]:80", nodeplane.ProtoTCP), fe("[fd00:96::2]:53", nodeplane.ProtoUDP), fe("[fd00:96::3]:8080", nodeplane.ProtoTCP),
 	}
 	pool := func(fe Frontend, i int) netip.AddrPort {
 		if fe.Addr.Addr().Is4() {
@@ -113,7 +114,7 @@ func TestPrivilegedMapsFollowModel(t *testing.T) {
 
 func TestPrivilegedInvalidAndFull(t *testing.T) {
 	lb := newTestLB(t, Config{ServiceEntries: 6, BackendEntries: 6})
-	svc := Service{Frontend: fe("10.96.0.1:80", TCP)}
+	svc := Service{Frontend: fe("10.96.0.1:80", nodeplane.ProtoTCP)}
 	if _, err := lb.Upsert(svc, backendsOf("10.0.0.1:80", "10.0.0.2:80")); err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +131,7 @@ func TestPrivilegedInvalidAndFull(t *testing.T) {
 	if err := lb.DeleteBackends(svc.Frontend, netip.MustParseAddrPort("10.0.0.9:80")); !errors.Is(err, ErrInvalidBackend) {
 		t.Fatalf("delete unknown backend: %v", err)
 	}
-	if err := lb.UpsertBackends(fe("10.96.0.9:80", TCP)); !errors.Is(err, ErrServiceNotFound) {
+	if err := lb.UpsertBackends(fe("10.96.0.9:80", nodeplane.ProtoTCP)); !errors.Is(err, ErrServiceNotFound) {
 		t.Fatalf("backends of unknown service: %v", err)
 	}
 	if after := describeTable(lb.t); after != before {
@@ -156,9 +157,9 @@ func TestPrivilegedRestore(t *testing.T) {
 	cfg := Config{Cgroup: cg.Path, PinPath: pins}
 
 	lb1 := newTestLB(t, cfg)
-	a := Service{Frontend: fe("10.96.0.1:80", TCP), SessionAffinity: time.Minute}
-	b := Service{Frontend: fe("[fd00:96::1]:53", UDP), Type: LoadBalancer, Algorithm: AlgorithmMaglev}
-	c := Service{Frontend: fe("10.96.0.2:80", TCP), Type: NodePort}
+	a := Service{Frontend: fe("10.96.0.1:80", nodeplane.ProtoTCP), SessionAffinity: time.Minute}
+	b := Service{Frontend: fe("[fd00:96::1]:53", nodeplane.ProtoUDP), Type: LoadBalancer, Algorithm: AlgorithmMaglev}
+	c := Service{Frontend: fe("10.96.0.2:80", nodeplane.ProtoTCP), Type: NodePort}
 	aBackends := []Backend{
 		{Addr: netip.MustParseAddrPort("10.0.0.9:80"), State: BackendTerminating},
 		{Addr: netip.MustParseAddrPort("10.0.0.1:80"), Weight: 7},
@@ -192,11 +193,11 @@ func TestPrivilegedRestore(t *testing.T) {
 	if len(lb2.hosts) != 2 || !lb2.hosts.has(netip.MustParseAddr("2001:db8::1")) {
 		t.Fatalf("restored host addresses %v", lb2.hosts)
 	}
-	id, err := lb2.Upsert(Service{Frontend: fe("10.96.0.3:80", TCP)}, nil)
+	id, err := lb2.Upsert(Service{Frontend: fe("10.96.0.3:80", nodeplane.ProtoTCP)}, nil)
 	if err != nil || id != 4 {
 		t.Fatalf("new service after restore: ID %d, %v", id, err)
 	}
-	if err := lb2.Delete(fe("10.96.0.3:80", TCP)); err != nil {
+	if err := lb2.Delete(fe("10.96.0.3:80", nodeplane.ProtoTCP)); err != nil {
 		t.Fatal(err)
 	}
 	lb2.Close()
@@ -265,7 +266,7 @@ func TestPrivilegedTrafficAcrossRestart(t *testing.T) {
 	testutils.RequirePrivileged(t)
 	pins := testutils.NewBPFFS(t)
 	e := newEnv(t, 2, Config{PinPath: pins})
-	svc := Service{Frontend: fe("10.96.1.1:80", TCP)}
+	svc := Service{Frontend: fe("10.96.1.1:80", nodeplane.ProtoTCP)}
 	e.upsert(t, svc, e.backends(false, 2))
 	if r := e.client.one(clientCmd{Op: "dial", Net: "tcp4", Addr: "10.96.1.1:80", ID: 1}); r.Err != "" {
 		t.Fatal(r.Err)
@@ -312,7 +313,7 @@ func TestPrivilegedMaglevTables(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := Service{Frontend: fe("[fd00:96::7]:443", TCP), Algorithm: AlgorithmMaglev}
+	svc := Service{Frontend: fe("[fd00:96::7]:443", nodeplane.ProtoTCP), Algorithm: AlgorithmMaglev}
 	bes := backendsOf("[fd00::1]:443", "[fd00::2]:443", "[fd00::3]:443")
 	bes[2].Weight = 300
 
@@ -346,7 +347,7 @@ func TestPrivilegedMaglevTables(t *testing.T) {
 		e := lb.t.services[svc.Frontend]
 		var in []maglev.Backend
 		for _, b := range e.slots() {
-			key, err := maglev.BackendKey(b.Addr, maglev.ProtocolTCP)
+			key, err := maglev.BackendKey(b.Addr, nodeplane.ProtoTCP)
 			if err != nil {
 				t.Fatal(err)
 			}

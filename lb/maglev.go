@@ -33,7 +33,7 @@ func maglevTable(b *maglev.Builder, e *entry) ([]uint32, error) {
 	slots := e.slots()
 	in := make([]maglev.Backend, len(slots))
 	for i, be := range slots {
-		key, err := maglev.BackendKey(be.Addr, maglev.Protocol(e.svc.Frontend.Protocol))
+		key, err := maglev.BackendKey(be.Addr, e.svc.Frontend.Protocol)
 		if err != nil {
 			return nil, err
 		}

@@ -3,6 +3,8 @@ package lb
 import (
 	"net/netip"
 	"time"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // Model is the socket-layer load balancer in Go: the same services as an LB
@@ -99,7 +101,7 @@ type Request struct {
 	// Dest is the destination the application passed. On an AF_INET6
 	// socket an IPv4 destination is IPv4-mapped; both forms are accepted.
 	Dest     netip.AddrPort
-	Protocol Protocol
+	Protocol nodeplane.Protocol
 	// Random is what bpf_get_prandom_u32 returns; it selects TCP backends.
 	Random uint32
 	// SocketCookie is the socket's SO_COOKIE; it selects UDP backends and
@@ -149,7 +151,7 @@ func (m *Model) Connect(r Request) (Result, error) {
 		dest = netip.AddrPortFrom(dest.Addr().Unmap(), dest.Port())
 	}
 	res := Result{Dest: r.Dest}
-	if r.Protocol != TCP && r.Protocol != UDP {
+	if r.Protocol != nodeplane.ProtoTCP && r.Protocol != nodeplane.ProtoUDP {
 		return res, nil
 	}
 	e := m.t.services[Frontend{Addr: dest, Protocol: r.Protocol}]
@@ -183,7 +185,7 @@ func (m *Model) Connect(r Request) (Result, error) {
 	}
 	if !pinned {
 		sel := uint64(r.Random)
-		if r.Protocol == UDP {
+		if r.Protocol == nodeplane.ProtoUDP {
 			sel = r.SocketCookie
 		}
 		be = slots[sel%uint64(len(slots))]
@@ -221,7 +223,7 @@ func slotByID(slots []backendEntry, id BackendID) (backendEntry, bool) {
 // cookie. A peer the socket reached through a service that still exists
 // under the same ID and has an active backend is shown as the frontend;
 // otherwise the reverse entry is dropped and the peer shown as it is.
-func (m *Model) Peer(socketCookie uint64, proto Protocol, peer netip.AddrPort) netip.AddrPort {
+func (m *Model) Peer(socketCookie uint64, proto nodeplane.Protocol, peer netip.AddrPort) netip.AddrPort {
 	m.init()
 	addr := peer
 	mapped := addr.Addr().Is4In6()

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 func backendsOf(addrs ...string) []Backend {
@@ -17,8 +19,8 @@ func backendsOf(addrs ...string) []Backend {
 
 func TestModelIDsAndBanks(t *testing.T) {
 	var m Model
-	a := Service{Frontend: fe("10.96.0.1:80", TCP)}
-	b := Service{Frontend: fe("[fd00::1]:80", TCP)}
+	a := Service{Frontend: fe("10.96.0.1:80", nodeplane.ProtoTCP)}
+	b := Service{Frontend: fe("[fd00::1]:80", nodeplane.ProtoTCP)}
 
 	id, _ := m.Upsert(a, backendsOf("10.0.0.1:80", "10.0.0.2:80"))
 	e := m.t.services[a.Frontend]
@@ -55,24 +57,24 @@ func TestModelIDsAndBanks(t *testing.T) {
 	if idB, _ = m.Upsert(b, nil); idB != 3 {
 		t.Fatalf("recreated service ID %d, want 3", idB)
 	}
-	if err := m.Delete(fe("10.9.9.9:1", TCP)); !errors.Is(err, ErrServiceNotFound) {
+	if err := m.Delete(fe("10.9.9.9:1", nodeplane.ProtoTCP)); !errors.Is(err, ErrServiceNotFound) {
 		t.Fatalf("delete unknown: %v", err)
 	}
 }
 
 func TestModelSelection(t *testing.T) {
 	var m Model
-	svc := Service{Frontend: fe("10.96.0.1:80", TCP)}
+	svc := Service{Frontend: fe("10.96.0.1:80", nodeplane.ProtoTCP)}
 	bes := backendsOf("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80", "10.0.0.5:80")
 	bes[1].State = BackendTerminating
 	bes[3].State = BackendQuarantined
 	m.Upsert(svc, bes)
-	udp := Service{Frontend: fe("10.96.0.1:80", UDP)}
+	udp := Service{Frontend: fe("10.96.0.1:80", nodeplane.ProtoUDP)}
 	m.Upsert(udp, bes)
 
 	active := []netip.AddrPort{bes[0].Addr, bes[2].Addr, bes[4].Addr}
 	for sel := range uint32(9) {
-		r, err := m.Connect(Request{Dest: svc.Frontend.Addr, Protocol: TCP, Random: sel, SocketCookie: 1000})
+		r, err := m.Connect(Request{Dest: svc.Frontend.Addr, Protocol: nodeplane.ProtoTCP, Random: sel, SocketCookie: 1000})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,7 +82,7 @@ func TestModelSelection(t *testing.T) {
 			t.Fatalf("TCP random %d: %s, want %s", sel, r.Dest, want)
 		}
 		// UDP selects by socket cookie and ignores Random.
-		r, _ = m.Connect(Request{Dest: udp.Frontend.Addr, Protocol: UDP, Random: 7, SocketCookie: uint64(sel) + 1<<40})
+		r, _ = m.Connect(Request{Dest: udp.Frontend.Addr, Protocol: nodeplane.ProtoUDP, Random: 7, SocketCookie: uint64(sel) + 1<<40})
 		if want := active[(uint64(sel)+1<<40)%3]; r.Dest != want {
 			t.Fatalf("UDP cookie %d: %s, want %s", sel, r.Dest, want)
 		}
@@ -88,15 +90,15 @@ func TestModelSelection(t *testing.T) {
 
 	// An IPv4-mapped destination reaches the IPv4 service and answers in
 	// the same form.
-	r, _ := m.Connect(Request{Dest: netip.MustParseAddrPort("[::ffff:10.96.0.1]:80"), Protocol: TCP, Random: 1})
+	r, _ := m.Connect(Request{Dest: netip.MustParseAddrPort("[::ffff:10.96.0.1]:80"), Protocol: nodeplane.ProtoTCP, Random: 1})
 	if r.Dest != netip.MustParseAddrPort("[::ffff:10.0.0.3]:80") {
 		t.Fatalf("mapped: %s", r.Dest)
 	}
 
 	// Not a service: untouched.
 	for _, req := range []Request{
-		{Dest: netip.MustParseAddrPort("10.96.0.1:81"), Protocol: TCP},
-		{Dest: netip.MustParseAddrPort("10.96.0.2:80"), Protocol: TCP},
+		{Dest: netip.MustParseAddrPort("10.96.0.1:81"), Protocol: nodeplane.ProtoTCP},
+		{Dest: netip.MustParseAddrPort("10.96.0.2:80"), Protocol: nodeplane.ProtoTCP},
 		{Dest: svc.Frontend.Addr, Protocol: 132},
 	} {
 		if r, err := m.Connect(req); err != nil || r.Translated || r.Dest != req.Dest {
@@ -106,19 +108,19 @@ func TestModelSelection(t *testing.T) {
 
 	// No active backend: refused.
 	m.Upsert(svc, bes[1:2])
-	if _, err := m.Connect(Request{Dest: svc.Frontend.Addr, Protocol: TCP}); !errors.Is(err, ErrNoBackends) {
+	if _, err := m.Connect(Request{Dest: svc.Frontend.Addr, Protocol: nodeplane.ProtoTCP}); !errors.Is(err, ErrNoBackends) {
 		t.Fatalf("terminating only: %v", err)
 	}
 }
 
 func TestModelAffinity(t *testing.T) {
 	var m Model
-	svc := Service{Frontend: fe("10.96.0.1:80", TCP), SessionAffinity: 10 * time.Second}
+	svc := Service{Frontend: fe("10.96.0.1:80", nodeplane.ProtoTCP), SessionAffinity: 10 * time.Second}
 	bes := backendsOf("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")
 	m.Upsert(svc, bes)
 	connect := func(netns uint64, random uint32, now int) Result {
 		t.Helper()
-		r, err := m.Connect(Request{Dest: svc.Frontend.Addr, Protocol: TCP, NetNSCookie: netns, Random: random, Now: time.Duration(now) * time.Second})
+		r, err := m.Connect(Request{Dest: svc.Frontend.Addr, Protocol: nodeplane.ProtoTCP, NetNSCookie: netns, Random: random, Now: time.Duration(now) * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -159,50 +161,50 @@ func TestModelAffinity(t *testing.T) {
 func TestModelPeer(t *testing.T) {
 	var m Model
 	vip := netip.MustParseAddrPort("[fd00::1]:53")
-	svc := Service{Frontend: Frontend{Addr: vip, Protocol: UDP}}
+	svc := Service{Frontend: Frontend{Addr: vip, Protocol: nodeplane.ProtoUDP}}
 	bes := backendsOf("[fd00::2]:53", "[fd00::3]:53")
 	m.Upsert(svc, bes)
-	r, _ := m.Connect(Request{Dest: vip, Protocol: UDP, SocketCookie: 7})
-	if got := m.Peer(7, UDP, r.Dest); got != vip {
+	r, _ := m.Connect(Request{Dest: vip, Protocol: nodeplane.ProtoUDP, SocketCookie: 7})
+	if got := m.Peer(7, nodeplane.ProtoUDP, r.Dest); got != vip {
 		t.Fatalf("reverse of %s: %s", r.Dest, got)
 	}
 	// Another socket, or an address it did not reach through the service,
 	// is shown as it is.
-	if got := m.Peer(8, UDP, r.Dest); got != r.Dest {
+	if got := m.Peer(8, nodeplane.ProtoUDP, r.Dest); got != r.Dest {
 		t.Fatalf("other socket: %s", got)
 	}
 	// Removing the backend keeps the reverse entry valid while the service
 	// has active backends.
 	m.Upsert(svc, []Backend{bes[0]})
-	if got := m.Peer(7, UDP, r.Dest); got != vip {
+	if got := m.Peer(7, nodeplane.ProtoUDP, r.Dest); got != vip {
 		t.Fatalf("after backend removal: %s", got)
 	}
 	// A recreated service has a new ID: old entries are stale.
 	m.Delete(svc.Frontend)
 	m.Upsert(svc, bes)
-	if got := m.Peer(7, UDP, r.Dest); got != r.Dest {
+	if got := m.Peer(7, nodeplane.ProtoUDP, r.Dest); got != r.Dest {
 		t.Fatalf("after recreation: %s", got)
 	}
 
 	// IPv4 through an IPv4-mapped peer.
-	svc4 := Service{Frontend: fe("10.96.0.1:53", UDP)}
+	svc4 := Service{Frontend: fe("10.96.0.1:53", nodeplane.ProtoUDP)}
 	m.Upsert(svc4, backendsOf("10.0.0.2:53"))
-	r, _ = m.Connect(Request{Dest: netip.MustParseAddrPort("[::ffff:10.96.0.1]:53"), Protocol: UDP, SocketCookie: 9})
-	if got := m.Peer(9, UDP, r.Dest); got != netip.MustParseAddrPort("[::ffff:10.96.0.1]:53") {
+	r, _ = m.Connect(Request{Dest: netip.MustParseAddrPort("[::ffff:10.96.0.1]:53"), Protocol: nodeplane.ProtoUDP, SocketCookie: 9})
+	if got := m.Peer(9, nodeplane.ProtoUDP, r.Dest); got != netip.MustParseAddrPort("[::ffff:10.96.0.1]:53") {
 		t.Fatalf("mapped reverse: %s", got)
 	}
 	// No active backend: the entry is dropped, as in the kernel.
 	m.Upsert(svc4, nil)
-	if got := m.Peer(9, UDP, r.Dest); got != r.Dest {
+	if got := m.Peer(9, nodeplane.ProtoUDP, r.Dest); got != r.Dest {
 		t.Fatalf("no backends: %s", got)
 	}
 }
 
 func TestModelExternalIP(t *testing.T) {
 	var m Model
-	ext := Service{Frontend: fe("203.0.113.7:443", TCP), Type: ExternalIP}
+	ext := Service{Frontend: fe("203.0.113.7:443", nodeplane.ProtoTCP), Type: ExternalIP}
 	m.Upsert(ext, backendsOf("10.0.0.1:443"))
-	req := Request{Dest: ext.Frontend.Addr, Protocol: TCP}
+	req := Request{Dest: ext.Frontend.Addr, Protocol: nodeplane.ProtoTCP}
 	if r, err := m.Connect(req); err != nil || r.Translated {
 		t.Fatalf("external IP of another host: %+v, %v", r, err)
 	}

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // The tests in this file check the kernel's choices against an oracle that
@@ -33,12 +35,12 @@ func chiSquare(counts []int) float64 {
 // chi-square value a uniform choice exceeds with probability 0.001.
 var chiSquareCritical001 = map[int]float64{1: 10.83, 2: 13.82, 3: 16.27}
 
-// TestPrivilegedSelectionIsUniformOverActiveBackends: for a TCP service, the
+// TestPrivilegedSelectionIsUniformOverActiveBackends: for a nodeplane.ProtoTCP service, the
 // socket LB picks a backend uniformly at random among the active ones, as
 // Cilium's bpf_sock does; weights only shape the Maglev table of the packet
 // path, so they must not skew socket selection, and Maglev services are
 // selected the same way at connect(). A terminating and a quarantined
-// backend get no new connection. For UDP the socket cookie picks, which is
+// backend get no new connection. For nodeplane.ProtoUDP the socket cookie picks, which is
 // uniform over many sockets. Every connection must show the VIP as its
 // peer, reach a backend of the service and be seen there from the client's
 // own address.
@@ -60,15 +62,15 @@ func TestPrivilegedSelectionIsUniformOverActiveBackends(t *testing.T) {
 		op   string
 		n    int
 	}{
-		{"TCP random", Service{Frontend: fe("10.96.1.1:80", TCP)}, "dials", 900},
-		{"TCP maglev", Service{Frontend: fe("10.96.1.2:80", TCP), Algorithm: AlgorithmMaglev}, "dials", 900},
-		{"UDP by socket", Service{Frontend: fe("10.96.1.3:53", UDP)}, "sendto", 600},
+		{"nodeplane.ProtoTCP random", Service{Frontend: fe("10.96.1.1:80", nodeplane.ProtoTCP)}, "dials", 900},
+		{"nodeplane.ProtoTCP maglev", Service{Frontend: fe("10.96.1.2:80", nodeplane.ProtoTCP), Algorithm: AlgorithmMaglev}, "dials", 900},
+		{"nodeplane.ProtoUDP by socket", Service{Frontend: fe("10.96.1.3:53", nodeplane.ProtoUDP)}, "sendto", 600},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e.upsert(t, tc.svc, be)
 			vip := tc.svc.Frontend.Addr.String()
 			net := "tcp4"
-			if tc.svc.Frontend.Protocol == UDP {
+			if tc.svc.Frontend.Protocol == nodeplane.ProtoUDP {
 				net = "udp4"
 			}
 			counts := map[string]int{}
@@ -80,7 +82,7 @@ func TestPrivilegedSelectionIsUniformOverActiveBackends(t *testing.T) {
 					t.Fatalf("connection %d: %s", i, res.Err)
 				}
 				peer := res.Peer
-				if tc.svc.Frontend.Protocol == UDP {
+				if tc.svc.Frontend.Protocol == nodeplane.ProtoUDP {
 					peer = res.From
 				}
 				if peer != vip {

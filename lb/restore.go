@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // pinnedState is the content of the maps an earlier LB pinned, decoded
@@ -103,7 +105,7 @@ func rebuild(st *pinnedState) (*table, *repair, error) {
 	}
 	for k, v := range st.svc4 {
 		if k.Slot == 0 {
-			fe := Frontend{Addr: addrPort4(k.Address, k.Port), Protocol: Protocol(k.Proto)}
+			fe := Frontend{Addr: addrPort4(k.Address, k.Port), Protocol: nodeplane.Protocol(k.Proto)}
 			if err := addService(fe, v, k.Scope, k.Pad); err != nil {
 				return nil, nil, err
 			}
@@ -111,7 +113,7 @@ func rebuild(st *pinnedState) (*table, *repair, error) {
 	}
 	for k, v := range st.svc6 {
 		if k.Slot == 0 {
-			fe := Frontend{Addr: addrPort6(k.Address, k.Port), Protocol: Protocol(k.Proto)}
+			fe := Frontend{Addr: addrPort6(k.Address, k.Port), Protocol: nodeplane.Protocol(k.Proto)}
 			if err := addService(fe, v, k.Scope, k.Pad); err != nil {
 				return nil, nil, err
 			}
@@ -136,7 +138,7 @@ func rebuild(st *pinnedState) (*table, *repair, error) {
 	}
 	for k, v := range st.svc4 {
 		if k.Slot != 0 {
-			fe := Frontend{Addr: addrPort4(k.Address, k.Port), Protocol: Protocol(k.Proto)}
+			fe := Frontend{Addr: addrPort4(k.Address, k.Port), Protocol: nodeplane.Protocol(k.Proto)}
 			if k.Scope != 0 || k.Pad != [2]uint8{} {
 				// Not a key of ours; the datapath never looks it up.
 				r.delSvc4 = append(r.delSvc4, k)
@@ -153,7 +155,7 @@ func rebuild(st *pinnedState) (*table, *repair, error) {
 	}
 	for k, v := range st.svc6 {
 		if k.Slot != 0 {
-			fe := Frontend{Addr: addrPort6(k.Address, k.Port), Protocol: Protocol(k.Proto)}
+			fe := Frontend{Addr: addrPort6(k.Address, k.Port), Protocol: nodeplane.Protocol(k.Proto)}
 			if k.Scope != 0 || k.Pad != [2]uint8{} {
 				r.delSvc6 = append(r.delSvc6, k)
 				continue

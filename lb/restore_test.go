@@ -4,6 +4,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // TestRebuildImage: the maps LB writes for a table decode to that table
@@ -11,8 +13,8 @@ import (
 // deletion; content LB cannot have written is refused.
 func TestRebuildImage(t *testing.T) {
 	var m Model
-	a := Service{Frontend: fe("10.96.0.1:80", TCP), SessionAffinity: time.Minute, Type: ExternalIP}
-	b := Service{Frontend: fe("[fd00::1]:53", UDP), Algorithm: AlgorithmMaglev}
+	a := Service{Frontend: fe("10.96.0.1:80", nodeplane.ProtoTCP), SessionAffinity: time.Minute, Type: ExternalIP}
+	b := Service{Frontend: fe("[fd00::1]:53", nodeplane.ProtoUDP), Algorithm: AlgorithmMaglev}
 	m.Upsert(a, backendsOf("10.0.0.1:80", "10.0.0.2:80"))
 	m.Upsert(b, backendsOf("[fd00::2]:53"))
 	m.Upsert(a, backendsOf("10.0.0.2:80", "10.0.0.3:80"))

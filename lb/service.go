@@ -4,26 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/nodeplane/nodeplane"
 )
-
-// Protocol is the L4 protocol of a frontend, as an IP protocol number.
-type Protocol uint8
-
-// The protocols the socket layer translates.
-const (
-	TCP Protocol = 6
-	UDP Protocol = 17
-)
-
-func (p Protocol) String() string {
-	switch p {
-	case TCP:
-		return "TCP"
-	case UDP:
-		return "UDP"
-	}
-	return fmt.Sprintf("Protocol(%d)", uint8(p))
-}
 
 // ServiceType is the Kubernetes service type a frontend belongs to. At the
 // socket layer, as in Cilium, every type is translated alike except
@@ -123,7 +106,7 @@ type BackendID uint32
 // Frontend is the address a service is reached at.
 type Frontend struct {
 	Addr     netip.AddrPort
-	Protocol Protocol
+	Protocol nodeplane.Protocol
 }
 
 func (f Frontend) String() string {
@@ -170,7 +153,7 @@ func (s Service) validate() error {
 		return fmt.Errorf("%w: frontend %s: %w", ErrInvalidService, fe.Addr, err)
 	}
 	switch fe.Protocol {
-	case TCP, UDP:
+	case nodeplane.ProtoTCP, nodeplane.ProtoUDP:
 	default:
 		return fmt.Errorf("%w: frontend %s: protocol %d is not TCP or UDP", ErrInvalidService, fe.Addr, uint8(fe.Protocol))
 	}

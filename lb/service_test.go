@@ -6,11 +6,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 func TestValidation(t *testing.T) {
 	ap := netip.MustParseAddrPort
-	v4 := Frontend{Addr: ap("10.96.0.1:80"), Protocol: TCP}
+	v4 := Frontend{Addr: ap("10.96.0.1:80"), Protocol: nodeplane.ProtoTCP}
 	be := func(s string) Backend { return Backend{Addr: ap(s)} }
 	cases := []struct {
 		name     string
@@ -20,14 +22,14 @@ func TestValidation(t *testing.T) {
 		msg      string
 	}{
 		{"ok", Service{Frontend: v4}, []Backend{be("10.0.0.1:8080")}, nil, ""},
-		{"ok v6 maglev affinity", Service{Frontend: Frontend{ap("[fd00::1]:53"), UDP}, Algorithm: AlgorithmMaglev, SessionAffinity: 3 * time.Hour},
+		{"ok v6 maglev affinity", Service{Frontend: Frontend{ap("[fd00::1]:53"), nodeplane.ProtoUDP}, Algorithm: AlgorithmMaglev, SessionAffinity: 3 * time.Hour},
 			[]Backend{be("[fd00::2]:53"), {Addr: ap("[fd00::3]:53"), State: BackendMaintenance, Weight: 7}}, nil, ""},
 		{"no backends is fine", Service{Frontend: v4}, nil, nil, ""},
-		{"no address", Service{Frontend: Frontend{Protocol: TCP}}, nil, ErrInvalidService, "no address"},
-		{"port 0", Service{Frontend: Frontend{ap("10.96.0.1:0"), TCP}}, nil, ErrInvalidService, "port 0"},
-		{"4in6 frontend", Service{Frontend: Frontend{ap("[::ffff:10.96.0.1]:80"), TCP}}, nil, ErrInvalidService, "IPv4-mapped"},
-		{"unspecified", Service{Frontend: Frontend{ap("0.0.0.0:80"), TCP}}, nil, ErrInvalidService, "unspecified"},
-		{"zone", Service{Frontend: Frontend{ap("[fe80::1%eth0]:80"), TCP}}, nil, ErrInvalidService, "zone"},
+		{"no address", Service{Frontend: Frontend{Protocol: nodeplane.ProtoTCP}}, nil, ErrInvalidService, "no address"},
+		{"port 0", Service{Frontend: Frontend{ap("10.96.0.1:0"), nodeplane.ProtoTCP}}, nil, ErrInvalidService, "port 0"},
+		{"4in6 frontend", Service{Frontend: Frontend{ap("[::ffff:10.96.0.1]:80"), nodeplane.ProtoTCP}}, nil, ErrInvalidService, "IPv4-mapped"},
+		{"unspecified", Service{Frontend: Frontend{ap("0.0.0.0:80"), nodeplane.ProtoTCP}}, nil, ErrInvalidService, "unspecified"},
+		{"zone", Service{Frontend: Frontend{ap("[fe80::1%eth0]:80"), nodeplane.ProtoTCP}}, nil, ErrInvalidService, "zone"},
 		{"protocol", Service{Frontend: Frontend{ap("10.96.0.1:80"), 132}}, nil, ErrInvalidService, "protocol 132"},
 		{"type", Service{Frontend: v4, Type: 9}, nil, ErrInvalidService, "ServiceType(9)"},
 		{"algorithm", Service{Frontend: v4, Algorithm: 5}, nil, ErrInvalidService, "Algorithm(5)"},
@@ -38,7 +40,7 @@ func TestValidation(t *testing.T) {
 		{"duplicate", Service{Frontend: v4}, []Backend{be("10.0.0.1:80"), be("10.0.0.1:80")}, ErrInvalidBackend, "twice"},
 		{"backend port", Service{Frontend: v4}, []Backend{be("10.0.0.1:0")}, ErrInvalidBackend, "port 0"},
 		{"backend state", Service{Frontend: v4}, []Backend{{Addr: ap("10.0.0.1:80"), State: 4}}, ErrInvalidBackend, "BackendState(4)"},
-		{"4in6 backend", Service{Frontend: Frontend{ap("[fd00::1]:80"), TCP}}, []Backend{be("[::ffff:10.0.0.1]:80")}, ErrInvalidBackend, "IPv4-mapped"},
+		{"4in6 backend", Service{Frontend: Frontend{ap("[fd00::1]:80"), nodeplane.ProtoTCP}}, []Backend{be("[::ffff:10.0.0.1]:80")}, ErrInvalidBackend, "IPv4-mapped"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -67,22 +69,21 @@ func TestTooManyBackends(t *testing.T) {
 	for i := range bes {
 		bes[i] = Backend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 80)}
 	}
-	if _, err := m.Upsert(Service{Frontend: fe("10.96.0.1:80", TCP)}, bes); !errors.Is(err, ErrInvalidBackend) {
+	if _, err := m.Upsert(Service{Frontend: fe("10.96.0.1:80", nodeplane.ProtoTCP)}, bes); !errors.Is(err, ErrInvalidBackend) {
 		t.Fatalf("got %v", err)
 	}
-	if _, err := m.Upsert(Service{Frontend: fe("10.96.0.1:80", TCP)}, bes[:MaxBackends]); err != nil {
+	if _, err := m.Upsert(Service{Frontend: fe("10.96.0.1:80", nodeplane.ProtoTCP)}, bes[:MaxBackends]); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestStrings(t *testing.T) {
 	for got, want := range map[string]string{
-		TCP.String():                     "TCP",
-		Protocol(1).String():             "Protocol(1)",
-		LoadBalancer.String():            "LoadBalancer",
-		AlgorithmMaglev.String():         "maglev",
-		BackendQuarantined.String():      "quarantined",
-		fe("[fd00::1]:53", UDP).String(): "[fd00::1]:53/UDP",
+		nodeplane.ProtoTCP.String():                     "TCP",
+		LoadBalancer.String():                           "LoadBalancer",
+		AlgorithmMaglev.String():                        "maglev",
+		BackendQuarantined.String():                     "quarantined",
+		fe("[fd00::1]:53", nodeplane.ProtoUDP).String(): "[fd00::1]:53/UDP",
 	} {
 		if got != want {
 			t.Errorf("%q, want %q", got, want)

@@ -5,9 +5,11 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/nodeplane/nodeplane"
 )
 
-func fe(s string, p Protocol) Frontend {
+func fe(s string, p nodeplane.Protocol) Frontend {
 	return Frontend{Addr: netip.MustParseAddrPort(s), Protocol: p}
 }
 

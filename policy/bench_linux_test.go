@@ -21,6 +21,7 @@ import (
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 var (
@@ -59,12 +60,12 @@ spec:
 // compiledServerPolicy compiles the server's policy with n client
 // identities: n ingress entries, one per client identity, plus the
 // allow-all of the unrestricted egress.
-func compiledServerPolicy(tb testing.TB, n int) (MapState, []identity.Identity, []netip.Addr, identity.Identity) {
+func compiledServerPolicy(tb testing.TB, n int) (mapstate.State, []identity.Identity, []netip.Addr, identity.Identity) {
 	tb.Helper()
 	w := newWorld(tb, Config{}, benchServerPolicy)
 	ids, addrs := benchPeers(n)
 	server := identity.Identity{ID: 60000, Labels: mustLabels(tb, "k8s:app=server,k8s:io.kubernetes.pod.namespace=bench,"+clusterLbl)}
-	w.repo.UpdateIdentities(append(ids, server), nil)
+	w.repo.updateIdentities(append(ids, server), nil)
 	state := w.repo.Compile(Endpoint{Identity: server.ID, Labels: server.Labels}).State()
 	if len(state) != n+1 {
 		tb.Fatalf("compiled %d entries, want %d", len(state), n+1)
@@ -147,11 +148,11 @@ func BenchmarkPolicyDecisionBPF(b *testing.B) {
 		return raw
 	}
 
-	prev := MapState{}
+	prev := mapstate.State{}
 	for _, n := range []int{10, 1000, 100000} {
 		state, ids, addrs, _ := compiledServerPolicy(b, n)
-		state[datapath.PolicyKey{Identity: 65000, Direction: Ingress, Protocol: 6, Port: 22, PortPrefixLen: 16}] = datapath.PolicyEntry{Deny: true}
-		delta := Diff(prev, state)
+		state[mapstate.Key{Identity: 65000, Direction: mapstate.Ingress, Protocol: 6, Port: 22, PortPrefixLen: 16}] = mapstate.Entry{Deny: true}
+		delta := mapstate.Diff(prev, state)
 		if err := ep.Policy().Apply(delta.Upserts, delta.Deletes); err != nil {
 			b.Fatal(err)
 		}
@@ -255,7 +256,7 @@ func filterSetups() []filterSetup {
 			}
 			// The client's egress is unrestricted; the server's map is the
 			// compiled one.
-			if err := c.Policy().Apply(MapState{{Direction: Egress}: {}}, nil); err != nil {
+			if err := c.Policy().Apply(mapstate.State{{Direction: mapstate.Egress}: {}}, nil); err != nil {
 				b.Fatal(err)
 			}
 			if err := s.Policy().Apply(state, nil); err != nil {

@@ -6,8 +6,9 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // benchScale is a cluster for the benchmarks: pods spread over namespaces
@@ -49,15 +50,15 @@ func (s benchScale) policies() []Policy {
 				EndpointSelector: &identity.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app%d", app)}},
 				Ingress: []IngressRule{{
 					FromEndpoints: []identity.LabelSelector{peer(1), peer(2)},
-					ToPorts:       []PortRule{{Ports: []PortProtocol{{Port: 8080, Protocol: ProtoTCP}, {Port: 9000, EndPort: 9099, Protocol: ProtoTCP}}}},
+					ToPorts:       []PortRule{{Ports: []PortProtocol{{Port: 8080, Protocol: nodeplane.ProtoTCP}, {Port: 9000, EndPort: 9099, Protocol: nodeplane.ProtoTCP}}}},
 				}},
 				IngressDeny: []IngressRule{{
 					FromEndpoints: []identity.LabelSelector{peer(2)},
-					ToPorts:       []PortRule{{Ports: []PortProtocol{{Port: 22, Protocol: ProtoTCP}}}},
+					ToPorts:       []PortRule{{Ports: []PortProtocol{{Port: 22, Protocol: nodeplane.ProtoTCP}}}},
 				}},
 				Egress: []EgressRule{
 					{ToEndpoints: []identity.LabelSelector{peer(3)}},
-					{ToEntities: []Entity{EntityWorld}, ToPorts: []PortRule{{Ports: []PortProtocol{{Port: 443, Protocol: ProtoTCP}}}}},
+					{ToEntities: []Entity{EntityWorld}, ToPorts: []PortRule{{Ports: []PortProtocol{{Port: 443, Protocol: nodeplane.ProtoTCP}}}}},
 					{ToCIDRSet: []CIDRRule{{CIDR: netip.MustParsePrefix("10.0.0.0/8"), Except: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", ns%256))}}}},
 				},
 			}}})
@@ -73,13 +74,13 @@ var benchIdentities = sync.OnceValue(func() []identity.Identity { return benchDe
 // rules.
 func newBenchRepo(b *testing.B, s benchScale, ids []identity.Identity) *Repository {
 	b.Helper()
-	repo, err := NewRepository(Config{})
+	repo, err := newRepository(Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	repo.UpdateIdentities(ids, nil)
+	repo.updateIdentities(ids, nil)
 	for _, p := range s.policies() {
-		if _, err := repo.Add(p); err != nil {
+		if _, err := repo.add(p); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -101,14 +102,14 @@ func BenchmarkCompile(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
 			b.StopTimer()
-			repo, err := NewRepository(Config{})
+			repo, err := newRepository(Config{})
 			if err != nil {
 				b.Fatal(err)
 			}
-			repo.UpdateIdentities(ids, nil)
+			repo.updateIdentities(ids, nil)
 			b.StartTimer()
 			for _, p := range policies {
-				if _, err := repo.Add(p); err != nil {
+				if _, err := repo.add(p); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -151,17 +152,17 @@ func BenchmarkIdentityAdd(b *testing.B) {
 		b.ReportAllocs()
 		changed := 0
 		for i := 0; i < b.N; i++ {
-			repo.UpdateIdentities([]identity.Identity{newID}, nil)
+			repo.updateIdentities([]identity.Identity{newID}, nil)
 			for _, p := range pols {
-				if d := p.UpdateIdentities([]identity.ID{newID.ID}); !d.Empty() {
+				if d := p.updateIdentities([]identity.ID{newID.ID}); !d.Empty() {
 					changed++
 				}
 			}
 			// Remove it again (untimed) for the next round.
 			b.StopTimer()
-			repo.UpdateIdentities(nil, []identity.ID{newID.ID})
+			repo.updateIdentities(nil, []identity.ID{newID.ID})
 			for _, p := range pols {
-				p.UpdateIdentities([]identity.ID{newID.ID})
+				p.updateIdentities([]identity.ID{newID.ID})
 			}
 			b.StartTimer()
 		}
@@ -170,22 +171,25 @@ func BenchmarkIdentityAdd(b *testing.B) {
 	b.Run("full-recompile-baseline", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
-			repo.UpdateIdentities([]identity.Identity{newID}, nil)
+			repo.updateIdentities([]identity.Identity{newID}, nil)
 			for _, p := range pols {
 				fresh := repo.Compile(p.Endpoint())
-				_ = Diff(p.State(), fresh.State())
+				_ = mapstate.Diff(p.State(), fresh.State())
 			}
 			b.StopTimer()
-			repo.UpdateIdentities(nil, []identity.ID{newID.ID})
+			repo.updateIdentities(nil, []identity.ID{newID.ID})
 			b.StartTimer()
 		}
 	})
 }
 
-// discardMap is a PolicyMapWriter that writes nowhere.
-type discardMap struct{}
+// discardEndpoint is a LocalEndpoint of that identity whose map is
+// nowhere.
+type discardEndpoint identity.ID
 
-func (discardMap) Apply(map[datapath.PolicyKey]datapath.PolicyEntry, []datapath.PolicyKey) error {
+func (d discardEndpoint) Identity() identity.ID { return identity.ID(d) }
+
+func (discardEndpoint) ApplyPolicy(mapstate.State, []mapstate.Key) error {
 	return nil
 }
 
@@ -210,8 +214,8 @@ func BenchmarkPolicyChange(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	for i, id := range ids[:100] {
-		if err := e.AddEndpoint(datapath.EndpointID(i+1), Endpoint{Identity: id.ID, Labels: id.Labels}, discardMap{}); err != nil {
+	for _, id := range ids[:100] {
+		if err := e.AddEndpoint(discardEndpoint(id.ID)); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -231,13 +235,12 @@ func BenchmarkPolicyChange(b *testing.B) {
 	b.Run("recompile-all-baseline", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
-			if _, err := e.repo.Replace(versions[(i+1)%2]); err != nil {
+			if _, err := e.repo.replace(versions[(i+1)%2]); err != nil {
 				b.Fatal(err)
 			}
-			for id := range e.endpoints {
-				ee := e.endpoints[id]
-				fresh := e.repo.Compile(ee.ep)
-				_ = Diff(ee.policy.State(), fresh.State())
+			for _, ee := range e.endpoints {
+				fresh := e.repo.Compile(ee.subject)
+				_ = mapstate.Diff(ee.policy.State(), fresh.State())
 			}
 		}
 	})

@@ -5,85 +5,10 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
-
-// MapState is the content of an endpoint's policy map.
-type MapState map[datapath.PolicyKey]datapath.PolicyEntry
-
-// Delta is a change to a policy map: keys to insert or overwrite, and keys
-// to delete. Applying a delta to the state it was computed from yields the
-// new state; keys it does not name are untouched.
-type Delta struct {
-	Upserts MapState
-	Deletes []datapath.PolicyKey
-}
-
-// Empty reports whether the delta changes nothing.
-func (d Delta) Empty() bool { return len(d.Upserts) == 0 && len(d.Deletes) == 0 }
-
-// Apply applies the delta to m in place.
-func (d Delta) Apply(m MapState) {
-	for _, k := range d.Deletes {
-		delete(m, k)
-	}
-	for k, v := range d.Upserts {
-		m[k] = v
-	}
-}
-
-// Diff returns the delta that turns old into new.
-func Diff(old, new MapState) Delta {
-	d := Delta{Upserts: MapState{}}
-	for k, v := range new {
-		if ov, ok := old[k]; !ok || ov != v {
-			d.Upserts[k] = v
-		}
-	}
-	for k := range old {
-		if _, ok := new[k]; !ok {
-			d.Deletes = append(d.Deletes, k)
-		}
-	}
-	sortKeys(d.Deletes)
-	return d
-}
-
-func sortKeys(keys []datapath.PolicyKey) {
-	slices.SortFunc(keys, compareKeys)
-}
-
-func compareKeys(a, b datapath.PolicyKey) int {
-	switch {
-	case a.Identity != b.Identity:
-		return cmpInt(a.Identity, b.Identity)
-	case a.Direction != b.Direction:
-		return cmpInt(a.Direction, b.Direction)
-	case a.Protocol != b.Protocol:
-		return cmpInt(a.Protocol, b.Protocol)
-	case a.Port != b.Port:
-		return cmpInt(a.Port, b.Port)
-	}
-	return cmpInt(a.PortPrefixLen, b.PortPrefixLen)
-}
-
-func cmpInt[T ~uint8 | ~uint16 | ~uint32](a, b T) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-// Keys returns the state's keys in a stable order.
-func (m MapState) Keys() []datapath.PolicyKey {
-	keys := slices.Collect(maps.Keys(m))
-	sortKeys(keys)
-	return keys
-}
 
 // EndpointPolicy is the compiled policy of one endpoint: the content of
 // its policy map, and what it needs to follow identity changes
@@ -94,7 +19,7 @@ func (m MapState) Keys() []datapath.PolicyKey {
 // standing for every peer. Deny wins over allow: a deny for a key
 // overrides an allow for the same key, and allows that a deny of the same
 // identity covers are left out, so that the datapath's two lookups
-// (datapath.LookupPolicy) decide exactly as the rules do. A direction that
+// (mapstate.Lookup) decide exactly as the rules do. A direction that
 // is not enforced, or not default-deny, gets an allow-all entry for
 // identity 0.
 type EndpointPolicy struct {
@@ -107,9 +32,9 @@ type EndpointPolicy struct {
 	ruleEntries [2][]*entry
 
 	mu    sync.RWMutex
-	state MapState
+	state mapstate.State
 	// byPeer indexes state by peer identity, for incremental updates.
-	byPeer map[identity.ID]map[datapath.PolicyKey]struct{}
+	byPeer map[identity.ID]map[mapstate.Key]struct{}
 }
 
 // Compile computes an endpoint's policy from the current rules and
@@ -123,15 +48,15 @@ func (r *Repository) Compile(ep Endpoint) *EndpointPolicy {
 		revision:    rev,
 		dirs:        dirs,
 		ruleEntries: [2][]*entry{in, eg},
-		state:       MapState{},
-		byPeer:      map[identity.ID]map[datapath.PolicyKey]struct{}{},
+		state:       mapstate.State{},
+		byPeer:      map[identity.ID]map[mapstate.Key]struct{}{},
 	}
 	p.endpoint.NamedPorts = slices.Clone(ep.NamedPorts)
-	if dirs[Ingress].Enforced {
-		p.filters = append(p.filters, buildFilters(in, Ingress)...)
+	if dirs[mapstate.Ingress].Enforced {
+		p.filters = append(p.filters, buildFilters(in, mapstate.Ingress)...)
 	}
-	if dirs[Egress].Enforced {
-		p.filters = append(p.filters, buildFilters(eg, Egress)...)
+	if dirs[mapstate.Egress].Enforced {
+		p.filters = append(p.filters, buildFilters(eg, mapstate.Egress)...)
 	}
 
 	// Group filters by the identities their selectors select, then compute
@@ -151,9 +76,9 @@ func (r *Repository) Compile(ep Endpoint) *EndpointPolicy {
 }
 
 // peerKeys computes the map entries for one peer identity (0: every peer).
-func (p *EndpointPolicy) peerKeys(peer identity.ID) MapState {
-	m := MapState{}
-	add := func(k datapath.PolicyKey, e datapath.PolicyEntry) {
+func (p *EndpointPolicy) peerKeys(peer identity.ID) mapstate.State {
+	m := mapstate.State{}
+	add := func(k mapstate.Key, e mapstate.Entry) {
 		if old, ok := m[k]; ok && old.Deny {
 			return
 		}
@@ -170,13 +95,13 @@ func (p *EndpointPolicy) peerKeys(peer identity.ID) MapState {
 			continue
 		}
 		for _, k := range f.keys(peer, &p.endpoint, p.repo.cfg.NamedPorts) {
-			add(k, datapath.PolicyEntry{Deny: f.deny})
+			add(k, mapstate.Entry{Deny: f.deny})
 		}
 	}
 	if peer == identity.Unknown {
-		for _, d := range []Direction{Ingress, Egress} {
+		for _, d := range []mapstate.Direction{mapstate.Ingress, mapstate.Egress} {
 			if !p.dirs[d].Enforced || !p.dirs[d].DefaultDeny {
-				add(datapath.PolicyKey{Direction: d}, datapath.PolicyEntry{})
+				add(mapstate.Key{Direction: d}, mapstate.Entry{})
 			}
 		}
 	}
@@ -186,8 +111,8 @@ func (p *EndpointPolicy) peerKeys(peer identity.ID) MapState {
 
 // setPeerKeys replaces the entries of one peer identity and returns the
 // delta. The caller holds p.mu or owns p exclusively.
-func (p *EndpointPolicy) setPeerKeys(peer identity.ID, keys MapState) Delta {
-	d := Delta{Upserts: MapState{}}
+func (p *EndpointPolicy) setPeerKeys(peer identity.ID, keys mapstate.State) mapstate.Delta {
+	d := mapstate.Delta{Upserts: mapstate.State{}}
 	old := p.byPeer[peer]
 	for k := range old {
 		if _, ok := keys[k]; !ok {
@@ -204,25 +129,25 @@ func (p *EndpointPolicy) setPeerKeys(peer identity.ID, keys MapState) Delta {
 	if len(keys) == 0 {
 		delete(p.byPeer, peer)
 	} else {
-		set := make(map[datapath.PolicyKey]struct{}, len(keys))
+		set := make(map[mapstate.Key]struct{}, len(keys))
 		for k := range keys {
 			set[k] = struct{}{}
 		}
 		p.byPeer[peer] = set
 	}
-	sortKeys(d.Deletes)
+	mapstate.SortKeys(d.Deletes)
 	return d
 }
 
-// UpdateIdentities recomputes the entries of the given peer identities
+// updateIdentities recomputes the entries of the given peer identities
 // after the repository's selector cache learnt of them (added) or forgot
 // them (removed), and returns the change to the policy map. Only those
 // identities' entries are touched: a new pod costs one match per filter,
 // not a recompilation.
-func (p *EndpointPolicy) UpdateIdentities(ids []identity.ID) Delta {
+func (p *EndpointPolicy) updateIdentities(ids []identity.ID) mapstate.Delta {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	total := Delta{Upserts: MapState{}}
+	total := mapstate.Delta{Upserts: mapstate.State{}}
 	for _, id := range ids {
 		if id == identity.Unknown {
 			continue
@@ -231,12 +156,12 @@ func (p *EndpointPolicy) UpdateIdentities(ids []identity.ID) Delta {
 		maps.Copy(total.Upserts, d.Upserts)
 		total.Deletes = append(total.Deletes, d.Deletes...)
 	}
-	sortKeys(total.Deletes)
+	mapstate.SortKeys(total.Deletes)
 	return total
 }
 
 // State returns a copy of the policy map content.
-func (p *EndpointPolicy) State() MapState {
+func (p *EndpointPolicy) State() mapstate.State {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	return maps.Clone(p.state)
@@ -256,23 +181,23 @@ func (p *EndpointPolicy) Revision() uint64 { return p.revision }
 func (p *EndpointPolicy) Endpoint() Endpoint { return p.endpoint }
 
 // Direction summarises the policy in one direction.
-func (p *EndpointPolicy) Direction(d Direction) DirectionPolicy { return p.dirs[d] }
+func (p *EndpointPolicy) Direction(d mapstate.Direction) DirectionPolicy { return p.dirs[d] }
 
 // Lookup decides a packet against the compiled map the way the datapath
-// does (datapath.LookupPolicy).
-func (p *EndpointPolicy) Lookup(peer identity.ID, dir Direction, proto Protocol, port uint16) datapath.PolicyDecision {
+// does (mapstate.Lookup).
+func (p *EndpointPolicy) Lookup(peer identity.ID, dir mapstate.Direction, proto nodeplane.Protocol, port uint16) mapstate.Decision {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	return datapath.LookupPolicy(p.state, peer, dir, uint8(proto), port)
+	return mapstate.Lookup(p.state, peer, dir, proto, port)
 }
 
 // rebuildIndexLocked recomputes byPeer from state; p.mu is held.
 func (p *EndpointPolicy) rebuildIndexLocked() {
-	p.byPeer = map[identity.ID]map[datapath.PolicyKey]struct{}{}
+	p.byPeer = map[identity.ID]map[mapstate.Key]struct{}{}
 	for k := range p.state {
 		set := p.byPeer[k.Identity]
 		if set == nil {
-			set = map[datapath.PolicyKey]struct{}{}
+			set = map[mapstate.Key]struct{}{}
 			p.byPeer[k.Identity] = set
 		}
 		set[k] = struct{}{}

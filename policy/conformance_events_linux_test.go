@@ -12,6 +12,7 @@ import (
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // eventLog reads the datapath's event ring buffer for the whole test and
@@ -134,12 +135,12 @@ func (w *conformanceWorld) checkEvents(e expectation, tup datapath.Tuple) error 
 
 	type decision struct {
 		ep    datapath.EndpointID
-		dir   Direction
+		dir   mapstate.Direction
 		match string
 	}
-	want := []decision{{src.ep, Egress, e.egressMatch}}
+	want := []decision{{src.ep, mapstate.Egress, e.egressMatch}}
 	if dst, ok := w.pods[e.to]; ok {
-		want = append(want, decision{dst.ep, Ingress, e.ingressMatch})
+		want = append(want, decision{dst.ep, mapstate.Ingress, e.ingressMatch})
 	}
 	return w.events.await(tup, 3*time.Second, func(evs []datapath.Event) error {
 		for _, dc := range want {

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
@@ -120,7 +121,11 @@ func newConformanceWorld(t *testing.T) *conformanceWorld {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := engine.AddEndpoint(epID, Endpoint{Identity: pd.id, Labels: ls}, dep.Policy()); err != nil {
+		// The watch brings the identity to the engine in another goroutine.
+		if err := engine.WaitForIdentities(ctx, pd.id); err != nil {
+			t.Fatal(err)
+		}
+		if err := engine.AddEndpoint(dep); err != nil {
 			t.Fatal(err)
 		}
 		for _, port := range conformancePorts {
@@ -260,7 +265,7 @@ func (w *conformanceWorld) check(phase string, table []expectation) {
 		res, err := w.engine.Repository().Trace(TraceRequest{
 			From:     identity.Identity{ID: from.id, Labels: mustLabels(w.t, from.labels)},
 			To:       identity.Identity{ID: to.id, Labels: mustLabels(w.t, to.labels)},
-			Protocol: ProtoTCP, Port: e.port,
+			Protocol: nodeplane.ProtoTCP, Port: e.port,
 		})
 		if err != nil {
 			w.t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -372,7 +373,7 @@ func (d *docDecoder) portProtocol(n *yaml.Node, path string) PortProtocol {
 			if !ok {
 				return
 			}
-			proto, err := ParseProtocol(s)
+			proto, err := nodeplane.ParseProtocol(s)
 			if err != nil || !portProtocolValid(proto) || s != "" && strings.Trim(s, "0123456789") == "" {
 				d.fail(v, p, "invalid protocol %q, must be { tcp | udp | sctp | vrrp | igmp | gre | ipip | ipv6 | esp | ah | any }", s)
 				return

@@ -9,6 +9,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -354,7 +355,7 @@ func (d *docDecoder) knpSelector(n *yaml.Node, path string) identity.LabelSelect
 // port (number or name; absent means every port) and endPort (only with a
 // numeric port, not below it).
 func (d *docDecoder) knpPort(n *yaml.Node, path string) PortProtocol {
-	pp := PortProtocol{Protocol: ProtoTCP}
+	pp := PortProtocol{Protocol: nodeplane.ProtoTCP}
 	var endGiven bool
 	d.fields(n, path, map[string]func(*yaml.Node, string){
 		"protocol": func(v *yaml.Node, p string) {
@@ -364,11 +365,11 @@ func (d *docDecoder) knpPort(n *yaml.Node, path string) PortProtocol {
 			}
 			switch s {
 			case "TCP":
-				pp.Protocol = ProtoTCP
+				pp.Protocol = nodeplane.ProtoTCP
 			case "UDP":
-				pp.Protocol = ProtoUDP
+				pp.Protocol = nodeplane.ProtoUDP
 			case "SCTP":
-				pp.Protocol = ProtoSCTP
+				pp.Protocol = nodeplane.ProtoSCTP
 			default:
 				d.fail(v, p, "unsupported value %q: supported values: \"SCTP\", \"TCP\", \"UDP\"", s)
 			}

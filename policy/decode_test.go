@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -72,8 +73,8 @@ items:
 	}
 	in := web.Rules[0].Ingress[0]
 	if got := in.ToPorts[0].Ports; len(got) != 2 ||
-		got[0] != (PortProtocol{Port: 443, Protocol: ProtoTCP}) ||
-		got[1] != (PortProtocol{Port: 8000, EndPort: 8010, Protocol: ProtoAny}) {
+		got[0] != (PortProtocol{Port: 443, Protocol: nodeplane.ProtoTCP}) ||
+		got[1] != (PortProtocol{Port: 8000, EndPort: 8010, Protocol: nodeplane.ProtoAny}) {
 		t.Errorf("web ports: %+v", got)
 	}
 	if in.Origin != "spec.ingress[0]" {
@@ -114,8 +115,8 @@ items:
 	if r.Ingress[1].FromCIDRSet[0].CIDR != netip.MustParsePrefix("192.168.0.0/16") {
 		t.Errorf("np peer 1: %+v", r.Ingress[1])
 	}
-	if p := r.Ingress[1].ToPorts; len(p) != 2 || p[0].Ports[0] != (PortProtocol{Name: "http", Protocol: ProtoTCP}) ||
-		p[1].Ports[0] != (PortProtocol{Port: 53, Protocol: ProtoUDP}) {
+	if p := r.Ingress[1].ToPorts; len(p) != 2 || p[0].Ports[0] != (PortProtocol{Name: "http", Protocol: nodeplane.ProtoTCP}) ||
+		p[1].Ports[0] != (PortProtocol{Port: 53, Protocol: nodeplane.ProtoUDP}) {
 		t.Errorf("np ports: %+v", p)
 	}
 	if e := r.Egress[0].ToEndpoints; e == nil || len(e) != 0 {
@@ -240,11 +241,11 @@ func TestParseFilesReportsAll(t *testing.T) {
 
 // Policies built in Go are validated by the repository the same way.
 func TestRepositoryValidates(t *testing.T) {
-	repo, err := NewRepository(Config{})
+	repo, err := newRepository(Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = repo.Add(Policy{Kind: KindCiliumNetworkPolicy, Namespace: "prod", Name: "x", Rules: []Rule{{
+	_, err = repo.add(Policy{Kind: KindCiliumNetworkPolicy, Namespace: "prod", Name: "x", Rules: []Rule{{
 		EndpointSelector: &identity.LabelSelector{},
 		Ingress:          []IngressRule{{FromEntities: []Entity{"moon"}}},
 	}}})

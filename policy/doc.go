@@ -11,34 +11,43 @@
 // CIDR and restrict ports; whether the rule makes its endpoints
 // default-deny). [Parse] and [ParseFiles] read YAML and JSON documents as
 // users have them; a NetworkPolicy is translated into the same model as
-// Cilium translates it. Policies live in a [Repository], which resolves
-// them against identities: each distinct selector is compiled once into
-// the repository's [SelectorCache], which tracks the identities it selects
-// as identities come and go.
+// Cilium translates it.
 //
-// [Repository.Compile] computes an endpoint's [EndpointPolicy]: the
-// content of its policy map, keyed by peer identity (0 for any peer),
-// direction, protocol and port prefix, as [datapath.PolicyKey] defines.
-// Port ranges become power-of-two prefixes; deny entries override allow
-// entries they cover; a direction that no rule restricts, or that no rule
-// makes default-deny, gets an allow-all entry. The datapath's two lookups
-// ([datapath.LookupPolicy]) over that map decide exactly as
-// [Repository.Evaluate], the direct evaluation of the rules, decides; the
-// oracle test checks it over random policies. [Repository.Trace] runs both
-// and explains the verdict: which rules select the endpoint, which rules
-// and selectors allowed or denied, why the direction is default-deny, and
-// for a packet no rule allows, which part of each allow item failed (a
-// [NearMiss]: the peer selector and its failed label requirement, such as
-// the cluster name Cilium adds to peer selectors, the port, the protocol,
-// a CIDR except).
-//
-// An [Engine] keeps endpoints' maps current: when a policy changes it
-// recompiles only the endpoints the policy selects and applies the
-// difference, and when identities are added or removed (from an identity
-// allocator's watch) it updates only those identities' entries.
+// An [Engine] is the one way to change policy. It holds the policies and
+// the identities they are resolved against (each distinct selector is
+// compiled once and tracks the identities it selects as identities come
+// and go), and keeps the policy maps of the node's endpoints current: when
+// a policy changes it recompiles only the endpoints the policy selects and
+// applies the difference; when identities are added or removed (from an
+// identity allocator's watch) it updates only those identities' entries.
 // It allocates the identities of the prefixes that CIDR rules name and
 // publishes them in the ipcache, excepts included, so that the datapath
 // maps addresses to them.
+//
+// The compiled form is package [github.com/nodeplane/nodeplane/policy/mapstate]:
+// an endpoint's map, keyed by peer identity (0 for any peer), direction,
+// protocol and port prefix. Port ranges become power-of-two prefixes; deny
+// entries override allow entries they cover; a direction that no rule
+// restricts, or that no rule makes default-deny, gets an allow-all entry.
+// The engine writes it through [LocalEndpoint], which *datapath.Endpoint
+// implements; this package imports no kernel code.
+//
+// [Engine.Repository] is a read-only view: [Repository.Compile] computes
+// an endpoint's [EndpointPolicy]; [Repository.Evaluate] decides by direct
+// evaluation of the rules, which the datapath's lookups over the compiled
+// map ([mapstate.Lookup]) must match (the oracle test checks it over random
+// policies); [Repository.Trace] runs both and explains the verdict: which
+// rules select the endpoint, which rules and selectors allowed or denied,
+// why the direction is default-deny.
+//
+// # Composition
+//
+// Every endpoint of the node must be given to [Engine.AddEndpoint], also
+// one that no policy selects: the datapath denies all traffic of an
+// endpoint whose map is empty, and the engine writes the allow-all entries
+// of an unselected one. The endpoint's identity must be known to the
+// engine first: run [Engine.WatchIdentities] on the identity allocator and
+// [Engine.WaitForIdentities] before adding the endpoint.
 //
 // # Semantics
 //
@@ -81,8 +90,8 @@
 //
 // # Lifetime and errors
 //
-// Repositories, selector caches, endpoint policies and engines are safe
-// for concurrent use. An Engine holds identity references for CIDR rules
+// Engines, their repositories and endpoint policies are safe for
+// concurrent use. An Engine holds identity references for CIDR rules
 // until it is closed. Invalid policies are rejected with errors wrapping
 // [ErrInvalidPolicy] that name the document and field path
 // ([ValidationError]); a rejected change leaves the repository as it was.

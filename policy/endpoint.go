@@ -4,8 +4,9 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // Endpoint is what policy needs to know of a local endpoint: its identity
@@ -18,13 +19,13 @@ type Endpoint struct {
 	NamedPorts []NamedPort
 }
 
-// checkEndpointIdentity accepts what can name a local endpoint: a valid
-// identity with labels, either cluster-scoped or reserved:health or
-// reserved:init (Cilium's health endpoint, and endpoints whose labels are
-// not known yet). Identity 0 means "any peer" in a policy key; the other
-// reserved identities name peers or the host and local-scope ones CIDRs.
-func checkEndpointIdentity(id identity.ID, labels identity.Labels) error {
-	if err := checkPeerIdentity(identity.Identity{ID: id, Labels: labels}); err != nil {
+// checkEndpointID accepts what can name a local endpoint: a valid
+// identity, either cluster-scoped or reserved:health or reserved:init
+// (Cilium's health endpoint, and endpoints whose labels are not known yet).
+// Identity 0 means "any peer" in a policy key; the other reserved
+// identities name peers or the host and local-scope ones CIDRs.
+func checkEndpointID(id identity.ID) error {
+	if err := id.Validate(); err != nil {
 		return err
 	}
 	if id.IsLocal() || id.IsReserved() && id != identity.ReservedHealth && id != identity.ReservedInit {
@@ -49,16 +50,16 @@ func checkPeerIdentity(ident identity.Identity) error {
 type NamedPort struct {
 	Name     string
 	Port     uint16
-	Protocol Protocol
+	Protocol nodeplane.Protocol
 }
 
 // NamedPortResolver tells which port numbers a peer identity uses for a
 // port name: egress rules that name a port mean the destination's port.
 type NamedPortResolver interface {
-	NamedPorts(peer identity.ID, name string, proto Protocol) []uint16
+	NamedPorts(peer identity.ID, name string, proto nodeplane.Protocol) []uint16
 }
 
-func (ep *Endpoint) namedPort(name string, proto Protocol) []uint16 {
+func (ep *Endpoint) namedPort(name string, proto nodeplane.Protocol) []uint16 {
 	var out []uint16
 	for _, np := range ep.NamedPorts {
 		if np.Name == name && np.Protocol == proto && np.Port != 0 {
@@ -67,15 +68,6 @@ func (ep *Endpoint) namedPort(name string, proto Protocol) []uint16 {
 	}
 	return out
 }
-
-// Direction is a direction of traffic relative to an endpoint.
-type Direction = datapath.Direction
-
-// Directions of traffic.
-const (
-	Ingress = datapath.Ingress
-	Egress  = datapath.Egress
-)
 
 // DirectionPolicy summarises an endpoint's policy in one direction.
 type DirectionPolicy struct {
@@ -123,9 +115,9 @@ func (r *Repository) selectRules(entries []*entry, subject identity.ID, labels i
 		if useCache && !r.rv.cache.selects(e.subject, subject) || !useCache && !e.subject.cs.matches(labels) {
 			continue
 		}
-		d := Egress
+		d := mapstate.Egress
 		if e.ingress {
-			d = Ingress
+			d = mapstate.Ingress
 			ingress = append(ingress, e)
 		} else {
 			egress = append(egress, e)
@@ -169,12 +161,12 @@ type filter struct {
 	l4    l4Port
 	all   bool // every protocol (an item with peers but no ports)
 	deny  bool
-	dir   Direction
+	dir   mapstate.Direction
 	named bool // egress named port: resolved per peer identity
 }
 
 // buildFilters expands entries into filters.
-func buildFilters(entries []*entry, dir Direction) []filter {
+func buildFilters(entries []*entry, dir mapstate.Direction) []filter {
 	var out []filter
 	for _, e := range entries {
 		if e.peers == nil {
@@ -197,7 +189,7 @@ func buildFilters(entries []*entry, dir Direction) []filter {
 			}
 			for _, p := range e.ports {
 				out = append(out, filter{entry: e, sel: s, l4: p, deny: e.deny, dir: dir,
-					named: p.name != "" && dir == Egress})
+					named: p.name != "" && dir == mapstate.Egress})
 			}
 		}
 	}
@@ -206,28 +198,28 @@ func buildFilters(entries []*entry, dir Direction) []filter {
 
 // keys returns the map keys of a filter for one peer identity (0 for the
 // wildcard), resolving named ports.
-func (f *filter) keys(peer identity.ID, ep *Endpoint, peers NamedPortResolver) []datapath.PolicyKey {
-	base := datapath.PolicyKey{Identity: peer, Direction: f.dir}
+func (f *filter) keys(peer identity.ID, ep *Endpoint, peers NamedPortResolver) []mapstate.Key {
+	base := mapstate.Key{Identity: peer, Direction: f.dir}
 	if f.all {
-		return []datapath.PolicyKey{base}
+		return []mapstate.Key{base}
 	}
-	base.Protocol = uint8(f.l4.proto)
-	var ports []PortPrefix
+	base.Protocol = f.l4.proto
+	var ports []mapstate.PortPrefix
 	switch {
 	case f.l4.name != "":
 		var nums []uint16
-		if f.dir == Ingress {
+		if f.dir == mapstate.Ingress {
 			nums = ep.namedPort(f.l4.name, f.l4.proto)
 		} else if peers != nil && peer != identity.Unknown {
 			nums = peers.NamedPorts(peer, f.l4.name, f.l4.proto)
 		}
 		for _, n := range nums {
-			ports = append(ports, PortPrefix{n, 16})
+			ports = append(ports, mapstate.PortPrefix{Port: n, Bits: 16})
 		}
 	default:
-		ports = PortRangePrefixes(f.l4.bounds())
+		ports = mapstate.PortRangePrefixes(f.l4.bounds())
 	}
-	out := make([]datapath.PolicyKey, 0, len(ports))
+	out := make([]mapstate.Key, 0, len(ports))
 	for _, p := range ports {
 		k := base
 		k.Port, k.PortPrefixLen = p.Port, p.Bits
@@ -239,29 +231,14 @@ func (f *filter) keys(peer identity.ID, ep *Endpoint, peers NamedPortResolver) [
 	return out
 }
 
-// keyCovers reports whether key a covers every packet key b covers (same
-// identity and direction assumed).
-func keyCovers(a, b datapath.PolicyKey) bool {
-	if a.Protocol == 0 {
-		return true
-	}
-	if a.Protocol != b.Protocol || b.Protocol == 0 {
-		return false
-	}
-	if a.PortPrefixLen > b.PortPrefixLen {
-		return false
-	}
-	return b.Port&portMask(a.PortPrefixLen) == a.Port
-}
-
 // normalize applies deny precedence among the keys of one identity: a deny
 // wins over an allow of the same key, and an allow that a deny of the same
 // identity covers is dropped, because the datapath's longest-prefix match
 // would otherwise pick the narrower allow. Denies of the wildcard identity
 // need no such care: the datapath lets a wildcard deny win over any peer
 // allow.
-func normalize(m map[datapath.PolicyKey]datapath.PolicyEntry) {
-	var denies []datapath.PolicyKey
+func normalize(m map[mapstate.Key]mapstate.Entry) {
+	var denies []mapstate.Key
 	for k, e := range m {
 		if e.Deny {
 			denies = append(denies, k)
@@ -275,7 +252,7 @@ func normalize(m map[datapath.PolicyKey]datapath.PolicyEntry) {
 			continue
 		}
 		for _, d := range denies {
-			if d.Direction == k.Direction && keyCovers(d, k) {
+			if d.Direction == k.Direction && d.Covers(k) {
 				delete(m, k)
 				break
 			}

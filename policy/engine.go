@@ -5,21 +5,29 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sync"
 
 	"github.com/nodeplane/nodeplane"
-	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
-// PolicyMapWriter is where an endpoint's compiled policy goes: the
-// datapath's per-endpoint policy map ([datapath.PolicyMap]) implements it.
-// Apply must change exactly the given keys, leaving the others alone, and
-// must leave the map unchanged when it fails.
-type PolicyMapWriter interface {
-	Apply(upserts map[datapath.PolicyKey]datapath.PolicyEntry, deletes []datapath.PolicyKey) error
+// LocalEndpoint is an endpoint of this node whose policy map an [Engine]
+// keeps; *datapath.Endpoint implements it. The engine takes everything it
+// needs from it, so the caller names an endpoint once: its identity (read
+// once, by [Engine.AddEndpoint]; to change it, remove the endpoint and add it
+// again) and the map to write. The value itself identifies the endpoint in
+// later calls, so it must be comparable (a pointer, typically).
+type LocalEndpoint interface {
+	// Identity returns the endpoint's security identity.
+	Identity() identity.ID
+	// ApplyPolicy changes the endpoint's policy map: it writes every entry
+	// of upserts and removes every key of deletes, leaving the other keys
+	// alone, and leaves the map unchanged when it fails.
+	ApplyPolicy(upserts mapstate.State, deletes []mapstate.Key) error
 }
 
 // EngineConfig configures an [Engine].
@@ -37,23 +45,43 @@ type EngineConfig struct {
 	IPCache *ipcache.IPCache
 }
 
-// Engine keeps the policy maps of local endpoints in step with the rules
-// and the identities: it compiles each endpoint's policy when the endpoint
-// is added, recompiles the endpoints a changed policy selects (before or
-// after the change; no other endpoint's policy can change), and applies
-// only the difference to each endpoint's map; when identities come and go
-// (see
-// [Engine.UpdateIdentities] and [Engine.WatchIdentities]) it updates only
-// the entries of those identities.
+// Engine is the one way to change policy: it holds the policies and the
+// identities they are resolved against, and keeps the policy maps of local
+// endpoints in step with both. It compiles each endpoint's policy when the
+// endpoint is added, recompiles the endpoints a changed policy selects
+// (before or after the change; no other endpoint's policy can change), and
+// applies only the difference to each endpoint's map; when identities come
+// and go ([Engine.UpdateIdentities], [Engine.WatchIdentities]) it updates
+// only the entries of those identities. [Engine.Repository] gives a
+// read-only view for tracing and evaluation.
+//
+// # Every endpoint must be added
+//
+// The datapath denies all traffic of an endpoint whose policy map is empty.
+// An endpoint that no policy selects is not exempt: it must be added too,
+// and [Engine.AddEndpoint] writes the allow-all entries that make it
+// unrestricted. Add every endpoint as soon as the datapath has created it.
+//
+// # Identities first
+//
+// An endpoint's labels are those of its identity, which the engine must
+// already know: feed it the allocator's identities with
+// [Engine.WatchIdentities] (or [Engine.UpdateIdentities]) and, when the
+// watch runs in another goroutine, wait for the endpoint's identity with
+// [Engine.WaitForIdentities] before [Engine.AddEndpoint].
 //
 // An Engine is safe for concurrent use; its operations are serialised.
 type Engine struct {
 	cfg  EngineConfig
 	repo *Repository
 
-	mu        sync.Mutex
-	closed    bool
-	endpoints map[datapath.EndpointID]*engineEndpoint
+	mu     sync.Mutex
+	closed bool
+	// endpoints are the managed endpoints in the order they were added.
+	endpoints []*engineEndpoint
+	// learnt is closed and replaced whenever the engine learns or forgets
+	// identities, to wake WaitForIdentities.
+	learnt chan struct{}
 	// cidrs are the prefixes CIDR rules name, with the number of policies
 	// that name them and the identity allocated for them.
 	cidrs map[netip.Prefix]*cidrIdentity
@@ -62,9 +90,9 @@ type Engine struct {
 }
 
 type engineEndpoint struct {
-	ep     Endpoint
-	w      PolicyMapWriter
-	policy *EndpointPolicy
+	ep      LocalEndpoint
+	subject Endpoint
+	policy  *EndpointPolicy
 }
 
 type cidrIdentity struct {
@@ -72,77 +100,123 @@ type cidrIdentity struct {
 	id   identity.Identity
 }
 
-// NewEngine returns an engine with an empty repository.
+// NewEngine returns an engine with no policies that knows the reserved
+// identities.
 func NewEngine(cfg EngineConfig) (*Engine, error) {
-	repo, err := NewRepository(cfg.Policy)
+	repo, err := newRepository(cfg.Policy)
 	if err != nil {
 		return nil, err
 	}
 	return &Engine{
 		cfg:         cfg,
 		repo:        repo,
-		endpoints:   map[datapath.EndpointID]*engineEndpoint{},
+		learnt:      make(chan struct{}),
 		cidrs:       map[netip.Prefix]*cidrIdentity{},
 		policyCIDRs: map[PolicyID][]netip.Prefix{},
 	}, nil
 }
 
-// Repository returns the engine's repository, for reading and tracing.
-// Change policies through the engine, not the repository, so that the
-// endpoints' maps follow.
+// Repository returns a read-only view of the engine's policies and
+// identities, for [Repository.Trace], [Repository.Evaluate],
+// [Repository.Compile] and listings. It stays current as the engine
+// changes.
 func (e *Engine) Repository() *Repository { return e.repo }
 
 // AddEndpoint starts managing an endpoint's policy map: it compiles the
-// endpoint's policy and writes all of it with w. The map is expected to be
-// empty; use the same ID to remove the endpoint later.
-func (e *Engine) AddEndpoint(id datapath.EndpointID, ep Endpoint, w PolicyMapWriter) error {
+// policy of the endpoint's identity and writes all of it with
+// ep.ApplyPolicy. The map is expected to be empty. namedPorts are the
+// endpoint's named container ports, for ingress rules that name a port.
+//
+// Every endpoint must be added, including those no policy selects (see
+// [Engine]). The identity must be known to the engine: otherwise the error
+// wraps [ErrUnknownIdentity] and nothing is written. A nil endpoint, or one
+// that is not comparable, wraps [ErrInvalidEndpoint]; one already managed
+// wraps [ErrEndpointExists].
+func (e *Engine) AddEndpoint(ep LocalEndpoint, namedPorts ...NamedPort) error {
+	if err := validEndpoint(ep); err != nil {
+		return fmt.Errorf("add endpoint: %w", err)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
 		return nodeplane.ErrClosed
 	}
-	if _, ok := e.endpoints[id]; ok {
-		return fmt.Errorf("add endpoint %d: %w", id, ErrEndpointExists)
+	if e.findLocked(ep) >= 0 {
+		return fmt.Errorf("add endpoint %v: %w", ep, ErrEndpointExists)
 	}
-	if err := checkEndpointIdentity(ep.Identity, ep.Labels); err != nil {
-		return fmt.Errorf("add endpoint %d: %w", id, err)
+	id := ep.Identity()
+	if err := checkEndpointID(id); err != nil {
+		return fmt.Errorf("add endpoint %v: %w", ep, err)
 	}
-	// The endpoint's own identity must be known for peers' rules to
-	// select it, and its selections are computed against the cache.
-	e.repo.UpdateIdentities([]identity.Identity{{ID: ep.Identity, Labels: ep.Labels}}, nil)
-	p := e.repo.Compile(ep)
-	if err := w.Apply(p.State(), nil); err != nil {
-		return fmt.Errorf("add endpoint %d: write policy map: %w", id, err)
+	labels, ok := e.repo.rv.cache.Labels(id)
+	if !ok {
+		return fmt.Errorf("add endpoint %v: identity %v: %w: give it to the engine (UpdateIdentities, WatchIdentities) and WaitForIdentities first",
+			ep, id, ErrUnknownIdentity)
 	}
-	e.endpoints[id] = &engineEndpoint{ep: ep, w: w, policy: p}
-	// Other endpoints may now reach this identity.
-	return e.updatePeersLocked([]identity.ID{ep.Identity}, id)
-}
-
-// RemoveEndpoint stops managing an endpoint. Its map is left as it is.
-func (e *Engine) RemoveEndpoint(id datapath.EndpointID) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if _, ok := e.endpoints[id]; !ok {
-		return fmt.Errorf("remove endpoint %d: %w", id, ErrUnknownEndpoint)
+	subject := Endpoint{Identity: id, Labels: labels, NamedPorts: slices.Clone(namedPorts)}
+	p := e.repo.Compile(subject)
+	if err := ep.ApplyPolicy(p.State(), nil); err != nil {
+		return fmt.Errorf("add endpoint %v: write policy map: %w", ep, err)
 	}
-	delete(e.endpoints, id)
+	e.endpoints = append(e.endpoints, &engineEndpoint{ep: ep, subject: subject, policy: p})
 	return nil
 }
 
-// EndpointPolicy returns the current compiled policy of an endpoint.
-func (e *Engine) EndpointPolicy(id datapath.EndpointID) (*EndpointPolicy, bool) {
+// validEndpoint rejects what cannot be a managed endpoint: nil, or a value
+// that cannot be compared (it identifies the endpoint).
+func validEndpoint(ep LocalEndpoint) error {
+	if ep == nil {
+		return fmt.Errorf("%w: nil", ErrInvalidEndpoint)
+	}
+	v := reflect.ValueOf(ep)
+	if !v.Type().Comparable() {
+		return fmt.Errorf("%w: %T is not comparable", ErrInvalidEndpoint, ep)
+	}
+	if v.Kind() == reflect.Pointer && v.IsNil() {
+		return fmt.Errorf("%w: nil %T", ErrInvalidEndpoint, ep)
+	}
+	return nil
+}
+
+// findLocked returns the index of ep in e.endpoints, or -1.
+func (e *Engine) findLocked(ep LocalEndpoint) int {
+	return slices.IndexFunc(e.endpoints, func(ee *engineEndpoint) bool { return ee.ep == ep })
+}
+
+// RemoveEndpoint stops managing an endpoint. Its map is left as it is.
+func (e *Engine) RemoveEndpoint(ep LocalEndpoint) error {
+	if err := validEndpoint(ep); err != nil {
+		return fmt.Errorf("remove endpoint: %w", err)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	ee, ok := e.endpoints[id]
-	if !ok {
+	i := e.findLocked(ep)
+	if i < 0 {
+		return fmt.Errorf("remove endpoint %v: %w", ep, ErrUnknownEndpoint)
+	}
+	e.endpoints = slices.Delete(e.endpoints, i, i+1)
+	return nil
+}
+
+// EndpointPolicy returns the current compiled policy of a managed
+// endpoint: what its map holds.
+func (e *Engine) EndpointPolicy(ep LocalEndpoint) (*EndpointPolicy, bool) {
+	if validEndpoint(ep) != nil {
 		return nil, false
 	}
-	return ee.policy, true
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	i := e.findLocked(ep)
+	if i < 0 {
+		return nil, false
+	}
+	return e.endpoints[i].policy, true
 }
 
 // AddPolicy adds a policy and updates the maps of the endpoints it
-// selects.
+// selects. It fails with [ErrPolicyExists] if a policy of the same kind,
+// namespace and name is present, and with [ErrInvalidPolicy] if the policy
+// does not validate; nothing changes then.
 func (e *Engine) AddPolicy(p Policy) (uint64, error) {
 	return e.putPolicy(p, false)
 }
@@ -154,7 +228,7 @@ func (e *Engine) ReplacePolicy(p Policy) (uint64, error) {
 }
 
 // DeletePolicy deletes a policy and updates the maps of the endpoints it
-// selected.
+// selected. It fails with [ErrPolicyNotFound] if there is none by that ID.
 func (e *Engine) DeletePolicy(id PolicyID) (uint64, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -162,7 +236,7 @@ func (e *Engine) DeletePolicy(id PolicyID) (uint64, error) {
 		return 0, nodeplane.ErrClosed
 	}
 	affected := e.selectedLocked(nil, id)
-	rev, err := e.repo.Delete(id)
+	rev, err := e.repo.delete(id)
 	if err != nil {
 		return 0, err
 	}
@@ -195,9 +269,9 @@ func (e *Engine) putPolicy(p Policy, replace bool) (uint64, error) {
 		err error
 	)
 	if replace {
-		rev, err = e.repo.Replace(p)
+		rev, err = e.repo.replace(p)
 	} else {
-		rev, err = e.repo.Add(p)
+		rev, err = e.repo.add(p)
 	}
 	if err != nil {
 		return 0, errors.Join(err, e.releaseCIDRsLocked(prefixes))
@@ -212,21 +286,21 @@ func (e *Engine) putPolicy(p Policy, replace bool) (uint64, error) {
 // selectedLocked adds to set the endpoints that a rule of policy id, as
 // the repository holds it now, selects as its subject, the way Compile
 // selects rules. A policy the repository does not hold selects none.
-func (e *Engine) selectedLocked(set map[datapath.EndpointID]bool, id PolicyID) map[datapath.EndpointID]bool {
+func (e *Engine) selectedLocked(set map[*engineEndpoint]bool, id PolicyID) map[*engineEndpoint]bool {
 	if set == nil {
-		set = map[datapath.EndpointID]bool{}
+		set = map[*engineEndpoint]bool{}
 	}
 	entries := e.repo.policyEntries(id)
 	if len(entries) == 0 {
 		return set
 	}
-	for epID, ee := range e.endpoints {
-		if set[epID] {
+	for _, ee := range e.endpoints {
+		if set[ee] {
 			continue
 		}
-		in, eg, _ := e.repo.selectRules(entries, ee.ep.Identity, ee.ep.Labels)
+		in, eg, _ := e.repo.selectRules(entries, ee.subject.Identity, ee.subject.Labels)
 		if len(in)+len(eg) > 0 {
-			set[epID] = true
+			set[ee] = true
 		}
 	}
 	return set
@@ -234,18 +308,17 @@ func (e *Engine) selectedLocked(set map[datapath.EndpointID]bool, id PolicyID) m
 
 // recompileLocked recompiles the given endpoints and applies the
 // differences.
-func (e *Engine) recompileLocked(which map[datapath.EndpointID]bool) error {
+func (e *Engine) recompileLocked(which map[*engineEndpoint]bool) error {
 	var errs []error
-	for _, id := range e.endpointIDsLocked() {
-		if !which[id] {
+	for _, ee := range e.endpoints {
+		if !which[ee] {
 			continue
 		}
-		ee := e.endpoints[id]
-		p := e.repo.Compile(ee.ep)
-		d := Diff(ee.policy.State(), p.State())
+		p := e.repo.Compile(ee.subject)
+		d := mapstate.Diff(ee.policy.State(), p.State())
 		if !d.Empty() {
-			if err := ee.w.Apply(d.Upserts, d.Deletes); err != nil {
-				errs = append(errs, fmt.Errorf("endpoint %d: %w", id, err))
+			if err := ee.ep.ApplyPolicy(d.Upserts, d.Deletes); err != nil {
+				errs = append(errs, fmt.Errorf("endpoint %v: %w", ee.ep, err))
 				continue
 			}
 		}
@@ -254,18 +327,10 @@ func (e *Engine) recompileLocked(which map[datapath.EndpointID]bool) error {
 	return errors.Join(errs...)
 }
 
-func (e *Engine) endpointIDsLocked() []datapath.EndpointID {
-	ids := make([]datapath.EndpointID, 0, len(e.endpoints))
-	for id := range e.endpoints {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
-}
-
 // UpdateIdentities tells the engine that identities were added or removed
 // and updates the entries of exactly those identities in every endpoint's
-// map.
+// map before it returns. It is the one way to feed the engine identities;
+// [Engine.WatchIdentities] calls it for every change of an allocator.
 func (e *Engine) UpdateIdentities(added []identity.Identity, removed []identity.ID) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -277,35 +342,73 @@ func (e *Engine) UpdateIdentities(added []identity.Identity, removed []identity.
 			return fmt.Errorf("update identities: %w", err)
 		}
 	}
-	e.repo.UpdateIdentities(added, removed)
+	e.learnLocked(added, removed)
 	ids := slices.Clone(removed)
 	for _, a := range added {
 		ids = append(ids, a.ID)
 	}
-	return e.updatePeersLocked(ids, 0)
+	return e.updatePeersLocked(ids)
+}
+
+// learnLocked updates the selector cache and wakes WaitForIdentities.
+func (e *Engine) learnLocked(added []identity.Identity, removed []identity.ID) {
+	if len(added)+len(removed) == 0 {
+		return
+	}
+	e.repo.updateIdentities(added, removed)
+	close(e.learnt)
+	e.learnt = make(chan struct{})
+}
+
+// WaitForIdentities blocks until the engine knows every one of ids, that
+// is until [Engine.UpdateIdentities] (or the watch of
+// [Engine.WatchIdentities]) has given them to it and has applied their
+// entries to every managed endpoint's map, or until ctx is done or the
+// engine closed. Call it between allocating an endpoint's identity and
+// [Engine.AddEndpoint] when the watch runs in another goroutine.
+// Reserved identities are always known. An identity whose entries could
+// not be written to some map still counts as known; that failure is the
+// error of UpdateIdentities (or of the watch).
+func (e *Engine) WaitForIdentities(ctx context.Context, ids ...identity.ID) error {
+	for {
+		e.mu.Lock()
+		closed, learnt := e.closed, e.learnt
+		i := slices.IndexFunc(ids, func(id identity.ID) bool {
+			_, ok := e.repo.rv.cache.Labels(id)
+			return !ok
+		})
+		e.mu.Unlock()
+		switch {
+		case i < 0:
+			return nil
+		case closed:
+			return fmt.Errorf("wait for identity %v: %w", ids[i], nodeplane.ErrClosed)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for identity %v: %w", ids[i], context.Cause(ctx))
+		case <-learnt:
+		}
+	}
 }
 
 // updatePeersLocked recomputes the given peer identities' entries in the
-// map of every endpoint except skip.
-func (e *Engine) updatePeersLocked(ids []identity.ID, skip datapath.EndpointID) error {
+// map of every endpoint.
+func (e *Engine) updatePeersLocked(ids []identity.ID) error {
 	var errs []error
-	for _, id := range e.endpointIDsLocked() {
-		if id == skip {
-			continue
-		}
-		ee := e.endpoints[id]
+	for _, ee := range e.endpoints {
 		before := ee.policy.State()
-		d := ee.policy.UpdateIdentities(ids)
+		d := ee.policy.updateIdentities(ids)
 		if d.Empty() {
 			continue
 		}
-		if err := ee.w.Apply(d.Upserts, d.Deletes); err != nil {
+		if err := ee.ep.ApplyPolicy(d.Upserts, d.Deletes); err != nil {
 			// Keep the compiled state equal to the map's.
 			ee.policy.mu.Lock()
 			ee.policy.state = before
 			ee.policy.rebuildIndexLocked()
 			ee.policy.mu.Unlock()
-			errs = append(errs, fmt.Errorf("endpoint %d: %w", id, err))
+			errs = append(errs, fmt.Errorf("endpoint %v: %w", ee.ep, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -347,6 +450,7 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	e.closed = true
+	close(e.learnt)
 	var all []netip.Prefix
 	for _, ps := range e.policyCIDRs {
 		all = append(all, ps...)
@@ -403,7 +507,7 @@ func (e *Engine) acquireCIDRsLocked(prefixes []netip.Prefix) error {
 			c.refs++
 			continue
 		}
-		ls, err := identity.CIDRLabels(pfx, !e.repo.cfg.SingleStack)
+		ls, err := identity.CIDRLabels(pfx, e.repo.cfg.Stack)
 		if err == nil {
 			var id identity.ID
 			if id, _, err = e.cfg.CIDRAllocator.Allocate(ctx, ls); err == nil {
@@ -425,12 +529,12 @@ func (e *Engine) acquireCIDRsLocked(prefixes []netip.Prefix) error {
 		}
 	}
 	// Known at once, whether or not a watch of the allocator follows.
-	e.repo.UpdateIdentities(added, nil)
+	e.learnLocked(added, nil)
 	ids := make([]identity.ID, len(added))
 	for i, a := range added {
 		ids[i] = a.ID
 	}
-	return e.updatePeersLocked(ids, 0)
+	return e.updatePeersLocked(ids)
 }
 
 // releaseCIDRsLocked drops a reference on each prefix's identity,
@@ -464,8 +568,8 @@ func (e *Engine) releaseCIDRsLocked(prefixes []netip.Prefix) error {
 		}
 	}
 	if len(gone) > 0 {
-		e.repo.UpdateIdentities(nil, gone)
-		errs = append(errs, e.updatePeersLocked(gone, 0))
+		e.learnLocked(nil, gone)
+		errs = append(errs, e.updatePeersLocked(gone))
 	}
 	return errors.Join(errs...)
 }

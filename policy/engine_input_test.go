@@ -23,23 +23,26 @@ func TestEngineRefusesEndpointsWithoutIdentity(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		ep   Endpoint
+		id   identity.ID
 		want error
 	}{
-		{"identity 0, no labels", Endpoint{}, identity.ErrInvalidID},
-		{"identity 0 with labels", Endpoint{Labels: web}, identity.ErrInvalidID},
-		{"no labels", Endpoint{Identity: 70000}, identity.ErrNoLabels},
-		{"out-of-range identity", Endpoint{Identity: 1 << 30, Labels: web}, identity.ErrInvalidID},
+		{"identity 0", 0, identity.ErrInvalidID},
+		{"out-of-range identity", 1 << 30, identity.ErrInvalidID},
+		{"reserved world", identity.ReservedWorld, identity.ErrInvalidID},
+		{"identity the engine was not told about", 70000, ErrUnknownIdentity},
 	} {
-		m := &recordingMap{}
-		if err := e.AddEndpoint(1, tc.ep, m); !errors.Is(err, tc.want) {
+		m := &recordingMap{id: tc.id}
+		if err := e.AddEndpoint(m); !errors.Is(err, tc.want) {
 			t.Errorf("%s: AddEndpoint = %v, want %v", tc.name, err, tc.want)
 		}
 		if _, calls := m.snapshot(); len(calls) != 0 {
 			t.Errorf("%s: the refused endpoint's map was written", tc.name)
 		}
 	}
-	if err := e.AddEndpoint(1, Endpoint{Identity: 70000, Labels: web}, &recordingMap{}); err != nil {
+	if err := e.UpdateIdentities([]identity.Identity{{ID: 70000, Labels: web}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.AddEndpoint(&recordingMap{id: 70000}); err != nil {
 		t.Fatalf("a valid endpoint: %v", err)
 	}
 

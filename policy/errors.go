@@ -20,7 +20,9 @@ var (
 	ErrUnknownIdentity = errors.New("unknown identity")
 	// ErrUnknownEndpoint: an endpoint the engine does not track.
 	ErrUnknownEndpoint = errors.New("unknown endpoint")
-	// ErrEndpointExists: an endpoint ID that is already tracked.
+	// ErrInvalidEndpoint: a nil or non-comparable [LocalEndpoint].
+	ErrInvalidEndpoint = errors.New("invalid endpoint")
+	// ErrEndpointExists: an endpoint the engine already manages.
 	ErrEndpointExists = errors.New("endpoint already exists")
 	// ErrInconsistent: the compiled policy map and the rules disagree. It
 	// means a bug in this package; Trace reports it rather than guess.

@@ -1,8 +1,10 @@
 package policy
 
 import (
-	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // RuleMatch is a rule item that matched a packet.
@@ -26,7 +28,7 @@ type Evaluation struct {
 	Allowed bool
 	// Reason is DropPolicyDeny when a deny rule matched, DropPolicyDenied
 	// when nothing allowed a packet in a default-deny direction.
-	Reason datapath.DropReason
+	Reason monitor.DropReason
 	// Policy summarises the direction (enforced, default deny, why).
 	Policy DirectionPolicy
 	// Denied and Allowed list the rule items that matched.
@@ -40,7 +42,7 @@ type Evaluation struct {
 // with, and what traces explain. ep is the endpoint whose policy applies
 // (the destination for ingress, the source for egress); peer is the other
 // side.
-func (r *Repository) Evaluate(ep Endpoint, peer identity.Identity, dir Direction, proto Protocol, port uint16) Evaluation {
+func (r *Repository) Evaluate(ep Endpoint, peer identity.Identity, dir mapstate.Direction, proto nodeplane.Protocol, port uint16) Evaluation {
 	entries, _ := r.snapshot()
 	in, eg, dirs := r.selectRules(entries, ep.Identity, ep.Labels)
 	ev := Evaluation{Policy: dirs[dir]}
@@ -49,7 +51,7 @@ func (r *Repository) Evaluate(ep Endpoint, peer identity.Identity, dir Direction
 		return ev
 	}
 	sel := eg
-	if dir == Ingress {
+	if dir == mapstate.Ingress {
 		sel = in
 	}
 	namedPort := r.namedPortFunc(ep, peer, dir)
@@ -89,20 +91,20 @@ func (r *Repository) Evaluate(ep Endpoint, peer identity.Identity, dir Direction
 	}
 	switch {
 	case len(ev.DeniedBy) > 0:
-		ev.Reason = datapath.DropPolicyDeny
+		ev.Reason = monitor.DropPolicyDeny
 	case len(ev.AllowedBy) > 0, !ev.Policy.DefaultDeny:
 		ev.Allowed = true
 	default:
-		ev.Reason = datapath.DropPolicyDenied
+		ev.Reason = monitor.DropPolicyDenied
 	}
 	return ev
 }
 
 // namedPortFunc resolves the named ports of rules in one direction: an
 // ingress rule names the endpoint's own port, an egress rule the peer's.
-func (r *Repository) namedPortFunc(ep Endpoint, peer identity.Identity, dir Direction) func(string, Protocol) []uint16 {
-	return func(name string, p Protocol) []uint16 {
-		if dir == Ingress {
+func (r *Repository) namedPortFunc(ep Endpoint, peer identity.Identity, dir mapstate.Direction) func(string, nodeplane.Protocol) []uint16 {
+	return func(name string, p nodeplane.Protocol) []uint16 {
+		if dir == mapstate.Ingress {
 			return ep.namedPort(name, p)
 		}
 		if r.cfg.NamedPorts == nil {

@@ -4,9 +4,10 @@ import (
 	"fmt"
 	"log"
 
-	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/policy"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 const examplePolicies = `
@@ -40,25 +41,28 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	repo, err := policy.NewRepository(policy.Config{})
+	e, err := policy.NewEngine(policy.EngineConfig{})
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer e.Close()
 	for _, p := range policies {
-		if _, err := repo.Add(p); err != nil {
+		if _, err := e.AddPolicy(p); err != nil {
 			log.Fatal(err)
 		}
 	}
 	web := mustIdentity(70001, "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default")
 	db := mustIdentity(70002, "k8s:app=db,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default")
-	repo.UpdateIdentities([]identity.Identity{web, db}, nil)
+	if err := e.UpdateIdentities([]identity.Identity{web, db}, nil); err != nil {
+		log.Fatal(err)
+	}
 
-	pol := repo.Compile(policy.Endpoint{Identity: db.ID, Labels: db.Labels})
+	pol := e.Repository().Compile(policy.Endpoint{Identity: db.ID, Labels: db.Labels})
 	for _, k := range pol.State().Keys() {
 		fmt.Println(k)
 	}
-	fmt.Println(pol.Lookup(web.ID, policy.Ingress, policy.ProtoTCP, 5432).Allowed)
-	fmt.Println(pol.Lookup(web.ID, policy.Ingress, policy.ProtoTCP, 22).Reason)
+	fmt.Println(pol.Lookup(web.ID, mapstate.Ingress, nodeplane.ProtoTCP, 5432).Allowed)
+	fmt.Println(pol.Lookup(web.ID, mapstate.Ingress, nodeplane.ProtoTCP, 22).Reason)
 	// Output:
 	// {egress identity 0 any}
 	// {ingress identity 70001 5432/proto 6}
@@ -72,13 +76,21 @@ func ExampleRepository_Trace() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	repo, _ := policy.NewRepository(policy.Config{})
-	repo.Add(policies[0])
+	e, err := policy.NewEngine(policy.EngineConfig{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.AddPolicy(policies[0]); err != nil {
+		log.Fatal(err)
+	}
 	web := mustIdentity(70001, "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default")
 	db := mustIdentity(70002, "k8s:app=db,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default")
-	repo.UpdateIdentities([]identity.Identity{web, db}, nil)
+	if err := e.UpdateIdentities([]identity.Identity{web, db}, nil); err != nil {
+		log.Fatal(err)
+	}
 
-	res, err := repo.Trace(policy.TraceRequest{From: web, To: db, Protocol: policy.ProtoTCP, Port: 22,
+	res, err := e.Repository().Trace(policy.TraceRequest{From: web, To: db, Protocol: nodeplane.ProtoTCP, Port: 22,
 		Directions: policy.TraceIngressOnly})
 	if err != nil {
 		log.Fatal(err)
@@ -120,18 +132,6 @@ spec:
 	// bad.yaml: document 1 (CiliumNetworkPolicy prod/bad), line 8: spec.egress[0].toEntities[1]: unsupported entity: moon
 }
 
-// PortRangePrefixes shows how a range becomes LPM keys.
-func ExamplePortRangePrefixes() {
-	for _, p := range policy.PortRangePrefixes(8000, 8100) {
-		fmt.Println(p)
-	}
-	// Output:
-	// 8000-8063
-	// 8064-8095
-	// 8096-8099
-	// 8100
-}
-
 // An Engine writes compiled policy into the datapath's policy maps and
 // keeps them current with deltas.
 func ExampleEngine() {
@@ -141,8 +141,12 @@ func ExampleEngine() {
 	}
 	defer e.Close()
 	db := mustIdentity(70002, "k8s:app=db,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default")
-	var m printMap
-	if err := e.AddEndpoint(1, policy.Endpoint{Identity: db.ID, Labels: db.Labels}, &m); err != nil {
+	// The engine learns identities (typically from the allocator, with
+	// WatchIdentities) before it manages the endpoints that have them.
+	if err := e.UpdateIdentities([]identity.Identity{db}, nil); err != nil {
+		log.Fatal(err)
+	}
+	if err := e.AddEndpoint(printEndpoint(db.ID)); err != nil {
 		log.Fatal(err)
 	}
 	policies, _ := policy.Parse([]byte(examplePolicies), "example.yaml")
@@ -160,13 +164,16 @@ func ExampleEngine() {
 	// apply: +{ingress identity 70001 5432/proto 6}
 }
 
-// printMap prints the deltas an engine applies; a datapath.PolicyMap
-// would write them into the kernel.
-type printMap struct{}
+// printEndpoint is an endpoint of that identity that prints the deltas an
+// engine applies to its map; a *datapath.Endpoint would write them into
+// the kernel.
+type printEndpoint identity.ID
 
-func (printMap) Apply(upserts map[datapath.PolicyKey]datapath.PolicyEntry, deletes []datapath.PolicyKey) error {
+func (p printEndpoint) Identity() identity.ID { return identity.ID(p) }
+
+func (printEndpoint) ApplyPolicy(upserts mapstate.State, deletes []mapstate.Key) error {
 	fmt.Print("apply:")
-	for _, k := range policy.MapState(upserts).Keys() {
+	for _, k := range upserts.Keys() {
 		fmt.Print(" +", k)
 	}
 	for _, k := range deletes {

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // FuzzParse feeds arbitrary YAML and JSON to the parser. Whatever it
@@ -33,7 +35,7 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		repo, err := NewRepository(Config{})
+		repo, err := newRepository(Config{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -41,19 +43,19 @@ func FuzzParse(f *testing.F) {
 			if err := p.validate(); err != nil {
 				t.Fatalf("parsed policy does not validate: %v", err)
 			}
-			if _, err := repo.Replace(p); err != nil {
+			if _, err := repo.replace(p); err != nil {
 				t.Fatalf("parsed policy rejected by the repository: %v", err)
 			}
 		}
 		pod := identity.Identity{ID: 70000, Labels: mustLabels(t, webProd)}
-		repo.UpdateIdentities([]identity.Identity{pod}, nil)
+		repo.updateIdentities([]identity.Identity{pod}, nil)
 		for _, peer := range identity.ReservedIdentities()[:4] {
-			for _, dir := range []Direction{Ingress, Egress} {
+			for _, dir := range []mapstate.Direction{mapstate.Ingress, mapstate.Egress} {
 				ep := Endpoint{Identity: pod.ID, Labels: pod.Labels}
 				pol := repo.Compile(ep)
 				for _, port := range []uint16{0, 53, 80, 443} {
-					d := pol.Lookup(peer.ID, dir, ProtoTCP, port)
-					ev := repo.Evaluate(ep, peer, dir, ProtoTCP, port)
+					d := pol.Lookup(peer.ID, dir, nodeplane.ProtoTCP, port)
+					ev := repo.Evaluate(ep, peer, dir, nodeplane.ProtoTCP, port)
 					if d.Allowed != ev.Allowed {
 						t.Fatalf("%s from %d port %d: map %v, rules %v", dir, peer.ID, port, d, ev)
 					}

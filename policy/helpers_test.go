@@ -6,8 +6,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/internal/testutils/testmain"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 func TestMain(m *testing.M) { testmain.Run(m) }
@@ -32,7 +34,7 @@ type world struct {
 
 func newWorld(tb testing.TB, cfg Config, docs ...string) *world {
 	tb.Helper()
-	repo, err := NewRepository(cfg)
+	repo, err := newRepository(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -55,7 +57,7 @@ func (w *world) add(doc string) {
 		w.tb.Fatalf("parse: %v", err)
 	}
 	for _, p := range ps {
-		if _, err := w.repo.Replace(p); err != nil {
+		if _, err := w.repo.replace(p); err != nil {
 			w.tb.Fatalf("add %s: %v", p.ID(), err)
 		}
 	}
@@ -73,7 +75,7 @@ func (w *world) ident(spec string) identity.Identity {
 			a := netip.MustParseAddr(rest)
 			pfx = netip.PrefixFrom(a, a.BitLen())
 		}
-		ls, err = identity.CIDRLabels(pfx, !w.repo.cfg.SingleStack)
+		ls, err = identity.CIDRLabels(pfx, w.repo.cfg.Stack)
 	} else {
 		ls, err = identity.ParseLabelList(spec)
 	}
@@ -85,7 +87,7 @@ func (w *world) ident(spec string) identity.Identity {
 		w.tb.Fatal(err)
 	}
 	ident := identity.Identity{ID: id, Labels: ls}
-	w.repo.UpdateIdentities([]identity.Identity{ident}, nil)
+	w.repo.updateIdentities([]identity.Identity{ident}, nil)
 	return ident
 }
 
@@ -96,7 +98,7 @@ func (w *world) sides(from, to, port string) (egress, ingress string) {
 	w.tb.Helper()
 	src, dst := w.ident(from), w.ident(to)
 	pn, proto := parseTestPort(w.tb, port)
-	verdict := func(dir Direction, ep, peer identity.Identity) string {
+	verdict := func(dir mapstate.Direction, ep, peer identity.Identity) string {
 		endpoint := Endpoint{Identity: ep.ID, Labels: ep.Labels}
 		pol := w.repo.Compile(endpoint)
 		d := pol.Lookup(peer.ID, dir, proto, pn)
@@ -109,16 +111,16 @@ func (w *world) sides(from, to, port string) (egress, ingress string) {
 		}
 		return "deny"
 	}
-	return verdict(Egress, src, dst), verdict(Ingress, dst, src)
+	return verdict(mapstate.Egress, src, dst), verdict(mapstate.Ingress, dst, src)
 }
 
-func parseTestPort(tb testing.TB, s string) (uint16, Protocol) {
+func parseTestPort(tb testing.TB, s string) (uint16, nodeplane.Protocol) {
 	tb.Helper()
 	ps, protoStr, _ := strings.Cut(s, "/")
-	proto := ProtoTCP
+	proto := nodeplane.ProtoTCP
 	if protoStr != "" {
 		var err error
-		if proto, err = ParseProtocol(protoStr); err != nil {
+		if proto, err = nodeplane.ParseProtocol(protoStr); err != nil {
 			tb.Fatal(err)
 		}
 	}

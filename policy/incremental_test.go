@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // A new identity that an existing selector selects becomes reachable by a
@@ -26,42 +27,42 @@ ingress:
 	db := w.ident(dbProd)
 	pol := w.repo.Compile(Endpoint{Identity: db.ID, Labels: db.Labels})
 	// Egress is not enforced: one allow-all entry. No web pod yet.
-	openEgress := MapState{{Direction: Egress}: {}}
+	openEgress := mapstate.State{{Direction: mapstate.Egress}: {}}
 	if before := pol.State(); !maps.Equal(before, openEgress) {
 		t.Fatalf("no web pod yet, but the map has %v", before)
 	}
 
 	// A web pod appears: its identity is allocated and announced.
 	web := identity.Identity{ID: 70001, Labels: mustLabels(t, webProd)}
-	w.repo.UpdateIdentities([]identity.Identity{web}, nil)
-	if d := pol.Lookup(web.ID, Ingress, ProtoTCP, 5432); d.Allowed {
+	w.repo.updateIdentities([]identity.Identity{web}, nil)
+	if d := pol.Lookup(web.ID, mapstate.Ingress, nodeplane.ProtoTCP, 5432); d.Allowed {
 		t.Fatal("allowed before the policy learnt of the identity")
 	}
-	delta := pol.UpdateIdentities([]identity.ID{web.ID})
-	want := Delta{Upserts: MapState{
-		{Identity: web.ID, Direction: Ingress, Protocol: 6, Port: 5432, PortPrefixLen: 16}:  {},
-		{Identity: web.ID, Direction: Ingress, Protocol: 17, Port: 9000, PortPrefixLen: 14}: {},
+	delta := pol.updateIdentities([]identity.ID{web.ID})
+	want := mapstate.Delta{Upserts: mapstate.State{
+		{Identity: web.ID, Direction: mapstate.Ingress, Protocol: 6, Port: 5432, PortPrefixLen: 16}:  {},
+		{Identity: web.ID, Direction: mapstate.Ingress, Protocol: 17, Port: 9000, PortPrefixLen: 14}: {},
 	}}
 	if !reflect.DeepEqual(delta, want) {
 		t.Fatalf("delta %+v\nwant  %+v", delta, want)
 	}
-	if d := pol.Lookup(web.ID, Ingress, ProtoTCP, 5432); !d.Allowed {
+	if d := pol.Lookup(web.ID, mapstate.Ingress, nodeplane.ProtoTCP, 5432); !d.Allowed {
 		t.Fatalf("not reachable after the delta: %+v", d)
 	}
-	if d := pol.Lookup(web.ID, Ingress, ProtoUDP, 9003); !d.Allowed {
+	if d := pol.Lookup(web.ID, mapstate.Ingress, nodeplane.ProtoUDP, 9003); !d.Allowed {
 		t.Fatalf("range end not reachable: %+v", d)
 	}
 
 	// An identity no selector selects changes nothing.
 	other := identity.Identity{ID: 70002, Labels: mustLabels(t, webDev)}
-	w.repo.UpdateIdentities([]identity.Identity{other}, nil)
-	if d := pol.UpdateIdentities([]identity.ID{other.ID}); !d.Empty() {
+	w.repo.updateIdentities([]identity.Identity{other}, nil)
+	if d := pol.updateIdentities([]identity.ID{other.ID}); !d.Empty() {
 		t.Fatalf("unselected identity produced %+v", d)
 	}
 
 	// The pod goes away.
-	w.repo.UpdateIdentities(nil, []identity.ID{web.ID})
-	delta = pol.UpdateIdentities([]identity.ID{web.ID})
+	w.repo.updateIdentities(nil, []identity.ID{web.ID})
+	delta = pol.updateIdentities([]identity.ID{web.ID})
 	if len(delta.Upserts) != 0 || len(delta.Deletes) != 2 {
 		t.Fatalf("removal delta %+v", delta)
 	}
@@ -70,7 +71,7 @@ ingress:
 			t.Errorf("removal deleted %v", k)
 		}
 	}
-	if d := pol.Lookup(web.ID, Ingress, ProtoTCP, 5432); d.Allowed {
+	if d := pol.Lookup(web.ID, mapstate.Ingress, nodeplane.ProtoTCP, 5432); d.Allowed {
 		t.Fatal("still reachable after removal")
 	}
 	if got := pol.State(); !maps.Equal(got, openEgress) {
@@ -84,19 +85,19 @@ ingress:
 func TestIncrementalMatchesFullCompile(t *testing.T) {
 	for seed := uint64(0); seed < 60; seed++ {
 		g := randomGen{rand.New(rand.NewPCG(seed, 7))}
-		repo, err := NewRepository(Config{})
+		repo, err := newRepository(Config{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for i, n := 0, 1+g.pick(5); i < n; i++ {
-			if _, err := repo.Add(g.policy(i)); err != nil {
+			if _, err := repo.add(g.policy(i)); err != nil {
 				t.Fatal(err)
 			}
 		}
 		next := identity.ID(70000)
 		ids := g.identities(30, func(identity.Labels) identity.ID { next++; return next })
 		ep := ids[0]
-		repo.UpdateIdentities(ids[:1], nil)
+		repo.updateIdentities(ids[:1], nil)
 		pol := repo.Compile(Endpoint{Identity: ep.ID, Labels: ep.Labels})
 		mirror := pol.State()
 		check := func(step string) {
@@ -109,41 +110,44 @@ func TestIncrementalMatchesFullCompile(t *testing.T) {
 			}
 		}
 		for _, id := range ids[1:] {
-			repo.UpdateIdentities([]identity.Identity{id}, nil)
-			pol.UpdateIdentities([]identity.ID{id.ID}).Apply(mirror)
+			repo.updateIdentities([]identity.Identity{id}, nil)
+			pol.updateIdentities([]identity.ID{id.ID}).Apply(mirror)
 			check("add")
 		}
 		for _, id := range ids[1:] {
 			if g.chance(0.5) {
-				repo.UpdateIdentities(nil, []identity.ID{id.ID})
-				pol.UpdateIdentities([]identity.ID{id.ID}).Apply(mirror)
+				repo.updateIdentities(nil, []identity.ID{id.ID})
+				pol.updateIdentities([]identity.ID{id.ID}).Apply(mirror)
 				check("remove")
 			}
 		}
 	}
 }
 
-// recordingMap is a PolicyMapWriter that keeps the map in memory and
-// records every call.
+// recordingMap is a LocalEndpoint of identity id that keeps its map in
+// memory and records every delta applied to it.
 type recordingMap struct {
+	id    identity.ID
 	mu    sync.Mutex
-	m     MapState
-	calls []Delta
+	m     mapstate.State
+	calls []mapstate.Delta
 }
 
-func (r *recordingMap) snapshot() (MapState, []Delta) {
+func (r *recordingMap) snapshot() (mapstate.State, []mapstate.Delta) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return maps.Clone(r.m), append([]Delta(nil), r.calls...)
+	return maps.Clone(r.m), append([]mapstate.Delta(nil), r.calls...)
 }
 
-func (r *recordingMap) Apply(up map[datapath.PolicyKey]datapath.PolicyEntry, del []datapath.PolicyKey) error {
+func (r *recordingMap) Identity() identity.ID { return r.id }
+
+func (r *recordingMap) ApplyPolicy(up mapstate.State, del []mapstate.Key) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.m == nil {
-		r.m = MapState{}
+		r.m = mapstate.State{}
 	}
-	d := Delta{Upserts: maps.Clone(up), Deletes: append([]datapath.PolicyKey(nil), del...)}
+	d := mapstate.Delta{Upserts: maps.Clone(up), Deletes: append([]mapstate.Key(nil), del...)}
 	d.Apply(r.m)
 	r.calls = append(r.calls, d)
 	return nil
@@ -193,15 +197,19 @@ egress:
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &recordingMap{}
-	if err := e.AddEndpoint(1, Endpoint{Identity: dbID, Labels: dbLabels}, m); err != nil {
+	m := &recordingMap{id: dbID}
+	// Not known until the watch brings it; then known and applied.
+	if err := e.WaitForIdentities(ctx, dbID); err != nil {
 		t.Fatal(err)
 	}
-	pol, _ := e.EndpointPolicy(1)
-	if d := pol.Lookup(inRange.Identity, Egress, ProtoTCP, 443); !d.Allowed {
+	if err := e.AddEndpoint(m); err != nil {
+		t.Fatal(err)
+	}
+	pol, _ := e.EndpointPolicy(m)
+	if d := pol.Lookup(inRange.Identity, mapstate.Egress, nodeplane.ProtoTCP, 443); !d.Allowed {
 		t.Fatalf("CIDR identity not allowed: %+v", d)
 	}
-	if d := pol.Lookup(except.Identity, Egress, ProtoTCP, 443); d.Allowed {
+	if d := pol.Lookup(except.Identity, mapstate.Egress, nodeplane.ProtoTCP, 443); d.Allowed {
 		t.Fatalf("except identity allowed: %+v", d)
 	}
 	_, calls := m.snapshot()
@@ -217,7 +225,7 @@ egress:
 	waitFor(t, func() bool { _, c := m.snapshot(); return len(c) > initial })
 	_, calls = m.snapshot()
 	d := calls[initial]
-	wantKey := datapath.PolicyKey{Identity: webID, Direction: Ingress}
+	wantKey := mapstate.Key{Identity: webID, Direction: mapstate.Ingress}
 	if len(d.Upserts) != 1 || len(d.Deletes) != 0 {
 		t.Fatalf("delta on identity add: %+v", d)
 	}
@@ -245,7 +253,7 @@ egress:
 		t.Fatal(err)
 	}
 	state, _ = m.snapshot()
-	if !maps.Equal(state, MapState{{Direction: Ingress}: {}, {Direction: Egress}: {}}) {
+	if !maps.Equal(state, mapstate.State{{Direction: mapstate.Ingress}: {}, {Direction: mapstate.Egress}: {}}) {
 		t.Fatalf("map after delete: %v", m.m)
 	}
 	if ipc.Len() != 0 {

@@ -5,7 +5,9 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // This file explains near misses: when no rule allows a packet in a
@@ -64,11 +66,11 @@ func (m Miss) String() string {
 // nearMisses explains, for a packet that no rule allows, every allow item
 // that selects the endpoint in dir. It evaluates the rules directly, as
 // Evaluate does.
-func (r *Repository) nearMisses(ep Endpoint, peer identity.Identity, dir Direction, proto Protocol, port uint16) []NearMiss {
+func (r *Repository) nearMisses(ep Endpoint, peer identity.Identity, dir mapstate.Direction, proto nodeplane.Protocol, port uint16) []NearMiss {
 	entries, _ := r.snapshot()
 	in, eg, _ := r.selectRules(entries, ep.Identity, ep.Labels)
 	sel := eg
-	if dir == Ingress {
+	if dir == mapstate.Ingress {
 		sel = in
 	}
 	namedPort := r.namedPortFunc(ep, peer, dir)
@@ -176,10 +178,10 @@ func requirementKey(s identity.LabelSelector) string {
 func exceptFor(cs *cachedSelector, req identity.LabelSelector) string {
 	key := req.MatchExpressions[0].Key
 	for _, e := range cs.except {
-		if r, err := cidrRequirement(e, true, identity.SelectorOpDoesNotExist); err == nil && r.Key == key {
+		if r, err := cidrRequirement(e, nodeplane.DualStack, identity.SelectorOpDoesNotExist); err == nil && r.Key == key {
 			return e.String()
 		}
-		if r, err := cidrRequirement(e, false, identity.SelectorOpDoesNotExist); err == nil && r.Key == key {
+		if r, err := cidrRequirement(e, nodeplane.SingleStack, identity.SelectorOpDoesNotExist); err == nil && r.Key == key {
 			return e.String()
 		}
 	}
@@ -199,7 +201,7 @@ func peerHas(ls identity.Labels, key string) string {
 }
 
 // portMisses explains why no port entry of an item covers a packet.
-func portMisses(ports []l4Port, proto Protocol, port uint16, namedPort func(string, Protocol) []uint16, dir Direction) []Miss {
+func portMisses(ports []l4Port, proto nodeplane.Protocol, port uint16, namedPort func(string, nodeplane.Protocol) []uint16, dir mapstate.Direction) []Miss {
 	if len(ports) == 0 {
 		return []Miss{{Part: MissPort, Detail: "its toPorts list no port: it allows nothing"}}
 	}
@@ -220,7 +222,7 @@ func portMisses(ports []l4Port, proto Protocol, port uint16, namedPort func(stri
 		}
 	}
 	pkt := fmt.Sprintf("%d/%s", port, proto)
-	if proto == ProtoICMP || proto == ProtoICMPv6 {
+	if proto == nodeplane.ProtoICMP || proto == nodeplane.ProtoICMPv6 {
 		pkt = fmt.Sprintf("type %d/%s", port, proto)
 	}
 	if len(same) == 0 {
@@ -229,7 +231,7 @@ func portMisses(ports []l4Port, proto Protocol, port uint16, namedPort func(stri
 	d := fmt.Sprintf("%s is not among %s", pkt, strings.Join(same, ", "))
 	if len(unresolved) > 0 {
 		owner := "the endpoint"
-		if dir == Egress {
+		if dir == mapstate.Egress {
 			owner = "the peer"
 		}
 		d += fmt.Sprintf(" (%s defines no named port %s)", owner, strings.Join(unresolved, ", "))

@@ -6,10 +6,13 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // newTestDatapath returns a datapath whose node namespace is a fresh test
@@ -43,7 +46,7 @@ func newTestDatapath(tb testing.TB, cfg datapath.Config) (*datapath.Datapath, *t
 // into a detached endpoint's policy map, every peer identity gets an
 // address in the ipcache, and crafted packets go through the endpoint's
 // egress (from-endpoint) or ingress (to-endpoint) program. The kernel's
-// verdict and drop reason must equal datapath.LookupPolicy's, and so the
+// verdict and drop reason must equal mapstate.Lookup's, and so the
 // rules'.
 func TestPrivilegedOracleBPF(t *testing.T) {
 	d, _ := newTestDatapath(t, datapath.Config{})
@@ -51,7 +54,7 @@ func TestPrivilegedOracleBPF(t *testing.T) {
 	var (
 		epID     datapath.EndpointID
 		cases    int
-		verdicts = map[datapath.DropReason]int{}
+		verdicts = map[monitor.DropReason]int{}
 	)
 	for seed := uint64(1000); seed < 1000+worlds; seed++ {
 		w := newOracleWorld(t, seed)
@@ -85,13 +88,13 @@ func TestPrivilegedOracleBPF(t *testing.T) {
 			}
 			for i := 0; i < packetsPerEndpoint; i++ {
 				peer := w.identities[g.pick(len(w.identities))]
-				dir := []Direction{Ingress, Egress}[g.pick(2)]
+				dir := []mapstate.Direction{mapstate.Ingress, mapstate.Egress}[g.pick(2)]
 				pkt := g.packet()
-				want := datapath.LookupPolicy(state, peer.ID, dir, uint8(pkt.proto), pkt.port)
+				want := mapstate.Lookup(state, peer.ID, dir, pkt.proto, pkt.port)
 
-				tp := datapath.TestPacket{Src: addr, Dst: peerAddr[peer.ID], Proto: uint8(pkt.proto)}
+				tp := datapath.TestPacket{Src: addr, Dst: peerAddr[peer.ID], Proto: pkt.proto}
 				hook := datapath.FromEndpoint
-				if dir == Ingress {
+				if dir == mapstate.Ingress {
 					tp.Src, tp.Dst = tp.Dst, tp.Src
 					hook = datapath.ToEndpoint
 				}
@@ -99,7 +102,7 @@ func TestPrivilegedOracleBPF(t *testing.T) {
 				// connection and policy decides.
 				uniq := uint16(1024 + cases%60000)
 				switch pkt.proto {
-				case ProtoICMP:
+				case nodeplane.ProtoICMP:
 					tp.ICMPType, tp.ICMPID = uint8(pkt.port), uniq
 				default:
 					tp.SrcPort, tp.DstPort = uniq, pkt.port
@@ -134,7 +137,7 @@ func TestPrivilegedOracleBPF(t *testing.T) {
 		}
 	}
 	t.Logf("%d packets through BPF_PROG_TEST_RUN: %v", cases, verdicts)
-	if verdicts[datapath.DropPolicyDenied] == 0 || verdicts[datapath.DropPolicyDeny] == 0 || verdicts[0] == 0 {
+	if verdicts[monitor.DropPolicyDenied] == 0 || verdicts[monitor.DropPolicyDeny] == 0 || verdicts[0] == 0 {
 		t.Fatalf("sample lacks a verdict kind: %v", verdicts)
 	}
 }

@@ -4,8 +4,10 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // oracleWorld is one random universe of the oracle test: policies,
@@ -21,12 +23,12 @@ type oracleWorld struct {
 func newOracleWorld(tb testing.TB, seed uint64) *oracleWorld {
 	tb.Helper()
 	g := randomGen{rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))}
-	repo, err := NewRepository(Config{})
+	repo, err := newRepository(Config{})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	for i, n := 0, 1+g.pick(5); i < n; i++ {
-		if _, err := repo.Add(g.policy(i)); err != nil {
+		if _, err := repo.add(g.policy(i)); err != nil {
 			tb.Fatalf("seed %d: %v", seed, err)
 		}
 	}
@@ -39,7 +41,7 @@ func newOracleWorld(tb testing.TB, seed uint64) *oracleWorld {
 		nextCluster++
 		return nextCluster
 	})
-	repo.UpdateIdentities(ids, nil)
+	repo.updateIdentities(ids, nil)
 	w := &oracleWorld{repo: repo, compiled: map[identity.ID]*EndpointPolicy{}}
 	w.identities = append(identity.ReservedIdentities(), ids...)
 	for _, id := range w.identities {
@@ -52,7 +54,7 @@ func newOracleWorld(tb testing.TB, seed uint64) *oracleWorld {
 }
 
 // TestOracle checks, over random policies, identities and packets, that
-// the datapath's decision over the compiled map (datapath.LookupPolicy)
+// the datapath's decision over the compiled map (mapstate.Lookup)
 // equals a direct evaluation of the rules, reason included.
 func TestOracle(t *testing.T) {
 	worlds, packets := 250, 420
@@ -66,7 +68,7 @@ func TestOracle(t *testing.T) {
 		for i := 0; i < packets; i++ {
 			ep := w.endpoints[g.pick(len(w.endpoints))]
 			peer := w.identities[g.pick(len(w.identities))]
-			dir := []Direction{Ingress, Egress}[g.pick(2)]
+			dir := []mapstate.Direction{mapstate.Ingress, mapstate.Egress}[g.pick(2)]
 			pkt := g.packet()
 			d := w.compiled[ep.ID].Lookup(peer.ID, dir, pkt.proto, pkt.port)
 			ev := w.repo.Evaluate(Endpoint{Identity: ep.ID, Labels: ep.Labels}, peer, dir, pkt.proto, pkt.port)
@@ -107,13 +109,13 @@ ingressDeny:
 	for _, tt := range []struct {
 		peer   identity.ID
 		port   uint16
-		reason datapath.DropReason
+		reason monitor.DropReason
 	}{
-		{web.ID, 22, datapath.DropPolicyDeny},
+		{web.ID, 22, monitor.DropPolicyDeny},
 		{web.ID, 80, 0},
-		{w.ident(apiProd).ID, 80, datapath.DropPolicyDenied},
+		{w.ident(apiProd).ID, 80, monitor.DropPolicyDenied},
 	} {
-		d := pol.Lookup(tt.peer, Ingress, ProtoTCP, tt.port)
+		d := pol.Lookup(tt.peer, mapstate.Ingress, nodeplane.ProtoTCP, tt.port)
 		if d.Reason != tt.reason || d.Allowed != (tt.reason == 0) {
 			t.Errorf("peer %d port %d: %+v, want reason %d", tt.peer, tt.port, d, tt.reason)
 		}

@@ -3,7 +3,9 @@ package policy
 import (
 	"testing"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // Port 0 is the wildcard whatever endPort says: Cilium v1.20.2
@@ -59,14 +61,14 @@ egress:
 			continue
 		}
 		peerKeys++
-		if k.Protocol != uint8(ProtoUDP) || k.Port != 0 || k.PortPrefixLen != 0 {
+		if k.Protocol != nodeplane.ProtoUDP || k.Port != 0 || k.PortPrefixLen != 0 {
 			t.Errorf("key %v, want the whole UDP port space", k)
 		}
 	}
 	if peerKeys != 1 {
 		t.Errorf("%d keys for the peer, want 1:\n%v", peerKeys, pol.State().Keys())
 	}
-	ev := w.repo.Evaluate(Endpoint{Identity: db.ID, Labels: db.Labels}, identity.Identity{ID: web.ID, Labels: web.Labels}, Egress, ProtoUDP, 4000)
+	ev := w.repo.Evaluate(Endpoint{Identity: db.ID, Labels: db.Labels}, identity.Identity{ID: web.ID, Labels: web.Labels}, mapstate.Egress, nodeplane.ProtoUDP, 4000)
 	if !ev.Allowed || len(ev.AllowedBy) != 1 || ev.AllowedBy[0].Port != "*/UDP" {
 		t.Errorf("evaluation %+v, want allowed by */UDP", ev)
 	}

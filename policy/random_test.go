@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -111,7 +112,7 @@ func (g randomGen) ports() []PortRule {
 					pp.EndPort = 0
 				}
 			}
-			pp.Protocol = []Protocol{ProtoAny, ProtoTCP, ProtoUDP, ProtoSCTP, ProtoTCP}[g.pick(5)]
+			pp.Protocol = []nodeplane.Protocol{nodeplane.ProtoAny, nodeplane.ProtoTCP, nodeplane.ProtoUDP, nodeplane.ProtoSCTP, nodeplane.ProtoTCP}[g.pick(5)]
 			pr.Ports = append(pr.Ports, pp)
 		}
 		out = append(out, pr)
@@ -258,7 +259,7 @@ func (g randomGen) identities(n int, next func(identity.Labels) identity.ID) []i
 				addr := netip.MustParseAddr(a)
 				pfx = netip.PrefixFrom(addr, addr.BitLen())
 			}
-			ls, err = identity.CIDRLabels(pfx, true)
+			ls, err = identity.CIDRLabels(pfx, nodeplane.DualStack)
 		} else {
 			ls, err = identity.ParseLabelList(g.podLabels())
 		}
@@ -275,18 +276,18 @@ func (g randomGen) identities(n int, next func(identity.Labels) identity.ID) []i
 }
 
 type randomPacket struct {
-	proto Protocol
+	proto nodeplane.Protocol
 	port  uint16
 }
 
 func (g randomGen) packet() randomPacket {
 	switch x := g.r.Float64(); {
 	case x < 0.1:
-		return randomPacket{ProtoICMP, []uint16{0, 8}[g.pick(2)]}
+		return randomPacket{nodeplane.ProtoICMP, []uint16{0, 8}[g.pick(2)]}
 	case x < 0.25:
-		return randomPacket{ProtoUDP, rPorts[g.pick(len(rPorts))]}
+		return randomPacket{nodeplane.ProtoUDP, rPorts[g.pick(len(rPorts))]}
 	case x < 0.3:
-		return randomPacket{ProtoSCTP, rPorts[g.pick(len(rPorts))]}
+		return randomPacket{nodeplane.ProtoSCTP, rPorts[g.pick(len(rPorts))]}
 	}
-	return randomPacket{ProtoTCP, rPorts[g.pick(len(rPorts))]}
+	return randomPacket{nodeplane.ProtoTCP, rPorts[g.pick(len(rPorts))]}
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -45,12 +46,13 @@ type Config struct {
 	// AnyCluster stops limiting peer selectors to the local cluster
 	// (Cilium's policy-default-local-cluster=false).
 	AnyCluster bool
-	// SingleStack means the cluster runs one IP family: the world outside
-	// it is the single reserved:world identity. The default is dual stack,
-	// Cilium's default, where IPv4 and IPv6 destinations outside the
-	// cluster are world-ipv4 and world-ipv6 and 0.0.0.0/0 selects only the
-	// former.
-	SingleStack bool
+	// Stack is the cluster's IP families. In a [nodeplane.SingleStack]
+	// cluster the world outside it is the single reserved:world identity.
+	// The zero value is [nodeplane.DualStack], where IPv4 and IPv6
+	// destinations outside the cluster are world-ipv4 and world-ipv6 and
+	// 0.0.0.0/0 selects only the former. The CIDR allocator must use the
+	// same mode.
+	Stack nodeplane.StackMode
 	// Enforcement is the policy enforcement mode; the zero value is
 	// EnforcementDefault.
 	Enforcement EnforcementMode
@@ -87,11 +89,14 @@ func (c Config) validate() error {
 	return nil
 }
 
-// Repository holds policies and resolves them against identities. Every
+// Repository holds an [Engine]'s policies and resolves them against
+// identities. Callers get it from [Engine.Repository] to read, compile,
+// evaluate and trace; it has no method that changes it, so that every
+// change goes through the engine and reaches the endpoints' maps. Every
 // change bumps its revision. A Repository is safe for concurrent use.
 //
 // Rules are resolved when they are added: their selectors are compiled
-// and entered into the repository's [SelectorCache], which tracks the
+// and entered into the repository's selector cache, which tracks the
 // identities each one selects from then on.
 type Repository struct {
 	cfg Config
@@ -108,17 +113,17 @@ type storedPolicy struct {
 	entries []*entry
 }
 
-// NewRepository returns an empty repository at revision 1 that knows the
+// newRepository returns an empty repository at revision 1 that knows the
 // reserved identities.
-func NewRepository(cfg Config) (*Repository, error) {
+func newRepository(cfg Config) (*Repository, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	cache := newSelectorCache()
-	cache.UpdateIdentities(identity.ReservedIdentities(), nil)
+	cache.updateIdentities(identity.ReservedIdentities(), nil)
 	return &Repository{
 		cfg:      cfg,
-		rv:       resolver{clusterName: cfg.clusterName(), dualStack: !cfg.SingleStack, cache: cache},
+		rv:       resolver{clusterName: cfg.clusterName(), stack: cfg.Stack, cache: cache},
 		policies: map[PolicyID]*storedPolicy{},
 		revision: 1,
 	}, nil
@@ -127,9 +132,6 @@ func NewRepository(cfg Config) (*Repository, error) {
 // Config returns the repository's configuration.
 func (r *Repository) Config() Config { return r.cfg }
 
-// SelectorCache returns the repository's selector cache.
-func (r *Repository) SelectorCache() *SelectorCache { return r.rv.cache }
-
 // Revision returns the current revision; it grows with every change.
 func (r *Repository) Revision() uint64 {
 	r.mu.RLock()
@@ -137,16 +139,16 @@ func (r *Repository) Revision() uint64 {
 	return r.revision
 }
 
-// Add adds a policy. It fails with [ErrPolicyExists] if a policy of the
+// add adds a policy. It fails with [ErrPolicyExists] if a policy of the
 // same kind, namespace and name is present, and with [ErrInvalidPolicy] if
 // the policy does not validate; the repository is unchanged on error.
-func (r *Repository) Add(p Policy) (uint64, error) {
+func (r *Repository) add(p Policy) (uint64, error) {
 	return r.put(p, false)
 }
 
-// Replace adds a policy or replaces the one of the same kind, namespace
+// replace adds a policy or replaces the one of the same kind, namespace
 // and name, atomically.
-func (r *Repository) Replace(p Policy) (uint64, error) {
+func (r *Repository) replace(p Policy) (uint64, error) {
 	return r.put(p, true)
 }
 
@@ -185,9 +187,9 @@ func (r *Repository) put(p Policy, replace bool) (uint64, error) {
 	return r.revision, nil
 }
 
-// Delete removes a policy. It fails with [ErrPolicyNotFound] if there is
+// delete removes a policy. It fails with [ErrPolicyNotFound] if there is
 // none by that ID.
-func (r *Repository) Delete(id PolicyID) (uint64, error) {
+func (r *Repository) delete(id PolicyID) (uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old, ok := r.policies[id]
@@ -219,10 +221,10 @@ func (r *Repository) Policies() []PolicyID {
 	return slices.Clone(r.order)
 }
 
-// UpdateIdentities tells the repository's selector cache that identities
+// updateIdentities tells the repository's selector cache that identities
 // were added or removed.
-func (r *Repository) UpdateIdentities(added []identity.Identity, removed []identity.ID) {
-	r.rv.cache.UpdateIdentities(added, removed)
+func (r *Repository) updateIdentities(added []identity.Identity, removed []identity.ID) {
+	r.rv.cache.updateIdentities(added, removed)
 }
 
 // policyEntries returns the resolved entries of one policy, nil if the

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -52,7 +53,7 @@ type entry struct {
 
 // l4Port is one port entry of a rule item, its protocol concrete.
 type l4Port struct {
-	proto   Protocol
+	proto   nodeplane.Protocol
 	port    uint16
 	endPort uint16
 	name    string // named port; port is 0
@@ -89,7 +90,7 @@ func (p l4Port) bounds() (first, last uint16) {
 // matches reports whether the port entry covers a packet's protocol and
 // destination port; namedPort resolves a name to a port number (0: not
 // defined).
-func (p l4Port) matches(proto Protocol, port uint16, namedPort func(name string, proto Protocol) []uint16) bool {
+func (p l4Port) matches(proto nodeplane.Protocol, port uint16, namedPort func(name string, proto nodeplane.Protocol) []uint16) bool {
 	if p.proto != proto {
 		return false
 	}
@@ -108,8 +109,8 @@ func (p l4Port) matches(proto Protocol, port uint16, namedPort func(name string,
 // resolver carries what resolution needs from the configuration.
 type resolver struct {
 	clusterName string
-	dualStack   bool
-	cache       *SelectorCache
+	stack       nodeplane.StackMode
+	cache       *selectorCache
 }
 
 // resolve builds the entries of a validated policy, acquiring their
@@ -220,10 +221,10 @@ func (rv *resolver) resolve(p *Policy) ([]*entry, error) {
 					}
 				}
 				for _, c := range it.cidrs {
-					specs = append(specs, selectorSpec{kind: selCIDR, cidr: c, dualStack: rv.dualStack})
+					specs = append(specs, selectorSpec{kind: selCIDR, cidr: c, stack: rv.stack})
 				}
 				for _, c := range it.cidrSets {
-					specs = append(specs, selectorSpec{kind: selCIDR, cidr: c.CIDR, except: c.Except, dualStack: rv.dualStack})
+					specs = append(specs, selectorSpec{kind: selCIDR, cidr: c.CIDR, except: c.Except, stack: rv.stack})
 				}
 				for _, f := range it.fqdns {
 					specs = append(specs, selectorSpec{kind: selFQDN, fqdn: f})
@@ -242,9 +243,9 @@ func (rv *resolver) resolve(p *Policy) ([]*entry, error) {
 				// pr.Rules (L7) is empty: validation rejects L7 rules
 				// until they are enforced (unsupported.go).
 				for _, pp := range pr.Ports {
-					protos := []Protocol{pp.Protocol}
-					if pp.Protocol == ProtoAny {
-						protos = []Protocol{ProtoTCP, ProtoUDP, ProtoSCTP}
+					protos := []nodeplane.Protocol{pp.Protocol}
+					if pp.Protocol == nodeplane.ProtoAny {
+						protos = []nodeplane.Protocol{nodeplane.ProtoTCP, nodeplane.ProtoUDP, nodeplane.ProtoSCTP}
 					}
 					for _, proto := range protos {
 						e.ports = append(e.ports, l4Port{proto: proto, port: pp.Port, endPort: pp.EndPort, name: pp.Name})
@@ -253,9 +254,9 @@ func (rv *resolver) resolve(p *Policy) ([]*entry, error) {
 			}
 			for _, ir := range it.icmps {
 				for _, f := range ir.Fields {
-					proto := ProtoICMP
+					proto := nodeplane.ProtoICMP
 					if f.IPv6 {
-						proto = ProtoICMPv6
+						proto = nodeplane.ProtoICMPv6
 					}
 					e.ports = append(e.ports, l4Port{proto: proto, port: uint16(f.Type)})
 				}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -199,8 +200,9 @@ type PortProtocol struct {
 	// EndPort, when Port is not 0 and EndPort is greater than Port, makes
 	// the rule cover Port..EndPort; otherwise it is ignored.
 	EndPort uint16
-	// Protocol is the L4 protocol; ProtoAny covers TCP, UDP and SCTP.
-	Protocol Protocol
+	// Protocol is the L4 protocol; [nodeplane.ProtoAny] covers TCP, UDP and
+	// SCTP.
+	Protocol nodeplane.Protocol
 }
 
 // ICMPRule lists ICMP types.

@@ -3,6 +3,8 @@ package policy
 import (
 	"fmt"
 	"testing"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // flowCase is one flow and the verdicts Cilium gives it: egress is the
@@ -261,7 +263,7 @@ ingress:
 		},
 	}, {
 		name: "single stack: one world identity",
-		cfg:  Config{SingleStack: true},
+		cfg:  Config{Stack: nodeplane.SingleStack},
 		docs: []string{entityPolicy("[world-ipv4]"), cnp("dev", "w", `
 endpointSelector: {}
 egress:

@@ -6,18 +6,19 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
-// SelectorCache evaluates each distinct selector of the policies once
+// selectorCache evaluates each distinct selector of the policies once
 // against every known identity and keeps the result up to date as
 // identities come and go: adding an identity costs one match per cached
 // selector, not a recompilation of the rules.
 //
 // Selectors are shared by key (their canonical form): a thousand rules that
-// select app=web hold one cached selector. A SelectorCache is safe for
+// select app=web hold one cached selector. A selectorCache is safe for
 // concurrent use.
-type SelectorCache struct {
+type selectorCache struct {
 	mu         sync.RWMutex
 	identities map[identity.ID]identity.Labels
 	selectors  map[string]*cachedSelector
@@ -25,8 +26,8 @@ type SelectorCache struct {
 }
 
 // newSelectorCache returns an empty cache.
-func newSelectorCache() *SelectorCache {
-	return &SelectorCache{
+func newSelectorCache() *selectorCache {
+	return &selectorCache{
 		identities: map[identity.ID]identity.Labels{},
 		selectors:  map[string]*cachedSelector{},
 		index:      newLabelIndex(),
@@ -43,12 +44,12 @@ const (
 
 // selectorSpec is what a cached selector is built from.
 type selectorSpec struct {
-	kind      selectorKind
-	labels    identity.LabelSelector
-	cidr      netip.Prefix
-	except    []netip.Prefix
-	dualStack bool
-	fqdn      FQDNSelector
+	kind   selectorKind
+	labels identity.LabelSelector
+	cidr   netip.Prefix
+	except []netip.Prefix
+	stack  nodeplane.StackMode
+	fqdn   FQDNSelector
 }
 
 // cachedSelector is one selector and the identities it selects.
@@ -121,14 +122,14 @@ func compileSelector(spec selectorSpec) (*cachedSelector, error) {
 		cs.wildcard = sel.IsWildcard()
 		cs.candidates = candidateKeys(spec.labels)
 	case selCIDR:
-		req, err := cidrRequirement(spec.cidr, spec.dualStack, identity.SelectorOpExists)
+		req, err := cidrRequirement(spec.cidr, spec.stack, identity.SelectorOpExists)
 		if err != nil {
 			return nil, err
 		}
 		ls := identity.LabelSelector{MatchExpressions: []identity.SelectorRequirement{req}}
 		desc := spec.cidr.String()
 		for _, e := range spec.except {
-			r, err := cidrRequirement(e, spec.dualStack, identity.SelectorOpDoesNotExist)
+			r, err := cidrRequirement(e, spec.stack, identity.SelectorOpDoesNotExist)
 			if err != nil {
 				return nil, err
 			}
@@ -157,10 +158,10 @@ func compileSelector(spec selectorSpec) (*cachedSelector, error) {
 // cidrRequirement is the requirement on the label that names a prefix:
 // its cidr label, or the world label of its family for a zero-length
 // prefix (Cilium's IPStringToLabel).
-func cidrRequirement(p netip.Prefix, dualStack bool, op identity.SelectorOperator) (identity.SelectorRequirement, error) {
+func cidrRequirement(p netip.Prefix, stack nodeplane.StackMode, op identity.SelectorOperator) (identity.SelectorRequirement, error) {
 	var l identity.Label
 	if p.Bits() == 0 {
-		l = identity.WorldLabel(p.Addr(), dualStack)
+		l = identity.WorldLabel(p.Addr(), stack)
 	} else {
 		var err error
 		if l, err = identity.CIDRLabel(p); err != nil {
@@ -172,7 +173,7 @@ func cidrRequirement(p netip.Prefix, dualStack bool, op identity.SelectorOperato
 
 // acquire returns a reference to the cached selector for spec, creating
 // and evaluating it if it is new.
-func (c *SelectorCache) acquire(spec selectorSpec) (*selectorRef, error) {
+func (c *selectorCache) acquire(spec selectorSpec) (*selectorRef, error) {
 	cs, err := compileSelector(spec)
 	if err != nil {
 		return nil, err
@@ -191,14 +192,14 @@ func (c *SelectorCache) acquire(spec selectorSpec) (*selectorRef, error) {
 }
 
 // retain returns another reference to the same selector.
-func (c *SelectorCache) retain(r *selectorRef) *selectorRef {
+func (c *selectorCache) retain(r *selectorRef) *selectorRef {
 	c.mu.Lock()
 	r.cs.refs++
 	c.mu.Unlock()
 	return &selectorRef{r.cs}
 }
 
-func (c *SelectorCache) release(r *selectorRef) {
+func (c *selectorCache) release(r *selectorRef) {
 	if r == nil {
 		return
 	}
@@ -210,7 +211,7 @@ func (c *SelectorCache) release(r *selectorRef) {
 	}
 }
 
-func (c *SelectorCache) releaseEntries(entries []*entry) {
+func (c *selectorCache) releaseEntries(entries []*entry) {
 	for _, e := range entries {
 		c.release(e.subject)
 		for _, p := range e.peers {
@@ -221,7 +222,7 @@ func (c *SelectorCache) releaseEntries(entries []*entry) {
 
 // evaluateLocked computes the selections of a new selector, using the
 // label index to skip identities that cannot match.
-func (c *SelectorCache) evaluateLocked(cs *cachedSelector) {
+func (c *selectorCache) evaluateLocked(cs *cachedSelector) {
 	if cs.kind == selFQDN {
 		return
 	}
@@ -252,7 +253,7 @@ func (c *SelectorCache) evaluateLocked(cs *cachedSelector) {
 }
 
 // selects reports whether the cached selector selects the identity.
-func (c *SelectorCache) selects(r *selectorRef, id identity.ID) bool {
+func (c *selectorCache) selects(r *selectorRef, id identity.ID) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	_, ok := r.cs.selected[id]
@@ -260,7 +261,7 @@ func (c *SelectorCache) selects(r *selectorRef, id identity.ID) bool {
 }
 
 // selections returns the identities a selector selects, sorted.
-func (c *SelectorCache) selections(r *selectorRef) []identity.ID {
+func (c *selectorCache) selections(r *selectorRef) []identity.ID {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	ids := make([]identity.ID, 0, len(r.cs.selected))
@@ -272,7 +273,7 @@ func (c *SelectorCache) selections(r *selectorRef) []identity.ID {
 }
 
 // Labels returns the labels of a known identity.
-func (c *SelectorCache) Labels(id identity.ID) (identity.Labels, bool) {
+func (c *selectorCache) Labels(id identity.ID) (identity.Labels, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	ls, ok := c.identities[id]
@@ -280,14 +281,14 @@ func (c *SelectorCache) Labels(id identity.ID) (identity.Labels, bool) {
 }
 
 // Identities returns the number of known identities.
-func (c *SelectorCache) Identities() int {
+func (c *selectorCache) Identities() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return len(c.identities)
 }
 
 // Selectors returns the number of distinct cached selectors.
-func (c *SelectorCache) Selectors() int {
+func (c *selectorCache) Selectors() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return len(c.selectors)
@@ -300,16 +301,16 @@ type selectionChange struct {
 	removed []identity.ID
 }
 
-// UpdateIdentities adds and removes identities and updates every cached
+// updateIdentities adds and removes identities and updates every cached
 // selector's selections. Adding an identity that is already known with
 // other labels replaces its labels.
-func (c *SelectorCache) UpdateIdentities(added []identity.Identity, removed []identity.ID) {
+func (c *selectorCache) updateIdentities(added []identity.Identity, removed []identity.ID) {
 	c.update(added, removed)
 }
 
 // update applies an identity change and reports, per selector, which
 // identities it gained and lost.
-func (c *SelectorCache) update(added []identity.Identity, removed []identity.ID) []selectionChange {
+func (c *selectorCache) update(added []identity.Identity, removed []identity.ID) []selectionChange {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	changes := map[*cachedSelector]*selectionChange{}

@@ -4,8 +4,9 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // TraceRequest describes a flow to trace: a packet from one identity to
@@ -16,7 +17,7 @@ type TraceRequest struct {
 	// FromNamedPorts and ToNamedPorts are the sides' named ports; rules
 	// that name a port mean the destination's.
 	FromNamedPorts, ToNamedPorts []NamedPort
-	Protocol                     Protocol
+	Protocol                     nodeplane.Protocol
 	// Port is the destination port, or the ICMP type.
 	Port uint16
 	// Directions restricts the trace to the source's egress or the
@@ -49,13 +50,13 @@ type TraceResult struct {
 
 // SideTrace is one direction of a traced flow.
 type SideTrace struct {
-	Direction Direction
+	Direction mapstate.Direction
 	// Endpoint is the side whose policy applies; Peer is the other side.
 	Endpoint, Peer identity.Identity
 	// Evaluation is the direct evaluation of the rules.
 	Evaluation Evaluation
 	// Decision is what the datapath decides from the compiled map.
-	Decision datapath.PolicyDecision
+	Decision mapstate.Decision
 	// MapEntries is the size of the compiled map.
 	MapEntries int
 	// NearMisses explain a packet that no rule allows in a default-deny
@@ -105,7 +106,7 @@ func (r *Repository) Trace(req TraceRequest) (*TraceResult, error) {
 		}
 	}
 	res := &TraceResult{Allowed: true}
-	side := func(dir Direction, ep identity.Identity, epPorts []NamedPort, peer identity.Identity) (*SideTrace, error) {
+	side := func(dir mapstate.Direction, ep identity.Identity, epPorts []NamedPort, peer identity.Identity) (*SideTrace, error) {
 		endpoint := Endpoint{Identity: ep.ID, Labels: ep.Labels, NamedPorts: epPorts}
 		pol := r.Compile(endpoint)
 		st := &SideTrace{
@@ -129,7 +130,7 @@ func (r *Repository) Trace(req TraceRequest) (*TraceResult, error) {
 	var err error
 	if req.Directions != TraceIngressOnly {
 		if r.PolicyApplies(req.From.ID) {
-			if res.Egress, err = side(Egress, req.From, req.FromNamedPorts, req.To); err != nil {
+			if res.Egress, err = side(mapstate.Egress, req.From, req.FromNamedPorts, req.To); err != nil {
 				return res, err
 			}
 			res.Allowed = res.Allowed && res.Egress.Allowed()
@@ -140,7 +141,7 @@ func (r *Repository) Trace(req TraceRequest) (*TraceResult, error) {
 	if req.Directions != TraceEgressOnly {
 		if r.PolicyApplies(req.To.ID) {
 			// Ingress named ports are the destination's own.
-			if res.Ingress, err = side(Ingress, req.To, req.ToNamedPorts, req.From); err != nil {
+			if res.Ingress, err = side(mapstate.Ingress, req.To, req.ToNamedPorts, req.From); err != nil {
 				return res, err
 			}
 			res.Allowed = res.Allowed && res.Ingress.Allowed()
@@ -165,7 +166,7 @@ func notEndpointReason(id identity.ID) string {
 	return "is not a local endpoint"
 }
 
-func decisionString(d datapath.PolicyDecision) string {
+func decisionString(d mapstate.Decision) string {
 	if d.Allowed {
 		if d.Matched {
 			return "allowed by entry " + d.Key.String()
@@ -208,7 +209,7 @@ func (t *TraceResult) String() string {
 
 func (s *SideTrace) write(b *strings.Builder) {
 	who, peerRole := "source", "destination"
-	if s.Direction == Ingress {
+	if s.Direction == mapstate.Ingress {
 		who, peerRole = "destination", "source"
 	}
 	fmt.Fprintf(b, "%s of the %s (identity %d: %s)\n", titleCase(s.Direction.String()), who, s.Endpoint.ID, s.Endpoint.Labels)

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -121,7 +122,7 @@ egress:
 	}
 }
 
-// Policies built in Go are held to the same rule: the repository rejects
+// Policies built in Go are held to the same rule: the engine rejects
 // what it cannot enforce.
 func TestRepositoryRejectsUnenforced(t *testing.T) {
 	sel := &identity.LabelSelector{}
@@ -131,10 +132,10 @@ func TestRepositoryRejectsUnenforced(t *testing.T) {
 		path string
 	}{
 		{"HTTP", Rule{EndpointSelector: sel, Ingress: []IngressRule{{ToPorts: []PortRule{{
-			Ports: []PortProtocol{{Port: 80, Protocol: ProtoTCP}},
+			Ports: []PortProtocol{{Port: 80, Protocol: nodeplane.ProtoTCP}},
 			Rules: &L7Rules{HTTP: []HTTPRule{{Method: "GET"}}}}}}}}, "rules[0].ingress[0].toPorts[0].rules.http"},
 		{"DNS", Rule{EndpointSelector: sel, Egress: []EgressRule{{ToPorts: []PortRule{{
-			Ports: []PortProtocol{{Port: 53, Protocol: ProtoUDP}},
+			Ports: []PortProtocol{{Port: 53, Protocol: nodeplane.ProtoUDP}},
 			Rules: &L7Rules{DNS: []DNSRule{{MatchPattern: "*"}}}}}}}}, "rules[0].egress[0].toPorts[0].rules.dns"},
 		{"FQDN", Rule{EndpointSelector: sel, Egress: []EgressRule{{ToFQDNs: []FQDNSelector{{MatchName: "example.com"}}}}},
 			"rules[0].egress[0].toFQDNs"},
@@ -143,11 +144,13 @@ func TestRepositoryRejectsUnenforced(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			repo, err := NewRepository(Config{HostFirewall: true})
+			e, err := NewEngine(EngineConfig{Policy: Config{HostFirewall: true}})
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = repo.Add(Policy{Kind: KindCiliumClusterwideNetworkPolicy, Name: "x", Rules: []Rule{tt.rule}})
+			defer e.Close()
+			repo := e.Repository()
+			_, err = e.AddPolicy(Policy{Kind: KindCiliumClusterwideNetworkPolicy, Name: "x", Rules: []Rule{tt.rule}})
 			if !errors.Is(err, ErrInvalidPolicy) {
 				t.Fatalf("Add: %v, want ErrInvalidPolicy", err)
 			}

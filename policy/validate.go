@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -330,7 +331,7 @@ func (v *validator) l4(path string, ports []PortRule, icmps []ICMPRule, ingress,
 			if hasDNS && port.Name == "" && port.EndPort > port.Port {
 				v.fail(portPath+".endPort", "DNS rules do not support port ranges")
 			}
-			if hasL7 && !hasDNS && port.Protocol != ProtoTCP {
+			if hasL7 && !hasDNS && port.Protocol != nodeplane.ProtoTCP {
 				v.fail(portPath+".protocol", "L7 rules can only apply to TCP (not %s) except for DNS rules", port.Protocol)
 			}
 			if hasL7 && port.Name == "" && port.Port == 0 {

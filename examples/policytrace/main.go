@@ -53,6 +53,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/policy"
 )
@@ -165,10 +166,12 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		return bad("%v", err)
 	}
 
-	repo, err := policy.NewRepository(policy.Config{ClusterName: *clusterName})
+	eng, err := policy.NewEngine(policy.EngineConfig{Policy: policy.Config{ClusterName: *clusterName}})
 	if err != nil {
 		return bad("%v", err)
 	}
+	defer eng.Close()
+	repo := eng.Repository()
 	seen := map[policy.PolicyID]string{}
 	var notes []string
 	for _, p := range policies {
@@ -178,7 +181,7 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 			notes = append(notes, fmt.Sprintf("%s (%s) replaces its definition in %s", p.ID(), p.Source, first))
 		}
 		seen[p.ID()] = p.Source
-		if _, err := repo.Replace(p); err != nil {
+		if _, err := eng.ReplacePolicy(p); err != nil {
 			return bad("%s: %v", p.Source, err)
 		}
 	}
@@ -196,7 +199,7 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 			if err != nil {
 				return identity.Identity{}, fmt.Errorf("-%s-cidr: %w", name, err)
 			}
-			if ls, err = identity.CIDRLabels(pfx, !repo.Config().SingleStack); err != nil {
+			if ls, err = identity.CIDRLabels(pfx, repo.Config().Stack); err != nil {
 				return identity.Identity{}, fmt.Errorf("-%s-cidr: %w", name, err)
 			}
 		} else {
@@ -222,7 +225,9 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 	if err != nil {
 		return bad("%v", err)
 	}
-	repo.UpdateIdentities([]identity.Identity{src, dst}, nil)
+	if err := eng.UpdateIdentities([]identity.Identity{src, dst}, nil); err != nil {
+		return bad("%v", err)
+	}
 
 	fmt.Fprintf(stdout, "Tracing %s/%s from identity %d to identity %d against %d policies (repository revision %d)\n",
 		portString(port, proto), proto, src.ID, dst.ID, len(policies), repo.Revision())
@@ -257,15 +262,15 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 }
 
 // parsePort reads PORT[/PROTO]; the protocol defaults to TCP.
-func parsePort(s string) (uint16, policy.Protocol, error) {
+func parsePort(s string) (uint16, nodeplane.Protocol, error) {
 	portStr, protoStr, hasProto := strings.Cut(s, "/")
-	proto := policy.ProtoTCP
+	proto := nodeplane.ProtoTCP
 	if hasProto {
-		p, err := policy.ParseProtocol(protoStr)
+		p, err := nodeplane.ParseProtocol(protoStr)
 		if err != nil {
 			return 0, 0, err
 		}
-		if p == policy.ProtoAny {
+		if p == nodeplane.ProtoAny {
 			return 0, 0, fmt.Errorf("a packet has one protocol, not %q", protoStr)
 		}
 		proto = p
@@ -274,14 +279,14 @@ func parsePort(s string) (uint16, policy.Protocol, error) {
 	if err != nil {
 		return 0, 0, fmt.Errorf("invalid port %q: want 0-65535", portStr)
 	}
-	if (proto == policy.ProtoICMP || proto == policy.ProtoICMPv6) && port > 255 {
+	if (proto == nodeplane.ProtoICMP || proto == nodeplane.ProtoICMPv6) && port > 255 {
 		return 0, 0, fmt.Errorf("invalid ICMP type %d: want 0-255", port)
 	}
 	return uint16(port), proto, nil
 }
 
-func portString(port uint16, proto policy.Protocol) string {
-	if proto == policy.ProtoICMP || proto == policy.ProtoICMPv6 {
+func portString(port uint16, proto nodeplane.Protocol) string {
+	if proto == nodeplane.ProtoICMP || proto == nodeplane.ProtoICMPv6 {
 		return "type " + strconv.Itoa(int(port))
 	}
 	return strconv.Itoa(int(port))

@@ -53,9 +53,10 @@ type Config struct {
 	// reference left. Zero means [DefaultGCInterval]; negative disables the
 	// background collection ([Allocator.RunGC] still works).
 	GCInterval time.Duration
-	// DualStack selects the world labels of a dual-stack cluster for
-	// [Allocator.AllocateCIDR].
-	DualStack bool
+	// Stack selects the world labels of the identities
+	// [Allocator.AllocateCIDR] creates. The zero value is
+	// [nodeplane.DualStack].
+	Stack nodeplane.StackMode
 }
 
 // Allocator is an [identity.Allocator] backed by etcd. See the package
@@ -136,7 +137,7 @@ func New(ctx context.Context, cfg Config) (*Allocator, error) {
 		keys:      newKeys(prefix, cluster),
 		ttl:       ttl,
 		cache:     cache,
-		local:     identity.NewLocalAllocator(identity.LocalAllocatorConfig{DualStack: cfg.DualStack, Cache: cache}),
+		local:     identity.NewLocalAllocator(identity.LocalAllocatorConfig{Stack: cfg.Stack, Cache: cache}),
 		refs:      make(map[identity.ID]*reference),
 		byLabels:  make(map[identity.Labels]*reference),
 		leaseLost: make(chan struct{}),

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // Backend is one entry of a service's backend pool as Maglev sees it.
@@ -32,33 +34,23 @@ type Backend struct {
 // table entries with it while filling.
 const InvalidID = ^uint32(0)
 
-// Protocol is an IP protocol number (IANA) as the backend's key spells it.
-type Protocol uint8
-
-// The protocols a backend key can name.
-const (
-	// ProtocolAny stands for a backend of a protocol-agnostic service;
-	// Cilium spells it "ANY".
-	ProtocolAny  Protocol = 0
-	ProtocolTCP  Protocol = 6
-	ProtocolUDP  Protocol = 17
-	ProtocolSCTP Protocol = 132
-)
-
-// String returns the name Cilium uses in backend keys ("TCP", "UDP",
-// "SCTP", "ANY"), or "Protocol(N)" for a protocol it has no name for.
-func (p Protocol) String() string {
+// keyProtocol returns the name Cilium's backend keys give a protocol
+// (pkg/loadbalancer L4Type), and whether they can name it at all. It is
+// spelled out here rather than taken from [nodeplane.Protocol.String]
+// because the tables must stay byte-identical to Cilium's whatever other
+// packages call a protocol.
+func keyProtocol(p nodeplane.Protocol) (string, bool) {
 	switch p {
-	case ProtocolAny:
-		return "ANY"
-	case ProtocolTCP:
-		return "TCP"
-	case ProtocolUDP:
-		return "UDP"
-	case ProtocolSCTP:
-		return "SCTP"
+	case nodeplane.ProtoAny:
+		return "ANY", true
+	case nodeplane.ProtoTCP:
+		return "TCP", true
+	case nodeplane.ProtoUDP:
+		return "UDP", true
+	case nodeplane.ProtoSCTP:
+		return "SCTP", true
 	}
-	return "Protocol(" + strconv.Itoa(int(p)) + ")"
+	return "", false
 }
 
 // BackendKey returns the key Cilium's Maglev hashes and sorts for a backend
@@ -73,8 +65,9 @@ func (p Protocol) String() string {
 // address; build such keys yourself if you need them.
 //
 // It fails with [ErrInvalidAddress] for an invalid or zoned address and with
-// [ErrUnsupportedProtocol] for a protocol other than TCP, UDP, SCTP or any.
-func BackendKey(addr netip.AddrPort, proto Protocol) (string, error) {
+// [ErrUnsupportedProtocol] for a protocol other than TCP, UDP, SCTP or
+// [nodeplane.ProtoAny] (a protocol-agnostic service; Cilium spells it "ANY").
+func BackendKey(addr netip.AddrPort, proto nodeplane.Protocol) (string, error) {
 	b, err := AppendBackendKey(make([]byte, 0, 64), addr, proto)
 	return string(b), err
 }
@@ -82,14 +75,13 @@ func BackendKey(addr netip.AddrPort, proto Protocol) (string, error) {
 // AppendBackendKey appends [BackendKey] of addr and proto to dst, for
 // callers that build many keys into one buffer. On error dst is returned
 // unchanged.
-func AppendBackendKey(dst []byte, addr netip.AddrPort, proto Protocol) ([]byte, error) {
+func AppendBackendKey(dst []byte, addr netip.AddrPort, proto nodeplane.Protocol) ([]byte, error) {
 	ip := addr.Addr()
 	if !ip.IsValid() || ip.Zone() != "" {
 		return dst, fmt.Errorf("%w: %q", ErrInvalidAddress, ip.String())
 	}
-	switch proto {
-	case ProtocolAny, ProtocolTCP, ProtocolUDP, ProtocolSCTP:
-	default:
+	name, ok := keyProtocol(proto)
+	if !ok {
 		return dst, fmt.Errorf("%w: %d", ErrUnsupportedProtocol, uint8(proto))
 	}
 
@@ -104,6 +96,6 @@ func AppendBackendKey(dst []byte, addr netip.AddrPort, proto Protocol) ([]byte, 
 	dst = append(dst, ':')
 	dst = strconv.AppendUint(dst, uint64(addr.Port()), 10)
 	dst = append(dst, '/')
-	dst = append(dst, proto.String()...)
+	dst = append(dst, name...)
 	return append(dst, ",State:active]"...), nil
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // benchBackends returns n backends at consecutive IPv4 addresses, port
@@ -14,7 +16,7 @@ func benchBackends(tb testing.TB, n int, weight uint16) []Backend {
 	a := netip.MustParseAddr("10.0.0.0")
 	for i := range out {
 		a = a.Next()
-		key, err := BackendKey(netip.AddrPortFrom(a, 8080), ProtocolTCP)
+		key, err := BackendKey(netip.AddrPortFrom(a, 8080), nodeplane.ProtoTCP)
 		if err != nil {
 			tb.Fatal(err)
 		}

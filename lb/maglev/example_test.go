@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/lb/maglev"
 )
 
@@ -18,7 +19,7 @@ func Example() {
 
 	var backends []maglev.Backend
 	for i, addr := range []string{"10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"} {
-		key, err := maglev.BackendKey(netip.MustParseAddrPort(addr), maglev.ProtocolTCP)
+		key, err := maglev.BackendKey(netip.MustParseAddrPort(addr), nodeplane.ProtoTCP)
 		if err != nil {
 			panic(err)
 		}
@@ -82,7 +83,7 @@ func ExampleBuilder_Fill() {
 
 func ExampleBackendKey() {
 	for _, addr := range []string{"10.0.0.1:8080", "[fd00::1]:53"} {
-		key, err := maglev.BackendKey(netip.MustParseAddrPort(addr), maglev.ProtocolUDP)
+		key, err := maglev.BackendKey(netip.MustParseAddrPort(addr), nodeplane.ProtoUDP)
 		if err != nil {
 			panic(err)
 		}

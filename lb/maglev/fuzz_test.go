@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // decodeBackends turns fuzzer bytes into a pool: per backend a key length
@@ -118,7 +120,7 @@ func FuzzBackendKey(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ip []byte, port uint16, proto uint8) {
 		addr, ok := netip.AddrFromSlice(ip)
 		ap := netip.AddrPortFrom(addr, port)
-		key, err := BackendKey(ap, Protocol(proto))
+		key, err := BackendKey(ap, nodeplane.Protocol(proto))
 		switch {
 		case !ok:
 			if !errors.Is(err, ErrInvalidAddress) {
@@ -140,8 +142,13 @@ func FuzzBackendKey(f *testing.F) {
 			t.Fatalf("key %q is not [addr:port/proto,State:active]", key)
 		}
 		back, err := netip.ParseAddrPort(inner[:slash])
-		if err != nil || back != ap || inner[slash+1:] != Protocol(proto).String() {
-			t.Fatalf("key %q does not give back %v/%v (%v)", key, ap, Protocol(proto), err)
+		if err != nil || back != ap || inner[slash+1:] != mustKeyProtocol(nodeplane.Protocol(proto)) {
+			t.Fatalf("key %q does not give back %v/%v (%v)", key, ap, nodeplane.Protocol(proto), err)
 		}
 	})
+}
+
+func mustKeyProtocol(p nodeplane.Protocol) string {
+	name, _ := keyProtocol(p)
+	return name
 }

@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 // goldenCase is one table computed by Cilium's pkg/maglev; see
@@ -52,7 +54,7 @@ func loadGolden(tb testing.TB) []goldenCase {
 	return golden.Cases
 }
 
-var protocolByName = map[string]Protocol{"TCP": ProtocolTCP, "UDP": ProtocolUDP, "SCTP": ProtocolSCTP, "ANY": ProtocolAny}
+var protocolByName = map[string]nodeplane.Protocol{"TCP": nodeplane.ProtoTCP, "UDP": nodeplane.ProtoUDP, "SCTP": nodeplane.ProtoSCTP, "ANY": nodeplane.ProtoAny}
 
 func (gc *goldenCase) backends(tb testing.TB) []Backend {
 	tb.Helper()

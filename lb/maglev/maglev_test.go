@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/nodeplane/nodeplane"
 )
 
 func mustNew(tb testing.TB, cfg Config) *Builder {
@@ -21,7 +23,7 @@ func mustNew(tb testing.TB, cfg Config) *Builder {
 	return b
 }
 
-func mustKey(tb testing.TB, addrPort string, proto Protocol) string {
+func mustKey(tb testing.TB, addrPort string, proto nodeplane.Protocol) string {
 	tb.Helper()
 	k, err := BackendKey(netip.MustParseAddrPort(addrPort), proto)
 	if err != nil {
@@ -57,10 +59,10 @@ func TestCiliumPublishedTable(t *testing.T) {
 		"3(1),1(1),2(8),1(1),2(4),0(1),2(1),1(1),2(5),3(1),2(3),1(1),2(4),3(1),2(3),1(1),2(12),0(1),3(1),2(3),3(1)," +
 		"2(4),3(1),2(2),1(1),2(7)"
 	backends := []Backend{
-		{Key: mustKey(t, "0.0.0.1:1", ProtocolTCP), Weight: 2, ID: 0},
-		{Key: mustKey(t, "0.0.0.3:3", ProtocolTCP), Weight: 13, ID: 1},
-		{Key: mustKey(t, "0.0.0.4:4", ProtocolTCP), Weight: 111, ID: 2},
-		{Key: mustKey(t, "0.0.0.5:5", ProtocolTCP), Weight: 10, ID: 3},
+		{Key: mustKey(t, "0.0.0.1:1", nodeplane.ProtoTCP), Weight: 2, ID: 0},
+		{Key: mustKey(t, "0.0.0.3:3", nodeplane.ProtoTCP), Weight: 13, ID: 1},
+		{Key: mustKey(t, "0.0.0.4:4", nodeplane.ProtoTCP), Weight: 111, ID: 2},
+		{Key: mustKey(t, "0.0.0.5:5", nodeplane.ProtoTCP), Weight: 10, ID: 3},
 	}
 	for _, p := range pacings {
 		table, err := newPaced(t, Config{TableSize: 251}, p.budget).Table(backends)
@@ -428,17 +430,17 @@ func TestConcurrentUse(t *testing.T) {
 func TestBackendKey(t *testing.T) {
 	for _, tt := range []struct {
 		addr  string
-		proto Protocol
+		proto nodeplane.Protocol
 		want  string
 	}{
-		{"10.0.0.1:8080", ProtocolTCP, "[10.0.0.1:8080/TCP,State:active]"},
-		{"0.0.0.1:1", ProtocolTCP, "[0.0.0.1:1/TCP,State:active]"},
-		{"192.168.1.1:53", ProtocolUDP, "[192.168.1.1:53/UDP,State:active]"},
-		{"10.0.0.1:0", ProtocolSCTP, "[10.0.0.1:0/SCTP,State:active]"},
-		{"10.0.0.1:65535", ProtocolAny, "[10.0.0.1:65535/ANY,State:active]"},
-		{"[fd00::1]:80", ProtocolTCP, "[[fd00::1]:80/TCP,State:active]"},
-		{"[2001:db8:0:0:1:0:0:1]:443", ProtocolTCP, "[[2001:db8::1:0:0:1]:443/TCP,State:active]"},
-		{"[::ffff:10.0.0.1]:80", ProtocolUDP, "[[::ffff:10.0.0.1]:80/UDP,State:active]"},
+		{"10.0.0.1:8080", nodeplane.ProtoTCP, "[10.0.0.1:8080/TCP,State:active]"},
+		{"0.0.0.1:1", nodeplane.ProtoTCP, "[0.0.0.1:1/TCP,State:active]"},
+		{"192.168.1.1:53", nodeplane.ProtoUDP, "[192.168.1.1:53/UDP,State:active]"},
+		{"10.0.0.1:0", nodeplane.ProtoSCTP, "[10.0.0.1:0/SCTP,State:active]"},
+		{"10.0.0.1:65535", nodeplane.ProtoAny, "[10.0.0.1:65535/ANY,State:active]"},
+		{"[fd00::1]:80", nodeplane.ProtoTCP, "[[fd00::1]:80/TCP,State:active]"},
+		{"[2001:db8:0:0:1:0:0:1]:443", nodeplane.ProtoTCP, "[[2001:db8::1:0:0:1]:443/TCP,State:active]"},
+		{"[::ffff:10.0.0.1]:80", nodeplane.ProtoUDP, "[[::ffff:10.0.0.1]:80/UDP,State:active]"},
 	} {
 		got, err := BackendKey(netip.MustParseAddrPort(tt.addr), tt.proto)
 		if err != nil || got != tt.want {
@@ -452,11 +454,11 @@ func TestBackendKey(t *testing.T) {
 
 	for _, tt := range []struct {
 		addr    netip.AddrPort
-		proto   Protocol
+		proto   nodeplane.Protocol
 		wantErr error
 	}{
-		{netip.AddrPort{}, ProtocolTCP, ErrInvalidAddress},
-		{netip.AddrPortFrom(netip.MustParseAddr("fe80::1%eth0"), 80), ProtocolTCP, ErrInvalidAddress},
+		{netip.AddrPort{}, nodeplane.ProtoTCP, ErrInvalidAddress},
+		{netip.AddrPortFrom(netip.MustParseAddr("fe80::1%eth0"), 80), nodeplane.ProtoTCP, ErrInvalidAddress},
 		{netip.MustParseAddrPort("10.0.0.1:80"), 1, ErrUnsupportedProtocol},
 		{netip.MustParseAddrPort("10.0.0.1:80"), 58, ErrUnsupportedProtocol},
 	} {
@@ -468,9 +470,10 @@ func TestBackendKey(t *testing.T) {
 		}
 	}
 
-	for p, want := range map[Protocol]string{ProtocolAny: "ANY", ProtocolTCP: "TCP", ProtocolUDP: "UDP", ProtocolSCTP: "SCTP", 58: "Protocol(58)"} {
-		if got := p.String(); got != want {
-			t.Errorf("Protocol(%d).String() = %q, want %q", p, got, want)
+	// Cilium's key spelling, independent of nodeplane.Protocol.String.
+	for p, want := range map[nodeplane.Protocol]string{nodeplane.ProtoAny: "ANY", nodeplane.ProtoTCP: "TCP", nodeplane.ProtoUDP: "UDP", nodeplane.ProtoSCTP: "SCTP", nodeplane.ProtoICMPv6: ""} {
+		if got, ok := keyProtocol(p); got != want || ok != (want != "") {
+			t.Errorf("keyProtocol(%d) = %q, %v, want %q", p, got, ok, want)
 		}
 	}
 }

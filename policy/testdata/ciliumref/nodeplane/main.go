@@ -9,8 +9,10 @@ import (
 	"net/netip"
 	"os"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/policy"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 type input struct {
@@ -50,13 +52,18 @@ func run(in input) (out output) {
 		}
 		pols = append(pols, ps...)
 	}
-	repo, _ := policy.NewRepository(policy.Config{})
+	eng, err := policy.NewEngine(policy.EngineConfig{})
+	if err != nil {
+		return output{Err: err.Error()}
+	}
+	defer eng.Close()
+	repo := eng.Repository()
 	for _, p := range pols {
-		if _, err := repo.Replace(p); err != nil {
+		if _, err := eng.ReplacePolicy(p); err != nil {
 			return output{Err: err.Error()}
 		}
 	}
-	next := identity.ID(1000)
+	next := identity.ID(1<<16 | 1000) // cluster 1
 	ident := func(ls identity.Labels) identity.Identity {
 		if id, ok := identity.LookupReserved(ls); ok {
 			return identity.Identity{ID: id, Labels: ls}
@@ -79,7 +86,7 @@ func run(in input) (out output) {
 			}
 			pfx = netip.PrefixFrom(a, a.BitLen())
 		}
-		ls, err := identity.CIDRLabels(pfx, true)
+		ls, err := identity.CIDRLabels(pfx, nodeplane.DualStack)
 		if err != nil {
 			return output{Err: err.Error()}
 		}
@@ -95,21 +102,23 @@ func run(in input) (out output) {
 		}
 		to = ident(toL)
 	}
-	repo.UpdateIdentities([]identity.Identity{from, to}, nil)
-	proto, err := policy.ParseProtocol(in.Proto)
+	if err := eng.UpdateIdentities([]identity.Identity{from, to}, nil); err != nil {
+		return output{Err: err.Error()}
+	}
+	proto, err := nodeplane.ParseProtocol(in.Proto)
 	if err != nil {
 		return output{Err: err.Error()}
 	}
 	eg := repo.Compile(policy.Endpoint{Identity: from.ID, Labels: from.Labels})
 	var nps []policy.NamedPort
 	for n, p := range in.NamedTCP {
-		nps = append(nps, policy.NamedPort{Name: n, Port: p, Protocol: policy.ProtoTCP})
+		nps = append(nps, policy.NamedPort{Name: n, Port: p, Protocol: nodeplane.ProtoTCP})
 	}
 	ig := repo.Compile(policy.Endpoint{Identity: to.ID, Labels: to.Labels, NamedPorts: nps})
-	de := eg.Lookup(to.ID, policy.Egress, proto, in.Port)
-	di := ig.Lookup(from.ID, policy.Ingress, proto, in.Port)
-	ee := repo.Evaluate(policy.Endpoint{Identity: from.ID, Labels: from.Labels}, to, policy.Egress, proto, in.Port)
-	ei := repo.Evaluate(policy.Endpoint{Identity: to.ID, Labels: to.Labels, NamedPorts: nps}, from, policy.Ingress, proto, in.Port)
+	de := eg.Lookup(to.ID, mapstate.Egress, proto, in.Port)
+	di := ig.Lookup(from.ID, mapstate.Ingress, proto, in.Port)
+	ee := repo.Evaluate(policy.Endpoint{Identity: from.ID, Labels: from.Labels}, to, mapstate.Egress, proto, in.Port)
+	ei := repo.Evaluate(policy.Endpoint{Identity: to.ID, Labels: to.Labels, NamedPorts: nps}, from, mapstate.Ingress, proto, in.Port)
 	if de.Allowed != ee.Allowed || di.Allowed != ei.Allowed {
 		return output{Err: fmt.Sprintf("INCONSISTENT map/eval egress %v/%v ingress %v/%v", de.Allowed, ee.Allowed, di.Allowed, ei.Allowed)}
 	}

@@ -1,4 +1,4 @@
-package datapath
+package monitor
 
 import "strconv"
 
@@ -8,7 +8,7 @@ import "strconv"
 type DropReason uint8
 
 // Drop reasons the datapath uses. The comments name the C constant in
-// bpf/events.h, which has Cilium's name.
+// datapath/bpf/events.h, which has Cilium's name.
 const (
 	// DropInvalidSourceIP: the source address is not the sending endpoint's
 	// (anti-spoofing). DROP_INVALID_SIP.

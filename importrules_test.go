@@ -1,0 +1,234 @@
+package nodeplane_test
+
+import (
+	"go/build"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+)
+
+// The import rules of doc/architecture.md, checked on the source: every
+// package of the module is parsed with go/build (no go command, no network)
+// and its imports compared with what its layer may import.
+
+const module = "github.com/nodeplane/nodeplane"
+
+// layer is what a subtree of the module may import directly from the
+// module, and which packages outside it it must not reach even
+// transitively.
+type layer struct {
+	// pkg is a package path relative to the module ("" for the root);
+	// "x/..." is x and everything below it.
+	pkg string
+	// may lists the module packages (same notation) the layer may import.
+	// The layer's own subtree is always allowed.
+	may []string
+	// never lists path prefixes outside the module the layer must not
+	// reach through any chain of imports.
+	never []string
+}
+
+// kernel is what a pure package must not link: BPF loading, netlink and
+// namespace code.
+var kernel = []string{"github.com/cilium/ebpf", "github.com/vishvananda/netlink", "github.com/vishvananda/netns"}
+
+// The layers, lowest first; a package matches the first layer whose pkg
+// covers it.
+var layers = []layer{
+	{pkg: "", may: nil, never: []string{"github.com/", "golang.org/", "go.etcd.io/", "go.yaml.in/", "go.uber.org/"}},
+	{pkg: "datapath/monitor", may: []string{""}, never: kernel},
+	{pkg: "policy/mapstate", may: []string{"", "identity", "datapath/monitor"}, never: kernel},
+	{pkg: "identity/...", may: []string{"", "internal/..."}, never: kernel},
+	{pkg: "policy/...", may: []string{"", "identity/...", "datapath/monitor", "internal/..."}, never: kernel},
+	{pkg: "datapath/...", may: []string{"", "identity/...", "policy/mapstate", "internal/..."}},
+	{pkg: "lb/...", may: []string{"", "internal/..."}},
+	{pkg: "ipam/...", may: []string{"", "internal/..."}},
+	{pkg: "internal/testutils/...", may: []string{"", "internal/..."}},
+	{pkg: "internal/...", may: []string{"", "internal/..."}},
+	// policytrace only parses and traces: no kernel code, no BPF object.
+	{pkg: "examples/policytrace", may: []string{"", "identity/...", "policy/..."}, never: kernel},
+	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "internal/..."}},
+}
+
+// covers reports whether pattern (module-relative, "x/..." for a subtree)
+// covers the module-relative package p.
+func covers(pattern, p string) bool {
+	if base, ok := strings.CutSuffix(pattern, "/..."); ok {
+		return p == base || strings.HasPrefix(p, base+"/")
+	}
+	return p == pattern
+}
+
+func layerOf(p string) *layer {
+	for i := range layers {
+		if covers(layers[i].pkg, p) {
+			return &layers[i]
+		}
+	}
+	return nil
+}
+
+// pkgInfo is one package's imports, by module-relative path for module
+// packages and full path for the rest (standard library excluded).
+type pkgInfo struct {
+	imports, testImports []string
+}
+
+// loadModule parses every package of the module under root, skipping
+// testdata, hidden directories and nested modules.
+func loadModule(t *testing.T, root string) map[string]pkgInfo {
+	t.Helper()
+	pkgs := map[string]pkgInfo{}
+	err := filepath.WalkDir(root, func(dir string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		name := d.Name()
+		if dir != root {
+			if name == "testdata" || strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") {
+				return filepath.SkipDir
+			}
+			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+				return filepath.SkipDir
+			}
+		}
+		bp, err := build.Default.ImportDir(dir, 0)
+		if err != nil {
+			if _, ok := err.(*build.NoGoError); ok {
+				return nil
+			}
+			return err
+		}
+		rel, err := filepath.Rel(root, dir)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		if rel == "." {
+			rel = ""
+		}
+		pkgs[rel] = pkgInfo{
+			imports:     nonStd(bp.Imports),
+			testImports: nonStd(append(slices.Clone(bp.TestImports), bp.XTestImports...)),
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pkgs
+}
+
+// nonStd keeps the imports outside the standard library, module packages
+// relative to the module.
+func nonStd(imports []string) []string {
+	var out []string
+	for _, imp := range imports {
+		switch {
+		case imp == module:
+			out = append(out, "")
+		case strings.HasPrefix(imp, module+"/"):
+			out = append(out, strings.TrimPrefix(imp, module+"/"))
+		case strings.Contains(strings.SplitN(imp, "/", 2)[0], "."):
+			out = append(out, imp)
+		}
+	}
+	return out
+}
+
+func isModule(imp string) bool {
+	return imp == "" || !strings.Contains(strings.SplitN(imp, "/", 2)[0], ".")
+}
+
+func show(p string) string {
+	if p == "" {
+		return module
+	}
+	return path.Join(module, p)
+}
+
+func TestImportRules(t *testing.T) {
+	pkgs := loadModule(t, ".")
+	if _, ok := pkgs["policy/mapstate"]; !ok {
+		t.Fatalf("found %d packages but not policy/mapstate: run the test from the module root", len(pkgs))
+	}
+	names := make([]string, 0, len(pkgs))
+	for p := range pkgs {
+		names = append(names, p)
+	}
+	sort.Strings(names)
+
+	for _, p := range names {
+		info := pkgs[p]
+		// Nothing imports the examples, and only tests use testutils.
+		for _, imp := range info.imports {
+			if covers("examples/...", imp) {
+				t.Errorf("%s imports %s: nothing may import an example", show(p), show(imp))
+			}
+			if covers("internal/testutils/...", imp) && !covers("internal/testutils/...", p) {
+				t.Errorf("%s imports %s outside its tests", show(p), show(imp))
+			}
+		}
+		for _, imp := range info.testImports {
+			if covers("examples/...", imp) {
+				t.Errorf("tests of %s import %s: nothing may import an example", show(p), show(imp))
+			}
+		}
+
+		l := layerOf(p)
+		if l == nil {
+			t.Logf("%s: no layer in the import rules; add it to doc/architecture.md and this test", show(p))
+			continue
+		}
+		for _, imp := range info.imports {
+			if !isModule(imp) || covers(l.pkg, imp) {
+				continue
+			}
+			if !slices.ContainsFunc(l.may, func(m string) bool { return covers(m, imp) }) {
+				t.Errorf("%s imports %s: layer %q may import only %q", show(p), show(imp), l.pkg, l.may)
+			}
+		}
+		if len(l.never) > 0 {
+			for _, chain := range forbiddenChains(pkgs, p, l.never) {
+				t.Errorf("%s reaches %s: %s", show(p), chain[len(chain)-1], strings.Join(chain, " -> "))
+			}
+		}
+	}
+}
+
+// forbiddenChains returns, for each prefix of never that p reaches through
+// non-test imports, the shortest import chain from p to a package under
+// it, in the order of never.
+func forbiddenChains(pkgs map[string]pkgInfo, p string, never []string) [][]string {
+	found := make([][]string, len(never))
+	seen := map[string]bool{p: true}
+	type item struct {
+		pkg   string
+		chain []string
+	}
+	queue := []item{{p, []string{show(p)}}}
+	for len(queue) > 0 {
+		it := queue[0]
+		queue = queue[1:]
+		for _, imp := range pkgs[it.pkg].imports {
+			if isModule(imp) {
+				if !seen[imp] {
+					seen[imp] = true
+					queue = append(queue, item{imp, append(slices.Clone(it.chain), show(imp))})
+				}
+				continue
+			}
+			for i, n := range never {
+				if found[i] == nil && strings.HasPrefix(imp, n) {
+					found[i] = append(slices.Clone(it.chain), imp)
+				}
+			}
+		}
+	}
+	return slices.DeleteFunc(found, func(c []string) bool { return c == nil })
+}
