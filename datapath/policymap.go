@@ -11,7 +11,7 @@ import (
 	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
-// PolicyMap is an endpoint's policy map: the entries [LookupPolicy]
+// PolicyMap is an endpoint's policy map: the entries [mapstate.Lookup]
 // decides on, in the kernel. It is valid until its endpoint is deleted;
 // its methods are safe for concurrent use.
 type PolicyMap struct {
