@@ -25,8 +25,8 @@ var (
 	}
 	replySynAck = flow.Flow{ // the reply, to the stack
 		Verdict: flow.Forwarded, EventType: flow.EventType{Type: 4, SubType: 3},
-		IP: flow.IP{Source: addrB, Destination: addrA},
-		L4: flow.L4{Protocol: flow.ProtoTCP, SourcePort: 8080, DestinationPort: 40000, TCPFlags: monitor.TCPFlagSYN | monitor.TCPFlagACK},
+		IP:     flow.IP{Source: addrB, Destination: addrA},
+		L4:     flow.L4{Protocol: flow.ProtoTCP, SourcePort: 8080, DestinationPort: 40000, TCPFlags: monitor.TCPFlagSYN | monitor.TCPFlagACK},
 		Source: fwdSyn.Destination, Destination: fwdSyn.Source,
 		NodeName: "node-1", TrafficDirection: flow.Egress, IsReply: true, IsReplyKnown: true,
 	}
