@@ -107,6 +107,11 @@ func loadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 // in cfg.BPFFSDir. A pinned map whose type, sizes or flags differ from
 // cfg's is an error: the caller asked for something the pin is not.
 func createSharedMaps(spec *ebpf.CollectionSpec, cfg Config) (*sharedMaps, error) {
+	if cfg.BPFFSDir != "" {
+		if err := migrateConntrackPin(spec.Maps[datapathMapNpConntrack], cfg.BPFFSDir); err != nil {
+			return nil, err
+		}
+	}
 	m := &sharedMaps{}
 	maps := make(map[string]*ebpf.MapSpec)
 	for name := range m.byName() {
