@@ -3,7 +3,7 @@
 //
 //	hubble_flows_processed_total{type,subtype,verdict}   every flow
 //	hubble_drop_total{reason,protocol}                   drops by Hubble reason name
-//	hubble_policy_verdicts_total{direction,match,action} policy verdicts
+//	hubble_policy_verdicts_total{direction,match,action} policy verdicts (not the host's)
 //	hubble_lost_events_total{source}                     lost events
 //	cilium_drop_count_total{reason,direction}            drops by Cilium reason text
 //
@@ -49,7 +49,11 @@ type cacheKey struct {
 	proto            uint8
 	dir              flow.TrafficDirection
 	match            monitor.PolicyMatch
+	hostSource       bool
 }
+
+// reservedHost is Cilium's reserved:host identity.
+const reservedHost = 1
 
 // New returns the metrics, registered with reg.
 func New(reg prometheus.Registerer) (*Metrics, error) {
@@ -92,6 +96,9 @@ func (m *Metrics) ObserveFlow(f *flow.Flow) {
 		k.reason, k.proto, k.dir = f.DropReason, f.L4.Protocol, f.TrafficDirection
 	case monitor.MessageTypePolicyVerdict:
 		k.dir, k.match = f.TrafficDirection, f.PolicyMatchType
+		// As Hubble's policy handler: the host may reach any local
+		// endpoint, its verdicts are not counted.
+		k.hostSource = f.Source.Identity == reservedHost
 	}
 	m.mu.Lock()
 	cs, ok := m.cache[k]
@@ -124,6 +131,9 @@ func (m *Metrics) counters(k cacheKey) []prometheus.Counter {
 			m.hubbleDrops.WithLabelValues(k.reason.String(), protocolName(k.proto)),
 			m.ciliumDrops.WithLabelValues(CiliumDropReason(k.reason), k.dir.String()))
 	case monitor.MessageTypePolicyVerdict:
+		if k.hostSource {
+			break
+		}
 		cs = append(cs, m.verdicts.WithLabelValues(strings.ToLower(k.dir.String()),
 			strings.ToLower(ciliumMatchName(k.match)), strings.ToLower(k.verdict.String())))
 	}

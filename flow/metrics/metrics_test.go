@@ -37,6 +37,9 @@ func TestMetrics(t *testing.T) {
 	m.ObserveFlow(&dropped)
 	m.ObserveFlow(&verdict)
 	m.ObserveFlow(&allowed)
+	fromHost := allowed
+	fromHost.Source.Identity = 1
+	m.ObserveFlow(&fromHost) // counted as a flow, not as a verdict
 	m.ObserveLost(flow.LostRingBuffer, 4)
 	m.ObserveLost(flow.LostHubbleRing, 2)
 
@@ -51,7 +54,7 @@ hubble_drop_total{protocol="TCP",reason="POLICY_DENIED"} 2
 # TYPE hubble_flows_processed_total counter
 hubble_flows_processed_total{subtype="",type="Drop",verdict="DROPPED"} 2
 hubble_flows_processed_total{subtype="",type="PolicyVerdict",verdict="DROPPED"} 1
-hubble_flows_processed_total{subtype="",type="PolicyVerdict",verdict="FORWARDED"} 1
+hubble_flows_processed_total{subtype="",type="PolicyVerdict",verdict="FORWARDED"} 2
 hubble_flows_processed_total{subtype="to-endpoint",type="Trace",verdict="FORWARDED"} 3
 # HELP hubble_lost_events_total Number of lost events
 # TYPE hubble_lost_events_total counter
