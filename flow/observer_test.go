@@ -13,6 +13,7 @@ import (
 
 	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/flow"
+	"github.com/nodeplane/nodeplane/identity"
 )
 
 // sliceSource yields its records, then os.ErrClosed.
@@ -287,5 +288,70 @@ func TestObserverIdlePolls(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("Run did not stop on ctx")
+	}
+}
+
+// TestSyncIdentities feeds the catalog from a real identity allocator:
+// reserved labels, the snapshot, additions and removals; a removed
+// identity keeps its labels for flows from before the removal.
+func TestSyncIdentities(t *testing.T) {
+	a, err := identity.NewInProcessAllocator(identity.InProcessConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	web, err := identity.ParseLabels("k8s:app=web", "k8s:io.kubernetes.pod.namespace=web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := identity.ParseLabels("k8s:app=db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	webID, _, err := a.Allocate(ctx, web)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := t0
+	var mu sync.Mutex
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	c := flow.NewCatalog(flow.CatalogConfig{Now: now})
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.SyncIdentities(sctx, a) }()
+
+	wait := func(id identity.ID, at time.Time, want string) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			l, _ := c.Labels(uint32(id), at)
+			if fmt.Sprint(l) == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("identity %d at %v: labels %v, want %s", id, at.Sub(t0), l, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	wait(1, t0, "[reserved:host]")
+	wait(webID, t0, "[k8s:app=web k8s:io.kubernetes.pod.namespace=web]")
+	dbID, _, err := a.Allocate(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait(dbID, t0, "[k8s:app=db]")
+	mu.Lock()
+	clock = t0.Add(10 * time.Second)
+	mu.Unlock()
+	if _, err := a.Release(ctx, dbID); err != nil {
+		t.Fatal(err)
+	}
+	wait(dbID, t0.Add(11*time.Second), "[]")
+	wait(dbID, t0.Add(5*time.Second), "[k8s:app=db]") // before the removal
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

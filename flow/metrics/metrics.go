@@ -17,7 +17,7 @@
 //
 // This package is where github.com/prometheus/client_golang enters:
 // importing flow alone does not pull it in. `go list -deps
-// ./flow/metrics | wc -l` is 239 packages, against 73 for ./flow.
+// ./flow/metrics | wc -l` is 240 packages, against 81 for ./flow.
 package metrics
 
 import (
