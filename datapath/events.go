@@ -15,7 +15,7 @@ import (
 // which turns one record into a typed [Event]. The layout itself, byte by
 // byte, and the allocation-free decoders are in package monitor, which
 // readers of records (package flow) use without importing this package;
-// TestEventLayoutsMatchMonitor checks that monitor reads these structs'
+// TestParseEvent checks that monitor reads these structs'
 // bytes back field for field.
 
 // EventVersion is the version of the record layout this package reads.
@@ -214,7 +214,7 @@ type PolicyVerdictEvent struct {
 func (e *PolicyVerdictEvent) Allowed() bool { return e.Reason == 0 }
 
 // Raw layouts, checked against BTF by TestMapLayouts and against
-// monitor's decoders by TestEventLayoutsMatchMonitor.
+// monitor's decoders by TestParseEvent.
 
 type eventHeader struct {
 	Type       uint8  `btf:"type"`
