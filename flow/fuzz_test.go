@@ -78,3 +78,39 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzJSONStrings puts arbitrary strings where the catalog's names and
+// labels go: the JSON line must stay valid and read back to the same
+// strings (invalid UTF-8 becomes U+FFFD, as encoding/json does it).
+func FuzzJSONStrings(f *testing.F) {
+	f.Add("a-7d9f", "k8s:app=web", "node-1")
+	f.Add("\"\\\x00\x1f\u2028", "é\xff", "")
+	f.Fuzz(func(t *testing.T, pod, label, node string) {
+		fl := flow.Flow{Time: time.Unix(1, 5), Verdict: flow.Dropped, NodeName: node,
+			Source: flow.Endpoint{PodName: pod, Namespace: pod, Labels: []string{label, pod}}}
+		line := (&flow.Response{Flow: &fl, NodeName: node}).AppendJSON(nil)
+		var got struct {
+			Flow struct {
+				Source struct {
+					PodName string   `json:"pod_name"`
+					Labels  []string `json:"labels"`
+				} `json:"source"`
+				NodeName string `json:"node_name"`
+			} `json:"flow"`
+		}
+		if err := json.Unmarshal(line, &got); err != nil {
+			t.Fatalf("%v: %q", err, line)
+		}
+		// What encoding/json makes of the same strings is the oracle.
+		norm := func(s string) string {
+			b, _ := json.Marshal(s)
+			var out string
+			_ = json.Unmarshal(b, &out)
+			return out
+		}
+		if got.Flow.Source.PodName != norm(pod) || got.Flow.NodeName != norm(node) ||
+			len(got.Flow.Source.Labels) != 2 || got.Flow.Source.Labels[0] != norm(label) {
+			t.Fatalf("read back %+v from %q", got.Flow, line)
+		}
+	})
+}
