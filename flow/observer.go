@@ -234,9 +234,8 @@ func (o *Observer) GetFlows(ctx context.Context, req Request, fn func(*Response)
 func (o *Observer) Status() Status {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	n := o.ring.Len()
 	return Status{
-		NumFlows: uint64(n), MaxFlows: uint64(o.ring.Cap()), SeenFlows: o.seen.Load(),
+		NumFlows: uint64(o.ring.Flows()), MaxFlows: uint64(o.ring.Cap()), SeenFlows: o.seen.Load(),
 		Uptime: time.Since(o.start), Lost: maps.Clone(o.lost), DecodeErrors: maps.Clone(o.decodeErrs),
 	}
 }

@@ -109,7 +109,7 @@ func TestObserverBadRecords(t *testing.T) {
 	if fmt.Sprint(st.DecodeErrors) != fmt.Sprint(wantErrs) {
 		t.Errorf("decode errors %v, want %v", st.DecodeErrors, wantErrs)
 	}
-	if st.SeenFlows != uint64(len(good)) || st.Lost[flow.LostEventsQueue] != 5 || st.Lost[flow.LostRingBuffer] != 12 {
+	if st.NumFlows != uint64(len(good)) || st.MaxFlows != 1000 || st.SeenFlows != uint64(len(good)) || st.Lost[flow.LostEventsQueue] != 5 || st.Lost[flow.LostRingBuffer] != 12 {
 		t.Errorf("status %+v", st)
 	}
 	if sink.flows != len(good) || sink.lost[flow.LostEventsQueue] != 5 || sink.lost[flow.LostRingBuffer] != 12 {

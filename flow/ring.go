@@ -15,6 +15,7 @@ type Ring struct {
 	mu      sync.Mutex
 	buf     []entry
 	next    uint64        // sequence number of the next write
+	flows   int           // entries that are flows (not lost-event reports)
 	waiting bool          // someone waits on notify
 	notify  chan struct{} // closed on a write when waiting
 }
@@ -50,20 +51,38 @@ func (r *Ring) Written() uint64 {
 	return r.next
 }
 
+// Flows returns how many flows the ring holds (Len less the lost-event
+// reports).
+func (r *Ring) Flows() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.flows
+}
+
 // Write appends a copy of f.
 func (r *Ring) Write(f *Flow) {
 	r.mu.Lock()
-	e := &r.buf[r.next%uint64(len(r.buf))]
+	e := r.slotLocked()
 	e.flow, e.isLost = *f, false
+	r.flows++
 	r.advance()
 }
 
 // WriteLost appends a lost-event report.
 func (r *Ring) WriteLost(l LostEvent) {
 	r.mu.Lock()
-	e := &r.buf[r.next%uint64(len(r.buf))]
+	e := r.slotLocked()
 	e.flow, e.lost, e.isLost = Flow{}, l, true
 	r.advance()
+}
+
+// slotLocked returns the slot of the next write, forgetting what it held.
+func (r *Ring) slotLocked() *entry {
+	e := &r.buf[r.next%uint64(len(r.buf))]
+	if r.next >= uint64(len(r.buf)) && !e.isLost {
+		r.flows--
+	}
+	return e
 }
 
 // advance publishes the write and unlocks.

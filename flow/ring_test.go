@@ -85,8 +85,23 @@ func TestRingPast(t *testing.T) {
 			}
 		})
 	}
-	if r.Len() != 8 || r.Cap() != 8 || r.Written() != 12 {
-		t.Fatalf("len %d cap %d written %d", r.Len(), r.Cap(), r.Written())
+	if r.Len() != 8 || r.Cap() != 8 || r.Written() != 12 || r.Flows() != 8 {
+		t.Fatalf("len %d cap %d written %d flows %d", r.Len(), r.Cap(), r.Written(), r.Flows())
+	}
+	r.WriteLost(flow.LostEvent{NumEventsLost: 1})
+	r.WriteLost(flow.LostEvent{NumEventsLost: 1})
+	if r.Len() != 8 || r.Flows() != 6 {
+		t.Fatalf("after two lost reports: len %d flows %d, want 8 and 6", r.Len(), r.Flows())
+	}
+	writeFlow(r, 12)
+	if r.Flows() != 6 {
+		t.Fatalf("flows %d after overwriting a flow with a flow", r.Flows())
+	}
+	for range 8 {
+		writeFlow(r, 13)
+	}
+	if r.Flows() != 8 {
+		t.Fatalf("flows %d after overwriting the lost reports", r.Flows())
 	}
 	if _, err := flow.Compile([]flow.Filter{{Protocol: []string{"x"}}}, nil); err == nil {
 		t.Fatal("bad filter compiled")
