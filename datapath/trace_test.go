@@ -2,12 +2,14 @@ package datapath
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/nodeplane/nodeplane/datapath/monitor"
+	"github.com/nodeplane/nodeplane/identity"
 )
 
 // drainTraces returns the trace records waiting in the ring buffer,
@@ -143,5 +145,53 @@ func TestPrivilegedTraceAggregation(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPrivilegedTraceInterval checks the periodic samples of aggregation
+// medium: with an interval of 1 s, an established connection's packets
+// without new flags are reported again once a second has passed since the
+// last report in their direction, and not before.
+func TestPrivilegedTraceInterval(t *testing.T) {
+	d, _ := newTestDatapath(t, Config{MonitorAggregation: monitor.AggregationMedium, MonitorAggregationInterval: time.Second})
+	a := addDetached(t, d, 1, idA, addrA.String(), "")
+	if err := d.IPCache().UpsertPrefix(netip.MustParsePrefix("192.0.2.0/24"), identity.IPCacheEntry{Identity: idRemote}); err != nil {
+		t.Fatal(err)
+	}
+	mustUpdate(t, a.Policy(), map[PolicyKey]PolicyEntry{
+		{Identity: idRemote, Direction: Egress, Protocol: protoTCP, Port: 80, PortPrefixLen: 16}: allow,
+	})
+	r, err := d.NewEventReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	send := func(flags uint8) int {
+		t.Helper()
+		if v, _, err := a.TestRun(FromEndpoint, mustBytes(t, tcpPkt(addrA, remote, 40000, 80, flags))); err != nil || v.Reason != 0 {
+			t.Fatalf("%+v %v", v, err)
+		}
+		return len(drainTraces(t, r))
+	}
+	if n := send(TCPSyn); n != 1 {
+		t.Fatalf("SYN: %d traces, want 1", n)
+	}
+	// The stamps are whole seconds (CLOCK_MONOTONIC_COARSE), so a second
+	// boundary inside the first 0.7 s may already count as the interval:
+	// at most one sample there.
+	start := time.Now()
+	quiet := 0
+	for time.Since(start) < 700*time.Millisecond {
+		quiet += send(TCPAck)
+	}
+	time.Sleep(2100 * time.Millisecond)
+	if n := send(TCPAck); n != 1 {
+		t.Fatalf("after 2.1 s: %d traces, want the periodic sample", n)
+	}
+	if n := send(TCPAck); n != 0 {
+		t.Fatalf("right after the sample: %d traces, want 0", n)
+	}
+	if quiet > 1 {
+		t.Fatalf("%d traces within the first 0.7 s, want at most 1", quiet)
 	}
 }
