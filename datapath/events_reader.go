@@ -45,6 +45,18 @@ func (d *Datapath) NewEventReader() (*EventReader, error) {
 // [nodeplane.ErrClosed]. A record it cannot decode is returned as an error wrapping
 // [ErrMalformedEvent]; the next Read continues with the next record.
 func (r *EventReader) Read() (Event, error) {
+	b, err := r.ReadRaw()
+	if err != nil {
+		return nil, err
+	}
+	return ParseEvent(b)
+}
+
+// ReadRaw blocks until a record arrives and returns its bytes, undecoded
+// (package flow decodes them without allocating). The slice is valid until
+// the next ReadRaw or Read. Its errors and deadline are those of Read;
+// ReadRaw implements flow.Source.
+func (r *EventReader) ReadRaw() ([]byte, error) {
 	for {
 		deadline := r.currentDeadline()
 		// No ReadInto runs now (Read is not concurrent with itself), so the
@@ -53,7 +65,7 @@ func (r *EventReader) Read() (Event, error) {
 		err := r.r.ReadInto(&r.rec)
 		switch {
 		case err == nil:
-			return ParseEvent(r.rec.RawSample)
+			return r.rec.RawSample, nil
 		case errors.Is(err, ringbuf.ErrClosed):
 			return nil, nodeplane.ErrClosed
 		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ringbuf.ErrFlushed):

@@ -19,6 +19,7 @@ type sharedMaps struct {
 	counters   *ebpf.Map
 	eventsLost *ebpf.Map
 	events     *ebpf.Map
+	trace      *ebpf.Map // np_trace_config
 	// records is Go's own map of endpoint records (record.go); the
 	// programs do not use it.
 	records *ebpf.Map
@@ -26,14 +27,15 @@ type sharedMaps struct {
 
 func (m *sharedMaps) byName() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
-		datapathMapNpEndpoints:  &m.endpoints,
-		datapathMapNpIpcache:    &m.ipcache,
-		datapathMapNpConntrack:  &m.conntrack,
-		datapathMapNpFrags:      &m.frags,
-		datapathMapNpPolicy:     &m.policy,
-		datapathMapNpCounters:   &m.counters,
-		datapathMapNpEventsLost: &m.eventsLost,
-		datapathMapNpEvents:     &m.events,
+		datapathMapNpEndpoints:   &m.endpoints,
+		datapathMapNpIpcache:     &m.ipcache,
+		datapathMapNpConntrack:   &m.conntrack,
+		datapathMapNpFrags:       &m.frags,
+		datapathMapNpPolicy:      &m.policy,
+		datapathMapNpCounters:    &m.counters,
+		datapathMapNpEventsLost:  &m.eventsLost,
+		datapathMapNpEvents:      &m.events,
+		datapathMapNpTraceConfig: &m.trace,
 	}
 }
 
@@ -105,6 +107,11 @@ func loadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 // in cfg.BPFFSDir. A pinned map whose type, sizes or flags differ from
 // cfg's is an error: the caller asked for something the pin is not.
 func createSharedMaps(spec *ebpf.CollectionSpec, cfg Config) (*sharedMaps, error) {
+	if cfg.BPFFSDir != "" {
+		if err := migrateConntrackPin(spec.Maps[datapathMapNpConntrack], cfg.BPFFSDir); err != nil {
+			return nil, err
+		}
+	}
 	m := &sharedMaps{}
 	maps := make(map[string]*ebpf.MapSpec)
 	for name := range m.byName() {
