@@ -1,0 +1,81 @@
+package monitor
+
+import "strconv"
+
+// DropReason says why the datapath dropped a packet. The numbers are
+// Cilium's (pkg/monitor/api/drop.go, bpf/lib/drop_reasons.h), so tools that
+// know them read ours; 0 means not dropped.
+type DropReason uint8
+
+// Drop reasons the datapath uses. The comments name the C constant in
+// bpf/events.h, which has Cilium's name.
+const (
+	// DropInvalidSourceIP: the source address is not the sending endpoint's
+	// (anti-spoofing). DROP_INVALID_SIP.
+	DropInvalidSourceIP DropReason = 132
+	// DropPolicyDenied: no policy entry allows the traffic and the endpoint
+	// enforces policy in that direction (default deny). DROP_POLICY.
+	DropPolicyDenied DropReason = 133
+	// DropInvalidPacket: malformed or truncated IP header. DROP_INVALID.
+	DropInvalidPacket DropReason = 134
+	// DropCTInvalidHeader: the L4 header is truncated. DROP_CT_INVALID_HDR.
+	DropCTInvalidHeader DropReason = 135
+	// DropCTUnknownProto: an L4 protocol conntrack cannot track (only TCP,
+	// UDP, SCTP, ICMP and ICMPv6 pass). DROP_CT_UNKNOWN_PROTO.
+	DropCTUnknownProto DropReason = 137
+	// DropUnknownL3: neither IPv4, IPv6 nor ARP. DROP_UNKNOWN_L3.
+	DropUnknownL3 DropReason = 139
+	// DropUnknownTarget: the stack sent an endpoint a packet that is not
+	// addressed to it. DROP_UNKNOWN_TARGET.
+	DropUnknownTarget DropReason = 150
+	// DropCTCreateFailed: the conntrack entry of an allowed connection
+	// could not be created. DROP_CT_CREATE_FAILED.
+	DropCTCreateFailed DropReason = 155
+	// DropInvalidExtHeader: an IPv6 extension header is truncated, or there
+	// are more than the datapath skips. DROP_INVALID_EXTHDR.
+	DropInvalidExtHeader DropReason = 156
+	// DropFragmentNotFound: a later fragment of a datagram whose first
+	// fragment the datapath has not seen (lost, reordered, or evicted from
+	// the fragments map), so its ports are unknown. DROP_FRAG_NOT_FOUND.
+	DropFragmentNotFound DropReason = 175
+	// DropPolicyDeny: an explicit deny entry matched. DROP_POLICY_DENY.
+	DropPolicyDeny DropReason = 181
+	// DropEndpointNotReady: a new connection of an endpoint that has no
+	// policy map or endpoint entry: it is being added or deleted.
+	// DROP_EP_NOT_READY.
+	DropEndpointNotReady DropReason = 203
+)
+
+// String returns the name Hubble gives the reason (flow.proto's DropReason
+// enum), or the number for reasons this package does not produce.
+func (r DropReason) String() string {
+	switch r {
+	case 0:
+		return "NOT_DROPPED"
+	case DropInvalidSourceIP:
+		return "INVALID_SOURCE_IP"
+	case DropPolicyDenied:
+		return "POLICY_DENIED"
+	case DropInvalidPacket:
+		return "INVALID_PACKET_DROPPED"
+	case DropCTInvalidHeader:
+		return "CT_TRUNCATED_OR_INVALID_HEADER"
+	case DropCTUnknownProto:
+		return "CT_UNKNOWN_L4_PROTOCOL"
+	case DropUnknownL3:
+		return "UNSUPPORTED_L3_PROTOCOL"
+	case DropUnknownTarget:
+		return "UNKNOWN_L3_TARGET_ADDRESS"
+	case DropCTCreateFailed:
+		return "CT_MAP_INSERTION_FAILED"
+	case DropInvalidExtHeader:
+		return "INVALID_IPV6_EXTENSION_HEADER"
+	case DropFragmentNotFound:
+		return "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND"
+	case DropPolicyDeny:
+		return "POLICY_DENY"
+	case DropEndpointNotReady:
+		return "DROP_EP_NOT_READY"
+	}
+	return "DropReason(" + strconv.Itoa(int(r)) + ")"
+}

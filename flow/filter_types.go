@@ -1,0 +1,49 @@
+package flow
+
+import "github.com/nodeplane/nodeplane/datapath/monitor"
+
+// Filter is one of Hubble's flow filters (flow.proto's FlowFilter), with
+// its field names, for the fields the datapath's flows can carry. The
+// fields of one Filter AND; the values within one field OR; a list of
+// Filters ORs (see [Compile]). Strings take Hubble's syntax: an IP or a
+// CIDR; "namespace/pod-name-prefix" (a pod without "/" is any namespace's;
+// "namespace/" is the whole namespace); a label selector in Kubernetes
+// syntax with Cilium's source prefixes ("k8s:app=web", "app in (a,b)",
+// "!debug"); a "namespace/name" service; a protocol name ("tcp", "udp",
+// "icmp", "icmpv4", "icmpv6", "sctp"); a decimal port.
+type Filter struct {
+	SourceIP            []string
+	SourcePod           []string
+	SourceLabel         []string
+	SourceService       []string
+	SourceIdentity      []uint32
+	DestinationIP       []string
+	DestinationPod      []string
+	DestinationLabel    []string
+	DestinationService  []string
+	DestinationIdentity []uint32
+
+	TrafficDirection []TrafficDirection
+	Verdict          []Verdict
+	DropReasonDesc   []monitor.DropReason
+	Interface        []Interface // a zero Index or empty Name matches any
+	EventType        []EventTypeFilter
+	Protocol         []string
+	SourcePort       []string
+	DestinationPort  []string
+	// Reply: as Hubble, a dropped flow whose reply flag is unknown counts
+	// as not a reply; other flows with an unknown flag match neither.
+	Reply []bool
+	// TCPFlags: a flow matches when it carries all flags of one element.
+	TCPFlags  []monitor.TCPFlags
+	NodeName  []string // a pattern: "*" matches within a name segment
+	IPVersion []IPVersion
+}
+
+// EventTypeFilter is flow.proto's EventTypeFilter: the Cilium message type,
+// and the subtype when MatchSubType.
+type EventTypeFilter struct {
+	Type         int32
+	MatchSubType bool
+	SubType      int32
+}
