@@ -6,7 +6,8 @@ import "github.com/nodeplane/nodeplane/datapath/monitor"
 // its field names, for the fields the datapath's flows can carry. The
 // fields of one Filter AND; the values within one field OR; a list of
 // Filters ORs (see [Compile]). Strings take Hubble's syntax: an IP or a
-// CIDR; "namespace/pod-name-prefix" (a pod without "/" is any namespace's;
+// CIDR; "namespace/pod-name-prefix" (a pod without "/" is in namespace
+// "default", as in Hubble;
 // "namespace/" is the whole namespace); a label selector in Kubernetes
 // syntax with Cilium's source prefixes ("k8s:app=web", "app in (a,b)",
 // "!debug"); a "namespace/name" service; a protocol name ("tcp", "udp",

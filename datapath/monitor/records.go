@@ -32,13 +32,13 @@ import (
 //	  state valid, 4 direction and endpoint from a policy decision),
 //	  67 u8 direction (Direction), 68 u32 original length,
 //	  72 u16 captured length, 74 u16 endpoint whose policy decided (or the
-//	  writer), 76 u8 TCP flags, 77 u8 conntrack state (TraceReason),
-//	  80 [128] the packet's first bytes from the Ethernet header
+//	  writer), 76 u8 TCP flags, 77 u8 conntrack state (TraceReason), 78
+//	  be16 destination port or ICMP type (with the tuple), 80 [128] the packet's first bytes from the Ethernet header
 //	trace record, 80 bytes
 //	  56 u32 src identity, 60 u32 dst identity, 64 u16 endpoint delivered
 //	  to (0: none), 66 u8 observation point, 67 u8 reason (TraceReason),
-//	  68 u32 original length, 72 u8 TCP flags, 76 u32 ifindex delivered to
-//	  (0: none)
+//	  68 u32 original length, 72 u8 TCP flags, 74 be16 destination port or
+//	  ICMP type, 76 u32 ifindex delivered to (0: none)
 //	policy verdict record, 80 bytes
 //	  56 u32 src identity, 60 u32 dst identity, 64 u16 endpoint whose
 //	  policy decided, 66 u16 proxy port (host order), 68 u8 observation
@@ -108,8 +108,11 @@ type DropNotify struct {
 	PolicyEndpoint uint16
 	TCPFlags       TCPFlags
 	CTState        TraceReason // valid with DropFlagCT
-	CapLen         uint16
-	Data           [CaptureLen]byte // Data[:CapLen] is valid
+	// PolicyPort is the destination port, or the ICMP type for ICMP (with
+	// DropFlagTuple).
+	PolicyPort uint16
+	CapLen     uint16
+	Data       [CaptureLen]byte // Data[:CapLen] is valid
 }
 
 // TraceNotify is a trace record: a forwarded packet.
@@ -122,6 +125,7 @@ type TraceNotify struct {
 	Reason                   TraceReason
 	OrigLen                  uint32
 	TCPFlags                 TCPFlags
+	PolicyPort               uint16 // destination port, or ICMP type for ICMP
 	DstIfindex               uint32 // interface delivered to, 0 for none
 }
 
@@ -218,6 +222,7 @@ func (d *DropNotify) Decode(rec []byte) error {
 	d.PolicyEndpoint = le.Uint16(rec[74:])
 	d.TCPFlags = TCPFlags(rec[76])
 	d.CTState = TraceReason(rec[77])
+	d.PolicyPort = binary.BigEndian.Uint16(rec[78:])
 	copy(d.Data[:], rec[80:80+CaptureLen])
 	return nil
 }
@@ -245,6 +250,7 @@ func (t *TraceNotify) Decode(rec []byte) error {
 	t.Reason = TraceReason(rec[67])
 	t.OrigLen = le.Uint32(rec[68:])
 	t.TCPFlags = TCPFlags(rec[72])
+	t.PolicyPort = binary.BigEndian.Uint16(rec[74:])
 	t.DstIfindex = le.Uint32(rec[76:])
 	return nil
 }
