@@ -1,0 +1,47 @@
+// Package hubble serves a node's flows over Hubble's Observer gRPC API, so
+// that the real `hubble` CLI (and Hubble UI or Relay, which speak the same
+// API) work against nodeplane unmodified:
+//
+//	hubble observe --server 127.0.0.1:4245 --verdict DROPPED -o json
+//	hubble status --server 127.0.0.1:4245
+//
+// [Server] implements GetFlows (Hubble's whitelist/blacklist filters,
+// Number with First or last, Follow, Since, Until, field masks, lost-event
+// reports), ServerStatus, GetNodes (this node) and the gRPC health service
+// `hubble status` checks first. The flows come from an [Observer], normally
+// a *flow.Observer. The rest of the Observer service (agent and debug
+// events, namespaces) answers Unimplemented.
+//
+// The conversion between nodeplane's flow types and Hubble's protobufs is
+// in one place: [Proto] for flows, [Filter] and [Request] for what clients
+// send. flow.Flow carries flow.proto's numbers, so the conversion is field
+// by field. A filter field that nodeplane's flows never carry (HTTP, DNS,
+// FQDN, workloads, ...) is refused with InvalidArgument rather than
+// ignored.
+//
+// A slow client never holds up the datapath reader: the Source's ring
+// does not wait for readers, so a GetFlows stream that falls behind loses
+// the flows the ring overwrote, receives a LostEvent (source
+// HUBBLE_RING_BUFFER) saying how many; flow.Observer counts them in its
+// Status and metrics.
+//
+// # What importing this package costs
+//
+// This is the only nodeplane package that imports Cilium's API definitions
+// (github.com/cilium/cilium/api/v1/flow, observer, relay) and with them
+// gRPC and protobuf; flow itself does not. Measured with Go 1.26 on
+// linux/amd64:
+//
+//	go list -deps ./flow/hubble | wc -l    320 packages (138 outside std)
+//	go list -deps ./flow        | wc -l     68 packages (2 outside std)
+//
+// Requiring github.com/cilium/cilium v1.20.2 also raises, by minimum
+// version selection, the versions of modules the whole SDK shares: go.mod's
+// go directive to 1.26.0 (Cilium's), google.golang.org/grpc to v1.83.1,
+// golang.org/x/sys to v0.46.0 and github.com/vishvananda/netlink from
+// v1.3.1 to the pre-release v1.3.2-0.20260624190457-bab08b3566fc that
+// Cilium pins. Cilium's go.mod has a replace directive
+// (sigs.k8s.io/controller-tools); it only matters for building Cilium's
+// own binaries, not for importing these API packages: `go mod tidy` works
+// without it.
+package hubble
