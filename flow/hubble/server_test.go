@@ -93,6 +93,15 @@ func testFlows() []flow.Flow {
 	for i := range fs {
 		fs[i].Time = t0.Add(time.Duration(i) * time.Second)
 		fs[i].Type = flow.L3L4
+		switch {
+		case fs[i].Verdict == flow.Dropped:
+			fs[i].EventType = flow.EventType{Type: int32(monitor.MessageTypeDrop), SubType: int32(fs[i].DropReason)}
+		case i == 0:
+			fs[i].EventType = flow.EventType{Type: int32(monitor.MessageTypePolicyVerdict)}
+		default:
+			fs[i].EventType = flow.EventType{Type: int32(monitor.MessageTypeTrace), SubType: int32(monitor.FromEndpoint)}
+			fs[i].TraceObservationPoint = flow.FromEndpoint
+		}
 		fs[i].NodeName = "node-a"
 	}
 	return fs
