@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
@@ -84,6 +85,20 @@ type Config struct {
 	// TCP connections after a RST or a FIN each way [10s]. Each packet
 	// extends its connection's lifetime. Whole seconds only.
 	TCPLifetime, NonTCPLifetime, SYNLifetime, CloseLifetime time.Duration
+
+	// MonitorAggregation is how many trace records forwarded packets
+	// produce, with Cilium's levels (see [monitor.AggregationLevel]);
+	// default AggregationMedium, Cilium's default. AggregationOff writes
+	// none. [Datapath.SetMonitorAggregation] changes it at run time.
+	MonitorAggregation monitor.AggregationLevel
+	// MonitorAggregationInterval is how often an active connection is
+	// reported from AggregationMedium on (default 5s, Cilium's); whole
+	// seconds.
+	MonitorAggregationInterval time.Duration
+	// MonitorAggregationFlags are the TCP flags whose first appearance in
+	// a direction of a connection is reported from AggregationMedium on
+	// (default SYN, FIN and RST, Cilium's).
+	MonitorAggregationFlags monitor.TCPFlags
 }
 
 const (
@@ -97,6 +112,8 @@ const (
 	defaultNonTCPLifetime      = 60 * time.Second
 	defaultSYNLifetime         = 60 * time.Second
 	defaultCloseLifetime       = 10 * time.Second
+	defaultAggregationInterval = 5 * time.Second
+	defaultAggregationFlags    = monitor.TCPFlagSYN | monitor.TCPFlagFIN | monitor.TCPFlagRST
 	// maxEndpointID: endpoint IDs are 16-bit.
 	maxEndpointID = 1<<16 - 1
 )
@@ -154,6 +171,19 @@ func (c Config) withDefaults(pageSize int) (Config, error) {
 		if f.v < time.Second || f.v%time.Second != 0 || f.v > 1<<31*time.Second {
 			return c, fmt.Errorf("%w: %s %v is not a whole number of seconds in [1s, 2^31s]", ErrInvalidConfig, f.name, f.v)
 		}
+	}
+	if c.MonitorAggregation == monitor.AggregationDefault {
+		c.MonitorAggregation = monitor.AggregationMedium
+	}
+	if c.MonitorAggregation > monitor.AggregationMaximum {
+		return c, fmt.Errorf("%w: unknown monitor aggregation level %d", ErrInvalidConfig, c.MonitorAggregation)
+	}
+	defDur(&c.MonitorAggregationInterval, defaultAggregationInterval)
+	if v := c.MonitorAggregationInterval; v < time.Second || v%time.Second != 0 || v > 1<<31*time.Second {
+		return c, fmt.Errorf("%w: MonitorAggregationInterval %v is not a whole number of seconds in [1s, 2^31s]", ErrInvalidConfig, v)
+	}
+	if c.MonitorAggregationFlags == 0 {
+		c.MonitorAggregationFlags = defaultAggregationFlags
 	}
 	if c.Attach > AttachTC {
 		return c, fmt.Errorf("%w: unknown attach mode %d", ErrInvalidConfig, c.Attach)

@@ -1,6 +1,11 @@
 package datapath
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+
+	"github.com/nodeplane/nodeplane/datapath/monitor"
+)
 
 // CounterKey names one counter: packets a hook forwarded (Reason 0) or
 // dropped for a reason.
@@ -38,6 +43,37 @@ func (d *Datapath) Counters() (map[CounterKey]Counter, error) {
 		return nil, fmt.Errorf("read counters: %w", err)
 	}
 	return out, nil
+}
+
+// traceConfig is struct np_trace_config.
+type traceConfig struct {
+	Aggregation uint8   `btf:"aggregation"`
+	ReportFlags uint8   `btf:"report_flags"`
+	_           [2]byte `btf:"pad"`
+	Interval    uint32  `btf:"interval"`
+}
+
+// SetMonitorAggregation sets the monitor aggregation level of every
+// endpoint's programs at once (it is a map, not a load-time constant);
+// AggregationDefault means Config.MonitorAggregation. The interval and
+// report flags stay those of Config.
+func (d *Datapath) SetMonitorAggregation(level monitor.AggregationLevel) error {
+	if level == monitor.AggregationDefault {
+		level = d.cfg.MonitorAggregation
+	}
+	var tc traceConfig
+	switch n, ok := level.CiliumLevel(); {
+	case ok:
+		tc.Aggregation = n + 1
+	case level != monitor.AggregationOff:
+		return fmt.Errorf("%w: unknown monitor aggregation level %d", ErrInvalidConfig, level)
+	}
+	tc.ReportFlags = uint8(d.cfg.MonitorAggregationFlags)
+	tc.Interval = uint32(d.cfg.MonitorAggregationInterval / time.Second)
+	if err := d.maps.trace.Put(uint32(0), tc); err != nil {
+		return fmt.Errorf("set monitor aggregation: %w", err)
+	}
+	return nil
 }
 
 // EventsLost returns how many events found the ring buffer full and were

@@ -80,6 +80,9 @@ func New(cfg Config) (_ *Datapath, err error) {
 	if d.node, err = openNodeNamespace(cfg.NodeNetNS); err != nil {
 		return nil, err
 	}
+	if err := d.SetMonitorAggregation(cfg.MonitorAggregation); err != nil {
+		return nil, err
+	}
 	d.ipcache = &IPCache{m: d.maps.ipcache}
 	d.conntrack = &Conntrack{m: d.maps.conntrack}
 	if cfg.BPFFSDir != "" {

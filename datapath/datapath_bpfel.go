@@ -24,6 +24,7 @@ const (
 	datapathMapNpFrags            = "np_frags"
 	datapathMapNpIpcache          = "np_ipcache"
 	datapathMapNpPolicy           = "np_policy"
+	datapathMapNpTraceConfig      = "np_trace_config"
 	datapathProgNpFromEndpoint    = "np_from_endpoint"
 	datapathProgNpToEndpoint      = "np_to_endpoint"
 	datapathVarNpCtLifetimeClose  = "np_ct_lifetime_close"
@@ -85,14 +86,15 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	NpConntrack  *ebpf.MapSpec `ebpf:"np_conntrack"`
-	NpCounters   *ebpf.MapSpec `ebpf:"np_counters"`
-	NpEndpoints  *ebpf.MapSpec `ebpf:"np_endpoints"`
-	NpEvents     *ebpf.MapSpec `ebpf:"np_events"`
-	NpEventsLost *ebpf.MapSpec `ebpf:"np_events_lost"`
-	NpFrags      *ebpf.MapSpec `ebpf:"np_frags"`
-	NpIpcache    *ebpf.MapSpec `ebpf:"np_ipcache"`
-	NpPolicy     *ebpf.MapSpec `ebpf:"np_policy"`
+	NpConntrack   *ebpf.MapSpec `ebpf:"np_conntrack"`
+	NpCounters    *ebpf.MapSpec `ebpf:"np_counters"`
+	NpEndpoints   *ebpf.MapSpec `ebpf:"np_endpoints"`
+	NpEvents      *ebpf.MapSpec `ebpf:"np_events"`
+	NpEventsLost  *ebpf.MapSpec `ebpf:"np_events_lost"`
+	NpFrags       *ebpf.MapSpec `ebpf:"np_frags"`
+	NpIpcache     *ebpf.MapSpec `ebpf:"np_ipcache"`
+	NpPolicy      *ebpf.MapSpec `ebpf:"np_policy"`
+	NpTraceConfig *ebpf.MapSpec `ebpf:"np_trace_config"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -128,14 +130,15 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	NpConntrack  *ebpf.Map `ebpf:"np_conntrack"`
-	NpCounters   *ebpf.Map `ebpf:"np_counters"`
-	NpEndpoints  *ebpf.Map `ebpf:"np_endpoints"`
-	NpEvents     *ebpf.Map `ebpf:"np_events"`
-	NpEventsLost *ebpf.Map `ebpf:"np_events_lost"`
-	NpFrags      *ebpf.Map `ebpf:"np_frags"`
-	NpIpcache    *ebpf.Map `ebpf:"np_ipcache"`
-	NpPolicy     *ebpf.Map `ebpf:"np_policy"`
+	NpConntrack   *ebpf.Map `ebpf:"np_conntrack"`
+	NpCounters    *ebpf.Map `ebpf:"np_counters"`
+	NpEndpoints   *ebpf.Map `ebpf:"np_endpoints"`
+	NpEvents      *ebpf.Map `ebpf:"np_events"`
+	NpEventsLost  *ebpf.Map `ebpf:"np_events_lost"`
+	NpFrags       *ebpf.Map `ebpf:"np_frags"`
+	NpIpcache     *ebpf.Map `ebpf:"np_ipcache"`
+	NpPolicy      *ebpf.Map `ebpf:"np_policy"`
+	NpTraceConfig *ebpf.Map `ebpf:"np_trace_config"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -148,6 +151,7 @@ func (m *datapathMaps) Close() error {
 		m.NpFrags,
 		m.NpIpcache,
 		m.NpPolicy,
+		m.NpTraceConfig,
 	)
 }
 

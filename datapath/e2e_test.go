@@ -228,10 +228,15 @@ func (w *e2eWorld) run(t *testing.T, a, b, node netip.Addr) {
 			return e.HasTuple && e.Tuple.Proto == proto && e.Tuple.Dst == b && e.Tuple.DstPort == dport
 		}
 	}
-	checkDenied := func(t *testing.T, e *DropEvent, src, dst identity.ID, hook Hook, ep EndpointID) {
+	// checkDenied checks a policy drop: who saw it (hook of endpoint ep),
+	// and whose policy of which direction denied it (dir of policyEP).
+	checkDenied := func(t *testing.T, e *DropEvent, src, dst identity.ID, hook Hook, ep EndpointID, dir Direction, policyEP EndpointID) {
 		t.Helper()
 		if e.Reason != DropPolicyDenied || e.SrcIdentity != src || e.DstIdentity != dst || e.Hook != hook || e.Endpoint != ep {
 			t.Fatalf("drop event %+v, want POLICY_DENIED %d -> %d at %s of endpoint %d", e, src, dst, hook, ep)
+		}
+		if !e.PolicyDecided || e.Direction != dir || e.PolicyEndpoint != policyEP || !e.HasCTState {
+			t.Fatalf("drop event %+v, want the %s policy of endpoint %d named", e, dir, policyEP)
 		}
 	}
 
@@ -272,7 +277,7 @@ func (w *e2eWorld) run(t *testing.T, a, b, node netip.Addr) {
 			t.Fatalf("dial a denied port: %v, want a timeout", err)
 		}
 		e := w.waitDrop(t, dropFromAToB(protoTCP, 8081))
-		checkDenied(t, e, idA, idB, FromEndpoint, 1)
+		checkDenied(t, e, idA, idB, FromEndpoint, 1, Ingress, 2)
 	})
 	t.Run("UDP allowed", func(t *testing.T) {
 		c, err := dial(w.podA, "udp", netip.AddrPortFrom(b, 5353).String(), time.Second)
@@ -292,7 +297,7 @@ func (w *e2eWorld) run(t *testing.T, a, b, node netip.Addr) {
 			t.Fatalf("UDP to a denied port: %v, want a timeout", err)
 		}
 		e := w.waitDrop(t, dropFromAToB(protoUDP, 5354))
-		checkDenied(t, e, idA, idB, FromEndpoint, 1)
+		checkDenied(t, e, idA, idB, FromEndpoint, 1, Ingress, 2)
 	})
 	// 3000 bytes do not fit the veths' MTU of 1500: A's stack sends the
 	// datagram in three fragments, the last one short, and B's reassembles
@@ -328,7 +333,7 @@ func (w *e2eWorld) run(t *testing.T, a, b, node netip.Addr) {
 		e := w.waitDrop(t, func(e *DropEvent) bool {
 			return dropFromAToB(protoUDP, 5354)(e) && e.OrigLen < 1000 // the last fragment, ports from the first
 		})
-		checkDenied(t, e, idA, idB, FromEndpoint, 1)
+		checkDenied(t, e, idA, idB, FromEndpoint, 1, Ingress, 2)
 	})
 	t.Run("ICMP allowed", func(t *testing.T) {
 		if err := ping(w.podA, b, 0x1234, 2*time.Second); err != nil {
@@ -343,7 +348,7 @@ func (w *e2eWorld) run(t *testing.T, a, b, node netip.Addr) {
 		e := w.waitDrop(t, func(e *DropEvent) bool {
 			return e.HasTuple && e.Tuple.Src == b && e.Tuple.Dst == a && (e.Tuple.Proto == protoICMP || e.Tuple.Proto == protoICMPv6)
 		})
-		checkDenied(t, e, idB, idA, FromEndpoint, 2)
+		checkDenied(t, e, idB, idA, FromEndpoint, 2, Egress, 2)
 	})
 	t.Run("node to endpoint allowed", func(t *testing.T) {
 		c, err := dial(w.node, "tcp", netip.AddrPortFrom(a, 8080).String(), 2*time.Second)
@@ -365,7 +370,7 @@ func (w *e2eWorld) run(t *testing.T, a, b, node netip.Addr) {
 		e := w.waitDrop(t, func(e *DropEvent) bool {
 			return e.HasTuple && e.Tuple.Dst == a && e.Tuple.DstPort == 8081
 		})
-		checkDenied(t, e, identity.ReservedHost, idA, ToEndpoint, 1)
+		checkDenied(t, e, identity.ReservedHost, idA, ToEndpoint, 1, Ingress, 1)
 	})
 	t.Run("endpoint to node", func(t *testing.T) {
 		testutils.ServeEcho(t, w.node, "tcp", netip.AddrPortFrom(node, 9000).String())

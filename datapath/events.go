@@ -6,64 +6,33 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
 )
 
 // This file is the Go side of the event format defined in bpf/events.h:
-// the binary layout of every record in the events ring buffer, and
-// [ParseEvent], which turns one record into a typed [Event].
-//
-// Layout (little-endian integers on the machines bpfel objects run on;
-// addresses and ports in network byte order):
-//
-//	header, 16 bytes, starts every record
-//	   0 u8   type       1 drop, 2 policy verdict
-//	   1 u8   version    EventVersion
-//	   2 u16  endpoint   endpoint whose program wrote it
-//	   4 u32  ifindex    interface the packet was seen on
-//	   8 u64  ktime_ns   CLOCK_MONOTONIC
-//	tuple, 40 bytes (struct np_tuple)
-//	   0 [16] saddr      IPv4 in the first 4 bytes
-//	  16 [16] daddr
-//	  32 be16 sport      ICMP echo: identifier in sport (request) or dport (reply)
-//	  34 be16 dport
-//	  36 u8   proto
-//	  37 u8   ip_version 4 or 6
-//	drop record, 208 bytes
-//	   0 header, 16 tuple (valid when flags&1), 56 u32 src identity,
-//	  60 u32 dst identity, 64 u8 reason, 65 u8 hook, 66 u8 flags,
-//	  68 u32 original packet length, 72 u16 captured length,
-//	  80 [128] the packet's first bytes from the Ethernet header
-//	policy verdict record, 80 bytes
-//	   0 header, 16 tuple, 56 u32 src identity, 60 u32 dst identity,
-//	  64 u16 endpoint whose policy decided, 66 u16 proxy port (host order),
-//	  68 u8 hook, 69 u8 direction (0 ingress, 1 egress), 70 u8 verdict
-//	  (0 allowed, else drop reason), 71 u8 match type, 72 u8 L4 prefix
-//	  length, 74 be16 port looked up (destination port or ICMP type)
+// the raw layouts (checked against BTF by TestMapLayouts) and [ParseEvent],
+// which turns one record into a typed [Event]. The layout itself, byte by
+// byte, and the allocation-free decoders are in package monitor, which
+// readers of records (package flow) use without importing this package;
+// TestEventLayoutsMatchMonitor checks that monitor reads these structs'
+// bytes back field for field.
 
 // EventVersion is the version of the record layout this package reads.
-const EventVersion = 1
+const EventVersion = monitor.Version
 
-// EventType says what a record reports.
-type EventType uint8
+// EventType says what a record reports, with Cilium's message-type
+// numbers.
+type EventType = monitor.MessageType
 
 // Event types.
 const (
-	EventDrop          EventType = 1
-	EventPolicyVerdict EventType = 2
+	EventDrop          = monitor.MessageTypeDrop
+	EventTrace         = monitor.MessageTypeTrace
+	EventPolicyVerdict = monitor.MessageTypePolicyVerdict
 )
 
-func (t EventType) String() string {
-	switch t {
-	case EventDrop:
-		return "drop"
-	case EventPolicyVerdict:
-		return "policy-verdict"
-	}
-	return fmt.Sprintf("EventType(%d)", uint8(t))
-}
-
-// Hook is where the datapath saw a packet.
+// Hook is the program that saw a packet.
 type Hook uint8
 
 // Hooks.
@@ -85,28 +54,28 @@ func (h Hook) String() string {
 	return fmt.Sprintf("Hook(%d)", uint8(h))
 }
 
+// hookOf returns the program behind a record's observation point.
+func hookOf(p monitor.ObservationPoint) Hook {
+	if p == monitor.FromEndpoint {
+		return FromEndpoint
+	}
+	return ToEndpoint
+}
+
 // PolicyMatch says which kind of policy entry decided, with Cilium's
 // numbers (POLICY_MATCH_* in bpf/lib/policy.h).
-type PolicyMatch uint8
+type PolicyMatch = monitor.PolicyMatch
 
 // Policy match kinds.
 const (
-	MatchNone      PolicyMatch = 0 // no entry: default deny
-	MatchL3Only    PolicyMatch = 1 // the peer, any protocol
-	MatchL3L4      PolicyMatch = 2 // the peer, protocol and port(s)
-	MatchL4Only    PolicyMatch = 3 // any peer, protocol and port(s)
-	MatchAll       PolicyMatch = 4 // any peer, any protocol
-	MatchL3Proto   PolicyMatch = 5 // the peer, protocol, any port
-	MatchProtoOnly PolicyMatch = 6 // any peer, protocol, any port
+	MatchNone      = monitor.MatchNone
+	MatchL3Only    = monitor.MatchL3Only
+	MatchL3L4      = monitor.MatchL3L4
+	MatchL4Only    = monitor.MatchL4Only
+	MatchAll       = monitor.MatchAll
+	MatchL3Proto   = monitor.MatchL3Proto
+	MatchProtoOnly = monitor.MatchProtoOnly
 )
-
-func (m PolicyMatch) String() string {
-	names := [...]string{"none", "L3-only", "L3-L4", "L4-only", "all", "L3-proto", "proto-only"}
-	if int(m) < len(names) {
-		return names[m]
-	}
-	return fmt.Sprintf("PolicyMatch(%d)", uint8(m))
-}
 
 // Tuple identifies a flow. For ICMP echo the identifier is SrcPort of a
 // request and DstPort of a reply, so that a reply's reversed tuple is its
@@ -155,7 +124,7 @@ type EventHeader struct {
 	Time time.Duration
 }
 
-// Event is a [*DropEvent] or a [*PolicyVerdictEvent].
+// Event is a [*DropEvent], a [*TraceEvent] or a [*PolicyVerdictEvent].
 type Event interface {
 	Header() EventHeader
 }
@@ -174,11 +143,43 @@ type DropEvent struct {
 	// far as the datapath had determined them (0 where it had not).
 	SrcIdentity, DstIdentity identity.ID
 	Reason                   DropReason
-	Hook                     Hook
+	// Hook is the program that dropped the packet.
+	Hook Hook
+	// Direction is the direction of the policy that denied the packet
+	// (PolicyDecided), else the program's: Egress from the endpoint,
+	// Ingress to it.
+	Direction Direction
+	// PolicyEndpoint is the endpoint whose policy denied the packet
+	// (PolicyDecided), else the one whose program dropped it. For traffic
+	// between local endpoints the sender's program enforces the receiver's
+	// ingress policy: Endpoint is the sender, PolicyEndpoint the receiver.
+	PolicyEndpoint EndpointID
+	PolicyDecided  bool
+	// CTState is the conntrack state (TraceReasonPolicy for a new
+	// connection), valid when HasCTState.
+	CTState    monitor.TraceReason
+	HasCTState bool
+	TCPFlags   monitor.TCPFlags
 	// OrigLen is the length of the whole packet.
 	OrigLen uint32
 	// Data holds the packet's first bytes, from the Ethernet header.
 	Data []byte
+}
+
+// TraceEvent reports a forwarded packet at an observation point.
+type TraceEvent struct {
+	EventHeader
+	Tuple                    Tuple
+	SrcIdentity, DstIdentity identity.ID
+	Point                    monitor.ObservationPoint
+	// Reason is the conntrack state of the packet.
+	Reason monitor.TraceReason
+	// DstEndpoint and DstIfindex are the endpoint the packet was delivered
+	// to and its host-side interface (ToEndpoint only).
+	DstEndpoint EndpointID
+	DstIfindex  uint32
+	TCPFlags    monitor.TCPFlags
+	OrigLen     uint32
 }
 
 // PolicyVerdictEvent reports one policy decision about a new connection.
@@ -211,7 +212,8 @@ type PolicyVerdictEvent struct {
 // Allowed reports whether the policy allowed the connection.
 func (e *PolicyVerdictEvent) Allowed() bool { return e.Reason == 0 }
 
-// Raw layouts, checked against BTF by TestMapLayouts.
+// Raw layouts, checked against BTF by TestMapLayouts and against
+// monitor's decoders by TestEventLayoutsMatchMonitor.
 
 type eventHeader struct {
 	Type       uint8  `btf:"type"`
@@ -221,24 +223,42 @@ type eventHeader struct {
 	KtimeNS    uint64 `btf:"ktime_ns"`
 }
 
-const eventCapLen = 128
+const eventCapLen = monitor.CaptureLen
 
 // dropTupleValid is NP_DROP_F_TUPLE.
-const dropTupleValid = 1 << 0
+const dropTupleValid = monitor.DropFlagTuple
 
 type dropEvent struct {
-	Hdr         eventHeader       `btf:"hdr"`
-	Tuple       tuple             `btf:"tuple"`
-	SrcIdentity uint32            `btf:"src_identity"`
-	DstIdentity uint32            `btf:"dst_identity"`
-	Reason      uint8             `btf:"reason"`
-	Hook        uint8             `btf:"hook"`
-	Flags       uint8             `btf:"flags"`
-	_           uint8             `btf:"pad"`
-	OrigLen     uint32            `btf:"orig_len"`
-	CapLen      uint16            `btf:"cap_len"`
-	_           [6]byte           `btf:"pad2"`
-	Data        [eventCapLen]byte `btf:"data"`
+	Hdr              eventHeader       `btf:"hdr"`
+	Tuple            tuple             `btf:"tuple"`
+	SrcIdentity      uint32            `btf:"src_identity"`
+	DstIdentity      uint32            `btf:"dst_identity"`
+	Reason           uint8             `btf:"reason"`
+	ObsPoint         uint8             `btf:"obs_point"`
+	Flags            uint8             `btf:"flags"`
+	Direction        uint8             `btf:"direction"`
+	OrigLen          uint32            `btf:"orig_len"`
+	CapLen           uint16            `btf:"cap_len"`
+	PolicyEndpointID uint16            `btf:"policy_endpoint_id"`
+	TCPFlags         uint8             `btf:"tcp_flags"`
+	CTState          uint8             `btf:"ct_state"`
+	PolicyPort       be16              `btf:"policy_port"`
+	Data             [eventCapLen]byte `btf:"data"`
+}
+
+type traceEvent struct {
+	Hdr           eventHeader `btf:"hdr"`
+	Tuple         tuple       `btf:"tuple"`
+	SrcIdentity   uint32      `btf:"src_identity"`
+	DstIdentity   uint32      `btf:"dst_identity"`
+	DstEndpointID uint16      `btf:"dst_endpoint_id"`
+	ObsPoint      uint8       `btf:"obs_point"`
+	Reason        uint8       `btf:"reason"`
+	OrigLen       uint32      `btf:"orig_len"`
+	TCPFlags      uint8       `btf:"tcp_flags"`
+	_             uint8       `btf:"pad"`
+	PolicyPort    be16        `btf:"policy_port"`
+	DstIfindex    uint32      `btf:"dst_ifindex"`
 }
 
 type policyVerdictEvent struct {
@@ -248,7 +268,7 @@ type policyVerdictEvent struct {
 	DstIdentity      uint32      `btf:"dst_identity"`
 	PolicyEndpointID uint16      `btf:"policy_endpoint_id"`
 	ProxyPort        uint16      `btf:"proxy_port"`
-	Hook             uint8       `btf:"hook"`
+	ObsPoint         uint8       `btf:"obs_point"`
 	Egress           uint8       `btf:"egress"`
 	Verdict          uint8       `btf:"verdict"`
 	MatchType        uint8       `btf:"match_type"`
@@ -259,92 +279,85 @@ type policyVerdictEvent struct {
 }
 
 var (
-	headerSize       = binary.Size(eventHeader{})
 	dropEventSize    = binary.Size(dropEvent{})
 	verdictEventSize = binary.Size(policyVerdictEvent{})
 )
 
 // ParseEvent decodes one ring-buffer record. It rejects records that are
 // shorter than their type's layout, of an unknown type or version, or with
-// fields out of range, with an error wrapping [ErrMalformedEvent]. Bytes
-// after the layout's end are ignored. The returned event does not alias b.
+// fields out of range, with an error wrapping [ErrMalformedEvent] (and
+// monitor's more specific error). Bytes after the layout's end are
+// ignored. The returned event does not alias b.
 func ParseEvent(b []byte) (Event, error) {
-	if len(b) < headerSize {
-		return nil, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrMalformedEvent, len(b), headerSize)
+	ev, err := parseEvent(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedEvent, err)
 	}
-	var h eventHeader
-	if _, err := binary.Decode(b, binary.NativeEndian, &h); err != nil {
-		return nil, fmt.Errorf("%w: header: %v", ErrMalformedEvent, err)
-	}
-	if h.Version != EventVersion {
-		return nil, fmt.Errorf("%w: version %d, want %d", ErrMalformedEvent, h.Version, EventVersion)
-	}
-	hdr := EventHeader{
-		Type: EventType(h.Type), Endpoint: EndpointID(h.EndpointID), Ifindex: h.Ifindex,
-		Time: time.Duration(h.KtimeNS),
-	}
+	return ev, nil
+}
 
-	switch hdr.Type {
-	case EventDrop:
-		var r dropEvent
-		if err := decodeRecord(b, dropEventSize, &r); err != nil {
+func parseEvent(b []byte) (Event, error) {
+	var h monitor.Header
+	if err := monitor.DecodeHeader(b, &h); err != nil {
+		return nil, err
+	}
+	hdr := func(h monitor.Header) EventHeader {
+		return EventHeader{Type: h.Type, Endpoint: EndpointID(h.Endpoint), Ifindex: h.Ifindex, Time: time.Duration(h.KtimeNS)}
+	}
+	switch h.Type {
+	case monitor.MessageTypeDrop:
+		var r monitor.DropNotify
+		if err := r.Decode(b); err != nil {
 			return nil, err
 		}
-		if r.CapLen > eventCapLen {
-			return nil, fmt.Errorf("%w: drop record captures %d bytes, at most %d fit", ErrMalformedEvent, r.CapLen, eventCapLen)
-		}
 		e := &DropEvent{
-			EventHeader: hdr,
+			EventHeader: hdr(r.Header),
 			SrcIdentity: identity.ID(r.SrcIdentity), DstIdentity: identity.ID(r.DstIdentity),
-			Reason: DropReason(r.Reason), Hook: Hook(r.Hook), OrigLen: r.OrigLen,
-			Data: append([]byte(nil), r.Data[:r.CapLen]...),
+			Reason: r.Reason, Hook: hookOf(r.ObservationPoint), OrigLen: r.OrigLen,
+			Direction: Ingress, PolicyEndpoint: EndpointID(r.PolicyEndpoint),
+			PolicyDecided: r.Flags&monitor.DropFlagPolicy != 0,
+			CTState:       r.CTState, HasCTState: r.Flags&monitor.DropFlagCT != 0,
+			TCPFlags: r.TCPFlags,
+			Data:     append([]byte(nil), r.Data[:r.CapLen]...),
 		}
-		if r.Flags&dropTupleValid != 0 {
-			t, err := decodeTuple(r.Tuple)
-			if err != nil {
-				return nil, err
-			}
-			e.Tuple, e.HasTuple = t, true
+		if r.Direction == monitor.DirectionEgress {
+			e.Direction = Egress
+		}
+		if r.Flags&monitor.DropFlagTuple != 0 {
+			e.Tuple, e.HasTuple = Tuple(r.Tuple), true
 		}
 		return e, nil
 
-	case EventPolicyVerdict:
-		var r policyVerdictEvent
-		if err := decodeRecord(b, verdictEventSize, &r); err != nil {
+	case monitor.MessageTypeTrace:
+		var r monitor.TraceNotify
+		if err := r.Decode(b); err != nil {
 			return nil, err
 		}
-		t, err := decodeTuple(r.Tuple)
-		if err != nil {
+		return &TraceEvent{
+			EventHeader: hdr(r.Header), Tuple: Tuple(r.Tuple),
+			SrcIdentity: identity.ID(r.SrcIdentity), DstIdentity: identity.ID(r.DstIdentity),
+			Point: r.ObservationPoint, Reason: r.Reason,
+			DstEndpoint: EndpointID(r.DstEndpoint), DstIfindex: r.DstIfindex,
+			TCPFlags: r.TCPFlags, OrigLen: r.OrigLen,
+		}, nil
+
+	case monitor.MessageTypePolicyVerdict:
+		var r monitor.PolicyVerdictNotify
+		if err := r.Decode(b); err != nil {
 			return nil, err
 		}
-		if r.Egress > 1 {
-			return nil, fmt.Errorf("%w: policy direction %d", ErrMalformedEvent, r.Egress)
+		dir := Ingress
+		if r.Egress {
+			dir = Egress
 		}
 		return &PolicyVerdictEvent{
-			EventHeader: hdr, Tuple: t,
+			EventHeader: hdr(r.Header), Tuple: Tuple(r.Tuple),
 			SrcIdentity: identity.ID(r.SrcIdentity), DstIdentity: identity.ID(r.DstIdentity),
-			PolicyEndpoint: EndpointID(r.PolicyEndpointID), Hook: Hook(r.Hook),
-			Direction: Direction(r.Egress), Reason: DropReason(r.Verdict),
-			Match: PolicyMatch(r.MatchType), L4PrefixLen: r.L4PrefixLen,
-			ProxyPort: r.ProxyPort, PolicyPort: r.PolicyPort.host(),
+			PolicyEndpoint: EndpointID(r.PolicyEndpoint), Hook: hookOf(r.ObservationPoint),
+			Direction: dir, Reason: r.Verdict,
+			Match: r.Match, L4PrefixLen: r.L4PrefixLen,
+			ProxyPort: r.ProxyPort, PolicyPort: r.PolicyPort,
 		}, nil
 	}
-	return nil, fmt.Errorf("%w: unknown type %d", ErrMalformedEvent, h.Type)
-}
-
-func decodeRecord(b []byte, size int, out any) error {
-	if len(b) < size {
-		return fmt.Errorf("%w: %d bytes, a %T record has %d", ErrMalformedEvent, len(b), out, size)
-	}
-	if _, err := binary.Decode(b[:size], binary.NativeEndian, out); err != nil {
-		return fmt.Errorf("%w: %v", ErrMalformedEvent, err)
-	}
-	return nil
-}
-
-func decodeTuple(t tuple) (Tuple, error) {
-	if t.IPVersion != ipv4 && t.IPVersion != ipv6 {
-		return Tuple{}, fmt.Errorf("%w: tuple IP version %d", ErrMalformedEvent, t.IPVersion)
-	}
-	return t.typed(), nil
+	return nil, fmt.Errorf("%w: %d", monitor.ErrUnknownType, h.Type)
 }

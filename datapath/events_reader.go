@@ -39,6 +39,20 @@ func (r *EventReader) Read() (Event, error) {
 	return ParseEvent(r.rec.RawSample)
 }
 
+// ReadRaw blocks until a record arrives and returns its bytes, undecoded
+// (package flow decodes them without allocating). The slice is valid until
+// the next ReadRaw or Read. Errors are those of Read; ReadRaw implements
+// flow.Source.
+func (r *EventReader) ReadRaw() ([]byte, error) {
+	if err := r.r.ReadInto(&r.rec); err != nil {
+		if errors.Is(err, ringbuf.ErrClosed) {
+			return nil, ErrClosed
+		}
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	return r.rec.RawSample, nil
+}
+
 // SetDeadline makes Read give up at t; the zero time means never.
 func (r *EventReader) SetDeadline(t time.Time) { r.r.SetDeadline(t) }
 

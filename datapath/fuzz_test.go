@@ -14,6 +14,7 @@ import (
 func FuzzParseEvent(f *testing.F) {
 	f.Add(encodeRecord(f, sampleDrop(f)))
 	f.Add(encodeRecord(f, sampleVerdict(f)))
+	f.Add(encodeRecord(f, sampleTrace(f)))
 	f.Add(encodeRecord(f, sampleDrop(f))[:100])
 	f.Add([]byte{1, 1, 0, 0})
 	f.Fuzz(func(t *testing.T, rec []byte) {
@@ -45,6 +46,10 @@ func FuzzParseEvent(f *testing.F) {
 		case *PolicyVerdictEvent:
 			if len(rec) < verdictEventSize || e.Type != EventPolicyVerdict || e.Direction > Egress {
 				t.Fatalf("accepted verdict %+v from %d bytes", e, len(rec))
+			}
+		case *TraceEvent:
+			if len(rec) < binary.Size(traceEvent{}) || e.Type != EventTrace || !e.Tuple.Src.IsValid() {
+				t.Fatalf("accepted trace %+v from %d bytes", e, len(rec))
 			}
 		default:
 			t.Fatalf("unexpected event type %T", ev)

@@ -35,6 +35,8 @@ func TestMapLayouts(t *testing.T) {
 		{"np_event_hdr", eventHeader{}},
 		{"np_drop_event", dropEvent{}},
 		{"np_policy_verdict_event", policyVerdictEvent{}},
+		{"np_trace_event", traceEvent{}},
+		{"np_trace_config", traceConfig{}},
 		{"__sk_buff", skbContext{}},
 	} {
 		t.Run(tc.c, func(t *testing.T) {
@@ -49,11 +51,12 @@ func TestMapLayouts(t *testing.T) {
 
 	// The maps use these types for their keys and values.
 	for name, kv := range map[string][2]string{
-		datapathMapNpEndpoints: {"np_endpoint_key", "np_endpoint_info"},
-		datapathMapNpIpcache:   {"np_ipcache_key", "np_ipcache_info"},
-		datapathMapNpConntrack: {"np_tuple", "np_ct_entry"},
-		datapathMapNpFrags:     {"np_frag_key", "np_frag_l4"},
-		datapathMapNpCounters:  {"", "np_counter"},
+		datapathMapNpEndpoints:   {"np_endpoint_key", "np_endpoint_info"},
+		datapathMapNpIpcache:     {"np_ipcache_key", "np_ipcache_info"},
+		datapathMapNpConntrack:   {"np_tuple", "np_ct_entry"},
+		datapathMapNpFrags:       {"np_frag_key", "np_frag_l4"},
+		datapathMapNpCounters:    {"", "np_counter"},
+		datapathMapNpTraceConfig: {"", "np_trace_config"},
 	} {
 		m := spec.Maps[name]
 		if kv[0] != "" && m.Key.TypeName() != kv[0] {

@@ -19,6 +19,7 @@ type sharedMaps struct {
 	counters   *ebpf.Map
 	eventsLost *ebpf.Map
 	events     *ebpf.Map
+	trace      *ebpf.Map // np_trace_config
 	// records is Go's own map of endpoint records (record.go); the
 	// programs do not use it.
 	records *ebpf.Map
@@ -26,14 +27,15 @@ type sharedMaps struct {
 
 func (m *sharedMaps) byName() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
-		datapathMapNpEndpoints:  &m.endpoints,
-		datapathMapNpIpcache:    &m.ipcache,
-		datapathMapNpConntrack:  &m.conntrack,
-		datapathMapNpFrags:      &m.frags,
-		datapathMapNpPolicy:     &m.policy,
-		datapathMapNpCounters:   &m.counters,
-		datapathMapNpEventsLost: &m.eventsLost,
-		datapathMapNpEvents:     &m.events,
+		datapathMapNpEndpoints:   &m.endpoints,
+		datapathMapNpIpcache:     &m.ipcache,
+		datapathMapNpConntrack:   &m.conntrack,
+		datapathMapNpFrags:       &m.frags,
+		datapathMapNpPolicy:      &m.policy,
+		datapathMapNpCounters:    &m.counters,
+		datapathMapNpEventsLost:  &m.eventsLost,
+		datapathMapNpEvents:      &m.events,
+		datapathMapNpTraceConfig: &m.trace,
 	}
 }
 

@@ -156,6 +156,9 @@ type ctEntry struct {
 	EndpointID  uint16 `btf:"endpoint_id"`
 	TCPFlagsFwd uint8  `btf:"tcp_flags_fwd"`
 	TCPFlagsRev uint8  `btf:"tcp_flags_rev"`
+	// Trace reports (monitor aggregation), CLOCK_MONOTONIC seconds.
+	LastReportFwd uint32 `btf:"last_report_fwd"`
+	LastReportRev uint32 `btf:"last_report_rev"`
 }
 
 // policyStaticPrefix is NP_POLICY_STATIC_PREFIX: identity and direction

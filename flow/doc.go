@@ -15,7 +15,8 @@
 // with casts.
 //
 // Importing flow costs the standard library, datapath/monitor (std only)
-// and golang.org/x/sys/unix for the clock: `go list -deps ./flow | wc -l`.
+// and golang.org/x/sys/unix for the clock: `go list -deps ./flow | wc -l`
+// is 73 packages (datapath: 171; flow/metrics, with client_golang: 239).
 //
 // # Hot path
 //

@@ -221,6 +221,7 @@ static __always_inline int np_ct_create(const struct np_pkt *p, __u32 src_identi
 		.flags = np_ct_tcp_bits(p, 0),
 		.endpoint_id = endpoint_id,
 		.tcp_flags_fwd = p->tcp_flags,
+		.last_report_fwd = now, /* a new connection is reported */
 	};
 
 	e.expires = now + np_ct_lifetime(p, e.flags);

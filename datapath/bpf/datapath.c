@@ -70,6 +70,13 @@ struct np_state {
 	__u8 ct_state;
 	__u8 hook;
 	__u8 parsed;
+	/* Trace and drop reporting (events.h). */
+	__u8 ct_known;      /* ct_state is conntrack's */
+	__u8 monitor;       /* medium aggregation: this packet is to be reported */
+	__u8 aggregation;   /* np_trace_config.aggregation */
+	__u8 policy_dir;    /* enum np_direction of the denying policy, 0 for none */
+	__u16 policy_ep;    /* endpoint of the denying policy */
+	__u16 dst_ep;       /* local endpoint the packet is delivered to */
 };
 
 static __always_inline void np_fill_hdr(struct np_event_hdr *h, struct __sk_buff *skb, __u8 type)
@@ -79,6 +86,11 @@ static __always_inline void np_fill_hdr(struct np_event_hdr *h, struct __sk_buff
 	h->endpoint_id = np_endpoint_id;
 	h->ifindex = skb->ifindex;
 	h->ktime_ns = bpf_ktime_get_ns();
+}
+
+static __always_inline __u8 np_obs_of(__u8 hook)
+{
+	return hook == NP_HOOK_FROM_ENDPOINT ? NP_OBS_FROM_ENDPOINT : NP_OBS_TO_ENDPOINT;
 }
 
 static __always_inline void np_event_lost(void)
@@ -103,11 +115,26 @@ static __noinline void np_fill_drop(struct np_drop_event *e, struct __sk_buff *s
 	if (s->parsed) {
 		e->tuple = s->pkt.tuple;
 		e->flags = NP_DROP_F_TUPLE;
+		e->tcp_flags = s->pkt.tcp_flags;
+		e->policy_port = s->pkt.policy_port;
+	}
+	if (s->ct_known) {
+		e->flags |= NP_DROP_F_CT;
+		e->ct_state = s->ct_state;
 	}
 	e->src_identity = s->src_identity;
 	e->dst_identity = s->dst_identity;
 	e->reason = s->reason;
-	e->hook = s->hook;
+	e->obs_point = np_obs_of(s->hook);
+	if (s->policy_dir) {
+		e->flags |= NP_DROP_F_POLICY;
+		e->direction = s->policy_dir;
+		e->policy_endpoint_id = s->policy_ep;
+	} else {
+		/* No policy decided: the writer's side of the packet. */
+		e->direction = s->hook == NP_HOOK_FROM_ENDPOINT ? NP_DIR_EGRESS : NP_DIR_INGRESS;
+		e->policy_endpoint_id = np_endpoint_id;
+	}
 	e->orig_len = skb->len;
 	cap = skb->len;
 	if (cap > NP_EVENT_CAP_LEN)
@@ -139,7 +166,7 @@ static __noinline void np_fill_verdict(struct np_policy_verdict_event *e, struct
 	e->dst_identity = s->dst_identity;
 	e->policy_endpoint_id = policy_endpoint_id;
 	e->proxy_port = s->policy.proxy_port;
-	e->hook = s->hook;
+	e->obs_point = np_obs_of(s->hook);
 	e->egress = egress;
 	e->verdict = s->policy.reason;
 	e->match_type = s->policy.match_type;
@@ -158,6 +185,109 @@ static __always_inline void np_emit_verdict(struct __sk_buff *skb, const struct 
 	}
 	np_fill_verdict(e, skb, s, policy_endpoint_id, egress);
 	bpf_ringbuf_submit(e, 0);
+}
+
+/* ---- trace records (events.h: monitor aggregation) ---- */
+
+static __noinline void np_fill_trace(struct np_trace_event *e, struct __sk_buff *skb,
+				     const struct np_state *s, __u8 obs_point)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	np_fill_hdr(&e->hdr, skb, NP_EVENT_TRACE);
+	e->tuple = s->pkt.tuple;
+	e->src_identity = s->src_identity;
+	e->dst_identity = s->dst_identity;
+	e->obs_point = obs_point;
+	e->reason = s->ct_state;
+	e->orig_len = skb->len;
+	e->tcp_flags = s->pkt.tcp_flags;
+	e->policy_port = s->pkt.policy_port;
+	if (obs_point == NP_OBS_TO_ENDPOINT) {
+		e->dst_endpoint_id = s->dst_ep;
+		e->dst_ifindex = s->redirect_ifindex ? s->redirect_ifindex : skb->ifindex;
+	}
+}
+
+static __always_inline void np_emit_trace(struct __sk_buff *skb, const struct np_state *s,
+					  __u8 obs_point)
+{
+	struct np_trace_event *e = bpf_ringbuf_reserve(&np_events, sizeof(*e), 0);
+
+	if (!e) {
+		np_event_lost();
+		return;
+	}
+	np_fill_trace(e, skb, s, obs_point);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* np_trace_config_get returns the aggregation setting, 0 (no traces) when
+ * the map is missing its entry. */
+static __always_inline const struct np_trace_config *np_trace_config_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&np_trace_config, &zero);
+}
+
+/* np_ct_report decides, for aggregation medium and above, whether a packet
+ * of a known connection is reported, as Cilium's __ct_update_timeout: a
+ * report flag not seen before in this direction, or the interval passed
+ * since the last report. It must run before np_ct_update adds the packet's
+ * flags to the entry. */
+static __always_inline __u8 np_ct_report(struct np_ct_entry *e, const struct np_pkt *p,
+					 int reply, __u32 now,
+					 const struct np_trace_config *cfg)
+{
+	__u8 seen = reply ? e->tcp_flags_rev : e->tcp_flags_fwd;
+	__u32 last = reply ? e->last_report_rev : e->last_report_fwd;
+
+	if ((p->tcp_flags & cfg->report_flags & ~seen) || now - last >= cfg->interval) {
+		if (reply)
+			e->last_report_rev = now;
+		else
+			e->last_report_fwd = now;
+		return 1;
+	}
+	return 0;
+}
+
+/* np_trace reports a forwarded packet at the points its path passed. */
+static __always_inline void np_trace(struct __sk_buff *skb, const struct np_state *s, int action)
+{
+	__u8 level;
+
+	if (!s->aggregation || !s->parsed)
+		return;
+	level = s->aggregation - 1;
+	if (level >= NP_AGGREGATE_MEDIUM && !s->monitor)
+		return;
+	if (s->hook == NP_HOOK_TO_ENDPOINT) {
+		np_emit_trace(skb, s, NP_OBS_TO_ENDPOINT);
+		return;
+	}
+	if (level < NP_AGGREGATE_LOWEST)
+		np_emit_trace(skb, s, NP_OBS_FROM_ENDPOINT);
+	np_emit_trace(skb, s, action == TC_ACT_REDIRECT ? NP_OBS_TO_ENDPOINT : NP_OBS_TO_STACK);
+}
+
+/* np_trace_prepare reads the aggregation level and, from medium on,
+ * decides whether this packet is reported; it runs right after the
+ * conntrack lookup. New and related packets are always reported. */
+static __always_inline void np_trace_prepare(struct np_state *s, struct np_ct_entry *ct, __u32 now)
+{
+	const struct np_trace_config *cfg = np_trace_config_get();
+
+	s->ct_known = 1;
+	if (!cfg || !cfg->aggregation)
+		return;
+	s->aggregation = cfg->aggregation;
+	if (cfg->aggregation - 1 < NP_AGGREGATE_MEDIUM)
+		return;
+	if (!ct)
+		s->monitor = 1;
+	else
+		s->monitor = np_ct_report(ct, &s->pkt, s->ct_state == NP_CT_REPLY, now, cfg);
 }
 
 /* np_exit records the verdict in skb->cb and the counters, reports drops,
@@ -183,6 +313,7 @@ static __always_inline int np_exit(struct __sk_buff *skb, struct np_state *s, in
 		np_emit_drop(skb, s);
 		return TC_ACT_SHOT;
 	}
+	np_trace(skb, s, action);
 	return action;
 }
 
@@ -256,6 +387,10 @@ static __always_inline __u8 np_check_policy(struct __sk_buff *skb, struct np_sta
 
 	np_policy_decide(endpoint_id, &key, &s->policy);
 	np_emit_verdict(skb, s, endpoint_id, egress);
+	if (s->policy.reason) {
+		s->policy_dir = egress ? NP_DIR_EGRESS : NP_DIR_INGRESS;
+		s->policy_ep = endpoint_id;
+	}
 	return s->policy.reason;
 }
 
@@ -340,9 +475,12 @@ int np_from_endpoint(struct __sk_buff *skb)
 	if (ret != TC_ACT_UNSPEC)
 		return np_exit(skb, &s, ret);
 	dst = np_lookup_endpoint(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
+	if (dst)
+		s.dst_ep = dst->endpoint_id;
 
 	s.ct_state = np_ct_lookup(skb, &s.pkt, &ct);
 	now = np_now_sec();
+	np_trace_prepare(&s, ct, now);
 	if (ct) {
 		/* Established or reply: the fast path, no identity lookups. */
 		np_ct_identities(&s, ct);
@@ -390,8 +528,10 @@ int np_to_endpoint(struct __sk_buff *skb)
 	if (ret != TC_ACT_UNSPEC)
 		return np_exit(skb, &s, ret);
 
+	s.dst_ep = np_endpoint_id;
 	s.ct_state = np_ct_lookup(skb, &s.pkt, &ct);
 	now = np_now_sec();
+	np_trace_prepare(&s, ct, now);
 	if (ct) {
 		np_ct_identities(&s, ct);
 		np_ct_update(ct, &s.pkt, s.ct_state == NP_CT_REPLY, now);

@@ -123,8 +123,10 @@ struct np_ct_entry {
 	__u16 endpoint_id;  /* endpoint whose program created the entry */
 	__u8 tcp_flags_fwd; /* union of TCP flags seen from the originator */
 	__u8 tcp_flags_rev; /* ... and from the responder */
+	__u32 last_report_fwd; /* CLOCK_MONOTONIC seconds of the last trace report, */
+	__u32 last_report_rev; /* each way (monitor aggregation, events.h) */
 };
-NP_ASSERT_SIZE(struct np_ct_entry, 56);
+NP_ASSERT_SIZE(struct np_ct_entry, 64);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
