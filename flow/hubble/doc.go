@@ -29,19 +29,19 @@
 //
 // This is the only nodeplane package that imports Cilium's API definitions
 // (github.com/cilium/cilium/api/v1/flow, observer, relay) and with them
-// gRPC and protobuf; flow itself does not. Measured with Go 1.26 on
-// linux/amd64:
+// gRPC and protobuf; flow itself does not, and flow/metrics brings only
+// client_golang. Measured with Go 1.26 on linux/amd64:
 //
 //	go list -deps ./flow/hubble | wc -l    320 packages (138 outside std)
-//	go list -deps ./flow        | wc -l     68 packages (2 outside std)
+//	go list -deps ./flow/metrics | wc -l   239
+//	go list -deps ./flow        | wc -l     73 packages (3 outside std)
 //
-// Requiring github.com/cilium/cilium v1.20.2 also raises, by minimum
-// version selection, the versions of modules the whole SDK shares: go.mod's
-// go directive to 1.26.0 (Cilium's), google.golang.org/grpc to v1.83.1,
-// golang.org/x/sys to v0.46.0 and github.com/vishvananda/netlink from
-// v1.3.1 to the pre-release v1.3.2-0.20260624190457-bab08b3566fc that
-// Cilium pins. Cilium's go.mod has a replace directive
-// (sigs.k8s.io/controller-tools); it only matters for building Cilium's
-// own binaries, not for importing these API packages: `go mod tidy` works
-// without it.
+// Requiring github.com/cilium/cilium v1.20.2 in the SDK's go.mod also
+// raises, by minimum version selection, modules the whole SDK shares: the
+// go directive to at least 1.26.0 (Cilium's), google.golang.org/grpc to
+// v1.83.1, and github.com/vishvananda/netlink from v1.3.1 to the
+// pre-release v1.3.2-0.20260624190457-bab08b3566fc that Cilium pins.
+// Cilium's go.mod has a replace directive (sigs.k8s.io/controller-tools);
+// it only matters for building Cilium's own binaries (see .ci/hubble-cli),
+// not for importing these API packages: `go mod tidy` works without it.
 package hubble
