@@ -79,7 +79,8 @@ func flowKeys(fs []*flowpb.Flow) []uint32 {
 func TestHubbleCLI(t *testing.T) {
 	testutils.HubbleCLI(t)
 	fs := testFlows()
-	_, _, addr := startServer(t, newRing(16, fs))
+	obs := newRing(16, fs)
+	_, _, addr := startServer(t, obs)
 	server := "--server=" + addr
 
 	t.Run("observe -o json", func(t *testing.T) {
@@ -150,6 +151,13 @@ func TestHubbleCLI(t *testing.T) {
 		}
 	})
 
+	t.Run("list namespaces", func(t *testing.T) {
+		out := hubbleCLI(t, "list", "namespaces", server)
+		if lines := strings.Fields(out); !slices.Equal(lines, []string{"NAMESPACE", "prod"}) {
+			t.Errorf("list namespaces:\n%s", out)
+		}
+	})
+
 	t.Run("unsupported filter is refused", func(t *testing.T) {
 		_, stderr, err := hubbleCLIResult(t, "observe", server, "--http-method", "GET")
 		if err == nil || !strings.Contains(stderr, "http_method") {
@@ -175,4 +183,71 @@ func protoEqualJSON(t *testing.T, a, b *flowpb.Flow) bool {
 		t.Fatal("protojson round trip")
 	}
 	return protojson.Format(&na) == protojson.Format(&nb)
+}
+
+// TestHubbleCLIFollow runs `hubble observe --follow --verdict DROPPED` and
+// writes flows while it runs: it must print the new dropped flows and
+// nothing else.
+func TestHubbleCLIFollow(t *testing.T) {
+	bin := testutils.HubbleCLI(t)
+	obs := newRing(64, testFlows())
+	_, _, addr := startServer(t, obs)
+
+	cmd := exec.Command(bin, "observe", "--server="+addr, "-o", "json", "--follow", "--verdict", "DROPPED")
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "HUBBLE_CONFIG="+os.DevNull)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+
+	// The CLI follows from the moment its call reaches the server, which
+	// the test cannot see: write a forwarded and a dropped flow (source
+	// ports 100+i and 200+i) every 50ms until three dropped ones arrived.
+	fwd, drop := testFlows()[0], testFlows()[2]
+	var got []string
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(20 * time.Second)
+	for i := uint16(0); len(got) < 3; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("hubble exited; printed %v", got)
+			}
+			got = append(got, l)
+		case <-tick.C:
+			fwd.L4.SourcePort, drop.L4.SourcePort = 100+i, 200+i
+			fwd.Time, drop.Time = time.Now(), time.Now()
+			obs.ring.Write(&fwd)
+			obs.ring.Write(&drop)
+			i++
+		case <-timeout:
+			t.Fatalf("after 20s hubble printed %v", got)
+		}
+	}
+	flows := parseFlows(t, strings.Join(got, "\n"))
+	if len(flows) != 3 {
+		t.Fatalf("%d flows in %q", len(flows), got)
+	}
+	first := flowKey(flows[0])
+	for i, f := range flows {
+		if f.GetVerdict() != flowpb.Verdict_DROPPED || flowKey(f) != first+uint32(i) || first < 200 {
+			t.Errorf("followed flow %d: %v %d, want DROPPED from port %d", i, f.GetVerdict(), flowKey(f), first+uint32(i))
+		}
+	}
 }

@@ -7,10 +7,10 @@
 //
 // [Server] implements GetFlows (Hubble's whitelist/blacklist filters,
 // Number with First or last, Follow, Since, Until, field masks, lost-event
-// reports), ServerStatus, GetNodes (this node) and the gRPC health service
-// `hubble status` checks first. The flows come from an [Observer], normally
-// a *flow.Observer. The rest of the Observer service (agent and debug
-// events, namespaces) answers Unimplemented.
+// reports), ServerStatus, GetNodes (this node), GetNamespaces and the gRPC
+// health service `hubble status` checks first. The flows come from an
+// [Observer], normally a *flow.Observer. The rest of the Observer service
+// (agent and debug events) answers Unimplemented: nodeplane has none.
 //
 // The conversion between nodeplane's flow types and Hubble's protobufs is
 // in one place: [Proto] for flows, [Filter] and [Request] for what clients

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -255,6 +257,29 @@ func (s *Server) GetNodes(context.Context, *observerpb.GetNodesRequest) (*observ
 		MaxFlows:  st.MaxFlows,
 		SeenFlows: st.SeenFlows,
 	}}}, nil
+}
+
+// GetNamespaces lists the namespaces of the pods in the stored flows,
+// sorted (`hubble list namespaces`). Hubble lists those of the flows of
+// the last hour; a node-local ring holds fewer, so this may list fewer.
+func (s *Server) GetNamespaces(ctx context.Context, _ *observerpb.GetNamespacesRequest) (*observerpb.GetNamespacesResponse, error) {
+	seen := map[string]bool{}
+	err := s.src.GetFlows(ctx, flow.Request{}, func(r *flow.Response) error {
+		if r.Flow != nil {
+			seen[r.Flow.Source.Namespace] = true
+			seen[r.Flow.Destination.Namespace] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	delete(seen, "")
+	resp := &observerpb.GetNamespacesResponse{}
+	for _, ns := range slices.Sorted(maps.Keys(seen)) {
+		resp.Namespaces = append(resp.Namespaces, &observerpb.Namespace{Namespace: ns})
+	}
+	return resp, nil
 }
 
 var _ Observer = (*flow.Observer)(nil)
