@@ -314,9 +314,10 @@ func TestPrivilegedHubbleCLI(t *testing.T) {
 		t.Fatal("hubble observe printed no flows")
 	}
 	for _, f := range all {
-		t.Logf("%s %s %s:%d -> %s:%d %s %s match=%d %s", f.GetVerdict(), f.GetEventType(),
+		t.Logf("%s %s %s:%d -> %s:%d %s %s match=%d %s iface=%v point=%v", f.GetVerdict(), f.GetEventType(),
 			f.GetIP().GetSource(), srcPort(f), f.GetIP().GetDestination(), dstPort(f),
-			f.GetDropReasonDesc(), f.GetTrafficDirection(), f.GetPolicyMatchType(), f.GetSummary())
+			f.GetDropReasonDesc(), f.GetTrafficDirection(), f.GetPolicyMatchType(), f.GetSummary(),
+			f.GetInterface(), f.GetTraceObservationPoint())
 	}
 
 	webToDB := func(f *flowpb.Flow) bool {
@@ -356,6 +357,11 @@ func TestPrivilegedHubbleCLI(t *testing.T) {
 		}
 		if f.GetEventType().GetType() != 1 || f.GetEventType().GetSubType() != 133 || f.GetNodeName() != "node-a" {
 			t.Errorf("event type %v node %q", f.GetEventType(), f.GetNodeName())
+		}
+		// web's program dropped it on web's host-side interface, deciding
+		// for db's ingress policy.
+		if f.GetInterface().GetName() != w.web.ep.HostIfName() {
+			t.Errorf("drop seen on %v, want %s", f.GetInterface(), w.web.ep.HostIfName())
 		}
 	})
 
@@ -403,6 +409,14 @@ func TestPrivilegedHubbleCLI(t *testing.T) {
 			}
 			if webToDB(f) && dstPort(f) == allowedPort {
 				checkEnds(t, f)
+				// Delivered into db's namespace through db's host-side
+				// interface.
+				if f.GetTraceObservationPoint() != flowpb.TraceObservationPoint_TO_ENDPOINT ||
+					f.GetInterface().GetName() != w.db.ep.HostIfName() ||
+					f.GetInterface().GetIndex() != uint32(w.db.ep.HostIfindex()) {
+					t.Errorf("trace flow to db seen at %v on %v, want TO_ENDPOINT on %s",
+						f.GetTraceObservationPoint(), f.GetInterface(), w.db.ep.HostIfName())
+				}
 				fwd = true
 			}
 			if f.GetIP().GetSource() == w.db.addr.String() && srcPort(f) == allowedPort && f.GetIsReply().GetValue() {
