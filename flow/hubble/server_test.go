@@ -45,7 +45,7 @@ func (r *ringObserver) Status() flow.Status {
 }
 
 // startServer serves src on a loopback port and returns a client.
-func startServer(t *testing.T, src Observer) (observerpb.ObserverClient, *grpc.ClientConn, string) {
+func startServer(t testing.TB, src Observer) (observerpb.ObserverClient, *grpc.ClientConn, string) {
 	t.Helper()
 	s, err := New(Config{Flows: src, NodeName: "node-a", Address: "127.0.0.1", Version: "nodeplane-test"})
 	if err != nil {
