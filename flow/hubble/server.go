@@ -58,9 +58,9 @@ type Config struct {
 }
 
 // Server implements Hubble's Observer gRPC service (GetFlows, ServerStatus,
-// GetNodes) and the gRPC health service over a [Source]. Create it with
-// [New], then either [Server.Serve] a listener or [Server.Register] it on a
-// grpc.Server of your own.
+// GetNodes, GetNamespaces) and the gRPC health service over an [Observer].
+// Create it with [New], then either [Server.Serve] a listener or
+// [Server.Register] it on a grpc.Server of your own.
 type Server struct {
 	observerpb.UnimplementedObserverServer
 
@@ -206,7 +206,7 @@ func (s *Server) ServerStatus(ctx context.Context, _ *observerpb.ServerStatusReq
 		NumFlows:            st.NumFlows,
 		MaxFlows:            st.MaxFlows,
 		SeenFlows:           st.SeenFlows,
-		UptimeNs:            uint64(time.Since(s.start)),
+		UptimeNs:            uint64(s.uptime(st)),
 		NumConnectedNodes:   wrapperspb.UInt32(1),
 		NumUnavailableNodes: wrapperspb.UInt32(0),
 		Version:             s.cfg.Version,
@@ -214,9 +214,9 @@ func (s *Server) ServerStatus(ctx context.Context, _ *observerpb.ServerStatusReq
 	}, nil
 }
 
-// flowRate is Hubble's: the flows of the last minute per second, or of
-// the time the stored flows span when the ring holds less than a minute
-// of a full ring's worth.
+// flowRate is Hubble's: the flows of the last minute per second; when the
+// ring wrapped within that minute (it is full and its oldest flow is
+// younger), per second of the time its flows span.
 func (s *Server) flowRate(ctx context.Context, st flow.Status, now time.Time) (float64, error) {
 	since := now.Add(-time.Minute)
 	var (
@@ -244,6 +244,15 @@ func (s *Server) flowRate(ctx context.Context, st flow.Status, now time.Time) (f
 	return 0, nil
 }
 
+// uptime is the Observer's (which Hubble's server is), or the server's
+// when the Observer does not say.
+func (s *Server) uptime(st flow.Status) time.Duration {
+	if st.Uptime > 0 {
+		return st.Uptime
+	}
+	return time.Since(s.start)
+}
+
 // GetNodes reports this node, the only one a node-local server knows.
 func (s *Server) GetNodes(context.Context, *observerpb.GetNodesRequest) (*observerpb.GetNodesResponse, error) {
 	st := s.src.Status()
@@ -252,7 +261,7 @@ func (s *Server) GetNodes(context.Context, *observerpb.GetNodesRequest) (*observ
 		Version:   s.cfg.Version,
 		Address:   s.cfg.Address,
 		State:     relaypb.NodeState_NODE_CONNECTED,
-		UptimeNs:  uint64(time.Since(s.start)),
+		UptimeNs:  uint64(s.uptime(st)),
 		NumFlows:  st.NumFlows,
 		MaxFlows:  st.MaxFlows,
 		SeenFlows: st.SeenFlows,
