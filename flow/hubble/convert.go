@@ -128,10 +128,10 @@ func lostEvent(l *flow.LostEvent) *flowpb.LostEvent {
 	}
 }
 
-// Request converts a GetFlows request into flow's. It fails on a request
+// request converts a GetFlows request into flow's. It fails on a request
 // Hubble rejects (first with follow, an invalid time) and on a filter that
-// uses a field nodeplane's flows never carry (see [Filter]).
-func Request(req *observerpb.GetFlowsRequest) (flow.Request, error) {
+// uses a field nodeplane's flows never carry (see [Filters]).
+func request(req *observerpb.GetFlowsRequest) (flow.Request, error) {
 	if req.GetFirst() && req.GetFollow() {
 		return flow.Request{}, fmt.Errorf("first cannot be specified with follow")
 	}
@@ -158,27 +158,28 @@ func Request(req *observerpb.GetFlowsRequest) (flow.Request, error) {
 	return r, nil
 }
 
-// Filters converts Hubble filters one to one. See [Filter].
+// Filters converts Hubble filters one to one, each into the flow.Filter
+// with the same fields. A field that nodeplane's flows never carry (L7:
+// HTTP and DNS; FQDNs, workloads, cluster names, node labels, trace IDs,
+// encryption, translated source addresses, UUIDs, CEL expressions; the TCP
+// NS flag) is an error naming it, not ignored: ignoring a field would
+// widen the filter, and a filter that can never match is better stated
+// than silently served empty.
 func Filters(in []*flowpb.FlowFilter) ([]flow.Filter, error) {
 	if len(in) == 0 {
 		return nil, nil
 	}
 	out := make([]flow.Filter, len(in))
 	for i, ff := range in {
-		if err := Filter(ff, &out[i]); err != nil {
+		if err := filter(ff, &out[i]); err != nil {
 			return nil, fmt.Errorf("filter %d: %w", i, err)
 		}
 	}
 	return out, nil
 }
 
-// Filter converts one Hubble FlowFilter into out, field by field. A field
-// that nodeplane's flows never carry (L7: HTTP and DNS; FQDNs, workloads,
-// cluster names, node labels, trace IDs, encryption, translated source
-// addresses, UUIDs, CEL expressions; the TCP NS flag) is an error naming
-// it, not ignored: ignoring a field would widen the filter, and a filter
-// that can never match is better stated than silently served empty.
-func Filter(ff *flowpb.FlowFilter, out *flow.Filter) error {
+// filter converts one Hubble FlowFilter into out, field by field.
+func filter(ff *flowpb.FlowFilter, out *flow.Filter) error {
 	if name := unsupportedField(ff); name != "" {
 		return fmt.Errorf("field %s: nodeplane flows do not carry it", name)
 	}

@@ -250,7 +250,7 @@ func TestFilter(t *testing.T) {
 		IPVersion: []flow.IPVersion{flow.IPv4},
 	}
 	var got flow.Filter
-	if err := Filter(in, &got); err != nil {
+	if err := filter(in, &got); err != nil {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -270,7 +270,7 @@ func TestFilterCoversEveryField(t *testing.T) {
 			ff := &flowpb.FlowFilter{}
 			setSomething(ff.ProtoReflect(), fd)
 			var out flow.Filter
-			err := Filter(ff, &out)
+			err := filter(ff, &out)
 			switch {
 			case err != nil:
 				if !strings.Contains(err.Error(), string(fd.Name())) {
@@ -332,7 +332,7 @@ func setSomething(m protoreflect.Message, fd protoreflect.FieldDescriptor) {
 
 func TestFilterRefusesNS(t *testing.T) {
 	var out flow.Filter
-	err := Filter(&flowpb.FlowFilter{TcpFlags: []*flowpb.TCPFlags{{NS: true}}}, &out)
+	err := filter(&flowpb.FlowFilter{TcpFlags: []*flowpb.TCPFlags{{NS: true}}}, &out)
 	if err == nil || !strings.Contains(err.Error(), "tcp_flags.NS") {
 		t.Fatalf("got %v, want an error naming tcp_flags.NS", err)
 	}
@@ -340,7 +340,7 @@ func TestFilterRefusesNS(t *testing.T) {
 
 func TestRequest(t *testing.T) {
 	since, until := t0.Add(-time.Hour), t0
-	r, err := Request(&observerpb.GetFlowsRequest{
+	r, err := request(&observerpb.GetFlowsRequest{
 		Number: 20, Follow: true, Since: timestamppb.New(since), Until: timestamppb.New(until),
 		Whitelist: []*flowpb.FlowFilter{{Verdict: []flowpb.Verdict{flowpb.Verdict_DROPPED}}, {SourcePod: []string{"prod/"}}},
 		Blacklist: []*flowpb.FlowFilter{{Protocol: []string{"udp"}}},
@@ -363,8 +363,8 @@ func TestRequest(t *testing.T) {
 		{Whitelist: []*flowpb.FlowFilter{{HttpMethod: []string{"GET"}}}},
 		{Blacklist: []*flowpb.FlowFilter{{DropReasonDesc: []flowpb.DropReason{1000}}}},
 	} {
-		if _, err := Request(bad); err == nil {
-			t.Errorf("Request(%v) succeeded", bad)
+		if _, err := request(bad); err == nil {
+			t.Errorf("request(%v) succeeded", bad)
 		}
 	}
 }

@@ -13,15 +13,15 @@
 // (agent and debug events) answers Unimplemented: nodeplane has none.
 //
 // The conversion between nodeplane's flow types and Hubble's protobufs is
-// in one place: [Proto] for flows, [Filter] and [Request] for what clients
-// send. flow.Flow carries flow.proto's numbers, so the conversion is field
-// by field. A filter field that nodeplane's flows never carry (HTTP, DNS,
+// in one place: [Proto] for flows, [Filters] for what clients send.
+// flow.Flow carries flow.proto's numbers, so the conversion is field by
+// field. A filter field that nodeplane's flows never carry (HTTP, DNS,
 // FQDN, workloads, ...) is refused with InvalidArgument rather than
 // ignored.
 //
-// A slow client never holds up the datapath reader: the Source's ring
+// A slow client never holds up the datapath reader: the Observer's ring
 // does not wait for readers, so a GetFlows stream that falls behind loses
-// the flows the ring overwrote, receives a LostEvent (source
+// the flows the ring overwrote and receives a LostEvent (source
 // HUBBLE_RING_BUFFER) saying how many; flow.Observer counts them in its
 // Status and metrics.
 //

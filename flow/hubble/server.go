@@ -148,7 +148,7 @@ func (s *Server) Close() error {
 // that must match and the blacklist ORs filters that must not, and a
 // field mask limits the fields sent.
 func (s *Server) GetFlows(req *observerpb.GetFlowsRequest, stream observerpb.Observer_GetFlowsServer) error {
-	r, err := Request(req)
+	r, err := request(req)
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
