@@ -207,6 +207,7 @@ type PolicyVerdictEvent struct {
 	// PolicyPort is the port the lookup used: the destination port, or the
 	// ICMP type.
 	PolicyPort uint16
+	TCPFlags   monitor.TCPFlags
 }
 
 // Allowed reports whether the policy allowed the connection.
@@ -273,7 +274,7 @@ type policyVerdictEvent struct {
 	Verdict          uint8       `btf:"verdict"`
 	MatchType        uint8       `btf:"match_type"`
 	L4PrefixLen      uint8       `btf:"l4_prefix_len"`
-	_                uint8       `btf:"pad"`
+	TCPFlags         uint8       `btf:"tcp_flags"`
 	PolicyPort       be16        `btf:"policy_port"`
 	_                [4]byte     `btf:"pad2"`
 }
@@ -355,7 +356,7 @@ func parseEvent(b []byte) (Event, error) {
 			SrcIdentity: identity.ID(r.SrcIdentity), DstIdentity: identity.ID(r.DstIdentity),
 			PolicyEndpoint: EndpointID(r.PolicyEndpoint), Hook: hookOf(r.ObservationPoint),
 			Direction: dir, Reason: r.Verdict,
-			Match: r.Match, L4PrefixLen: r.L4PrefixLen,
+			Match: r.Match, L4PrefixLen: r.L4PrefixLen, TCPFlags: r.TCPFlags,
 			ProxyPort: r.ProxyPort, PolicyPort: r.PolicyPort,
 		}, nil
 	}

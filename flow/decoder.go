@@ -171,6 +171,7 @@ func (d *Decoder) decodePolicyVerdict(rec []byte, f *Flow) error {
 	}
 	f.EventType = EventType{Type: int32(monitor.MessageTypePolicyVerdict)}
 	setTuple(f, &v.Tuple, v.PolicyPort)
+	f.L4.TCPFlags = v.TCPFlags
 	f.Source.Identity, f.Destination.Identity = v.SrcIdentity, v.DstIdentity
 	f.TraceObservationPoint = FromMonitorPoint(v.ObservationPoint)
 	f.PolicyMatchType = v.Match

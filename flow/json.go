@@ -199,7 +199,18 @@ func (f *Flow) appendSummary(b []byte) []byte {
 	switch f.L4.Protocol {
 	case ProtoTCP:
 		b = append(b, "TCP Flags: "...)
-		return append(b, f.L4.TCPFlags.String()...)
+		// Hubble's order: SYN ACK RST FIN PSH URG ECE CWR.
+		first := true
+		for _, i := range [...]uint8{1, 4, 2, 0, 3, 5, 6, 7} {
+			if f.L4.TCPFlags&(1<<i) != 0 {
+				if !first {
+					b = append(b, ", "...)
+				}
+				first = false
+				b = append(b, jsonTCPFlags[i]...)
+			}
+		}
+		return b
 	case ProtoUDP:
 		return append(b, "UDP"...)
 	case ProtoSCTP:

@@ -171,6 +171,7 @@ static __noinline void np_fill_verdict(struct np_policy_verdict_event *e, struct
 	e->verdict = s->policy.reason;
 	e->match_type = s->policy.match_type;
 	e->l4_prefix_len = s->policy.l4_prefix_len;
+	e->tcp_flags = s->pkt.tcp_flags;
 	e->policy_port = s->pkt.policy_port;
 }
 

@@ -119,7 +119,7 @@ struct np_policy_verdict_event {
 	__u8 verdict;             /* 0 allowed, else the drop reason */
 	__u8 match_type;          /* enum np_policy_match */
 	__u8 l4_prefix_len;       /* of the deciding entry */
-	__u8 pad;
+	__u8 tcp_flags;
 	__be16 policy_port;       /* port looked up: dport, or the ICMP type */
 	__u8 pad2[4];
 };

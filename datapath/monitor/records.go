@@ -44,7 +44,8 @@ import (
 //	  policy decided, 66 u16 proxy port (host order), 68 u8 observation
 //	  point, 69 u8 direction (0 ingress, 1 egress), 70 u8 verdict (0
 //	  allowed, else drop reason), 71 u8 match type, 72 u8 L4 prefix length,
-//	  74 be16 port looked up (destination port or ICMP type)
+//	  73 u8 TCP flags, 74 be16 port looked up (destination port or ICMP
+//	  type)
 
 // Version is the record layout version this package reads.
 const Version = 2
@@ -141,6 +142,7 @@ type PolicyVerdictNotify struct {
 	Verdict                  DropReason // 0 allowed
 	Match                    PolicyMatch
 	L4PrefixLen              uint8
+	TCPFlags                 TCPFlags
 	PolicyPort               uint16
 }
 
@@ -281,6 +283,7 @@ func (v *PolicyVerdictNotify) Decode(rec []byte) error {
 	v.Verdict = DropReason(rec[70])
 	v.Match = PolicyMatch(rec[71])
 	v.L4PrefixLen = rec[72]
+	v.TCPFlags = TCPFlags(rec[73])
 	v.PolicyPort = binary.BigEndian.Uint16(rec[74:])
 	return nil
 }
