@@ -17,6 +17,7 @@ import (
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/flow"
@@ -344,6 +345,7 @@ func TestPrivilegedHubbleCLI(t *testing.T) {
 			t.Fatal("no drop flow for web -> db:5432")
 		}
 		f := all[i]
+		t.Logf("as hubble observe -o json printed it: %s", protojson.Format(f))
 		checkEnds(t, f)
 		if f.GetDropReasonDesc() != flowpb.DropReason_POLICY_DENIED || f.GetDropReason() != 133 {
 			t.Errorf("drop reason %v (%d), want POLICY_DENIED (133)", f.GetDropReasonDesc(), f.GetDropReason())
@@ -375,6 +377,9 @@ func TestPrivilegedHubbleCLI(t *testing.T) {
 		}
 		f := all[i]
 		checkEnds(t, f)
+		if f.GetSummary() != "TCP Flags: SYN" {
+			t.Errorf("summary %q, want the SYN's flags", f.GetSummary())
+		}
 		if f.GetVerdict() != flowpb.Verdict_DROPPED || f.GetPolicyMatchType() != 0 ||
 			f.GetTrafficDirection() != flowpb.TrafficDirection_INGRESS {
 			t.Errorf("verdict %v match %d direction %v, want DROPPED, none, INGRESS",
