@@ -454,7 +454,9 @@ func TestPrivilegedHubbleCLI(t *testing.T) {
 	})
 
 	t.Run("--protocol udp", func(t *testing.T) {
-		got := parseFlows(t, hubbleCLI(t, "observe", server, "-o", "json", "--all", "--protocol", "udp"))
+		out := hubbleCLI(t, "observe", server, "-o", "json", "--all", "--protocol", "udp")
+		t.Logf("hubble observe -o json --protocol udp:\n%s", out)
+		got := parseFlows(t, out)
 		checkAll(t, got, "UDP", func(f *flowpb.Flow) bool { return f.GetL4().GetUDP() != nil })
 		wantSome(t, got, "the denied datagram", func(f *flowpb.Flow) bool {
 			return dstPort(f) == deniedUDP && f.GetVerdict() == flowpb.Verdict_DROPPED
@@ -463,6 +465,7 @@ func TestPrivilegedHubbleCLI(t *testing.T) {
 
 	t.Run("compact output", func(t *testing.T) {
 		out := hubbleCLI(t, "observe", server, "--all", "--verdict", "DROPPED", "--protocol", "tcp")
+		t.Logf("hubble observe --verdict DROPPED --protocol tcp:\n%s", out)
 		for _, want := range []string{"prod/web-0", "prod/db-0:5432", "Policy denied DROPPED", "TCP Flags: SYN"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("compact output lacks %q:\n%s", want, out)
@@ -472,6 +475,7 @@ func TestPrivilegedHubbleCLI(t *testing.T) {
 
 	t.Run("status", func(t *testing.T) {
 		out := hubbleCLI(t, "status", server)
+		t.Logf("hubble status:\n%s", out)
 		st := w.obs.Status()
 		for _, want := range []string{"Healthcheck (via " + w.hubbleAddr + "): Ok", fmt.Sprintf("Current/Max Flows: %d/", st.NumFlows)} {
 			if !strings.Contains(out, want) {
