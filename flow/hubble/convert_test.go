@@ -368,3 +368,73 @@ func TestRequest(t *testing.T) {
 		}
 	}
 }
+
+// TestProtoCoversEveryField changes each field of flow.Flow in turn (the
+// leaves of its nested structs) and requires Proto's output to change, so
+// that a field flow adds later cannot be left out of the protobuf
+// silently.
+func TestProtoCoversEveryField(t *testing.T) {
+	base := func(proto uint8) flow.Flow {
+		return flow.Flow{L4: flow.L4{Protocol: proto}, IsReplyKnown: true}
+	}
+	var leaves []string
+	var visit func(prefix string, typ reflect.Type)
+	visit = func(prefix string, typ reflect.Type) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			name := prefix + f.Name
+			switch {
+			case f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Time{}) && f.Type != reflect.TypeOf(netip.Addr{}):
+				visit(name+".", f.Type)
+			default:
+				leaves = append(leaves, name)
+			}
+		}
+	}
+	visit("", reflect.TypeOf(flow.Flow{}))
+
+	for _, path := range leaves {
+		t.Run(path, func(t *testing.T) {
+			p := uint8(flow.ProtoTCP)
+			if strings.Contains(path, "ICMP") {
+				p = flow.ProtoICMP
+			}
+			zero, changed := base(p), base(p)
+			fv := reflect.ValueOf(&changed).Elem().FieldByName(strings.Split(path, ".")[0])
+			for _, name := range strings.Split(path, ".")[1:] {
+				fv = fv.FieldByName(name)
+			}
+			setNonZero(t, fv)
+			if proto.Equal(Proto(&zero), Proto(&changed)) {
+				t.Errorf("changing %s does not change the protobuf", path)
+			}
+		})
+	}
+}
+
+func setNonZero(t *testing.T, v reflect.Value) {
+	t.Helper()
+	switch v.Interface().(type) {
+	case time.Time:
+		v.Set(reflect.ValueOf(t0))
+		return
+	case netip.Addr:
+		v.Set(reflect.ValueOf(netip.MustParseAddr("10.0.0.9")))
+		return
+	}
+	switch v.Kind() {
+	case reflect.Bool:
+		v.SetBool(!v.Bool())
+	case reflect.String:
+		v.SetString("x")
+	case reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		v.SetUint(3)
+	case reflect.Int32, reflect.Int64, reflect.Int:
+		v.SetInt(3)
+	case reflect.Slice:
+		v.Set(reflect.Append(reflect.MakeSlice(v.Type(), 0, 1), reflect.New(v.Type().Elem()).Elem()))
+		setNonZero(t, v.Index(0))
+	default:
+		t.Fatalf("no non-zero value for %s", v.Type())
+	}
+}
