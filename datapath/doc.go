@@ -40,10 +40,15 @@
 // fragment whose first one was not seen is dropped. Malformed, truncated and
 // non-IP packets are dropped (ARP and IPv6 neighbour discovery pass
 // untouched). Every drop is counted by reason
-// ([Datapath.Counters]) and reported as a [DropEvent] with both identities;
-// every policy decision about a new connection as a [PolicyVerdictEvent]
-// ([Datapath.NewEventReader]; the record format is in events.go and
-// bpf/events.h, with Cilium's drop-reason numbers).
+// ([Datapath.Counters]) and reported as a [DropEvent] with both identities,
+// the direction and the endpoint whose policy decided; every policy
+// decision about a new connection as a [PolicyVerdictEvent]; forwarded
+// packets as [TraceEvent]s at Cilium's observation points, as many as the
+// monitor aggregation level lets through (Config.MonitorAggregation,
+// [Datapath.SetMonitorAggregation]; default medium: state changes and
+// periodic samples). [Datapath.NewEventReader] reads them; the record
+// format is package monitor's, with Cilium's numbers, and package flow
+// turns records into Hubble flows.
 //
 // Inside an endpoint's namespace, AddEndpoint configures the address(es)
 // as /32 and /128 and default routes through the link-local gateways

@@ -101,23 +101,37 @@ func New(cfg Config) (*Observer, error) {
 // NodeName returns the configured node name.
 func (o *Observer) NodeName() string { return o.cfg.NodeName }
 
-// Run reads records until the Source is closed (it then returns nil) or
-// fails. Records it cannot decode are counted by reason (Status) and
-// reported to readers as lost events; Run goes on with the next. Run is not
-// safe for concurrent use with itself; ctx only bounds waits between
-// records when the Source honours deadlines (close the Source to stop Run).
+// deadliner is a Source that can stop waiting (datapath's EventReader).
+type deadliner interface{ SetDeadline(time.Time) }
+
+// Run reads records until the Source is closed or ctx ends (it then returns
+// nil) or the Source fails. Records it cannot decode are counted by reason
+// (Status) and reported to readers as lost events; Run goes on with the
+// next. When the Source has a SetDeadline method (datapath's EventReader
+// does), Run wakes up every LostPollInterval even without records, to poll
+// the kernel's lost counter and to notice ctx; otherwise both happen when a
+// record arrives, and closing the Source is how to stop Run. Run is not
+// safe for concurrent use with itself.
 func (o *Observer) Run(ctx context.Context) error {
 	var (
 		f        Flow
-		lastPoll = time.Now()
+		nextPoll = time.Now().Add(o.cfg.LostPollInterval)
 	)
+	dl, _ := o.cfg.Source.(deadliner)
+	if dl != nil {
+		dl.SetDeadline(nextPoll)
+		defer dl.SetDeadline(time.Time{})
+	}
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
 		rec, err := o.cfg.Source.ReadRaw()
-		if time.Since(lastPoll) >= o.cfg.LostPollInterval {
-			lastPoll = time.Now()
+		if now := time.Now(); !now.Before(nextPoll) {
+			nextPoll = now.Add(o.cfg.LostPollInterval)
+			if dl != nil {
+				dl.SetDeadline(nextPoll)
+			}
 			o.pollKernelLost()
 		}
 		if err != nil {

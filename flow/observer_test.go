@@ -231,3 +231,61 @@ func TestDecodeEnriched(t *testing.T) {
 		t.Fatalf("service %+v for port 9999", f.DestinationService)
 	}
 }
+
+// idleSource blocks until its deadline like a ring buffer without records.
+type idleSource struct {
+	mu       sync.Mutex
+	deadline time.Time
+	closed   chan struct{}
+}
+
+func (s *idleSource) SetDeadline(t time.Time) { s.mu.Lock(); s.deadline = t; s.mu.Unlock() }
+
+func (s *idleSource) ReadRaw() ([]byte, error) {
+	s.mu.Lock()
+	d := s.deadline
+	s.mu.Unlock()
+	wait := time.Hour
+	if !d.IsZero() {
+		wait = time.Until(d)
+	}
+	select {
+	case <-time.After(wait):
+		return nil, os.ErrDeadlineExceeded
+	case <-s.closed:
+		return nil, os.ErrClosed
+	}
+}
+
+// TestObserverIdlePolls checks that losses are reported while no record
+// arrives (a burst overflowed the ring buffer, then silence), and that
+// cancelling ctx stops Run without closing the source.
+func TestObserverIdlePolls(t *testing.T) {
+	src := &idleSource{closed: make(chan struct{})}
+	var kernelLost atomic.Uint64
+	o, err := flow.New(flow.Config{Source: src, KernelLost: func() (uint64, error) { return kernelLost.Load(), nil },
+		LostPollInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- o.Run(ctx) }()
+	kernelLost.Store(42)
+	deadline := time.Now().Add(2 * time.Second)
+	for o.Status().Lost[flow.LostRingBuffer] != 42 {
+		if time.Now().After(deadline) {
+			t.Fatalf("lost %v, want 42 reported while idle", o.Status().Lost)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run did not stop on ctx")
+	}
+}
