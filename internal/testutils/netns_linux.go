@@ -64,6 +64,10 @@ func (ns *NetNS) Netlink(tb testing.TB) *netlink.Handle {
 	if err != nil {
 		tb.Fatalf("netlink handle in netns: %v", err)
 	}
-	tb.Cleanup(h.Close)
+	tb.Cleanup(func() {
+		if err := h.Close(); err != nil {
+			tb.Errorf("close netlink handle: %v", err)
+		}
+	})
 	return h
 }
