@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/flow"
 )
@@ -79,24 +80,24 @@ func addrString(a netip.Addr) string {
 
 func layer4(l *flow.L4) *flowpb.Layer4 {
 	switch l.Protocol {
-	case flow.ProtoTCP:
+	case nodeplane.ProtoTCP:
 		return &flowpb.Layer4{Protocol: &flowpb.Layer4_TCP{TCP: &flowpb.TCP{
 			SourcePort: uint32(l.SourcePort), DestinationPort: uint32(l.DestinationPort),
 			Flags: tcpFlags(l.TCPFlags),
 		}}}
-	case flow.ProtoUDP:
+	case nodeplane.ProtoUDP:
 		return &flowpb.Layer4{Protocol: &flowpb.Layer4_UDP{UDP: &flowpb.UDP{
 			SourcePort: uint32(l.SourcePort), DestinationPort: uint32(l.DestinationPort),
 		}}}
-	case flow.ProtoSCTP:
+	case nodeplane.ProtoSCTP:
 		return &flowpb.Layer4{Protocol: &flowpb.Layer4_SCTP{SCTP: &flowpb.SCTP{
 			SourcePort: uint32(l.SourcePort), DestinationPort: uint32(l.DestinationPort),
 		}}}
-	case flow.ProtoICMP:
+	case nodeplane.ProtoICMP:
 		return &flowpb.Layer4{Protocol: &flowpb.Layer4_ICMPv4{ICMPv4: &flowpb.ICMPv4{
 			Type: uint32(l.ICMPType), Code: uint32(l.ICMPCode),
 		}}}
-	case flow.ProtoICMPv6:
+	case nodeplane.ProtoICMPv6:
 		return &flowpb.Layer4{Protocol: &flowpb.Layer4_ICMPv6{ICMPv6: &flowpb.ICMPv6{
 			Type: uint32(l.ICMPType), Code: uint32(l.ICMPCode),
 		}}}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/flow"
 )
@@ -49,7 +50,7 @@ func TestProto(t *testing.T) {
 			in: flow.Flow{
 				Time: t0, Verdict: flow.Dropped, DropReason: monitor.DropPolicyDenied,
 				EventType: flow.EventType{Type: 1, SubType: 133}, Type: flow.L3L4, IP: v4,
-				L4:     flow.L4{Protocol: flow.ProtoTCP, SourcePort: 40000, DestinationPort: 5432, TCPFlags: monitor.TCPFlagSYN},
+				L4:     flow.L4{Protocol: nodeplane.ProtoTCP, SourcePort: 40000, DestinationPort: 5432, TCPFlags: monitor.TCPFlagSYN},
 				Source: web(), Destination: db(), NodeName: "node-a",
 				TrafficDirection: flow.Ingress, IsReply: false, IsReplyKnown: true,
 				TraceObservationPoint: flow.FromEndpoint,
@@ -73,7 +74,7 @@ func TestProto(t *testing.T) {
 			name: "allowed policy verdict, L3-L4 match, egress",
 			in: flow.Flow{
 				Time: t0, Verdict: flow.Forwarded, EventType: flow.EventType{Type: 5}, Type: flow.L3L4, IP: v4,
-				L4:     flow.L4{Protocol: flow.ProtoTCP, SourcePort: 40001, DestinationPort: 80, TCPFlags: monitor.TCPFlagSYN},
+				L4:     flow.L4{Protocol: nodeplane.ProtoTCP, SourcePort: 40001, DestinationPort: 80, TCPFlags: monitor.TCPFlagSYN},
 				Source: web(), Destination: db(), TrafficDirection: flow.Egress,
 				PolicyMatchType: monitor.MatchL3L4,
 			},
@@ -91,7 +92,7 @@ func TestProto(t *testing.T) {
 			in: flow.Flow{
 				Time: t0, Verdict: flow.Forwarded, EventType: flow.EventType{Type: 4, SubType: 0}, Type: flow.L3L4,
 				IP:     flow.IP{Source: v4.Destination, Destination: v4.Source},
-				L4:     flow.L4{Protocol: flow.ProtoTCP, SourcePort: 80, DestinationPort: 40001, TCPFlags: 0xff},
+				L4:     flow.L4{Protocol: nodeplane.ProtoTCP, SourcePort: 80, DestinationPort: 40001, TCPFlags: 0xff},
 				Source: db(), Destination: web(), TrafficDirection: flow.Egress,
 				IsReply: true, IsReplyKnown: true, TraceObservationPoint: flow.ToEndpoint,
 				TraceReason:        flow.TraceReply,
@@ -117,7 +118,7 @@ func TestProto(t *testing.T) {
 			in: flow.Flow{
 				Time: t0, Verdict: flow.Forwarded, Type: flow.L3L4,
 				IP:     flow.IP{Source: v4.Source, Destination: netip.MustParseAddr("1.1.1.1")},
-				L4:     flow.L4{Protocol: flow.ProtoICMP, ICMPType: 8},
+				L4:     flow.L4{Protocol: nodeplane.ProtoICMP, ICMPType: 8},
 				Source: web(), Destination: flow.Endpoint{Identity: 2, Labels: []string{"reserved:world"}},
 			},
 			want: &flowpb.Flow{
@@ -134,7 +135,7 @@ func TestProto(t *testing.T) {
 			in: flow.Flow{
 				Time: t0, Verdict: flow.Forwarded, Type: flow.L3L4,
 				IP: flow.IP{Source: netip.MustParseAddr("fd00::1"), Destination: netip.MustParseAddr("fd00::2")},
-				L4: flow.L4{Protocol: flow.ProtoICMPv6, ICMPType: 1, ICMPCode: 4},
+				L4: flow.L4{Protocol: nodeplane.ProtoICMPv6, ICMPType: 1, ICMPCode: 4},
 			},
 			want: &flowpb.Flow{
 				Time: timestamppb.New(t0), Verdict: flowpb.Verdict_FORWARDED,
@@ -148,7 +149,7 @@ func TestProto(t *testing.T) {
 		{
 			name: "UDP",
 			in: flow.Flow{Time: t0, Verdict: flow.Forwarded, IP: v4,
-				L4: flow.L4{Protocol: flow.ProtoUDP, SourcePort: 5353, DestinationPort: 53}},
+				L4: flow.L4{Protocol: nodeplane.ProtoUDP, SourcePort: 5353, DestinationPort: 53}},
 			want: &flowpb.Flow{
 				Time: timestamppb.New(t0), Verdict: flowpb.Verdict_FORWARDED, EventType: &flowpb.CiliumEventType{},
 				IP: pbV4, L4: &flowpb.Layer4{Protocol: &flowpb.Layer4_UDP{UDP: &flowpb.UDP{SourcePort: 5353, DestinationPort: 53}}},
@@ -195,18 +196,18 @@ func TestProtoDropReasonNames(t *testing.T) {
 
 func TestSummaryICMP(t *testing.T) {
 	for _, tc := range []struct {
-		proto     uint8
+		proto     nodeplane.Protocol
 		typ, code uint8
 		want      string
 	}{
-		{flow.ProtoICMP, 0, 0, "ICMPv4 EchoReply"},
-		{flow.ProtoICMP, 3, 3, "ICMPv4 DestinationUnreachable(Port)"},
-		{flow.ProtoICMP, 3, 99, "ICMPv4 DestinationUnreachable(Code: 99)"},
-		{flow.ProtoICMP, 8, 1, "ICMPv4 EchoRequest(Code: 1)"},
-		{flow.ProtoICMP, 42, 7, "ICMPv4 42(7)"},
-		{flow.ProtoICMPv6, 128, 0, "ICMPv6 EchoRequest"},
-		{flow.ProtoICMPv6, 135, 0, "ICMPv6 NeighborSolicitation"},
-		{flow.ProtoICMPv6, 3, 0, "ICMPv6 TimeExceeded(HopLimitExceeded)"},
+		{nodeplane.ProtoICMP, 0, 0, "ICMPv4 EchoReply"},
+		{nodeplane.ProtoICMP, 3, 3, "ICMPv4 DestinationUnreachable(Port)"},
+		{nodeplane.ProtoICMP, 3, 99, "ICMPv4 DestinationUnreachable(Code: 99)"},
+		{nodeplane.ProtoICMP, 8, 1, "ICMPv4 EchoRequest(Code: 1)"},
+		{nodeplane.ProtoICMP, 42, 7, "ICMPv4 42(7)"},
+		{nodeplane.ProtoICMPv6, 128, 0, "ICMPv6 EchoRequest"},
+		{nodeplane.ProtoICMPv6, 135, 0, "ICMPv6 NeighborSolicitation"},
+		{nodeplane.ProtoICMPv6, 3, 0, "ICMPv6 TimeExceeded(HopLimitExceeded)"},
 	} {
 		f := flow.Flow{L4: flow.L4{Protocol: tc.proto, ICMPType: tc.typ, ICMPCode: tc.code}}
 		if got := Summary(&f); got != tc.want {
@@ -374,7 +375,7 @@ func TestRequest(t *testing.T) {
 // that a field flow adds later cannot be left out of the protobuf
 // silently.
 func TestProtoCoversEveryField(t *testing.T) {
-	base := func(proto uint8) flow.Flow {
+	base := func(proto nodeplane.Protocol) flow.Flow {
 		return flow.Flow{L4: flow.L4{Protocol: proto}, IsReplyKnown: true}
 	}
 	var leaves []string
@@ -395,9 +396,9 @@ func TestProtoCoversEveryField(t *testing.T) {
 
 	for _, path := range leaves {
 		t.Run(path, func(t *testing.T) {
-			p := uint8(flow.ProtoTCP)
+			p := nodeplane.ProtoTCP
 			if strings.Contains(path, "ICMP") {
-				p = flow.ProtoICMP
+				p = nodeplane.ProtoICMP
 			}
 			zero, changed := base(p), base(p)
 			fv := reflect.ValueOf(&changed).Elem().FieldByName(strings.Split(path, ".")[0])

@@ -24,6 +24,7 @@ import (
 	"github.com/nodeplane/nodeplane/flow/metrics"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // e2ePod is a workload: a network namespace attached as an endpoint.
@@ -146,13 +147,13 @@ func applyPolicy(t *testing.T, web, db *e2ePod) {
 	const tcp = 6
 	for _, p := range []struct {
 		ep  *datapath.Endpoint
-		pol map[datapath.PolicyKey]datapath.PolicyEntry
+		pol mapstate.State
 	}{
-		{web.ep, map[datapath.PolicyKey]datapath.PolicyEntry{
-			{Identity: db.id, Direction: datapath.Egress}: {},
+		{web.ep, mapstate.State{
+			{Identity: db.id, Direction: mapstate.Egress}: {},
 		}},
-		{db.ep, map[datapath.PolicyKey]datapath.PolicyEntry{
-			{Identity: web.id, Direction: datapath.Ingress, Protocol: tcp, Port: allowedPort, PortPrefixLen: 16}: {},
+		{db.ep, mapstate.State{
+			{Identity: web.id, Direction: mapstate.Ingress, Protocol: tcp, Port: allowedPort, PortPrefixLen: 16}: {},
 		}},
 	} {
 		if err := p.ep.Policy().Apply(p.pol, nil); err != nil {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/flow"
 )
@@ -80,14 +81,14 @@ func testFlows() []flow.Flow {
 		return flow.IP{Source: netip.MustParseAddr(s), Destination: netip.MustParseAddr(d)}
 	}
 	tcp := func(sp, dp uint16, fl monitor.TCPFlags) flow.L4 {
-		return flow.L4{Protocol: flow.ProtoTCP, SourcePort: sp, DestinationPort: dp, TCPFlags: fl}
+		return flow.L4{Protocol: nodeplane.ProtoTCP, SourcePort: sp, DestinationPort: dp, TCPFlags: fl}
 	}
 	fs := []flow.Flow{
 		{Verdict: flow.Forwarded, IP: v4("10.0.0.1", "10.0.0.2"), L4: tcp(40000, 80, monitor.TCPFlagSYN), Source: web(), Destination: db(), PolicyMatchType: monitor.MatchL3L4},
 		{Verdict: flow.Forwarded, IP: v4("10.0.0.2", "10.0.0.1"), L4: tcp(80, 40000, monitor.TCPFlagSYN|monitor.TCPFlagACK), Source: db(), Destination: web(), IsReply: true, IsReplyKnown: true},
 		{Verdict: flow.Dropped, DropReason: monitor.DropPolicyDenied, IP: v4("10.0.0.1", "10.0.0.2"), L4: tcp(40001, 5432, monitor.TCPFlagSYN), Source: web(), Destination: db(), TrafficDirection: flow.Ingress},
-		{Verdict: flow.Forwarded, IP: v4("10.0.0.1", "10.0.0.2"), L4: flow.L4{Protocol: flow.ProtoICMP, ICMPType: 8}, Source: web(), Destination: db()},
-		{Verdict: flow.Dropped, DropReason: monitor.DropPolicyDenied, IP: v4("10.0.0.2", "10.0.0.1"), L4: flow.L4{Protocol: flow.ProtoUDP, SourcePort: 5000, DestinationPort: 53}, Source: db(), Destination: web(), TrafficDirection: flow.Egress},
+		{Verdict: flow.Forwarded, IP: v4("10.0.0.1", "10.0.0.2"), L4: flow.L4{Protocol: nodeplane.ProtoICMP, ICMPType: 8}, Source: web(), Destination: db()},
+		{Verdict: flow.Dropped, DropReason: monitor.DropPolicyDenied, IP: v4("10.0.0.2", "10.0.0.1"), L4: flow.L4{Protocol: nodeplane.ProtoUDP, SourcePort: 5000, DestinationPort: 53}, Source: db(), Destination: web(), TrafficDirection: flow.Egress},
 		{Verdict: flow.Forwarded, IP: v4("10.0.0.1", "10.0.0.2"), L4: tcp(40000, 80, monitor.TCPFlagFIN|monitor.TCPFlagACK), Source: web(), Destination: db(), IsReplyKnown: true},
 	}
 	for i := range fs {

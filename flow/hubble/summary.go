@@ -3,6 +3,7 @@ package hubble
 import (
 	"strconv"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/flow"
 )
 
@@ -13,15 +14,15 @@ import (
 // is the same text from the decoded flow.
 func Summary(f *flow.Flow) string {
 	switch f.L4.Protocol {
-	case flow.ProtoTCP:
+	case nodeplane.ProtoTCP:
 		return "TCP Flags: " + f.L4.TCPFlags.String()
-	case flow.ProtoUDP:
+	case nodeplane.ProtoUDP:
 		return "UDP"
-	case flow.ProtoSCTP:
+	case nodeplane.ProtoSCTP:
 		return "SCTP"
-	case flow.ProtoICMP:
+	case nodeplane.ProtoICMP:
 		return "ICMPv4 " + icmpName(icmpv4Names, f.L4.ICMPType, f.L4.ICMPCode)
-	case flow.ProtoICMPv6:
+	case nodeplane.ProtoICMPv6:
 		return "ICMPv6 " + icmpName(icmpv6Names, f.L4.ICMPType, f.L4.ICMPCode)
 	}
 	switch f.IP.Version() {
