@@ -37,22 +37,37 @@ type layer struct {
 // namespace code.
 var kernel = []string{"github.com/cilium/ebpf", "github.com/vishvananda/netlink", "github.com/vishvananda/netns"}
 
+// ciliumAPI is Cilium's module, which only flow/hubble imports (for the
+// Hubble protos); nothing else may pay for it.
+const ciliumAPI = "github.com/cilium/cilium"
+
+// prometheus is client_golang, which only flow/metrics imports.
+const prometheus = "github.com/prometheus/"
+
+// pure is kernel plus the heavy dependencies of the flow exporters.
+var pure = append(append([]string{}, kernel...), ciliumAPI, prometheus)
+
 // The layers, lowest first; a package matches the first layer whose pkg
 // covers it.
 var layers = []layer{
 	{pkg: "", may: nil, never: []string{"github.com/", "golang.org/", "go.etcd.io/", "go.yaml.in/", "go.uber.org/"}},
-	{pkg: "datapath/monitor", may: []string{""}, never: kernel},
-	{pkg: "policy/mapstate", may: []string{"", "identity", "datapath/monitor"}, never: kernel},
-	{pkg: "identity/...", may: []string{"", "internal/..."}, never: kernel},
-	{pkg: "policy/...", may: []string{"", "identity/...", "datapath/monitor", "internal/..."}, never: kernel},
-	{pkg: "datapath/...", may: []string{"", "identity/...", "policy/mapstate", "internal/..."}},
-	{pkg: "lb/...", may: []string{"", "internal/..."}},
-	{pkg: "ipam/...", may: []string{"", "internal/..."}},
+	{pkg: "datapath/monitor", may: []string{""}, never: pure},
+	{pkg: "policy/mapstate", may: []string{"", "identity", "datapath/monitor"}, never: pure},
+	{pkg: "identity/...", may: []string{"", "internal/..."}, never: pure},
+	{pkg: "policy/...", may: []string{"", "identity/...", "datapath/monitor", "internal/..."}, never: pure},
+	{pkg: "datapath/...", may: []string{"", "identity/...", "policy/mapstate", "internal/..."}, never: []string{ciliumAPI, prometheus}},
+	// flow reads records through datapath/monitor, not datapath: a flow
+	// consumer links no BPF object. Its exporters carry their own weight.
+	{pkg: "flow/hubble", may: []string{"", "datapath/monitor", "identity/...", "flow", "flow/metrics"}, never: kernel},
+	{pkg: "flow/metrics", may: []string{"", "datapath/monitor", "identity/...", "flow"}, never: append(append([]string{}, kernel...), ciliumAPI)},
+	{pkg: "flow/...", may: []string{"", "datapath/monitor", "identity/...", "internal/..."}, never: pure},
+	{pkg: "lb/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
+	{pkg: "ipam/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	{pkg: "internal/testutils/...", may: []string{"", "internal/..."}},
-	{pkg: "internal/...", may: []string{"", "internal/..."}},
+	{pkg: "internal/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	// policytrace only parses and traces: no kernel code, no BPF object.
 	{pkg: "examples/policytrace", may: []string{"", "identity/...", "policy/..."}, never: kernel},
-	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "internal/..."}},
+	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "flow/...", "internal/..."}},
 }
 
 // covers reports whether pattern (module-relative, "x/..." for a subtree)
