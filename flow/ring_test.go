@@ -172,6 +172,7 @@ func TestRingFollow(t *testing.T) {
 func TestRingOverrun(t *testing.T) {
 	const capacity = 8
 	r := ringWith(capacity, 0)
+	stuck := make(chan struct{})
 	release := make(chan struct{})
 	caughtUp := make(chan struct{})
 	var ports []int
@@ -179,8 +180,12 @@ func TestRingOverrun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
+	// Flow 0 is stored before the follower starts, so the follower's
+	// first flow is 0 whatever the scheduler does (Number 1 returns the
+	// newest stored flow, then Follow goes on with new ones).
+	writeFlow(r, 0)
 	go func() {
-		done <- r.GetFlows(ctx, flow.Request{Follow: true}, "n", func(resp *flow.Response) error {
+		done <- r.GetFlows(ctx, flow.Request{Number: 1, Follow: true}, "n", func(resp *flow.Response) error {
 			if resp.Lost != nil {
 				lost = append(lost, resp.Lost.NumEventsLost)
 				return nil
@@ -189,6 +194,7 @@ func TestRingOverrun(t *testing.T) {
 			ports = append(ports, p)
 			switch p {
 			case 0:
+				close(stuck)
 				<-release // a slow consumer
 			case 30:
 				close(caughtUp)
@@ -196,9 +202,11 @@ func TestRingOverrun(t *testing.T) {
 			return nil
 		})
 	}()
-	time.Sleep(50 * time.Millisecond)
-	writeFlow(r, 0)
-	time.Sleep(50 * time.Millisecond) // the follower is now stuck on flow 0
+	select {
+	case <-stuck: // the follower is now stuck on flow 0
+	case <-time.After(5 * time.Second):
+		t.Fatal("follower did not get flow 0")
+	}
 	start := time.Now()
 	for i := 1; i <= 30; i++ {
 		writeFlow(r, i)
