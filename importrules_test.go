@@ -67,7 +67,7 @@ var layers = []layer{
 	{pkg: "internal/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	// policytrace only parses and traces: no kernel code, no BPF object.
 	{pkg: "examples/policytrace", may: []string{"", "identity/...", "policy/..."}, never: kernel},
-	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "flow/...", "internal/..."}},
+	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "flow/...", "internal/...", "examples/internal/..."}},
 }
 
 // covers reports whether pattern (module-relative, "x/..." for a subtree)
@@ -180,9 +180,10 @@ func TestImportRules(t *testing.T) {
 
 	for _, p := range names {
 		info := pkgs[p]
-		// Nothing imports the examples, and only tests use testutils.
+		// Nothing imports the examples (but examples share
+		// examples/internal), and only tests use testutils.
 		for _, imp := range info.imports {
-			if covers("examples/...", imp) {
+			if covers("examples/...", imp) && !(covers("examples/internal/...", imp) && covers("examples/...", p)) {
 				t.Errorf("%s imports %s: nothing may import an example", show(p), show(imp))
 			}
 			if covers("internal/testutils/...", imp) && !covers("internal/testutils/...", p) {
@@ -190,7 +191,7 @@ func TestImportRules(t *testing.T) {
 			}
 		}
 		for _, imp := range info.testImports {
-			if covers("examples/...", imp) {
+			if covers("examples/...", imp) && !(covers("examples/internal/...", imp) && covers("examples/...", p)) {
 				t.Errorf("tests of %s import %s: nothing may import an example", show(p), show(imp))
 			}
 		}
