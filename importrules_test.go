@@ -44,8 +44,12 @@ const ciliumAPI = "github.com/cilium/cilium"
 // prometheus is client_golang, which only flow/metrics imports.
 const prometheus = "github.com/prometheus/"
 
+// cniModule is containernetworking/cni (skel, types, libcni), which only
+// the CNI plugin example imports: the library is not tied to CNI.
+const cniModule = "github.com/containernetworking/"
+
 // pure is kernel plus the heavy dependencies of the flow exporters.
-var pure = append(append([]string{}, kernel...), ciliumAPI, prometheus)
+var pure = append(append([]string{}, kernel...), ciliumAPI, prometheus, cniModule)
 
 // The layers, lowest first; a package matches the first layer whose pkg
 // covers it.
@@ -55,19 +59,23 @@ var layers = []layer{
 	{pkg: "policy/mapstate", may: []string{"", "identity", "datapath/monitor"}, never: pure},
 	{pkg: "identity/...", may: []string{"", "internal/..."}, never: pure},
 	{pkg: "policy/...", may: []string{"", "identity/...", "datapath/monitor", "internal/..."}, never: pure},
-	{pkg: "datapath/...", may: []string{"", "identity/...", "policy/mapstate", "internal/..."}, never: []string{ciliumAPI, prometheus}},
+	{pkg: "datapath/...", may: []string{"", "identity/...", "policy/mapstate", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	// flow reads records through datapath/monitor, not datapath: a flow
 	// consumer links no BPF object. Its exporters carry their own weight.
-	{pkg: "flow/hubble", may: []string{"", "datapath/monitor", "identity/...", "flow", "flow/metrics"}, never: kernel},
-	{pkg: "flow/metrics", may: []string{"", "datapath/monitor", "identity/...", "flow"}, never: append(append([]string{}, kernel...), ciliumAPI)},
+	{pkg: "flow/hubble", may: []string{"", "datapath/monitor", "identity/...", "flow", "flow/metrics"}, never: append(append([]string{}, kernel...), cniModule)},
+	{pkg: "flow/metrics", may: []string{"", "datapath/monitor", "identity/...", "flow"}, never: append(append([]string{}, kernel...), ciliumAPI, cniModule)},
 	{pkg: "flow/...", may: []string{"", "datapath/monitor", "identity/...", "internal/..."}, never: pure},
-	{pkg: "lb/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
-	{pkg: "ipam/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
+	{pkg: "lb/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
+	{pkg: "ipam/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	{pkg: "internal/testutils/...", may: []string{"", "internal/..."}},
-	{pkg: "internal/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
+	{pkg: "internal/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	// policytrace only parses and traces: no kernel code, no BPF object.
-	{pkg: "examples/policytrace", may: []string{"", "identity/...", "policy/..."}, never: kernel},
-	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "flow/...", "internal/...", "examples/internal/..."}},
+	{pkg: "examples/policytrace", may: []string{"", "identity/...", "policy/..."}, never: append(append([]string{}, kernel...), cniModule)},
+	// The CNI plugin is a short-lived process per pod: it only speaks CNI
+	// (containernetworking/cni) and the agent API; the agent does the
+	// dataplane, so the plugin links no BPF object and no netlink.
+	{pkg: "examples/cni", may: []string{"examples/internal/..."}, never: []string{"github.com/cilium/ebpf", "github.com/vishvananda/netlink", ciliumAPI, prometheus}},
+	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "flow/...", "internal/...", "examples/internal/..."}, never: []string{cniModule}},
 }
 
 // covers reports whether pattern (module-relative, "x/..." for a subtree)
