@@ -195,23 +195,41 @@ type filterSetup struct {
 	setup func(b *testing.B) (client, server *testutils.NetNS)
 }
 
+// filterConfig says which filterSetups to build.
+type filterConfig struct {
+	bpfEntries []int // policy map sizes of the bpf configurations
+	chainRules []int // chain lengths of the iptables and nftables ones
+	// acceptEstablished puts an ESTABLISHED,RELATED accept rule first in
+	// the chains.
+	acceptEstablished bool
+}
+
+// establishedOnlyChains are the configurations of the established-flow
+// benchmarks (throughput, latency): chains without the ESTABLISHED accept,
+// so every packet walks them.
+func establishedOnlyChains() filterConfig {
+	return filterConfig{bpfEntries: []int{10, 1000, 100000}, chainRules: []int{10, 1000, 10000}}
+}
+
 // filterSetups are the configurations the traffic benchmarks compare:
 //
 //   - bare-veth: a veth pair, no filtering (the baseline);
 //   - bpf: the two are datapath endpoints and the server's policy map is
-//     compiled from rules that allow 10, 1k or 100k client identities
+//     compiled from rules that allow cfg.bpfEntries client identities
 //     (with as many ipcache entries), the real client among them;
 //   - iptables, nftables: a veth pair, and the server's INPUT chain holds
-//     10, 1k or 10k rules that each accept one client address on the
+//     cfg.chainRules rules that each accept one client address on the
 //     benchmark port, the real client's last, and drops the rest: the same
 //     decision as the policy map, written the way iptables and nftables
-//     write it (one rule per peer, evaluated for every packet, as in the
-//     FACTS measurement).
+//     write it (one rule per peer).
 //
 // The datapath decides a connection's first packet from its maps and the
-// rest from conntrack; the chains are evaluated for every packet. That
-// difference is the point of the comparison.
-func filterSetups() []filterSetup {
+// rest from conntrack; without cfg.acceptEstablished the chains are
+// evaluated for every packet, which is not how iptables policies are
+// written. With it, the chains start with the ESTABLISHED,RELATED accept
+// that kube-router and Calico's iptables mode put first, so only a
+// connection's first packet walks the rules: the fair peer of the datapath.
+func filterSetups(cfg filterConfig) []filterSetup {
 	vethPair := func(b *testing.B) (client, server *testutils.NetNS) {
 		client, server = testutils.NewNetNS(b), testutils.NewNetNS(b)
 		v := testutils.NewVeth(b, client, "c0", server, "s0")
@@ -237,7 +255,7 @@ func filterSetups() []filterSetup {
 		return append(addrs[1:], addrs[0])
 	}
 	out := []filterSetup{{"bare-veth", vethPair}}
-	for _, n := range []int{10, 1000, 100000} {
+	for _, n := range cfg.bpfEntries {
 		out = append(out, filterSetup{fmt.Sprintf("bpf/entries=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
 			d, _ := newTestDatapath(b, datapath.Config{IPCacheMaxEntries: 1 << 18, PolicyMapMaxEntries: 1 << 18})
 			state, ids, addrs, server := compiledServerPolicy(b, n)
@@ -268,7 +286,7 @@ func filterSetups() []filterSetup {
 			return clientNS, serverNS
 		}})
 	}
-	for _, n := range []int{10, 1000, 10000} {
+	for _, n := range cfg.chainRules {
 		out = append(out, filterSetup{fmt.Sprintf("iptables/rules=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
 			if _, err := exec.LookPath("iptables-restore"); err != nil {
 				b.Skip("iptables not installed")
@@ -276,6 +294,9 @@ func filterSetups() []filterSetup {
 			client, server := vethPair(b)
 			var s strings.Builder
 			s.WriteString("*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n")
+			if cfg.acceptEstablished {
+				s.WriteString("-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
+			}
 			for _, a := range rules(n) {
 				fmt.Fprintf(&s, "-A INPUT -s %s/32 -p tcp -m tcp --dport %d -j ACCEPT\n", a, benchPort)
 			}
@@ -284,7 +305,7 @@ func filterSetups() []filterSetup {
 			return client, server
 		}})
 	}
-	for _, n := range []int{10, 1000, 10000} {
+	for _, n := range cfg.chainRules {
 		out = append(out, filterSetup{fmt.Sprintf("nftables/rules=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
 			if _, err := exec.LookPath("nft"); err != nil {
 				b.Skip("nft not installed")
@@ -292,6 +313,9 @@ func filterSetups() []filterSetup {
 			client, server := vethPair(b)
 			var s strings.Builder
 			s.WriteString("table ip bench {\n chain input {\n  type filter hook input priority 0; policy drop;\n")
+			if cfg.acceptEstablished {
+				s.WriteString("  ct state established,related accept\n")
+			}
 			for _, a := range rules(n) {
 				fmt.Fprintf(&s, "  ip saddr %s tcp dport %d accept\n", a, benchPort)
 			}
@@ -313,7 +337,7 @@ func BenchmarkPolicyThroughput(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Skip("iperf3 not installed")
 	}
-	for _, fs := range filterSetups() {
+	for _, fs := range filterSetups(establishedOnlyChains()) {
 		b.Run(fs.name, func(b *testing.B) {
 			client, server := fs.setup(b)
 			testutils.Iperf3(b, client, server, benchServer, "3")
@@ -329,7 +353,7 @@ func BenchmarkPolicyThroughput(b *testing.B) {
 // than throughput.
 func BenchmarkPolicyLatency(b *testing.B) {
 	testutils.RequirePrivileged(b)
-	for _, fs := range filterSetups() {
+	for _, fs := range filterSetups(establishedOnlyChains()) {
 		b.Run(fs.name, func(b *testing.B) {
 			client, server := fs.setup(b)
 			serveEcho(b, server, netip.AddrPortFrom(benchServer, benchPort))
