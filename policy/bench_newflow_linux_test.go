@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -35,12 +34,10 @@ func newFlowSizes() []int { return []int{10, 1000, 10000, 100000} }
 // consulted by its first packet only: a fair comparison of what a new
 // connection pays.
 //
-// Each configuration runs as a sub-benchmark of its own (ns/op: one
-// connection; conn/s); the sub-benchmark "interleaved" then makes b.N
-// connections per configuration in rounds of 20 per configuration, one
-// after the other, so that on a shared machine every configuration sees
-// the same load, and reports each one's median (p50-ns/conn) and rate
-// (conn/s). Its ns/op covers all configurations and means nothing.
+// Each configuration runs as a sub-benchmark that makes b.N connections
+// through it and, in alternating rounds of 20, b.N connections over bare
+// veth, the baseline, so that on a shared machine both see the same load;
+// reportConnections says what it reports.
 func BenchmarkPolicyConnect(b *testing.B) {
 	testutils.RequirePrivileged(b)
 	dst := netip.AddrPortFrom(benchServer, benchPort).String()
@@ -86,24 +83,23 @@ func BenchmarkPolicyConnect(b *testing.B) {
 		}
 		return lat
 	}
+	bare := variants[0]
 	for _, v := range variants {
 		b.Run(v.name, func(b *testing.B) {
-			lat := connectN(b, v, b.N, make([]time.Duration, 0, b.N))
-			reportConnections(b, lat, "")
+			// b.N connections of the configuration and b.N over bare veth,
+			// in alternating rounds of 20.
+			const perRound = 20
+			lat := make([]time.Duration, 0, b.N)
+			var base []time.Duration
+			for done := 0; done < b.N; done += perRound {
+				lat = connectN(b, v, min(perRound, b.N-done), lat)
+				if v != bare {
+					base = connectN(b, bare, min(perRound, b.N-done), base)
+				}
+			}
+			reportConnections(b, lat, base)
 		})
 	}
-	b.Run("interleaved", func(b *testing.B) {
-		const perRound = 20
-		lat := make([][]time.Duration, len(variants))
-		for done := 0; done < b.N; done += perRound {
-			for i, v := range variants {
-				lat[i] = connectN(b, v, min(perRound, b.N-done), lat[i])
-			}
-		}
-		for i, v := range variants {
-			reportConnections(b, lat[i], strings.ReplaceAll(v.name, "/", ":")+"-")
-		}
-	})
 }
 
 // connectRequestClose connects to dst, sends one byte, reads its echo and
@@ -139,20 +135,32 @@ func connectRequestClose(dst string) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-// reportConnections reports the median time of a connection and the rate
-// (connections over their summed time). The median is what a connection
-// costs; the rate is at the mercy of the few that waited for a CPU.
-func reportConnections(b *testing.B, lat []time.Duration, prefix string) {
-	if len(lat) == 0 {
-		return
-	}
+// reportConnections reports the configuration's mean time of a connection
+// as ns/op and its rate (connections over their summed time, conn/s), its
+// median (p50-ns/conn) and, if the baseline ran beside it, the baseline's
+// median (bare-p50-ns/conn) and the difference of the two medians
+// (extra-ns/conn): what the filter adds to a connection. On a shared
+// machine the mean is at the mercy of the few connections that waited for
+// a CPU; the medians are what a connection costs.
+func reportConnections(b *testing.B, lat, base []time.Duration) {
 	var sum time.Duration
 	for _, d := range lat {
 		sum += d
 	}
-	b.ReportMetric(float64(len(lat))/sum.Seconds(), prefix+"conn/s")
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), prefix+"p50-ns/conn")
+	b.ReportMetric(float64(sum.Nanoseconds())/float64(len(lat)), "ns/op")
+	b.ReportMetric(float64(len(lat))/sum.Seconds(), "conn/s")
+	p50 := median(lat)
+	b.ReportMetric(float64(p50.Nanoseconds()), "p50-ns/conn")
+	if len(base) > 0 {
+		bp50 := median(base)
+		b.ReportMetric(float64(bp50.Nanoseconds()), "bare-p50-ns/conn")
+		b.ReportMetric(float64((p50 - bp50).Nanoseconds()), "extra-ns/conn")
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	slices.Sort(d)
+	return d[len(d)/2]
 }
 
 // BenchmarkPolicyNewFlowBPF measures what the datapath's to-endpoint
