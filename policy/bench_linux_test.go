@@ -254,6 +254,12 @@ func filterSetups(cfg filterConfig) []filterSetup {
 		// The real client last: every packet walks the whole chain.
 		return append(addrs[1:], addrs[0])
 	}
+	chainName := func(tool string, n int) string {
+		if cfg.acceptEstablished {
+			tool += "+established"
+		}
+		return fmt.Sprintf("%s/rules=%d", tool, n)
+	}
 	out := []filterSetup{{"bare-veth", vethPair}}
 	for _, n := range cfg.bpfEntries {
 		out = append(out, filterSetup{fmt.Sprintf("bpf/entries=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
@@ -287,7 +293,7 @@ func filterSetups(cfg filterConfig) []filterSetup {
 		}})
 	}
 	for _, n := range cfg.chainRules {
-		out = append(out, filterSetup{fmt.Sprintf("iptables/rules=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
+		out = append(out, filterSetup{chainName("iptables", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
 			if _, err := exec.LookPath("iptables-restore"); err != nil {
 				b.Skip("iptables not installed")
 			}
@@ -306,7 +312,7 @@ func filterSetups(cfg filterConfig) []filterSetup {
 		}})
 	}
 	for _, n := range cfg.chainRules {
-		out = append(out, filterSetup{fmt.Sprintf("nftables/rules=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
+		out = append(out, filterSetup{chainName("nftables", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
 			if _, err := exec.LookPath("nft"); err != nil {
 				b.Skip("nft not installed")
 			}
@@ -351,9 +357,16 @@ func BenchmarkPolicyThroughput(b *testing.B) {
 // packet each way through the filters, so the filters' per-packet cost
 // adds to it directly, and latency is less at the mercy of a busy machine
 // than throughput.
+//
+// Beside the chains every packet walks, it runs the same chains with the
+// ESTABLISHED,RELATED accept first (iptables+established,
+// nftables+established), as real iptables policies are written.
 func BenchmarkPolicyLatency(b *testing.B) {
 	testutils.RequirePrivileged(b)
-	for _, fs := range filterSetups(establishedOnlyChains()) {
+	setups := filterSetups(establishedOnlyChains())
+	// [1:]: without bare veth, which is in setups already.
+	setups = append(setups, filterSetups(filterConfig{chainRules: []int{10, 1000, 10000}, acceptEstablished: true})[1:]...)
+	for _, fs := range setups {
 		b.Run(fs.name, func(b *testing.B) {
 			client, server := fs.setup(b)
 			serveEcho(b, server, netip.AddrPortFrom(benchServer, benchPort))
