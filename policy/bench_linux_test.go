@@ -353,57 +353,82 @@ func BenchmarkPolicyThroughput(b *testing.B) {
 
 // BenchmarkPolicyLatency measures the round trip of a one-byte request and
 // its echo over an established TCP connection, in each filterSetups
-// configuration: ns/op is the round-trip time. Every round trip is one
-// packet each way through the filters, so the filters' per-packet cost
-// adds to it directly, and latency is less at the mercy of a busy machine
-// than throughput.
-//
-// Beside the chains every packet walks, it runs the same chains with the
-// ESTABLISHED,RELATED accept first (iptables+established,
+// configuration. Every round trip is one packet each way through the
+// filters, so the filters' per-packet cost on established flows adds to
+// it directly. Beside the chains every packet walks, it runs the same
+// chains with the ESTABLISHED,RELATED accept first (iptables+established,
 // nftables+established), as real iptables policies are written.
+//
+// Every configuration is set up first; each sub-benchmark then makes b.N
+// round trips through its configuration and, in alternating rounds of
+// 100, b.N over bare veth, the baseline, so that on a shared machine both
+// see the same load. It reports the mean round trip as ns/op, the median
+// (p50-ns/rt) and, beside bare veth, bare veth's median (bare-p50-ns/rt)
+// and the difference of the medians (extra-ns/rt).
 func BenchmarkPolicyLatency(b *testing.B) {
 	testutils.RequirePrivileged(b)
 	setups := filterSetups(establishedOnlyChains())
 	// [1:]: without bare veth, which is in setups already.
 	setups = append(setups, filterSetups(filterConfig{chainRules: []int{10, 1000, 10000}, acceptEstablished: true})[1:]...)
+	dst := netip.AddrPortFrom(benchServer, benchPort)
+	type variant struct {
+		name string
+		c    net.Conn
+	}
+	var variants []variant
 	for _, fs := range setups {
-		b.Run(fs.name, func(b *testing.B) {
-			client, server := fs.setup(b)
-			serveEcho(b, server, netip.AddrPortFrom(benchServer, benchPort))
-			var c net.Conn
-			for try := 0; ; try++ {
-				err := client.Do(func() (err error) {
-					c, err = net.DialTimeout("tcp", netip.AddrPortFrom(benchServer, benchPort).String(), 5*time.Second)
-					return err
-				})
-				if err == nil {
-					break
+		client, server := fs.setup(b)
+		serveEcho(b, server, dst)
+		var c net.Conn
+		for try := 0; ; try++ {
+			err := client.Do(func() (err error) {
+				c, err = net.DialTimeout("tcp", dst.String(), 5*time.Second)
+				return err
+			})
+			if err == nil {
+				break
+			}
+			if try == 10 {
+				b.Fatalf("%s: %v", fs.name, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		defer c.Close()
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+		}
+		variants = append(variants, variant{fs.name, c})
+	}
+	buf := []byte{0}
+	roundTrips := func(b *testing.B, c net.Conn, n int, lat []time.Duration) []time.Duration {
+		for range n {
+			start := time.Now()
+			if _, err := c.Write(buf); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				b.Fatal(err)
+			}
+			lat = append(lat, time.Since(start))
+		}
+		return lat
+	}
+	for _, v := range variants { // warm up
+		roundTrips(b, v.c, 100, nil)
+	}
+	bare := variants[0]
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) {
+			const perRound = 100
+			lat := make([]time.Duration, 0, b.N)
+			var base []time.Duration
+			for done := 0; done < b.N; done += perRound {
+				lat = roundTrips(b, v.c, min(perRound, b.N-done), lat)
+				if v != bare {
+					base = roundTrips(b, bare.c, min(perRound, b.N-done), base)
 				}
-				if try == 10 {
-					b.Fatal(err)
-				}
-				time.Sleep(100 * time.Millisecond)
 			}
-			defer c.Close()
-			if tc, ok := c.(*net.TCPConn); ok {
-				_ = tc.SetNoDelay(true)
-			}
-			buf := []byte{0}
-			roundTrip := func() {
-				if _, err := c.Write(buf); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := io.ReadFull(c, buf); err != nil {
-					b.Fatal(err)
-				}
-			}
-			for i := 0; i < 100; i++ { // warm up
-				roundTrip()
-			}
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				roundTrip()
-			}
+			reportPaired(b, lat, base, "rt")
 		})
 	}
 }

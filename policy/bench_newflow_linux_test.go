@@ -37,7 +37,8 @@ func newFlowSizes() []int { return []int{10, 1000, 10000, 100000} }
 // Each configuration runs as a sub-benchmark that makes b.N connections
 // through it and, in alternating rounds of 20, b.N connections over bare
 // veth, the baseline, so that on a shared machine both see the same load;
-// reportConnections says what it reports.
+// reportPaired says what it reports (what = conn), and conn/s:
+// connections over their summed time.
 func BenchmarkPolicyConnect(b *testing.B) {
 	testutils.RequirePrivileged(b)
 	dst := netip.AddrPortFrom(benchServer, benchPort).String()
@@ -97,7 +98,7 @@ func BenchmarkPolicyConnect(b *testing.B) {
 					base = connectN(b, bare, min(perRound, b.N-done), base)
 				}
 			}
-			reportConnections(b, lat, base)
+			reportPaired(b, lat, base, "conn")
 		})
 	}
 }
@@ -135,26 +136,27 @@ func connectRequestClose(dst string) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-// reportConnections reports the configuration's mean time of a connection
-// as ns/op and its rate (connections over their summed time, conn/s), its
-// median (p50-ns/conn) and, if the baseline ran beside it, the baseline's
-// median (bare-p50-ns/conn) and the difference of the two medians
-// (extra-ns/conn): what the filter adds to a connection. On a shared
-// machine the mean is at the mercy of the few connections that waited for
-// a CPU; the medians are what a connection costs.
-func reportConnections(b *testing.B, lat, base []time.Duration) {
+// reportPaired reports a configuration's mean time per operation (a
+// connection, a round trip: what) as ns/op, its median (p50-ns/what) and,
+// if the baseline ran beside it, the baseline's median (bare-p50-ns/what)
+// and the difference of the two medians (extra-ns/what): what the filter
+// adds. On a shared machine the mean is at the mercy of the few operations
+// that waited for a CPU; the medians are what an operation costs.
+func reportPaired(b *testing.B, lat, base []time.Duration, what string) {
 	var sum time.Duration
 	for _, d := range lat {
 		sum += d
 	}
 	b.ReportMetric(float64(sum.Nanoseconds())/float64(len(lat)), "ns/op")
-	b.ReportMetric(float64(len(lat))/sum.Seconds(), "conn/s")
+	if what == "conn" {
+		b.ReportMetric(float64(len(lat))/sum.Seconds(), "conn/s")
+	}
 	p50 := median(lat)
-	b.ReportMetric(float64(p50.Nanoseconds()), "p50-ns/conn")
+	b.ReportMetric(float64(p50.Nanoseconds()), "p50-ns/"+what)
 	if len(base) > 0 {
 		bp50 := median(base)
-		b.ReportMetric(float64(bp50.Nanoseconds()), "bare-p50-ns/conn")
-		b.ReportMetric(float64((p50 - bp50).Nanoseconds()), "extra-ns/conn")
+		b.ReportMetric(float64(bp50.Nanoseconds()), "bare-p50-ns/"+what)
+		b.ReportMetric(float64((p50 - bp50).Nanoseconds()), "extra-ns/"+what)
 	}
 }
 
