@@ -1,11 +1,15 @@
 package policy
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,15 +47,16 @@ func BenchmarkPolicyConnect(b *testing.B) {
 	testutils.RequirePrivileged(b)
 	dst := netip.AddrPortFrom(benchServer, benchPort).String()
 	type variant struct {
-		name   string
-		client *testutils.NetNS
+		name           string
+		client, server *testutils.NetNS
+		conns          uint64 // connections made through it
 	}
-	var variants []variant
+	var variants []*variant
 	for _, fs := range filterSetups(filterConfig{bpfEntries: newFlowSizes(), chainRules: newFlowSizes(), acceptEstablished: true}) {
 		start := time.Now()
 		client, server := fs.setup(b)
 		testutils.ServeEcho(b, server, "tcp4", dst)
-		v := variant{fs.name, client}
+		v := &variant{name: fs.name, client: client, server: server}
 		// One connection outside the timer: neighbour entries, and proof
 		// that the filter lets the client in.
 		var err error
@@ -64,11 +69,12 @@ func BenchmarkPolicyConnect(b *testing.B) {
 		if err != nil {
 			b.Fatalf("%s: %v", v.name, err)
 		}
+		v.conns++
 		b.Logf("%s: set up in %s", v.name, time.Since(start).Round(time.Millisecond))
 		variants = append(variants, v)
 	}
 
-	connectN := func(b *testing.B, v variant, n int, lat []time.Duration) []time.Duration {
+	connectN := func(b *testing.B, v *variant, n int, lat []time.Duration) []time.Duration {
 		err := v.client.Do(func() error {
 			for range n {
 				d, err := connectRequestClose(dst)
@@ -76,6 +82,7 @@ func BenchmarkPolicyConnect(b *testing.B) {
 					return err
 				}
 				lat = append(lat, d)
+				v.conns++
 			}
 			return nil
 		})
@@ -99,7 +106,46 @@ func BenchmarkPolicyConnect(b *testing.B) {
 				}
 			}
 			reportPaired(b, lat, base, "conn")
+			if strings.HasPrefix(v.name, "iptables+established/") {
+				checkFirstPacketOnly(b, v.server, v.conns)
+			}
 		})
+	}
+}
+
+// checkFirstPacketOnly checks, by the rule counters of the server's INPUT
+// chain, that of conns connections only the first packets walked the
+// rules: the last rule (the client's) accepted conns packets, and the
+// first (ESTABLISHED,RELATED) at least two per connection (the handshake's
+// ACK, the request; the reset is not always counted there, as it may
+// arrive after conntrack closed the entry).
+func checkFirstPacketOnly(b *testing.B, server *testutils.NetNS, conns uint64) {
+	b.Helper()
+	var out bytes.Buffer
+	cmd := exec.Command("iptables", "-L", "INPUT", "-v", "-x", "-n")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := server.Run(cmd); err != nil {
+		b.Fatalf("iptables -L: %v\n%s", err, out.String())
+	}
+	var pkts []uint64
+	for _, line := range strings.Split(out.String(), "\n")[2:] {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		n, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			b.Fatalf("iptables -L: %q: %v", line, err)
+		}
+		pkts = append(pkts, n)
+	}
+	if len(pkts) < 2 {
+		b.Fatalf("iptables -L: %d rules\n%s", len(pkts), out.String())
+	}
+	est, allowed := pkts[0], pkts[len(pkts)-1]
+	if allowed != conns || est < 2*conns {
+		b.Fatalf("%d connections: the client's rule accepted %d packets (want %d), the ESTABLISHED rule %d (want ≥ %d)",
+			conns, allowed, conns, est, 2*conns)
 	}
 }
 
