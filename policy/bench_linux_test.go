@@ -197,23 +197,41 @@ type filterSetup struct {
 	setup func(b *testing.B) (client, server *testutils.NetNS)
 }
 
+// filterConfig says which filterSetups to build.
+type filterConfig struct {
+	bpfEntries []int // policy map sizes of the bpf configurations
+	chainRules []int // chain lengths of the iptables and nftables ones
+	// acceptEstablished puts an ESTABLISHED,RELATED accept rule first in
+	// the chains.
+	acceptEstablished bool
+}
+
+// establishedOnlyChains are the configurations of the established-flow
+// benchmarks (throughput, latency): chains without the ESTABLISHED accept,
+// so every packet walks them.
+func establishedOnlyChains() filterConfig {
+	return filterConfig{bpfEntries: []int{10, 1000, 100000}, chainRules: []int{10, 1000, 10000}}
+}
+
 // filterSetups are the configurations the traffic benchmarks compare:
 //
 //   - bare-veth: a veth pair, no filtering (the baseline);
 //   - bpf: the two are datapath endpoints and the server's policy map is
-//     compiled from rules that allow 10, 1k or 100k client identities
+//     compiled from rules that allow cfg.bpfEntries client identities
 //     (with as many ipcache entries), the real client among them;
 //   - iptables, nftables: a veth pair, and the server's INPUT chain holds
-//     10, 1k or 10k rules that each accept one client address on the
+//     cfg.chainRules rules that each accept one client address on the
 //     benchmark port, the real client's last, and drops the rest: the same
 //     decision as the policy map, written the way iptables and nftables
-//     write it (one rule per peer, evaluated for every packet, as in the
-//     FACTS measurement).
+//     write it (one rule per peer).
 //
 // The datapath decides a connection's first packet from its maps and the
-// rest from conntrack; the chains are evaluated for every packet. That
-// difference is the point of the comparison.
-func filterSetups() []filterSetup {
+// rest from conntrack; without cfg.acceptEstablished the chains are
+// evaluated for every packet, which is not how iptables policies are
+// written. With it, the chains start with the ESTABLISHED,RELATED accept
+// that kube-router and Calico's iptables mode put first, so only a
+// connection's first packet walks the rules: the fair peer of the datapath.
+func filterSetups(cfg filterConfig) []filterSetup {
 	vethPair := func(b *testing.B) (client, server *testutils.NetNS) {
 		client, server = testutils.NewNetNS(b), testutils.NewNetNS(b)
 		v := testutils.NewVeth(b, client, "c0", server, "s0")
@@ -238,8 +256,14 @@ func filterSetups() []filterSetup {
 		// The real client last: every packet walks the whole chain.
 		return append(addrs[1:], addrs[0])
 	}
+	chainName := func(tool string, n int) string {
+		if cfg.acceptEstablished {
+			tool += "+established"
+		}
+		return fmt.Sprintf("%s/rules=%d", tool, n)
+	}
 	out := []filterSetup{{"bare-veth", vethPair}}
-	for _, n := range []int{10, 1000, 100000} {
+	for _, n := range cfg.bpfEntries {
 		out = append(out, filterSetup{fmt.Sprintf("bpf/entries=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
 			d, _ := newTestDatapath(b, datapath.Config{IPCacheMaxEntries: 1 << 18, PolicyMapMaxEntries: 1 << 18})
 			state, ids, addrs, server := compiledServerPolicy(b, n)
@@ -270,14 +294,17 @@ func filterSetups() []filterSetup {
 			return clientNS, serverNS
 		}})
 	}
-	for _, n := range []int{10, 1000, 10000} {
-		out = append(out, filterSetup{fmt.Sprintf("iptables/rules=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
+	for _, n := range cfg.chainRules {
+		out = append(out, filterSetup{chainName("iptables", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
 			if _, err := exec.LookPath("iptables-restore"); err != nil {
 				b.Skip("iptables not installed")
 			}
 			client, server := vethPair(b)
 			var s strings.Builder
 			s.WriteString("*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n")
+			if cfg.acceptEstablished {
+				s.WriteString("-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n")
+			}
 			for _, a := range rules(n) {
 				fmt.Fprintf(&s, "-A INPUT -s %s/32 -p tcp -m tcp --dport %d -j ACCEPT\n", a, benchPort)
 			}
@@ -286,14 +313,17 @@ func filterSetups() []filterSetup {
 			return client, server
 		}})
 	}
-	for _, n := range []int{10, 1000, 10000} {
-		out = append(out, filterSetup{fmt.Sprintf("nftables/rules=%d", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
+	for _, n := range cfg.chainRules {
+		out = append(out, filterSetup{chainName("nftables", n), func(b *testing.B) (*testutils.NetNS, *testutils.NetNS) {
 			if _, err := exec.LookPath("nft"); err != nil {
 				b.Skip("nft not installed")
 			}
 			client, server := vethPair(b)
 			var s strings.Builder
 			s.WriteString("table ip bench {\n chain input {\n  type filter hook input priority 0; policy drop;\n")
+			if cfg.acceptEstablished {
+				s.WriteString("  ct state established,related accept\n")
+			}
 			for _, a := range rules(n) {
 				fmt.Fprintf(&s, "  ip saddr %s tcp dport %d accept\n", a, benchPort)
 			}
@@ -315,7 +345,7 @@ func BenchmarkPolicyThroughput(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Skip("iperf3 not installed")
 	}
-	for _, fs := range filterSetups() {
+	for _, fs := range filterSetups(establishedOnlyChains()) {
 		b.Run(fs.name, func(b *testing.B) {
 			client, server := fs.setup(b)
 			testutils.Iperf3(b, client, server, benchServer, "3")
@@ -325,50 +355,82 @@ func BenchmarkPolicyThroughput(b *testing.B) {
 
 // BenchmarkPolicyLatency measures the round trip of a one-byte request and
 // its echo over an established TCP connection, in each filterSetups
-// configuration: ns/op is the round-trip time. Every round trip is one
-// packet each way through the filters, so the filters' per-packet cost
-// adds to it directly, and latency is less at the mercy of a busy machine
-// than throughput.
+// configuration. Every round trip is one packet each way through the
+// filters, so the filters' per-packet cost on established flows adds to
+// it directly. Beside the chains every packet walks, it runs the same
+// chains with the ESTABLISHED,RELATED accept first (iptables+established,
+// nftables+established), as real iptables policies are written.
+//
+// Every configuration is set up first; each sub-benchmark then makes b.N
+// round trips through its configuration and, in alternating rounds of
+// 100, b.N over bare veth, the baseline, so that on a shared machine both
+// see the same load. It reports the mean round trip as ns/op, the median
+// (p50-ns/rt) and, beside bare veth, bare veth's median (bare-p50-ns/rt)
+// and the difference of the medians (extra-ns/rt).
 func BenchmarkPolicyLatency(b *testing.B) {
 	testutils.RequirePrivileged(b)
-	for _, fs := range filterSetups() {
-		b.Run(fs.name, func(b *testing.B) {
-			client, server := fs.setup(b)
-			serveEcho(b, server, netip.AddrPortFrom(benchServer, benchPort))
-			var c net.Conn
-			for try := 0; ; try++ {
-				err := client.Do(func() (err error) {
-					c, err = net.DialTimeout("tcp", netip.AddrPortFrom(benchServer, benchPort).String(), 5*time.Second)
-					return err
-				})
-				if err == nil {
-					break
+	setups := filterSetups(establishedOnlyChains())
+	// [1:]: without bare veth, which is in setups already.
+	setups = append(setups, filterSetups(filterConfig{chainRules: []int{10, 1000, 10000}, acceptEstablished: true})[1:]...)
+	dst := netip.AddrPortFrom(benchServer, benchPort)
+	type variant struct {
+		name string
+		c    net.Conn
+	}
+	var variants []variant
+	for _, fs := range setups {
+		client, server := fs.setup(b)
+		serveEcho(b, server, dst)
+		var c net.Conn
+		for try := 0; ; try++ {
+			err := client.Do(func() (err error) {
+				c, err = net.DialTimeout("tcp", dst.String(), 5*time.Second)
+				return err
+			})
+			if err == nil {
+				break
+			}
+			if try == 10 {
+				b.Fatalf("%s: %v", fs.name, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		defer c.Close()
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+		}
+		variants = append(variants, variant{fs.name, c})
+	}
+	buf := []byte{0}
+	roundTrips := func(b *testing.B, c net.Conn, n int, lat []time.Duration) []time.Duration {
+		for range n {
+			start := time.Now()
+			if _, err := c.Write(buf); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				b.Fatal(err)
+			}
+			lat = append(lat, time.Since(start))
+		}
+		return lat
+	}
+	for _, v := range variants { // warm up
+		roundTrips(b, v.c, 100, nil)
+	}
+	bare := variants[0]
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) {
+			const perRound = 100
+			lat := make([]time.Duration, 0, b.N)
+			var base []time.Duration
+			for done := 0; done < b.N; done += perRound {
+				lat = roundTrips(b, v.c, min(perRound, b.N-done), lat)
+				if v != bare {
+					base = roundTrips(b, bare.c, min(perRound, b.N-done), base)
 				}
-				if try == 10 {
-					b.Fatal(err)
-				}
-				time.Sleep(100 * time.Millisecond)
 			}
-			defer c.Close()
-			if tc, ok := c.(*net.TCPConn); ok {
-				_ = tc.SetNoDelay(true)
-			}
-			buf := []byte{0}
-			roundTrip := func() {
-				if _, err := c.Write(buf); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := io.ReadFull(c, buf); err != nil {
-					b.Fatal(err)
-				}
-			}
-			for i := 0; i < 100; i++ { // warm up
-				roundTrip()
-			}
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				roundTrip()
-			}
+			reportPaired(b, lat, base, "rt")
 		})
 	}
 }
