@@ -40,7 +40,13 @@ func benchPeers(n int) ([]identity.Identity, []netip.Addr) {
 		if err != nil {
 			panic(err)
 		}
-		ids[i] = identity.Identity{ID: identity.ID(70000 + i), Labels: ls}
+		// Cluster-scoped IDs of clusters 1, 2, …: index 0 of a cluster is
+		// not an identity, so 100k peers skip it.
+		id, err := identity.ClusterScopedID(uint8(1+i/0xFFFF), uint16(1+i%0xFFFF))
+		if err != nil {
+			panic(err)
+		}
+		ids[i] = identity.Identity{ID: id, Labels: ls}
 		addrs[i] = netip.AddrFrom4([4]byte{172, 16 + byte(i>>16), byte(i >> 8), byte(i)})
 	}
 	addrs[0] = benchClient

@@ -17,7 +17,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 
 	"github.com/nodeplane/nodeplane/datapath"
-	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -268,7 +268,7 @@ func BenchmarkPolicyNewFlowBPF(b *testing.B) {
 			b.Fatal(err)
 		}
 		for i := range ids {
-			if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(addrs[i], 32), identity.IPCacheEntry{Identity: ids[i].ID}); err != nil {
+			if err := d.IPCache().UpsertPrefix(netip.PrefixFrom(addrs[i], 32), ipcache.Entry{Identity: ids[i].ID}); err != nil {
 				b.Fatal(err)
 			}
 		}
