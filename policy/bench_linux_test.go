@@ -40,9 +40,10 @@ func benchPeers(n int) ([]identity.Identity, []netip.Addr) {
 		if err != nil {
 			panic(err)
 		}
-		// Cluster-scoped IDs of clusters 1, 2, …: index 0 of a cluster is
-		// not an identity, so 100k peers skip it.
-		id, err := identity.ClusterScopedID(uint8(1+i/0xFFFF), uint16(1+i%0xFFFF))
+		// Cluster-scoped IDs of clusters 1, 2, …: a cluster's indexes
+		// start at identity.MinClusterIndex, so 100k peers span two.
+		const per = 1<<16 - identity.MinClusterIndex
+		id, err := identity.ClusterScopedID(uint8(1+i/per), uint16(identity.MinClusterIndex+i%per))
 		if err != nil {
 			panic(err)
 		}
