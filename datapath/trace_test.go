@@ -189,8 +189,15 @@ func TestPrivilegedTraceInterval(t *testing.T) {
 	if n := send(TCPAck); n != 1 {
 		t.Fatalf("after 2.1 s: %d traces, want the periodic sample", n)
 	}
-	if n := send(TCPAck); n != 0 {
-		t.Fatalf("right after the sample: %d traces, want 0", n)
+	// Within the next 0.3 s at most one second boundary passes, so at most
+	// one more sample may come (the stamps are whole seconds); a program
+	// that reported every packet would give one per send.
+	after, sends := 0, 0
+	for start := time.Now(); time.Since(start) < 300*time.Millisecond; sends++ {
+		after += send(TCPAck)
+	}
+	if after > 1 || sends < 3 {
+		t.Fatalf("right after the sample: %d traces from %d packets, want at most 1", after, sends)
 	}
 	if quiet > 1 {
 		t.Fatalf("%d traces within the first 0.7 s, want at most 1", quiet)
