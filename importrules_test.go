@@ -61,13 +61,15 @@ var layers = []layer{
 	{pkg: "flow/hubble", may: []string{"", "datapath/monitor", "identity/...", "flow", "flow/metrics"}, never: kernel},
 	{pkg: "flow/metrics", may: []string{"", "datapath/monitor", "identity/...", "flow"}, never: append(append([]string{}, kernel...), ciliumAPI)},
 	{pkg: "flow/...", may: []string{"", "datapath/monitor", "identity/...", "internal/..."}, never: pure},
+	// bandwidth writes rates through datapath; datapath never imports it.
+	{pkg: "bandwidth/...", may: []string{"", "datapath/...", "identity/...", "policy/mapstate", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	{pkg: "lb/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	{pkg: "ipam/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	{pkg: "internal/testutils/...", may: []string{"", "internal/..."}},
 	{pkg: "internal/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	// policytrace only parses and traces: no kernel code, no BPF object.
 	{pkg: "examples/policytrace", may: []string{"", "identity/...", "policy/..."}, never: kernel},
-	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "flow/...", "internal/...", "examples/internal/..."}},
+	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "flow/...", "bandwidth/...", "internal/...", "examples/internal/..."}},
 }
 
 // covers reports whether pattern (module-relative, "x/..." for a subtree)

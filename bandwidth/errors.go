@@ -1,0 +1,9 @@
+package bandwidth
+
+import "errors"
+
+var (
+	// ErrInvalidRate: a quantity that does not parse, or a rate outside
+	// [MinRate, MaxRate].
+	ErrInvalidRate = errors.New("invalid bandwidth")
+)
