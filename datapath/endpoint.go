@@ -236,6 +236,10 @@ func (ep *Endpoint) delete(flushCT bool) error {
 			errs = append(errs, fmt.Errorf("endpoint %d: remove pins: %w", ep.cfg.ID, err))
 		}
 	}
+	if ep.recorded {
+		// The record claimed the ID, so the EDT entry is this endpoint's.
+		errs = append(errs, ep.clearEgressRate())
+	}
 	if ep.policyInstalled {
 		if err := ep.dp.maps.policy.Delete(uint32(ep.cfg.ID)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("endpoint %d: remove policy map: %w", ep.cfg.ID, err))
