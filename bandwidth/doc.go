@@ -29,8 +29,21 @@
 // mechanism, with a queue and its latency, and this package never calls it
 // EDT.
 //
+// # Manager
+//
+// A [Manager] ([New]) applies Limits to datapath endpoints. It picks its
+// [Mechanism] once: with EDT it installs fq (horizon 2 s, drop policy
+// drop; mq with fq leaves on multi-queue devices) on the node's egress
+// devices and writes each endpoint's rate into the datapath
+// (datapath.Endpoint.SetEgressRate); with the fallback it puts a tbf qdisc
+// on the endpoint's interface inside its namespace. Ingress limits are a
+// tbf on the egress of the endpoint's host-side interface either way, as
+// the CNI bandwidth plugin has them. Rates count frames on the wire, so a
+// TCP stream's payload is about 4.4% below the limit at MTU 1500.
+//
 // # Errors
 //
-// Bad quantities and limits wrap [ErrInvalidRate]. A kernel feature this
+// Bad quantities and limits wrap [ErrInvalidRate], a configuration that
+// cannot work [ErrInvalidConfig]. A kernel feature this
 // machine lacks wraps nodeplane.ErrNotSupported.
 package bandwidth

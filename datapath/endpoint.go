@@ -75,6 +75,18 @@ func (ep *Endpoint) HostIfindex() int { return ep.host.index }
 // detached endpoint.
 func (ep *Endpoint) HostIfName() string { return ep.host.name }
 
+// NetNS returns the path of the endpoint's network namespace as
+// configured ([EndpointConfig].NetNS), "" for a detached endpoint.
+func (ep *Endpoint) NetNS() string { return ep.cfg.NetNS }
+
+// IfName returns the name of the endpoint's interface inside its
+// namespace.
+func (ep *Endpoint) IfName() string { return ep.cfg.IfName }
+
+// NodeNetNS returns the path of the node namespace the host-side
+// interface lives in ([Config].NodeNetNS); "" is the process's.
+func (ep *Endpoint) NodeNetNS() string { return ep.dp.cfg.NodeNetNS }
+
 // HostMAC returns the MAC of the host-side interface: the endpoint's
 // gateway. Nil for a detached endpoint.
 func (ep *Endpoint) HostMAC() net.HardwareAddr { return append(net.HardwareAddr(nil), ep.host.mac...) }
