@@ -143,8 +143,19 @@ static __noinline void np_fill_drop(struct np_drop_event *e, struct __sk_buff *s
 	cap = skb->len;
 	if (cap > NP_EVENT_CAP_LEN)
 		cap = NP_EVENT_CAP_LEN;
-	if (cap > 0 && bpf_skb_load_bytes(skb, 0, e->data, cap) == 0)
-		e->cap_len = cap;
+	if (cap > 0) {
+		/* bpf_skb_load_bytes refuses a length that may be 0, and the
+		 * verifier of Linux 6.1 learns no lower bound from cap != 0: a
+		 * mask it can follow bounds cap to [1, NP_EVENT_CAP_LEN]. The
+		 * empty asm keeps clang from folding the mask away. */
+		_Static_assert((NP_EVENT_CAP_LEN & (NP_EVENT_CAP_LEN - 1)) == 0,
+			       "NP_EVENT_CAP_LEN must be a power of two");
+		cap -= 1;
+		asm volatile("" : "+r"(cap));
+		cap = (cap & (NP_EVENT_CAP_LEN - 1)) + 1;
+		if (bpf_skb_load_bytes(skb, 0, e->data, cap) == 0)
+			e->cap_len = cap;
+	}
 }
 
 static __always_inline void np_emit_drop(struct __sk_buff *skb, const struct np_state *s)
