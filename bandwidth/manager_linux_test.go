@@ -142,7 +142,9 @@ func TestPrivilegedManagerRealTraffic(t *testing.T) {
 	const limit = 50 * Mbit
 	baseline := w.rate(t, w.podC, false)
 	t.Logf("C unlimited: %.1f Mbit/s", baseline/1e6)
-	if baseline < 20*float64(limit) {
+	// Under emulation (the qemu kernel matrix) the unlimited rate is far
+	// lower than on the host; it must still be well above the limit.
+	if baseline < 4*float64(limit) {
 		t.Fatalf("baseline %.1f Mbit/s is too slow to tell a 50 Mbit/s limit apart", baseline/1e6)
 	}
 
@@ -171,7 +173,7 @@ func TestPrivilegedManagerRealTraffic(t *testing.T) {
 	}
 	restored := w.rate(t, w.podA, false)
 	t.Logf("A after Clear: %.1f Mbit/s", restored/1e6)
-	if restored < 10*float64(limit) {
+	if restored < 4*float64(limit) || restored < baseline/3 {
 		t.Errorf("A after Clear sends %.1f Mbit/s, not its full rate", restored/1e6)
 	}
 
