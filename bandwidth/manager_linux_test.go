@@ -40,7 +40,7 @@ const (
 
 func nsPath(ns *testutils.NetNS) string { return fmt.Sprintf("/proc/self/fd/%d", ns.FD()) }
 
-func addIP(t *testing.T, ns *testutils.NetNS, dev string, a netip.Addr, bits int) {
+func addIP(t testing.TB, ns *testutils.NetNS, dev string, a netip.Addr, bits int) {
 	t.Helper()
 	h := ns.Netlink(t)
 	l, err := h.LinkByName(dev)
@@ -52,7 +52,7 @@ func addIP(t *testing.T, ns *testutils.NetNS, dev string, a netip.Addr, bits int
 	}
 }
 
-func newTrafficWorld(t *testing.T) *trafficWorld {
+func newTrafficWorld(t testing.TB) *trafficWorld {
 	t.Helper()
 	testutils.RequirePrivileged(t)
 	if _, err := exec.LookPath("iperf3"); err != nil {
