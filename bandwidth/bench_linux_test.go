@@ -35,7 +35,7 @@ func installHTB(b *testing.B, ns *testutils.NetNS, dev string, rate Rate) {
 		b.Fatal(err)
 	}
 	c := netlink.NewHtbClass(netlink.ClassAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(1, 0), Handle: netlink.MakeHandle(1, 10)},
-		netlink.HtbClassAttrs{Rate: rate.BytesPerSecond(), Ceil: rate.BytesPerSecond(), Buffer: 64 << 10, Cbuffer: 64 << 10})
+		netlink.HtbClassAttrs{Rate: uint64(rate), Ceil: uint64(rate), Buffer: 64 << 10, Cbuffer: 64 << 10}) // bits/s: netlink divides by 8
 	if err := h.ClassReplace(c); err != nil {
 		b.Fatal(err)
 	}
