@@ -44,12 +44,16 @@ func wantSpacing(n int, bitsPerSecond uint64) float64 {
 }
 
 // TestPrivilegedEDTDepartureSpacing sends frames of known sizes from an
-// endpoint limited to 10 Mbit/s and checks that each departure lies
+// endpoint limited to 100 kbit/s and checks that each departure lies
 // len/rate after the one before, within 1%, and in the future of the
 // monotonic clock.
 func TestPrivilegedEDTDepartureSpacing(t *testing.T) {
 	w := newTestRunWorld(t)
-	const rate = 10_000_000
+	// Slow enough that the schedule stays ahead of the clock however slow
+	// the test runs (emulated kernels take milliseconds per run): a frame
+	// of 64 bytes takes 5 ms, the whole sequence 0.75 s, within the
+	// horizon.
+	const rate = 100_000
 	if err := w.a.SetEgressRate(EgressLimit{BitsPerSecond: rate}); err != nil {
 		t.Fatal(err)
 	}
@@ -92,15 +96,17 @@ func TestPrivilegedEDTDepartureSpacing(t *testing.T) {
 	}
 }
 
-// TestPrivilegedEDTHorizonDrop sends a burst far beyond what 10 ms of
-// horizon holds at 1 Mbit/s: the frames that fit leave stamped, the rest
+// TestPrivilegedEDTHorizonDrop sends a burst far beyond what 5 s of
+// horizon hold at 8 kbit/s: the frames that fit leave stamped, the rest
 // drop with DROP_EDT_HORIZON, are counted, and do not move the schedule.
+// Each frame takes a second, so the burst is instant however slow the
+// test runs.
 func TestPrivilegedEDTHorizonDrop(t *testing.T) {
 	w := newTestRunWorld(t)
 	const (
-		rate    = 1_000_000
-		horizon = 10 * time.Millisecond
-		frame   = 250 // 2 ms at 1 Mbit/s
+		rate    = 8_000
+		horizon = 5 * time.Second
+		frame   = 1000 // 1 s at 8 kbit/s
 	)
 	if err := w.a.SetEgressRate(EgressLimit{BitsPerSecond: rate, Horizon: horizon}); err != nil {
 		t.Fatal(err)
@@ -135,9 +141,10 @@ func TestPrivilegedEDTHorizonDrop(t *testing.T) {
 			t.Fatalf("frame %d: %+v", i, v)
 		}
 	}
-	// 10 ms of horizon hold 5 frames of 2 ms after the first, which
-	// leaves at once; the burst takes microseconds, so at most one more.
-	if passed < 5 || passed > 7 || dropped != 20-passed {
+	// The first frame leaves at once; the next four are due 1-4 s ahead,
+	// the fifth 5 s ahead, at the horizon: dropped, unless the clock
+	// moved on while the burst ran.
+	if passed < 5 || passed > 6 || dropped != 20-passed {
 		t.Fatalf("passed %d, dropped %d of 20; want 5-7 to fit the horizon", passed, dropped)
 	}
 	st, _, _ := w.a.EgressState()
@@ -157,7 +164,7 @@ func TestPrivilegedEDTHorizonDrop(t *testing.T) {
 }
 
 // TestPrivilegedEDTEndpointsIndependent interleaves three endpoints: A at
-// 10 Mbit/s, B at 1 Mbit/s and C unlimited. Each limited endpoint's
+// 200 kbit/s, B at 100 kbit/s and C unlimited. Each limited endpoint's
 // departures follow its own rate, C's frames are never stamped, and
 // clearing A's rate stops its stamps.
 func TestPrivilegedEDTEndpointsIndependent(t *testing.T) {
@@ -168,7 +175,7 @@ func TestPrivilegedEDTEndpointsIndependent(t *testing.T) {
 			{Identity: idRemote, Direction: mapstate.Egress, Protocol: protoUDP, Port: 53, PortPrefixLen: 16}: allow,
 		})
 	}
-	rates := map[*Endpoint]uint64{w.a: 10_000_000, w.b: 1_000_000}
+	rates := map[*Endpoint]uint64{w.a: 200_000, w.b: 100_000}
 	for ep, r := range rates {
 		if err := ep.SetEgressRate(EgressLimit{BitsPerSecond: r}); err != nil {
 			t.Fatal(err)
