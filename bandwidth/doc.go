@@ -38,8 +38,11 @@
 // (datapath.Endpoint.SetEgressRate); with the fallback it puts a tbf qdisc
 // on the endpoint's interface inside its namespace. Ingress limits are a
 // tbf on the egress of the endpoint's host-side interface either way, as
-// the CNI bandwidth plugin has them. Rates count frames on the wire, so a
-// TCP stream's payload is about 4.4% below the limit at MTU 1500.
+// the CNI bandwidth plugin has them. What a rate counts differs a little:
+// tbf counts frames on the wire, so a TCP stream's payload is about 4.4%
+// below the limit at MTU 1500; the EDT hook counts skb->len at tc ingress,
+// one set of headers per GSO packet, so the payload is about the limit
+// (Cilium's EDT on the egress device counts wire length).
 //
 // # Errors
 //
