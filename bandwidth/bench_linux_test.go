@@ -45,15 +45,17 @@ func installHTB(b *testing.B, ns *testutils.NetNS, dev string, rate Rate) {
 // one iperf3 TCP stream from A saturates the limit, measures the
 // request/response latency of a second connection of A (1 byte each way,
 // to an echo server on the remote): p50 and p99 in µs, and the bulk
-// stream's rate as a fraction of the limit. Mechanisms: the TBF fallback
-// (what Manager uses without sch_fq), HTB with one class, and EDT where the
-// kernel has sch_fq.
+// stream's rate. Mechanisms: the TBF fallback (what Manager uses without
+// sch_fq), HTB with one class, and EDT where the kernel has sch_fq, with
+// the bulk stream on the default congestion control and on BBR.
 func BenchmarkRRUnderLoad(b *testing.B) {
 	testutils.RequirePrivileged(b)
 	const limit = 50 * Mbit
 	mechs := []string{"none", "tbf", "htb"}
 	if HaveEDT() == nil {
-		mechs = append(mechs, "edt")
+		// edt-bbr: the bulk stream uses BBR, which paces itself, as
+		// Cilium recommends with EDT (it needs HaveDeliveryTime).
+		mechs = append(mechs, "edt", "edt-bbr")
 	}
 	for _, mech := range mechs {
 		b.Run(mech, func(b *testing.B) {
@@ -64,9 +66,9 @@ func BenchmarkRRUnderLoad(b *testing.B) {
 				b.Fatal(err)
 			}
 			switch mech {
-			case "tbf", "edt":
+			case "tbf", "edt", "edt-bbr":
 				m, err := New(Config{NodeNetNS: nsPath(w.node), Devices: []string{"up0"},
-					Mechanism: map[string]Mechanism{"tbf": MechanismTBF, "edt": MechanismEDT}[mech]})
+					Mechanism: map[string]Mechanism{"tbf": MechanismTBF, "edt": MechanismEDT, "edt-bbr": MechanismEDT}[mech]})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -90,7 +92,11 @@ func BenchmarkRRUnderLoad(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				var out bytes.Buffer
-				cli := exec.Command("iperf3", "-c", remoteAddr.String(), "-t", "10", "-J")
+				args := []string{"-c", remoteAddr.String(), "-t", "10", "-J"}
+				if mech == "edt-bbr" {
+					args = append(args, "-C", "bbr")
+				}
+				cli := exec.Command("iperf3", args...)
 				cli.Stdout = &out
 				if err := w.podA.Start(cli); err != nil {
 					b.Fatal(err)
