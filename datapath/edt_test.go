@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/nodeplane/nodeplane"
@@ -236,6 +237,24 @@ func TestPrivilegedEDTInput(t *testing.T) {
 	}
 	if st, _, _ := w.a.EgressState(); !st.HasPriority || st.Priority != 3 {
 		t.Fatalf("priority not kept: %+v", st)
+	}
+	// The program gives the endpoint's packets that skb->priority; B,
+	// without a limit, keeps the packet's own.
+	mustUpdate(t, w.b.Policy(), map[mapstate.Key]mapstate.Entry{
+		{Identity: idRemote, Direction: mapstate.Egress, Protocol: protoUDP, Port: 53, PortPrefixLen: 16}: allow,
+	})
+	for _, tc := range []struct {
+		ep   *Endpoint
+		src  netip.Addr
+		want uint32
+	}{{w.a, addrA, 3}, {w.b, addrB, 0}} {
+		var out skbContext
+		ret, err := tc.ep.progs.from.Run(&ebpf.RunOptions{
+			Data: udpFrame(t, tc.src, 100), Context: skbContext{}, ContextOut: &out,
+		})
+		if err != nil || ret != tcActOK || out.Priority != tc.want {
+			t.Errorf("%v: returned %d, priority %d, %v; want priority %d", tc.ep, ret, out.Priority, err, tc.want)
+		}
 	}
 	// A deleted endpoint's entry goes with it, and its handle is closed.
 	if err := w.a.Delete(); err != nil {

@@ -98,14 +98,16 @@ type Verdict struct {
 }
 
 // skbContext is struct __sk_buff as BPF_PROG_TEST_RUN passes it in and
-// out; only cb and tstamp are of interest. TestMapLayouts checks it
+// out; only priority, cb and tstamp are of interest. TestMapLayouts checks it
 // against BTF.
 type skbContext struct {
-	_      [12]uint32 `btf:"len"`
-	CB     [5]uint32  `btf:"cb"`
-	_      [21]uint32 `btf:"hash"`
-	Tstamp uint64     `btf:"tstamp"`
-	_      [8]uint32  `btf:"wire_len"`
+	_        [8]uint32  `btf:"len"`
+	Priority uint32     `btf:"priority"`
+	_        [3]uint32  `btf:"ingress_ifindex"`
+	CB       [5]uint32  `btf:"cb"`
+	_        [21]uint32 `btf:"hash"`
+	Tstamp   uint64     `btf:"tstamp"`
+	_        [8]uint32  `btf:"wire_len"`
 }
 
 const (
