@@ -65,6 +65,8 @@ var layers = []layer{
 	{pkg: "flow/hubble", may: []string{"", "datapath/monitor", "identity/...", "flow", "flow/metrics"}, never: append(append([]string{}, kernel...), cniModule)},
 	{pkg: "flow/metrics", may: []string{"", "datapath/monitor", "identity/...", "flow"}, never: append(append([]string{}, kernel...), ciliumAPI, cniModule)},
 	{pkg: "flow/...", may: []string{"", "datapath/monitor", "identity/...", "internal/..."}, never: pure},
+	// bandwidth writes rates through datapath; datapath never imports it.
+	{pkg: "bandwidth/...", may: []string{"", "datapath/...", "identity/...", "policy/mapstate", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	{pkg: "lb/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	{pkg: "ipam/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	{pkg: "internal/testutils/...", may: []string{"", "internal/..."}},
@@ -75,7 +77,7 @@ var layers = []layer{
 	// (containernetworking/cni) and the agent API; the agent does the
 	// dataplane, so the plugin links no BPF object and no netlink.
 	{pkg: "examples/cni", may: []string{"examples/internal/..."}, never: []string{"github.com/cilium/ebpf", "github.com/vishvananda/netlink", ciliumAPI, prometheus}},
-	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "flow/...", "internal/...", "examples/internal/..."}, never: []string{cniModule}},
+	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "flow/...", "bandwidth/...", "internal/...", "examples/internal/..."}, never: []string{cniModule}},
 }
 
 // covers reports whether pattern (module-relative, "x/..." for a subtree)

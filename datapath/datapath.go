@@ -317,6 +317,11 @@ func (d *Datapath) AddEndpoint(cfg EndpointConfig) (_ *Endpoint, err error) {
 		return nil, fmt.Errorf("endpoint %d: write record: %w", cfg.ID, err)
 	}
 	ep.recorded = true
+	// An EDT entry left by a crashed predecessor with this ID is not ours
+	// to inherit: a new endpoint starts unlimited.
+	if err := ep.clearEgressRate(); err != nil {
+		return nil, err
+	}
 	if ep.progs, err = loadEndpointPrograms(d.spec, d.maps, cfg); err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 const (
 	datapathMapNpConntrack        = "np_conntrack"
 	datapathMapNpCounters         = "np_counters"
+	datapathMapNpEdt              = "np_edt"
 	datapathMapNpEndpoints        = "np_endpoints"
 	datapathMapNpEvents           = "np_events"
 	datapathMapNpEventsLost       = "np_events_lost"
@@ -88,6 +89,7 @@ type datapathProgramSpecs struct {
 type datapathMapSpecs struct {
 	NpConntrack   *ebpf.MapSpec `ebpf:"np_conntrack"`
 	NpCounters    *ebpf.MapSpec `ebpf:"np_counters"`
+	NpEdt         *ebpf.MapSpec `ebpf:"np_edt"`
 	NpEndpoints   *ebpf.MapSpec `ebpf:"np_endpoints"`
 	NpEvents      *ebpf.MapSpec `ebpf:"np_events"`
 	NpEventsLost  *ebpf.MapSpec `ebpf:"np_events_lost"`
@@ -132,6 +134,7 @@ func (o *datapathObjects) Close() error {
 type datapathMaps struct {
 	NpConntrack   *ebpf.Map `ebpf:"np_conntrack"`
 	NpCounters    *ebpf.Map `ebpf:"np_counters"`
+	NpEdt         *ebpf.Map `ebpf:"np_edt"`
 	NpEndpoints   *ebpf.Map `ebpf:"np_endpoints"`
 	NpEvents      *ebpf.Map `ebpf:"np_events"`
 	NpEventsLost  *ebpf.Map `ebpf:"np_events_lost"`
@@ -145,6 +148,7 @@ func (m *datapathMaps) Close() error {
 	return _DatapathClose(
 		m.NpConntrack,
 		m.NpCounters,
+		m.NpEdt,
 		m.NpEndpoints,
 		m.NpEvents,
 		m.NpEventsLost,

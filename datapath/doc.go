@@ -35,6 +35,15 @@
 // with no traffic at all for a detached endpoint
 // ([EndpointConfig].Detached).
 //
+// # Egress rate
+//
+// [Endpoint.SetEgressRate] gives an endpoint an egress rate, enforced by
+// earliest departure time: its from-endpoint program stamps what it hands
+// to the stack with the time it may leave (bpf_skb_set_tstamp, Linux
+// 5.18), for the fq qdisc of the egress device to honour, and drops
+// packets beyond the horizon ([monitor.DropEDTHorizon]). Package bandwidth
+// decides the rates and the qdiscs; this package does not import it.
+//
 // # Lifetime
 //
 // [New] creates the shared maps. Everything holding a file descriptor has

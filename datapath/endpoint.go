@@ -75,6 +75,18 @@ func (ep *Endpoint) HostIfindex() int { return ep.host.index }
 // detached endpoint.
 func (ep *Endpoint) HostIfName() string { return ep.host.name }
 
+// NetNS returns the path of the endpoint's network namespace as
+// configured ([EndpointConfig].NetNS), "" for a detached endpoint.
+func (ep *Endpoint) NetNS() string { return ep.cfg.NetNS }
+
+// IfName returns the name of the endpoint's interface inside its
+// namespace.
+func (ep *Endpoint) IfName() string { return ep.cfg.IfName }
+
+// NodeNetNS returns the path of the node namespace the host-side
+// interface lives in ([Config].NodeNetNS); "" is the process's.
+func (ep *Endpoint) NodeNetNS() string { return ep.dp.cfg.NodeNetNS }
+
 // HostMAC returns the MAC of the host-side interface: the endpoint's
 // gateway. Nil for a detached endpoint.
 func (ep *Endpoint) HostMAC() net.HardwareAddr { return append(net.HardwareAddr(nil), ep.host.mac...) }
@@ -235,6 +247,10 @@ func (ep *Endpoint) delete(flushCT bool) error {
 		if err := os.RemoveAll(dir); err != nil {
 			errs = append(errs, fmt.Errorf("endpoint %d: remove pins: %w", ep.cfg.ID, err))
 		}
+	}
+	if ep.recorded {
+		// The record claimed the ID, so the EDT entry is this endpoint's.
+		errs = append(errs, ep.clearEgressRate())
 	}
 	if ep.policyInstalled {
 		if err := ep.dp.maps.policy.Delete(uint32(ep.cfg.ID)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -37,6 +37,7 @@ func TestMapLayouts(t *testing.T) {
 		{"np_policy_verdict_event", policyVerdictEvent{}},
 		{"np_trace_event", traceEvent{}},
 		{"np_trace_config", traceConfig{}},
+		{"np_edt_info", edtInfo{}},
 		{"__sk_buff", skbContext{}},
 	} {
 		t.Run(tc.c, func(t *testing.T) {
@@ -57,6 +58,7 @@ func TestMapLayouts(t *testing.T) {
 		datapathMapNpFrags:       {"np_frag_key", "np_frag_l4"},
 		datapathMapNpCounters:    {"", "np_counter"},
 		datapathMapNpTraceConfig: {"", "np_trace_config"},
+		datapathMapNpEdt:         {"", "np_edt_info"},
 	} {
 		m := spec.Maps[name]
 		if kv[0] != "" && m.Key.TypeName() != kv[0] {

@@ -20,6 +20,7 @@ type sharedMaps struct {
 	eventsLost *ebpf.Map
 	events     *ebpf.Map
 	trace      *ebpf.Map // np_trace_config
+	edt        *ebpf.Map // np_edt, endpoint ID -> EDT state
 	// records is Go's own map of endpoint records (record.go); the
 	// programs do not use it.
 	records *ebpf.Map
@@ -36,6 +37,7 @@ func (m *sharedMaps) byName() map[string]**ebpf.Map {
 		datapathMapNpEventsLost:  &m.eventsLost,
 		datapathMapNpEvents:      &m.events,
 		datapathMapNpTraceConfig: &m.trace,
+		datapathMapNpEdt:         &m.edt,
 	}
 }
 
@@ -79,6 +81,7 @@ func loadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 		datapathMapNpFrags:     cfg.FragmentsMaxEntries,
 		datapathMapNpPolicy:    cfg.MaxEndpoints,
 		datapathMapNpEvents:    cfg.EventsBufferSize,
+		datapathMapNpEdt:       cfg.MaxEndpoints,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = uint32(n)

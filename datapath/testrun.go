@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -89,14 +90,24 @@ type Verdict struct {
 	Match       PolicyMatch
 	L4PrefixLen uint8
 	ProxyPort   uint16
+	// Departure is the earliest departure time (CLOCK_MONOTONIC) the
+	// program stamped on the packet for the endpoint's egress rate
+	// ([Endpoint.SetEgressRate]); zero when it left the stamp alone.
+	// Only [Endpoint.TestRun] reports it.
+	Departure time.Duration
 }
 
 // skbContext is struct __sk_buff as BPF_PROG_TEST_RUN passes it in and
-// out; only cb is of interest. TestMapLayouts checks it against BTF.
+// out; only priority, cb and tstamp are of interest. TestMapLayouts checks it
+// against BTF.
 type skbContext struct {
-	_  [12]uint32 `btf:"len"`
-	CB [5]uint32  `btf:"cb"`
-	_  [31]uint32 `btf:"hash"`
+	_        [8]uint32  `btf:"len"`
+	Priority uint32     `btf:"priority"`
+	_        [3]uint32  `btf:"ingress_ifindex"`
+	CB       [5]uint32  `btf:"cb"`
+	_        [21]uint32 `btf:"hash"`
+	Tstamp   uint64     `btf:"tstamp"`
+	_        [8]uint32  `btf:"wire_len"`
 }
 
 const (
@@ -135,6 +146,7 @@ func (ep *Endpoint) TestRun(hook Hook, packet []byte) (Verdict, []byte, error) {
 	if err != nil {
 		return Verdict{}, nil, fmt.Errorf("endpoint %d: test run %s: %w", ep.cfg.ID, hook, err)
 	}
+	v.Departure = time.Duration(ctxOut.Tstamp)
 	return v, opts.DataOut, nil
 }
 

@@ -9,7 +9,9 @@
  *   np_from_endpoint  tc ingress: what the endpoint sends. Anti-spoofing,
  *                     conntrack, the endpoint's egress policy, and for a
  *                     local destination its ingress policy and a redirect
- *                     into its namespace; anything else goes to the stack.
+ *                     into its namespace; anything else goes to the stack,
+ *                     stamped with its departure time where the endpoint
+ *                     has a rate (edt.h).
  *   np_to_endpoint    tc egress: what the stack sends to the endpoint. The
  *                     source identity comes from the endpoints map or the
  *                     ipcache; conntrack and the endpoint's ingress policy
@@ -36,6 +38,7 @@
 #include "conntrack.h"
 #include "policy.h"
 #include "icmp6.h"
+#include "edt.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -551,6 +554,12 @@ int np_from_endpoint(struct __sk_buff *skb)
 
 	if (dst)
 		return np_exit(skb, &s, np_redirect_local(skb, &s, dst));
+	/* What leaves for the stack leaves at the endpoint's rate (edt.h);
+	 * traffic to local endpoints is not limited, as in Cilium, whose EDT
+	 * runs on the node's egress devices. */
+	s.reason = np_edt_sched_departure(skb, np_endpoint_id);
+	if (s.reason)
+		return np_exit(skb, &s, TC_ACT_SHOT);
 	return np_exit(skb, &s, TC_ACT_OK);
 }
 

@@ -189,6 +189,7 @@ struct {
 #define DROP_UNKNOWN_TARGET    150
 #define DROP_CT_CREATE_FAILED  155
 #define DROP_INVALID_EXTHDR    156
+#define DROP_EDT_HORIZON       162
 #define DROP_FRAG_NOT_FOUND    175
 #define DROP_POLICY_DENY       181
 #define DROP_EP_NOT_READY      203

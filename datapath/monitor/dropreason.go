@@ -34,6 +34,11 @@ const (
 	// DropInvalidExtHeader: an IPv6 extension header is truncated, or there
 	// are more than the datapath skips. DROP_INVALID_EXTHDR.
 	DropInvalidExtHeader DropReason = 156
+	// DropEDTHorizon: the endpoint sends faster than its egress rate
+	// allows, so far that the packet's departure time would lie beyond the
+	// drop horizon (package bandwidth, datapath/bpf/edt.h).
+	// DROP_EDT_HORIZON.
+	DropEDTHorizon DropReason = 162
 	// DropFragmentNotFound: a later fragment of a datagram whose first
 	// fragment the datapath has not seen (lost, reordered, or evicted from
 	// the fragments map), so its ports are unknown. DROP_FRAG_NOT_FOUND.
@@ -70,6 +75,8 @@ func (r DropReason) String() string {
 		return "CT_MAP_INSERTION_FAILED"
 	case DropInvalidExtHeader:
 		return "INVALID_IPV6_EXTENSION_HEADER"
+	case DropEDTHorizon:
+		return "REACHED_EDT_RATE_LIMITING_DROP_HORIZON"
 	case DropFragmentNotFound:
 		return "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND"
 	case DropPolicyDeny:

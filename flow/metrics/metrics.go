@@ -206,6 +206,8 @@ func CiliumDropReason(r monitor.DropReason) string {
 		return "CT: Map insertion failed"
 	case monitor.DropInvalidExtHeader:
 		return "Invalid IPv6 extension header"
+	case monitor.DropEDTHorizon:
+		return "Reached EDT rate-limiting drop horizon"
 	case monitor.DropFragmentNotFound:
 		return "First logical datagram fragment not found"
 	case monitor.DropPolicyDeny:

@@ -60,9 +60,26 @@ func Iperf3(b *testing.B, client, server *NetNS, dst netip.Addr, seconds string)
 	b.ReportMetric(total/float64(b.N)/1e9, "Gbit/s")
 }
 
+// Iperf3Rate runs an iperf3 server bound to dst in server and one client
+// in client that sends to it for the given number of seconds with extra
+// client arguments, and returns the received bits per second.
+func Iperf3Rate(tb testing.TB, client, server *NetNS, dst netip.Addr, seconds string, args ...string) float64 {
+	tb.Helper()
+	srv := exec.Command("iperf3", "-s", "-B", dst.String())
+	if err := server.Start(srv); err != nil {
+		tb.Fatalf("start iperf3 server: %v", err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	rate, err := iperf3Run(client, dst, seconds, args...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return rate
+}
+
 // iperf3Run runs one client, retrying while the server is not listening
 // yet, and returns the received bits per second.
-func iperf3Run(client *NetNS, dst netip.Addr, seconds string) (float64, error) {
+func iperf3Run(client *NetNS, dst netip.Addr, seconds string, args ...string) (float64, error) {
 	var (
 		out bytes.Buffer
 		err error
@@ -77,7 +94,7 @@ func iperf3Run(client *NetNS, dst netip.Addr, seconds string) (float64, error) {
 			} `json:"end"`
 		}
 		out.Reset()
-		cmd := exec.Command("iperf3", "-c", dst.String(), "-t", seconds, "-J")
+		cmd := exec.Command("iperf3", append([]string{"-c", dst.String(), "-t", seconds, "-J"}, args...)...)
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err = client.Run(cmd); err == nil {
 			// iperf3 -J may exit 0 with the failure in its output.
