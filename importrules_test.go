@@ -61,7 +61,7 @@ var layers = []layer{
 	{pkg: "flow/hubble", may: []string{"", "datapath/monitor", "identity/...", "flow", "flow/metrics"}, never: kernel},
 	{pkg: "flow/metrics", may: []string{"", "datapath/monitor", "identity/...", "flow"}, never: append(append([]string{}, kernel...), ciliumAPI)},
 	{pkg: "flow/...", may: []string{"", "datapath/monitor", "identity/...", "internal/..."}, never: pure},
-	{pkg: "lb/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
+	{pkg: "lb/...", may: []string{"", "datapath/monitor", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	{pkg: "ipam/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	{pkg: "internal/testutils/...", may: []string{"", "internal/..."}},
 	{pkg: "internal/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},

@@ -34,6 +34,13 @@ const (
 	// DropInvalidExtHeader: an IPv6 extension header is truncated, or there
 	// are more than the datapath skips. DROP_INVALID_EXTHDR.
 	DropInvalidExtHeader DropReason = 156
+	// DropFragNoSupport: a fragment addressed to a load-balanced frontend;
+	// its ports are not known, so it cannot be balanced.
+	// DROP_FRAG_NOSUPPORT.
+	DropFragNoSupport DropReason = 157
+	// DropNoService: a packet to a load-balanced frontend that has no
+	// backend taking new flows. DROP_NO_SERVICE.
+	DropNoService DropReason = 158
 	// DropFragmentNotFound: a later fragment of a datagram whose first
 	// fragment the datapath has not seen (lost, reordered, or evicted from
 	// the fragments map), so its ports are unknown. DROP_FRAG_NOT_FOUND.
@@ -70,6 +77,10 @@ func (r DropReason) String() string {
 		return "CT_MAP_INSERTION_FAILED"
 	case DropInvalidExtHeader:
 		return "INVALID_IPV6_EXTENSION_HEADER"
+	case DropFragNoSupport:
+		return "IP_FRAGMENTATION_NOT_SUPPORTED"
+	case DropNoService:
+		return "SERVICE_BACKEND_NOT_FOUND"
 	case DropFragmentNotFound:
 		return "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND"
 	case DropPolicyDeny:

@@ -1,0 +1,512 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright 2026 The nodeplane Authors. */
+
+/*
+ * North-south load balancing on a node's external interface: an XDP program
+ * that translates packets to a frontend (NodePort, LoadBalancer or external
+ * IP, address + port + protocol) to one of its backends, and a tc program
+ * that translates the backends' replies back, so the client sees the
+ * frontend answer.
+ *
+ *  - Backend selection is Cilium's: Maglev picks lut[hash % M] with the
+ *    5-tuple hash of bpf/lib/hash.h (jhash of the source address and both
+ *    ports, the destination address left out, seeded with bytes 4..7 of the
+ *    cluster seed for IPv4 and 8..11 for IPv6); random picks one of the
+ *    first count entries of the same table.
+ *  - A conntrack entry keyed by the client's tuple keeps a flow on its
+ *    backend for as long as the backend exists, whatever the table says
+ *    now; the table holds only the backends that take new flows, so a
+ *    terminating backend keeps its flows and gets no new ones.
+ *  - Packets that are not to a frontend are left alone (XDP_PASS). To a
+ *    frontend address: an IPv4 fragment is dropped (DROP_FRAG_NOSUPPORT),
+ *    a truncated L4 header too (DROP_CT_INVALID_HDR), a frontend without
+ *    backends drops (DROP_NO_SERVICE), a full conntrack table cannot happen
+ *    (LRU) but a failed insert drops (DROP_CT_CREATE_FAILED). A truncated
+ *    IP header drops (DROP_INVALID). Drops count in np_np_drops by reason.
+ *  - The backend is reached by routing: the program rewrites the
+ *    destination and passes the packet to the stack, which forwards it.
+ *    The client address is kept (no SNAT), so a backend's replies must be
+ *    routed back through this node, where np_nodeport_revnat (tc egress of
+ *    the external interface) restores the frontend as their source.
+ *
+ * The Go reference of the hash is lb's jhash tests.
+ */
+
+#include "np_common.h"
+
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+
+/* Cilium's drop reasons (bpf/lib/common.h), positive. */
+#define DROP_INVALID 134
+#define DROP_CT_INVALID_HDR 135
+#define DROP_CT_CREATE_FAILED 155
+#define DROP_FRAG_NOSUPPORT 157
+#define DROP_NO_SERVICE 158
+
+#define NP_ALG_RANDOM 1
+#define NP_ALG_MAGLEV 2
+
+#define NP_FAMILY_V4 4
+#define NP_FAMILY_V6 6
+
+/* Set by the loader: the Maglev table size M and the packet hash seeds. */
+const volatile __u32 lut_size = 16381;
+const volatile __u32 hash_seed4 = 0;
+const volatile __u32 hash_seed6 = 0;
+
+/* A frontend: IPv4 addresses in the first 4 bytes, the rest zero. */
+struct np_fe_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+};
+NP_ASSERT_SIZE(struct np_fe_key, 20);
+
+struct np_fe {
+	__u32 svc_id;
+	__u32 count; /* backends taking new flows: the first count lut entries */
+	__u8 alg;
+	__u8 pad[3];
+};
+NP_ASSERT_SIZE(struct np_fe, 12);
+
+struct np_be {
+	__u8 addr[16];
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+};
+NP_ASSERT_SIZE(struct np_be, 20);
+
+/* A flow as the packet carries it. */
+struct np_tuple {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+NP_ASSERT_SIZE(struct np_tuple, 40);
+
+struct np_ct {
+	__u32 backend_id;
+	__u32 svc_id;
+};
+NP_ASSERT_SIZE(struct np_ct, 8);
+
+struct np_rev {
+	__u8 addr[16];
+	__be16 port;
+	__u16 pad;
+};
+NP_ASSERT_SIZE(struct np_rev, 20);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct np_fe_key);
+	__type(value, struct np_fe);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} np_np_fe SEC(".maps");
+
+/* Frontend addresses (port 0, proto 0) with the number of frontends on
+ * them, to recognise fragments and truncated packets to a frontend. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct np_fe_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} np_np_vip SEC(".maps");
+
+/* svc_id -> the Maglev table, M backend IDs; the loader sets value_size to
+ * 4*M. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__uint(value_size, 4 * 16381);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} np_np_lut SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct np_be);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} np_np_be SEC(".maps");
+
+/* client tuple (destination: the frontend) -> backend */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct np_tuple);
+	__type(value, struct np_ct);
+	__uint(max_entries, 262144);
+} np_np_ct SEC(".maps");
+
+/* reply tuple (source: the backend) -> the frontend to restore */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct np_tuple);
+	__type(value, struct np_rev);
+	__uint(max_entries, 262144);
+} np_np_rev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 256);
+} np_np_drops SEC(".maps");
+
+/* ---- jhash (Cilium's bpf/lib/jhash.h, the kernel's lookup3) ---- */
+
+static __always_inline __u32 rol32(__u32 w, __u32 s) { return (w << s) | (w >> (32 - s)); }
+
+#define JHASH_INITVAL 0xdeadbeef
+
+#define jhash_mix(a, b, c)                  \
+	{                                   \
+		a -= c; a ^= rol32(c, 4);   \
+		c += b;                     \
+		b -= a; b ^= rol32(a, 6);   \
+		a += c;                     \
+		c -= b; c ^= rol32(b, 8);   \
+		b += a;                     \
+		a -= c; a ^= rol32(c, 16);  \
+		c += b;                     \
+		b -= a; b ^= rol32(a, 19);  \
+		a += c;                     \
+		c -= b; c ^= rol32(b, 4);   \
+		b += a;                     \
+	}
+
+#define jhash_final(a, b, c)                 \
+	{                                    \
+		c ^= b; c -= rol32(b, 14);   \
+		a ^= c; a -= rol32(c, 11);   \
+		b ^= a; b -= rol32(a, 25);   \
+		c ^= b; c -= rol32(b, 16);   \
+		a ^= c; a -= rol32(c, 4);    \
+		b ^= a; b -= rol32(a, 14);   \
+		c ^= b; c -= rol32(b, 24);   \
+	}
+
+static __always_inline __u32 jhash_3words(__u32 a, __u32 b, __u32 c, __u32 initval)
+{
+	initval += JHASH_INITVAL + (3 << 2);
+	a += initval;
+	b += initval;
+	c += initval;
+	jhash_final(a, b, c);
+	return c;
+}
+
+static __always_inline __u32 load32(const __u8 *p)
+{
+	__u32 v;
+	__builtin_memcpy(&v, p, 4);
+	return v;
+}
+
+/* Cilium's hash_from_tuple_v4/v6 on a little-endian host: words as they
+ * lie in memory, the source port in the high half (Cilium's tuple keeps the
+ * packet's source port in its dport field). */
+static __always_inline __u32 tuple_hash(const struct np_tuple *t)
+{
+	__u32 ports = ((__u32)t->sport << 16) | t->dport;
+
+	if (t->family == NP_FAMILY_V4)
+		return jhash_3words(load32(t->saddr), ports, t->proto, hash_seed4);
+
+	__u32 a = load32(t->saddr), b = load32(t->saddr + 4), c = load32(t->saddr + 8);
+	jhash_mix(a, b, c);
+	a += load32(t->saddr + 12);
+	b += ports;
+	c += t->proto;
+	jhash_mix(a, b, c);
+	a += hash_seed6;
+	jhash_final(a, b, c);
+	return c;
+}
+
+/* ---- checksums (RFC 1624), on the 16-bit words as they lie in memory ---- */
+
+static __always_inline __u16 csum_fold32(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+static __always_inline void csum_replace2(__u16 *sum, __u16 from, __u16 to)
+{
+	__u32 s = (__u16)~*sum;
+	s += (__u16)~from;
+	s += to;
+	*sum = ~csum_fold32(s);
+}
+
+static __always_inline void csum_replace4(__u16 *sum, __u32 from, __u32 to)
+{
+	csum_replace2(sum, (__u16)from, (__u16)to);
+	csum_replace2(sum, (__u16)(from >> 16), (__u16)(to >> 16));
+}
+
+static __always_inline void count_drop(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&np_np_drops, &reason);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/* Parsed headers of one packet. */
+struct pkt {
+	struct np_tuple t;
+	void *l3;
+	void *l4;
+	__u16 *l4csum; /* NULL: no L4 checksum to update (IPv4 UDP with 0) */
+	int frag;      /* IPv4 fragment */
+	int short_l4;  /* L4 header truncated */
+};
+
+/* parse fills p from the packet. It returns 0 for a TCP or UDP packet
+ * p describes (maybe a fragment or with a truncated L4 header), 1 for a
+ * packet of no interest, and -DROP_INVALID for a truncated IP header. */
+static __always_inline int parse(void *data, void *end, struct pkt *p)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return 1;
+	__builtin_memset(&p->t, 0, sizeof(p->t));
+
+	void *l4;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip4 = (void *)(eth + 1);
+		if ((void *)(ip4 + 1) > end || ip4->ihl < 5)
+			return -DROP_INVALID;
+		if (ip4->protocol != IPPROTO_TCP_ && ip4->protocol != IPPROTO_UDP_)
+			return 1;
+		p->l3 = ip4;
+		p->t.family = NP_FAMILY_V4;
+		p->t.proto = ip4->protocol;
+		__builtin_memcpy(p->t.saddr, &ip4->saddr, 4);
+		__builtin_memcpy(p->t.daddr, &ip4->daddr, 4);
+		p->frag = (ip4->frag_off & bpf_htons(IP_MF | IP_OFFSET)) != 0;
+		l4 = (void *)ip4 + ip4->ihl * 4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end)
+			return -DROP_INVALID;
+		/* Extension headers are not parsed: such packets are not
+		 * balanced (they pass). */
+		if (ip6->nexthdr != IPPROTO_TCP_ && ip6->nexthdr != IPPROTO_UDP_)
+			return 1;
+		p->l3 = ip6;
+		p->t.family = NP_FAMILY_V6;
+		p->t.proto = ip6->nexthdr;
+		__builtin_memcpy(p->t.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->t.daddr, &ip6->daddr, 16);
+		p->frag = 0;
+		l4 = (void *)(ip6 + 1);
+	} else {
+		return 1;
+	}
+	p->l4 = l4;
+	p->l4csum = 0;
+	p->short_l4 = 1;
+	if (p->frag)
+		return 0;
+	if (p->t.proto == IPPROTO_TCP_) {
+		struct tcphdr *tcp = l4;
+		if ((void *)(tcp + 1) > end)
+			return 0;
+		p->t.sport = tcp->source;
+		p->t.dport = tcp->dest;
+		p->l4csum = &tcp->check;
+	} else {
+		struct udphdr *udp = l4;
+		if ((void *)(udp + 1) > end)
+			return 0;
+		p->t.sport = udp->source;
+		p->t.dport = udp->dest;
+		if (udp->check || p->t.family == NP_FAMILY_V6)
+			p->l4csum = &udp->check;
+	}
+	p->short_l4 = 0;
+	return 0;
+}
+
+/* rewrite_addr replaces the address at *field (4 or 16 bytes) and the
+ * port at *port, fixing the IPv4 header and the L4 checksum. */
+static __always_inline void rewrite(struct pkt *p, __u8 *field, __be16 *port, const __u8 *addr, __be16 newport)
+{
+	if (p->t.family == NP_FAMILY_V4) {
+		struct iphdr *ip4 = p->l3;
+		__u32 from = load32(field), to = load32(addr);
+		csum_replace4(&ip4->check, from, to);
+		if (p->l4csum)
+			csum_replace4(p->l4csum, from, to);
+		__builtin_memcpy(field, addr, 4);
+	} else {
+#pragma unroll
+		for (int i = 0; i < 16; i += 4) {
+			if (p->l4csum)
+				csum_replace4(p->l4csum, load32(field + i), load32(addr + i));
+		}
+		__builtin_memcpy(field, addr, 16);
+	}
+	if (p->l4csum)
+		csum_replace2(p->l4csum, *port, newport);
+	*port = newport;
+}
+
+static __always_inline __be16 *l4_port(struct pkt *p, int dst)
+{
+	/* TCP and UDP keep the ports in the same place. */
+	struct udphdr *udp = p->l4;
+	return dst ? &udp->dest : &udp->source;
+}
+
+static __always_inline __u8 *l3_addr(struct pkt *p, int dst)
+{
+	if (p->t.family == NP_FAMILY_V4) {
+		struct iphdr *ip4 = p->l3;
+		return dst ? (__u8 *)&ip4->daddr : (__u8 *)&ip4->saddr;
+	}
+	struct ipv6hdr *ip6 = p->l3;
+	return dst ? (__u8 *)&ip6->daddr : (__u8 *)&ip6->saddr;
+}
+
+static __always_inline int drop(__u32 reason)
+{
+	count_drop(reason);
+	return XDP_DROP;
+}
+
+SEC("xdp")
+int np_nodeport_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct pkt p;
+
+	int ret = parse(data, end, &p);
+	if (ret < 0)
+		return drop(-ret);
+	if (ret > 0)
+		return XDP_PASS;
+
+	struct np_fe_key key = {};
+	__builtin_memcpy(key.addr, p.t.daddr, 16);
+	key.family = p.t.family;
+	if (p.frag || p.short_l4) {
+		if (!bpf_map_lookup_elem(&np_np_vip, &key))
+			return XDP_PASS;
+		return drop(p.frag ? DROP_FRAG_NOSUPPORT : DROP_CT_INVALID_HDR);
+	}
+	key.port = p.t.dport;
+	key.proto = p.t.proto;
+	struct np_fe *fe = bpf_map_lookup_elem(&np_np_fe, &key);
+	if (!fe)
+		return XDP_PASS;
+
+	__u32 svc_id = fe->svc_id;
+	struct np_be *be = 0;
+	__u32 be_id = 0;
+	struct np_ct *ct = bpf_map_lookup_elem(&np_np_ct, &p.t);
+	if (ct && ct->svc_id == svc_id) {
+		be_id = ct->backend_id;
+		be = bpf_map_lookup_elem(&np_np_be, &be_id);
+	}
+	if (!be) {
+		__u32 count = fe->count;
+		if (count == 0)
+			return drop(DROP_NO_SERVICE);
+		__u32 *lut = bpf_map_lookup_elem(&np_np_lut, &svc_id);
+		if (!lut)
+			return drop(DROP_NO_SERVICE);
+		__u32 idx;
+		if (fe->alg == NP_ALG_MAGLEV)
+			idx = tuple_hash(&p.t) % lut_size;
+		else
+			idx = bpf_get_prandom_u32() % count;
+		/* The verifier loses the upper half of a 32-bit modulo;
+		 * a 64-bit mask and compare bound the index for it. */
+		__u64 i = idx;
+		asm volatile("%0 &= 0x1ffff" : "+r"(i));
+		if (i >= (__u64)lut_size)
+			return drop(DROP_NO_SERVICE);
+		be_id = lut[i];
+		be = bpf_map_lookup_elem(&np_np_be, &be_id);
+		if (!be || be->family != p.t.family)
+			return drop(DROP_NO_SERVICE);
+		struct np_ct val = {.backend_id = be_id, .svc_id = svc_id};
+		if (bpf_map_update_elem(&np_np_ct, &p.t, &val, BPF_ANY))
+			return drop(DROP_CT_CREATE_FAILED);
+	}
+
+	/* The reply tuple, for np_nodeport_revnat. */
+	struct np_tuple rt = {};
+	__builtin_memcpy(rt.saddr, be->addr, 16);
+	__builtin_memcpy(rt.daddr, p.t.saddr, 16);
+	rt.sport = be->port;
+	rt.dport = p.t.sport;
+	rt.proto = p.t.proto;
+	rt.family = p.t.family;
+	struct np_rev rev = {};
+	__builtin_memcpy(rev.addr, p.t.daddr, 16);
+	rev.port = p.t.dport;
+	if (bpf_map_update_elem(&np_np_rev, &rt, &rev, BPF_ANY))
+		return drop(DROP_CT_CREATE_FAILED);
+
+	/* Bounds for the verifier: the headers parse() checked. */
+	if (p.l4 + sizeof(struct udphdr) > end)
+		return XDP_PASS;
+	if (p.t.family == NP_FAMILY_V4) {
+		if (p.l3 + sizeof(struct iphdr) > end)
+			return XDP_PASS;
+	} else if (p.l3 + sizeof(struct ipv6hdr) > end) {
+		return XDP_PASS;
+	}
+	if (p.l4csum && (void *)(p.l4csum + 1) > end)
+		return XDP_PASS;
+	rewrite(&p, l3_addr(&p, 1), l4_port(&p, 1), be->addr, be->port);
+	return XDP_PASS;
+}
+
+SEC("tc")
+int np_nodeport_revnat(struct __sk_buff *skb)
+{
+	bpf_skb_pull_data(skb, 0);
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct pkt p;
+
+	if (parse(data, end, &p) != 0 || p.frag || p.short_l4)
+		return TC_ACT_OK;
+	struct np_rev *rev = bpf_map_lookup_elem(&np_np_rev, &p.t);
+	if (!rev)
+		return TC_ACT_OK;
+	struct np_rev r = *rev;
+
+	if (p.l4 + sizeof(struct udphdr) > end)
+		return TC_ACT_OK;
+	if (p.t.family == NP_FAMILY_V4) {
+		if (p.l3 + sizeof(struct iphdr) > end)
+			return TC_ACT_OK;
+	} else if (p.l3 + sizeof(struct ipv6hdr) > end) {
+		return TC_ACT_OK;
+	}
+	if (p.l4csum && (void *)(p.l4csum + 1) > end)
+		return TC_ACT_OK;
+	rewrite(&p, l3_addr(&p, 0), l4_port(&p, 0), r.addr, r.port);
+	return TC_ACT_OK;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";
