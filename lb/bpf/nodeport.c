@@ -480,6 +480,36 @@ int np_nodeport_xdp(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+/* revnat_skb restores the frontend as the source of a reply with the
+ * kernel's checksum helpers, which, unlike the XDP path's arithmetic, also
+ * handle CHECKSUM_PARTIAL packets (a backend's reply on a veth, or on a NIC
+ * with checksum offload). */
+static __always_inline void revnat_skb(struct __sk_buff *skb, struct pkt *p, __u32 l4off, const struct np_rev *r)
+{
+	__u32 csumoff = l4off + (p->t.proto == IPPROTO_TCP_ ? 16 : 6);
+	__u64 mangled = p->t.proto == IPPROTO_UDP_ ? BPF_F_MARK_MANGLED_0 : 0;
+	int has_csum = p->l4csum != 0;
+
+	if (p->t.family == NP_FAMILY_V4) {
+		__u32 from = load32(p->t.saddr), to = load32(r->addr);
+		if (has_csum)
+			bpf_l4_csum_replace(skb, csumoff, from, to, BPF_F_PSEUDO_HDR | mangled | 4);
+		bpf_l3_csum_replace(skb, ETH_HLEN + 10, from, to, 4);
+		bpf_skb_store_bytes(skb, ETH_HLEN + 12, &to, 4, 0);
+	} else {
+		__u8 from[16], to[16];
+		__builtin_memcpy(from, p->t.saddr, 16);
+		__builtin_memcpy(to, r->addr, 16);
+		__s64 diff = bpf_csum_diff((__be32 *)from, 16, (__be32 *)to, 16, 0);
+		bpf_l4_csum_replace(skb, csumoff, 0, diff, BPF_F_PSEUDO_HDR | mangled);
+		bpf_skb_store_bytes(skb, ETH_HLEN + 8, to, 16, 0);
+	}
+	__be16 oldport = p->t.sport, newport = r->port;
+	if (has_csum)
+		bpf_l4_csum_replace(skb, csumoff, oldport, newport, mangled | 2);
+	bpf_skb_store_bytes(skb, l4off, &newport, 2, 0);
+}
+
 SEC("tc")
 int np_nodeport_revnat(struct __sk_buff *skb)
 {
@@ -494,18 +524,7 @@ int np_nodeport_revnat(struct __sk_buff *skb)
 	if (!rev)
 		return TC_ACT_OK;
 	struct np_rev r = *rev;
-
-	if (p.l4 + sizeof(struct udphdr) > end)
-		return TC_ACT_OK;
-	if (p.t.family == NP_FAMILY_V4) {
-		if (p.l3 + sizeof(struct iphdr) > end)
-			return TC_ACT_OK;
-	} else if (p.l3 + sizeof(struct ipv6hdr) > end) {
-		return TC_ACT_OK;
-	}
-	if (p.l4csum && (void *)(p.l4csum + 1) > end)
-		return TC_ACT_OK;
-	rewrite(&p, l3_addr(&p, 0), l4_port(&p, 0), r.addr, r.port);
+	revnat_skb(skb, &p, (__u32)(p.l4 - data), &r);
 	return TC_ACT_OK;
 }
 
