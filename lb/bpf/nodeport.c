@@ -459,11 +459,15 @@ int np_nodeport_xdp(struct xdp_md *ctx)
 	rt.dport = p.t.sport;
 	rt.proto = p.t.proto;
 	rt.family = p.t.family;
-	struct np_rev rev = {};
-	__builtin_memcpy(rev.addr, p.t.daddr, 16);
-	rev.port = p.t.dport;
-	if (bpf_map_update_elem(&np_np_rev, &rt, &rev, BPF_ANY))
-		return drop(DROP_CT_CREATE_FAILED);
+	/* An established flow has its reply entry already, unless the LRU
+	 * evicted it; an update costs several lookups. */
+	if (!ct || !bpf_map_lookup_elem(&np_np_rev, &rt)) {
+		struct np_rev rev = {};
+		__builtin_memcpy(rev.addr, p.t.daddr, 16);
+		rev.port = p.t.dport;
+		if (bpf_map_update_elem(&np_np_rev, &rt, &rev, BPF_ANY))
+			return drop(DROP_CT_CREATE_FAILED);
+	}
 
 	/* Bounds for the verifier: the headers parse() checked. */
 	if (p.l4 + sizeof(struct udphdr) > end)
