@@ -40,6 +40,24 @@
 //
 // [Model] is this decision procedure in Go, for tests and explanations.
 //
+// # North-south: packets from outside the node
+//
+// [NorthSouth] balances packets that arrive on a node's external interface
+// for a NodePort, LoadBalancer or external IP frontend, like Cilium's
+// nodeport XDP path. [NorthSouth.Attach] puts an XDP program on the
+// interface (native mode when the driver takes it, veth does; generic
+// otherwise) and a tc egress program beside it. The XDP program picks a
+// backend for each new flow with Maglev (lut[hash % M], Cilium's 5-tuple
+// hash and seed, so every node and Cilium pick the same backend) or at
+// random, records the flow in a conntrack map so that it stays on its
+// backend while the backend exists, rewrites the destination and lets the
+// stack route the packet. The client address is kept: backends must route
+// replies back through the node, whose tc program restores the frontend
+// as their source. Backends that are not active keep their flows and get
+// no new ones. Drops carry Cilium's reasons ([NorthSouth.Drops]). SNAT and
+// DSR modes, externalTrafficPolicy and session affinity are not
+// implemented on this path yet.
+//
 // # Lifetime
 //
 // [New] loads the programs, attaches them to a cgroup2 directory (they act

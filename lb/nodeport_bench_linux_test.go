@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -20,8 +21,9 @@ import (
 //   - single/…: one run per call, whose fixed cost single/xdp-pass shows:
 //     established (a flow conntrack knows: frontend, conntrack and backend
 //     lookups, reply-tuple update, rewrite) and new-flow (a new source port
-//     every packet: Maglev selection among 1,000 backends, M=16381, and two
-//     LRU inserts).
+//     and source address every packet: Maglev selection among 1,000
+//     backends, M=16381, and two LRU inserts; beyond the LRU's 262,144
+//     entries each insert evicts, as in a full table).
 func BenchmarkNorthSouthXDP(b *testing.B) {
 	ns := newBenchNorthSouth(b, 0)
 	fe := Frontend{netip.MustParseAddrPort("10.99.0.1:80"), nodeplane.ProtoTCP}
@@ -61,12 +63,14 @@ func BenchmarkNorthSouthXDP(b *testing.B) {
 	single := func(b *testing.B, prog *ebpf.Program, pkt []byte, newFlow bool) {
 		pkt = append([]byte{}, pkt...)
 		var total float64
-		port := uint16(1024)
+		var flow uint32
 		for b.Loop() {
 			if newFlow {
-				port++
-				pkt[14+20] = byte(port >> 8)
-				pkt[14+20+1] = byte(port)
+				// Source port and the low 16 bits of the source
+				// address: 2^32 flows before one repeats.
+				flow++
+				binary.BigEndian.PutUint16(pkt[14+20:], uint16(flow))
+				binary.BigEndian.PutUint16(pkt[14+14:], uint16(flow>>16))
 			}
 			_, d, err := prog.Benchmark(pkt, 1, nil)
 			if err != nil {

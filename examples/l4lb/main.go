@@ -1,5 +1,20 @@
-// Command l4lb is the operator's side of nodeplane's north-south load
-// balancing. Today it has one subcommand, which needs no kernel:
+// Command l4lb is a standalone L4 load balancer built on lb.NorthSouth,
+// and an operator's tool for Maglev tables.
+//
+//	l4lb run -config FILE [-check]
+//
+// attaches lb.NorthSouth to the interface the YAML file names and
+// balances its services (frontends ADDR:PORT/PROTO, backends with weights
+// and states, Maglev or random, Maglev table size and seed; the format is
+// documented on fileConfig in config.go). SIGHUP re-reads the file and
+// applies only what changed: unchanged services are not touched, and a
+// changed service keeps the flows of the backends that stay. The
+// interface and the Maglev settings need a restart. Only the DNAT mode
+// exists (backends keep the client address and must route replies
+// through this node); mode snat and dsr are refused. -check validates the
+// file and exits.
+//
+// The other subcommand needs no kernel:
 //
 //	l4lb maglev-table [-seed BASE64] [-m M] BACKEND...
 //
@@ -49,6 +64,8 @@ const usage = `usage: l4lb COMMAND [ARGS]
 commands:
   maglev-table [-seed BASE64] [-m M] BACKEND...
         print the Maglev table of BACKENDs (ADDR:PORT/PROTO[@WEIGHT]) as Cilium computes it
+  run -config FILE [-check]
+        balance the file's services on its interface (XDP + tc); SIGHUP re-reads the file
 `
 
 // run is the whole command: args without the program name, output to
@@ -61,6 +78,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "maglev-table":
 		return runMaglevTable(args[1:], stdout, stderr)
+	case "run":
+		return runLB(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stderr, usage)
 		return exitOK
