@@ -51,12 +51,15 @@
 // hash and seed, so every node and Cilium pick the same backend) or at
 // random, records the flow in a conntrack map so that it stays on its
 // backend while the backend exists, rewrites the destination and lets the
-// stack route the packet. The client address is kept: backends must route
-// replies back through the node, whose tc program restores the frontend
-// as their source. Backends that are not active keep their flows and get
-// no new ones. Drops carry Cilium's reasons ([NorthSouth.Drops]). SNAT and
-// DSR modes, externalTrafficPolicy and session affinity are not
-// implemented on this path yet.
+// stack route the packet. In DNAT mode the client address is kept:
+// backends must route replies back through the node, whose tc program
+// restores the frontend as their source. In SNAT mode
+// (NorthSouthConfig.SNATAddrs) packets leave with the node's address and a
+// NAT port, and the XDP program translates the replies back where they
+// arrive. Backends that are not active keep their flows and get no new
+// ones. Drops carry Cilium's reasons ([NorthSouth.Drops]). DSR,
+// externalTrafficPolicy=Local and session affinity are not implemented on
+// this path yet.
 //
 // # Lifetime
 //

@@ -1,5 +1,10 @@
 package lb
 
+import (
+	"fmt"
+	"net/netip"
+)
+
 // NorthSouthConfig configures a [NorthSouth]. The zero value is Cilium's
 // default Maglev configuration.
 type NorthSouthConfig struct {
@@ -11,6 +16,34 @@ type NorthSouthConfig struct {
 	// the IPv4 packet hash and 8–11 the IPv6 packet hash, as in Cilium.
 	// Empty means maglev.DefaultHashSeed.
 	MaglevHashSeed string
+
+	// SNATAddrs switch on SNAT mode, per family: a translated packet
+	// leaves with this node address (at most one IPv4 and one IPv6) and a
+	// port from 32768–60999 as its source, so backends reply to the node
+	// whatever their routes; the client address is then hidden from them.
+	// Replies arrive on the interface towards the backends, so attach
+	// there too. The stack routes translated packets; for IPv4 it drops
+	// packets with a local source as martians unless the external
+	// interface has net.ipv4.conf.IFACE.accept_local=1 (this package does
+	// not change sysctls). A family without an address uses DNAT mode:
+	// backends see the client and must route replies through this node.
+	SNATAddrs []netip.Addr
+}
+
+func (cfg NorthSouthConfig) snatAddrs() (v4, v6 netip.Addr, err error) {
+	for _, a := range cfg.SNATAddrs {
+		switch {
+		case !a.IsValid() || a.IsUnspecified() || a.Zone() != "" || a.Is4In6():
+			return v4, v6, fmt.Errorf("%w: SNAT address %s", ErrInvalidConfig, a)
+		case a.Is4() && v4.IsValid(), a.Is6() && v6.IsValid():
+			return v4, v6, fmt.Errorf("%w: two SNAT addresses of one family (%s)", ErrInvalidConfig, a)
+		case a.Is4():
+			v4 = a
+		default:
+			v6 = a
+		}
+	}
+	return v4, v6, nil
 }
 
 // XDPMode says how the XDP program of a [NorthSouth] is attached.

@@ -28,6 +28,8 @@ const (
 	nodeportVarHashSeed4         = "hash_seed4"
 	nodeportVarHashSeed6         = "hash_seed6"
 	nodeportVarLutSize           = "lut_size"
+	nodeportVarSnat4             = "snat4"
+	nodeportVarSnat6             = "snat6"
 )
 
 // loadNodeport returns the embedded CollectionSpec for nodeport.
@@ -96,6 +98,8 @@ type nodeportVariableSpecs struct {
 	HashSeed4 *ebpf.VariableSpec `ebpf:"hash_seed4"`
 	HashSeed6 *ebpf.VariableSpec `ebpf:"hash_seed6"`
 	LutSize   *ebpf.VariableSpec `ebpf:"lut_size"`
+	Snat4     *ebpf.VariableSpec `ebpf:"snat4"`
+	Snat6     *ebpf.VariableSpec `ebpf:"snat6"`
 }
 
 // nodeportObjects contains all objects after they have been loaded into the kernel.
@@ -146,6 +150,8 @@ type nodeportVariables struct {
 	HashSeed4 *ebpf.Variable `ebpf:"hash_seed4"`
 	HashSeed6 *ebpf.Variable `ebpf:"hash_seed6"`
 	LutSize   *ebpf.Variable `ebpf:"lut_size"`
+	Snat4     *ebpf.Variable `ebpf:"snat4"`
+	Snat6     *ebpf.Variable `ebpf:"snat6"`
 }
 
 // nodeportPrograms contains all programs after they have been loaded into the kernel.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
 // TestPrivilegedNorthSouthTraffic: a client namespace reaches a VIP and a
@@ -58,7 +59,7 @@ func TestPrivilegedNorthSouthTraffic(t *testing.T) {
 						t.Fatal(err)
 					}
 					defer ns.Delete(svc.Frontend)
-					checkNorthSouthFlows(t, ns, top, client, svc, backends)
+					checkNorthSouthFlows(t, ns, top, client, svc, backends, client.addr(v6, 0).Addr())
 				})
 			}
 		}
@@ -79,7 +80,9 @@ type nsFlow struct {
 	backend string
 }
 
-func checkNorthSouthFlows(t *testing.T, ns *NorthSouth, top *topology, client *endpointNS, svc Service, backends []Backend) {
+// checkNorthSouthFlows opens flows to svc from client; backends must see
+// the address sees.
+func checkNorthSouthFlows(t *testing.T, ns *NorthSouth, top *topology, client *endpointNS, svc Service, backends []Backend, sees netip.Addr) {
 	network := "tcp"
 	if svc.Frontend.Protocol == nodeplane.ProtoUDP {
 		network = "udp"
@@ -117,8 +120,8 @@ func checkNorthSouthFlows(t *testing.T, ns *NorthSouth, top *topology, client *e
 				t.Fatalf("greeting over %s: %v", svc.Frontend, err)
 			}
 			f.backend, _, _ = strings.Cut(greet, " ")
-			if want := client.addr(svc.Frontend.Addr.Addr().Is6(), 0).Addr().String(); !strings.Contains(greet, want+":") && !strings.Contains(greet, "["+want+"]:") {
-				t.Fatalf("backend saw %q, not the client address %s", greet, want)
+			if want := sees.String(); !strings.Contains(greet, " "+want+":") && !strings.Contains(greet, " ["+want+"]:") {
+				t.Fatalf("backend saw %q, not %s", greet, want)
 			}
 		} else {
 			ans, err := ask(f, "hello")
@@ -170,5 +173,69 @@ func checkNorthSouthFlows(t *testing.T, ns *NorthSouth, top *topology, client *e
 		if f := open(); f.backend == gone {
 			t.Fatalf("a new flow reached removed backend %s", gone)
 		}
+	}
+}
+
+// TestPrivilegedNorthSouthSNATTraffic: the same traffic in SNAT mode.
+// Backends see the node's address, reply to it over their own interface,
+// where the XDP program translates the replies back; removing a backend
+// moves only its flows.
+func TestPrivilegedNorthSouthSNATTraffic(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	snat4, snat6 := netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("fd00:1:0::1")
+	ns, err := NewNorthSouth(NorthSouthConfig{MaglevTableSize: 251, MaglevHashSeed: testSeed, SNATAddrs: []netip.Addr{snat4, snat6}})
+	testutils.SkipIfNotSupported(t, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	top := newTopology(t, 1, 3)
+	top.serve(t)
+	client := top.clients[0]
+	// The translated packets carry the node's own address as source
+	// when the stack routes them; IPv4 drops them as martians unless the
+	// receiving interface accepts local sources.
+	sysctl(t, top.node, "net/ipv4/conf/c0/accept_local", "1")
+	if err := top.node.Do(func() error {
+		for _, name := range []string{"c0", "b0", "b1", "b2"} {
+			l, err := net.InterfaceByName(name)
+			if err != nil {
+				return err
+			}
+			if _, err := ns.Attach(l.Index); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, v6 := range []bool{false, true} {
+		vip, sees := netip.MustParseAddr("10.99.0.1"), snat4
+		if v6 {
+			vip, sees = netip.MustParseAddr("fd99::1"), snat6
+		}
+		for _, proto := range []nodeplane.Protocol{nodeplane.ProtoTCP, nodeplane.ProtoUDP} {
+			fe := netip.AddrPortFrom(vip, 80)
+			t.Run(fmt.Sprintf("%s/%s", fe, proto), func(t *testing.T) {
+				var backends []Backend
+				for _, be := range top.backends {
+					backends = append(backends, Backend{Addr: be.addr(v6, backendPort)})
+				}
+				svc := Service{Frontend: Frontend{fe, proto}, Type: LoadBalancer, Algorithm: AlgorithmMaglev}
+				if err := ns.Upsert(svc, backends); err != nil {
+					t.Fatal(err)
+				}
+				defer ns.Delete(svc.Frontend)
+				checkNorthSouthFlows(t, ns, top, client, svc, backends, sees)
+			})
+		}
+	}
+	drops, err := ns.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(drops) != 0 {
+		t.Errorf("drops: %v", drops)
 	}
 }

@@ -21,9 +21,12 @@ import (
 // a frontend (a NodePort, LoadBalancer or external IP address, port and
 // protocol) across the frontend's backends: an XDP program translates the
 // destination to a backend chosen by Maglev or at random and remembers the
-// flow, a tc egress program translates the backend's replies back. The
-// client address is kept, so backends must route their replies through the
-// node. See lb/bpf/nodeport.c for the packet path.
+// flow. In DNAT mode (the default) the client address is kept, backends
+// must route their replies through the node, and a tc egress program
+// translates them back. In SNAT mode (NorthSouthConfig.SNATAddrs) the
+// source becomes the node's address and a NAT port, and the XDP program
+// translates replies back where they arrive. See lb/bpf/nodeport.c for the
+// packet path.
 //
 // A NorthSouth is safe for concurrent use. Close detaches and frees
 // everything.
@@ -124,6 +127,11 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 		return nil, fmt.Errorf("%w: seed %q", ErrInvalidConfig, seedStr)
 	}
 
+	snat4, snat6, err := cfg.snatAddrs()
+	if err != nil {
+		return nil, err
+	}
+
 	spec, err := loadNodeport()
 	if err != nil {
 		return nil, err
@@ -137,6 +145,24 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	// The program copies these words to the packet as they lie in
+	// memory.
+	if snat4.IsValid() {
+		a := snat4.As4()
+		if err := spec.Variables["snat4"].Set(binary.LittleEndian.Uint32(a[:])); err != nil {
+			return nil, fmt.Errorf("set snat4: %w", err)
+		}
+	}
+	if snat6.IsValid() {
+		a := snat6.As16()
+		var w [4]uint32
+		for i := range w {
+			w[i] = binary.LittleEndian.Uint32(a[4*i:])
+		}
+		if err := spec.Variables["snat6"].Set(w); err != nil {
+			return nil, fmt.Errorf("set snat6: %w", err)
 		}
 	}
 	np := &NorthSouth{builder: builder, size: size, services: map[Frontend]*npService{}, vips: map[netip.Addr]int{}}

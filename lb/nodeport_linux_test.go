@@ -400,3 +400,117 @@ func TestPrivilegedNorthSouthBadPackets(t *testing.T) {
 		})
 	}
 }
+
+// npTuple and npRev mirror struct np_tuple and struct np_rev.
+type npTuple struct {
+	Saddr, Daddr [16]byte
+	Sport, Dport uint16 // network byte order
+	Proto        uint8
+	Family       uint8
+	_            uint16
+}
+
+type npRev struct {
+	Addr  [16]byte
+	Port  uint16
+	SNAT  uint8
+	_     uint8
+	CAddr [16]byte
+	CPort uint16
+	_     uint16
+}
+
+// TestPrivilegedNorthSouthSNAT: in SNAT mode a new flow leaves with the
+// node's address and a NAT port from 32768–60999 as its source, to the
+// backend Maglev picks; the backend's reply, run through the same XDP
+// program, comes back from the frontend to the client; later packets of
+// the flow keep backend and NAT port; flows to one backend never share a
+// NAT port. With every NAT port of a backend taken, a new flow is dropped
+// with DROP_NAT_NO_MAPPING.
+func TestPrivilegedNorthSouthSNAT(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	snat4, snat6 := netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("fd00:1::1")
+	ns, err := NewNorthSouth(NorthSouthConfig{MaglevTableSize: 251, MaglevHashSeed: testSeed, SNATAddrs: []netip.Addr{snat4, snat6}})
+	testutils.SkipIfNotSupported(t, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, tc := range []struct {
+		fe       Frontend
+		backends []Backend
+		snat     netip.Addr
+	}{
+		{Frontend{netip.MustParseAddrPort("10.99.0.1:80"), nodeplane.ProtoTCP}, nsBackends("10.20.%d.2", 4, 8080), snat4},
+		{Frontend{netip.MustParseAddrPort("10.99.0.1:53"), nodeplane.ProtoUDP}, nsBackends("10.20.%d.2", 3, 53), snat4},
+		{Frontend{netip.MustParseAddrPort("[fd99::1]:443"), nodeplane.ProtoTCP}, nsBackends("fd20::%d", 5, 8443), snat6},
+		{Frontend{netip.MustParseAddrPort("[fd99::1]:53"), nodeplane.ProtoUDP}, nsBackends("fd20::%d", 2, 5353), snat6},
+	} {
+		t.Run(tc.fe.String(), func(t *testing.T) {
+			if err := ns.Upsert(Service{Frontend: tc.fe, Type: LoadBalancer, Algorithm: AlgorithmMaglev}, tc.backends); err != nil {
+				t.Fatal(err)
+			}
+			used := map[netip.AddrPort]netip.AddrPort{} // backend + NAT port -> client
+			for range 200 {
+				client := randomClient(r, tc.fe.Addr.Addr().Is6())
+				pkt := testPkt{src: client, dst: tc.fe.Addr, proto: uint8(tc.fe.Protocol)}.bytes()
+				ret, out := runProg(t, ns.objs.NpNodeportXdp, pkt)
+				if ret != xdpPass {
+					t.Fatalf("verdict %d", ret)
+				}
+				src, dst := parsePkt(t, out)
+				want := expectMaglev(t, tc.backends, tc.fe.Protocol, client, tc.fe.Addr.Port())
+				if dst != want || src.Addr() != tc.snat || src.Port() < 32768 || src.Port() > 60999 {
+					t.Fatalf("%s -> %s became %s -> %s, want %s:[32768,60999] -> %s", client, tc.fe.Addr, src, dst, tc.snat, want)
+				}
+				key := netip.AddrPortFrom(dst.Addr(), src.Port())
+				if other, ok := used[key]; ok {
+					t.Fatalf("clients %s and %s share NAT port %d to %s", other, client, src.Port(), dst)
+				}
+				used[key] = client
+
+				// The next packet of the flow: same backend, same port.
+				_, out2 := runProg(t, ns.objs.NpNodeportXdp, pkt)
+				if src2, dst2 := parsePkt(t, out2); src2 != src || dst2 != dst {
+					t.Fatalf("second packet of %s: %s -> %s, first was %s -> %s", client, src2, dst2, src, dst)
+				}
+
+				reply := testPkt{src: dst, dst: src, proto: uint8(tc.fe.Protocol)}
+				rret, rout := runProg(t, ns.objs.NpNodeportXdp, reply.bytes())
+				if rret != xdpPass {
+					t.Fatalf("reply verdict %d", rret)
+				}
+				if rsrc, rdst := parsePkt(t, rout); rsrc != tc.fe.Addr || rdst != client {
+					t.Fatalf("reply %s -> %s became %s -> %s, want %s -> %s", dst, src, rsrc, rdst, tc.fe.Addr, client)
+				}
+			}
+		})
+	}
+
+	t.Run("NAT ports exhausted", func(t *testing.T) {
+		fe := Frontend{netip.MustParseAddrPort("10.99.0.5:80"), nodeplane.ProtoTCP}
+		be := netip.MustParseAddrPort("10.20.9.2:8080")
+		if err := ns.Upsert(Service{Frontend: fe, Algorithm: AlgorithmMaglev}, []Backend{{Addr: be}}); err != nil {
+			t.Fatal(err)
+		}
+		// Take every NAT port towards the backend.
+		k := npTuple{Sport: htons(be.Port()), Proto: 6, Family: 4}
+		copy(k.Saddr[:], be.Addr().AsSlice())
+		copy(k.Daddr[:], snat4.AsSlice())
+		v := npRev{SNAT: 1}
+		for port := 32768; port <= 60999; port++ {
+			k.Dport = htons(uint16(port))
+			if err := ns.objs.NpNpRev.Put(&k, &v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before, _ := ns.Drops()
+		ret, _ := runProg(t, ns.objs.NpNodeportXdp, testPkt{src: netip.MustParseAddrPort("198.18.7.7:4000"), dst: fe.Addr, proto: 6}.bytes())
+		after, _ := ns.Drops()
+		if ret != xdpDrop || after[monitor.DropNATNoMapping] != before[monitor.DropNATNoMapping]+1 {
+			t.Fatalf("verdict %d, NAT drops %d -> %d; want XDP_DROP counted as %s", ret,
+				before[monitor.DropNATNoMapping], after[monitor.DropNATNoMapping], monitor.DropNATNoMapping)
+		}
+	})
+}

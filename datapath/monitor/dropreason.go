@@ -41,6 +41,9 @@ const (
 	// DropNoService: a packet to a load-balanced frontend that has no
 	// backend taking new flows. DROP_NO_SERVICE.
 	DropNoService DropReason = 158
+	// DropNATNoMapping: SNAT found no free NAT port for a new flow.
+	// DROP_NAT_NO_MAPPING.
+	DropNATNoMapping DropReason = 167
 	// DropFragmentNotFound: a later fragment of a datagram whose first
 	// fragment the datapath has not seen (lost, reordered, or evicted from
 	// the fragments map), so its ports are unknown. DROP_FRAG_NOT_FOUND.
@@ -81,6 +84,8 @@ func (r DropReason) String() string {
 		return "IP_FRAGMENTATION_NOT_SUPPORTED"
 	case DropNoService:
 		return "SERVICE_BACKEND_NOT_FOUND"
+	case DropNATNoMapping:
+		return "NO_MAPPING_FOR_NAT_MASQUERADE"
 	case DropFragmentNotFound:
 		return "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND"
 	case DropPolicyDeny:

@@ -25,9 +25,14 @@
  *    IP header drops (DROP_INVALID). Drops count in np_np_drops by reason.
  *  - The backend is reached by routing: the program rewrites the
  *    destination and passes the packet to the stack, which forwards it.
- *    The client address is kept (no SNAT), so a backend's replies must be
- *    routed back through this node, where np_nodeport_revnat (tc egress of
- *    the external interface) restores the frontend as their source.
+ *    In DNAT mode the client address is kept, so a backend's replies must
+ *    be routed back through this node, where np_nodeport_revnat (tc egress
+ *    of the external interface) restores the frontend as their source.
+ *    In SNAT mode (snat4/snat6 set) the source becomes the node's address
+ *    and a NAT port (32768-60999, NAT_TRIES random tries, then
+ *    DROP_NAT_NO_MAPPING); replies come to that address, and this program,
+ *    attached where they arrive, sends them back from the frontend to the
+ *    client. The reply map (np_np_rev) is the NAT table of both modes.
  *
  * The Go reference of the hash is lb's jhash tests.
  */
@@ -43,6 +48,13 @@
 #define DROP_CT_CREATE_FAILED 155
 #define DROP_FRAG_NOSUPPORT 157
 #define DROP_NO_SERVICE 158
+#define DROP_NAT_NO_MAPPING 167
+
+/* SNAT source ports: above the NodePort range (30000-32767), below the
+ * default ephemeral range's end. A new flow tries NAT_TRIES random ports. */
+#define NAT_PORT_MIN 32768
+#define NAT_PORT_COUNT 28232
+#define NAT_TRIES 16
 
 #define NP_ALG_RANDOM 1
 #define NP_ALG_MAGLEV 2
@@ -54,6 +66,10 @@
 const volatile __u32 lut_size = 16381;
 const volatile __u32 hash_seed4 = 0;
 const volatile __u32 hash_seed6 = 0;
+/* SNAT mode: the node's addresses that become the source of translated
+ * packets (an all-zero address: no SNAT for that family). */
+const volatile __u32 snat4 = 0;
+const volatile __u32 snat6[4] = {};
 
 /* A frontend: IPv4 addresses in the first 4 bytes, the rest zero. */
 struct np_fe_key {
@@ -95,15 +111,23 @@ NP_ASSERT_SIZE(struct np_tuple, 40);
 struct np_ct {
 	__u32 backend_id;
 	__u32 svc_id;
+	__be16 nat_port; /* SNAT: the node's source port of the flow */
+	__u16 pad;
 };
-NP_ASSERT_SIZE(struct np_ct, 8);
+NP_ASSERT_SIZE(struct np_ct, 12);
 
+/* What a reply gets: the frontend as its source and, in SNAT mode, the
+ * client as its destination. */
 struct np_rev {
 	__u8 addr[16];
 	__be16 port;
-	__u16 pad;
+	__u8 snat;
+	__u8 pad;
+	__u8 caddr[16];
+	__be16 cport;
+	__u16 pad2;
 };
-NP_ASSERT_SIZE(struct np_rev, 20);
+NP_ASSERT_SIZE(struct np_rev, 40);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -342,51 +366,64 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 	return 0;
 }
 
-/* rewrite_addr replaces the address at *field (4 or 16 bytes) and the
- * port at *port, fixing the IPv4 header and the L4 checksum. */
-static __always_inline void rewrite(struct pkt *p, __u8 *field, __be16 *port, const __u8 *addr, __be16 newport)
+/* rewrite replaces the destination (dst) or source address and port of
+ * the packet with addr and port, fixing the IPv4 header and the L4
+ * checksum. It checks the bounds itself, next to each access, so that the
+ * verifier sees them on every path. */
+static __always_inline void rewrite(struct pkt *p, void *end, int dst, const __u8 *addr, __be16 newport)
 {
+	struct udphdr *udp = p->l4; /* TCP and UDP keep the ports in the same place */
+	__u16 *csum = p->l4csum;
+
+	if ((void *)(udp + 1) > end)
+		return;
+	if (csum && (void *)(csum + 1) > end)
+		return;
 	if (p->t.family == NP_FAMILY_V4) {
 		struct iphdr *ip4 = p->l3;
+		if ((void *)(ip4 + 1) > end)
+			return;
+		__u8 *field = dst ? (__u8 *)&ip4->daddr : (__u8 *)&ip4->saddr;
 		__u32 from = load32(field), to = load32(addr);
 		csum_replace4(&ip4->check, from, to);
-		if (p->l4csum)
-			csum_replace4(p->l4csum, from, to);
+		if (csum)
+			csum_replace4(csum, from, to);
 		__builtin_memcpy(field, addr, 4);
 	} else {
+		struct ipv6hdr *ip6 = p->l3;
+		if ((void *)(ip6 + 1) > end)
+			return;
+		__u8 *field = dst ? (__u8 *)&ip6->daddr : (__u8 *)&ip6->saddr;
 #pragma unroll
 		for (int i = 0; i < 16; i += 4) {
-			if (p->l4csum)
-				csum_replace4(p->l4csum, load32(field + i), load32(addr + i));
+			if (csum)
+				csum_replace4(csum, load32(field + i), load32(addr + i));
 		}
 		__builtin_memcpy(field, addr, 16);
 	}
-	if (p->l4csum)
-		csum_replace2(p->l4csum, *port, newport);
+	__be16 *port = dst ? &udp->dest : &udp->source;
+	if (csum)
+		csum_replace2(csum, *port, newport);
 	*port = newport;
-}
-
-static __always_inline __be16 *l4_port(struct pkt *p, int dst)
-{
-	/* TCP and UDP keep the ports in the same place. */
-	struct udphdr *udp = p->l4;
-	return dst ? &udp->dest : &udp->source;
-}
-
-static __always_inline __u8 *l3_addr(struct pkt *p, int dst)
-{
-	if (p->t.family == NP_FAMILY_V4) {
-		struct iphdr *ip4 = p->l3;
-		return dst ? (__u8 *)&ip4->daddr : (__u8 *)&ip4->saddr;
-	}
-	struct ipv6hdr *ip6 = p->l3;
-	return dst ? (__u8 *)&ip6->daddr : (__u8 *)&ip6->saddr;
 }
 
 static __always_inline int drop(__u32 reason)
 {
 	count_drop(reason);
 	return XDP_DROP;
+}
+
+/* snat_reply translates a reply to a SNAT flow (to the node's address and
+ * a NAT port) back: from the frontend, to the client. */
+static __always_inline int snat_reply(struct pkt *p, void *end)
+{
+	struct np_rev *rev = bpf_map_lookup_elem(&np_np_rev, &p->t);
+	if (!rev || !rev->snat)
+		return XDP_PASS;
+	struct np_rev r = *rev;
+	rewrite(p, end, 0, r.addr, r.port);
+	rewrite(p, end, 1, r.caddr, r.cport);
+	return XDP_PASS;
 }
 
 SEC("xdp")
@@ -413,17 +450,23 @@ int np_nodeport_xdp(struct xdp_md *ctx)
 	key.port = p.t.dport;
 	key.proto = p.t.proto;
 	struct np_fe *fe = bpf_map_lookup_elem(&np_np_fe, &key);
-	if (!fe)
+	if (!fe) {
+		if (snat4 || snat6[0] || snat6[1] || snat6[2] || snat6[3])
+			return snat_reply(&p, end);
 		return XDP_PASS;
+	}
 
 	__u32 svc_id = fe->svc_id;
 	struct np_be *be = 0;
 	__u32 be_id = 0;
+	__be16 nat_port = 0;
 	struct np_ct *ct = bpf_map_lookup_elem(&np_np_ct, &p.t);
 	if (ct && ct->svc_id == svc_id) {
 		be_id = ct->backend_id;
+		nat_port = ct->nat_port;
 		be = bpf_map_lookup_elem(&np_np_be, &be_id);
 	}
+	int new_flow = !be;
 	if (!be) {
 		__u32 count = fe->count;
 		if (count == 0)
@@ -446,41 +489,72 @@ int np_nodeport_xdp(struct xdp_md *ctx)
 		be = bpf_map_lookup_elem(&np_np_be, &be_id);
 		if (!be || be->family != p.t.family)
 			return drop(DROP_NO_SERVICE);
-		struct np_ct val = {.backend_id = be_id, .svc_id = svc_id};
-		if (bpf_map_update_elem(&np_np_ct, &p.t, &val, BPF_ANY))
-			return drop(DROP_CT_CREATE_FAILED);
 	}
 
-	/* The reply tuple, for np_nodeport_revnat. */
+	__u8 snat_addr[16] = {};
+	int snat = 0;
+	if (p.t.family == NP_FAMILY_V4) {
+		__u32 a = snat4;
+		__builtin_memcpy(snat_addr, &a, 4);
+		snat = a != 0;
+	} else {
+		__u32 a[4] = {snat6[0], snat6[1], snat6[2], snat6[3]};
+		__builtin_memcpy(snat_addr, a, 16);
+		snat = (a[0] | a[1] | a[2] | a[3]) != 0;
+	}
+
+	/* The reply tuple: from the backend to the client, or in SNAT mode
+	 * to the node's address and the flow's NAT port. */
 	struct np_tuple rt = {};
 	__builtin_memcpy(rt.saddr, be->addr, 16);
-	__builtin_memcpy(rt.daddr, p.t.saddr, 16);
+	if (snat)
+		__builtin_memcpy(rt.daddr, snat_addr, 16);
+	else
+		__builtin_memcpy(rt.daddr, p.t.saddr, 16);
 	rt.sport = be->port;
 	rt.dport = p.t.sport;
 	rt.proto = p.t.proto;
 	rt.family = p.t.family;
-	/* An established flow has its reply entry already, unless the LRU
-	 * evicted it; an update costs several lookups. */
-	if (!ct || !bpf_map_lookup_elem(&np_np_rev, &rt)) {
-		struct np_rev rev = {};
-		__builtin_memcpy(rev.addr, p.t.daddr, 16);
-		rev.port = p.t.dport;
-		if (bpf_map_update_elem(&np_np_rev, &rt, &rev, BPF_ANY))
+	struct np_rev rev = {};
+	__builtin_memcpy(rev.addr, p.t.daddr, 16);
+	rev.port = p.t.dport;
+	if (snat) {
+		rev.snat = 1;
+		__builtin_memcpy(rev.caddr, p.t.saddr, 16);
+		rev.cport = p.t.sport;
+	}
+	if (new_flow && snat) {
+		/* A free NAT port: the reply tuple must be unused. */
+		int ok = 0;
+		for (int t = 0; t < NAT_TRIES; t++) {
+			nat_port = bpf_htons(NAT_PORT_MIN + bpf_get_prandom_u32() % NAT_PORT_COUNT);
+			rt.dport = nat_port;
+			if (!bpf_map_update_elem(&np_np_rev, &rt, &rev, BPF_NOEXIST)) {
+				ok = 1;
+				break;
+			}
+		}
+		if (!ok)
+			return drop(DROP_NAT_NO_MAPPING);
+	} else {
+		if (snat)
+			rt.dport = nat_port;
+		/* An established flow has its reply entry already, unless the
+		 * LRU evicted it; an update costs several lookups. */
+		if (new_flow || !bpf_map_lookup_elem(&np_np_rev, &rt)) {
+			if (bpf_map_update_elem(&np_np_rev, &rt, &rev, BPF_ANY))
+				return drop(DROP_CT_CREATE_FAILED);
+		}
+	}
+	if (new_flow) {
+		struct np_ct val = {.backend_id = be_id, .svc_id = svc_id, .nat_port = nat_port};
+		if (bpf_map_update_elem(&np_np_ct, &p.t, &val, BPF_ANY))
 			return drop(DROP_CT_CREATE_FAILED);
 	}
 
-	/* Bounds for the verifier: the headers parse() checked. */
-	if (p.l4 + sizeof(struct udphdr) > end)
-		return XDP_PASS;
-	if (p.t.family == NP_FAMILY_V4) {
-		if (p.l3 + sizeof(struct iphdr) > end)
-			return XDP_PASS;
-	} else if (p.l3 + sizeof(struct ipv6hdr) > end) {
-		return XDP_PASS;
-	}
-	if (p.l4csum && (void *)(p.l4csum + 1) > end)
-		return XDP_PASS;
-	rewrite(&p, l3_addr(&p, 1), l4_port(&p, 1), be->addr, be->port);
+	rewrite(&p, end, 1, be->addr, be->port);
+	if (snat)
+		rewrite(&p, end, 0, snat_addr, nat_port);
 	return XDP_PASS;
 }
 
@@ -525,7 +599,7 @@ int np_nodeport_revnat(struct __sk_buff *skb)
 	if (parse(data, end, &p) != 0 || p.frag || p.short_l4)
 		return TC_ACT_OK;
 	struct np_rev *rev = bpf_map_lookup_elem(&np_np_rev, &p.t);
-	if (!rev)
+	if (!rev || rev->snat)
 		return TC_ACT_OK;
 	struct np_rev r = *rev;
 	revnat_skb(skb, &p, (__u32)(p.l4 - data), &r);
