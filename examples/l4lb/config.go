@@ -19,27 +19,29 @@ import (
 // fileConfig is the YAML file of `l4lb run`:
 //
 //	interface: eth0            # the external interface
+//	mode: dnat                 # dnat (default) or snat; dsr is not implemented
+//	snatAddresses: [10.1.0.1]  # snat: the node's source address, one per family
 //	maglev:
 //	  tableSize: 16381         # one of maglev.SupportedTableSizes (default 16381)
 //	  seed: JLfvgnHc2kaSUFaI   # 12 bytes, standard base64 (default Cilium's)
 //	services:
 //	  - frontend: 10.99.0.1:80/TCP     # ADDR:PORT/PROTO, TCP or UDP; IPv6 as [ADDR]:PORT/PROTO
 //	    algorithm: maglev              # maglev (default) or random
-//	    mode: dnat                     # dnat (default); snat and dsr are not implemented
 //	    backends:
 //	      - address: 10.2.0.2:8080
 //	        weight: 100                # default 100
 //	        state: active              # active (default) or terminating
 type fileConfig struct {
-	Interface string `yaml:"interface"`
-	Maglev    struct {
+	Interface     string   `yaml:"interface"`
+	Mode          string   `yaml:"mode"`
+	SNATAddresses []string `yaml:"snatAddresses"`
+	Maglev        struct {
 		TableSize uint   `yaml:"tableSize"`
 		Seed      string `yaml:"seed"`
 	} `yaml:"maglev"`
 	Services []struct {
 		Frontend  string `yaml:"frontend"`
 		Algorithm string `yaml:"algorithm"`
-		Mode      string `yaml:"mode"`
 		Backends  []struct {
 			Address string  `yaml:"address"`
 			Weight  *uint16 `yaml:"weight"`
@@ -97,6 +99,27 @@ func parseConfig(r io.Reader) (*config, error) {
 	if err := parseSeed(cfg.NS.MaglevHashSeed); err != nil {
 		return nil, fmt.Errorf("maglev.seed: %v", err)
 	}
+	switch strings.ToLower(fc.Mode) {
+	case "", "dnat":
+		if len(fc.SNATAddresses) > 0 {
+			return nil, errors.New("snatAddresses: only with mode snat")
+		}
+	case "snat":
+		if len(fc.SNATAddresses) == 0 {
+			return nil, errors.New("mode snat: snatAddresses required")
+		}
+		for i, a := range fc.SNATAddresses {
+			addr, err := netip.ParseAddr(a)
+			if err != nil {
+				return nil, fmt.Errorf("snatAddresses[%d]: %v", i, err)
+			}
+			cfg.NS.SNATAddrs = append(cfg.NS.SNATAddrs, addr)
+		}
+	case "dsr":
+		return nil, fmt.Errorf("mode %q: not implemented yet (dnat or snat)", fc.Mode)
+	default:
+		return nil, fmt.Errorf("mode %q: want dnat or snat", fc.Mode)
+	}
 
 	for i, s := range fc.Services {
 		where := fmt.Sprintf("services[%d]", i)
@@ -114,13 +137,6 @@ func parseConfig(r io.Reader) (*config, error) {
 			svc.Algorithm = lb.AlgorithmRandom
 		default:
 			return nil, fmt.Errorf("%s.algorithm %q: want maglev or random", where, s.Algorithm)
-		}
-		switch strings.ToLower(s.Mode) {
-		case "", "dnat":
-		case "snat", "dsr":
-			return nil, fmt.Errorf("%s.mode %q: not implemented yet (only dnat: backends route replies through this node)", where, s.Mode)
-		default:
-			return nil, fmt.Errorf("%s.mode %q: want dnat", where, s.Mode)
 		}
 		sc := serviceConfig{Service: svc}
 		for j, b := range s.Backends {
@@ -178,7 +194,7 @@ type applier interface {
 // applied.
 func apply(a applier, old, cfg *config) error {
 	if old != nil {
-		if old.Interface != cfg.Interface || old.NS != cfg.NS {
+		if old.Interface != cfg.Interface || !sameNS(old.NS, cfg.NS) {
 			return errors.New("interface and maglev settings cannot change on reload; restart l4lb")
 		}
 	}
@@ -213,4 +229,8 @@ func sortedFrontends(m map[lb.Frontend]serviceConfig) []lb.Frontend {
 	}
 	slices.SortFunc(out, func(a, b lb.Frontend) int { return strings.Compare(a.String(), b.String()) })
 	return out
+}
+
+func sameNS(a, b lb.NorthSouthConfig) bool {
+	return a.MaglevTableSize == b.MaglevTableSize && a.MaglevHashSeed == b.MaglevHashSeed && slices.Equal(a.SNATAddrs, b.SNATAddrs)
 }

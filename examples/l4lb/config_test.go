@@ -14,6 +14,7 @@ import (
 
 const goodConfig = `
 interface: eth1
+mode: dnat
 maglev:
   tableSize: 251
   seed: q1w2e3r4t5y6u7i8
@@ -27,7 +28,6 @@ services:
         state: terminating
   - frontend: "[fd99::1]:53/udp"
     algorithm: random
-    mode: dnat
     backends:
       - address: "[fd00:2::2]:5353"
 `
@@ -81,9 +81,12 @@ func TestParseConfigErrors(t *testing.T) {
 		{"frontend address", svc("  - frontend: 10.99.0.300:80/TCP\n"), "services[0].frontend"},
 		{"frontend twice", svc("  - frontend: 10.99.0.1:80/TCP\n  - frontend: 10.99.0.1:80/tcp\n"), "listed twice"},
 		{"algorithm", svc("  - frontend: 10.99.0.1:80/TCP\n    algorithm: roundrobin\n"), "want maglev or random"},
-		{"snat", svc("  - frontend: 10.99.0.1:80/TCP\n    mode: snat\n"), "not implemented"},
-		{"dsr", svc("  - frontend: 10.99.0.1:80/TCP\n    mode: dsr\n"), "not implemented"},
-		{"mode", svc("  - frontend: 10.99.0.1:80/TCP\n    mode: nat64\n"), "want dnat"},
+		{"per-service mode", svc("  - frontend: 10.99.0.1:80/TCP\n    mode: snat\n"), "field mode not found"},
+		{"dsr", "interface: eth0\nmode: dsr\n", "not implemented"},
+		{"mode", "interface: eth0\nmode: nat64\n", "want dnat or snat"},
+		{"snat without addresses", "interface: eth0\nmode: snat\n", "snatAddresses required"},
+		{"snat bad address", "interface: eth0\nmode: snat\nsnatAddresses: [10.1.0]\n", "snatAddresses[0]"},
+		{"addresses without snat", "interface: eth0\nsnatAddresses: [10.1.0.1]\n", "only with mode snat"},
 		{"backend address", svc("  - frontend: 10.99.0.1:80/TCP\n    backends: [{address: 10.2.0.2}]\n"), "backends[0].address"},
 		{"backend weight 0", svc("  - frontend: 10.99.0.1:80/TCP\n    backends: [{address: 10.2.0.2:80, weight: 0}]\n"), "0 is not a weight"},
 		{"backend weight big", svc("  - frontend: 10.99.0.1:80/TCP\n    backends: [{address: 10.2.0.2:80, weight: 70000}]\n"), "cannot unmarshal"},
@@ -160,6 +163,11 @@ func TestRunCheck(t *testing.T) {
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(good, []byte(goodConfig), 0o600)
 	os.WriteFile(bad, []byte(strings.Replace(goodConfig, "mode: dnat", "mode: dsr", 1)), 0o600)
+	snat := filepath.Join(dir, "snat.yaml")
+	os.WriteFile(snat, []byte(strings.Replace(goodConfig, "mode: dnat", "mode: snat\nsnatAddresses: [10.1.0.1, fd00:1::1]", 1)), 0o600)
+	if code, stdout, stderr := runCmd("run", "-config", snat, "-check"); code != 0 {
+		t.Errorf("snat: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
 
 	code, stdout, stderr := runCmd("run", "-config", good, "-check")
 	if code != 0 || !strings.Contains(stdout, "2 services on eth1") {

@@ -9,10 +9,13 @@
 // documented on fileConfig in config.go). SIGHUP re-reads the file and
 // applies only what changed: unchanged services are not touched, and a
 // changed service keeps the flows of the backends that stay. The
-// interface and the Maglev settings need a restart. Only the DNAT mode
-// exists (backends keep the client address and must route replies
-// through this node); mode snat and dsr are refused. -check validates the
-// file and exits.
+// interface, the mode and the Maglev settings need a restart. Mode dnat
+// (the default) keeps the client address, so backends must route replies
+// through this node; mode snat rewrites the source to snatAddresses and a
+// NAT port (attach-side limits: l4lb attaches only to the one interface,
+// so backends' replies must arrive on it; IPv4 needs
+// net.ipv4.conf.IFACE.accept_local=1). Mode dsr is refused as not
+// implemented. -check validates the file and exits.
 //
 // The other subcommand needs no kernel:
 //

@@ -91,7 +91,7 @@ func runLB(args []string, stdout, stderr io.Writer) int {
 			// Keep serving; what apply changed before the error
 			// stays, and the next reload retries the rest.
 			fmt.Fprintf(stderr, "l4lb: reload: %v\n", err)
-			if next != nil && next.Interface == cfg.Interface && next.NS == cfg.NS {
+			if next != nil && next.Interface == cfg.Interface && sameNS(next.NS, cfg.NS) {
 				cfg = next
 			}
 			continue
