@@ -3,13 +3,18 @@ package lb
 import (
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
+	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
 // BenchmarkNorthSouthXDP measures the XDP program per packet with
@@ -137,4 +142,96 @@ func benchBackends(n, round int) []Backend {
 	}
 	out[round%n].Weight = 50
 	return out
+}
+
+// BenchmarkNorthSouthConnect measures the latency of a TCP connect()
+// (SYN, SYN-ACK, then a reset) from a client namespace through the node
+// namespace to a backend namespace, for a VIP balanced:
+//
+//   - direct: no VIP, to the backend address (the node only routes);
+//   - xdp-native: by NorthSouth on the client's interface, native XDP;
+//   - xdp-generic: the same, generic XDP;
+//   - iptables: by kube-proxy-style rules in the node's nat PREROUTING
+//     (one service; DNAT and conntrack's reverse translation).
+//
+// Each client namespace has its own interface on the node, so the variants
+// do not see each other's programs or rules. Variants run interleaved in
+// rounds of 20 connects; each reports its median.
+func BenchmarkNorthSouthConnect(b *testing.B) {
+	testutils.RequirePrivileged(b)
+	top := newTopology(b, 4, 2)
+	serveAcceptClose(b, top)
+	backends := []Backend{
+		{Addr: top.backends[0].addr(false, backendPort)},
+		{Addr: top.backends[1].addr(false, backendPort)},
+	}
+	vip := netip.MustParseAddrPort("10.99.0.1:80")
+	svc := Service{Frontend: Frontend{vip, nodeplane.ProtoTCP}, Type: LoadBalancer, Algorithm: AlgorithmMaglev}
+	attach := func(ifName string, flags link.XDPAttachFlags) {
+		ns, err := NewNorthSouth(NorthSouthConfig{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { ns.Close() })
+		if err := ns.Upsert(svc, backends); err != nil {
+			b.Fatal(err)
+		}
+		if err := top.node.Do(func() error {
+			l, err := net.InterfaceByName(ifName)
+			if err != nil {
+				return err
+			}
+			xl, err := link.AttachXDP(link.XDPOptions{Program: ns.objs.NpNodeportXdp, Interface: l.Index, Flags: flags})
+			if err != nil {
+				return err
+			}
+			b.Cleanup(func() { xl.Close() })
+			tl, err := link.AttachTCX(link.TCXOptions{Program: ns.objs.NpNodeportRevnat, Interface: l.Index, Attach: ebpf.AttachTCXEgress})
+			if err != nil {
+				return err
+			}
+			b.Cleanup(func() { tl.Close() })
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	attach("c1", link.XDPDriverMode)
+	attach("c2", link.XDPGenericMode)
+	variants := []connectVariant{
+		{name: "direct", client: top.clients[0], dst: backends[0].Addr},
+		{name: "xdp-native", client: top.clients[1], dst: vip},
+		{name: "xdp-generic", client: top.clients[2], dst: vip},
+	}
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		b.Logf("iptables baseline skipped: %v", err)
+	} else {
+		// A VIP of its own, which only client 3 connects to; the
+		// NorthSouth VIP 10.99.0.1 is not in the rules.
+		node := &endpointNS{name: "node", ns: top.node}
+		if err := kubeProxyRules(node, "PREROUTING", 1, func(int) netip.AddrPort { return netip.MustParseAddrPort("10.99.0.3:80") }, backends); err != nil {
+			b.Fatal(err)
+		}
+		variants = append(variants, connectVariant{name: "iptables", client: top.clients[3], dst: netip.MustParseAddrPort("10.99.0.3:80")})
+	}
+
+	const perRound = 20
+	lat := make([][]time.Duration, len(variants))
+	for _, v := range variants {
+		inNetNS(b, v.client.ns, func() { v.connect(b) }) // neighbour entries
+	}
+	b.ResetTimer()
+	for done := 0; done < b.N; done += perRound {
+		for i, v := range variants {
+			inNetNS(b, v.client.ns, func() {
+				for range min(perRound, b.N-done) {
+					lat[i] = append(lat[i], v.connect(b))
+				}
+			})
+		}
+	}
+	b.StopTimer()
+	for i, v := range variants {
+		reportLatency(b, lat[i], v.name+"-")
+	}
 }
