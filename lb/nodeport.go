@@ -46,23 +46,33 @@ func (cfg NorthSouthConfig) snatAddrs() (v4, v6 netip.Addr, err error) {
 	return v4, v6, nil
 }
 
-// XDPMode says how the XDP program of a [NorthSouth] is attached.
-type XDPMode uint8
+// AttachMode says how [NorthSouth.Attach] hooks the translation of
+// arriving packets into an interface.
+type AttachMode uint8
 
 const (
-	// XDPNative: in the driver (veth supports it).
-	XDPNative XDPMode = iota + 1
-	// XDPGeneric: in the stack, after the skb is built, for drivers
-	// without XDP support.
-	XDPGeneric
+	// AttachAuto probes: native XDP if the driver takes it (veth does),
+	// generic XDP otherwise, tc ingress if the interface takes no XDP
+	// program at all (one is attached already).
+	AttachAuto AttachMode = iota
+	// AttachXDPNative: XDP in the driver.
+	AttachXDPNative
+	// AttachXDPGeneric: XDP in the stack, after the skb is built.
+	AttachXDPGeneric
+	// AttachTC: a tc ingress (tcx) program.
+	AttachTC
 )
 
-func (m XDPMode) String() string {
+func (m AttachMode) String() string {
 	switch m {
-	case XDPNative:
-		return "native"
-	case XDPGeneric:
-		return "generic"
+	case AttachAuto:
+		return "auto"
+	case AttachXDPNative:
+		return "xdp-native"
+	case AttachXDPGeneric:
+		return "xdp-generic"
+	case AttachTC:
+		return "tc"
 	}
-	return "unknown"
+	return fmt.Sprintf("AttachMode(%d)", uint8(m))
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/internal/testutils"
@@ -151,6 +150,7 @@ func benchBackends(n, round int) []Backend {
 //   - direct: no VIP, to the backend address (the node only routes);
 //   - xdp-native: by NorthSouth on the client's interface, native XDP;
 //   - xdp-generic: the same, generic XDP;
+//   - tc: the same, tc ingress (the fallback mode);
 //   - iptables: by kube-proxy-style rules in the node's nat PREROUTING
 //     (one service; DNAT and conntrack's reverse translation).
 //
@@ -159,7 +159,7 @@ func benchBackends(n, round int) []Backend {
 // rounds of 20 connects; each reports its median.
 func BenchmarkNorthSouthConnect(b *testing.B) {
 	testutils.RequirePrivileged(b)
-	top := newTopology(b, 4, 2)
+	top := newTopology(b, 5, 2)
 	serveAcceptClose(b, top)
 	backends := []Backend{
 		{Addr: top.backends[0].addr(false, backendPort)},
@@ -167,7 +167,7 @@ func BenchmarkNorthSouthConnect(b *testing.B) {
 	}
 	vip := netip.MustParseAddrPort("10.99.0.1:80")
 	svc := Service{Frontend: Frontend{vip, nodeplane.ProtoTCP}, Type: LoadBalancer, Algorithm: AlgorithmMaglev}
-	attach := func(ifName string, flags link.XDPAttachFlags) {
+	attach := func(ifName string, mode AttachMode) {
 		ns, err := NewNorthSouth(NorthSouthConfig{})
 		if err != nil {
 			b.Fatal(err)
@@ -181,38 +181,31 @@ func BenchmarkNorthSouthConnect(b *testing.B) {
 			if err != nil {
 				return err
 			}
-			xl, err := link.AttachXDP(link.XDPOptions{Program: ns.objs.NpNodeportXdp, Interface: l.Index, Flags: flags})
-			if err != nil {
-				return err
-			}
-			b.Cleanup(func() { xl.Close() })
-			tl, err := link.AttachTCX(link.TCXOptions{Program: ns.objs.NpNodeportRevnat, Interface: l.Index, Attach: ebpf.AttachTCXEgress})
-			if err != nil {
-				return err
-			}
-			b.Cleanup(func() { tl.Close() })
-			return nil
+			_, err = ns.Attach(l.Index, mode)
+			return err
 		}); err != nil {
 			b.Fatal(err)
 		}
 	}
-	attach("c1", link.XDPDriverMode)
-	attach("c2", link.XDPGenericMode)
+	attach("c1", AttachXDPNative)
+	attach("c2", AttachXDPGeneric)
+	attach("c3", AttachTC)
 	variants := []connectVariant{
 		{name: "direct", client: top.clients[0], dst: backends[0].Addr},
 		{name: "xdp-native", client: top.clients[1], dst: vip},
 		{name: "xdp-generic", client: top.clients[2], dst: vip},
+		{name: "tc", client: top.clients[3], dst: vip},
 	}
 	if _, err := exec.LookPath("iptables-restore"); err != nil {
 		b.Logf("iptables baseline skipped: %v", err)
 	} else {
-		// A VIP of its own, which only client 3 connects to; the
+		// A VIP of its own, which only client 4 connects to; the
 		// NorthSouth VIP 10.99.0.1 is not in the rules.
 		node := &endpointNS{name: "node", ns: top.node}
 		if err := kubeProxyRules(node, "PREROUTING", 1, func(int) netip.AddrPort { return netip.MustParseAddrPort("10.99.0.3:80") }, backends); err != nil {
 			b.Fatal(err)
 		}
-		variants = append(variants, connectVariant{name: "iptables", client: top.clients[3], dst: netip.MustParseAddrPort("10.99.0.3:80")})
+		variants = append(variants, connectVariant{name: "iptables", client: top.clients[4], dst: netip.MustParseAddrPort("10.99.0.3:80")})
 	}
 
 	const perRound = 20

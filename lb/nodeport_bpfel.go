@@ -24,6 +24,7 @@ const (
 	nodeportMapNpNpRev           = "np_np_rev"
 	nodeportMapNpNpVip           = "np_np_vip"
 	nodeportProgNpNodeportRevnat = "np_nodeport_revnat"
+	nodeportProgNpNodeportTc     = "np_nodeport_tc"
 	nodeportProgNpNodeportXdp    = "np_nodeport_xdp"
 	nodeportVarHashSeed4         = "hash_seed4"
 	nodeportVarHashSeed6         = "hash_seed6"
@@ -75,6 +76,7 @@ type nodeportSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportProgramSpecs struct {
 	NpNodeportRevnat *ebpf.ProgramSpec `ebpf:"np_nodeport_revnat"`
+	NpNodeportTc     *ebpf.ProgramSpec `ebpf:"np_nodeport_tc"`
 	NpNodeportXdp    *ebpf.ProgramSpec `ebpf:"np_nodeport_xdp"`
 }
 
@@ -159,12 +161,14 @@ type nodeportVariables struct {
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportPrograms struct {
 	NpNodeportRevnat *ebpf.Program `ebpf:"np_nodeport_revnat"`
+	NpNodeportTc     *ebpf.Program `ebpf:"np_nodeport_tc"`
 	NpNodeportXdp    *ebpf.Program `ebpf:"np_nodeport_xdp"`
 }
 
 func (p *nodeportPrograms) Close() error {
 	return _NodeportClose(
 		p.NpNodeportRevnat,
+		p.NpNodeportTc,
 		p.NpNodeportXdp,
 	)
 }

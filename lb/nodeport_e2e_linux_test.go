@@ -15,30 +15,36 @@ import (
 
 // TestPrivilegedNorthSouthTraffic: a client namespace reaches a VIP and a
 // NodePort (the node's own address on its external interface c0) of the
-// node namespace, where NorthSouth is attached to c0; backends in three
-// other namespaces answer, TCP and UDP, IPv4 and IPv6. Backends see the
-// client's own address. Removing a backend moves only the flows that were
-// on it: the other flows' TCP connections keep working and their UDP
-// flows (same source port) keep their backend.
+// node namespace, where NorthSouth is attached to c0 in each mode (native
+// XDP, generic XDP, tc); backends in three other namespaces answer, TCP
+// and UDP, IPv4 and IPv6. Backends see the client's own address. Removing
+// a backend moves only the flows that were on it: the other flows' TCP
+// connections keep working and their UDP flows (same source port) keep
+// their backend.
 func TestPrivilegedNorthSouthTraffic(t *testing.T) {
+	for _, mode := range []AttachMode{AttachXDPNative, AttachXDPGeneric, AttachTC} {
+		t.Run(mode.String(), func(t *testing.T) { northSouthTraffic(t, mode) })
+	}
+}
+
+func northSouthTraffic(t *testing.T, want AttachMode) {
 	ns := newTestNorthSouth(t)
 	top := newTopology(t, 1, 3)
 	top.serve(t)
 	client := top.clients[0]
-	ifIndex := 0
-	var mode XDPMode
 	if err := top.node.Do(func() error {
 		l, err := net.InterfaceByName("c0")
 		if err != nil {
 			return err
 		}
-		ifIndex = l.Index
-		mode, err = ns.Attach(ifIndex)
+		mode, err := ns.Attach(l.Index, want)
+		if err == nil && mode != want {
+			err = fmt.Errorf("attached as %s, want %s", mode, want)
+		}
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("XDP mode on veth: %s", mode)
 
 	for _, v6 := range []bool{false, true} {
 		vip := netip.MustParseAddr("10.99.0.1")
@@ -202,7 +208,7 @@ func TestPrivilegedNorthSouthSNATTraffic(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if _, err := ns.Attach(l.Index); err != nil {
+			if _, err := ns.Attach(l.Index, AttachAuto); err != nil {
 				return err
 			}
 		}
@@ -237,5 +243,29 @@ func TestPrivilegedNorthSouthSNATTraffic(t *testing.T) {
 	}
 	if len(drops) != 0 {
 		t.Errorf("drops: %v", drops)
+	}
+}
+
+// TestPrivilegedNorthSouthAttachAuto: the probe picks native XDP on a
+// veth, and tc on an interface that already has an XDP program.
+func TestPrivilegedNorthSouthAttachAuto(t *testing.T) {
+	first, second := newTestNorthSouth(t), newTestNorthSouth(t)
+	node, peer := testutils.NewNetNS(t), testutils.NewNetNS(t)
+	veth := testutils.NewVeth(t, node, "ext0", peer, "eth0")
+	var modes [2]AttachMode
+	if err := node.Do(func() (err error) {
+		if modes[0], err = first.Attach(veth.Index, AttachAuto); err != nil {
+			return err
+		}
+		modes[1], err = second.Attach(veth.Index, AttachAuto)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if modes != [2]AttachMode{AttachXDPNative, AttachTC} {
+		t.Errorf("modes %v, want [xdp-native tc]", modes)
+	}
+	if _, err := first.Attach(veth.Index, AttachMode(9)); err == nil {
+		t.Error("attach mode 9 accepted")
 	}
 }

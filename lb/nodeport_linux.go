@@ -176,31 +176,67 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 	return np, nil
 }
 
-// Attach attaches the programs to the interface with index ifindex in the
-// caller's network namespace: XDP in native mode if the driver accepts it,
-// generic mode otherwise (the returned mode says which), and the reply
-// translation at tc egress (tcx). Call it once per external interface.
-func (np *NorthSouth) Attach(ifindex int) (XDPMode, error) {
+// Attach hooks the programs into the interface with index ifindex in the
+// caller's network namespace, in the given mode ([AttachAuto] probes), and
+// returns the mode it used: the translation of arriving packets (XDP or
+// tc ingress) and, beside it, the translation of replies at tc egress
+// (tcx). Attach every interface packets for frontends arrive on and, in
+// SNAT mode, every interface backends' replies arrive on.
+func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 	np.mu.Lock()
 	defer np.mu.Unlock()
 	if np.closed {
 		return 0, nodeplane.ErrClosed
 	}
-	mode := XDPNative
-	xl, err := link.AttachXDP(link.XDPOptions{Program: np.objs.NpNodeportXdp, Interface: ifindex, Flags: link.XDPDriverMode})
-	if err != nil {
-		mode = XDPGeneric
-		xl, err = link.AttachXDP(link.XDPOptions{Program: np.objs.NpNodeportXdp, Interface: ifindex, Flags: link.XDPGenericMode})
-		if err != nil {
-			return 0, fmt.Errorf("attach XDP to interface %d: %w", ifindex, err)
+	if mode > AttachTC {
+		return 0, fmt.Errorf("%w: attach mode %d", ErrInvalidConfig, mode)
+	}
+	var (
+		in  link.Link
+		err error
+	)
+	xdp := func(flags link.XDPAttachFlags) (link.Link, error) {
+		return link.AttachXDP(link.XDPOptions{Program: np.objs.NpNodeportXdp, Interface: ifindex, Flags: flags})
+	}
+	tc := func() (link.Link, error) {
+		return link.AttachTCX(link.TCXOptions{Program: np.objs.NpNodeportTc, Interface: ifindex, Attach: ebpf.AttachTCXIngress})
+	}
+	switch mode {
+	case AttachXDPNative:
+		in, err = xdp(link.XDPDriverMode)
+	case AttachXDPGeneric:
+		in, err = xdp(link.XDPGenericMode)
+	case AttachTC:
+		in, err = tc()
+	default:
+		var errs []error
+		for _, try := range []struct {
+			mode   AttachMode
+			attach func() (link.Link, error)
+		}{
+			{AttachXDPNative, func() (link.Link, error) { return xdp(link.XDPDriverMode) }},
+			{AttachXDPGeneric, func() (link.Link, error) { return xdp(link.XDPGenericMode) }},
+			{AttachTC, tc},
+		} {
+			if in, err = try.attach(); err == nil {
+				mode = try.mode
+				break
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", try.mode, err))
+		}
+		if in == nil {
+			err = errors.Join(errs...)
 		}
 	}
-	tl, err := link.AttachTCX(link.TCXOptions{Program: np.objs.NpNodeportRevnat, Interface: ifindex, Attach: ebpf.AttachTCXEgress})
 	if err != nil {
-		xl.Close()
+		return 0, fmt.Errorf("attach to interface %d: %w", ifindex, err)
+	}
+	out, err := link.AttachTCX(link.TCXOptions{Program: np.objs.NpNodeportRevnat, Interface: ifindex, Attach: ebpf.AttachTCXEgress})
+	if err != nil {
+		in.Close()
 		return 0, fmt.Errorf("attach tc egress to interface %d: %w", ifindex, err)
 	}
-	np.links = append(np.links, xl, tl)
+	np.links = append(np.links, in, out)
 	return mode, nil
 }
 

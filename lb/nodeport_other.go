@@ -17,7 +17,7 @@ var errNodePortNotLinux = fmt.Errorf("north-south load balancing needs Linux: %w
 // NewNorthSouth fails: north-south load balancing needs Linux.
 func NewNorthSouth(NorthSouthConfig) (*NorthSouth, error) { return nil, errNodePortNotLinux }
 
-func (*NorthSouth) Attach(int) (XDPMode, error)                   { return 0, errNodePortNotLinux }
+func (*NorthSouth) Attach(int, AttachMode) (AttachMode, error)    { return 0, errNodePortNotLinux }
 func (*NorthSouth) Upsert(Service, []Backend) error               { return errNodePortNotLinux }
 func (*NorthSouth) Delete(Frontend) error                         { return errNodePortNotLinux }
 func (*NorthSouth) Drops() (map[monitor.DropReason]uint64, error) { return nil, errNodePortNotLinux }

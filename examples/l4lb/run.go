@@ -66,7 +66,7 @@ func runLB(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer ns.Close()
-	mode, err := ns.Attach(iface.Index)
+	mode, err := ns.Attach(iface.Index, lb.AttachAuto)
 	if err != nil {
 		fmt.Fprintf(stderr, "l4lb run: %v\n", err)
 		return 1
@@ -78,7 +78,7 @@ func runLB(args []string, stdout, stderr io.Writer) int {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
-	fmt.Fprintf(stdout, "l4lb: %d services on %s (XDP %s)\n", len(cfg.Services), cfg.Interface, mode)
+	fmt.Fprintf(stdout, "l4lb: %d services on %s (%s)\n", len(cfg.Services), cfg.Interface, mode)
 	for s := range sig {
 		if s != syscall.SIGHUP {
 			return exitOK

@@ -426,11 +426,10 @@ static __always_inline int snat_reply(struct pkt *p, void *end)
 	return XDP_PASS;
 }
 
-SEC("xdp")
-int np_nodeport_xdp(struct xdp_md *ctx)
+/* nodeport_ingress is the translation of arriving packets, for XDP and
+ * for tc ingress; it returns XDP_PASS or XDP_DROP. */
+static __always_inline int nodeport_ingress(void *data, void *end)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
 	struct pkt p;
 
 	int ret = parse(data, end, &p);
@@ -556,6 +555,24 @@ int np_nodeport_xdp(struct xdp_md *ctx)
 	if (snat)
 		rewrite(&p, end, 0, snat_addr, nat_port);
 	return XDP_PASS;
+}
+
+SEC("xdp")
+int np_nodeport_xdp(struct xdp_md *ctx)
+{
+	return nodeport_ingress((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+}
+
+/* The tc fallback, for interfaces that take no XDP program (one is there
+ * already). The arithmetic checksum updates assume full checksums, which
+ * received packets have (CHECKSUM_COMPLETE stays valid: every change is
+ * compensated within the packet). */
+SEC("tc")
+int np_nodeport_tc(struct __sk_buff *skb)
+{
+	bpf_skb_pull_data(skb, 0);
+	int v = nodeport_ingress((void *)(long)skb->data, (void *)(long)skb->data_end);
+	return v == XDP_DROP ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 /* revnat_skb restores the frontend as the source of a reply with the
