@@ -56,10 +56,13 @@
 // restores the frontend as their source. In SNAT mode
 // (NorthSouthConfig.SNATAddrs) packets leave with the node's address and a
 // NAT port, and the XDP program translates the replies back where they
-// arrive. Backends that are not active keep their flows and get no new
-// ones. Drops carry Cilium's reasons ([NorthSouth.Drops]). DSR,
-// externalTrafficPolicy=Local and session affinity are not implemented on
-// this path yet.
+// arrive. In DSR mode (NorthSouthConfig.DSR) the packet carries the
+// frontend in Cilium's IPv4 option or IPv6 destination option, and a
+// NorthSouth on the backend's node ([NorthSouth.AttachDSRBackend]) sends
+// the replies from the frontend straight to the client. Backends that are
+// not active keep their flows and get no new ones. Drops carry Cilium's
+// reasons ([NorthSouth.Drops]). externalTrafficPolicy=Local and session
+// affinity are not implemented on this path yet.
 //
 // # Lifetime
 //

@@ -28,9 +28,23 @@ type NorthSouthConfig struct {
 	// not change sysctls). A family without an address uses DNAT mode:
 	// backends see the client and must route replies through this node.
 	SNATAddrs []netip.Addr
+
+	// DSR switches on direct server return (exclusive with SNATAddrs):
+	// the translated packet carries the frontend in an IPv4 option or an
+	// IPv6 destination option, in Cilium's formats, and the backend's
+	// node, where another NorthSouth is attached with
+	// [NorthSouth.AttachDSRBackend], sends the replies from the frontend
+	// straight to the client. The packet grows by 8 (IPv4) or 24 (IPv6)
+	// bytes, which must fit the path's MTU. IPv4 packets that carry
+	// options already are dropped (DROP_INVALID). DSR needs an XDP attach
+	// mode.
+	DSR bool
 }
 
 func (cfg NorthSouthConfig) snatAddrs() (v4, v6 netip.Addr, err error) {
+	if cfg.DSR && len(cfg.SNATAddrs) > 0 {
+		return v4, v6, fmt.Errorf("%w: DSR and SNAT are exclusive", ErrInvalidConfig)
+	}
 	for _, a := range cfg.SNATAddrs {
 		switch {
 		case !a.IsValid() || a.IsUnspecified() || a.Zone() != "" || a.Is4In6():

@@ -23,9 +23,11 @@ const (
 	nodeportMapNpNpLut           = "np_np_lut"
 	nodeportMapNpNpRev           = "np_np_rev"
 	nodeportMapNpNpVip           = "np_np_vip"
+	nodeportProgNpDsrDecode      = "np_dsr_decode"
 	nodeportProgNpNodeportRevnat = "np_nodeport_revnat"
 	nodeportProgNpNodeportTc     = "np_nodeport_tc"
 	nodeportProgNpNodeportXdp    = "np_nodeport_xdp"
+	nodeportVarDsr               = "dsr"
 	nodeportVarHashSeed4         = "hash_seed4"
 	nodeportVarHashSeed6         = "hash_seed6"
 	nodeportVarLutSize           = "lut_size"
@@ -75,6 +77,7 @@ type nodeportSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportProgramSpecs struct {
+	NpDsrDecode      *ebpf.ProgramSpec `ebpf:"np_dsr_decode"`
 	NpNodeportRevnat *ebpf.ProgramSpec `ebpf:"np_nodeport_revnat"`
 	NpNodeportTc     *ebpf.ProgramSpec `ebpf:"np_nodeport_tc"`
 	NpNodeportXdp    *ebpf.ProgramSpec `ebpf:"np_nodeport_xdp"`
@@ -97,6 +100,7 @@ type nodeportMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportVariableSpecs struct {
+	Dsr       *ebpf.VariableSpec `ebpf:"dsr"`
 	HashSeed4 *ebpf.VariableSpec `ebpf:"hash_seed4"`
 	HashSeed6 *ebpf.VariableSpec `ebpf:"hash_seed6"`
 	LutSize   *ebpf.VariableSpec `ebpf:"lut_size"`
@@ -149,6 +153,7 @@ func (m *nodeportMaps) Close() error {
 //
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportVariables struct {
+	Dsr       *ebpf.Variable `ebpf:"dsr"`
 	HashSeed4 *ebpf.Variable `ebpf:"hash_seed4"`
 	HashSeed6 *ebpf.Variable `ebpf:"hash_seed6"`
 	LutSize   *ebpf.Variable `ebpf:"lut_size"`
@@ -160,6 +165,7 @@ type nodeportVariables struct {
 //
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportPrograms struct {
+	NpDsrDecode      *ebpf.Program `ebpf:"np_dsr_decode"`
 	NpNodeportRevnat *ebpf.Program `ebpf:"np_nodeport_revnat"`
 	NpNodeportTc     *ebpf.Program `ebpf:"np_nodeport_tc"`
 	NpNodeportXdp    *ebpf.Program `ebpf:"np_nodeport_xdp"`
@@ -167,6 +173,7 @@ type nodeportPrograms struct {
 
 func (p *nodeportPrograms) Close() error {
 	return _NodeportClose(
+		p.NpDsrDecode,
 		p.NpNodeportRevnat,
 		p.NpNodeportTc,
 		p.NpNodeportXdp,

@@ -40,6 +40,7 @@ type NorthSouth struct {
 	nextSvc  uint32
 	nextBe   uint32
 	links    []link.Link
+	dsr      bool
 	closed   bool
 }
 
@@ -165,7 +166,12 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 			return nil, fmt.Errorf("set snat6: %w", err)
 		}
 	}
-	np := &NorthSouth{builder: builder, size: size, services: map[Frontend]*npService{}, vips: map[netip.Addr]int{}}
+	if cfg.DSR {
+		if err := spec.Variables["dsr"].Set(uint8(1)); err != nil {
+			return nil, fmt.Errorf("set dsr: %w", err)
+		}
+	}
+	np := &NorthSouth{dsr: cfg.DSR, builder: builder, size: size, services: map[Frontend]*npService{}, vips: map[netip.Addr]int{}}
 	if err := spec.LoadAndAssign(&np.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -190,6 +196,9 @@ func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 	}
 	if mode > AttachTC {
 		return 0, fmt.Errorf("%w: attach mode %d", ErrInvalidConfig, mode)
+	}
+	if np.dsr && mode == AttachTC {
+		return 0, fmt.Errorf("%w: DSR needs an XDP attach mode", ErrInvalidConfig)
 	}
 	var (
 		in  link.Link
@@ -218,6 +227,9 @@ func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 			{AttachXDPGeneric, func() (link.Link, error) { return xdp(link.XDPGenericMode) }},
 			{AttachTC, tc},
 		} {
+			if np.dsr && try.mode == AttachTC {
+				continue
+			}
 			if in, err = try.attach(); err == nil {
 				mode = try.mode
 				break
@@ -238,6 +250,31 @@ func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 	}
 	np.links = append(np.links, in, out)
 	return mode, nil
+}
+
+// AttachDSRBackend hooks the backend side of DSR into the interface with
+// index ifindex, where the packets for local backends arrive (tc ingress)
+// and their replies leave (tc egress): packets carrying a DSR option
+// record their frontend, and the replies leave with the frontend as their
+// source. This NorthSouth needs no services for it; the node's own
+// frontends, if any, work as before.
+func (np *NorthSouth) AttachDSRBackend(ifindex int) error {
+	np.mu.Lock()
+	defer np.mu.Unlock()
+	if np.closed {
+		return nodeplane.ErrClosed
+	}
+	in, err := link.AttachTCX(link.TCXOptions{Program: np.objs.NpDsrDecode, Interface: ifindex, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return fmt.Errorf("attach DSR decoder to interface %d: %w", ifindex, err)
+	}
+	out, err := link.AttachTCX(link.TCXOptions{Program: np.objs.NpNodeportRevnat, Interface: ifindex, Attach: ebpf.AttachTCXEgress})
+	if err != nil {
+		in.Close()
+		return fmt.Errorf("attach tc egress to interface %d: %w", ifindex, err)
+	}
+	np.links = append(np.links, in, out)
+	return nil
 }
 
 // Upsert creates or replaces the service at svc.Frontend with backends.

@@ -19,6 +19,7 @@ func NewNorthSouth(NorthSouthConfig) (*NorthSouth, error) { return nil, errNodeP
 
 func (*NorthSouth) Attach(int, AttachMode) (AttachMode, error)    { return 0, errNodePortNotLinux }
 func (*NorthSouth) Upsert(Service, []Backend) error               { return errNodePortNotLinux }
+func (*NorthSouth) AttachDSRBackend(int) error                    { return errNodePortNotLinux }
 func (*NorthSouth) Delete(Frontend) error                         { return errNodePortNotLinux }
 func (*NorthSouth) Drops() (map[monitor.DropReason]uint64, error) { return nil, errNodePortNotLinux }
 func (*NorthSouth) Close() error                                  { return nil }

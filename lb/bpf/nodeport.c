@@ -33,6 +33,11 @@
  *    DROP_NAT_NO_MAPPING); replies come to that address, and this program,
  *    attached where they arrive, sends them back from the frontend to the
  *    client. The reply map (np_np_rev) is the NAT table of both modes.
+ *    In DSR mode (dsr set) the client address is kept and the frontend
+ *    travels in Cilium's IPv4 option (type 0x9a, 8 bytes) or IPv6
+ *    destination option (type 0x1b, a 24-byte header); np_dsr_decode on
+ *    the backend's node records it, and that node's np_nodeport_revnat
+ *    sends the replies from the frontend, directly to the client.
  *
  * The Go reference of the hash is lb's jhash tests.
  */
@@ -70,6 +75,23 @@ const volatile __u32 hash_seed6 = 0;
  * packets (an all-zero address: no SNAT for that family). */
 const volatile __u32 snat4 = 0;
 const volatile __u32 snat6[4] = {};
+/* DSR mode: the frontend travels to the backend's node in an IPv4 option
+ * or an IPv6 destination option (Cilium's formats), whose program
+ * (np_dsr_decode) makes the replies leave from the frontend directly. */
+const volatile __u8 dsr = 0;
+
+#define DSR_IPV4_OPT_TYPE 0x9a /* copied, class 0, number 26 */
+#define DSR_IPV4_OPT_LEN 8
+#define DSR_IPV6_OPT_TYPE 0x1b /* skip if unknown */
+#define DSR_IPV6_EXT_LEN 24
+#define IPPROTO_DSTOPTS_ 60
+#define NP_DSR 100 /* nodeport_ingress: pass, after inserting the DSR option */
+
+struct np_dsr {
+	__u8 addr[16];
+	__be16 port;
+	__u8 family;
+};
 
 /* A frontend: IPv4 addresses in the first 4 bytes, the rest zero. */
 struct np_fe_key {
@@ -428,7 +450,7 @@ static __always_inline int snat_reply(struct pkt *p, void *end)
 
 /* nodeport_ingress is the translation of arriving packets, for XDP and
  * for tc ingress; it returns XDP_PASS or XDP_DROP. */
-static __always_inline int nodeport_ingress(void *data, void *end)
+static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr *d)
 {
 	struct pkt p;
 
@@ -488,6 +510,24 @@ static __always_inline int nodeport_ingress(void *data, void *end)
 		be = bpf_map_lookup_elem(&np_np_be, &be_id);
 		if (!be || be->family != p.t.family)
 			return drop(DROP_NO_SERVICE);
+	}
+
+	if (dsr) {
+		if (p.t.family == NP_FAMILY_V4) {
+			struct iphdr *ip4 = p.l3;
+			if ((void *)(ip4 + 1) > end || ip4->ihl != 5)
+				return drop(DROP_INVALID); /* no room for the option */
+		}
+		if (new_flow) {
+			struct np_ct val = {.backend_id = be_id, .svc_id = svc_id};
+			if (bpf_map_update_elem(&np_np_ct, &p.t, &val, BPF_ANY))
+				return drop(DROP_CT_CREATE_FAILED);
+		}
+		__builtin_memcpy(d->addr, p.t.daddr, 16);
+		d->port = p.t.dport;
+		d->family = p.t.family;
+		rewrite(&p, end, 1, be->addr, be->port);
+		return NP_DSR;
 	}
 
 	__u8 snat_addr[16] = {};
@@ -557,10 +597,74 @@ static __always_inline int nodeport_ingress(void *data, void *end)
 	return XDP_PASS;
 }
 
+static __always_inline void ip4_csum(struct iphdr *ip, int words)
+{
+	__u32 sum = 0;
+	__u16 *w = (__u16 *)ip;
+	ip->check = 0;
+#pragma unroll
+	for (int i = 0; i < 14; i++)
+		if (i < words)
+			sum += w[i];
+	ip->check = ~csum_fold32(sum);
+}
+
+/* dsr_push inserts the DSR option after the IP header: the Ethernet and
+ * IP headers move to the front of the grown packet. */
+static __always_inline int dsr_push(struct xdp_md *ctx, const struct np_dsr *d)
+{
+	int grow = d->family == NP_FAMILY_V4 ? DSR_IPV4_OPT_LEN : DSR_IPV6_EXT_LEN;
+	if (bpf_xdp_adjust_head(ctx, -grow))
+		return drop(DROP_INVALID);
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+
+	if (d->family == NP_FAMILY_V4) {
+		if (data + ETH_HLEN + 20 + DSR_IPV4_OPT_LEN > end)
+			return drop(DROP_INVALID);
+		/* Ascending copy: the destination lies before the source. */
+#pragma unroll
+		for (int i = 0; i < ETH_HLEN + 20; i += 2)
+			*(__u16 *)(data + i) = *(__u16 *)(data + DSR_IPV4_OPT_LEN + i);
+		struct iphdr *ip = data + ETH_HLEN;
+		__u8 *opt = (void *)(ip + 1);
+		opt[0] = DSR_IPV4_OPT_TYPE;
+		opt[1] = DSR_IPV4_OPT_LEN;
+		__builtin_memcpy(opt + 2, &d->port, 2);
+		__builtin_memcpy(opt + 4, d->addr, 4);
+		ip->ihl = 7;
+		ip->tot_len = bpf_htons(bpf_ntohs(ip->tot_len) + DSR_IPV4_OPT_LEN);
+		ip4_csum(ip, 14);
+		return XDP_PASS;
+	}
+	if (data + ETH_HLEN + 40 + DSR_IPV6_EXT_LEN > end)
+		return drop(DROP_INVALID);
+#pragma unroll
+	for (int i = 0; i < ETH_HLEN + 40; i += 2)
+		*(__u16 *)(data + i) = *(__u16 *)(data + DSR_IPV6_EXT_LEN + i);
+	struct ipv6hdr *ip6 = data + ETH_HLEN;
+	__u8 *ext = (void *)(ip6 + 1);
+	ext[0] = ip6->nexthdr;
+	ext[1] = DSR_IPV6_EXT_LEN / 8 - 1;
+	ext[2] = DSR_IPV6_OPT_TYPE;
+	ext[3] = DSR_IPV6_EXT_LEN - 4;
+	__builtin_memcpy(ext + 4, d->addr, 16);
+	__builtin_memcpy(ext + 20, &d->port, 2);
+	ext[22] = 0;
+	ext[23] = 0;
+	ip6->nexthdr = IPPROTO_DSTOPTS_;
+	ip6->payload_len = bpf_htons(bpf_ntohs(ip6->payload_len) + DSR_IPV6_EXT_LEN);
+	return XDP_PASS;
+}
+
 SEC("xdp")
 int np_nodeport_xdp(struct xdp_md *ctx)
 {
-	return nodeport_ingress((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+	struct np_dsr d = {};
+	int v = nodeport_ingress((void *)(long)ctx->data, (void *)(long)ctx->data_end, &d);
+	if (v != NP_DSR)
+		return v;
+	return dsr_push(ctx, &d);
 }
 
 /* The tc fallback, for interfaces that take no XDP program (one is there
@@ -570,8 +674,14 @@ int np_nodeport_xdp(struct xdp_md *ctx)
 SEC("tc")
 int np_nodeport_tc(struct __sk_buff *skb)
 {
+	struct np_dsr d = {};
 	bpf_skb_pull_data(skb, 0);
-	int v = nodeport_ingress((void *)(long)skb->data, (void *)(long)skb->data_end);
+	int v = nodeport_ingress((void *)(long)skb->data, (void *)(long)skb->data_end, &d);
+	if (v == NP_DSR) {
+		/* Not in tc mode: the loader refuses DSR with tc. */
+		count_drop(DROP_INVALID);
+		return TC_ACT_SHOT;
+	}
 	return v == XDP_DROP ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
@@ -620,6 +730,71 @@ int np_nodeport_revnat(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	struct np_rev r = *rev;
 	revnat_skb(skb, &p, (__u32)(p.l4 - data), &r);
+	return TC_ACT_OK;
+}
+
+/* np_dsr_decode runs at tc ingress on the backend's node: a packet that
+ * carries the DSR option records its flow's frontend in np_np_rev, so that
+ * np_nodeport_revnat (tc egress) sends the replies from the frontend. The
+ * option stays in the packet; the stack ignores it. */
+SEC("tc")
+int np_dsr_decode(struct __sk_buff *skb)
+{
+	bpf_skb_pull_data(skb, 0);
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_OK;
+
+	struct np_tuple rt = {};
+	struct np_rev rev = {};
+	__be16 *ports;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end || ip->ihl != 7)
+			return TC_ACT_OK;
+		__u8 *opt = (void *)(ip + 1);
+		if ((void *)(opt + DSR_IPV4_OPT_LEN) > end || opt[0] != DSR_IPV4_OPT_TYPE || opt[1] != DSR_IPV4_OPT_LEN)
+			return TC_ACT_OK;
+		if (ip->protocol != IPPROTO_TCP_ && ip->protocol != IPPROTO_UDP_)
+			return TC_ACT_OK;
+		ports = (void *)(opt + DSR_IPV4_OPT_LEN);
+		if ((void *)(ports + 2) > end)
+			return TC_ACT_OK;
+		__builtin_memcpy(rev.addr, opt + 4, 4);
+		__builtin_memcpy(&rev.port, opt + 2, 2);
+		__builtin_memcpy(rt.saddr, &ip->daddr, 4);
+		__builtin_memcpy(rt.daddr, &ip->saddr, 4);
+		rt.proto = ip->protocol;
+		rt.family = NP_FAMILY_V4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_DSTOPTS_)
+			return TC_ACT_OK;
+		__u8 *ext = (void *)(ip6 + 1);
+		if ((void *)(ext + DSR_IPV6_EXT_LEN) > end || ext[1] != DSR_IPV6_EXT_LEN / 8 - 1 ||
+		    ext[2] != DSR_IPV6_OPT_TYPE || ext[3] != DSR_IPV6_EXT_LEN - 4)
+			return TC_ACT_OK;
+		if (ext[0] != IPPROTO_TCP_ && ext[0] != IPPROTO_UDP_)
+			return TC_ACT_OK;
+		ports = (void *)(ext + DSR_IPV6_EXT_LEN);
+		if ((void *)(ports + 2) > end)
+			return TC_ACT_OK;
+		__builtin_memcpy(rev.addr, ext + 4, 16);
+		__builtin_memcpy(&rev.port, ext + 20, 2);
+		__builtin_memcpy(rt.saddr, &ip6->daddr, 16);
+		__builtin_memcpy(rt.daddr, &ip6->saddr, 16);
+		rt.proto = ext[0];
+		rt.family = NP_FAMILY_V6;
+	} else {
+		return TC_ACT_OK;
+	}
+	rt.sport = ports[1];
+	rt.dport = ports[0];
+	struct np_rev *old = bpf_map_lookup_elem(&np_np_rev, &rt);
+	if (!old || __builtin_memcmp(old->addr, rev.addr, 16) || old->port != rev.port)
+		bpf_map_update_elem(&np_np_rev, &rt, &rev, BPF_ANY);
 	return TC_ACT_OK;
 }
 
