@@ -19,7 +19,7 @@ import (
 // fileConfig is the YAML file of `l4lb run`:
 //
 //	interface: eth0            # the external interface
-//	mode: dnat                 # dnat (default) or snat; dsr is not implemented
+//	mode: dnat                 # dnat (default), snat or dsr
 //	snatAddresses: [10.1.0.1]  # snat: the node's source address, one per family
 //	maglev:
 //	  tableSize: 16381         # one of maglev.SupportedTableSizes (default 16381)
@@ -116,9 +116,12 @@ func parseConfig(r io.Reader) (*config, error) {
 			cfg.NS.SNATAddrs = append(cfg.NS.SNATAddrs, addr)
 		}
 	case "dsr":
-		return nil, fmt.Errorf("mode %q: not implemented yet (dnat or snat)", fc.Mode)
+		if len(fc.SNATAddresses) > 0 {
+			return nil, errors.New("snatAddresses: only with mode snat")
+		}
+		cfg.NS.DSR = true
 	default:
-		return nil, fmt.Errorf("mode %q: want dnat or snat", fc.Mode)
+		return nil, fmt.Errorf("mode %q: want dnat, snat or dsr", fc.Mode)
 	}
 
 	for i, s := range fc.Services {
@@ -232,5 +235,5 @@ func sortedFrontends(m map[lb.Frontend]serviceConfig) []lb.Frontend {
 }
 
 func sameNS(a, b lb.NorthSouthConfig) bool {
-	return a.MaglevTableSize == b.MaglevTableSize && a.MaglevHashSeed == b.MaglevHashSeed && slices.Equal(a.SNATAddrs, b.SNATAddrs)
+	return a.MaglevTableSize == b.MaglevTableSize && a.MaglevHashSeed == b.MaglevHashSeed && a.DSR == b.DSR && slices.Equal(a.SNATAddrs, b.SNATAddrs)
 }

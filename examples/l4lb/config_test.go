@@ -82,8 +82,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"frontend twice", svc("  - frontend: 10.99.0.1:80/TCP\n  - frontend: 10.99.0.1:80/tcp\n"), "listed twice"},
 		{"algorithm", svc("  - frontend: 10.99.0.1:80/TCP\n    algorithm: roundrobin\n"), "want maglev or random"},
 		{"per-service mode", svc("  - frontend: 10.99.0.1:80/TCP\n    mode: snat\n"), "field mode not found"},
-		{"dsr", "interface: eth0\nmode: dsr\n", "not implemented"},
-		{"mode", "interface: eth0\nmode: nat64\n", "want dnat or snat"},
+		{"mode", "interface: eth0\nmode: nat64\n", "want dnat, snat or dsr"},
+		{"dsr with addresses", "interface: eth0\nmode: dsr\nsnatAddresses: [10.1.0.1]\n", "only with mode snat"},
 		{"snat without addresses", "interface: eth0\nmode: snat\n", "snatAddresses required"},
 		{"snat bad address", "interface: eth0\nmode: snat\nsnatAddresses: [10.1.0]\n", "snatAddresses[0]"},
 		{"addresses without snat", "interface: eth0\nsnatAddresses: [10.1.0.1]\n", "only with mode snat"},
@@ -162,11 +162,16 @@ func TestRunCheck(t *testing.T) {
 	good := filepath.Join(dir, "good.yaml")
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(good, []byte(goodConfig), 0o600)
-	os.WriteFile(bad, []byte(strings.Replace(goodConfig, "mode: dnat", "mode: dsr", 1)), 0o600)
+	os.WriteFile(bad, []byte(strings.Replace(goodConfig, "mode: dnat", "mode: ipip", 1)), 0o600)
 	snat := filepath.Join(dir, "snat.yaml")
 	os.WriteFile(snat, []byte(strings.Replace(goodConfig, "mode: dnat", "mode: snat\nsnatAddresses: [10.1.0.1, fd00:1::1]", 1)), 0o600)
 	if code, stdout, stderr := runCmd("run", "-config", snat, "-check"); code != 0 {
 		t.Errorf("snat: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	dsr := filepath.Join(dir, "dsr.yaml")
+	os.WriteFile(dsr, []byte(strings.Replace(goodConfig, "mode: dnat", "mode: dsr", 1)), 0o600)
+	if code, stdout, stderr := runCmd("run", "-config", dsr, "-check"); code != 0 {
+		t.Errorf("dsr: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 
 	code, stdout, stderr := runCmd("run", "-config", good, "-check")
@@ -174,7 +179,7 @@ func TestRunCheck(t *testing.T) {
 		t.Errorf("good: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 	code, stdout, stderr = runCmd("run", "-config", bad, "-check")
-	if code != exitBadInput || stdout != "" || !strings.Contains(stderr, "not implemented") {
+	if code != exitBadInput || stdout != "" || !strings.Contains(stderr, "want dnat, snat or dsr") {
 		t.Errorf("bad: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 	code, stdout, _ = runCmd("run", "-config", filepath.Join(dir, "missing.yaml"))

@@ -14,8 +14,14 @@
 // through this node; mode snat rewrites the source to snatAddresses and a
 // NAT port (attach-side limits: l4lb attaches only to the one interface,
 // so backends' replies must arrive on it; IPv4 needs
-// net.ipv4.conf.IFACE.accept_local=1). Mode dsr is refused as not
-// implemented. -check validates the file and exits.
+// net.ipv4.conf.IFACE.accept_local=1). Mode dsr keeps the client address
+// and sends the frontend along in Cilium's IPv4 option / IPv6 destination
+// option; the backends' nodes run
+//
+//	l4lb dsr-backend IFACE...
+//
+// which decodes it on those interfaces and sends the replies from the
+// frontend straight to the clients. -check validates the file and exits.
 //
 // The other subcommand needs no kernel:
 //
@@ -69,6 +75,8 @@ commands:
         print the Maglev table of BACKENDs (ADDR:PORT/PROTO[@WEIGHT]) as Cilium computes it
   run -config FILE [-check]
         balance the file's services on its interface (XDP + tc); SIGHUP re-reads the file
+  dsr-backend IFACE...
+        on a backend's node: answer DSR flows arriving on IFACEs from their frontend
 `
 
 // run is the whole command: args without the program name, output to
@@ -83,6 +91,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runMaglevTable(args[1:], stdout, stderr)
 	case "run":
 		return runLB(args[1:], stdout, stderr)
+	case "dsr-backend":
+		return runDSRBackend(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stderr, usage)
 		return exitOK

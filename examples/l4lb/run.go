@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/nodeplane/nodeplane/lb"
@@ -99,5 +100,41 @@ func runLB(args []string, stdout, stderr io.Writer) int {
 		cfg = next
 		fmt.Fprintf(stdout, "l4lb: reloaded, %d services\n", len(cfg.Services))
 	}
+	return exitOK
+}
+
+// runDSRBackend is `l4lb dsr-backend IFACE...`: the backend side of DSR on
+// the named interfaces, until SIGINT or SIGTERM.
+func runDSRBackend(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprintln(stderr, "usage: l4lb dsr-backend IFACE...")
+		return exitBadInput
+	}
+	var ifaces []*net.Interface
+	for _, name := range args {
+		iface, err := net.InterfaceByName(name)
+		if err != nil {
+			fmt.Fprintf(stderr, "l4lb dsr-backend: %v\n", err)
+			return exitBadInput
+		}
+		ifaces = append(ifaces, iface)
+	}
+	ns, err := lb.NewNorthSouth(lb.NorthSouthConfig{})
+	if err != nil {
+		fmt.Fprintf(stderr, "l4lb dsr-backend: %v\n", err)
+		return 1
+	}
+	defer ns.Close()
+	for _, iface := range ifaces {
+		if err := ns.AttachDSRBackend(iface.Index); err != nil {
+			fmt.Fprintf(stderr, "l4lb dsr-backend: %s: %v\n", iface.Name, err)
+			return 1
+		}
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	fmt.Fprintf(stdout, "l4lb: DSR backend side on %s\n", strings.Join(args, ", "))
+	<-sig
 	return exitOK
 }

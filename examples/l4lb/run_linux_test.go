@@ -102,3 +102,40 @@ func TestPrivilegedRunReload(t *testing.T) {
 		t.Error("XDP program still attached after exit")
 	}
 }
+
+// TestPrivilegedDSRBackend: `l4lb dsr-backend` starts on an interface in
+// its own namespace and exits 0 on SIGTERM; a missing interface is bad
+// input. (What the attached programs do is lb's
+// TestPrivilegedNorthSouthDSRTraffic.)
+func TestPrivilegedDSRBackend(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	node, peer := testutils.NewNetNS(t), testutils.NewNetNS(t)
+	testutils.NewVeth(t, node, "eth1", peer, "eth0")
+	if code, _, stderr := runCmd("dsr-backend"); code != exitBadInput || !strings.Contains(stderr, "usage") {
+		t.Errorf("no interface: exit %d, %q", code, stderr)
+	}
+	var stdout, stderr syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := netns.Set(node.Handle()); err != nil {
+			done <- -1
+			return
+		}
+		done <- run([]string{"dsr-backend", "eth1"}, &stdout, &stderr)
+	}()
+	waitFor(t, &stdout, "DSR backend side on eth1")
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d, stderr %q", code, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("l4lb dsr-backend did not stop on SIGTERM")
+	}
+	code, stdout2, _ := runCmd("dsr-backend", "no-such-if0")
+	if code != exitBadInput || stdout2 != "" {
+		t.Errorf("unknown interface: exit %d, stdout %q", code, stdout2)
+	}
+}
