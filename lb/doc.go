@@ -61,8 +61,10 @@
 // NorthSouth on the backend's node ([NorthSouth.AttachDSRBackend]) sends
 // the replies from the frontend straight to the client. Backends that are
 // not active keep their flows and get no new ones. Drops carry Cilium's
-// reasons ([NorthSouth.Drops]). externalTrafficPolicy=Local and session
-// affinity are not implemented on this path yet.
+// reasons ([NorthSouth.Drops]). Service.ExternalTrafficLocal
+// (externalTrafficPolicy=Local) exempts a service from SNAT and DSR, so
+// its backends, the node's own, see the client. Session affinity is not
+// implemented on this path yet.
 //
 // # Lifetime
 //

@@ -272,3 +272,58 @@ func TestPrivilegedNorthSouthDSRTraffic(t *testing.T) {
 		t.Errorf("drops: %v", drops)
 	}
 }
+
+// TestPrivilegedNorthSouthExternalTrafficLocal: a service with
+// externalTrafficPolicy=Local is neither SNATed (in SNAT mode) nor DSRed
+// (in DSR mode): the backend sees the client, and the reply is translated
+// back at tc egress like in DNAT mode.
+func TestPrivilegedNorthSouthExternalTrafficLocal(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	for _, cfg := range []NorthSouthConfig{
+		{MaglevTableSize: 251, MaglevHashSeed: testSeed, SNATAddrs: []netip.Addr{netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("fd00:1::1")}},
+		{MaglevTableSize: 251, MaglevHashSeed: testSeed, DSR: true},
+	} {
+		name := "snat"
+		if cfg.DSR {
+			name = "dsr"
+		}
+		t.Run(name, func(t *testing.T) {
+			ns, err := NewNorthSouth(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ns.Close()
+			for _, fe := range []Frontend{
+				{netip.MustParseAddrPort("10.1.0.1:30080"), nodeplane.ProtoTCP},
+				{netip.MustParseAddrPort("[fd00:1::1]:30053"), nodeplane.ProtoUDP},
+			} {
+				backends := nsBackends("10.20.%d.2", 3, 8080)
+				if fe.Addr.Addr().Is6() {
+					backends = nsBackends("fd20::%d", 3, 8080)
+				}
+				svc := Service{Frontend: fe, Type: NodePort, Algorithm: AlgorithmMaglev, ExternalTrafficLocal: true}
+				if err := ns.Upsert(svc, backends); err != nil {
+					t.Fatal(err)
+				}
+				r := rand.New(rand.NewPCG(9, 10))
+				for range 50 {
+					client := randomClient(r, fe.Addr.Addr().Is6())
+					pkt := testPkt{src: client, dst: fe.Addr, proto: uint8(fe.Protocol)}.bytes()
+					ret, out := runProgOut(t, ns.objs.NpNodeportXdp, pkt)
+					if ret != xdpPass || len(out) != len(pkt) {
+						t.Fatalf("verdict %d, %d bytes out of %d: want XDP_PASS, no option", ret, len(out), len(pkt))
+					}
+					src, dst := parsePkt(t, out)
+					want := expectMaglev(t, backends, fe.Protocol, client, fe.Addr.Port())
+					if src != client || dst != want {
+						t.Fatalf("%s -> %s became %s -> %s, want %s -> %s", client, fe.Addr, src, dst, client, want)
+					}
+					_, rout := runProg(t, ns.objs.NpNodeportRevnat, testPkt{src: dst, dst: client, proto: uint8(fe.Protocol)}.bytes())
+					if rsrc, rdst := parsePkt(t, rout); rsrc != fe.Addr || rdst != client {
+						t.Fatalf("reply became %s -> %s, want %s -> %s", rsrc, rdst, fe.Addr, client)
+					}
+				}
+			}
+		})
+	}
+}

@@ -67,8 +67,11 @@ type npFe struct {
 	SvcID uint32
 	Count uint32
 	Alg   uint8
-	_     [3]byte
+	Flags uint8
+	_     [2]byte
 }
+
+const npFeLocal = 1
 
 type npBe struct {
 	Addr   [16]byte
@@ -283,7 +286,9 @@ func (np *NorthSouth) AttachDSRBackend(ifindex int) error {
 // backends lose their flows, which move to a backend the table names.
 // A service without an active backend drops new flows (DROP_NO_SERVICE).
 // Only TCP and UDP frontends exist; session affinity is not implemented
-// on this path and is refused.
+// on this path and is refused. With svc.ExternalTrafficLocal the caller
+// passes the node's own backends only (as kube-proxy filters endpoints),
+// and flows are neither SNATed nor DSRed: backends see the client.
 func (np *NorthSouth) Upsert(svc Service, backends []Backend) error {
 	if err := svc.validate(); err != nil {
 		return err
@@ -366,6 +371,9 @@ func (np *NorthSouth) Upsert(svc Service, backends []Backend) error {
 		alg = npAlgMaglev
 	}
 	fe := npFe{SvcID: s.id, Count: uint32(len(active)), Alg: alg}
+	if svc.ExternalTrafficLocal {
+		fe.Flags |= npFeLocal
+	}
 	if err := np.objs.NpNpFe.Put(feKey(svc.Frontend), &fe); err != nil {
 		return fmt.Errorf("%w: frontend %s: %w", ErrFull, svc.Frontend, err)
 	}

@@ -17,6 +17,8 @@
  *    backend for as long as the backend exists, whatever the table says
  *    now; the table holds only the backends that take new flows, so a
  *    terminating backend keeps its flows and gets no new ones.
+ *  - A frontend with externalTrafficPolicy=Local (NP_FE_F_LOCAL) is never
+ *    SNATed nor DSRed: its backends are the node's own and see the client.
  *  - Packets that are not to a frontend are left alone (XDP_PASS). To a
  *    frontend address: an IPv4 fragment is dropped (DROP_FRAG_NOSUPPORT),
  *    a truncated L4 header too (DROP_CT_INVALID_HDR), a frontend without
@@ -60,6 +62,9 @@
 #define NAT_PORT_MIN 32768
 #define NAT_PORT_COUNT 28232
 #define NAT_TRIES 16
+
+/* np_fe.flags */
+#define NP_FE_F_LOCAL 1 /* externalTrafficPolicy=Local: no SNAT, no DSR */
 
 #define NP_ALG_RANDOM 1
 #define NP_ALG_MAGLEV 2
@@ -106,7 +111,8 @@ struct np_fe {
 	__u32 svc_id;
 	__u32 count; /* backends taking new flows: the first count lut entries */
 	__u8 alg;
-	__u8 pad[3];
+	__u8 flags;
+	__u8 pad[2];
 };
 NP_ASSERT_SIZE(struct np_fe, 12);
 
@@ -478,6 +484,7 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 	}
 
 	__u32 svc_id = fe->svc_id;
+	__u8 fe_flags = fe->flags;
 	struct np_be *be = 0;
 	__u32 be_id = 0;
 	__be16 nat_port = 0;
@@ -512,7 +519,7 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 			return drop(DROP_NO_SERVICE);
 	}
 
-	if (dsr) {
+	if (dsr && !(fe_flags & NP_FE_F_LOCAL)) {
 		if (p.t.family == NP_FAMILY_V4) {
 			struct iphdr *ip4 = p.l3;
 			if ((void *)(ip4 + 1) > end || ip4->ihl != 5)
@@ -541,6 +548,9 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 		__builtin_memcpy(snat_addr, a, 16);
 		snat = (a[0] | a[1] | a[2] | a[3]) != 0;
 	}
+	/* Local backends only: the client address is kept. */
+	if (fe_flags & NP_FE_F_LOCAL)
+		snat = 0;
 
 	/* The reply tuple: from the backend to the client, or in SNAT mode
 	 * to the node's address and the flow's NAT port. */
