@@ -27,6 +27,7 @@ import (
 //	services:
 //	  - frontend: 10.99.0.1:80/TCP     # ADDR:PORT/PROTO, TCP or UDP; IPv6 as [ADDR]:PORT/PROTO
 //	    algorithm: maglev              # maglev (default) or random
+//	    externalTrafficPolicy: cluster # cluster (default) or local: no SNAT/DSR, backends see the client
 //	    backends:
 //	      - address: 10.2.0.2:8080
 //	        weight: 100                # default 100
@@ -40,9 +41,10 @@ type fileConfig struct {
 		Seed      string `yaml:"seed"`
 	} `yaml:"maglev"`
 	Services []struct {
-		Frontend  string `yaml:"frontend"`
-		Algorithm string `yaml:"algorithm"`
-		Backends  []struct {
+		Frontend              string `yaml:"frontend"`
+		Algorithm             string `yaml:"algorithm"`
+		ExternalTrafficPolicy string `yaml:"externalTrafficPolicy"`
+		Backends              []struct {
 			Address string  `yaml:"address"`
 			Weight  *uint16 `yaml:"weight"`
 			State   string  `yaml:"state"`
@@ -140,6 +142,13 @@ func parseConfig(r io.Reader) (*config, error) {
 			svc.Algorithm = lb.AlgorithmRandom
 		default:
 			return nil, fmt.Errorf("%s.algorithm %q: want maglev or random", where, s.Algorithm)
+		}
+		switch strings.ToLower(s.ExternalTrafficPolicy) {
+		case "", "cluster":
+		case "local":
+			svc.ExternalTrafficLocal = true
+		default:
+			return nil, fmt.Errorf("%s.externalTrafficPolicy %q: want cluster or local", where, s.ExternalTrafficPolicy)
 		}
 		sc := serviceConfig{Service: svc}
 		for j, b := range s.Backends {

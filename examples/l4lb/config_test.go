@@ -28,6 +28,7 @@ services:
         state: terminating
   - frontend: "[fd99::1]:53/udp"
     algorithm: random
+    externalTrafficPolicy: Local
     backends:
       - address: "[fd00:2::2]:5353"
 `
@@ -48,7 +49,7 @@ func TestParseConfig(t *testing.T) {
 			{Addr: netip.MustParseAddrPort("10.2.1.2:8080"), Weight: 300},
 			{Addr: netip.MustParseAddrPort("10.2.2.2:8080"), Weight: 100, State: lb.BackendTerminating},
 		}},
-		udp: {lb.Service{Frontend: udp, Type: lb.LoadBalancer, Algorithm: lb.AlgorithmRandom}, []lb.Backend{
+		udp: {lb.Service{Frontend: udp, Type: lb.LoadBalancer, Algorithm: lb.AlgorithmRandom, ExternalTrafficLocal: true}, []lb.Backend{
 			{Addr: netip.MustParseAddrPort("[fd00:2::2]:5353"), Weight: 100},
 		}},
 	}
@@ -80,6 +81,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"frontend weight", svc("  - frontend: 10.99.0.1:80/TCP@3\n"), "no weight"},
 		{"frontend address", svc("  - frontend: 10.99.0.300:80/TCP\n"), "services[0].frontend"},
 		{"frontend twice", svc("  - frontend: 10.99.0.1:80/TCP\n  - frontend: 10.99.0.1:80/tcp\n"), "listed twice"},
+		{"traffic policy", svc("  - frontend: 10.99.0.1:80/TCP\n    externalTrafficPolicy: nearby\n"), "want cluster or local"},
 		{"algorithm", svc("  - frontend: 10.99.0.1:80/TCP\n    algorithm: roundrobin\n"), "want maglev or random"},
 		{"per-service mode", svc("  - frontend: 10.99.0.1:80/TCP\n    mode: snat\n"), "field mode not found"},
 		{"mode", "interface: eth0\nmode: nat64\n", "want dnat, snat or dsr"},
