@@ -45,6 +45,8 @@
  */
 
 #include "np_common.h"
+#include "np_csum.h"
+#include "np_jhash.h"
 
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
@@ -216,49 +218,6 @@ struct {
 	__uint(max_entries, 256);
 } np_np_drops SEC(".maps");
 
-/* ---- jhash (Cilium's bpf/lib/jhash.h, the kernel's lookup3) ---- */
-
-static __always_inline __u32 rol32(__u32 w, __u32 s) { return (w << s) | (w >> (32 - s)); }
-
-#define JHASH_INITVAL 0xdeadbeef
-
-#define jhash_mix(a, b, c)                  \
-	{                                   \
-		a -= c; a ^= rol32(c, 4);   \
-		c += b;                     \
-		b -= a; b ^= rol32(a, 6);   \
-		a += c;                     \
-		c -= b; c ^= rol32(b, 8);   \
-		b += a;                     \
-		a -= c; a ^= rol32(c, 16);  \
-		c += b;                     \
-		b -= a; b ^= rol32(a, 19);  \
-		a += c;                     \
-		c -= b; c ^= rol32(b, 4);   \
-		b += a;                     \
-	}
-
-#define jhash_final(a, b, c)                 \
-	{                                    \
-		c ^= b; c -= rol32(b, 14);   \
-		a ^= c; a -= rol32(c, 11);   \
-		b ^= a; b -= rol32(a, 25);   \
-		c ^= b; c -= rol32(b, 16);   \
-		a ^= c; a -= rol32(c, 4);    \
-		b ^= a; b -= rol32(a, 14);   \
-		c ^= b; c -= rol32(b, 24);   \
-	}
-
-static __always_inline __u32 jhash_3words(__u32 a, __u32 b, __u32 c, __u32 initval)
-{
-	initval += JHASH_INITVAL + (3 << 2);
-	a += initval;
-	b += initval;
-	c += initval;
-	jhash_final(a, b, c);
-	return c;
-}
-
 static __always_inline __u32 load32(const __u8 *p)
 {
 	__u32 v;
@@ -285,29 +244,6 @@ static __always_inline __u32 tuple_hash(const struct np_tuple *t)
 	a += hash_seed6;
 	jhash_final(a, b, c);
 	return c;
-}
-
-/* ---- checksums (RFC 1624), on the 16-bit words as they lie in memory ---- */
-
-static __always_inline __u16 csum_fold32(__u32 s)
-{
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	return (__u16)s;
-}
-
-static __always_inline void csum_replace2(__u16 *sum, __u16 from, __u16 to)
-{
-	__u32 s = (__u16)~*sum;
-	s += (__u16)~from;
-	s += to;
-	*sum = ~csum_fold32(s);
-}
-
-static __always_inline void csum_replace4(__u16 *sum, __u32 from, __u32 to)
-{
-	csum_replace2(sum, (__u16)from, (__u16)to);
-	csum_replace2(sum, (__u16)(from >> 16), (__u16)(to >> 16));
 }
 
 static __always_inline void count_drop(__u32 reason)
