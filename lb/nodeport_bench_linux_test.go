@@ -1,11 +1,13 @@
 package lb
 
 import (
+	"bufio"
 	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"testing"
 	"time"
 
@@ -161,6 +163,34 @@ func BenchmarkNorthSouthConnect(b *testing.B) {
 	testutils.RequirePrivileged(b)
 	top := newTopology(b, 5, 2)
 	serveAcceptClose(b, top)
+	variants := northSouthVariants(b, top)
+
+	const perRound = 20
+	lat := make([][]time.Duration, len(variants))
+	for _, v := range variants {
+		inNetNS(b, v.client.ns, func() { v.connect(b) }) // neighbour entries
+	}
+	b.ResetTimer()
+	for done := 0; done < b.N; done += perRound {
+		for i, v := range variants {
+			inNetNS(b, v.client.ns, func() {
+				for range min(perRound, b.N-done) {
+					lat[i] = append(lat[i], v.connect(b))
+				}
+			})
+		}
+	}
+	b.StopTimer()
+	for i, v := range variants {
+		reportLatency(b, lat[i], v.name+"-")
+	}
+}
+
+// northSouthVariants sets up the variants of BenchmarkNorthSouthConnect
+// and BenchmarkNorthSouthRR on a topology of 5 clients and 2 backends:
+// client k reaches the backends directly (0), through NorthSouth in native
+// XDP (1), generic XDP (2) or tc (3) mode, or through iptables DNAT (4).
+func northSouthVariants(b *testing.B, top *topology) []connectVariant {
 	backends := []Backend{
 		{Addr: top.backends[0].addr(false, backendPort)},
 		{Addr: top.backends[1].addr(false, backendPort)},
@@ -208,23 +238,61 @@ func BenchmarkNorthSouthConnect(b *testing.B) {
 		variants = append(variants, connectVariant{name: "iptables", client: top.clients[4], dst: netip.MustParseAddrPort("10.99.0.3:80")})
 	}
 
-	const perRound = 20
-	lat := make([][]time.Duration, len(variants))
-	for _, v := range variants {
-		inNetNS(b, v.client.ns, func() { v.connect(b) }) // neighbour entries
+	return variants
+}
+
+// BenchmarkNorthSouthRR measures request/response round trips (one byte
+// and a newline each way, like netperf's TCP_RR) on one established TCP
+// connection per variant of BenchmarkNorthSouthConnect, interleaved in
+// rounds of 200; each variant reports its median round trip and the
+// requests per second one connection achieves at that median.
+func BenchmarkNorthSouthRR(b *testing.B) {
+	testutils.RequirePrivileged(b)
+	top := newTopology(b, 5, 2)
+	top.serve(b)
+	variants := northSouthVariants(b, top)
+	conns := make([]*bufio.ReadWriter, len(variants))
+	for i, v := range variants {
+		var c net.Conn
+		if err := v.client.ns.Do(func() (err error) {
+			c, err = net.DialTimeout("tcp", v.dst.String(), 2*time.Second)
+			return err
+		}); err != nil {
+			b.Fatalf("%s: %v", v.name, err)
+		}
+		b.Cleanup(func() { c.Close() })
+		conns[i] = bufio.NewReadWriter(bufio.NewReader(c), bufio.NewWriter(c))
+		if _, err := conns[i].ReadString('\n'); err != nil { // the greeting
+			b.Fatalf("%s: %v", v.name, err)
+		}
 	}
+	rr := func(rw *bufio.ReadWriter) time.Duration {
+		start := time.Now()
+		rw.WriteString("x\n")
+		if err := rw.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := rw.ReadString('\n'); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	const perRound = 200
+	lat := make([][]time.Duration, len(variants))
 	b.ResetTimer()
 	for done := 0; done < b.N; done += perRound {
-		for i, v := range variants {
-			inNetNS(b, v.client.ns, func() {
-				for range min(perRound, b.N-done) {
-					lat[i] = append(lat[i], v.connect(b))
-				}
-			})
+		for i := range variants {
+			for range min(perRound, b.N-done) {
+				lat[i] = append(lat[i], rr(conns[i]))
+			}
 		}
 	}
 	b.StopTimer()
 	for i, v := range variants {
-		reportLatency(b, lat[i], v.name+"-")
+		l := lat[i]
+		slices.Sort(l)
+		med := l[len(l)/2]
+		b.ReportMetric(float64(med.Nanoseconds()), v.name+"-p50-ns/rr")
+		b.ReportMetric(1e9/float64(med.Nanoseconds()), v.name+"-rr/s")
 	}
 }
