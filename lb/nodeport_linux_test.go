@@ -26,9 +26,10 @@ const (
 type testPkt struct {
 	src, dst netip.AddrPort
 	proto    uint8
-	frag     bool // IPv4: more fragments
-	truncL4  bool // cut inside the L4 header
-	truncL3  bool // cut inside the IP header
+	frag     bool   // IPv4: more fragments
+	fragOff  uint16 // IPv4: fragment offset, in 8-byte units
+	truncL4  bool   // cut inside the L4 header
+	truncL3  bool   // cut inside the IP header
 }
 
 func csumAdd(sum uint32, b []byte) uint32 {
@@ -85,9 +86,11 @@ func (p testPkt) bytes() []byte {
 		l3 = make([]byte, 20)
 		l3[0] = 0x45
 		binary.BigEndian.PutUint16(l3[2:], uint16(20+len(l4)))
+		var fo uint16
 		if p.frag {
-			binary.BigEndian.PutUint16(l3[6:], 0x2000)
+			fo = 0x2000
 		}
+		binary.BigEndian.PutUint16(l3[6:], fo|p.fragOff)
 		l3[8] = 64
 		l3[9] = p.proto
 		copy(l3[12:], p.src.Addr().AsSlice())
@@ -362,7 +365,10 @@ func TestPrivilegedNorthSouthBadPackets(t *testing.T) {
 	}{
 		{"no active backend", testPkt{src: client, dst: vip, proto: 6}, xdpDrop, monitor.DropNoService},
 		{"no active backend v6", testPkt{src: client6, dst: vip6, proto: 6}, xdpDrop, monitor.DropNoService},
-		{"fragment to a frontend address", testPkt{src: client, dst: vip, proto: 17, frag: true}, xdpDrop, monitor.DropFragNoSupport},
+		{"first fragment to a frontend", testPkt{src: client, dst: vip, proto: 6, frag: true}, xdpDrop, monitor.DropFragNoSupport},
+		{"first fragment to a frontend address, other port", testPkt{src: client, dst: netip.AddrPortFrom(vip.Addr(), 81), proto: 6, frag: true}, xdpPass, 0},
+		{"later fragment to a frontend address", testPkt{src: client, dst: vip, proto: 6, frag: true, fragOff: 3}, xdpPass, 0},
+		{"last fragment to a frontend address", testPkt{src: client, dst: vip, proto: 6, fragOff: 3}, xdpPass, 0},
 		{"truncated L4 to a frontend address", testPkt{src: client, dst: vip, proto: 6, truncL4: true}, xdpDrop, monitor.DropCTInvalidHeader},
 		{"truncated L4 to a frontend address v6", testPkt{src: client6, dst: vip6, proto: 6, truncL4: true}, xdpDrop, monitor.DropCTInvalidHeader},
 		{"truncated IPv4 header", testPkt{src: client, dst: vip, proto: 6, truncL3: true}, xdpDrop, monitor.DropInvalidPacket},

@@ -19,9 +19,13 @@
  *    terminating backend keeps its flows and gets no new ones.
  *  - A frontend with externalTrafficPolicy=Local (NP_FE_F_LOCAL) is never
  *    SNATed nor DSRed: its backends are the node's own and see the client.
- *  - Packets that are not to a frontend are left alone (XDP_PASS). To a
- *    frontend address: an IPv4 fragment is dropped (DROP_FRAG_NOSUPPORT),
- *    a truncated L4 header too (DROP_CT_INVALID_HDR), a frontend without
+ *  - Packets that are not to a frontend are left alone (XDP_PASS). The
+ *    first fragment of an IPv4 datagram to a frontend (it carries the
+ *    ports) is dropped (DROP_FRAG_NOSUPPORT); later fragments carry no
+ *    ports and pass, so the node's own fragmented traffic to an address
+ *    a NodePort shares is not disturbed (the datagram to the frontend
+ *    never reassembles). To a frontend address, a truncated L4 header
+ *    drops (DROP_CT_INVALID_HDR); a frontend without
  *    backends drops (DROP_NO_SERVICE), a full conntrack table cannot happen
  *    (LRU) but a failed insert drops (DROP_CT_CREATE_FAILED). A truncated
  *    IP header drops (DROP_INVALID). Drops count in np_np_drops by reason.
@@ -168,7 +172,7 @@ struct {
 } np_np_fe SEC(".maps");
 
 /* Frontend addresses (port 0, proto 0) with the number of frontends on
- * them, to recognise fragments and truncated packets to a frontend. */
+ * them, to recognise truncated packets to a frontend. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct np_fe_key);
@@ -260,6 +264,7 @@ struct pkt {
 	void *l4;
 	__u16 *l4csum; /* NULL: no L4 checksum to update (IPv4 UDP with 0) */
 	int frag;      /* IPv4 fragment */
+	int later;     /* IPv4 fragment after the first: no L4 header */
 	int short_l4;  /* L4 header truncated */
 };
 
@@ -286,6 +291,7 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 		__builtin_memcpy(p->t.saddr, &ip4->saddr, 4);
 		__builtin_memcpy(p->t.daddr, &ip4->daddr, 4);
 		p->frag = (ip4->frag_off & bpf_htons(IP_MF | IP_OFFSET)) != 0;
+		p->later = (ip4->frag_off & bpf_htons(IP_OFFSET)) != 0;
 		l4 = (void *)ip4 + ip4->ihl * 4;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -301,6 +307,7 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 		__builtin_memcpy(p->t.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->t.daddr, &ip6->daddr, 16);
 		p->frag = 0;
+		p->later = 0;
 		l4 = (void *)(ip6 + 1);
 	} else {
 		return 1;
@@ -308,7 +315,7 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 	p->l4 = l4;
 	p->l4csum = 0;
 	p->short_l4 = 1;
-	if (p->frag)
+	if (p->later)
 		return 0;
 	if (p->t.proto == IPPROTO_TCP_) {
 		struct tcphdr *tcp = l4;
@@ -405,19 +412,23 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 	struct np_fe_key key = {};
 	__builtin_memcpy(key.addr, p.t.daddr, 16);
 	key.family = p.t.family;
-	if (p.frag || p.short_l4) {
+	if (p.later)
+		return XDP_PASS;
+	if (p.short_l4) {
 		if (!bpf_map_lookup_elem(&np_np_vip, &key))
 			return XDP_PASS;
-		return drop(p.frag ? DROP_FRAG_NOSUPPORT : DROP_CT_INVALID_HDR);
+		return drop(DROP_CT_INVALID_HDR);
 	}
 	key.port = p.t.dport;
 	key.proto = p.t.proto;
 	struct np_fe *fe = bpf_map_lookup_elem(&np_np_fe, &key);
 	if (!fe) {
-		if (snat4 || snat6[0] || snat6[1] || snat6[2] || snat6[3])
+		if (!p.frag && (snat4 || snat6[0] || snat6[1] || snat6[2] || snat6[3]))
 			return snat_reply(&p, end);
 		return XDP_PASS;
 	}
+	if (p.frag)
+		return drop(DROP_FRAG_NOSUPPORT);
 
 	__u32 svc_id = fe->svc_id;
 	__u8 fe_flags = fe->flags;
