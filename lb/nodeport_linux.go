@@ -289,6 +289,13 @@ func (np *NorthSouth) AttachDSRBackend(ifindex int) error {
 // on this path and is refused. With svc.ExternalTrafficLocal the caller
 // passes the node's own backends only (as kube-proxy filters endpoints),
 // and flows are neither SNATed nor DSRed: backends see the client.
+//
+// Invalid input fails with [ErrInvalidService] or [ErrInvalidBackend]
+// before anything changes. A failed map update ([ErrFull]) stops the
+// update where it failed: backend entries written before it stay (unused),
+// and packets see the old service or, if only the frontend entry could
+// not be written, the new table with the old backend count; repeat the
+// Upsert to finish it.
 func (np *NorthSouth) Upsert(svc Service, backends []Backend) error {
 	if err := svc.validate(); err != nil {
 		return err
