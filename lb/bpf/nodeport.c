@@ -3,10 +3,12 @@
 
 /*
  * North-south load balancing on a node's external interface: an XDP program
- * that translates packets to a frontend (NodePort, LoadBalancer or external
- * IP, address + port + protocol) to one of its backends, and a tc program
- * that translates the backends' replies back, so the client sees the
- * frontend answer.
+ * (np_nodeport_xdp; np_nodeport_tc is the same at tc ingress, for
+ * interfaces that take no XDP program) that translates packets to a
+ * frontend (NodePort, LoadBalancer or external IP, address + port +
+ * protocol) to one of its backends, and a tc egress program
+ * (np_nodeport_revnat) that translates the backends' replies back, so the
+ * client sees the frontend answer.
  *
  *  - Backend selection is Cilium's: Maglev picks lut[hash % M] with the
  *    5-tuple hash of bpf/lib/hash.h (jhash of the source address and both
@@ -19,7 +21,9 @@
  *    terminating backend keeps its flows and gets no new ones.
  *  - A frontend with externalTrafficPolicy=Local (NP_FE_F_LOCAL) is never
  *    SNATed nor DSRed: its backends are the node's own and see the client.
- *  - Packets that are not to a frontend are left alone (XDP_PASS). The
+ *  - Packets that are not to a frontend are left alone (XDP_PASS), and so
+ *    are IPv6 packets with extension headers (not parsed) and ICMP errors
+ *    about translated flows (not translated back). The
  *    first fragment of an IPv4 datagram to a frontend (it carries the
  *    ports) is dropped (DROP_FRAG_NOSUPPORT); later fragments carry no
  *    ports and pass, so the node's own fragmented traffic to an address
@@ -45,7 +49,7 @@
  *    the backend's node records it, and that node's np_nodeport_revnat
  *    sends the replies from the frontend, directly to the client.
  *
- * The Go reference of the hash is lb's jhash tests.
+ * The Go reference of the hash is flowHash in lb/jhash_test.go.
  */
 
 #include "np_common.h"
