@@ -67,7 +67,7 @@ var layers = []layer{
 	{pkg: "flow/...", may: []string{"", "datapath/monitor", "identity/...", "internal/..."}, never: pure},
 	// bandwidth writes rates through datapath; datapath never imports it.
 	{pkg: "bandwidth/...", may: []string{"", "datapath/...", "identity/...", "policy/mapstate", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
-	{pkg: "lb/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
+	{pkg: "lb/...", may: []string{"", "datapath/monitor", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	{pkg: "ipam/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	{pkg: "internal/testutils/...", may: []string{"", "internal/..."}},
 	{pkg: "internal/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},

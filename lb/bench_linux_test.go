@@ -90,7 +90,7 @@ func BenchmarkConnect(b *testing.B) {
 		for k, n := range counts {
 			client := top.clients[1+k]
 			start := time.Now()
-			if err := kubeProxyRules(client, n, func(i int) netip.AddrPort { return vip(97, i) }, backends); err != nil {
+			if err := kubeProxyRules(client, "OUTPUT", n, func(i int) netip.AddrPort { return vip(97, i) }, backends); err != nil {
 				b.Fatalf("iptables-restore of %d services: %v", n, err)
 			}
 			b.Logf("iptables-restore of %d services took %s", n, time.Since(start).Round(time.Millisecond))
@@ -293,14 +293,15 @@ func serveAcceptClose(b *testing.B, top *topology) {
 }
 
 // kubeProxyRules loads n services into the nat table of ep's namespace the
-// way kube-proxy's iptables mode does: OUTPUT jumps to KUBE-SERVICES, which
+// way kube-proxy's iptables mode does: hook (OUTPUT for local clients, PREROUTING
+// for traffic a node forwards) jumps to KUBE-SERVICES, which
 // has one rule per service (in order) jumping to KUBE-SVC-<i>, which picks
 // an endpoint chain with -m statistic --mode random, which DNATs.
-func kubeProxyRules(ep *endpointNS, n int, vip func(int) netip.AddrPort, backends []Backend) error {
+func kubeProxyRules(ep *endpointNS, hook string, n int, vip func(int) netip.AddrPort, backends []Backend) error {
 	var rules bytes.Buffer
 	w := bufio.NewWriter(&rules)
 	fmt.Fprintln(w, "*nat")
-	fmt.Fprintln(w, ":OUTPUT ACCEPT [0:0]")
+	fmt.Fprintf(w, ":%s ACCEPT [0:0]\n", hook)
 	fmt.Fprintln(w, ":KUBE-SERVICES - [0:0]")
 	for i := range n {
 		fmt.Fprintf(w, ":KUBE-SVC-%d - [0:0]\n", i)
@@ -308,7 +309,7 @@ func kubeProxyRules(ep *endpointNS, n int, vip func(int) netip.AddrPort, backend
 			fmt.Fprintf(w, ":KUBE-SEP-%d-%d - [0:0]\n", i, j)
 		}
 	}
-	fmt.Fprintln(w, "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES")
+	fmt.Fprintf(w, "-A %s -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n", hook)
 	for i := range n {
 		v := vip(i)
 		fmt.Fprintf(w, "-A KUBE-SERVICES -d %s/32 -p tcp -m comment --comment \"svc %d\" -m tcp --dport %d -j KUBE-SVC-%d\n", v.Addr(), i, v.Port(), i)

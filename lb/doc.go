@@ -40,6 +40,32 @@
 //
 // [Model] is this decision procedure in Go, for tests and explanations.
 //
+// # North-south: packets from outside the node
+//
+// [NorthSouth] balances packets that arrive on a node's external interface
+// for a NodePort, LoadBalancer or external IP frontend, like Cilium's
+// nodeport XDP path. [NorthSouth.Attach] puts an XDP program on the
+// interface (native mode when the driver takes it, veth does; generic
+// otherwise) and a tc egress program beside it. The XDP program picks a
+// backend for each new flow with Maglev (lut[hash % M], Cilium's 5-tuple
+// hash and seed, so every node and Cilium pick the same backend) or at
+// random, records the flow in a conntrack map so that it stays on its
+// backend while the backend exists, rewrites the destination and lets the
+// stack route the packet. In DNAT mode the client address is kept:
+// backends must route replies back through the node, whose tc program
+// restores the frontend as their source. In SNAT mode
+// (NorthSouthConfig.SNATAddrs) packets leave with the node's address and a
+// NAT port, and the XDP program translates the replies back where they
+// arrive. In DSR mode (NorthSouthConfig.DSR) the packet carries the
+// frontend in Cilium's IPv4 option or IPv6 destination option, and a
+// NorthSouth on the backend's node ([NorthSouth.AttachDSRBackend]) sends
+// the replies from the frontend straight to the client. Backends that are
+// not active keep their flows and get no new ones. Drops carry Cilium's
+// reasons ([NorthSouth.Drops]). Service.ExternalTrafficLocal
+// (externalTrafficPolicy=Local) exempts a service from SNAT and DSR, so
+// its backends, the node's own, see the client. Session affinity is not
+// implemented on this path yet.
+//
 // # Lifetime
 //
 // [New] loads the programs, attaches them to a cgroup2 directory (they act

@@ -123,6 +123,11 @@ type Service struct {
 	// socket layer a client is a network namespace. Whole seconds, at most
 	// MaxSessionAffinity.
 	SessionAffinity time.Duration
+	// ExternalTrafficLocal is Kubernetes' externalTrafficPolicy=Local for
+	// [NorthSouth]: the service's backends are this node's own, and
+	// packets from outside reach them with the client's address (no SNAT,
+	// no DSR). The socket layer ignores it: its clients are on the node.
+	ExternalTrafficLocal bool
 }
 
 // MaxSessionAffinity is the longest session affinity timeout: Cilium keeps

@@ -39,6 +39,16 @@ const (
 	// drop horizon (package bandwidth, datapath/bpf/edt.h).
 	// DROP_EDT_HORIZON.
 	DropEDTHorizon DropReason = 162
+	// DropFragNoSupport: a fragment addressed to a load-balanced frontend;
+	// its ports are not known, so it cannot be balanced.
+	// DROP_FRAG_NOSUPPORT.
+	DropFragNoSupport DropReason = 157
+	// DropNoService: a packet to a load-balanced frontend that has no
+	// backend taking new flows. DROP_NO_SERVICE.
+	DropNoService DropReason = 158
+	// DropNATNoMapping: SNAT found no free NAT port for a new flow.
+	// DROP_NAT_NO_MAPPING.
+	DropNATNoMapping DropReason = 167
 	// DropFragmentNotFound: a later fragment of a datagram whose first
 	// fragment the datapath has not seen (lost, reordered, or evicted from
 	// the fragments map), so its ports are unknown. DROP_FRAG_NOT_FOUND.
@@ -77,6 +87,12 @@ func (r DropReason) String() string {
 		return "INVALID_IPV6_EXTENSION_HEADER"
 	case DropEDTHorizon:
 		return "REACHED_EDT_RATE_LIMITING_DROP_HORIZON"
+	case DropFragNoSupport:
+		return "IP_FRAGMENTATION_NOT_SUPPORTED"
+	case DropNoService:
+		return "SERVICE_BACKEND_NOT_FOUND"
+	case DropNATNoMapping:
+		return "NO_MAPPING_FOR_NAT_MASQUERADE"
 	case DropFragmentNotFound:
 		return "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND"
 	case DropPolicyDeny:

@@ -187,6 +187,7 @@ func TestProtoDropReasonNames(t *testing.T) {
 		monitor.DropUnknownTarget, monitor.DropCTCreateFailed, monitor.DropInvalidExtHeader,
 		monitor.DropFragmentNotFound, monitor.DropPolicyDeny, monitor.DropEndpointNotReady,
 		monitor.DropEDTHorizon,
+		monitor.DropFragNoSupport, monitor.DropNoService, monitor.DropNATNoMapping,
 	} {
 		got := Proto(&flow.Flow{DropReason: r}).GetDropReasonDesc()
 		if got.String() != r.String() {

@@ -1,0 +1,25 @@
+//go:build !linux
+
+package lb
+
+import (
+	"fmt"
+
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
+)
+
+// NorthSouth is north-south load balancing; it needs Linux.
+type NorthSouth struct{}
+
+var errNodePortNotLinux = fmt.Errorf("north-south load balancing needs Linux: %w", nodeplane.ErrNotSupported)
+
+// NewNorthSouth fails: north-south load balancing needs Linux.
+func NewNorthSouth(NorthSouthConfig) (*NorthSouth, error) { return nil, errNodePortNotLinux }
+
+func (*NorthSouth) Attach(int, AttachMode) (AttachMode, error)    { return 0, errNodePortNotLinux }
+func (*NorthSouth) Upsert(Service, []Backend) error               { return errNodePortNotLinux }
+func (*NorthSouth) AttachDSRBackend(int) error                    { return errNodePortNotLinux }
+func (*NorthSouth) Delete(Frontend) error                         { return errNodePortNotLinux }
+func (*NorthSouth) Drops() (map[monitor.DropReason]uint64, error) { return nil, errNodePortNotLinux }
+func (*NorthSouth) Close() error                                  { return nil }
