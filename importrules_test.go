@@ -63,11 +63,14 @@ var layers = []layer{
 	{pkg: "flow/...", may: []string{"", "datapath/monitor", "identity/...", "internal/..."}, never: pure},
 	{pkg: "lb/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	{pkg: "ipam/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
+	// overlay joins nodes: the registry and its syncer feed the ipcache,
+	// the tunnel device and its programs belong to the datapath.
+	{pkg: "overlay/...", may: []string{"", "identity/...", "ipam/...", "datapath/...", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	{pkg: "internal/testutils/...", may: []string{"", "internal/..."}},
 	{pkg: "internal/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus}},
 	// policytrace only parses and traces: no kernel code, no BPF object.
 	{pkg: "examples/policytrace", may: []string{"", "identity/...", "policy/..."}, never: kernel},
-	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "flow/...", "internal/...", "examples/internal/..."}},
+	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "overlay/...", "flow/...", "internal/...", "examples/internal/..."}},
 }
 
 // covers reports whether pattern (module-relative, "x/..." for a subtree)
