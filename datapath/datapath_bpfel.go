@@ -23,9 +23,11 @@ const (
 	datapathMapNpEventsLost       = "np_events_lost"
 	datapathMapNpFrags            = "np_frags"
 	datapathMapNpIpcache          = "np_ipcache"
+	datapathMapNpOverlayConfig    = "np_overlay_config"
 	datapathMapNpPolicy           = "np_policy"
 	datapathMapNpTraceConfig      = "np_trace_config"
 	datapathProgNpFromEndpoint    = "np_from_endpoint"
+	datapathProgNpFromOverlay     = "np_from_overlay"
 	datapathProgNpToEndpoint      = "np_to_endpoint"
 	datapathVarNpCtLifetimeClose  = "np_ct_lifetime_close"
 	datapathVarNpCtLifetimeNontcp = "np_ct_lifetime_nontcp"
@@ -79,6 +81,7 @@ type datapathSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
 	NpFromEndpoint *ebpf.ProgramSpec `ebpf:"np_from_endpoint"`
+	NpFromOverlay  *ebpf.ProgramSpec `ebpf:"np_from_overlay"`
 	NpToEndpoint   *ebpf.ProgramSpec `ebpf:"np_to_endpoint"`
 }
 
@@ -86,15 +89,16 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	NpConntrack   *ebpf.MapSpec `ebpf:"np_conntrack"`
-	NpCounters    *ebpf.MapSpec `ebpf:"np_counters"`
-	NpEndpoints   *ebpf.MapSpec `ebpf:"np_endpoints"`
-	NpEvents      *ebpf.MapSpec `ebpf:"np_events"`
-	NpEventsLost  *ebpf.MapSpec `ebpf:"np_events_lost"`
-	NpFrags       *ebpf.MapSpec `ebpf:"np_frags"`
-	NpIpcache     *ebpf.MapSpec `ebpf:"np_ipcache"`
-	NpPolicy      *ebpf.MapSpec `ebpf:"np_policy"`
-	NpTraceConfig *ebpf.MapSpec `ebpf:"np_trace_config"`
+	NpConntrack     *ebpf.MapSpec `ebpf:"np_conntrack"`
+	NpCounters      *ebpf.MapSpec `ebpf:"np_counters"`
+	NpEndpoints     *ebpf.MapSpec `ebpf:"np_endpoints"`
+	NpEvents        *ebpf.MapSpec `ebpf:"np_events"`
+	NpEventsLost    *ebpf.MapSpec `ebpf:"np_events_lost"`
+	NpFrags         *ebpf.MapSpec `ebpf:"np_frags"`
+	NpIpcache       *ebpf.MapSpec `ebpf:"np_ipcache"`
+	NpOverlayConfig *ebpf.MapSpec `ebpf:"np_overlay_config"`
+	NpPolicy        *ebpf.MapSpec `ebpf:"np_policy"`
+	NpTraceConfig   *ebpf.MapSpec `ebpf:"np_trace_config"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -130,15 +134,16 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	NpConntrack   *ebpf.Map `ebpf:"np_conntrack"`
-	NpCounters    *ebpf.Map `ebpf:"np_counters"`
-	NpEndpoints   *ebpf.Map `ebpf:"np_endpoints"`
-	NpEvents      *ebpf.Map `ebpf:"np_events"`
-	NpEventsLost  *ebpf.Map `ebpf:"np_events_lost"`
-	NpFrags       *ebpf.Map `ebpf:"np_frags"`
-	NpIpcache     *ebpf.Map `ebpf:"np_ipcache"`
-	NpPolicy      *ebpf.Map `ebpf:"np_policy"`
-	NpTraceConfig *ebpf.Map `ebpf:"np_trace_config"`
+	NpConntrack     *ebpf.Map `ebpf:"np_conntrack"`
+	NpCounters      *ebpf.Map `ebpf:"np_counters"`
+	NpEndpoints     *ebpf.Map `ebpf:"np_endpoints"`
+	NpEvents        *ebpf.Map `ebpf:"np_events"`
+	NpEventsLost    *ebpf.Map `ebpf:"np_events_lost"`
+	NpFrags         *ebpf.Map `ebpf:"np_frags"`
+	NpIpcache       *ebpf.Map `ebpf:"np_ipcache"`
+	NpOverlayConfig *ebpf.Map `ebpf:"np_overlay_config"`
+	NpPolicy        *ebpf.Map `ebpf:"np_policy"`
+	NpTraceConfig   *ebpf.Map `ebpf:"np_trace_config"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -150,6 +155,7 @@ func (m *datapathMaps) Close() error {
 		m.NpEventsLost,
 		m.NpFrags,
 		m.NpIpcache,
+		m.NpOverlayConfig,
 		m.NpPolicy,
 		m.NpTraceConfig,
 	)
@@ -173,12 +179,14 @@ type datapathVariables struct {
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
 	NpFromEndpoint *ebpf.Program `ebpf:"np_from_endpoint"`
+	NpFromOverlay  *ebpf.Program `ebpf:"np_from_overlay"`
 	NpToEndpoint   *ebpf.Program `ebpf:"np_to_endpoint"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.NpFromEndpoint,
+		p.NpFromOverlay,
 		p.NpToEndpoint,
 	)
 }

@@ -37,6 +37,7 @@ func TestMapLayouts(t *testing.T) {
 		{"np_policy_verdict_event", policyVerdictEvent{}},
 		{"np_trace_event", traceEvent{}},
 		{"np_trace_config", traceConfig{}},
+		{"np_overlay_config", overlayConfig{}},
 		{"__sk_buff", skbContext{}},
 	} {
 		t.Run(tc.c, func(t *testing.T) {
@@ -51,12 +52,13 @@ func TestMapLayouts(t *testing.T) {
 
 	// The maps use these types for their keys and values.
 	for name, kv := range map[string][2]string{
-		datapathMapNpEndpoints:   {"np_endpoint_key", "np_endpoint_info"},
-		datapathMapNpIpcache:     {"np_ipcache_key", "np_ipcache_info"},
-		datapathMapNpConntrack:   {"np_tuple", "np_ct_entry"},
-		datapathMapNpFrags:       {"np_frag_key", "np_frag_l4"},
-		datapathMapNpCounters:    {"", "np_counter"},
-		datapathMapNpTraceConfig: {"", "np_trace_config"},
+		datapathMapNpEndpoints:     {"np_endpoint_key", "np_endpoint_info"},
+		datapathMapNpIpcache:       {"np_ipcache_key", "np_ipcache_info"},
+		datapathMapNpConntrack:     {"np_tuple", "np_ct_entry"},
+		datapathMapNpFrags:         {"np_frag_key", "np_frag_l4"},
+		datapathMapNpCounters:      {"", "np_counter"},
+		datapathMapNpTraceConfig:   {"", "np_trace_config"},
+		datapathMapNpOverlayConfig: {"", "np_overlay_config"},
 	} {
 		m := spec.Maps[name]
 		if kv[0] != "" && m.Key.TypeName() != kv[0] {

@@ -20,6 +20,7 @@ type sharedMaps struct {
 	eventsLost *ebpf.Map
 	events     *ebpf.Map
 	trace      *ebpf.Map // np_trace_config
+	overlay    *ebpf.Map // np_overlay_config (overlay.go)
 	// records is Go's own map of endpoint records (record.go); the
 	// programs do not use it.
 	records *ebpf.Map
@@ -27,15 +28,16 @@ type sharedMaps struct {
 
 func (m *sharedMaps) byName() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
-		datapathMapNpEndpoints:   &m.endpoints,
-		datapathMapNpIpcache:     &m.ipcache,
-		datapathMapNpConntrack:   &m.conntrack,
-		datapathMapNpFrags:       &m.frags,
-		datapathMapNpPolicy:      &m.policy,
-		datapathMapNpCounters:    &m.counters,
-		datapathMapNpEventsLost:  &m.eventsLost,
-		datapathMapNpEvents:      &m.events,
-		datapathMapNpTraceConfig: &m.trace,
+		datapathMapNpEndpoints:     &m.endpoints,
+		datapathMapNpIpcache:       &m.ipcache,
+		datapathMapNpConntrack:     &m.conntrack,
+		datapathMapNpFrags:         &m.frags,
+		datapathMapNpPolicy:        &m.policy,
+		datapathMapNpCounters:      &m.counters,
+		datapathMapNpEventsLost:    &m.eventsLost,
+		datapathMapNpEvents:        &m.events,
+		datapathMapNpTraceConfig:   &m.trace,
+		datapathMapNpOverlayConfig: &m.overlay,
 	}
 }
 
@@ -157,6 +159,8 @@ func (p *endpointPrograms) close() error {
 func loadEndpointPrograms(spec *ebpf.CollectionSpec, maps *sharedMaps, cfg EndpointConfig) (*endpointPrograms, error) {
 	id := cfg.ID
 	spec = spec.Copy()
+	// The tunnel device's program is loaded once per node (overlay.go).
+	delete(spec.Programs, datapathProgNpFromOverlay)
 	// Addresses go in as bytes: they stay in network byte order.
 	var v4 [4]byte
 	var v6 [16]byte

@@ -15,19 +15,19 @@ import (
 type Mode uint8
 
 const (
-	// Tunnel encapsulates it (VXLAN): ipcache entries of remote pod CIDRs
+	// ModeTunnel encapsulates it (VXLAN): ipcache entries of remote pod CIDRs
 	// carry the node's underlay address as tunnel endpoint.
-	Tunnel Mode = iota
-	// Native routes it unencapsulated through the node's routing table:
+	ModeTunnel Mode = iota
+	// ModeNative routes it unencapsulated through the node's routing table:
 	// the entries carry no tunnel endpoint.
-	Native
+	ModeNative
 )
 
 func (m Mode) String() string {
 	switch m {
-	case Tunnel:
+	case ModeTunnel:
 		return "tunnel"
-	case Native:
+	case ModeNative:
 		return "native"
 	}
 	return fmt.Sprintf("Mode(%d)", uint8(m))
@@ -42,7 +42,7 @@ type SyncerConfig struct {
 	// LocalNode is this node's name; its own entry is not synced (its pods
 	// are local endpoints). Required.
 	LocalNode string
-	// Mode says whether entries carry tunnel endpoints; zero is Tunnel.
+	// Mode says whether entries carry tunnel endpoints; zero is ModeTunnel.
 	Mode Mode
 }
 
@@ -50,7 +50,7 @@ type SyncerConfig struct {
 // node manager does: for every other node,
 //
 //   - each pod CIDR maps to reserved:world with the node's underlay
-//     address as tunnel endpoint (in [Tunnel] mode). The CIDR entry says
+//     address as tunnel endpoint (in [ModeTunnel]). The CIDR entry says
 //     only where the prefix lives; the pods' own identities come from
 //     their /32 and /128 entries (the identity allocator's business), and
 //     on the wire from the tunnel's VNI;
@@ -73,7 +73,7 @@ func NewSyncer(cfg SyncerConfig) (*Syncer, error) {
 		return nil, fmt.Errorf("new syncer: IPCache is nil: %w", ErrInvalidConfig)
 	case cfg.LocalNode == "":
 		return nil, fmt.Errorf("new syncer: LocalNode is empty: %w", ErrInvalidConfig)
-	case cfg.Mode > Native:
+	case cfg.Mode > ModeNative:
 		return nil, fmt.Errorf("new syncer: %v: %w", cfg.Mode, ErrInvalidConfig)
 	}
 	return &Syncer{cfg: cfg, owned: make(map[string]map[netip.Prefix]ipcache.Entry)}, nil
@@ -84,7 +84,7 @@ func (s *Syncer) Entries(n Node) map[netip.Prefix]ipcache.Entry {
 	out := make(map[netip.Prefix]ipcache.Entry, len(n.PodCIDRs)+len(n.Addresses))
 	for _, p := range n.PodCIDRs {
 		e := ipcache.Entry{Identity: identity.ReservedWorld}
-		if s.cfg.Mode == Tunnel {
+		if s.cfg.Mode == ModeTunnel {
 			e.TunnelEndpoint = n.Address(p.Addr().Is4())
 		}
 		out[p] = e

@@ -123,7 +123,7 @@ func TestSyncer(t *testing.T) {
 	if err := r.Register(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	runSyncer(t, r, c, "node-a", overlay.Tunnel)
+	runSyncer(t, r, c, "node-a", overlay.ModeTunnel)
 
 	want := map[netip.Prefix]ipcache.Entry{
 		pod:                    {Identity: 1000},
@@ -183,7 +183,7 @@ func TestSyncerNative(t *testing.T) {
 	if err := r.Register(context.Background(), registrytest.Node("node-b", []string{"192.168.0.2"}, "10.1.1.0/24")); err != nil {
 		t.Fatal(err)
 	}
-	runSyncer(t, r, c, "node-a", overlay.Native)
+	runSyncer(t, r, c, "node-a", overlay.ModeNative)
 	waitFor(t, c, map[netip.Prefix]ipcache.Entry{pfx("10.1.1.0/24"): world(""), pfx("192.168.0.2/32"): remoteNode})
 }
 

@@ -186,6 +186,7 @@ func TestProtoDropReasonNames(t *testing.T) {
 		monitor.DropCTInvalidHeader, monitor.DropCTUnknownProto, monitor.DropUnknownL3,
 		monitor.DropUnknownTarget, monitor.DropCTCreateFailed, monitor.DropInvalidExtHeader,
 		monitor.DropFragmentNotFound, monitor.DropPolicyDeny, monitor.DropEndpointNotReady,
+		monitor.DropWriteError, monitor.DropNoTunnelKey, monitor.DropInvalidIdentity, monitor.DropUnknownSender,
 	} {
 		got := Proto(&flow.Flow{DropReason: r}).GetDropReasonDesc()
 		if got.String() != r.String() {

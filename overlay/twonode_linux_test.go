@@ -1,0 +1,428 @@
+package overlay_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"github.com/cilium/ebpf"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
+	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
+	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/internal/testutils/etcdtest"
+	"github.com/nodeplane/nodeplane/overlay"
+	"github.com/nodeplane/nodeplane/overlay/etcdnodes"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
+)
+
+func nsPath(ns *testutils.NetNS) string { return fmt.Sprintf("/proc/self/fd/%d", ns.FD()) }
+
+// testNode is one simulated node: a namespace with a datapath, a tunnel
+// device, an ipcache fed by a syncer from the etcd registry, and an
+// underlay address.
+type testNode struct {
+	name     string
+	ns       *testutils.NetNS
+	d        *datapath.Datapath
+	tunnel   *overlay.Tunnel
+	ipc      *ipcache.IPCache
+	underlay netip.Addr
+	podCIDR  netip.Prefix
+	events   *datapath.EventReader
+}
+
+func newTestNode(t *testing.T, name string, ns *testutils.NetNS, underlay netip.Addr, podCIDR netip.Prefix, reg *etcdnodes.Registry) *testNode {
+	t.Helper()
+	n := &testNode{name: name, ns: ns, underlay: underlay, podCIDR: podCIDR}
+	var err error
+	n.d, err = datapath.New(datapath.Config{
+		NodeNetNS: nsPath(ns), ConntrackMaxEntries: 4096, IPCacheMaxEntries: 4096,
+		MonitorAggregation: monitor.AggregationNone,
+	})
+	testutils.SkipIfNotSupported(t, err)
+	t.Cleanup(func() {
+		if err := n.d.Close(); err != nil {
+			t.Errorf("close datapath of %s: %v", name, err)
+		}
+	})
+	n.tunnel, err = overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(ns)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.tunnel.Close() })
+	ov, err := n.d.AttachOverlay(n.tunnel.Ifindex())
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			for _, l := range ve.Log[max(0, len(ve.Log)-60):] {
+				t.Log(l)
+			}
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ov.Close() })
+	n.ipc = ipcache.New()
+	if err := n.ipc.AddWriter(n.d.IPCache()); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Register(context.Background(), overlay.Node{Name: name, Addresses: []netip.Addr{underlay}, PodCIDRs: []netip.Prefix{podCIDR}}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := overlay.NewSyncer(overlay.SyncerConfig{Registry: reg, IPCache: n.ipc, LocalNode: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("syncer of %s: %v", name, err)
+		}
+	})
+	n.events, err = n.d.NewEventReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.events.Close() })
+	return n
+}
+
+type testPod struct {
+	ns   *testutils.NetNS
+	ep   *datapath.Endpoint
+	addr netip.Addr
+}
+
+func (n *testNode) addPod(t *testing.T, id datapath.EndpointID, ident identity.ID, addr netip.Addr) *testPod {
+	t.Helper()
+	p := &testPod{ns: testutils.NewNetNS(t), addr: addr}
+	var err error
+	p.ep, err = n.d.AddEndpoint(datapath.EndpointConfig{
+		ID: id, Identity: ident, IPv4: addr, NetNS: nsPath(p.ns), MTU: n.tunnel.PodMTU(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.ipc.Upsert(netip.PrefixFrom(addr, 32), ipcache.Entry{Identity: ident}); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// waitFor polls cond for up to 20s.
+func waitCond(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// echo connects from pod to addr:port, sends a line and reads it back.
+func echo(pod *testPod, addr netip.Addr, port uint16) error {
+	var c net.Conn
+	err := pod.ns.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(addr, port).String(), 2*time.Second)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	msg := []byte("hello over the overlay\n")
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != string(msg) {
+		return fmt.Errorf("echo returned %q", buf)
+	}
+	return nil
+}
+
+// vxlanCapture reads the frames of an interface with an AF_PACKET socket
+// in its namespace and records the VNI of every VXLAN packet by outer
+// source address: an observer independent of the datapath.
+type vxlanCapture struct {
+	mu   sync.Mutex
+	vnis map[netip.Addr]map[uint32]int
+	fd   int
+}
+
+func captureVXLAN(t *testing.T, ns *testutils.NetNS, ifname string, port uint16) *vxlanCapture {
+	t.Helper()
+	c := &vxlanCapture{vnis: map[netip.Addr]map[uint32]int{}}
+	err := ns.Do(func() error {
+		l, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		proto := int(htons(unix.ETH_P_ALL))
+		c.fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, proto)
+		if err != nil {
+			return err
+		}
+		return unix.Bind(c.fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: l.Attrs().Index})
+	})
+	if err != nil {
+		t.Fatalf("capture on %s: %v", ifname, err)
+	}
+	tv := unix.Timeval{Usec: 100000}
+	_ = unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		buf := make([]byte, 65536)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			n, _, err := unix.Recvfrom(c.fd, buf, 0)
+			if err != nil {
+				continue
+			}
+			c.parse(buf[:n], port)
+		}
+	}()
+	t.Cleanup(func() { close(done); <-stopped; unix.Close(c.fd) })
+	return c
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// parse records Ethernet / IPv4 / UDP to port / VXLAN.
+func (c *vxlanCapture) parse(f []byte, port uint16) {
+	if len(f) < 14+20+8+8 || binary.BigEndian.Uint16(f[12:]) != unix.ETH_P_IP {
+		return
+	}
+	ip := f[14:]
+	ihl := int(ip[0]&0xf) * 4
+	if ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+16 {
+		return
+	}
+	udp := ip[ihl:]
+	if binary.BigEndian.Uint16(udp[2:]) != port {
+		return
+	}
+	vx := udp[8:]
+	if vx[0]&0x08 == 0 { // I flag: VNI valid
+		return
+	}
+	vni := uint32(vx[4])<<16 | uint32(vx[5])<<8 | uint32(vx[6])
+	src := netip.AddrFrom4([4]byte(ip[12:16]))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.vnis[src] == nil {
+		c.vnis[src] = map[uint32]int{}
+	}
+	c.vnis[src][vni]++
+}
+
+func (c *vxlanCapture) seen(src netip.Addr) map[uint32]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[uint32]int{}
+	for k, v := range c.vnis[src] {
+		out[k] = v
+	}
+	return out
+}
+
+// waitDrop reads n's events until a drop that match accepts.
+func (n *testNode) waitDrop(t *testing.T, match func(*datapath.DropEvent) bool) *datapath.DropEvent {
+	t.Helper()
+	n.events.SetDeadline(time.Now().Add(5 * time.Second))
+	for {
+		ev, err := n.events.Read()
+		if err != nil {
+			t.Fatalf("%s: no matching drop: %v", n.name, err)
+		}
+		if e, ok := ev.(*datapath.DropEvent); ok && match(e) {
+			return e
+		}
+	}
+}
+
+// TestPrivilegedTwoNodes: two nodes (namespaces) joined by a veth
+// underlay, registered in etcd. A pod on A reaches a pod on B over VXLAN;
+// the underlay carries VXLAN whose VNI is the sender's identity (seen by
+// an AF_PACKET capture); B's ingress policy admits one identity of A and
+// drops another with POLICY_DENIED in B's events; a packet from an
+// underlay address no node registered is dropped with UNKNOWN_SENDER.
+func TestPrivilegedTwoNodes(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	srv := etcdtest.Start(t)
+	prefix := "/twonodes/"
+	reg := func() *etcdnodes.Registry {
+		r, err := etcdnodes.New(context.Background(), etcdnodes.Config{Client: srv.Client(t), Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		return r
+	}
+
+	nsA, nsB := testutils.NewNetNS(t), testutils.NewNetNS(t)
+	ul := testutils.NewVeth(t, nsA, "ul0", nsB, "ul0")
+	addrA, addrB := netip.MustParseAddr("192.168.50.1"), netip.MustParseAddr("192.168.50.2")
+	for _, x := range []struct {
+		ns   *testutils.NetNS
+		addr netip.Addr
+	}{{nsA, addrA}, {nsB, addrB}} {
+		nl := x.ns.Netlink(t)
+		l, err := nl.LinkByName("ul0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: x.addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = ul
+
+	a := newTestNode(t, "node-a", nsA, addrA, netip.MustParsePrefix("10.1.0.0/24"), reg())
+	b := newTestNode(t, "node-b", nsB, addrB, netip.MustParsePrefix("10.1.1.0/24"), reg())
+	if got := a.tunnel.PodMTU(); got != 1450 {
+		t.Errorf("pod MTU %d, want 1500 - 50", got)
+	}
+
+	const (
+		idFrontend identity.ID = 1001
+		idOther    identity.ID = 1002
+		idBackend  identity.ID = 2001
+	)
+	front := a.addPod(t, 1, idFrontend, netip.MustParseAddr("10.1.0.10"))
+	other := a.addPod(t, 2, idOther, netip.MustParseAddr("10.1.0.11"))
+	back := b.addPod(t, 1, idBackend, netip.MustParseAddr("10.1.1.10"))
+
+	// Pods on A may send anywhere: B's pods are behind the CIDR entry
+	// (reserved:world) on A. B's backend admits the frontend on 8080 only.
+	for _, p := range []*testPod{front, other} {
+		if err := p.ep.Policy().Apply(map[mapstate.Key]mapstate.Entry{
+			{Identity: identity.ReservedWorld, Direction: mapstate.Egress}: {},
+		}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := back.ep.Policy().Apply(map[mapstate.Key]mapstate.Entry{
+		{Identity: idFrontend, Direction: mapstate.Ingress, Protocol: 6, Port: 8080, PortPrefixLen: 16}: {},
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	testutils.ServeEcho(t, back.ns, "tcp4", "10.1.1.10:8080")
+
+	// Each node's syncer has written the other's pod CIDR with its tunnel
+	// endpoint.
+	waitCond(t, "node-a's ipcache to know node-b", func() bool {
+		e, ok := a.ipc.Get(b.podCIDR)
+		return ok && e.TunnelEndpoint == addrB
+	})
+	waitCond(t, "node-b's ipcache to know node-a", func() bool {
+		e, ok := b.ipc.Get(a.podCIDR)
+		return ok && e.TunnelEndpoint == addrA
+	})
+
+	capB := captureVXLAN(t, nsB, "ul0", overlay.DefaultVXLANPort)
+
+	for i := range 5 {
+		if err := echo(front, back.addr, 8080); err != nil {
+			t.Fatalf("frontend on A to backend on B, connection %d: %v", i, err)
+		}
+	}
+	waitCond(t, "the capture to see the frontend's VNI", func() bool { return capB.seen(addrA)[uint32(idFrontend)] > 0 })
+	if got := capB.seen(addrA); len(got) != 1 {
+		t.Errorf("VNIs from node-a on the underlay: %v, want only %d", got, idFrontend)
+	}
+	if got := capB.seen(addrB); len(got) != 1 || got[uint32(idBackend)] == 0 {
+		t.Errorf("VNIs from node-b on the underlay: %v, want only %d", got, idBackend)
+	}
+	t.Logf("underlay VNIs: from A %v, from B %v", capB.seen(addrA), capB.seen(addrB))
+
+	// The other identity is dropped by B's ingress policy, in B's events.
+	if err := echo(other, back.addr, 8080); err == nil {
+		t.Fatal("the other identity reached the backend")
+	}
+	e := b.waitDrop(t, func(e *datapath.DropEvent) bool {
+		return e.HasTuple && e.Tuple.Src == other.addr && e.Tuple.Dst == back.addr
+	})
+	if e.Reason != monitor.DropPolicyDenied || e.SrcIdentity != idOther || e.DstIdentity != idBackend || e.Hook != datapath.FromOverlay || e.Direction != mapstate.Ingress {
+		t.Errorf("drop on B: reason %v, identities %d -> %d, hook %v, direction %v", e.Reason, e.SrcIdentity, e.DstIdentity, e.Hook, e.Direction)
+	}
+	if got := capB.seen(addrA); got[uint32(idOther)] == 0 {
+		t.Errorf("the other identity's SYN crossed the underlay without its VNI: %v", got)
+	}
+
+	// Bad input: hand-made VXLAN packets to B's tunnel port. From an
+	// underlay address no node registered: UNKNOWN_SENDER; from node-a
+	// with VNI 0 or host (1): INVALID_IDENTITY. None reaches the backend.
+	rogue := netip.MustParseAddr("192.168.50.9")
+	nlA := nsA.Netlink(t)
+	ulA, err := nlA.LinkByName("ul0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nlA.AddrAdd(ulA, &netlink.Addr{IPNet: &net.IPNet{IP: rogue.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	for i, tc := range []struct {
+		from   netip.Addr
+		vni    uint32
+		reason monitor.DropReason
+	}{
+		{rogue, uint32(idFrontend), monitor.DropUnknownSender},
+		{addrA, 0, monitor.DropInvalidIdentity},
+		{addrA, uint32(identity.ReservedHost), monitor.DropInvalidIdentity},
+	} {
+		sport := uint16(40000 + i)
+		inner, err := datapath.TestPacket{Src: front.addr, Dst: back.addr, Proto: 6, SrcPort: sport, DstPort: 8080}.Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		vx := make([]byte, 8, 8+len(inner))
+		vx[0] = 0x08
+		vx[4], vx[5], vx[6] = byte(tc.vni>>16), byte(tc.vni>>8), byte(tc.vni)
+		vx = append(vx, inner...)
+		err = nsA.Do(func() error {
+			c, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(tc.from, 0)), net.UDPAddrFromAddrPort(netip.AddrPortFrom(addrB, overlay.DefaultVXLANPort)))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Write(vx)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := b.waitDrop(t, func(e *datapath.DropEvent) bool {
+			return e.HasTuple && e.Tuple.SrcPort == sport && e.Tuple.Dst == back.addr
+		})
+		if e.Reason != tc.reason || e.Hook != datapath.FromOverlay {
+			t.Errorf("VNI %d from %v: dropped with %v at %v, want %v at from-overlay", tc.vni, tc.from, e.Reason, e.Hook, tc.reason)
+		}
+	}
+}
