@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
 )
@@ -98,61 +97,17 @@ func (s *Syncer) Entries(n Node) map[netip.Prefix]ipcache.Entry {
 // Run follows the registry until ctx is done (returning nil) or the
 // watch fails. On return the entries it wrote stay in the ipcache; a new
 // Run picks them up. A watcher that falls behind is restarted from a
-// fresh snapshot.
+// fresh snapshot. Run must not be called concurrently with itself.
 func (s *Syncer) Run(ctx context.Context) error {
-	for {
-		nodes, w, err := s.cfg.Registry.Watch(ctx)
-		if err != nil {
-			return fmt.Errorf("overlay syncer: %w", err)
-		}
-		err = s.follow(ctx, nodes, w)
-		w.Close()
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case errors.Is(err, identity.ErrWatcherOverflow):
-			continue
-		default:
-			return err
-		}
-	}
+	return follow(ctx, s.cfg.Registry, s)
 }
 
-func (s *Syncer) follow(ctx context.Context, nodes []Node, w *identity.Watcher[Event]) error {
-	seen := make(map[string]bool, len(nodes))
-	for _, n := range nodes {
-		seen[n.Name] = true
-		if err := s.apply(n); err != nil {
-			return err
-		}
-	}
+func (s *Syncer) known() []string {
+	names := make([]string, 0, len(s.owned))
 	for name := range s.owned {
-		if !seen[name] {
-			if err := s.remove(name); err != nil {
-				return err
-			}
-		}
+		names = append(names, name)
 	}
-	for {
-		ev, err := w.Next(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if errors.Is(err, nodeplane.ErrClosed) {
-				return fmt.Errorf("overlay syncer: registry watch ended: %w", err)
-			}
-			return err
-		}
-		if ev.Deleted {
-			err = s.remove(ev.Node.Name)
-		} else {
-			err = s.apply(ev.Node)
-		}
-		if err != nil {
-			return err
-		}
-	}
+	return names
 }
 
 func (s *Syncer) apply(n Node) error {

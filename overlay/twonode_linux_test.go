@@ -3,12 +3,11 @@ package overlay_test
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"github.com/cilium/ebpf"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -41,11 +40,13 @@ type testNode struct {
 	underlay netip.Addr
 	podCIDR  netip.Prefix
 	events   *datapath.EventReader
+	mode     overlay.Mode
+	podMTU   int
 }
 
-func newTestNode(t *testing.T, name string, ns *testutils.NetNS, underlay netip.Addr, podCIDR netip.Prefix, reg *etcdnodes.Registry) *testNode {
+func newTestNode(t *testing.T, mode overlay.Mode, name string, ns *testutils.NetNS, underlay netip.Addr, podCIDR netip.Prefix, reg *etcdnodes.Registry) *testNode {
 	t.Helper()
-	n := &testNode{name: name, ns: ns, underlay: underlay, podCIDR: podCIDR}
+	n := &testNode{name: name, ns: ns, underlay: underlay, podCIDR: podCIDR, mode: mode, podMTU: 1500}
 	var err error
 	n.d, err = datapath.New(datapath.Config{
 		NodeNetNS: nsPath(ns), ConntrackMaxEntries: 4096, IPCacheMaxEntries: 4096,
@@ -57,22 +58,11 @@ func newTestNode(t *testing.T, name string, ns *testutils.NetNS, underlay netip.
 			t.Errorf("close datapath of %s: %v", name, err)
 		}
 	})
-	n.tunnel, err = overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(ns)})
-	if err != nil {
-		t.Fatal(err)
+	if mode == overlay.ModeTunnel {
+		n.attachTunnel(t)
+	} else {
+		n.startRouter(t, reg)
 	}
-	t.Cleanup(func() { n.tunnel.Close() })
-	ov, err := n.d.AttachOverlay(n.tunnel.Ifindex())
-	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			for _, l := range ve.Log[max(0, len(ve.Log)-60):] {
-				t.Log(l)
-			}
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ov.Close() })
 	n.ipc = ipcache.New()
 	if err := n.ipc.AddWriter(n.d.IPCache()); err != nil {
 		t.Fatal(err)
@@ -80,7 +70,7 @@ func newTestNode(t *testing.T, name string, ns *testutils.NetNS, underlay netip.
 	if err := reg.Register(context.Background(), overlay.Node{Name: name, Addresses: []netip.Addr{underlay}, PodCIDRs: []netip.Prefix{podCIDR}}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := overlay.NewSyncer(overlay.SyncerConfig{Registry: reg, IPCache: n.ipc, LocalNode: name})
+	s, err := overlay.NewSyncer(overlay.SyncerConfig{Registry: reg, IPCache: n.ipc, LocalNode: name, Mode: mode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,6 +91,51 @@ func newTestNode(t *testing.T, name string, ns *testutils.NetNS, underlay netip.
 	return n
 }
 
+func (n *testNode) attachTunnel(t *testing.T) {
+	t.Helper()
+	var err error
+	n.tunnel, err = overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(n.ns)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.tunnel.Close() })
+	ov, err := n.d.AttachOverlay(n.tunnel.Ifindex())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ov.Close() })
+	n.podMTU = n.tunnel.PodMTU()
+}
+
+// startRouter runs native routing: the node forwards, and a Router keeps
+// routes to the other nodes' pod CIDRs.
+func (n *testNode) startRouter(t *testing.T, reg overlay.Registry) {
+	t.Helper()
+	err := n.ns.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := overlay.NewRouter(overlay.RouterConfig{Registry: reg, LocalNode: n.name, NodeNetNS: nsPath(n.ns)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("router of %s: %v", n.name, err)
+		}
+		if err := r.Flush(); err != nil {
+			t.Errorf("flush routes of %s: %v", n.name, err)
+		}
+		r.Close()
+	})
+}
+
 type testPod struct {
 	ns   *testutils.NetNS
 	ep   *datapath.Endpoint
@@ -112,7 +147,7 @@ func (n *testNode) addPod(t *testing.T, id datapath.EndpointID, ident identity.I
 	p := &testPod{ns: testutils.NewNetNS(t), addr: addr}
 	var err error
 	p.ep, err = n.d.AddEndpoint(datapath.EndpointConfig{
-		ID: id, Identity: ident, IPv4: addr, NetNS: nsPath(p.ns), MTU: n.tunnel.PodMTU(),
+		ID: id, Identity: ident, IPv4: addr, NetNS: nsPath(p.ns), MTU: n.podMTU,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -165,14 +200,15 @@ func echo(pod *testPod, addr netip.Addr, port uint16) error {
 // in its namespace and records the VNI of every VXLAN packet by outer
 // source address: an observer independent of the datapath.
 type vxlanCapture struct {
-	mu   sync.Mutex
-	vnis map[netip.Addr]map[uint32]int
-	fd   int
+	mu    sync.Mutex
+	vnis  map[netip.Addr]map[uint32]int
+	plain map[[2]netip.Addr]int // unencapsulated IPv4 packets by source and destination
+	fd    int
 }
 
 func captureVXLAN(t *testing.T, ns *testutils.NetNS, ifname string, port uint16) *vxlanCapture {
 	t.Helper()
-	c := &vxlanCapture{vnis: map[netip.Addr]map[uint32]int{}}
+	c := &vxlanCapture{vnis: map[netip.Addr]map[uint32]int{}, plain: map[[2]netip.Addr]int{}}
 	err := ns.Do(func() error {
 		l, err := netlink.LinkByName(ifname)
 		if err != nil {
@@ -221,6 +257,10 @@ func (c *vxlanCapture) parse(f []byte, port uint16) {
 	}
 	ip := f[14:]
 	ihl := int(ip[0]&0xf) * 4
+	src, dst := netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
+	c.mu.Lock()
+	c.plain[[2]netip.Addr{src, dst}]++
+	c.mu.Unlock()
 	if ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+16 {
 		return
 	}
@@ -233,7 +273,6 @@ func (c *vxlanCapture) parse(f []byte, port uint16) {
 		return
 	}
 	vni := uint32(vx[4])<<16 | uint32(vx[5])<<8 | uint32(vx[6])
-	src := netip.AddrFrom4([4]byte(ip[12:16]))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.vnis[src] == nil {
@@ -250,6 +289,28 @@ func (c *vxlanCapture) seen(src netip.Addr) map[uint32]int {
 		out[k] = v
 	}
 	return out
+}
+
+func (c *vxlanCapture) plainCount(src, dst netip.Addr) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.plain[[2]netip.Addr{src, dst}]
+}
+
+// waitTrace reads n's events until a trace of a packet from src to dst
+// at point.
+func (n *testNode) waitTrace(t *testing.T, point monitor.ObservationPoint, src, dst netip.Addr) {
+	t.Helper()
+	n.events.SetDeadline(time.Now().Add(5 * time.Second))
+	for {
+		ev, err := n.events.Read()
+		if err != nil {
+			t.Fatalf("%s: no trace at %v of %v -> %v: %v", n.name, point, src, dst, err)
+		}
+		if e, ok := ev.(*datapath.TraceEvent); ok && e.Point == point && e.Tuple.Src == src && e.Tuple.Dst == dst {
+			return
+		}
+	}
 }
 
 // waitDrop reads n's events until a drop that match accepts.
@@ -271,28 +332,58 @@ func (n *testNode) waitDrop(t *testing.T, match func(*datapath.DropEvent) bool) 
 // underlay, registered in etcd. A pod on A reaches a pod on B over VXLAN;
 // the underlay carries VXLAN whose VNI is the sender's identity (seen by
 // an AF_PACKET capture); B's ingress policy admits one identity of A and
-// drops another with POLICY_DENIED in B's events; a packet from an
-// underlay address no node registered is dropped with UNKNOWN_SENDER.
+// drops another with POLICY_DENIED in B's events; hand-made VXLAN packets
+// from an underlay address no node registered, or with VNI 0 or host,
+// are dropped with UNKNOWN_SENDER and INVALID_IDENTITY.
 func TestPrivilegedTwoNodes(t *testing.T) {
+	w := newTwoNodes(t, overlay.ModeTunnel)
+	w.checkTraffic(t)
+	w.checkBadVXLAN(t)
+}
+
+// TestPrivilegedTwoNodesNative: the same nodes in native-routing mode:
+// routes to the other node's pod CIDR via netlink, no encapsulation (the
+// capture sees the pods' own packets), identities from the ipcache.
+func TestPrivilegedTwoNodesNative(t *testing.T) {
+	w := newTwoNodes(t, overlay.ModeNative)
+	w.checkTraffic(t)
+}
+
+const (
+	idFrontend identity.ID = 1001
+	idOther    identity.ID = 1002
+	idBackend  identity.ID = 2001
+)
+
+type twoNodes struct {
+	mode               overlay.Mode
+	nsA, nsB           *testutils.NetNS
+	addrA, addrB       netip.Addr
+	a, b               *testNode
+	front, other, back *testPod
+	capB               *vxlanCapture
+}
+
+func newTwoNodes(t *testing.T, mode overlay.Mode) *twoNodes {
 	testutils.RequirePrivileged(t)
 	srv := etcdtest.Start(t)
-	prefix := "/twonodes/"
 	reg := func() *etcdnodes.Registry {
-		r, err := etcdnodes.New(context.Background(), etcdnodes.Config{Client: srv.Client(t), Prefix: prefix})
+		r, err := etcdnodes.New(context.Background(), etcdnodes.Config{Client: srv.Client(t), Prefix: "/twonodes/"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { r.Close() })
 		return r
 	}
-
-	nsA, nsB := testutils.NewNetNS(t), testutils.NewNetNS(t)
-	ul := testutils.NewVeth(t, nsA, "ul0", nsB, "ul0")
-	addrA, addrB := netip.MustParseAddr("192.168.50.1"), netip.MustParseAddr("192.168.50.2")
+	w := &twoNodes{
+		mode: mode, nsA: testutils.NewNetNS(t), nsB: testutils.NewNetNS(t),
+		addrA: netip.MustParseAddr("192.168.50.1"), addrB: netip.MustParseAddr("192.168.50.2"),
+	}
+	testutils.NewVeth(t, w.nsA, "ul0", w.nsB, "ul0")
 	for _, x := range []struct {
 		ns   *testutils.NetNS
 		addr netip.Addr
-	}{{nsA, addrA}, {nsB, addrB}} {
+	}{{w.nsA, w.addrA}, {w.nsB, w.addrB}} {
 		nl := x.ns.Netlink(t)
 		l, err := nl.LinkByName("ul0")
 		if err != nil {
@@ -302,80 +393,121 @@ func TestPrivilegedTwoNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_ = ul
 
-	a := newTestNode(t, "node-a", nsA, addrA, netip.MustParsePrefix("10.1.0.0/24"), reg())
-	b := newTestNode(t, "node-b", nsB, addrB, netip.MustParsePrefix("10.1.1.0/24"), reg())
-	if got := a.tunnel.PodMTU(); got != 1450 {
-		t.Errorf("pod MTU %d, want 1500 - 50", got)
+	w.a = newTestNode(t, mode, "node-a", w.nsA, w.addrA, netip.MustParsePrefix("10.1.0.0/24"), reg())
+	w.b = newTestNode(t, mode, "node-b", w.nsB, w.addrB, netip.MustParsePrefix("10.1.1.0/24"), reg())
+	wantMTU := 1500
+	if mode == overlay.ModeTunnel {
+		wantMTU = 1450
+	}
+	if w.a.podMTU != wantMTU {
+		t.Errorf("pod MTU %d, want %d", w.a.podMTU, wantMTU)
 	}
 
-	const (
-		idFrontend identity.ID = 1001
-		idOther    identity.ID = 1002
-		idBackend  identity.ID = 2001
-	)
-	front := a.addPod(t, 1, idFrontend, netip.MustParseAddr("10.1.0.10"))
-	other := a.addPod(t, 2, idOther, netip.MustParseAddr("10.1.0.11"))
-	back := b.addPod(t, 1, idBackend, netip.MustParseAddr("10.1.1.10"))
+	w.front = w.a.addPod(t, 1, idFrontend, netip.MustParseAddr("10.1.0.10"))
+	w.other = w.a.addPod(t, 2, idOther, netip.MustParseAddr("10.1.0.11"))
+	w.back = w.b.addPod(t, 1, idBackend, netip.MustParseAddr("10.1.1.10"))
+	if mode == overlay.ModeNative {
+		// Without a tunnel, B learns the identities of A's pods from its
+		// ipcache: what Cilium's kvstore distributes, written here by hand.
+		for _, p := range []*testPod{w.front, w.other} {
+			if err := w.b.ipc.Upsert(netip.PrefixFrom(p.addr, 32), ipcache.Entry{Identity: p.ep.Identity()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 
 	// Pods on A may send anywhere: B's pods are behind the CIDR entry
 	// (reserved:world) on A. B's backend admits the frontend on 8080 only.
-	for _, p := range []*testPod{front, other} {
+	for _, p := range []*testPod{w.front, w.other} {
 		if err := p.ep.Policy().Apply(map[mapstate.Key]mapstate.Entry{
 			{Identity: identity.ReservedWorld, Direction: mapstate.Egress}: {},
 		}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := back.ep.Policy().Apply(map[mapstate.Key]mapstate.Entry{
+	if err := w.back.ep.Policy().Apply(map[mapstate.Key]mapstate.Entry{
 		{Identity: idFrontend, Direction: mapstate.Ingress, Protocol: 6, Port: 8080, PortPrefixLen: 16}: {},
 	}, nil); err != nil {
 		t.Fatal(err)
 	}
-	testutils.ServeEcho(t, back.ns, "tcp4", "10.1.1.10:8080")
+	testutils.ServeEcho(t, w.back.ns, "tcp4", "10.1.1.10:8080")
 
-	// Each node's syncer has written the other's pod CIDR with its tunnel
-	// endpoint.
-	waitCond(t, "node-a's ipcache to know node-b", func() bool {
-		e, ok := a.ipc.Get(b.podCIDR)
-		return ok && e.TunnelEndpoint == addrB
-	})
-	waitCond(t, "node-b's ipcache to know node-a", func() bool {
-		e, ok := b.ipc.Get(a.podCIDR)
-		return ok && e.TunnelEndpoint == addrA
-	})
+	// Each node's syncer has written the other's pod CIDR, with its
+	// tunnel endpoint in tunnel mode.
+	for _, x := range []struct {
+		n    *testNode
+		cidr netip.Prefix
+		tep  netip.Addr
+	}{{w.a, w.b.podCIDR, w.addrB}, {w.b, w.a.podCIDR, w.addrA}} {
+		if mode == overlay.ModeNative {
+			x.tep = netip.Addr{}
+		}
+		waitCond(t, x.n.name+"'s ipcache to know the other node", func() bool {
+			e, ok := x.n.ipc.Get(x.cidr)
+			return ok && e.TunnelEndpoint == x.tep
+		})
+	}
+	if mode == overlay.ModeNative {
+		waitCond(t, "node-a's route to node-b's pods", func() bool {
+			rs, err := w.nsA.Netlink(t).RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: overlay.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+			return err == nil && len(rs) == 1 && rs[0].Dst.String() == "10.1.1.0/24" && rs[0].Gw.String() == "192.168.50.2"
+		})
+	}
+	w.capB = captureVXLAN(t, w.nsB, "ul0", overlay.DefaultVXLANPort)
+	return w
+}
 
-	capB := captureVXLAN(t, nsB, "ul0", overlay.DefaultVXLANPort)
-
+func (w *twoNodes) checkTraffic(t *testing.T) {
 	for i := range 5 {
-		if err := echo(front, back.addr, 8080); err != nil {
+		if err := echo(w.front, w.back.addr, 8080); err != nil {
 			t.Fatalf("frontend on A to backend on B, connection %d: %v", i, err)
 		}
 	}
-	waitCond(t, "the capture to see the frontend's VNI", func() bool { return capB.seen(addrA)[uint32(idFrontend)] > 0 })
-	if got := capB.seen(addrA); len(got) != 1 {
-		t.Errorf("VNIs from node-a on the underlay: %v, want only %d", got, idFrontend)
+	if w.mode == overlay.ModeTunnel {
+		waitCond(t, "the capture to see the frontend's VNI", func() bool { return w.capB.seen(w.addrA)[uint32(idFrontend)] > 0 })
+		if got := w.capB.seen(w.addrA); len(got) != 1 {
+			t.Errorf("VNIs from node-a on the underlay: %v, want only %d", got, idFrontend)
+		}
+		if got := w.capB.seen(w.addrB); len(got) != 1 || got[uint32(idBackend)] == 0 {
+			t.Errorf("VNIs from node-b on the underlay: %v, want only %d", got, idBackend)
+		}
+		t.Logf("underlay VNIs: from A %v, from B %v", w.capB.seen(w.addrA), w.capB.seen(w.addrB))
+		w.a.waitTrace(t, monitor.ToOverlay, w.front.addr, w.back.addr)
+		w.b.waitTrace(t, monitor.FromOverlay, w.front.addr, w.back.addr)
+	} else {
+		waitCond(t, "the capture to see the pods' own packets", func() bool {
+			return w.capB.plainCount(w.front.addr, w.back.addr) > 0 && w.capB.plainCount(w.back.addr, w.front.addr) > 0
+		})
+		if got := len(w.capB.seen(w.addrA)) + len(w.capB.seen(w.addrB)); got != 0 {
+			t.Errorf("VXLAN on the underlay in native mode: %v %v", w.capB.seen(w.addrA), w.capB.seen(w.addrB))
+		}
 	}
-	if got := capB.seen(addrB); len(got) != 1 || got[uint32(idBackend)] == 0 {
-		t.Errorf("VNIs from node-b on the underlay: %v, want only %d", got, idBackend)
-	}
-	t.Logf("underlay VNIs: from A %v, from B %v", capB.seen(addrA), capB.seen(addrB))
 
 	// The other identity is dropped by B's ingress policy, in B's events.
-	if err := echo(other, back.addr, 8080); err == nil {
+	if err := echo(w.other, w.back.addr, 8080); err == nil {
 		t.Fatal("the other identity reached the backend")
 	}
-	e := b.waitDrop(t, func(e *datapath.DropEvent) bool {
-		return e.HasTuple && e.Tuple.Src == other.addr && e.Tuple.Dst == back.addr
+	e := w.b.waitDrop(t, func(e *datapath.DropEvent) bool {
+		return e.HasTuple && e.Tuple.Src == w.other.addr && e.Tuple.Dst == w.back.addr
 	})
-	if e.Reason != monitor.DropPolicyDenied || e.SrcIdentity != idOther || e.DstIdentity != idBackend || e.Hook != datapath.FromOverlay || e.Direction != mapstate.Ingress {
-		t.Errorf("drop on B: reason %v, identities %d -> %d, hook %v, direction %v", e.Reason, e.SrcIdentity, e.DstIdentity, e.Hook, e.Direction)
+	wantHook := datapath.FromOverlay
+	if w.mode == overlay.ModeNative {
+		wantHook = datapath.ToEndpoint
 	}
-	if got := capB.seen(addrA); got[uint32(idOther)] == 0 {
-		t.Errorf("the other identity's SYN crossed the underlay without its VNI: %v", got)
+	if e.Reason != monitor.DropPolicyDenied || e.SrcIdentity != idOther || e.DstIdentity != idBackend || e.Hook != wantHook || e.Direction != mapstate.Ingress {
+		t.Errorf("drop on B: reason %v, identities %d -> %d, hook %v, direction %v; want POLICY_DENIED, %d -> %d, %v, ingress",
+			e.Reason, e.SrcIdentity, e.DstIdentity, e.Hook, e.Direction, idOther, idBackend, wantHook)
 	}
+	if w.mode == overlay.ModeTunnel {
+		if got := w.capB.seen(w.addrA); got[uint32(idOther)] == 0 {
+			t.Errorf("the other identity's SYN crossed the underlay without its VNI: %v", got)
+		}
+	}
+}
 
+func (w *twoNodes) checkBadVXLAN(t *testing.T) {
+	nsA, addrA, addrB, front, back, b := w.nsA, w.addrA, w.addrB, w.front, w.back, w.b
 	// Bad input: hand-made VXLAN packets to B's tunnel port. From an
 	// underlay address no node registered: UNKNOWN_SENDER; from node-a
 	// with VNI 0 or host (1): INVALID_IDENTITY. None reaches the backend.
