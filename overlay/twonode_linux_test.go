@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
 	"github.com/nodeplane/nodeplane/datapath"
@@ -44,7 +45,9 @@ type testNode struct {
 	podMTU   int
 }
 
-func newTestNode(t *testing.T, mode overlay.Mode, name string, ns *testutils.NetNS, underlay netip.Addr, podCIDR netip.Prefix, reg *etcdnodes.Registry) *testNode {
+// newTestNode starts a node that follows reg and announces itself
+// through announce (reg when nil).
+func newTestNode(t *testing.T, mode overlay.Mode, name string, ns *testutils.NetNS, underlay netip.Addr, podCIDR netip.Prefix, reg, announce *etcdnodes.Registry) *testNode {
 	t.Helper()
 	n := &testNode{name: name, ns: ns, underlay: underlay, podCIDR: podCIDR, mode: mode, podMTU: 1500}
 	var err error
@@ -67,7 +70,10 @@ func newTestNode(t *testing.T, mode overlay.Mode, name string, ns *testutils.Net
 	if err := n.ipc.AddWriter(n.d.IPCache()); err != nil {
 		t.Fatal(err)
 	}
-	if err := reg.Register(context.Background(), overlay.Node{Name: name, Addresses: []netip.Addr{underlay}, PodCIDRs: []netip.Prefix{podCIDR}}); err != nil {
+	if announce == nil {
+		announce = reg
+	}
+	if err := announce.Register(context.Background(), overlay.Node{Name: name, Addresses: []netip.Addr{underlay}, PodCIDRs: []netip.Prefix{podCIDR}}); err != nil {
 		t.Fatal(err)
 	}
 	s, err := overlay.NewSyncer(overlay.SyncerConfig{Registry: reg, IPCache: n.ipc, LocalNode: name, Mode: mode})
@@ -356,6 +362,8 @@ const (
 )
 
 type twoNodes struct {
+	srv                *etcdtest.Server
+	sw                 *testutils.NetNS // the underlay's switch: a bridge
 	mode               overlay.Mode
 	nsA, nsB           *testutils.NetNS
 	addrA, addrB       netip.Addr
@@ -367,35 +375,25 @@ type twoNodes struct {
 func newTwoNodes(t *testing.T, mode overlay.Mode) *twoNodes {
 	testutils.RequirePrivileged(t)
 	srv := etcdtest.Start(t)
-	reg := func() *etcdnodes.Registry {
-		r, err := etcdnodes.New(context.Background(), etcdnodes.Config{Client: srv.Client(t), Prefix: "/twonodes/"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.Close() })
-		return r
-	}
+	reg := func() *etcdnodes.Registry { return newEtcdRegistry(t, srv.Client(t), 0) }
 	w := &twoNodes{
+		srv:  srv,
 		mode: mode, nsA: testutils.NewNetNS(t), nsB: testutils.NewNetNS(t),
 		addrA: netip.MustParseAddr("192.168.50.1"), addrB: netip.MustParseAddr("192.168.50.2"),
 	}
-	testutils.NewVeth(t, w.nsA, "ul0", w.nsB, "ul0")
-	for _, x := range []struct {
-		ns   *testutils.NetNS
-		addr netip.Addr
-	}{{w.nsA, w.addrA}, {w.nsB, w.addrB}} {
-		nl := x.ns.Netlink(t)
-		l, err := nl.LinkByName("ul0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: x.addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
-			t.Fatal(err)
-		}
+	w.sw = testutils.NewNetNS(t)
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	swnl := w.sw.Netlink(t)
+	if err := swnl.LinkAdd(br); err != nil {
+		t.Fatal(err)
 	}
-
-	w.a = newTestNode(t, mode, "node-a", w.nsA, w.addrA, netip.MustParsePrefix("10.1.0.0/24"), reg())
-	w.b = newTestNode(t, mode, "node-b", w.nsB, w.addrB, netip.MustParsePrefix("10.1.1.0/24"), reg())
+	if err := swnl.LinkSetUp(br); err != nil {
+		t.Fatal(err)
+	}
+	w.plug(t, w.nsA, w.addrA, "pa")
+	w.plug(t, w.nsB, w.addrB, "pb")
+	w.a = newTestNode(t, mode, "node-a", w.nsA, w.addrA, netip.MustParsePrefix("10.1.0.0/24"), reg(), nil)
+	w.b = newTestNode(t, mode, "node-b", w.nsB, w.addrB, netip.MustParsePrefix("10.1.1.0/24"), reg(), nil)
 	wantMTU := 1500
 	if mode == overlay.ModeTunnel {
 		wantMTU = 1450
@@ -456,6 +454,43 @@ func newTwoNodes(t *testing.T, mode overlay.Mode) *twoNodes {
 	}
 	w.capB = captureVXLAN(t, w.nsB, "ul0", overlay.DefaultVXLANPort)
 	return w
+}
+
+func newEtcdRegistry(t *testing.T, cli *clientv3.Client, ttl time.Duration) *etcdnodes.Registry {
+	t.Helper()
+	r, err := etcdnodes.New(context.Background(), etcdnodes.Config{Client: cli, Prefix: "/twonodes/", LeaseTTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// plug connects a node to the underlay switch: its "ul0" with addr/24,
+// the switch's port in the bridge.
+func (w *twoNodes) plug(t *testing.T, ns *testutils.NetNS, addr netip.Addr, port string) {
+	t.Helper()
+	testutils.NewVeth(t, ns, "ul0", w.sw, port)
+	swnl := w.sw.Netlink(t)
+	p, err := swnl.LinkByName(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br, err := swnl.LinkByName("br0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := swnl.LinkSetMaster(p, br); err != nil {
+		t.Fatal(err)
+	}
+	nl := ns.Netlink(t)
+	l, err := nl.LinkByName("ul0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (w *twoNodes) checkTraffic(t *testing.T) {
