@@ -16,6 +16,22 @@
 // and the receiving node takes the sender's identity from the tunnel
 // header (VNI), not from the ipcache.
 //
+// # Tunnel and native routing
+//
+// [NewTunnel] creates the node's collect-metadata tunnel device (VXLAN on
+// port 8472 by default, Cilium's; Geneve where [HaveGeneve]) and owns it;
+// datapath.Datapath.AttachOverlay puts the datapath's program on it.
+// Endpoints must use [Tunnel.PodMTU] (underlay MTU minus the
+// encapsulation overhead) as their MTU. In native-routing mode a [Router]
+// keeps routes to the other nodes' pod CIDRs instead, and the syncer runs
+// in [ModeNative].
+//
+// # Lifetime
+//
+// [Syncer.Run] and [Router.Run] follow the registry until their context
+// ends; what they wrote stays (a new Run reconciles it). A Tunnel deletes
+// its device on Close; a Router removes its routes only on Flush.
+//
 // # Errors
 //
 // Invalid nodes wrap [ErrInvalidNode], overlapping pod CIDRs

@@ -57,7 +57,7 @@ func contents(c *ipcache.IPCache) map[netip.Prefix]ipcache.Entry {
 }
 
 // waitFor polls until the ipcache equals want.
-func waitFor(t *testing.T, c *ipcache.IPCache, want map[netip.Prefix]ipcache.Entry) {
+func waitFor(t testing.TB, c *ipcache.IPCache, want map[netip.Prefix]ipcache.Entry) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !maps.Equal(contents(c), want) {
@@ -80,7 +80,7 @@ var remoteNode = ipcache.Entry{Identity: identity.ReservedRemoteNode}
 
 // RunSyncer starts a syncer for node local on r and c; the test's cleanup
 // stops it and checks that it returned nil.
-func runSyncer(t *testing.T, r overlay.Registry, c *ipcache.IPCache, local string, mode overlay.Mode) {
+func runSyncer(t testing.TB, r overlay.Registry, c *ipcache.IPCache, local string, mode overlay.Mode) {
 	t.Helper()
 	s, err := overlay.NewSyncer(overlay.SyncerConfig{Registry: r, IPCache: c, LocalNode: local, Mode: mode})
 	if err != nil {

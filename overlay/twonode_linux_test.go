@@ -47,7 +47,7 @@ type testNode struct {
 
 // newTestNode starts a node that follows reg and announces itself
 // through announce (reg when nil).
-func newTestNode(t *testing.T, mode overlay.Mode, name string, ns *testutils.NetNS, underlay netip.Addr, podCIDR netip.Prefix, reg, announce *etcdnodes.Registry) *testNode {
+func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.NetNS, underlay netip.Addr, podCIDR netip.Prefix, reg, announce *etcdnodes.Registry) *testNode {
 	t.Helper()
 	n := &testNode{name: name, ns: ns, underlay: underlay, podCIDR: podCIDR, mode: mode, podMTU: 1500}
 	var err error
@@ -97,7 +97,7 @@ func newTestNode(t *testing.T, mode overlay.Mode, name string, ns *testutils.Net
 	return n
 }
 
-func (n *testNode) attachTunnel(t *testing.T) {
+func (n *testNode) attachTunnel(t testing.TB) {
 	t.Helper()
 	var err error
 	n.tunnel, err = overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(n.ns)})
@@ -115,7 +115,7 @@ func (n *testNode) attachTunnel(t *testing.T) {
 
 // startRouter runs native routing: the node forwards, and a Router keeps
 // routes to the other nodes' pod CIDRs.
-func (n *testNode) startRouter(t *testing.T, reg overlay.Registry) {
+func (n *testNode) startRouter(t testing.TB, reg overlay.Registry) {
 	t.Helper()
 	err := n.ns.Do(func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
@@ -148,7 +148,7 @@ type testPod struct {
 	addr netip.Addr
 }
 
-func (n *testNode) addPod(t *testing.T, id datapath.EndpointID, ident identity.ID, addr netip.Addr) *testPod {
+func (n *testNode) addPod(t testing.TB, id datapath.EndpointID, ident identity.ID, addr netip.Addr) *testPod {
 	t.Helper()
 	p := &testPod{ns: testutils.NewNetNS(t), addr: addr}
 	var err error
@@ -165,7 +165,7 @@ func (n *testNode) addPod(t *testing.T, id datapath.EndpointID, ident identity.I
 }
 
 // waitFor polls cond for up to 20s.
-func waitCond(t *testing.T, what string, cond func() bool) {
+func waitCond(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
@@ -212,7 +212,7 @@ type vxlanCapture struct {
 	fd    int
 }
 
-func captureVXLAN(t *testing.T, ns *testutils.NetNS, ifname string, port uint16) *vxlanCapture {
+func captureVXLAN(t testing.TB, ns *testutils.NetNS, ifname string, port uint16) *vxlanCapture {
 	t.Helper()
 	c := &vxlanCapture{vnis: map[netip.Addr]map[uint32]int{}, plain: map[[2]netip.Addr]int{}}
 	err := ns.Do(func() error {
@@ -305,7 +305,7 @@ func (c *vxlanCapture) plainCount(src, dst netip.Addr) int {
 
 // waitTrace reads n's events until a trace of a packet from src to dst
 // at point.
-func (n *testNode) waitTrace(t *testing.T, point monitor.ObservationPoint, src, dst netip.Addr) {
+func (n *testNode) waitTrace(t testing.TB, point monitor.ObservationPoint, src, dst netip.Addr) {
 	t.Helper()
 	n.events.SetDeadline(time.Now().Add(5 * time.Second))
 	for {
@@ -320,7 +320,7 @@ func (n *testNode) waitTrace(t *testing.T, point monitor.ObservationPoint, src, 
 }
 
 // waitDrop reads n's events until a drop that match accepts.
-func (n *testNode) waitDrop(t *testing.T, match func(*datapath.DropEvent) bool) *datapath.DropEvent {
+func (n *testNode) waitDrop(t testing.TB, match func(*datapath.DropEvent) bool) *datapath.DropEvent {
 	t.Helper()
 	n.events.SetDeadline(time.Now().Add(5 * time.Second))
 	for {
@@ -372,7 +372,7 @@ type twoNodes struct {
 	capB               *vxlanCapture
 }
 
-func newTwoNodes(t *testing.T, mode overlay.Mode) *twoNodes {
+func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
 	testutils.RequirePrivileged(t)
 	srv := etcdtest.Start(t)
 	reg := func() *etcdnodes.Registry { return newEtcdRegistry(t, srv.Client(t), 0) }
@@ -456,7 +456,7 @@ func newTwoNodes(t *testing.T, mode overlay.Mode) *twoNodes {
 	return w
 }
 
-func newEtcdRegistry(t *testing.T, cli *clientv3.Client, ttl time.Duration) *etcdnodes.Registry {
+func newEtcdRegistry(t testing.TB, cli *clientv3.Client, ttl time.Duration) *etcdnodes.Registry {
 	t.Helper()
 	r, err := etcdnodes.New(context.Background(), etcdnodes.Config{Client: cli, Prefix: "/twonodes/", LeaseTTL: ttl})
 	if err != nil {
@@ -468,7 +468,7 @@ func newEtcdRegistry(t *testing.T, cli *clientv3.Client, ttl time.Duration) *etc
 
 // plug connects a node to the underlay switch: its "ul0" with addr/24,
 // the switch's port in the bridge.
-func (w *twoNodes) plug(t *testing.T, ns *testutils.NetNS, addr netip.Addr, port string) {
+func (w *twoNodes) plug(t testing.TB, ns *testutils.NetNS, addr netip.Addr, port string) {
 	t.Helper()
 	testutils.NewVeth(t, ns, "ul0", w.sw, port)
 	swnl := w.sw.Netlink(t)
@@ -493,7 +493,7 @@ func (w *twoNodes) plug(t *testing.T, ns *testutils.NetNS, addr netip.Addr, port
 	}
 }
 
-func (w *twoNodes) checkTraffic(t *testing.T) {
+func (w *twoNodes) checkTraffic(t testing.TB) {
 	for i := range 5 {
 		if err := echo(w.front, w.back.addr, 8080); err != nil {
 			t.Fatalf("frontend on A to backend on B, connection %d: %v", i, err)
@@ -541,7 +541,7 @@ func (w *twoNodes) checkTraffic(t *testing.T) {
 	}
 }
 
-func (w *twoNodes) checkBadVXLAN(t *testing.T) {
+func (w *twoNodes) checkBadVXLAN(t testing.TB) {
 	nsA, addrA, addrB, front, back, b := w.nsA, w.addrA, w.addrB, w.front, w.back, w.b
 	// Bad input: hand-made VXLAN packets to B's tunnel port. From an
 	// underlay address no node registered: UNKNOWN_SENDER; from node-a
