@@ -23,11 +23,16 @@ const (
 	datapathMapNpEventsLost       = "np_events_lost"
 	datapathMapNpFrags            = "np_frags"
 	datapathMapNpIpcache          = "np_ipcache"
+	datapathMapNpNat              = "np_nat"
+	datapathMapNpNatConfig        = "np_nat_config"
+	datapathMapNpNatExclude       = "np_nat_exclude"
 	datapathMapNpOverlayConfig    = "np_overlay_config"
 	datapathMapNpPolicy           = "np_policy"
 	datapathMapNpTraceConfig      = "np_trace_config"
 	datapathProgNpFromEndpoint    = "np_from_endpoint"
 	datapathProgNpFromOverlay     = "np_from_overlay"
+	datapathProgNpNatEgress       = "np_nat_egress"
+	datapathProgNpNatIngress      = "np_nat_ingress"
 	datapathProgNpToEndpoint      = "np_to_endpoint"
 	datapathVarNpCtLifetimeClose  = "np_ct_lifetime_close"
 	datapathVarNpCtLifetimeNontcp = "np_ct_lifetime_nontcp"
@@ -82,6 +87,8 @@ type datapathSpecs struct {
 type datapathProgramSpecs struct {
 	NpFromEndpoint *ebpf.ProgramSpec `ebpf:"np_from_endpoint"`
 	NpFromOverlay  *ebpf.ProgramSpec `ebpf:"np_from_overlay"`
+	NpNatEgress    *ebpf.ProgramSpec `ebpf:"np_nat_egress"`
+	NpNatIngress   *ebpf.ProgramSpec `ebpf:"np_nat_ingress"`
 	NpToEndpoint   *ebpf.ProgramSpec `ebpf:"np_to_endpoint"`
 }
 
@@ -96,6 +103,9 @@ type datapathMapSpecs struct {
 	NpEventsLost    *ebpf.MapSpec `ebpf:"np_events_lost"`
 	NpFrags         *ebpf.MapSpec `ebpf:"np_frags"`
 	NpIpcache       *ebpf.MapSpec `ebpf:"np_ipcache"`
+	NpNat           *ebpf.MapSpec `ebpf:"np_nat"`
+	NpNatConfig     *ebpf.MapSpec `ebpf:"np_nat_config"`
+	NpNatExclude    *ebpf.MapSpec `ebpf:"np_nat_exclude"`
 	NpOverlayConfig *ebpf.MapSpec `ebpf:"np_overlay_config"`
 	NpPolicy        *ebpf.MapSpec `ebpf:"np_policy"`
 	NpTraceConfig   *ebpf.MapSpec `ebpf:"np_trace_config"`
@@ -141,6 +151,9 @@ type datapathMaps struct {
 	NpEventsLost    *ebpf.Map `ebpf:"np_events_lost"`
 	NpFrags         *ebpf.Map `ebpf:"np_frags"`
 	NpIpcache       *ebpf.Map `ebpf:"np_ipcache"`
+	NpNat           *ebpf.Map `ebpf:"np_nat"`
+	NpNatConfig     *ebpf.Map `ebpf:"np_nat_config"`
+	NpNatExclude    *ebpf.Map `ebpf:"np_nat_exclude"`
 	NpOverlayConfig *ebpf.Map `ebpf:"np_overlay_config"`
 	NpPolicy        *ebpf.Map `ebpf:"np_policy"`
 	NpTraceConfig   *ebpf.Map `ebpf:"np_trace_config"`
@@ -155,6 +168,9 @@ func (m *datapathMaps) Close() error {
 		m.NpEventsLost,
 		m.NpFrags,
 		m.NpIpcache,
+		m.NpNat,
+		m.NpNatConfig,
+		m.NpNatExclude,
 		m.NpOverlayConfig,
 		m.NpPolicy,
 		m.NpTraceConfig,
@@ -180,6 +196,8 @@ type datapathVariables struct {
 type datapathPrograms struct {
 	NpFromEndpoint *ebpf.Program `ebpf:"np_from_endpoint"`
 	NpFromOverlay  *ebpf.Program `ebpf:"np_from_overlay"`
+	NpNatEgress    *ebpf.Program `ebpf:"np_nat_egress"`
+	NpNatIngress   *ebpf.Program `ebpf:"np_nat_ingress"`
 	NpToEndpoint   *ebpf.Program `ebpf:"np_to_endpoint"`
 }
 
@@ -187,6 +205,8 @@ func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.NpFromEndpoint,
 		p.NpFromOverlay,
+		p.NpNatEgress,
+		p.NpNatIngress,
 		p.NpToEndpoint,
 	)
 }

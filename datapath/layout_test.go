@@ -38,6 +38,10 @@ func TestMapLayouts(t *testing.T) {
 		{"np_trace_event", traceEvent{}},
 		{"np_trace_config", traceConfig{}},
 		{"np_overlay_config", overlayConfig{}},
+		{"np_nat_config", natConfig{}},
+		{"np_nat_key", natKey{}},
+		{"np_nat_entry", natEntry{}},
+		{"np_nat_exclude_key", natExcludeKey{}},
 		{"__sk_buff", skbContext{}},
 	} {
 		t.Run(tc.c, func(t *testing.T) {
@@ -59,6 +63,8 @@ func TestMapLayouts(t *testing.T) {
 		datapathMapNpCounters:      {"", "np_counter"},
 		datapathMapNpTraceConfig:   {"", "np_trace_config"},
 		datapathMapNpOverlayConfig: {"", "np_overlay_config"},
+		datapathMapNpNat:           {"np_nat_key", "np_nat_entry"},
+		datapathMapNpNatConfig:     {"", "np_nat_config"},
 	} {
 		m := spec.Maps[name]
 		if kv[0] != "" && m.Key.TypeName() != kv[0] {

@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -21,6 +22,9 @@ type sharedMaps struct {
 	events     *ebpf.Map
 	trace      *ebpf.Map // np_trace_config
 	overlay    *ebpf.Map // np_overlay_config (overlay.go)
+	nat        *ebpf.Map // np_nat, np_nat_config, np_nat_exclude (masquerade.go)
+	natConfig  *ebpf.Map
+	natExclude *ebpf.Map
 	// records is Go's own map of endpoint records (record.go); the
 	// programs do not use it.
 	records *ebpf.Map
@@ -38,6 +42,9 @@ func (m *sharedMaps) byName() map[string]**ebpf.Map {
 		datapathMapNpEvents:        &m.events,
 		datapathMapNpTraceConfig:   &m.trace,
 		datapathMapNpOverlayConfig: &m.overlay,
+		datapathMapNpNat:           &m.nat,
+		datapathMapNpNatConfig:     &m.natConfig,
+		datapathMapNpNatExclude:    &m.natExclude,
 	}
 }
 
@@ -159,8 +166,9 @@ func (p *endpointPrograms) close() error {
 func loadEndpointPrograms(spec *ebpf.CollectionSpec, maps *sharedMaps, cfg EndpointConfig) (*endpointPrograms, error) {
 	id := cfg.ID
 	spec = spec.Copy()
-	// The tunnel device's program is loaded once per node (overlay.go).
-	delete(spec.Programs, datapathProgNpFromOverlay)
+	// The tunnel device's and the external interface's programs are
+	// loaded once per node (overlay.go, masquerade.go).
+	onlyPrograms(spec, datapathProgNpFromEndpoint, datapathProgNpToEndpoint)
 	// Addresses go in as bytes: they stay in network byte order.
 	var v4 [4]byte
 	var v6 [16]byte
@@ -188,4 +196,13 @@ func loadEndpointPrograms(spec *ebpf.CollectionSpec, maps *sharedMaps, cfg Endpo
 		from: coll.DetachProgram(datapathProgNpFromEndpoint),
 		to:   coll.DetachProgram(datapathProgNpToEndpoint),
 	}, nil
+}
+
+// onlyPrograms removes every program but the named ones from spec.
+func onlyPrograms(spec *ebpf.CollectionSpec, names ...string) {
+	for name := range spec.Programs {
+		if !slices.Contains(names, name) {
+			delete(spec.Programs, name)
+		}
+	}
 }

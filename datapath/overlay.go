@@ -61,8 +61,7 @@ func (d *Datapath) AttachOverlay(ifindex int) (_ *Overlay, err error) {
 		return nil, fmt.Errorf("attach overlay: %w", nodeplane.ErrClosed)
 	}
 	spec := d.spec.Copy()
-	delete(spec.Programs, datapathProgNpFromEndpoint)
-	delete(spec.Programs, datapathProgNpToEndpoint)
+	onlyPrograms(spec, datapathProgNpFromOverlay)
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: d.maps.replacements()})
 	if err != nil {
 		return nil, fmt.Errorf("attach overlay: load program: %w", err)

@@ -500,6 +500,7 @@ static __always_inline int np_admit(struct __sk_buff *skb, struct np_state *s, b
 }
 
 #include "overlay.h"
+#include "nat.h"
 
 SEC("tc")
 int np_from_endpoint(struct __sk_buff *skb)
