@@ -24,27 +24,8 @@ import (
 // two pods using the same source port do not collide; replies reach the
 // right pod; a destination in an excluded prefix sees the pod's address.
 func TestPrivilegedMasquerade(t *testing.T) {
-	d, node := newTestDatapath(t, Config{})
-	world := testutils.NewNetNS(t)
-	wan := testutils.NewVeth(t, node, "wan0", world, "eth0")
-	nodeAddr, worldAddr := netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("203.0.113.2")
-	for _, x := range []struct {
-		ns   *testutils.NetNS
-		name string
-		addr netip.Addr
-	}{{node, "wan0", nodeAddr}, {world, "eth0", worldAddr}} {
-		nl := x.ns.Netlink(t)
-		l, err := nl.LinkByName(x.name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: x.addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := node.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) }); err != nil {
-		t.Fatal(err)
-	}
+	d, _, world, wan, pods := newMasqWorld(t)
+	nodeAddr, worldAddr := masqNodeAddr, masqWorldAddr
 
 	// The server records who connects.
 	var mu sync.Mutex
@@ -83,17 +64,6 @@ func TestPrivilegedMasquerade(t *testing.T) {
 		}
 		clear(sources)
 		return out
-	}
-
-	var pods []*testutils.NetNS
-	for i := range 3 {
-		ns := testutils.NewNetNS(t)
-		ep, err := d.AddEndpoint(EndpointConfig{ID: EndpointID(i + 1), Identity: identity.ID(1000 + i), IPv4: netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}), NetNS: nsPath(ns)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		mustUpdate(t, ep.Policy(), map[mapstate.Key]mapstate.Entry{{Identity: identity.ReservedWorld, Direction: mapstate.Egress}: allow})
-		pods = append(pods, ns)
 	}
 
 	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: nodeAddr, Exclude: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
@@ -263,4 +233,50 @@ func TestPrivilegedMasquerade(t *testing.T) {
 			}
 		}
 	})
+}
+
+var (
+	masqNodeAddr  = netip.MustParseAddr("203.0.113.1")
+	masqWorldAddr = netip.MustParseAddr("203.0.113.2")
+)
+
+// newMasqWorld is a node with three endpoints (10.1.0.10-12, allowed to
+// send to the world) and a "world" namespace behind the node's external
+// interface wan0 (node 203.0.113.1/24, world 203.0.113.2/24). The node
+// forwards; the world has no route to the pods.
+func newMasqWorld(t testing.TB) (*Datapath, *testutils.NetNS, *testutils.NetNS, *testutils.Veth, []*testutils.NetNS) {
+	d, node := newTestDatapath(t, Config{})
+	world := testutils.NewNetNS(t)
+	wan := testutils.NewVeth(t, node, "wan0", world, "eth0")
+	nodeAddr, worldAddr := masqNodeAddr, masqWorldAddr
+	for _, x := range []struct {
+		ns   *testutils.NetNS
+		name string
+		addr netip.Addr
+	}{{node, "wan0", nodeAddr}, {world, "eth0", worldAddr}} {
+		nl := x.ns.Netlink(t)
+		l, err := nl.LinkByName(x.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: x.addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := node.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) }); err != nil {
+		t.Fatal(err)
+	}
+
+	var pods []*testutils.NetNS
+	for i := range 3 {
+		ns := testutils.NewNetNS(t)
+		ep, err := d.AddEndpoint(EndpointConfig{ID: EndpointID(i + 1), Identity: identity.ID(1000 + i), IPv4: netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}), NetNS: nsPath(ns)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustUpdate(t, ep.Policy(), map[mapstate.Key]mapstate.Entry{{Identity: identity.ReservedWorld, Direction: mapstate.Egress}: allow})
+		pods = append(pods, ns)
+	}
+
+	return d, node, world, wan, pods
 }
