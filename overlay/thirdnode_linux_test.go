@@ -41,20 +41,20 @@ func TestPrivilegedThirdNode(t *testing.T) {
 	nsC := testutils.NewNetNS(t)
 	addrC := netip.MustParseAddr("192.168.50.3")
 	w.plug(t, nsC, addrC, "pc")
-	cidrC := netip.MustParsePrefix("10.1.2.0/24")
 	// node-c follows the cluster through one client and announces itself
 	// through another, with a short lease, which it later loses.
 	announceCli := w.srv.Client(t)
 	announce := newEtcdRegistry(t, announceCli, 2*time.Second)
-	c := newTestNode(t, overlay.ModeTunnel, "node-c", nsC, addrC, cidrC, newEtcdRegistry(t, w.srv.Client(t), 0), announce)
+	c := newTestNode(t, overlay.ModeTunnel, "node-c", nsC, addrC, w.pool, newEtcdRegistry(t, w.srv.Client(t), 0), announce)
+	cidrC := c.podCIDR
 	const idC identity.ID = 3001
-	podC := c.addPod(t, 1, idC, netip.MustParseAddr("10.1.2.10"))
+	podC := c.addPod(t, 1, idC, 10)
 	if err := podC.ep.Policy().Apply(map[mapstate.Key]mapstate.Entry{
 		{Identity: idFrontend, Direction: mapstate.Ingress, Protocol: 6, Port: 8080, PortPrefixLen: 16}: {},
 	}, nil); err != nil {
 		t.Fatal(err)
 	}
-	testutils.ServeEcho(t, podC.ns, "tcp4", "10.1.2.10:8080")
+	testutils.ServeEcho(t, podC.ns, "tcp4", netip.AddrPortFrom(podC.addr, 8080).String())
 
 	waitCond(t, "node-a to learn node-c", func() bool {
 		e, ok := w.a.ipc.Get(cidrC)

@@ -22,6 +22,8 @@ import (
 	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/internal/testutils/etcdtest"
+	"github.com/nodeplane/nodeplane/ipam"
+	"github.com/nodeplane/nodeplane/ipam/etcdpool"
 	"github.com/nodeplane/nodeplane/overlay"
 	"github.com/nodeplane/nodeplane/overlay/etcdnodes"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
@@ -47,10 +49,15 @@ type testNode struct {
 
 // newTestNode starts a node that follows reg and announces itself
 // through announce (reg when nil).
-func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.NetNS, underlay netip.Addr, podCIDR netip.Prefix, reg, announce *etcdnodes.Registry) *testNode {
+func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.NetNS, underlay netip.Addr, pool ipam.ClusterAllocator, reg, announce *etcdnodes.Registry) *testNode {
 	t.Helper()
+	// The cluster pool hands the node its pod CIDR.
+	cidrs, err := pool.AllocateNode(context.Background(), name)
+	if err != nil || len(cidrs) != 1 {
+		t.Fatalf("pod CIDRs of %s: %v, %v", name, cidrs, err)
+	}
+	podCIDR := cidrs[0]
 	n := &testNode{name: name, ns: ns, underlay: underlay, podCIDR: podCIDR, mode: mode, podMTU: 1500}
-	var err error
 	n.d, err = datapath.New(datapath.Config{
 		NodeNetNS: nsPath(ns), ConntrackMaxEntries: 4096, IPCacheMaxEntries: 4096,
 		MonitorAggregation: monitor.AggregationNone,
@@ -148,8 +155,14 @@ type testPod struct {
 	addr netip.Addr
 }
 
-func (n *testNode) addPod(t testing.TB, id datapath.EndpointID, ident identity.ID, addr netip.Addr) *testPod {
+// addPod adds an endpoint whose address is the host'th of the node's pod
+// CIDR.
+func (n *testNode) addPod(t testing.TB, id datapath.EndpointID, ident identity.ID, host int) *testPod {
 	t.Helper()
+	addr := n.podCIDR.Addr()
+	for range host {
+		addr = addr.Next()
+	}
 	p := &testPod{ns: testutils.NewNetNS(t), addr: addr}
 	var err error
 	p.ep, err = n.d.AddEndpoint(datapath.EndpointConfig{
@@ -363,6 +376,7 @@ const (
 
 type twoNodes struct {
 	srv                *etcdtest.Server
+	pool               *etcdpool.Pool
 	sw                 *testutils.NetNS // the underlay's switch: a bridge
 	mode               overlay.Mode
 	nsA, nsB           *testutils.NetNS
@@ -392,8 +406,16 @@ func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
 	}
 	w.plug(t, w.nsA, w.addrA, "pa")
 	w.plug(t, w.nsB, w.addrB, "pb")
-	w.a = newTestNode(t, mode, "node-a", w.nsA, w.addrA, netip.MustParsePrefix("10.1.0.0/24"), reg(), nil)
-	w.b = newTestNode(t, mode, "node-b", w.nsB, w.addrB, netip.MustParsePrefix("10.1.1.0/24"), reg(), nil)
+	var err error
+	w.pool, err = etcdpool.New(context.Background(), etcdpool.Config{
+		Client: srv.Client(t), Prefix: "/twonodes/ipam/",
+		Cluster: ipam.ClusterConfig{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}, NodeMaskSizeIPv4: 24},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.a = newTestNode(t, mode, "node-a", w.nsA, w.addrA, w.pool, reg(), nil)
+	w.b = newTestNode(t, mode, "node-b", w.nsB, w.addrB, w.pool, reg(), nil)
 	wantMTU := 1500
 	if mode == overlay.ModeTunnel {
 		wantMTU = 1450
@@ -402,9 +424,9 @@ func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
 		t.Errorf("pod MTU %d, want %d", w.a.podMTU, wantMTU)
 	}
 
-	w.front = w.a.addPod(t, 1, idFrontend, netip.MustParseAddr("10.1.0.10"))
-	w.other = w.a.addPod(t, 2, idOther, netip.MustParseAddr("10.1.0.11"))
-	w.back = w.b.addPod(t, 1, idBackend, netip.MustParseAddr("10.1.1.10"))
+	w.front = w.a.addPod(t, 1, idFrontend, 10)
+	w.other = w.a.addPod(t, 2, idOther, 11)
+	w.back = w.b.addPod(t, 1, idBackend, 10)
 	if mode == overlay.ModeNative {
 		// Without a tunnel, B learns the identities of A's pods from its
 		// ipcache: what Cilium's kvstore distributes, written here by hand.
@@ -429,7 +451,7 @@ func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
 	}, nil); err != nil {
 		t.Fatal(err)
 	}
-	testutils.ServeEcho(t, w.back.ns, "tcp4", "10.1.1.10:8080")
+	testutils.ServeEcho(t, w.back.ns, "tcp4", netip.AddrPortFrom(w.back.addr, 8080).String())
 
 	// Each node's syncer has written the other's pod CIDR, with its
 	// tunnel endpoint in tunnel mode.
@@ -449,7 +471,7 @@ func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
 	if mode == overlay.ModeNative {
 		waitCond(t, "node-a's route to node-b's pods", func() bool {
 			rs, err := w.nsA.Netlink(t).RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: overlay.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
-			return err == nil && len(rs) == 1 && rs[0].Dst.String() == "10.1.1.0/24" && rs[0].Gw.String() == "192.168.50.2"
+			return err == nil && len(rs) == 1 && rs[0].Dst.String() == w.b.podCIDR.String() && rs[0].Gw.String() == w.addrB.String()
 		})
 	}
 	w.capB = captureVXLAN(t, w.nsB, "ul0", overlay.DefaultVXLANPort)

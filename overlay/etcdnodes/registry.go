@@ -136,17 +136,20 @@ func (r *Registry) Register(ctx context.Context, n overlay.Node) error {
 		return err
 	}
 	for range maxAttempts {
-		resp, err := r.cli.Get(ctx, r.prefix, clientv3.WithPrefix())
+		// The nodes and the version key, read at one revision.
+		resp, err := r.cli.Txn(ctx).Then(
+			clientv3.OpGet(r.nodesPrefix(), clientv3.WithPrefix()),
+			clientv3.OpGet(r.versionKey()),
+		).Commit()
 		if err != nil {
 			return fmt.Errorf("register node %q: %w", n.Name, err)
 		}
 		var others []overlay.Node
 		var version int64
-		for _, kv := range resp.Kvs {
-			if string(kv.Key) == r.versionKey() {
-				version = kv.ModRevision
-				continue
-			}
+		for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+			version = kv.ModRevision
+		}
+		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
 			o, err := decode(r.nodesPrefix(), kv.Key, kv.Value)
 			if err != nil {
 				return fmt.Errorf("register node %q: %w", n.Name, err)

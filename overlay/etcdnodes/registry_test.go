@@ -54,6 +54,22 @@ func TestEtcdRegistry(t *testing.T) {
 		}
 	})
 
+	// Other keys under the prefix (another package sharing it) are not
+	// nodes.
+	t.Run("ForeignKeys", func(t *testing.T) {
+		prefix := freshPrefix()
+		r := newRegistry(t, srv, prefix, 0)
+		if _, err := srv.Client(t).Put(ctx, prefix+"ipam/cidrs/10.0.0.0/24", "node-x"); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Register(ctx, registrytest.Node("n", []string{"192.168.0.1"}, "10.0.0.0/24")); err != nil {
+			t.Fatalf("register beside foreign keys: %v", err)
+		}
+		if nodes, err := r.Nodes(ctx); err != nil || len(nodes) != 1 {
+			t.Fatalf("Nodes = %v, %v", nodes, err)
+		}
+	})
+
 	// Two processes race to register overlapping CIDRs under different
 	// names, many times: exactly one wins each round.
 	t.Run("OverlapRace", func(t *testing.T) {
