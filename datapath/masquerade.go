@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -165,6 +166,70 @@ func (m *Masquerade) Mappings() (int, error) {
 		}
 	}
 	return n, it.Err()
+}
+
+// GC deletes the translations of flows conntrack no longer knows (closed
+// and expired: run it after [Conntrack.GC]), both directions, which frees
+// their ports, and reverse entries whose flow entry is gone (evicted from
+// the LRU table). It returns how many flows it removed.
+func (m *Masquerade) GC() (int, error) {
+	var (
+		k        natKey
+		v        natEntry
+		stale    []natKey
+		orphaned []natKey
+	)
+	nat := m.d.maps.nat
+	// The programs create a flow's reverse entry just before its flow
+	// entry: a reverse entry younger than a second may be one of those.
+	young := uint64(MonotonicNow() - time.Second)
+	it := nat.Iterate()
+	for it.Next(&k, &v) {
+		if k.Dir != natEgress {
+			if v.Created > young {
+				continue
+			}
+			var fwd natEntry
+			err := nat.Lookup(natKey{SrcAddr: v.Addr, DstAddr: k.SrcAddr, SrcPort: v.Port, DstPort: k.SrcPort, Proto: k.Proto, Dir: natEgress}, &fwd)
+			if errors.Is(err, ebpf.ErrKeyNotExist) || err == nil && (fwd.Addr != k.DstAddr || fwd.Port != k.DstPort) {
+				orphaned = append(orphaned, k)
+			}
+			continue
+		}
+		t := Tuple{
+			Src: netip.AddrFrom4(k.SrcAddr), Dst: netip.AddrFrom4(k.DstAddr),
+			SrcPort: be16(k.SrcPort).host(), DstPort: be16(k.DstPort).host(), Proto: nodeplane.Protocol(k.Proto),
+		}
+		_, ok, err := m.d.conntrack.Lookup(t)
+		if err != nil {
+			return 0, fmt.Errorf("masquerade gc: %w", err)
+		}
+		if !ok {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("masquerade gc: %w", err)
+	}
+	n := 0
+	for _, k := range stale {
+		if err := nat.Lookup(k, &v); err != nil {
+			continue
+		}
+		back := natKey{SrcAddr: k.DstAddr, DstAddr: v.Addr, SrcPort: k.DstPort, DstPort: v.Port, Proto: k.Proto, Dir: natIngress}
+		for _, del := range []natKey{k, back} {
+			if err := nat.Delete(del); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return n, fmt.Errorf("masquerade gc: %w", err)
+			}
+		}
+		n++
+	}
+	for _, k := range orphaned {
+		if err := nat.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("masquerade gc: %w", err)
+		}
+	}
+	return n, nil
 }
 
 func (m *Masquerade) release() error {

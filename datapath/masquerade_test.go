@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
@@ -198,9 +199,60 @@ func TestPrivilegedMasquerade(t *testing.T) {
 			c.Close()
 			t.Error("a connection succeeded with no port free")
 		}
-		for _, k := range keys {
-			_ = d.maps.nat.Delete(k)
+	})
+
+	// With conntrack flushed, GC frees every translation, both
+	// directions.
+	t.Run("GC", func(t *testing.T) {
+		// Reverse entries without a flow entry are collected once they
+		// are a second old (see GC).
+		time.Sleep(1100 * time.Millisecond)
+		if _, err := d.Conntrack().Flush(); err != nil {
+			t.Fatal(err)
 		}
+		before, err := m.Mappings()
+		if err != nil || before == 0 {
+			t.Fatalf("mappings before GC: %d, %v", before, err)
+		}
+		n, err := m.GC()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// What is left must be what GC keeps: flows conntrack knows (a
+		// packet may have recreated one since the flush).
+		var (
+			k             natKey
+			v             natEntry
+			kept, reverse int
+		)
+		for it := d.maps.nat.Iterate(); it.Next(&k, &v); {
+			if k.Dir != natEgress {
+				reverse++
+				continue
+			}
+			kept++
+			tup := Tuple{Src: netip.AddrFrom4(k.SrcAddr), Dst: netip.AddrFrom4(k.DstAddr), SrcPort: be16(k.SrcPort).host(), DstPort: be16(k.DstPort).host(), Proto: nodeplane.Protocol(k.Proto)}
+			if _, ok, _ := d.Conntrack().Lookup(tup); !ok {
+				t.Errorf("GC kept %v, which conntrack does not know", tup)
+			}
+		}
+		if n+kept != before || n < before-2 {
+			t.Errorf("GC removed %d of %d flows and kept %d", n, before, kept)
+		}
+		// The 4535 reverse entries Collisions planted have no flow entry.
+		if reverse > kept+2 {
+			t.Errorf("%d reverse entries left for %d flows", reverse, kept)
+		}
+		if after, _ := m.Mappings(); after != kept {
+			t.Errorf("%d mappings after GC, %d flow entries", after, kept)
+		}
+		// The ports are free again.
+		c, err := talk(pods[0], 0)
+		if err != nil {
+			t.Fatalf("after GC: %v", err)
+		}
+		c.Close()
+		seen()
 	})
 
 	t.Run("Excluded", func(t *testing.T) {
