@@ -42,6 +42,7 @@ type testNode struct {
 	ipc      *ipcache.IPCache
 	underlay netip.Addr
 	podCIDR  netip.Prefix
+	podCIDR6 netip.Prefix
 	events   *datapath.EventReader
 	mode     overlay.Mode
 	podMTU   int
@@ -49,15 +50,15 @@ type testNode struct {
 
 // newTestNode starts a node that follows reg and announces itself
 // through announce (reg when nil).
-func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.NetNS, underlay netip.Addr, pool ipam.ClusterAllocator, reg, announce *etcdnodes.Registry) *testNode {
+func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.NetNS, underlay []netip.Addr, pool ipam.ClusterAllocator, reg, announce *etcdnodes.Registry) *testNode {
 	t.Helper()
 	// The cluster pool hands the node its pod CIDR.
 	cidrs, err := pool.AllocateNode(context.Background(), name)
-	if err != nil || len(cidrs) != 1 {
+	if err != nil || len(cidrs) != 2 {
 		t.Fatalf("pod CIDRs of %s: %v, %v", name, cidrs, err)
 	}
-	podCIDR := cidrs[0]
-	n := &testNode{name: name, ns: ns, underlay: underlay, podCIDR: podCIDR, mode: mode, podMTU: 1500}
+	podCIDR := cidrs[0] // IPv4 first
+	n := &testNode{name: name, ns: ns, underlay: underlay[0], podCIDR: podCIDR, podCIDR6: cidrs[1], mode: mode, podMTU: 1500}
 	n.d, err = datapath.New(datapath.Config{
 		NodeNetNS: nsPath(ns), ConntrackMaxEntries: 4096, IPCacheMaxEntries: 4096,
 		MonitorAggregation: monitor.AggregationNone,
@@ -80,7 +81,7 @@ func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.Net
 	if announce == nil {
 		announce = reg
 	}
-	if err := announce.Register(context.Background(), overlay.Node{Name: name, Addresses: []netip.Addr{underlay}, PodCIDRs: []netip.Prefix{podCIDR}}); err != nil {
+	if err := announce.Register(context.Background(), overlay.Node{Name: name, Addresses: underlay, PodCIDRs: cidrs}); err != nil {
 		t.Fatal(err)
 	}
 	s, err := overlay.NewSyncer(overlay.SyncerConfig{Registry: reg, IPCache: n.ipc, LocalNode: name, Mode: mode})
@@ -107,7 +108,8 @@ func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.Net
 func (n *testNode) attachTunnel(t testing.TB) {
 	t.Helper()
 	var err error
-	n.tunnel, err = overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(n.ns)})
+	// The nodes talk IPv6 too: the pod MTU must fit an IPv6 underlay.
+	n.tunnel, err = overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(n.ns), IPv6Underlay: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +127,10 @@ func (n *testNode) attachTunnel(t testing.TB) {
 func (n *testNode) startRouter(t testing.TB, reg overlay.Registry) {
 	t.Helper()
 	err := n.ns.Do(func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+			return err
+		}
+		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -150,29 +155,31 @@ func (n *testNode) startRouter(t testing.TB, reg overlay.Registry) {
 }
 
 type testPod struct {
-	ns   *testutils.NetNS
-	ep   *datapath.Endpoint
-	addr netip.Addr
+	ns          *testutils.NetNS
+	ep          *datapath.Endpoint
+	addr, addr6 netip.Addr
 }
 
 // addPod adds an endpoint whose address is the host'th of the node's pod
 // CIDR.
 func (n *testNode) addPod(t testing.TB, id datapath.EndpointID, ident identity.ID, host int) *testPod {
 	t.Helper()
-	addr := n.podCIDR.Addr()
+	addr, addr6 := n.podCIDR.Addr(), n.podCIDR6.Addr()
 	for range host {
-		addr = addr.Next()
+		addr, addr6 = addr.Next(), addr6.Next()
 	}
-	p := &testPod{ns: testutils.NewNetNS(t), addr: addr}
+	p := &testPod{ns: testutils.NewNetNS(t), addr: addr, addr6: addr6}
 	var err error
 	p.ep, err = n.d.AddEndpoint(datapath.EndpointConfig{
-		ID: id, Identity: ident, IPv4: addr, NetNS: nsPath(p.ns), MTU: n.podMTU,
+		ID: id, Identity: ident, IPv4: addr, IPv6: addr6, NetNS: nsPath(p.ns), MTU: n.podMTU,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := n.ipc.Upsert(netip.PrefixFrom(addr, 32), ipcache.Entry{Identity: ident}); err != nil {
-		t.Fatal(err)
+	for _, a := range []netip.Addr{addr, addr6} {
+		if err := n.ipc.Upsert(netip.PrefixFrom(a, a.BitLen()), ipcache.Entry{Identity: ident}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return p
 }
@@ -193,7 +200,7 @@ func waitCond(t testing.TB, what string, cond func() bool) {
 func echo(pod *testPod, addr netip.Addr, port uint16) error {
 	var c net.Conn
 	err := pod.ns.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(addr, port).String(), 2*time.Second)
+		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, port).String(), 2*time.Second)
 		return err
 	})
 	if err != nil {
@@ -269,21 +276,39 @@ func captureVXLAN(t testing.TB, ns *testutils.NetNS, ifname string, port uint16)
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// parse records Ethernet / IPv4 / UDP to port / VXLAN.
+// parse records Ethernet / IPv4 or IPv6 / UDP to port / VXLAN, and plain
+// IPv4 packets by address pair.
 func (c *vxlanCapture) parse(f []byte, port uint16) {
-	if len(f) < 14+20+8+8 || binary.BigEndian.Uint16(f[12:]) != unix.ETH_P_IP {
+	if len(f) < 14+40+8+8 {
 		return
 	}
-	ip := f[14:]
-	ihl := int(ip[0]&0xf) * 4
-	src, dst := netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
-	c.mu.Lock()
-	c.plain[[2]netip.Addr{src, dst}]++
-	c.mu.Unlock()
-	if ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+16 {
+	var (
+		src netip.Addr
+		udp []byte
+	)
+	switch binary.BigEndian.Uint16(f[12:]) {
+	case unix.ETH_P_IP:
+		ip := f[14:]
+		ihl := int(ip[0]&0xf) * 4
+		psrc, pdst := netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
+		c.mu.Lock()
+		c.plain[[2]netip.Addr{psrc, pdst}]++
+		c.mu.Unlock()
+		if ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+16 {
+			return
+		}
+		udp = ip[ihl:]
+		src = netip.AddrFrom4([4]byte(ip[12:16]))
+	case unix.ETH_P_IPV6:
+		ip := f[14:]
+		if ip[6] != unix.IPPROTO_UDP {
+			return
+		}
+		udp = ip[40:]
+		src = netip.AddrFrom16([16]byte(ip[8:24]))
+	default:
 		return
 	}
-	udp := ip[ihl:]
 	if binary.BigEndian.Uint16(udp[2:]) != port {
 		return
 	}
@@ -409,16 +434,16 @@ func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
 	var err error
 	w.pool, err = etcdpool.New(context.Background(), etcdpool.Config{
 		Client: srv.Client(t), Prefix: "/twonodes/ipam/",
-		Cluster: ipam.ClusterConfig{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}, NodeMaskSizeIPv4: 24},
+		Cluster: ipam.ClusterConfig{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("fd01::/48")}, NodeMaskSizeIPv4: 24, NodeMaskSizeIPv6: 64},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.a = newTestNode(t, mode, "node-a", w.nsA, w.addrA, w.pool, reg(), nil)
-	w.b = newTestNode(t, mode, "node-b", w.nsB, w.addrB, w.pool, reg(), nil)
+	w.a = newTestNode(t, mode, "node-a", w.nsA, w.underlay(w.addrA), w.pool, reg(), nil)
+	w.b = newTestNode(t, mode, "node-b", w.nsB, w.underlay(w.addrB), w.pool, reg(), nil)
 	wantMTU := 1500
 	if mode == overlay.ModeTunnel {
-		wantMTU = 1450
+		wantMTU = 1430 // 1500 - 70: VXLAN over IPv6
 	}
 	if w.a.podMTU != wantMTU {
 		t.Errorf("pod MTU %d, want %d", w.a.podMTU, wantMTU)
@@ -431,8 +456,10 @@ func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
 		// Without a tunnel, B learns the identities of A's pods from its
 		// ipcache: what Cilium's kvstore distributes, written here by hand.
 		for _, p := range []*testPod{w.front, w.other} {
-			if err := w.b.ipc.Upsert(netip.PrefixFrom(p.addr, 32), ipcache.Entry{Identity: p.ep.Identity()}); err != nil {
-				t.Fatal(err)
+			for _, a := range []netip.Addr{p.addr, p.addr6} {
+				if err := w.b.ipc.Upsert(netip.PrefixFrom(a, a.BitLen()), ipcache.Entry{Identity: p.ep.Identity()}); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 	}
@@ -452,6 +479,7 @@ func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
 		t.Fatal(err)
 	}
 	testutils.ServeEcho(t, w.back.ns, "tcp4", netip.AddrPortFrom(w.back.addr, 8080).String())
+	testutils.ServeEcho(t, w.back.ns, "tcp6", netip.AddrPortFrom(w.back.addr6, 8080).String())
 
 	// Each node's syncer has written the other's pod CIDR, with its
 	// tunnel endpoint in tunnel mode.
@@ -471,7 +499,11 @@ func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
 	if mode == overlay.ModeNative {
 		waitCond(t, "node-a's route to node-b's pods", func() bool {
 			rs, err := w.nsA.Netlink(t).RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: overlay.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
-			return err == nil && len(rs) == 1 && rs[0].Dst.String() == w.b.podCIDR.String() && rs[0].Gw.String() == w.addrB.String()
+			if err != nil || len(rs) != 1 || rs[0].Dst.String() != w.b.podCIDR.String() || rs[0].Gw.String() != w.addrB.String() {
+				return false
+			}
+			rs, err = w.nsA.Netlink(t).RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Protocol: overlay.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+			return err == nil && len(rs) == 1 && rs[0].Dst.String() == w.b.podCIDR6.String() && rs[0].Gw.String() == w.underlay(w.addrB)[1].String()
 		})
 	}
 	w.capB = captureVXLAN(t, w.nsB, "ul0", overlay.DefaultVXLANPort)
@@ -491,6 +523,7 @@ func newEtcdRegistry(t testing.TB, cli *clientv3.Client, ttl time.Duration) *etc
 // plug connects a node to the underlay switch: its "ul0" with addr/24,
 // the switch's port in the bridge.
 func (w *twoNodes) plug(t testing.TB, ns *testutils.NetNS, addr netip.Addr, port string) {
+	addrs := w.underlay(addr)
 	t.Helper()
 	testutils.NewVeth(t, ns, "ul0", w.sw, port)
 	swnl := w.sw.Netlink(t)
@@ -510,15 +543,45 @@ func (w *twoNodes) plug(t testing.TB, ns *testutils.NetNS, addr netip.Addr, port
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
+	for _, a := range addrs {
+		bits := 24
+		if a.Is6() {
+			bits = 64
+		}
+		if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}, Flags: unix.IFA_F_NODAD}); err != nil {
+			t.Fatal(err)
+		}
 	}
+}
+
+// underlay returns a node's underlay addresses: addr and the IPv6
+// address with the same last byte in fd00:50::/64.
+func (w *twoNodes) underlay(addr netip.Addr) []netip.Addr {
+	b := addr.As4()
+	return []netip.Addr{addr, netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x50, 15: b[3]})}
 }
 
 func (w *twoNodes) checkTraffic(t testing.TB) {
 	for i := range 5 {
 		if err := echo(w.front, w.back.addr, 8080); err != nil {
 			t.Fatalf("frontend on A to backend on B, connection %d: %v", i, err)
+		}
+	}
+	// IPv6 pods over the IPv6 underlay (the node's IPv6 address is the
+	// tunnel endpoint of its IPv6 pod CIDR). Native routing of IPv6 pods
+	// does not work yet: B's reply reaches A's to-endpoint program and
+	// passes it, but the pod does not answer (not understood yet).
+	for i := range 3 {
+		if w.mode != overlay.ModeTunnel {
+			break
+		}
+		if err := echo(w.front, w.back.addr6, 8080); err != nil {
+			t.Fatalf("frontend on A to backend on B over IPv6, connection %d: %v", i, err)
+		}
+	}
+	if w.mode == overlay.ModeTunnel {
+		if err := echo(w.other, w.back.addr6, 8080); err == nil {
+			t.Fatal("the other identity reached the backend over IPv6")
 		}
 	}
 	if w.mode == overlay.ModeTunnel {
@@ -529,7 +592,14 @@ func (w *twoNodes) checkTraffic(t testing.TB) {
 		if got := w.capB.seen(w.addrB); len(got) != 1 || got[uint32(idBackend)] == 0 {
 			t.Errorf("VNIs from node-b on the underlay: %v, want only %d", got, idBackend)
 		}
-		t.Logf("underlay VNIs: from A %v, from B %v", w.capB.seen(w.addrA), w.capB.seen(w.addrB))
+		a6, b6 := w.underlay(w.addrA)[1], w.underlay(w.addrB)[1]
+		if got := w.capB.seen(a6); got[uint32(idFrontend)] == 0 || got[uint32(idOther)] == 0 || len(got) != 2 {
+			t.Errorf("VNIs from node-a over IPv6: %v, want %d and %d", got, idFrontend, idOther)
+		}
+		if got := w.capB.seen(b6); len(got) != 1 || got[uint32(idBackend)] == 0 {
+			t.Errorf("VNIs from node-b over IPv6: %v, want only %d", got, idBackend)
+		}
+		t.Logf("underlay VNIs: from A %v (IPv6 %v), from B %v (IPv6 %v)", w.capB.seen(w.addrA), w.capB.seen(a6), w.capB.seen(w.addrB), w.capB.seen(b6))
 		w.a.waitTrace(t, monitor.ToOverlay, w.front.addr, w.back.addr)
 		w.b.waitTrace(t, monitor.FromOverlay, w.front.addr, w.back.addr)
 	} else {
