@@ -69,15 +69,19 @@ var layers = []layer{
 	{pkg: "bandwidth/...", may: []string{"", "datapath/...", "identity/...", "policy/mapstate", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	{pkg: "lb/...", may: []string{"", "datapath/monitor", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	{pkg: "ipam/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
+	// overlay joins nodes: the registry and its syncer feed the ipcache,
+	// the tunnel device and its programs belong to the datapath.
+	{pkg: "overlay/...", may: []string{"", "identity/...", "ipam/...", "datapath/...", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	{pkg: "internal/testutils/...", may: []string{"", "internal/..."}},
 	{pkg: "internal/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	// policytrace only parses and traces: no kernel code, no BPF object.
-	{pkg: "examples/policytrace", may: []string{"", "identity/...", "policy/..."}, never: append(append([]string{}, kernel...), cniModule)},
-	// The CNI plugin is a short-lived process per pod: it only speaks CNI
-	// (containernetworking/cni) and the agent API; the agent does the
-	// dataplane, so the plugin links no BPF object and no netlink.
-	{pkg: "examples/cni", may: []string{"examples/internal/..."}, never: []string{"github.com/cilium/ebpf", "github.com/vishvananda/netlink", ciliumAPI, prometheus}},
-	{pkg: "examples/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "lb/...", "ipam/...", "flow/...", "bandwidth/...", "internal/...", "examples/internal/..."}, never: []string{cniModule}},
+	// bandwidth writes rates through datapath; datapath never imports it.
+	{pkg: "bandwidth/...", may: []string{"", "datapath/...", "identity/...", "policy/mapstate", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
+	{pkg: "lb/...", may: []string{"", "datapath/monitor", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
+	{pkg: "ipam/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
+	// overlay joins nodes: the registry and its syncer feed the ipcache,
+	// the tunnel device and its programs belong to the datapath.
+	{pkg: "overlay/...", may: []string{"", "identity/...", "ipam/...", "datapath/...", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 }
 
 // covers reports whether pattern (module-relative, "x/..." for a subtree)

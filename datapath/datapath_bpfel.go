@@ -24,9 +24,16 @@ const (
 	datapathMapNpEventsLost       = "np_events_lost"
 	datapathMapNpFrags            = "np_frags"
 	datapathMapNpIpcache          = "np_ipcache"
+	datapathMapNpNat              = "np_nat"
+	datapathMapNpNatConfig        = "np_nat_config"
+	datapathMapNpNatExclude       = "np_nat_exclude"
+	datapathMapNpOverlayConfig    = "np_overlay_config"
 	datapathMapNpPolicy           = "np_policy"
 	datapathMapNpTraceConfig      = "np_trace_config"
 	datapathProgNpFromEndpoint    = "np_from_endpoint"
+	datapathProgNpFromOverlay     = "np_from_overlay"
+	datapathProgNpNatEgress       = "np_nat_egress"
+	datapathProgNpNatIngress      = "np_nat_ingress"
 	datapathProgNpToEndpoint      = "np_to_endpoint"
 	datapathVarNpCtLifetimeClose  = "np_ct_lifetime_close"
 	datapathVarNpCtLifetimeNontcp = "np_ct_lifetime_nontcp"
@@ -80,6 +87,9 @@ type datapathSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
 	NpFromEndpoint *ebpf.ProgramSpec `ebpf:"np_from_endpoint"`
+	NpFromOverlay  *ebpf.ProgramSpec `ebpf:"np_from_overlay"`
+	NpNatEgress    *ebpf.ProgramSpec `ebpf:"np_nat_egress"`
+	NpNatIngress   *ebpf.ProgramSpec `ebpf:"np_nat_ingress"`
 	NpToEndpoint   *ebpf.ProgramSpec `ebpf:"np_to_endpoint"`
 }
 
@@ -87,16 +97,20 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	NpConntrack   *ebpf.MapSpec `ebpf:"np_conntrack"`
-	NpCounters    *ebpf.MapSpec `ebpf:"np_counters"`
-	NpEdt         *ebpf.MapSpec `ebpf:"np_edt"`
-	NpEndpoints   *ebpf.MapSpec `ebpf:"np_endpoints"`
-	NpEvents      *ebpf.MapSpec `ebpf:"np_events"`
-	NpEventsLost  *ebpf.MapSpec `ebpf:"np_events_lost"`
-	NpFrags       *ebpf.MapSpec `ebpf:"np_frags"`
-	NpIpcache     *ebpf.MapSpec `ebpf:"np_ipcache"`
-	NpPolicy      *ebpf.MapSpec `ebpf:"np_policy"`
-	NpTraceConfig *ebpf.MapSpec `ebpf:"np_trace_config"`
+	NpConntrack     *ebpf.MapSpec `ebpf:"np_conntrack"`
+	NpCounters      *ebpf.MapSpec `ebpf:"np_counters"`
+	NpEdt           *ebpf.MapSpec `ebpf:"np_edt"`
+	NpEndpoints     *ebpf.MapSpec `ebpf:"np_endpoints"`
+	NpEvents        *ebpf.MapSpec `ebpf:"np_events"`
+	NpEventsLost    *ebpf.MapSpec `ebpf:"np_events_lost"`
+	NpFrags         *ebpf.MapSpec `ebpf:"np_frags"`
+	NpIpcache       *ebpf.MapSpec `ebpf:"np_ipcache"`
+	NpNat           *ebpf.MapSpec `ebpf:"np_nat"`
+	NpNatConfig     *ebpf.MapSpec `ebpf:"np_nat_config"`
+	NpNatExclude    *ebpf.MapSpec `ebpf:"np_nat_exclude"`
+	NpOverlayConfig *ebpf.MapSpec `ebpf:"np_overlay_config"`
+	NpPolicy        *ebpf.MapSpec `ebpf:"np_policy"`
+	NpTraceConfig   *ebpf.MapSpec `ebpf:"np_trace_config"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -132,16 +146,20 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	NpConntrack   *ebpf.Map `ebpf:"np_conntrack"`
-	NpCounters    *ebpf.Map `ebpf:"np_counters"`
-	NpEdt         *ebpf.Map `ebpf:"np_edt"`
-	NpEndpoints   *ebpf.Map `ebpf:"np_endpoints"`
-	NpEvents      *ebpf.Map `ebpf:"np_events"`
-	NpEventsLost  *ebpf.Map `ebpf:"np_events_lost"`
-	NpFrags       *ebpf.Map `ebpf:"np_frags"`
-	NpIpcache     *ebpf.Map `ebpf:"np_ipcache"`
-	NpPolicy      *ebpf.Map `ebpf:"np_policy"`
-	NpTraceConfig *ebpf.Map `ebpf:"np_trace_config"`
+	NpConntrack     *ebpf.Map `ebpf:"np_conntrack"`
+	NpCounters      *ebpf.Map `ebpf:"np_counters"`
+	NpEdt           *ebpf.Map `ebpf:"np_edt"`
+	NpEndpoints     *ebpf.Map `ebpf:"np_endpoints"`
+	NpEvents        *ebpf.Map `ebpf:"np_events"`
+	NpEventsLost    *ebpf.Map `ebpf:"np_events_lost"`
+	NpFrags         *ebpf.Map `ebpf:"np_frags"`
+	NpIpcache       *ebpf.Map `ebpf:"np_ipcache"`
+	NpNat           *ebpf.Map `ebpf:"np_nat"`
+	NpNatConfig     *ebpf.Map `ebpf:"np_nat_config"`
+	NpNatExclude    *ebpf.Map `ebpf:"np_nat_exclude"`
+	NpOverlayConfig *ebpf.Map `ebpf:"np_overlay_config"`
+	NpPolicy        *ebpf.Map `ebpf:"np_policy"`
+	NpTraceConfig   *ebpf.Map `ebpf:"np_trace_config"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -154,6 +172,10 @@ func (m *datapathMaps) Close() error {
 		m.NpEventsLost,
 		m.NpFrags,
 		m.NpIpcache,
+		m.NpNat,
+		m.NpNatConfig,
+		m.NpNatExclude,
+		m.NpOverlayConfig,
 		m.NpPolicy,
 		m.NpTraceConfig,
 	)
@@ -177,12 +199,18 @@ type datapathVariables struct {
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
 	NpFromEndpoint *ebpf.Program `ebpf:"np_from_endpoint"`
+	NpFromOverlay  *ebpf.Program `ebpf:"np_from_overlay"`
+	NpNatEgress    *ebpf.Program `ebpf:"np_nat_egress"`
+	NpNatIngress   *ebpf.Program `ebpf:"np_nat_ingress"`
 	NpToEndpoint   *ebpf.Program `ebpf:"np_to_endpoint"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.NpFromEndpoint,
+		p.NpFromOverlay,
+		p.NpNatEgress,
+		p.NpNatIngress,
 		p.NpToEndpoint,
 	)
 }

@@ -25,6 +25,15 @@
 // and the engine writes the allow-all entries of an endpoint no policy
 // selects. [PolicyMap] writes entries directly, for tests and tools.
 //
+// # Other nodes and the outside
+//
+// [Datapath.AttachOverlay] puts a program on the node's tunnel device
+// (package overlay creates it): traffic to prefixes whose ipcache entry has
+// a tunnel endpoint is encapsulated with the sender's identity as VNI, and
+// what arrives is decided by the VNI and the destination's ingress policy.
+// [Datapath.AttachMasquerade] SNATs endpoint traffic that leaves the
+// cluster to the node's address. Both belong to the process (not pinned).
+//
 // # Observing
 //
 // Every drop is counted by reason ([Datapath.Counters]) and reported as a

@@ -44,6 +44,9 @@ const (
 	FromEndpoint Hook = 0
 	// ToEndpoint is traffic the stack sends to the endpoint (tc egress).
 	ToEndpoint Hook = 1
+	// FromOverlay is traffic another node sends through the tunnel (tc
+	// ingress of the node's tunnel device, [Datapath.AttachOverlay]).
+	FromOverlay Hook = 2
 )
 
 func (h Hook) String() string {
@@ -52,14 +55,19 @@ func (h Hook) String() string {
 		return "from-endpoint"
 	case ToEndpoint:
 		return "to-endpoint"
+	case FromOverlay:
+		return "from-overlay"
 	}
 	return fmt.Sprintf("Hook(%d)", uint8(h))
 }
 
 // hookOf returns the program behind a record's observation point.
 func hookOf(p monitor.ObservationPoint) Hook {
-	if p == monitor.FromEndpoint {
+	switch p {
+	case monitor.FromEndpoint:
 		return FromEndpoint
+	case monitor.FromOverlay:
+		return FromOverlay
 	}
 	return ToEndpoint
 }

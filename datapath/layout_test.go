@@ -38,6 +38,11 @@ func TestMapLayouts(t *testing.T) {
 		{"np_trace_event", traceEvent{}},
 		{"np_trace_config", traceConfig{}},
 		{"np_edt_info", edtInfo{}},
+		{"np_overlay_config", overlayConfig{}},
+		{"np_nat_config", natConfig{}},
+		{"np_nat_key", natKey{}},
+		{"np_nat_entry", natEntry{}},
+		{"np_nat_exclude_key", natExcludeKey{}},
 		{"__sk_buff", skbContext{}},
 	} {
 		t.Run(tc.c, func(t *testing.T) {
@@ -52,13 +57,16 @@ func TestMapLayouts(t *testing.T) {
 
 	// The maps use these types for their keys and values.
 	for name, kv := range map[string][2]string{
-		datapathMapNpEndpoints:   {"np_endpoint_key", "np_endpoint_info"},
-		datapathMapNpIpcache:     {"np_ipcache_key", "np_ipcache_info"},
-		datapathMapNpConntrack:   {"np_tuple", "np_ct_entry"},
-		datapathMapNpFrags:       {"np_frag_key", "np_frag_l4"},
-		datapathMapNpCounters:    {"", "np_counter"},
-		datapathMapNpTraceConfig: {"", "np_trace_config"},
-		datapathMapNpEdt:         {"", "np_edt_info"},
+		datapathMapNpEndpoints:     {"np_endpoint_key", "np_endpoint_info"},
+		datapathMapNpIpcache:       {"np_ipcache_key", "np_ipcache_info"},
+		datapathMapNpConntrack:     {"np_tuple", "np_ct_entry"},
+		datapathMapNpFrags:         {"np_frag_key", "np_frag_l4"},
+		datapathMapNpCounters:      {"", "np_counter"},
+		datapathMapNpTraceConfig:   {"", "np_trace_config"},
+		datapathMapNpEdt:           {"", "np_edt_info"},
+		datapathMapNpOverlayConfig: {"", "np_overlay_config"},
+		datapathMapNpNat:           {"np_nat_key", "np_nat_entry"},
+		datapathMapNpNatConfig:     {"", "np_nat_config"},
 	} {
 		m := spec.Maps[name]
 		if kv[0] != "" && m.Key.TypeName() != kv[0] {

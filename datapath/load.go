@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -21,6 +22,10 @@ type sharedMaps struct {
 	events     *ebpf.Map
 	trace      *ebpf.Map // np_trace_config
 	edt        *ebpf.Map // np_edt, endpoint ID -> EDT state
+	overlay    *ebpf.Map // np_overlay_config (overlay.go)
+	nat        *ebpf.Map // np_nat, np_nat_config, np_nat_exclude (masquerade.go)
+	natConfig  *ebpf.Map
+	natExclude *ebpf.Map
 	// records is Go's own map of endpoint records (record.go); the
 	// programs do not use it.
 	records *ebpf.Map
@@ -28,16 +33,20 @@ type sharedMaps struct {
 
 func (m *sharedMaps) byName() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
-		datapathMapNpEndpoints:   &m.endpoints,
-		datapathMapNpIpcache:     &m.ipcache,
-		datapathMapNpConntrack:   &m.conntrack,
-		datapathMapNpFrags:       &m.frags,
-		datapathMapNpPolicy:      &m.policy,
-		datapathMapNpCounters:    &m.counters,
-		datapathMapNpEventsLost:  &m.eventsLost,
-		datapathMapNpEvents:      &m.events,
-		datapathMapNpTraceConfig: &m.trace,
-		datapathMapNpEdt:         &m.edt,
+		datapathMapNpEndpoints:     &m.endpoints,
+		datapathMapNpIpcache:       &m.ipcache,
+		datapathMapNpConntrack:     &m.conntrack,
+		datapathMapNpFrags:         &m.frags,
+		datapathMapNpPolicy:        &m.policy,
+		datapathMapNpCounters:      &m.counters,
+		datapathMapNpEventsLost:    &m.eventsLost,
+		datapathMapNpEvents:        &m.events,
+		datapathMapNpTraceConfig:   &m.trace,
+		datapathMapNpEdt:           &m.edt,
+		datapathMapNpOverlayConfig: &m.overlay,
+		datapathMapNpNat:           &m.nat,
+		datapathMapNpNatConfig:     &m.natConfig,
+		datapathMapNpNatExclude:    &m.natExclude,
 	}
 }
 
@@ -160,6 +169,9 @@ func (p *endpointPrograms) close() error {
 func loadEndpointPrograms(spec *ebpf.CollectionSpec, maps *sharedMaps, cfg EndpointConfig) (*endpointPrograms, error) {
 	id := cfg.ID
 	spec = spec.Copy()
+	// The tunnel device's and the external interface's programs are
+	// loaded once per node (overlay.go, masquerade.go).
+	onlyPrograms(spec, datapathProgNpFromEndpoint, datapathProgNpToEndpoint)
 	// Addresses go in as bytes: they stay in network byte order.
 	var v4 [4]byte
 	var v6 [16]byte
@@ -187,4 +199,13 @@ func loadEndpointPrograms(spec *ebpf.CollectionSpec, maps *sharedMaps, cfg Endpo
 		from: coll.DetachProgram(datapathProgNpFromEndpoint),
 		to:   coll.DetachProgram(datapathProgNpToEndpoint),
 	}, nil
+}
+
+// onlyPrograms removes every program but the named ones from spec.
+func onlyPrograms(spec *ebpf.CollectionSpec, names ...string) {
+	for name := range spec.Programs {
+		if !slices.Contains(names, name) {
+			delete(spec.Programs, name)
+		}
+	}
 }

@@ -27,6 +27,9 @@
  * the connection was created; identities are looked up (endpoints map,
  * ipcache) only for new connections.
  *
+ * The overlay (overlay.h) adds a third program, np_from_overlay, on the
+ * node's tunnel device, and sends traffic to other nodes' pods there.
+ *
  * Both programs leave their verdict in skb->cb (layout below), which is how
  * BPF_PROG_TEST_RUN callers read the drop reason.
  */
@@ -81,6 +84,7 @@ struct np_state {
 	__u8 policy_dir;    /* enum np_direction of the denying policy, 0 for none */
 	__u16 policy_ep;    /* endpoint of the denying policy */
 	__u16 dst_ep;       /* local endpoint the packet is delivered to */
+	__u8 overlay;       /* sent to the tunnel device (overlay.h) */
 };
 
 static __always_inline void np_fill_hdr(struct np_event_hdr *h, struct __sk_buff *skb, __u8 type)
@@ -94,6 +98,8 @@ static __always_inline void np_fill_hdr(struct np_event_hdr *h, struct __sk_buff
 
 static __always_inline __u8 np_obs_of(__u8 hook)
 {
+	if (hook == NP_HOOK_FROM_OVERLAY)
+		return NP_OBS_FROM_OVERLAY;
 	return hook == NP_HOOK_FROM_ENDPOINT ? NP_OBS_FROM_ENDPOINT : NP_OBS_TO_ENDPOINT;
 }
 
@@ -283,8 +289,11 @@ static __always_inline void np_trace(struct __sk_buff *skb, const struct np_stat
 		return;
 	}
 	if (level < NP_AGGREGATE_LOWEST)
-		np_emit_trace(skb, s, NP_OBS_FROM_ENDPOINT);
-	np_emit_trace(skb, s, action == TC_ACT_REDIRECT ? NP_OBS_TO_ENDPOINT : NP_OBS_TO_STACK);
+		np_emit_trace(skb, s, np_obs_of(s->hook));
+	if (s->overlay)
+		np_emit_trace(skb, s, NP_OBS_TO_OVERLAY);
+	else
+		np_emit_trace(skb, s, action == TC_ACT_REDIRECT ? NP_OBS_TO_ENDPOINT : NP_OBS_TO_STACK);
 }
 
 /* np_trace_prepare reads the aggregation level and, from medium on,
@@ -504,6 +513,9 @@ static __always_inline int np_admit(struct __sk_buff *skb, struct np_state *s, b
 	return TC_ACT_UNSPEC;
 }
 
+#include "overlay.h"
+#include "nat.h"
+
 SEC("tc")
 int np_from_endpoint(struct __sk_buff *skb)
 {
@@ -560,6 +572,9 @@ int np_from_endpoint(struct __sk_buff *skb)
 	s.reason = np_edt_sched_departure(skb, np_endpoint_id);
 	if (s.reason)
 		return np_exit(skb, &s, TC_ACT_SHOT);
+	ret = np_overlay_encap(skb, &s);
+	if (ret != TC_ACT_UNSPEC)
+		return np_exit(skb, &s, ret);
 	return np_exit(skb, &s, TC_ACT_OK);
 }
 

@@ -43,6 +43,7 @@ enum np_event_type {
 enum np_hook {
 	NP_HOOK_FROM_ENDPOINT = 0, /* sent by the endpoint (tc ingress of its host-side veth) */
 	NP_HOOK_TO_ENDPOINT = 1,   /* sent to the endpoint by the stack (tc egress) */
+	NP_HOOK_FROM_OVERLAY = 2,  /* received from another node (tc ingress of the tunnel device) */
 };
 
 /* Observation points in records, Cilium's numbers (TRACE_* in
@@ -50,7 +51,9 @@ enum np_hook {
 enum np_obs_point {
 	NP_OBS_TO_ENDPOINT = 0,   /* TRACE_TO_LXC */
 	NP_OBS_TO_STACK = 3,      /* TRACE_TO_STACK */
+	NP_OBS_TO_OVERLAY = 4,    /* TRACE_TO_OVERLAY */
 	NP_OBS_FROM_ENDPOINT = 5, /* TRACE_FROM_LXC */
+	NP_OBS_FROM_OVERLAY = 9,  /* TRACE_FROM_OVERLAY */
 };
 
 /* Traffic direction in drop records, Hubble's numbers. */
@@ -186,10 +189,14 @@ struct {
 #define DROP_CT_INVALID_HDR    135
 #define DROP_CT_UNKNOWN_PROTO  137
 #define DROP_UNKNOWN_L3        139
+#define DROP_WRITE_ERROR       141
+#define DROP_NO_TUNNEL_KEY     147
 #define DROP_UNKNOWN_TARGET    150
 #define DROP_CT_CREATE_FAILED  155
 #define DROP_INVALID_EXTHDR    156
 #define DROP_EDT_HORIZON       162
+#define DROP_INVALID_IDENTITY  171
+#define DROP_UNKNOWN_SENDER    172
 #define DROP_FRAG_NOT_FOUND    175
 #define DROP_POLICY_DENY       181
 #define DROP_EP_NOT_READY      203

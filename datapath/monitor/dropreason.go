@@ -25,6 +25,12 @@ const (
 	DropCTUnknownProto DropReason = 137
 	// DropUnknownL3: neither IPv4, IPv6 nor ARP. DROP_UNKNOWN_L3.
 	DropUnknownL3 DropReason = 139
+	// DropWriteError: writing to the packet failed (for the overlay: its
+	// tunnel key could not be set). DROP_WRITE_ERROR.
+	DropWriteError DropReason = 141
+	// DropNoTunnelKey: a packet on the tunnel device carries no tunnel
+	// key. DROP_NO_TUNNEL_KEY.
+	DropNoTunnelKey DropReason = 147
 	// DropUnknownTarget: the stack sent an endpoint a packet that is not
 	// addressed to it. DROP_UNKNOWN_TARGET.
 	DropUnknownTarget DropReason = 150
@@ -49,6 +55,13 @@ const (
 	// DropNATNoMapping: SNAT found no free NAT port for a new flow.
 	// DROP_NAT_NO_MAPPING.
 	DropNATNoMapping DropReason = 167
+	// DropInvalidIdentity: the VNI of a tunnelled packet is not an
+	// identity a node sends (0, or host: nodes present their own traffic
+	// as remote-node). DROP_INVALID_IDENTITY.
+	DropInvalidIdentity DropReason = 171
+	// DropUnknownSender: a tunnelled packet's outer source is not a node
+	// the ipcache knows (reserved:remote-node). DROP_UNKNOWN_SENDER.
+	DropUnknownSender DropReason = 172
 	// DropFragmentNotFound: a later fragment of a datagram whose first
 	// fragment the datapath has not seen (lost, reordered, or evicted from
 	// the fragments map), so its ports are unknown. DROP_FRAG_NOT_FOUND.
@@ -79,6 +92,14 @@ func (r DropReason) String() string {
 		return "CT_UNKNOWN_L4_PROTOCOL"
 	case DropUnknownL3:
 		return "UNSUPPORTED_L3_PROTOCOL"
+	case DropWriteError:
+		return "ERROR_WRITING_TO_PACKET"
+	case DropNoTunnelKey:
+		return "ERROR_RETRIEVING_TUNNEL_KEY"
+	case DropInvalidIdentity:
+		return "INVALID_IDENTITY"
+	case DropUnknownSender:
+		return "UNKNOWN_SENDER"
 	case DropUnknownTarget:
 		return "UNKNOWN_L3_TARGET_ADDRESS"
 	case DropCTCreateFailed:

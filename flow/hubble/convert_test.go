@@ -188,6 +188,7 @@ func TestProtoDropReasonNames(t *testing.T) {
 		monitor.DropFragmentNotFound, monitor.DropPolicyDeny, monitor.DropEndpointNotReady,
 		monitor.DropEDTHorizon,
 		monitor.DropFragNoSupport, monitor.DropNoService, monitor.DropNATNoMapping,
+		monitor.DropWriteError, monitor.DropNoTunnelKey, monitor.DropInvalidIdentity, monitor.DropUnknownSender,
 	} {
 		got := Proto(&flow.Flow{DropReason: r}).GetDropReasonDesc()
 		if got.String() != r.String() {

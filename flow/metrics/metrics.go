@@ -200,6 +200,14 @@ func CiliumDropReason(r monitor.DropReason) string {
 		return "CT: Unknown L4 protocol"
 	case monitor.DropUnknownL3:
 		return "Unsupported L3 protocol"
+	case monitor.DropWriteError:
+		return "Failed to write or modify packet"
+	case monitor.DropNoTunnelKey:
+		return "Error retrieving tunnel key"
+	case monitor.DropInvalidIdentity:
+		return "Invalid identity"
+	case monitor.DropUnknownSender:
+		return "Unknown sender"
 	case monitor.DropUnknownTarget:
 		return "Unknown L3 target address"
 	case monitor.DropCTCreateFailed:

@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright 2026 The nodeplane Authors. */
+
+/*
+ * The overlay: pods on other nodes reached through one collect-metadata
+ * tunnel device (VXLAN) per node, as Cilium's tunnel mode.
+ *
+ *   from an endpoint  a packet to a prefix whose ipcache entry names a
+ *                     tunnel endpoint (another node's pod CIDR) gets a
+ *                     tunnel key (VNI = the sender's identity, 24 bits;
+ *                     outer destination = the tunnel endpoint) and goes to
+ *                     the tunnel device (np_overlay_encap).
+ *   np_from_overlay   tc ingress of the tunnel device: the sender's
+ *                     identity comes from the VNI, after the outer source
+ *                     was checked to be a node the ipcache knows
+ *                     (reserved:remote-node); conntrack and the local
+ *                     destination's ingress policy decide as for local
+ *                     traffic, then the packet goes into its namespace.
+ *
+ * Included by datapath.c after its helpers (np_state, np_exit, ...).
+ */
+
+#ifndef NP_OVERLAY_H
+#define NP_OVERLAY_H
+
+/* Cilium's identities that matter here (identity.Reserved*). */
+#define NP_HOST_ID           1
+#define NP_REMOTE_NODE_ID    6
+#define NP_KUBE_APISERVER_ID 7
+
+/* ipcache.FlagSkipTunnel */
+#define NP_IPCACHE_F_SKIP_TUNNEL (1U << 0)
+
+#define NP_VNI_MASK 0xffffff
+
+struct np_overlay_config {
+	__u32 tunnel_ifindex; /* 0: no overlay, traffic to other nodes goes to the stack */
+	__u32 flags;          /* reserved */
+};
+NP_ASSERT_SIZE(struct np_overlay_config, 8);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct np_overlay_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_overlay_config SEC(".maps");
+
+static __always_inline const struct np_ipcache_info *np_ipcache_lookup(const union np_addr *addr,
+								       __u8 ip_version)
+{
+	struct np_ipcache_key key = {
+		.prefixlen = NP_IPCACHE_STATIC_PREFIX + (ip_version == NP_IPV4 ? 32 : 128),
+		.ip_version = ip_version,
+		.addr = *addr,
+	};
+
+	return bpf_map_lookup_elem(&np_ipcache, &key);
+}
+
+/* np_overlay_encap sends a packet of an allowed connection to another
+ * node's pod through the tunnel device. It returns TC_ACT_UNSPEC when the
+ * destination is not behind a tunnel endpoint (or no tunnel device is
+ * configured): the packet then goes to the stack as before. */
+static __always_inline int np_overlay_encap(struct __sk_buff *skb, struct np_state *s)
+{
+	__u32 zero = 0;
+	const struct np_overlay_config *cfg = bpf_map_lookup_elem(&np_overlay_config, &zero);
+	const struct np_ipcache_info *info;
+	struct bpf_tunnel_key key;
+	__u64 flags = 0;
+
+	if (!cfg || !cfg->tunnel_ifindex)
+		return TC_ACT_UNSPEC;
+	info = np_ipcache_lookup(&s->pkt.tuple.daddr, s->pkt.tuple.ip_version);
+	if (!info || !info->tunnel_ip_version || (info->flags & NP_IPCACHE_F_SKIP_TUNNEL))
+		return TC_ACT_UNSPEC;
+
+	/* memset, not = {}: an initializer need not clear a union's other
+	 * members, and the verifier rejects reading them. */
+	__builtin_memset(&key, 0, sizeof(key));
+	key.tunnel_id = s->src_identity & NP_VNI_MASK;
+	key.tunnel_ttl = 64;
+	if (info->tunnel_ip_version == NP_IPV4) {
+		key.remote_ipv4 = bpf_ntohl(info->tunnel_endpoint.ip4);
+	} else {
+		key.remote_ipv6[0] = info->tunnel_endpoint.words[0];
+		key.remote_ipv6[1] = info->tunnel_endpoint.words[1];
+		key.remote_ipv6[2] = info->tunnel_endpoint.words[2];
+		key.remote_ipv6[3] = info->tunnel_endpoint.words[3];
+		flags = BPF_F_TUNINFO_IPV6;
+	}
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), flags) < 0) {
+		s->reason = DROP_WRITE_ERROR;
+		return TC_ACT_SHOT;
+	}
+	s->overlay = 1;
+	s->redirect_ifindex = cfg->tunnel_ifindex;
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
+/* np_overlay_sender reads the tunnel key and checks the sender: the outer
+ * source must be a node (reserved:remote-node in the ipcache), the VNI an
+ * identity a node may send. It sets the source identity or the reason. */
+static __always_inline void np_overlay_sender(struct __sk_buff *skb, struct np_state *s)
+{
+	struct bpf_tunnel_key key;
+	const struct np_ipcache_info *info;
+	union np_addr outer;
+	__u8 outer_version = NP_IPV6;
+	__u32 vni;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	__builtin_memset(&outer, 0, sizeof(outer));
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), BPF_F_TUNINFO_IPV6) < 0) {
+		if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0) {
+			s->reason = DROP_NO_TUNNEL_KEY;
+			return;
+		}
+		outer_version = NP_IPV4;
+		outer.ip4 = bpf_htonl(key.remote_ipv4);
+	} else {
+		outer.words[0] = key.remote_ipv6[0];
+		outer.words[1] = key.remote_ipv6[1];
+		outer.words[2] = key.remote_ipv6[2];
+		outer.words[3] = key.remote_ipv6[3];
+	}
+	info = np_ipcache_lookup(&outer, outer_version);
+	if (!info || (info->identity != NP_REMOTE_NODE_ID && info->identity != NP_KUBE_APISERVER_ID)) {
+		s->reason = DROP_UNKNOWN_SENDER;
+		return;
+	}
+	vni = key.tunnel_id & NP_VNI_MASK;
+	/* No identity (0) is never sent; a node presents its own traffic as
+	 * remote-node, never as host (Cilium drops HOST_ID from a tunnel). */
+	if (vni == 0 || vni == NP_HOST_ID || vni != key.tunnel_id) {
+		s->reason = DROP_INVALID_IDENTITY;
+		return;
+	}
+	s->src_identity = vni;
+}
+
+SEC("tc")
+int np_from_overlay(struct __sk_buff *skb)
+{
+	struct np_state s = { .hook = NP_HOOK_FROM_OVERLAY };
+	struct np_endpoint_info *dst;
+	struct np_ct_entry *ct = NULL;
+	__u32 now;
+	int ret;
+
+	ret = np_parse(skb, &s.pkt);
+	if (ret == NP_PARSE_PASS)
+		return np_exit(skb, &s, TC_ACT_OK);
+	if (ret) {
+		s.reason = ret;
+		return np_exit(skb, &s, TC_ACT_SHOT);
+	}
+	s.parsed = 1;
+	np_overlay_sender(skb, &s);
+	if (s.reason)
+		return np_exit(skb, &s, TC_ACT_SHOT);
+	np_frag_record(&s.pkt);
+
+	dst = np_lookup_endpoint(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
+	if (!dst) /* for the node itself: the stack decides */
+		return np_exit(skb, &s, TC_ACT_OK);
+	s.dst_ep = dst->endpoint_id;
+	s.dst_identity = dst->identity;
+
+	s.ct_state = np_ct_lookup(skb, &s.pkt, &ct);
+	now = np_now_sec();
+	np_trace_prepare(&s, ct, now);
+	if (ct) {
+		np_ct_identities(&s, ct);
+		np_ct_update(ct, &s.pkt, s.ct_state == NP_CT_REPLY, now);
+	} else if (s.ct_state == NP_CT_NEW) {
+		s.reason = np_check_policy(skb, &s, dst->endpoint_id, 0);
+		if (s.reason)
+			return np_exit(skb, &s, TC_ACT_SHOT);
+		if (np_ct_create(&s.pkt, s.src_identity, s.dst_identity, dst->endpoint_id, now)) {
+			s.reason = DROP_CT_CREATE_FAILED;
+			return np_exit(skb, &s, TC_ACT_SHOT);
+		}
+	}
+	return np_exit(skb, &s, np_redirect_local(skb, &s, dst));
+}
+
+#endif /* NP_OVERLAY_H */

@@ -1,0 +1,110 @@
+package overlay
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/nodeplane/nodeplane/ipam"
+)
+
+// Node is one node of the cluster as the registry knows it.
+type Node struct {
+	// Name is the node's name, as ipam.CheckNodeName accepts it (no '/', space
+	// or control character).
+	Name string
+	// Addresses are the node's underlay addresses (IPv4, IPv6 or both):
+	// where other nodes send its encapsulated traffic, and the source of
+	// the tunnel packets it sends. At least one.
+	Addresses []netip.Addr
+	// PodCIDRs are the prefixes of the node's pods (the node CIDRs ipam's
+	// cluster pool handed it), IPv4 and/or IPv6. They must not overlap any
+	// other node's.
+	PodCIDRs []netip.Prefix
+}
+
+// canonical checks n and returns it in canonical form: addresses and
+// CIDRs sorted and deduplicated.
+func (n Node) canonical() (Node, error) {
+	if err := ipam.CheckNodeName(n.Name); err != nil {
+		return n, fmt.Errorf("node %q: %w: %v", n.Name, ErrInvalidNode, err)
+	}
+	if len(n.Addresses) == 0 {
+		return n, fmt.Errorf("node %q: %w: no underlay address", n.Name, ErrInvalidNode)
+	}
+	out := Node{Name: n.Name}
+	for _, a := range n.Addresses {
+		if !a.IsValid() || a.Zone() != "" || a.IsUnspecified() || a.Is4In6() || a.IsMulticast() {
+			return n, fmt.Errorf("node %q: underlay address %v: %w: must be a unicast address without zone", n.Name, a, ErrInvalidNode)
+		}
+		out.Addresses = append(out.Addresses, a)
+	}
+	for _, p := range n.PodCIDRs {
+		if !p.IsValid() || p != p.Masked() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
+			return n, fmt.Errorf("node %q: pod CIDR %v: %w: must be a valid prefix with host bits clear", n.Name, p, ErrInvalidNode)
+		}
+		out.PodCIDRs = append(out.PodCIDRs, p)
+	}
+	slices.SortFunc(out.Addresses, netip.Addr.Compare)
+	out.Addresses = slices.Compact(out.Addresses)
+	slices.SortFunc(out.PodCIDRs, comparePrefix)
+	out.PodCIDRs = slices.Compact(out.PodCIDRs)
+	for i := 1; i < len(out.PodCIDRs); i++ {
+		for j := range i {
+			if out.PodCIDRs[i].Overlaps(out.PodCIDRs[j]) {
+				return n, &OverlapError{Node: n.Name, OtherNode: n.Name, CIDR: out.PodCIDRs[i].String(), OtherCIDR: out.PodCIDRs[j].String()}
+			}
+		}
+	}
+	return out, nil
+}
+
+// Equal reports whether two nodes in canonical form are the same.
+func (n Node) Equal(o Node) bool {
+	return n.Name == o.Name && slices.Equal(n.Addresses, o.Addresses) && slices.Equal(n.PodCIDRs, o.PodCIDRs)
+}
+
+// Address returns the node's underlay address to reach a pod CIDR of the
+// given family through: one of the same family if it has one (VXLAN over
+// IPv4 for IPv4 pods), else its first address.
+func (n Node) Address(is4 bool) netip.Addr {
+	for _, a := range n.Addresses {
+		if a.Is4() == is4 {
+			return a
+		}
+	}
+	if len(n.Addresses) == 0 {
+		return netip.Addr{}
+	}
+	return n.Addresses[0]
+}
+
+// CheckOverlap returns an [*OverlapError] if a pod CIDR of n overlaps one
+// of another node in others (n's own earlier entry, same name, is
+// ignored).
+func CheckOverlap(n Node, others []Node) error {
+	for _, o := range others {
+		if o.Name == n.Name {
+			continue
+		}
+		for _, p := range n.PodCIDRs {
+			for _, q := range o.PodCIDRs {
+				if p.Overlaps(q) {
+					return &OverlapError{Node: n.Name, OtherNode: o.Name, CIDR: p.String(), OtherCIDR: q.String()}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Canonical validates n and returns it with addresses and pod CIDRs
+// sorted and deduplicated; registries store nodes in this form.
+func Canonical(n Node) (Node, error) { return n.canonical() }
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}

@@ -1,0 +1,145 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/internal/feature"
+	"github.com/nodeplane/nodeplane/internal/netnsutil"
+)
+
+var geneveProbe = feature.NewProbe("Geneve", "", func() error {
+	ns, err := netnsutil.New()
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	err = nl.LinkAdd(&netlink.Geneve{LinkAttrs: netlink.LinkAttrs{Name: "np_probe"}, FlowBased: true, Dport: DefaultGenevePort})
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return fmt.Errorf("geneve link: %w (%w)", err, nodeplane.ErrNotSupported)
+	}
+	return err
+})
+
+// HaveGeneve reports whether the kernel can create Geneve devices; the
+// error wraps nodeplane.ErrNotSupported when it cannot. The answer is
+// cached.
+func HaveGeneve() error { return geneveProbe.Result() }
+
+// Tunnel is the node's collect-metadata tunnel device: one device for all
+// remote nodes, the destination of each packet set by the datapath
+// (bpf_skb_set_tunnel_key). It owns the device: Close deletes it.
+type Tunnel struct {
+	cfg  TunnelConfig
+	ns   netns.NsHandle
+	nl   *netlink.Handle
+	link netlink.Link
+}
+
+// NewTunnel creates the device in the node namespace and sets it up with
+// the pod MTU. A device of that name left by an earlier process is
+// replaced.
+func NewTunnel(cfg TunnelConfig) (_ *Tunnel, err error) {
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Protocol == Geneve {
+		if err := HaveGeneve(); err != nil {
+			return nil, fmt.Errorf("new tunnel: %w", err)
+		}
+	}
+	path := cfg.NodeNetNS
+	if path == "" {
+		path = "/proc/self/ns/net"
+	}
+	t := &Tunnel{cfg: cfg}
+	if t.ns, err = netns.GetFromPath(path); err != nil {
+		return nil, fmt.Errorf("new tunnel: open node namespace %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			t.release()
+		}
+	}()
+	if t.nl, err = netlink.NewHandleAt(t.ns); err != nil {
+		return nil, fmt.Errorf("new tunnel: netlink in %s: %w", path, err)
+	}
+	if old, err := t.nl.LinkByName(cfg.Name); err == nil {
+		if err := t.nl.LinkDel(old); err != nil {
+			return nil, fmt.Errorf("new tunnel: delete old %s: %w", cfg.Name, err)
+		}
+	}
+	attrs := netlink.LinkAttrs{Name: cfg.Name, MTU: cfg.podMTU()}
+	var link netlink.Link
+	if cfg.Protocol == Geneve {
+		link = &netlink.Geneve{LinkAttrs: attrs, FlowBased: true, Dport: cfg.Port}
+	} else {
+		link = &netlink.Vxlan{LinkAttrs: attrs, FlowBased: true, Port: int(cfg.Port), Learning: false}
+	}
+	if err := t.nl.LinkAdd(link); err != nil {
+		return nil, fmt.Errorf("new tunnel: add %s device %s: %w", cfg.Protocol, cfg.Name, err)
+	}
+	if t.link, err = t.nl.LinkByName(cfg.Name); err != nil {
+		return nil, fmt.Errorf("new tunnel: %w", err)
+	}
+	if err := t.nl.LinkSetUp(t.link); err != nil {
+		_ = t.nl.LinkDel(t.link)
+		return nil, fmt.Errorf("new tunnel: set %s up: %w", cfg.Name, err)
+	}
+	return t, nil
+}
+
+// Ifindex returns the device's interface index in the node namespace,
+// for datapath.Datapath.AttachOverlay.
+func (t *Tunnel) Ifindex() int { return t.link.Attrs().Index }
+
+// Name returns the device's name.
+func (t *Tunnel) Name() string { return t.cfg.Name }
+
+// Port returns the UDP port.
+func (t *Tunnel) Port() uint16 { return t.cfg.Port }
+
+// Protocol returns the encapsulation.
+func (t *Tunnel) Protocol() TunnelProtocol { return t.cfg.Protocol }
+
+// PodMTU is the MTU endpoints must use (datapath.EndpointConfig.MTU) so
+// that their packets fit the underlay once encapsulated: the underlay MTU
+// minus [TunnelConfig.Overhead].
+func (t *Tunnel) PodMTU() int { return t.cfg.podMTU() }
+
+// Close deletes the device. Closing twice is not an error.
+func (t *Tunnel) Close() error {
+	if t.nl == nil {
+		return nil
+	}
+	var err error
+	if t.link != nil {
+		if e := t.nl.LinkDel(t.link); e != nil && !errors.Is(e, unix.ENODEV) {
+			err = fmt.Errorf("delete tunnel %s: %w", t.cfg.Name, e)
+		}
+	}
+	t.release()
+	return err
+}
+
+func (t *Tunnel) release() {
+	if t.nl != nil {
+		t.nl.Close()
+		t.nl = nil
+	}
+	if t.ns.IsOpen() {
+		t.ns.Close()
+	}
+	t.link = nil
+}

@@ -1,0 +1,99 @@
+package overlay_test
+
+import (
+	"errors"
+	"net"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/overlay"
+)
+
+// TestPrivilegedTunnel creates VXLAN devices with the default and the
+// IANA port and reads them back through netlink: collect-metadata mode,
+// port, MTU = underlay MTU - overhead.
+func TestPrivilegedTunnel(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  overlay.TunnelConfig
+		port int
+		mtu  int
+	}{
+		{"default", overlay.TunnelConfig{}, 8472, 1450},
+		{"IANA port, jumbo underlay", overlay.TunnelConfig{Port: overlay.IANAVXLANPort, UnderlayMTU: 9000}, 4789, 8950},
+		{"IPv6 underlay", overlay.TunnelConfig{IPv6Underlay: true, Name: "vx6"}, 8472, 1430},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testutils.NewNetNS(t)
+			tc.cfg.NodeNetNS = nsPath(ns)
+			tun, err := overlay.NewTunnel(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nl := ns.Netlink(t)
+			l, err := nl.LinkByIndex(tun.Ifindex())
+			if err != nil {
+				t.Fatal(err)
+			}
+			vx, ok := l.(*netlink.Vxlan)
+			if !ok {
+				t.Fatalf("device is a %s, want vxlan", l.Type())
+			}
+			if !vx.FlowBased || vx.Port != tc.port || vx.MTU != tc.mtu || vx.Name != tun.Name() || vx.Flags&net.FlagUp == 0 {
+				t.Errorf("device %s: collect-metadata %v, port %d, MTU %d; want true, %d, %d", vx.Name, vx.FlowBased, vx.Port, vx.MTU, tc.port, tc.mtu)
+			}
+			if tun.PodMTU() != tc.mtu {
+				t.Errorf("PodMTU %d, want %d", tun.PodMTU(), tc.mtu)
+			}
+			// A second tunnel of the same name replaces the first.
+			again, err := overlay.NewTunnel(tc.cfg)
+			if err != nil {
+				t.Fatalf("replacing the device: %v", err)
+			}
+			if err := again.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := nl.LinkByName(tun.Name()); err == nil {
+				t.Error("device still there after Close")
+			}
+			if err := tun.Close(); err != nil {
+				t.Errorf("closing the replaced tunnel: %v", err)
+			}
+		})
+	}
+}
+
+func TestTunnelConfigInvalid(t *testing.T) {
+	for _, cfg := range []overlay.TunnelConfig{
+		{Name: "a-name-longer-than-15"},
+		{Protocol: 9},
+		{UnderlayMTU: 1300},
+		{UnderlayMTU: 70000},
+	} {
+		if _, err := overlay.NewTunnel(cfg); !errors.Is(err, overlay.ErrInvalidConfig) {
+			t.Errorf("NewTunnel(%+v) = %v, want ErrInvalidConfig", cfg, err)
+		}
+	}
+}
+
+// TestPrivilegedGeneve creates a Geneve device where the kernel has it;
+// this CI kernel lacks CONFIG_GENEVE, and the probe says so.
+func TestPrivilegedGeneve(t *testing.T) {
+	ns := testutils.NewNetNS(t)
+	testutils.SkipIfNotSupported(t, overlay.HaveGeneve())
+	tun, err := overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(ns), Protocol: overlay.Geneve, Name: "np_geneve"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	l, err := ns.Netlink(t).LinkByIndex(tun.Ifindex())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, ok := l.(*netlink.Geneve)
+	if !ok || !g.FlowBased || g.Dport != overlay.DefaultGenevePort || g.MTU != 1450 {
+		t.Errorf("device %+v, want a collect-metadata Geneve device on %d with MTU 1450", l, overlay.DefaultGenevePort)
+	}
+}
