@@ -91,12 +91,12 @@ func hasTBF(name string, rate bandwidth.Rate) error {
 	return fmt.Errorf("interface %s: no root qdisc, want tbf of %v", name, rate)
 }
 
-// restoreLimits puts a restored endpoint's limits in force again. They
-// normally survived the agent (the EDT state is in a pinned map, the
-// token buckets in the pods' namespaces), and setting them again is
-// idempotent; this covers a kernel that lost them. A limit the agent
-// cannot put back is logged and reported by Check, and does not keep the
-// node's other endpoints from being restored.
+// restoreLimits checks that a restored endpoint's limits are still in
+// force and puts back what the kernel lost. They normally outlive the
+// agent (the EDT state is in a pinned map, the token buckets in the pods'
+// namespaces and on the host-side interfaces), so this is usually a check.
+// A limit the agent cannot put back is logged and reported by Check, and
+// does not keep the node's other endpoints from being restored.
 func (a *Agent) restoreLimits(e *endpoint) {
 	l := e.rec.limits()
 	if a.bw == nil {
@@ -118,9 +118,50 @@ func (a *Agent) restoreLimits(e *endpoint) {
 	if l.Unlimited() {
 		return
 	}
-	if err := a.bw.Set(e.ep.Endpoint, l); err != nil {
+	lost := a.verifyLimits(e, e.ep.Endpoint)
+	if lost == nil {
+		a.log.Debug("bandwidth limits kept", "endpoint", e.rec.EndpointID, "egressRate", l.Egress, "ingressRate", l.Ingress)
+		return
+	}
+	a.log.Warn("bandwidth limits lost while no agent ran; putting them back", "endpoint", e.rec.EndpointID, "lost", lost)
+	if err := a.reapplyLimits(e); err != nil {
 		a.log.Error("restore bandwidth limits", "endpoint", e.rec.EndpointID, "egressRate", l.Egress, "ingressRate", l.Ingress, "err", err)
 		return
 	}
 	a.log.Info("bandwidth limits restored", "endpoint", e.rec.EndpointID, "egressRate", l.Egress, "ingressRate", l.Ingress, "mechanism", a.bw.Mechanism())
+}
+
+// reapplyLimits sets an adopted endpoint's limits again, idempotently.
+// The datapath's record of an adopted endpoint lacks the pod's side (its
+// namespace path and interface name, empty in the adopted handle), which
+// the fallback's egress token bucket lives on, so the agent puts that one
+// back from its own record, with the bandwidth package's parameters.
+func (a *Agent) reapplyLimits(e *endpoint) error {
+	l := e.rec.limits()
+	if a.bw.Mechanism() == bandwidth.MechanismEDT || l.Egress == 0 {
+		return a.bw.Set(e.ep.Endpoint, l)
+	}
+	return errors.Join(
+		a.bw.Set(e.ep.Endpoint, bandwidth.Limits{Ingress: l.Ingress}),
+		inNetNS(e.rec.NetNS, func() error { return replaceTBF(e.rec.IfName, l.Egress) }))
+}
+
+// replaceTBF makes interface name's root qdisc the token bucket the
+// bandwidth package's fallback gives an endpoint (bandwidth's tbfQdisc,
+// after the CNI bandwidth plugin): rate, a burst of 10 ms of it (at least
+// 64 KiB, so that a GSO packet fits) and a queue of 25 ms plus the burst.
+func replaceTBF(name string, rate bandwidth.Rate) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("interface %s: %w", name, err)
+	}
+	bytesPerSec := rate.BytesPerSecond()
+	burst := min(max(bytesPerSec/100, 64<<10), 1<<30)
+	limit := min(bytesPerSec*25/1000+burst, 1<<31)
+	return netlink.QdiscReplace(&netlink.Tbf{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Handle: netlink.MakeHandle(1, 0), Parent: netlink.HANDLE_ROOT},
+		Rate:       bytesPerSec,
+		Limit:      uint32(limit),
+		Buffer:     netlink.Xmittime(bytesPerSec, uint32(burst)),
+	})
 }
