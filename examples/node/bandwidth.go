@@ -27,8 +27,8 @@ func (a *Agent) requestLimits(req agentapi.AddRequest) (bandwidth.Limits, error)
 	}
 	if err := l.Validate(); err != nil {
 		return l, &agentapi.Error{Code: agentapi.CodeInvalidConfig, Msg: "invalid bandwidth limit",
-			Details: fmt.Sprintf("egressRate %d, ingressRate %d bit/s: %v (rates are bits per second, from %d to %d)",
-				req.EgressRate, req.IngressRate, err, bandwidth.MinRate, bandwidth.MaxRate)}
+			Details: fmt.Sprintf("runtimeConfig.bandwidth egressRate %d, ingressRate %d: %v (rates are in bits per second)",
+				req.EgressRate, req.IngressRate, err)}
 	}
 	if a.bw == nil {
 		return l, &agentapi.Error{Code: agentapi.CodeUnsupportedField, Msg: "bandwidth limits cannot be enforced on this node",
