@@ -100,6 +100,30 @@ func TestPrivilegedAgentBandwidth(t *testing.T) {
 		t.Errorf("list does not show the limit: %+v", eps)
 	}
 
+	// A repeated ADD must ask for the same limits.
+	again := lim.req
+	again.EgressRate = uint64(2 * testLimit)
+	if _, err := c.Add(ctx, again); agentapi.CodeOf(err) != agentapi.CodeInvalidConfig {
+		t.Errorf("repeated add with another rate: %v, want an invalid-config error", err)
+	}
+	if _, err := c.Add(ctx, lim.req); err != nil {
+		t.Errorf("repeated add: %v", err)
+	}
+
+	// An ingress limit is a token bucket on the host-side interface (the
+	// CNI bandwidth plugin's; traffic from local pods is redirected past
+	// it, so it is not measured here): Check verifies it.
+	in := addPodLimited(t, c, "c-in", "in", 0, 20*bandwidth.Mbit)
+	if err := n.nodeNS.Do(func() error { return hasTBF(in.resp.Interfaces[0].Name, 20*bandwidth.Mbit) }); err != nil {
+		t.Errorf("ingress limit: %v", err)
+	}
+	if err := c.Check(ctx, agentapi.CheckRequest{Attachment: in.req.Attachment, NetNS: in.req.NetNS}); err != nil {
+		t.Errorf("check the ingress-limited pod: %v", err)
+	}
+	if err := c.Del(ctx, agentapi.DelRequest{Attachment: in.req.Attachment}); err != nil {
+		t.Fatal(err)
+	}
+
 	// Bad rates: refused with CodeInvalidConfig, nothing allocated.
 	for _, r := range []struct{ egress, ingress uint64 }{{10, 0}, {0, 999}, {uint64(bandwidth.MaxRate) + 1, 0}} {
 		p := testutils.NewNetNS(t)
