@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/nodeplane/nodeplane/bandwidth"
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/flow"
 	"github.com/nodeplane/nodeplane/identity"
@@ -55,7 +56,16 @@ type Config struct {
 	Manifests string
 	// ManifestPoll is how often Manifests is read for changes (default 2s).
 	ManifestPoll time.Duration
-	Logger       *slog.Logger
+	// BandwidthDevices are the node's egress devices, on which the
+	// bandwidth manager installs fq for EDT. With none (the default) and
+	// BandwidthMechanism auto, the agent uses the token-bucket fallback:
+	// EDT limits nothing without fq on the device the traffic leaves by.
+	BandwidthDevices []string
+	// BandwidthMechanism is how pods' egress rates are enforced; auto
+	// picks EDT where the kernel has sch_fq and devices are given, else
+	// the token-bucket fallback.
+	BandwidthMechanism bandwidth.Mechanism
+	Logger             *slog.Logger
 }
 
 // Agent is the node agent: one of each SDK object, composed as
@@ -79,6 +89,10 @@ type Agent struct {
 	events  *datapath.EventReader
 	obs     *flow.Observer
 	reg     *prometheus.Registry
+	// bw enforces pods' bandwidth limits; nil when it could not be
+	// created (bwErr says why), and then an Add asking for a limit fails.
+	bw    *bandwidth.Manager
+	bwErr error
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -219,6 +233,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	for _, n := range rep.Repaired {
 		a.log.Warn("datapath repaired a pinned endpoint", "endpoint", n.ID, "reason", n.Reason)
 	}
+	a.startBandwidth()
 	a.ipc = ipcache.New()
 	if err := a.ipc.AddWriter(a.dp.IPCache()); err != nil {
 		return nil, err
@@ -265,6 +280,48 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// startBandwidth creates the bandwidth manager and says which mechanism
+// enforces egress rates. A manager that cannot be created does not stop
+// the agent: pods without limits still work, and an Add asking for one
+// fails (fail closed) instead of being accepted unenforced.
+func (a *Agent) startBandwidth() {
+	mech := a.cfg.BandwidthMechanism
+	if mech == bandwidth.MechanismAuto && len(a.cfg.BandwidthDevices) == 0 {
+		// EDT's departure times take effect only in fq on the device a
+		// packet leaves by: without devices it would limit nothing.
+		mech = bandwidth.MechanismTBF
+	}
+	a.bw, a.bwErr = bandwidth.New(bandwidth.Config{Mechanism: mech, NodeNetNS: a.cfg.NodeNetNS, Devices: a.cfg.BandwidthDevices})
+	if a.bwErr != nil {
+		a.bw = nil
+		a.log.Error("bandwidth manager unavailable: pods asking for bandwidth limits will be refused",
+			"mechanism", a.cfg.BandwidthMechanism, "devices", a.cfg.BandwidthDevices, "err", a.bwErr)
+		return
+	}
+	switch {
+	case a.bw.Mechanism() == bandwidth.MechanismEDT && len(a.cfg.BandwidthDevices) == 0:
+		a.log.Warn("bandwidth: egress limits by EDT, but no -bandwidth-devices: departure times hold only where a device already has fq",
+			"mechanism", a.bw.Mechanism())
+	case a.bw.Mechanism() == bandwidth.MechanismEDT:
+		a.log.Info("bandwidth: egress limits by EDT, fq installed on the egress devices",
+			"mechanism", a.bw.Mechanism(), "devices", a.cfg.BandwidthDevices)
+	default:
+		var reason string
+		switch {
+		case a.cfg.BandwidthMechanism == bandwidth.MechanismTBF:
+			reason = "chosen by configuration"
+		case bandwidth.HaveEDT() != nil:
+			reason = bandwidth.HaveEDT().Error()
+		case bandwidth.HaveDeliveryTime() != nil:
+			reason = bandwidth.HaveDeliveryTime().Error()
+		default:
+			reason = "the kernel has EDT, but no -bandwidth-devices were given to install fq on"
+		}
+		a.log.Info("bandwidth: egress limits by the token-bucket fallback (tbf per pod, not EDT)",
+			"mechanism", a.bw.Mechanism(), "reason", reason)
+	}
 }
 
 // goroutine runs fn until the agent closes, logging an unexpected end.
@@ -327,6 +384,7 @@ func (a *Agent) restore(ctx context.Context, recs []record) error {
 		if err := a.publish(ctx, e); err != nil {
 			return fmt.Errorf("restore endpoint %d: %w", e.rec.EndpointID, err)
 		}
+		a.restoreLimits(e)
 		a.eps[e.rec.key()] = e
 		kept[e.ep.ID()] = true
 		owners[e.rec.owner()] = true

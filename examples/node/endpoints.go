@@ -41,12 +41,21 @@ func (a *Agent) Add(ctx context.Context, req agentapi.AddRequest) (_ agentapi.Ad
 	if err != nil {
 		return agentapi.AddResponse{}, &agentapi.Error{Code: agentapi.CodeInvalidLabels, Msg: "invalid pod labels", Details: err.Error()}
 	}
+	limits, err := a.requestLimits(req)
+	if err != nil {
+		return agentapi.AddResponse{}, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if e, ok := a.eps[attachmentKey{req.ContainerID, req.IfName}]; ok {
 		if e.rec.NetNS != req.NetNS {
 			return agentapi.AddResponse{}, agentapi.Errorf(agentapi.CodeInvalidConfig,
 				"container %s interface %s already has an endpoint in %s", req.ContainerID, req.IfName, e.rec.NetNS)
+		}
+		if e.rec.limits() != limits {
+			return agentapi.AddResponse{}, agentapi.Errorf(agentapi.CodeInvalidConfig,
+				"container %s interface %s already has an endpoint with bandwidth limits egress %d, ingress %d bit/s",
+				req.ContainerID, req.IfName, e.rec.EgressRate, e.rec.IngressRate)
 		}
 		return a.response(e), nil
 	}
@@ -86,10 +95,17 @@ func (a *Agent) Add(ctx context.Context, req agentapi.AddRequest) (_ agentapi.Ad
 		return agentapi.AddResponse{}, &agentapi.Error{Code: agentapi.CodeDataplane, Msg: "create endpoint", Details: err.Error()}
 	}
 	undo = append(undo, dpEP.Delete)
+	if !limits.Unlimited() {
+		if err := a.bw.Set(dpEP, limits); err != nil {
+			return agentapi.AddResponse{}, &agentapi.Error{Code: agentapi.CodeDataplane, Msg: "set bandwidth limits", Details: err.Error()}
+		}
+		undo = append(undo, func() error { return a.bw.Clear(dpEP) })
+	}
 
 	rec := record{Endpoint: agentapi.Endpoint{
 		Attachment: req.Attachment, NetNS: req.NetNS, Namespace: req.Namespace, Pod: req.Pod,
 		EndpointID: uint16(epID), Identity: uint32(id), HostIfName: dpEP.HostIfName(),
+		EgressRate: uint64(limits.Egress), IngressRate: uint64(limits.Ingress),
 	}, Labels: req.Labels}
 	for _, addr := range []netip.Addr{v4, v6} {
 		if addr.IsValid() {
@@ -106,14 +122,12 @@ func (a *Agent) Add(ctx context.Context, req agentapi.AddRequest) (_ agentapi.Ad
 	if err := a.saveLocked(); err != nil {
 		return agentapi.AddResponse{}, &agentapi.Error{Code: agentapi.CodeIOFailure, Msg: "save agent state", Details: err.Error()}
 	}
-	if req.EgressRate != 0 || req.IngressRate != 0 {
-		// The SDK has no bandwidth package yet: say so rather than
-		// pretend the limit holds.
-		a.log.Warn("bandwidth limits requested but not enforced: this agent has no bandwidth manager yet",
-			"container", req.ContainerID, "egressRate", req.EgressRate, "ingressRate", req.IngressRate)
+	attrs := []any{"container", req.ContainerID, "pod", req.Namespace + "/" + req.Pod,
+		"endpoint", epID, "identity", uint32(id), "addrs", rec.Addrs}
+	if !limits.Unlimited() {
+		attrs = append(attrs, "egressRate", limits.Egress, "ingressRate", limits.Ingress, "bandwidth", a.bw.Mechanism())
 	}
-	a.log.Info("endpoint added", "container", req.ContainerID, "pod", req.Namespace+"/"+req.Pod,
-		"endpoint", epID, "identity", uint32(id), "addrs", rec.Addrs)
+	a.log.Info("endpoint added", attrs...)
 	return a.response(e), nil
 }
 
@@ -175,7 +189,10 @@ func (a *Agent) unpublish(e *endpoint) error {
 	return errors.Join(errs...)
 }
 
-// releaseLocked deletes an endpoint and gives back what it held.
+// releaseLocked deletes an endpoint and gives back what it held. Its
+// bandwidth limits go with it: deleting the endpoint removes its EDT
+// state and its veth pair, and with the pair the token buckets on both
+// ends, so nothing is needed from the pod's namespace, which may be gone.
 func (a *Agent) releaseLocked(ctx context.Context, e *endpoint) error {
 	errs := []error{a.unpublish(e)}
 	if err := e.ep.Delete(); err != nil {
@@ -216,7 +233,8 @@ func (a *Agent) Del(ctx context.Context, req agentapi.DelRequest) error {
 
 // Check verifies that an endpoint is as Add made it: the agent knows it,
 // the datapath has it, its host interface exists in the node namespace,
-// and inside the pod's namespace its interface holds its addresses.
+// inside the pod's namespace its interface holds its addresses, and its
+// bandwidth limits are in force.
 func (a *Agent) Check(ctx context.Context, req agentapi.CheckRequest) error {
 	a.mu.Lock()
 	e, ok := a.eps[attachmentKey{req.ContainerID, req.IfName}]
@@ -227,7 +245,8 @@ func (a *Agent) Check(ctx context.Context, req agentapi.CheckRequest) error {
 	if req.NetNS != "" && req.NetNS != e.rec.NetNS {
 		return agentapi.Errorf(agentapi.CodeInvalidConfig, "endpoint is in %s, not %s", e.rec.NetNS, req.NetNS)
 	}
-	if _, ok := a.dp.Endpoint(datapath.EndpointID(e.rec.EndpointID)); !ok {
+	dpEP, ok := a.dp.Endpoint(datapath.EndpointID(e.rec.EndpointID))
+	if !ok {
 		return agentapi.Errorf(agentapi.CodeDataplane, "endpoint %d is not in the datapath", e.rec.EndpointID)
 	}
 	if err := inNetNS(a.cfg.NodeNetNS, func() error { return hasAddrs(e.rec.HostIfName, nil) }); err != nil {
@@ -235,6 +254,9 @@ func (a *Agent) Check(ctx context.Context, req agentapi.CheckRequest) error {
 	}
 	if err := inNetNS(e.rec.NetNS, func() error { return hasAddrs(e.rec.IfName, e.rec.Addrs) }); err != nil {
 		return &agentapi.Error{Code: agentapi.CodeDataplane, Msg: "pod interface", Details: err.Error()}
+	}
+	if err := a.verifyLimits(e, dpEP); err != nil {
+		return &agentapi.Error{Code: agentapi.CodeDataplane, Msg: "bandwidth limits", Details: err.Error()}
 	}
 	return nil
 }

@@ -23,6 +23,12 @@
 // the agent (endpoints pinned by an earlier agent keep their last policy
 // meanwhile).
 //
+// Pods' bandwidth limits (the CNI plugin's runtimeConfig.bandwidth) are
+// enforced by package bandwidth: EDT where the kernel has sch_fq and
+// -bandwidth-devices names the egress devices to put fq on, else a token
+// bucket per pod (the CNI bandwidth plugin's mechanism); the log says
+// which. An ADD asking for a limit the agent cannot enforce fails.
+//
 // -demo runs a self-contained scenario instead, with no cluster and
 // nothing of the host's touched: three pods (web, api, db) in namespaces
 // of their own, a service in front of api, a policy that allows web → api
@@ -48,6 +54,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nodeplane/nodeplane/bandwidth"
 	"github.com/nodeplane/nodeplane/examples/internal/agentapi"
 )
 
@@ -73,6 +80,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		socket        = fs.String("socket", agentapi.DefaultSocket, "unix socket of the local API (mode 0600)")
 		hubbleListen  = fs.String("hubble-listen", "127.0.0.1:4245", "Hubble Observer gRPC address (empty: off)")
 		metricsListen = fs.String("metrics-listen", "127.0.0.1:9962", "Prometheus metrics address (empty: off)")
+		bwDevices     = fs.String("bandwidth-devices", "", "comma-separated egress devices on which EDT bandwidth limits install fq (default none: the token-bucket fallback)")
+		bwMechanism   = fs.String("bandwidth-mechanism", "auto", "how pods' egress rates are enforced: auto (EDT where the kernel has sch_fq and -bandwidth-devices are given, else tbf), edt (required), tbf")
 		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
 		demo          = fs.Bool("demo", false, "run the self-contained demo and exit")
 		demoFollow    = fs.Bool("demo-follow", false, "run the demo and keep it running, with traffic and flows, until Ctrl-C")
@@ -125,6 +134,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if *etcd != "" {
 		cfg.Etcd = strings.Split(*etcd, ",")
+	}
+	if *bwDevices != "" {
+		cfg.BandwidthDevices = strings.Split(*bwDevices, ",")
+	}
+	switch *bwMechanism {
+	case "auto":
+		cfg.BandwidthMechanism = bandwidth.MechanismAuto
+	case "edt":
+		cfg.BandwidthMechanism = bandwidth.MechanismEDT
+	case "tbf":
+		cfg.BandwidthMechanism = bandwidth.MechanismTBF
+	default:
+		fmt.Fprintf(stderr, "-bandwidth-mechanism: %q is not auto, edt or tbf\n", *bwMechanism)
+		return 2
 	}
 	cfg.Cgroup = *cgroup
 	if cfg.Cgroup == "auto" {

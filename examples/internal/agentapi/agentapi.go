@@ -160,6 +160,10 @@ type Endpoint struct {
 	Identity   uint32         `json:"identity"`
 	HostIfName string         `json:"hostIfName"`
 	Addrs      []netip.Prefix `json:"addrs"`
+	// EgressRate and IngressRate are the bandwidth limits the agent
+	// enforces, in bits per second; 0 means none.
+	EgressRate  uint64 `json:"egressRate,omitempty"`
+	IngressRate uint64 `json:"ingressRate,omitempty"`
 }
 
 // GCRequest lists the attachments the runtime still knows; the agent
