@@ -189,7 +189,9 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 // caller's network namespace, in the given mode ([AttachAuto] probes), and
 // returns the mode it used: the translation of arriving packets (XDP or
 // tc ingress) and, beside it, the translation of replies at tc egress
-// (tcx). Attach every interface packets for frontends arrive on and, in
+// (tcx). The tc hooks are tcx links only, so Attach needs Linux 6.6; on
+// an older kernel it fails with an error wrapping ebpf.ErrNotSupported
+// (there is no tc clsact fallback yet). Attach every interface packets for frontends arrive on and, in
 // SNAT mode, every interface backends' replies arrive on.
 func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 	np.mu.Lock()

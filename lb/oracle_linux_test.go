@@ -62,9 +62,9 @@ func TestPrivilegedSelectionIsUniformOverActiveBackends(t *testing.T) {
 		op   string
 		n    int
 	}{
-		{"nodeplane.ProtoTCP random", Service{Frontend: fe("10.96.1.1:80", nodeplane.ProtoTCP)}, "dials", 900},
-		{"nodeplane.ProtoTCP maglev", Service{Frontend: fe("10.96.1.2:80", nodeplane.ProtoTCP), Algorithm: AlgorithmMaglev}, "dials", 900},
-		{"nodeplane.ProtoUDP by socket", Service{Frontend: fe("10.96.1.3:53", nodeplane.ProtoUDP)}, "sendto", 600},
+		{"TCP random", Service{Frontend: fe("10.96.1.1:80", nodeplane.ProtoTCP)}, "dials", 900},
+		{"TCP maglev", Service{Frontend: fe("10.96.1.2:80", nodeplane.ProtoTCP), Algorithm: AlgorithmMaglev}, "dials", 900},
+		{"UDP by socket", Service{Frontend: fe("10.96.1.3:53", nodeplane.ProtoUDP)}, "sendto", 600},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e.upsert(t, tc.svc, be)
