@@ -20,10 +20,20 @@
 //     ipcache, conntrack, policy maps, forwarding and drop events, whose
 //     vocabulary is [github.com/nodeplane/nodeplane/datapath/monitor].
 //   - [github.com/nodeplane/nodeplane/lb] translates service addresses to
-//     backends at the socket layer and builds Maglev tables.
+//     backends at the socket layer, balances NodePort and LoadBalancer
+//     traffic in XDP or tc (NorthSouth), and builds Maglev tables.
 //   - [github.com/nodeplane/nodeplane/ipam] hands out pod addresses from
 //     host-scope pools that survive restarts and carves node CIDRs from
 //     cluster CIDRs.
+//   - [github.com/nodeplane/nodeplane/flow] turns the datapath's records
+//     into Hubble-style flows (filters, a ring, JSON); its subpackages
+//     export Prometheus metrics and the Hubble Observer API.
+//   - [github.com/nodeplane/nodeplane/overlay] joins nodes: a node
+//     registry, the VXLAN device that carries the sender's identity, and
+//     native routing.
+//   - [github.com/nodeplane/nodeplane/bandwidth] limits endpoints' egress
+//     rate: EDT in the datapath where the kernel has sch_fq, a token
+//     bucket where not.
 //
 // A node agent allocates an address from ipam, allocates the pod's
 // identity from its labels, creates a datapath endpoint with both,
@@ -32,8 +42,10 @@
 // map. Every endpoint goes to the engine, selected or not: the datapath
 // denies all traffic of an endpoint whose policy map is empty. Example
 // (example_test.go) is that path as code. The examples directory holds
-// binaries built from these packages, such as examples/policytrace, which
-// explains the verdict of a set of policies for a flow.
+// binaries built from these packages: the node agent (examples/node, with
+// its -demo), a CNI plugin (examples/cni), a standalone L4 load balancer
+// (examples/l4lb) and examples/policytrace, which explains the verdict of
+// a set of policies for a flow.
 //
 // The root package holds what every package shares: [Protocol], the one
 // IP-protocol type; [StackMode], which identity's allocators and policy
