@@ -197,11 +197,17 @@ type k8sService struct {
 	line int
 	Meta k8sMeta `yaml:"metadata"`
 	Spec struct {
-		Type            string   `yaml:"type"`
-		ClusterIP       string   `yaml:"clusterIP"`
-		ClusterIPs      []string `yaml:"clusterIPs"`
-		SessionAffinity string   `yaml:"sessionAffinity"`
-		Ports           []struct {
+		Type                  string   `yaml:"type"`
+		ClusterIP             string   `yaml:"clusterIP"`
+		ClusterIPs            []string `yaml:"clusterIPs"`
+		SessionAffinity       string   `yaml:"sessionAffinity"`
+		SessionAffinityConfig struct {
+			ClientIP struct {
+				TimeoutSeconds *int `yaml:"timeoutSeconds"`
+			} `yaml:"clientIP"`
+		} `yaml:"sessionAffinityConfig"`
+		InternalTrafficPolicy string `yaml:"internalTrafficPolicy"`
+		Ports                 []struct {
 			Name     string `yaml:"name"`
 			Port     int    `yaml:"port"`
 			Protocol string `yaml:"protocol"`
@@ -245,6 +251,27 @@ func decodeService(file string, doc, line int, n *yaml.Node) (*k8sService, error
 	}
 	if s.Meta.Namespace == "" {
 		s.Meta.Namespace = "default"
+	}
+	// What the agent cannot enforce is refused, not half applied.
+	switch s.Spec.Type {
+	case "", "ClusterIP":
+	case "ExternalName":
+		return nil, nil // a DNS name: nothing for the dataplane to do
+	default:
+		return nil, fail("spec.type", "%q is not supported by this agent: it balances cluster IPs at the socket layer only (NodePort and LoadBalancer need lb.NorthSouth, which it does not run yet)", s.Spec.Type)
+	}
+	switch s.Spec.SessionAffinity {
+	case "", "None", "ClientIP":
+	default:
+		return nil, fail("spec.sessionAffinity", "must be None or ClientIP, not %q", s.Spec.SessionAffinity)
+	}
+	if t := s.Spec.SessionAffinityConfig.ClientIP.TimeoutSeconds; t != nil && (*t < 1 || *t > 86400) {
+		return nil, fail("spec.sessionAffinityConfig.clientIP.timeoutSeconds", "must be 1-86400, not %d", *t)
+	}
+	switch s.Spec.InternalTrafficPolicy {
+	case "", "Cluster":
+	default:
+		return nil, fail("spec.internalTrafficPolicy", "%q is not supported by this agent: every backend takes traffic from every node (Cluster)", s.Spec.InternalTrafficPolicy)
 	}
 	if len(s.Spec.ClusterIPs) == 0 && s.Spec.ClusterIP != "" {
 		s.Spec.ClusterIPs = []string{s.Spec.ClusterIP}
@@ -340,6 +367,9 @@ func buildServices(out map[lb.Frontend]service, svcs []k8sService, eps []k8sEndp
 				svc := service{namespace: s.Meta.Namespace, name: s.Meta.Name, svc: lb.Service{Frontend: fe}}
 				if s.Spec.SessionAffinity == "ClientIP" {
 					svc.svc.SessionAffinity = 3 * time.Hour // Kubernetes' default timeout
+					if t := s.Spec.SessionAffinityConfig.ClientIP.TimeoutSeconds; t != nil {
+						svc.svc.SessionAffinity = time.Duration(*t) * time.Second
+					}
 				}
 				for _, sl := range eps {
 					if sl.Meta.Namespace != s.Meta.Namespace || sl.Meta.Labels["kubernetes.io/service-name"] != s.Meta.Name ||
