@@ -2,56 +2,17 @@ package main
 
 import (
 	"bytes"
-	"compress/gzip"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/nodeplane/nodeplane/internal/testutils/maglevgolden"
 )
 
-// goldenCase is one table Cilium v1.20.2's pkg/maglev computed; the file
-// and how it was made are described in lb/maglev/testdata/README.md.
-type goldenCase struct {
-	Name      string `json:"name"`
-	TableSize uint   `json:"tableSize"`
-	HashSeed  string `json:"hashSeed"`
-	Backends  []struct {
-		Addr   string `json:"addr"`
-		Proto  string `json:"proto"`
-		Weight uint16 `json:"weight"`
-		ID     uint32 `json:"id"`
-	} `json:"backends"`
-	SHA256 string   `json:"sha256"`
-	Table  []uint32 `json:"table"`
-}
-
-func loadGolden(t *testing.T) []goldenCase {
-	t.Helper()
-	f, err := os.Open("../../lb/maglev/testdata/cilium_tables.json.gz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var golden struct {
-		Cases []goldenCase `json:"cases"`
-	}
-	if err := json.NewDecoder(zr).Decode(&golden); err != nil {
-		t.Fatal(err)
-	}
-	if len(golden.Cases) < 200 {
-		t.Fatalf("only %d golden cases", len(golden.Cases))
-	}
-	return golden.Cases
+func loadGolden(t *testing.T) []maglevgolden.Case {
+	return maglevgolden.Load(t, "../../lb/maglev/testdata/cilium_tables.json.gz")
 }
 
 // runCmd runs the command in-process and returns its exit status, stdout
@@ -80,15 +41,6 @@ func parseOutput(t *testing.T, out string) []uint32 {
 		ids[i] = uint32(n)
 	}
 	return ids
-}
-
-func digest(table []uint32) string {
-	buf := make([]byte, 4*len(table))
-	for i, id := range table {
-		binary.LittleEndian.PutUint32(buf[4*i:], id)
-	}
-	sum := sha256.Sum256(buf)
-	return hex.EncodeToString(sum[:])
 }
 
 // TestMaglevTableCiliumGolden runs the command on every input of the
@@ -128,7 +80,7 @@ func TestMaglevTableCiliumGolden(t *testing.T) {
 					t.Fatalf("slot %d: backend ID %d, Cilium has %d", i, table[i], gc.Table[i])
 				}
 			}
-			if got := digest(table); got != gc.SHA256 {
+			if got := maglevgolden.Digest(table); got != gc.SHA256 {
 				t.Fatalf("table digest %s, Cilium's %s", got, gc.SHA256)
 			}
 		})

@@ -1,62 +1,22 @@
 package maglev
 
 import (
-	"compress/gzip"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"math"
 	"net/netip"
-	"os"
 	"testing"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/internal/testutils/maglevgolden"
 )
 
-// goldenCase is one table computed by Cilium's pkg/maglev; see
-// testdata/README.md for how the file was made.
-type goldenCase struct {
-	Name      string `json:"name"`
-	TableSize uint   `json:"tableSize"`
-	HashSeed  string `json:"hashSeed"`
-	Backends  []struct {
-		Addr   string `json:"addr"`
-		Proto  string `json:"proto"`
-		Weight uint16 `json:"weight"`
-		ID     uint32 `json:"id"`
-	} `json:"backends"`
-	SHA256 string   `json:"sha256"`
-	Table  []uint32 `json:"table"`
-}
-
-func loadGolden(tb testing.TB) []goldenCase {
-	tb.Helper()
-	f, err := os.Open("testdata/cilium_tables.json.gz")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var golden struct {
-		Source string       `json:"source"`
-		Cases  []goldenCase `json:"cases"`
-	}
-	if err := json.NewDecoder(zr).Decode(&golden); err != nil {
-		tb.Fatal(err)
-	}
-	if len(golden.Cases) < 200 {
-		tb.Fatalf("only %d golden cases", len(golden.Cases))
-	}
-	return golden.Cases
+func loadGolden(tb testing.TB) []maglevgolden.Case {
+	return maglevgolden.Load(tb, "testdata/cilium_tables.json.gz")
 }
 
 var protocolByName = map[string]nodeplane.Protocol{"TCP": nodeplane.ProtoTCP, "UDP": nodeplane.ProtoUDP, "SCTP": nodeplane.ProtoSCTP, "ANY": nodeplane.ProtoAny}
 
-func (gc *goldenCase) backends(tb testing.TB) []Backend {
+// goldenBackends returns gc's backends as the Builder takes them.
+func goldenBackends(tb testing.TB, gc *maglevgolden.Case) []Backend {
 	tb.Helper()
 	out := make([]Backend, len(gc.Backends))
 	for i, b := range gc.Backends {
@@ -71,15 +31,6 @@ func (gc *goldenCase) backends(tb testing.TB) []Backend {
 		out[i] = Backend{Key: key, ID: b.ID, Weight: b.Weight}
 	}
 	return out
-}
-
-func tableDigest(table []uint32) string {
-	buf := make([]byte, 4*len(table))
-	for i, id := range table {
-		binary.LittleEndian.PutUint32(buf[4*i:], id)
-	}
-	sum := sha256.Sum256(buf)
-	return hex.EncodeToString(sum[:])
 }
 
 // pacings are the ways a Builder can pace weighted turns, which must give
@@ -117,7 +68,7 @@ func TestCiliumGoldenTables(t *testing.T) {
 	}
 	builders := map[key]*Builder{}
 	for _, gc := range cases {
-		backends := gc.backends(t)
+		backends := goldenBackends(t, &gc)
 		for _, p := range pacings {
 			t.Run(gc.Name+"/pacing="+p.name, func(t *testing.T) {
 				k := key{Config{TableSize: gc.TableSize, HashSeed: gc.HashSeed}, p.budget}
@@ -135,7 +86,7 @@ func TestCiliumGoldenTables(t *testing.T) {
 						}
 					}
 				}
-				if got := tableDigest(table); got != gc.SHA256 {
+				if got := maglevgolden.Digest(table); got != gc.SHA256 {
 					t.Fatalf("table digest %s, Cilium's is %s", got, gc.SHA256)
 				}
 			})
