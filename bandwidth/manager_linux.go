@@ -113,6 +113,29 @@ func (m *Manager) setTBF(ep *datapath.Endpoint, nsPath, dev string, rate Rate) e
 		}
 		return fmt.Errorf("%w: a token bucket needs an attached endpoint", ErrInvalidConfig)
 	}
+	return m.tbfAt(nsPath, dev, rate)
+}
+
+// SetPodEgress puts the fallback's egress token bucket of rate on the pod's
+// interface ifName in the namespace at nsPath, or removes it for rate 0:
+// what Set does for the egress of an endpoint whose handle does not know
+// its pod side (one adopted from an earlier process's pins knows only its
+// host side). With EDT the egress limit is the datapath's: use Set.
+func (m *Manager) SetPodEgress(nsPath, ifName string, rate Rate) error {
+	if m.mech == MechanismEDT {
+		return fmt.Errorf("%w: with EDT the egress rate is the datapath's; use Set", ErrInvalidConfig)
+	}
+	if err := (Limits{Egress: rate}).Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.tbfAt(nsPath, ifName, rate)
+}
+
+// tbfAt puts a token bucket of rate on interface dev in the namespace at
+// nsPath, or removes it for rate 0.
+func (m *Manager) tbfAt(nsPath, dev string, rate Rate) error {
 	return withHandle(nsPath, func(h *netlink.Handle) error {
 		link, err := h.LinkByName(dev)
 		if err != nil {

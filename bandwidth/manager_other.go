@@ -25,3 +25,6 @@ func (*Manager) Set(*datapath.Endpoint, Limits) error { return nodeplane.ErrNotS
 
 // Clear fails: bandwidth management needs Linux.
 func (*Manager) Clear(*datapath.Endpoint) error { return nodeplane.ErrNotSupported }
+
+// SetPodEgress fails: bandwidth management needs Linux.
+func (*Manager) SetPodEgress(string, string, Rate) error { return nodeplane.ErrNotSupported }

@@ -134,8 +134,8 @@ func (a *Agent) restoreLimits(e *endpoint) {
 // reapplyLimits sets an adopted endpoint's limits again, idempotently.
 // The datapath's record of an adopted endpoint lacks the pod's side (its
 // namespace path and interface name, empty in the adopted handle), which
-// the fallback's egress token bucket lives on, so the agent puts that one
-// back from its own record, with the bandwidth package's parameters.
+// the fallback's egress token bucket lives on, so the agent names it from
+// its own record.
 func (a *Agent) reapplyLimits(e *endpoint) error {
 	l := e.rec.limits()
 	if a.bw.Mechanism() == bandwidth.MechanismEDT || l.Egress == 0 {
@@ -143,25 +143,5 @@ func (a *Agent) reapplyLimits(e *endpoint) error {
 	}
 	return errors.Join(
 		a.bw.Set(e.ep.Endpoint, bandwidth.Limits{Ingress: l.Ingress}),
-		inNetNS(e.rec.NetNS, func() error { return replaceTBF(e.rec.IfName, l.Egress) }))
-}
-
-// replaceTBF makes interface name's root qdisc the token bucket the
-// bandwidth package's fallback gives an endpoint (bandwidth's tbfQdisc,
-// after the CNI bandwidth plugin): rate, a burst of 10 ms of it (at least
-// 64 KiB, so that a GSO packet fits) and a queue of 25 ms plus the burst.
-func replaceTBF(name string, rate bandwidth.Rate) error {
-	link, err := netlink.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("interface %s: %w", name, err)
-	}
-	bytesPerSec := rate.BytesPerSecond()
-	burst := min(max(bytesPerSec/100, 64<<10), 1<<30)
-	limit := min(bytesPerSec*25/1000+burst, 1<<31)
-	return netlink.QdiscReplace(&netlink.Tbf{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Handle: netlink.MakeHandle(1, 0), Parent: netlink.HANDLE_ROOT},
-		Rate:       bytesPerSec,
-		Limit:      uint32(limit),
-		Buffer:     netlink.Xmittime(bytesPerSec, uint32(burst)),
-	})
+		a.bw.SetPodEgress(e.rec.NetNS, e.rec.IfName, l.Egress))
 }
