@@ -36,6 +36,32 @@ type Datapath struct {
 	mu        sync.Mutex
 	endpoints map[EndpointID]*Endpoint
 	closed    bool
+	// overlayOn and masqOn say that an Overlay or a Masquerade holds the
+	// datapath's one overlay or NAT configuration; a second is refused,
+	// since closing either would switch off the other's.
+	overlayOn, masqOn bool
+}
+
+// claim takes one of the datapath's single attachments (overlayOn,
+// masqOn) for what, or says why it cannot.
+func (d *Datapath) claim(flag *bool, what string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.closed:
+		return fmt.Errorf("attach %s: %w", what, nodeplane.ErrClosed)
+	case *flag:
+		return fmt.Errorf("attach %s: %w: one is attached already; close it first", what, ErrInvalidConfig)
+	}
+	*flag = true
+	return nil
+}
+
+// unclaim gives back an attachment claim took.
+func (d *Datapath) unclaim(flag *bool) {
+	d.mu.Lock()
+	*flag = false
+	d.mu.Unlock()
 }
 
 // New loads the datapath's maps (creating them, or reusing the pins in

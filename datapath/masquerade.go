@@ -89,7 +89,8 @@ var natHooks = [2]endpointHook{
 
 // AttachMasquerade loads the NAT programs, attaches them to the external
 // interface (egress translates, ingress translates back) and turns
-// masquerading on. One at a time per Datapath.
+// masquerading on. One at a time per Datapath: a second is refused
+// (ErrInvalidConfig) until the first is closed.
 func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err error) {
 	if cfg.Ifindex <= 0 || !cfg.Address.Is4() {
 		return nil, fmt.Errorf("attach masquerade: ifindex %d, address %v: %w: need an interface and an IPv4 address", cfg.Ifindex, cfg.Address, ErrInvalidConfig)
@@ -99,12 +100,14 @@ func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err er
 			return nil, fmt.Errorf("attach masquerade: exclude %v: %w: need IPv4 prefixes", p, ErrInvalidConfig)
 		}
 	}
-	d.mu.Lock()
-	closed := d.closed
-	d.mu.Unlock()
-	if closed {
-		return nil, fmt.Errorf("attach masquerade: %w", nodeplane.ErrClosed)
+	if err := d.claim(&d.masqOn, "masquerade"); err != nil {
+		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			d.unclaim(&d.masqOn)
+		}
+	}()
 	spec := d.spec.Copy()
 	onlyPrograms(spec, datapathProgNpNatEgress, datapathProgNpNatIngress)
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: d.maps.replacements()})
@@ -256,5 +259,7 @@ func (m *Masquerade) Close() error {
 		return nil
 	}
 	err := m.d.maps.natConfig.Put(uint32(0), natConfig{})
-	return errors.Join(err, m.release())
+	err = errors.Join(err, m.release())
+	m.d.unclaim(&m.d.masqOn)
+	return err
 }

@@ -6,8 +6,6 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
-
-	"github.com/nodeplane/nodeplane"
 )
 
 // overlayConfig mirrors struct np_overlay_config (bpf/overlay.h).
@@ -46,20 +44,22 @@ type Overlay struct {
 
 // AttachOverlay loads the tunnel device's program, attaches it to tc
 // ingress of the device with ifindex in the node namespace, and sends
-// encapsulated traffic there. One Overlay per Datapath at a time: the last
-// one attached receives the encapsulated traffic. With pinned maps the
+// encapsulated traffic there. One Overlay per Datapath at a time: a second
+// is refused (ErrInvalidConfig) until the first is closed. With pinned maps the
 // setting outlives a crash while the program does not; attach again after
 // a restart.
 func (d *Datapath) AttachOverlay(ifindex int) (_ *Overlay, err error) {
 	if ifindex <= 0 {
 		return nil, fmt.Errorf("attach overlay: ifindex %d: %w", ifindex, ErrInvalidConfig)
 	}
-	d.mu.Lock()
-	closed := d.closed
-	d.mu.Unlock()
-	if closed {
-		return nil, fmt.Errorf("attach overlay: %w", nodeplane.ErrClosed)
+	if err := d.claim(&d.overlayOn, "overlay"); err != nil {
+		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			d.unclaim(&d.overlayOn)
+		}
+	}()
 	spec := d.spec.Copy()
 	onlyPrograms(spec, datapathProgNpFromOverlay)
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: d.maps.replacements()})
@@ -106,5 +106,6 @@ func (o *Overlay) Close() error {
 	}
 	errs = append(errs, o.att.detach(), o.prog.Close())
 	o.prog = nil
+	o.d.unclaim(&o.d.overlayOn)
 	return errors.Join(errs...)
 }
