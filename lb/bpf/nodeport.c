@@ -203,6 +203,20 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } np_np_be SEC(".maps");
 
+/* np_be_copy reads backend id into b in one go. np_np_be is not
+ * preallocated, so an element Upsert deletes may be reused at once for
+ * another backend, and reading it field by field at different times could
+ * mix the two (sock.c's lb4_backend_copy, for the same reason). */
+static __always_inline int np_be_copy(__u32 id, struct np_be *b)
+{
+	const struct np_be *be = bpf_map_lookup_elem(&np_np_be, &id);
+
+	if (!be)
+		return 0;
+	__builtin_memcpy(b, be, sizeof(*b));
+	return 1;
+}
+
 /* client tuple (destination: the frontend) -> backend */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -436,17 +450,18 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 
 	__u32 svc_id = fe->svc_id;
 	__u8 fe_flags = fe->flags;
-	struct np_be *be = 0;
+	struct np_be b;
+	int have_be = 0;
 	__u32 be_id = 0;
 	__be16 nat_port = 0;
 	struct np_ct *ct = bpf_map_lookup_elem(&np_np_ct, &p.t);
 	if (ct && ct->svc_id == svc_id) {
 		be_id = ct->backend_id;
 		nat_port = ct->nat_port;
-		be = bpf_map_lookup_elem(&np_np_be, &be_id);
+		have_be = np_be_copy(be_id, &b);
 	}
-	int new_flow = !be;
-	if (!be) {
+	int new_flow = !have_be;
+	if (!have_be) {
 		__u32 count = fe->count;
 		if (count == 0)
 			return drop(DROP_NO_SERVICE);
@@ -465,8 +480,7 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 		if (i >= (__u64)lut_size)
 			return drop(DROP_NO_SERVICE);
 		be_id = lut[i];
-		be = bpf_map_lookup_elem(&np_np_be, &be_id);
-		if (!be || be->family != p.t.family)
+		if (!np_be_copy(be_id, &b) || b.family != p.t.family)
 			return drop(DROP_NO_SERVICE);
 	}
 
@@ -484,7 +498,7 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 		__builtin_memcpy(d->addr, p.t.daddr, 16);
 		d->port = p.t.dport;
 		d->family = p.t.family;
-		rewrite(&p, end, 1, be->addr, be->port);
+		rewrite(&p, end, 1, b.addr, b.port);
 		return NP_DSR;
 	}
 
@@ -506,12 +520,12 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 	/* The reply tuple: from the backend to the client, or in SNAT mode
 	 * to the node's address and the flow's NAT port. */
 	struct np_tuple rt = {};
-	__builtin_memcpy(rt.saddr, be->addr, 16);
+	__builtin_memcpy(rt.saddr, b.addr, 16);
 	if (snat)
 		__builtin_memcpy(rt.daddr, snat_addr, 16);
 	else
 		__builtin_memcpy(rt.daddr, p.t.saddr, 16);
-	rt.sport = be->port;
+	rt.sport = b.port;
 	rt.dport = p.t.sport;
 	rt.proto = p.t.proto;
 	rt.family = p.t.family;
@@ -552,7 +566,7 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 			return drop(DROP_CT_CREATE_FAILED);
 	}
 
-	rewrite(&p, end, 1, be->addr, be->port);
+	rewrite(&p, end, 1, b.addr, b.port);
 	if (snat)
 		rewrite(&p, end, 0, snat_addr, nat_port);
 	return XDP_PASS;
