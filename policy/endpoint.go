@@ -43,6 +43,9 @@ func checkPeerIdentity(ident identity.Identity) error {
 	if ident.Labels.IsEmpty() {
 		return fmt.Errorf("identity %v: %w", ident.ID, identity.ErrNoLabels)
 	}
+	if ls, ok := ident.ID.ReservedLabels(); ok && ls != ident.Labels {
+		return fmt.Errorf("identity %v: %w: a reserved identity has the labels %v, not %v", ident.ID, identity.ErrInvalidID, ls, ident.Labels)
+	}
 	return nil
 }
 

@@ -342,6 +342,11 @@ func (e *Engine) UpdateIdentities(added []identity.Identity, removed []identity.
 			return fmt.Errorf("update identities: %w", err)
 		}
 	}
+	for _, id := range removed {
+		if id.IsReserved() {
+			return fmt.Errorf("update identities: remove %v: %w: reserved identities are always known", id, identity.ErrInvalidID)
+		}
+	}
 	e.learnLocked(added, removed)
 	ids := slices.Clone(removed)
 	for _, a := range added {
@@ -450,13 +455,16 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	e.closed = true
-	close(e.learnt)
 	var all []netip.Prefix
 	for _, ps := range e.policyCIDRs {
 		all = append(all, ps...)
 	}
 	e.policyCIDRs = nil
-	return e.releaseCIDRsLocked(all)
+	// Releasing the CIDR identities wakes the waiters through learnLocked,
+	// which replaces learnt: close the last one after it.
+	err := e.releaseCIDRsLocked(all)
+	close(e.learnt)
+	return err
 }
 
 // policyPrefixes returns the prefixes a policy's CIDR rules name, allow
