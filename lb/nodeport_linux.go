@@ -305,6 +305,9 @@ func (np *NorthSouth) Upsert(svc Service, backends []Backend) error {
 	if svc.SessionAffinity != 0 {
 		return fmt.Errorf("%w: %s: session affinity is not supported by NorthSouth", ErrInvalidService, svc.Frontend)
 	}
+	if svc.Type == ClusterIP {
+		return fmt.Errorf("%w: %s: a ClusterIP frontend is not reachable from outside the node; NorthSouth balances NodePort, LoadBalancer and ExternalIP frontends", ErrInvalidService, svc.Frontend)
+	}
 	if err := validateBackends(svc.Frontend, backends); err != nil {
 		return err
 	}

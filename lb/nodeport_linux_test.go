@@ -3,6 +3,7 @@ package lb
 import (
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -349,7 +350,7 @@ func TestPrivilegedNorthSouthBadPackets(t *testing.T) {
 		if fe.Addr().Is6() {
 			be = netip.MustParseAddrPort("[fd40::2]:80")
 		}
-		if err := ns.Upsert(Service{Frontend: Frontend{fe, nodeplane.ProtoTCP}, Algorithm: AlgorithmMaglev},
+		if err := ns.Upsert(Service{Frontend: Frontend{fe, nodeplane.ProtoTCP}, Type: LoadBalancer, Algorithm: AlgorithmMaglev},
 			[]Backend{{Addr: be, State: BackendTerminating}}); err != nil {
 			t.Fatal(err)
 		}
@@ -513,7 +514,7 @@ func TestPrivilegedNorthSouthSNAT(t *testing.T) {
 	t.Run("NAT ports exhausted", func(t *testing.T) {
 		fe := Frontend{netip.MustParseAddrPort("10.99.0.5:80"), nodeplane.ProtoTCP}
 		be := netip.MustParseAddrPort("10.20.9.2:8080")
-		if err := ns.Upsert(Service{Frontend: fe, Algorithm: AlgorithmMaglev}, []Backend{{Addr: be}}); err != nil {
+		if err := ns.Upsert(Service{Frontend: fe, Type: LoadBalancer, Algorithm: AlgorithmMaglev}, []Backend{{Addr: be}}); err != nil {
 			t.Fatal(err)
 		}
 		// Take every NAT port towards the backend.
@@ -535,4 +536,24 @@ func TestPrivilegedNorthSouthSNAT(t *testing.T) {
 				before[monitor.DropNATNoMapping], after[monitor.DropNATNoMapping], monitor.DropNATNoMapping)
 		}
 	})
+}
+
+// TestPrivilegedNorthSouthRefusesClusterIP: a ClusterIP frontend is
+// cluster-internal; NorthSouth would publish it on the external interface,
+// so it refuses it rather than take the type and ignore it.
+func TestPrivilegedNorthSouthRefusesClusterIP(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	ns, err := NewNorthSouth(NorthSouthConfig{})
+	testutils.SkipIfNotSupported(t, err)
+	defer ns.Close()
+	fe := Frontend{netip.MustParseAddrPort("10.96.0.1:80"), nodeplane.ProtoTCP}
+	be := []Backend{{Addr: netip.MustParseAddrPort("10.20.0.2:8080")}}
+	if err := ns.Upsert(Service{Frontend: fe}, be); !errors.Is(err, ErrInvalidService) {
+		t.Fatalf("Upsert of a ClusterIP service: %v, want ErrInvalidService", err)
+	}
+	for _, typ := range []ServiceType{NodePort, ExternalIP, LoadBalancer} {
+		if err := ns.Upsert(Service{Frontend: fe, Type: typ}, be); err != nil {
+			t.Errorf("Upsert of a %v service: %v", typ, err)
+		}
+	}
 }
