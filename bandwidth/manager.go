@@ -11,7 +11,8 @@ type Mechanism uint8
 // Mechanisms.
 const (
 	// MechanismAuto picks EDT where the kernel has sch_fq ([HaveEDT]) and
-	// the token-bucket fallback otherwise.
+	// Config.Devices names devices to install fq on, and the token-bucket
+	// fallback otherwise.
 	MechanismAuto Mechanism = iota
 	// MechanismEDT stamps departure times in the datapath and needs fq on
 	// the node's egress devices (Config.Devices).
@@ -61,6 +62,9 @@ const defaultTBFLatency = 25 * time.Millisecond
 func (c Config) withDefaults() (Config, error) {
 	if c.Mechanism > MechanismTBF {
 		return c, fmt.Errorf("%w: unknown mechanism %d", ErrInvalidConfig, c.Mechanism)
+	}
+	if c.Mechanism == MechanismTBF && len(c.Devices) > 0 {
+		return c, fmt.Errorf("%w: Devices are for EDT's fq; the token-bucket fallback does not use them", ErrInvalidConfig)
 	}
 	if c.Horizon < 0 || c.TBFLatency < 0 {
 		return c, fmt.Errorf("%w: negative horizon or latency", ErrInvalidConfig)

@@ -32,20 +32,22 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, mech: cfg.Mechanism}
-	if m.mech == MechanismAuto {
-		switch err := errors.Join(HaveEDT(), HaveDeliveryTime()); {
-		case err == nil:
-			m.mech = MechanismEDT
-		case errors.Is(err, nodeplane.ErrNotSupported):
-			m.mech = MechanismTBF
-		default:
-			return nil, err
-		}
+	switch err := errors.Join(HaveEDT(), HaveDeliveryTime()); {
+	case m.mech == MechanismAuto && len(cfg.Devices) == 0:
+		// Departure times take effect only in fq on the device a packet
+		// leaves by: without devices to install it on, EDT could limit
+		// nothing, so auto takes the fallback.
+		m.mech = MechanismTBF
+	case m.mech == MechanismAuto && err == nil:
+		m.mech = MechanismEDT
+	case m.mech == MechanismAuto && errors.Is(err, nodeplane.ErrNotSupported):
+		m.mech = MechanismTBF
+	case m.mech == MechanismAuto:
+		return nil, err
+	case m.mech == MechanismEDT && err != nil:
+		return nil, fmt.Errorf("EDT: %w", err)
 	}
 	if m.mech == MechanismEDT {
-		if err := errors.Join(HaveEDT(), HaveDeliveryTime()); err != nil {
-			return nil, fmt.Errorf("EDT: %w", err)
-		}
 		if err := withHandle(cfg.NodeNetNS, func(h *netlink.Handle) error {
 			for _, dev := range cfg.Devices {
 				if err := installFq(h, dev, cfg); err != nil {
@@ -107,11 +109,19 @@ func (m *Manager) Clear(ep *datapath.Endpoint) error { return m.Set(ep, Limits{}
 // setTBF puts a token bucket of rate on the endpoint's interface dev in
 // the namespace at nsPath, or removes it for rate 0.
 func (m *Manager) setTBF(ep *datapath.Endpoint, nsPath, dev string, rate Rate) error {
-	if ep.HostIfName() == "" { // detached: no interfaces
+	switch {
+	case ep.HostIfName() == "": // detached: no interfaces
 		if rate == 0 {
 			return nil
 		}
 		return fmt.Errorf("%w: a token bucket needs an attached endpoint", ErrInvalidConfig)
+	case dev == "":
+		// An endpoint adopted from an earlier process's pins knows only
+		// its host side: its pod interface is not known here.
+		if rate == 0 {
+			return nil
+		}
+		return fmt.Errorf("%w: %v: the pod's interface is not known (an adopted endpoint); use SetPodEgress", ErrInvalidConfig, ep)
 	}
 	return m.tbfAt(nsPath, dev, rate)
 }

@@ -247,7 +247,7 @@ func edtHorizonDrops(t *testing.T, w *trafficWorld, limit Rate) {
 
 func TestPrivilegedManagerConfig(t *testing.T) {
 	testutils.RequirePrivileged(t)
-	for _, cfg := range []Config{{Mechanism: 9}, {Horizon: -1}, {TBFLatency: -1}} {
+	for _, cfg := range []Config{{Mechanism: 9}, {Horizon: -1}, {TBFLatency: -1}, {Mechanism: MechanismTBF, Devices: []string{"eth0"}}} {
 		if _, err := New(cfg); !errors.Is(err, ErrInvalidConfig) {
 			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", cfg, err)
 		}
@@ -256,6 +256,11 @@ func TestPrivilegedManagerConfig(t *testing.T) {
 	_, err := New(Config{Mechanism: MechanismEDT})
 	if probe := HaveEDT(); (err == nil) != (probe == nil) || (probe != nil && !errors.Is(err, nodeplane.ErrNotSupported)) {
 		t.Errorf("New(EDT) = %v with HaveEDT() = %v", err, probe)
+	}
+	// Auto without devices to install fq on takes the fallback, which
+	// limits; EDT there would stamp departure times no fq honours.
+	if auto, err := New(Config{}); err != nil || auto.Mechanism() != MechanismTBF {
+		t.Errorf("New(auto, no devices) = %v, %v; want the TBF fallback", auto, err)
 	}
 	m, err := New(Config{Mechanism: MechanismTBF})
 	if err != nil || m.Mechanism() != MechanismTBF {

@@ -287,13 +287,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 // the agent: pods without limits still work, and an Add asking for one
 // fails (fail closed) instead of being accepted unenforced.
 func (a *Agent) startBandwidth() {
-	mech := a.cfg.BandwidthMechanism
-	if mech == bandwidth.MechanismAuto && len(a.cfg.BandwidthDevices) == 0 {
-		// EDT's departure times take effect only in fq on the device a
-		// packet leaves by: without devices it would limit nothing.
-		mech = bandwidth.MechanismTBF
-	}
-	a.bw, a.bwErr = bandwidth.New(bandwidth.Config{Mechanism: mech, NodeNetNS: a.cfg.NodeNetNS, Devices: a.cfg.BandwidthDevices})
+	a.bw, a.bwErr = bandwidth.New(bandwidth.Config{Mechanism: a.cfg.BandwidthMechanism, NodeNetNS: a.cfg.NodeNetNS, Devices: a.cfg.BandwidthDevices})
 	if a.bwErr != nil {
 		a.bw = nil
 		a.log.Error("bandwidth manager unavailable: pods asking for bandwidth limits will be refused",
