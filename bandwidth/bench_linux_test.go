@@ -67,8 +67,12 @@ func BenchmarkRRUnderLoad(b *testing.B) {
 			}
 			switch mech {
 			case "tbf", "edt", "edt-bbr":
-				m, err := New(Config{NodeNetNS: nsPath(w.node), Devices: []string{"up0"},
-					Mechanism: map[string]Mechanism{"tbf": MechanismTBF, "edt": MechanismEDT, "edt-bbr": MechanismEDT}[mech]})
+				cfg := Config{NodeNetNS: nsPath(w.node), Mechanism: MechanismTBF}
+				if mech != "tbf" {
+					// EDT's fq goes on the uplink; the fallback takes no devices.
+					cfg.Mechanism, cfg.Devices = MechanismEDT, []string{"up0"}
+				}
+				m, err := New(cfg)
 				if err != nil {
 					b.Fatal(err)
 				}
