@@ -58,7 +58,8 @@ var layers = []layer{
 	{pkg: "datapath/monitor", may: []string{""}, never: pure},
 	{pkg: "policy/mapstate", may: []string{"", "identity", "datapath/monitor"}, never: pure},
 	{pkg: "identity/...", may: []string{"", "internal/..."}, never: pure},
-	{pkg: "policy/...", may: []string{"", "identity/...", "datapath/monitor", "internal/..."}, never: pure},
+	{pkg: "fqdn", may: []string{""}, never: pure},
+	{pkg: "policy/...", may: []string{"", "identity/...", "fqdn", "datapath/monitor", "internal/..."}, never: pure},
 	{pkg: "datapath/...", may: []string{"", "identity/...", "policy/mapstate", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	// flow reads records through datapath/monitor, not datapath: a flow
 	// consumer links no BPF object. Its exporters carry their own weight.
