@@ -47,7 +47,16 @@ const (
 // more than it says: L7 rules (toPorts[].rules.http, .dns, .kafka,
 // .l7proto and .l7), toFQDNs, authentication modes other than "disabled",
 // and host policies (nodeSelector).
+//
+// To read toFQDNs and DNS rules, which need the DNS machinery, parse with
+// the engine that will enforce them: [Engine.Parse], [Engine.ParseFiles].
 func Parse(data []byte, source string) ([]Policy, error) {
+	return parse(data, source, false)
+}
+
+// parse is Parse for an engine that can (dns) or cannot enforce toFQDNs
+// and DNS rules.
+func parse(data []byte, source string, dns bool) ([]Policy, error) {
 	var (
 		policies []Policy
 		errs     []error
@@ -67,7 +76,7 @@ func Parse(data []byte, source string) ([]Policy, error) {
 		if root.Kind == 0 || root.Kind == yaml.DocumentNode && len(root.Content) == 0 {
 			continue // empty document, e.g. a trailing "---"
 		}
-		d := &docDecoder{source: source, doc: doc}
+		d := &docDecoder{source: source, doc: doc, dns: dns}
 		node := root.Content[0]
 		if isNull(node) {
 			continue // a document with nothing but comments
@@ -90,6 +99,10 @@ func Parse(data []byte, source string) ([]Policy, error) {
 // recursively). It validates every file and returns the errors of all of
 // them, so that one run reports every problem.
 func ParseFiles(path string) ([]Policy, error) {
+	return parseFiles(path, false)
+}
+
+func parseFiles(path string, dns bool) ([]Policy, error) {
 	info, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("read policies: %w", err)
@@ -121,7 +134,7 @@ func ParseFiles(path string) ([]Policy, error) {
 			errs = append(errs, err)
 			continue
 		}
-		ps, err := Parse(data, f)
+		ps, err := parse(data, f, dns)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -159,6 +172,7 @@ func yamlErrorText(err error) string {
 type docDecoder struct {
 	source  string
 	doc     int
+	dns     bool // toFQDNs and DNS rules are enforceable (validateFor)
 	objName string // "Kind ns/name" of the object being decoded
 	errs    []error
 	nodes   int
@@ -255,6 +269,7 @@ func (d *docDecoder) object(n *yaml.Node) (Policy, bool) {
 	}
 	d.objName = p.ID().String()
 	p.Source = d.source
+	p.file, p.doc = d.source, d.doc
 	if d.doc > 0 {
 		p.Source = fmt.Sprintf("%s, document %d", d.source, d.doc)
 	}
@@ -327,7 +342,7 @@ func (d *docDecoder) object(n *yaml.Node) (Policy, bool) {
 		return Policy{}, false
 	}
 	p.lines = d.lines
-	if err := p.validate(); err != nil {
+	if err := p.validateFor(d.dns); err != nil {
 		// Report what validation finds too, except where a decoding error
 		// already covers the field (a value that did not decode leaves a
 		// zero behind, which validation would misreport).

@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/fqdn"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
@@ -43,6 +44,16 @@ type EngineConfig struct {
 	// datapath maps addresses to them (longest prefix wins, which is how
 	// except ranges get their own identity). Nil: not published.
 	IPCache *ipcache.IPCache
+	// FQDN, when set, gives the engine the DNS machinery that makes
+	// toFQDNs and DNS rules (toPorts[].rules.dns) enforceable: a DNS proxy
+	// reports answers with [Engine.ObserveDNS], the engine turns the
+	// addresses toFQDNs selectors select into identities in IPCache
+	// (allocated by CIDRAllocator; both are then required) and takes them
+	// away when the answers' TTL runs out ([Engine.ExpireDNS]). Its
+	// MinTTL is Cilium's --tofqdns-min-ttl (default 0: the answer's TTL).
+	// Nil: policies with toFQDNs or DNS rules are rejected as not
+	// supported, because nothing would enforce them.
+	FQDN *fqdn.Config
 }
 
 // Engine is the one way to change policy: it holds the policies and the
@@ -87,6 +98,8 @@ type Engine struct {
 	cidrs map[netip.Prefix]*cidrIdentity
 	// policyCIDRs remembers the prefixes of each policy, for release.
 	policyCIDRs map[PolicyID][]netip.Prefix
+	// fqdn is the DNS machinery (fqdn.go); nil without EngineConfig.FQDN.
+	fqdn *fqdnState
 }
 
 type engineEndpoint struct {
@@ -107,12 +120,18 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	fs, err := newFQDNState(cfg)
+	if err != nil {
+		return nil, err
+	}
+	repo.dns = fs != nil
 	return &Engine{
 		cfg:         cfg,
 		repo:        repo,
 		learnt:      make(chan struct{}),
 		cidrs:       map[netip.Prefix]*cidrIdentity{},
 		policyCIDRs: map[PolicyID][]netip.Prefix{},
+		fqdn:        fs,
 	}, nil
 }
 
@@ -243,6 +262,10 @@ func (e *Engine) DeletePolicy(id PolicyID) (uint64, error) {
 	errs := []error{e.recompileLocked(affected)}
 	errs = append(errs, e.releaseCIDRsLocked(e.policyCIDRs[id]))
 	delete(e.policyCIDRs, id)
+	if e.fqdn != nil {
+		errs = append(errs, e.releaseFQDNsLocked(e.fqdn.policies[id]))
+		delete(e.fqdn.policies, id)
+	}
 	return rev, errors.Join(errs...)
 }
 
@@ -252,14 +275,22 @@ func (e *Engine) putPolicy(p Policy, replace bool) (uint64, error) {
 	if e.closed {
 		return 0, nodeplane.ErrClosed
 	}
-	if err := p.validate(); err != nil {
+	if err := p.validateFor(e.fqdn != nil); err != nil {
 		return 0, err
 	}
-	// Allocate the identities of the policy's prefixes first, so that its
-	// CIDR selectors find them when the policy is resolved.
+	// Allocate the identities of the policy's prefixes (and of the
+	// addresses its DNS names resolved to) first, so that its CIDR and
+	// FQDN selectors find them when the policy is resolved.
 	prefixes := policyPrefixes(&p)
 	if err := e.acquireCIDRsLocked(prefixes); err != nil {
 		return 0, err
+	}
+	var names []fqdn.Selector
+	if e.fqdn != nil {
+		names = policyFQDNs(&p)
+		if err := e.acquireFQDNsLocked(names); err != nil {
+			return 0, errors.Join(err, e.releaseCIDRsLocked(prefixes))
+		}
 	}
 	// The endpoints the policy selects before the change (if it exists)
 	// and after it are the only ones whose policy can change.
@@ -274,13 +305,31 @@ func (e *Engine) putPolicy(p Policy, replace bool) (uint64, error) {
 		rev, err = e.repo.add(p)
 	}
 	if err != nil {
-		return 0, errors.Join(err, e.releaseCIDRsLocked(prefixes))
+		return 0, errors.Join(err, e.releaseCIDRsLocked(prefixes), e.releaseFQDNsLocked(names))
 	}
 	affected = e.selectedLocked(affected, p.ID())
 	old := e.policyCIDRs[p.ID()]
 	e.policyCIDRs[p.ID()] = prefixes
 	errs := []error{e.recompileLocked(affected), e.releaseCIDRsLocked(old)}
+	if e.fqdn != nil {
+		oldNames := e.fqdn.policies[p.ID()]
+		e.fqdn.policies[p.ID()] = names
+		errs = append(errs, e.releaseFQDNsLocked(oldNames))
+	}
 	return rev, errors.Join(errs...)
+}
+
+// Parse is [Parse] for this engine: it also accepts what the engine can
+// enforce beyond the package-level Parse, namely toFQDNs and DNS rules
+// when the engine has EngineConfig.FQDN.
+func (e *Engine) Parse(data []byte, source string) ([]Policy, error) {
+	return parse(data, source, e.fqdn != nil)
+}
+
+// ParseFiles is [ParseFiles] for this engine, as [Engine.Parse] is for
+// [Parse].
+func (e *Engine) ParseFiles(path string) ([]Policy, error) {
+	return parseFiles(path, e.fqdn != nil)
 }
 
 // selectedLocked adds to set the endpoints that a rule of policy id, as
@@ -455,6 +504,15 @@ func (e *Engine) Close() error {
 		return nil
 	}
 	e.closed = true
+	if e.fqdn != nil {
+		// Every address learnt from DNS loses its identity.
+		var names []fqdn.Selector
+		for _, sels := range e.fqdn.policies {
+			names = append(names, sels...)
+		}
+		e.fqdn.policies = nil
+		_ = e.releaseFQDNsLocked(names)
+	}
 	var all []netip.Prefix
 	for _, ps := range e.policyCIDRs {
 		all = append(all, ps...)

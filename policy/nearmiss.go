@@ -111,7 +111,9 @@ func (r *Repository) nearMisses(ep Endpoint, peer identity.Identity, dir mapstat
 func selectorMisses(cs *cachedSelector, implied map[string]string, ls identity.Labels) []Miss {
 	switch cs.kind {
 	case selFQDN:
-		return []Miss{{Part: MissPeer, Selector: cs.desc, Detail: "DNS names select no peer (there is no DNS proxy)"}}
+		return []Miss{{Part: MissPeer, Selector: cs.desc, Requirement: cs.fqdnLabel.String(),
+			Detail: "selects only addresses that a DNS answer seen by the DNS proxy gave to a matching name, until its TTL runs out; the peer has no " +
+				cs.fqdnLabel.String() + " label (no such answer, or it expired)"}}
 	case selCIDR:
 		if !hasWorldLabel(ls) {
 			return []Miss{{Part: MissPeer, Selector: cs.desc,

@@ -101,6 +101,9 @@ func (c Config) validate() error {
 type Repository struct {
 	cfg Config
 	rv  resolver
+	// dns is whether toFQDNs and DNS rules are enforced (the engine has
+	// EngineConfig.FQDN); set once, before the repository is shared.
+	dns bool
 
 	mu       sync.RWMutex
 	policies map[PolicyID]*storedPolicy
@@ -154,7 +157,7 @@ func (r *Repository) replace(p Policy) (uint64, error) {
 
 func (r *Repository) put(p Policy, replace bool) (uint64, error) {
 	p = p.clone()
-	if err := p.validate(); err != nil {
+	if err := p.validateFor(r.dns); err != nil {
 		return 0, err
 	}
 	id := p.ID()

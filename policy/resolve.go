@@ -57,6 +57,9 @@ type l4Port struct {
 	port    uint16
 	endPort uint16
 	name    string // named port; port is 0
+	// dns are the port's DNS rules; nil: none (every query, as far as
+	// this entry goes).
+	dns *dnsRules
 }
 
 func (p l4Port) String() string {
@@ -199,7 +202,8 @@ func (rv *resolver) resolve(p *Policy) ([]*entry, error) {
 				it.nodes != nil && len(it.nodes) == 0 ||
 				it.entities != nil && len(it.entities) == 0 ||
 				it.cidrs != nil && len(it.cidrs) == 0 ||
-				it.cidrSets != nil && len(it.cidrSets) == 0
+				it.cidrSets != nil && len(it.cidrSets) == 0 ||
+				it.fqdns != nil && len(it.fqdns) == 0
 			if !emptyGiven {
 				e.peers = []*selectorRef{}
 				var specs []selectorSpec
@@ -240,15 +244,21 @@ func (rv *resolver) resolve(p *Policy) ([]*entry, error) {
 
 			e.l4Given = len(it.ports)+len(it.icmps) > 0
 			for _, pr := range it.ports {
-				// pr.Rules (L7) is empty: validation rejects L7 rules
-				// until they are enforced (unsupported.go).
+				// Of the L7 rules, only DNS rules get here: validation
+				// rejects the others until they are enforced
+				// (unsupported.go), and DNS rules unless the engine has
+				// the DNS machinery.
+				dns, err := compileDNSRules(pr.Rules)
+				if err != nil {
+					return fail(fmt.Errorf("%s %s: %w", p.ID(), it.path, err))
+				}
 				for _, pp := range pr.Ports {
 					protos := []nodeplane.Protocol{pp.Protocol}
 					if pp.Protocol == nodeplane.ProtoAny {
 						protos = []nodeplane.Protocol{nodeplane.ProtoTCP, nodeplane.ProtoUDP, nodeplane.ProtoSCTP}
 					}
 					for _, proto := range protos {
-						e.ports = append(e.ports, l4Port{proto: proto, port: pp.Port, endPort: pp.EndPort, name: pp.Name})
+						e.ports = append(e.ports, l4Port{proto: proto, port: pp.Port, endPort: pp.EndPort, name: pp.Name, dns: dns})
 					}
 				}
 			}

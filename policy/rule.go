@@ -48,6 +48,10 @@ type Policy struct {
 	// known for parsed policies and only serve messages.
 	rulePaths []string
 	lines     map[string]int
+	// file and doc are the source and document number of a parsed
+	// policy, for the errors of a later validation (Engine.AddPolicy).
+	file string
+	doc  int
 }
 
 // ID returns the identity of the policy within a repository.

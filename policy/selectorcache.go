@@ -67,6 +67,8 @@ type cachedSelector struct {
 	spec   identity.LabelSelector
 	cidr   netip.Prefix
 	except []netip.Prefix
+	// fqdnLabel is the label of the identities an FQDN selector selects.
+	fqdnLabel identity.Label
 	// candidates names an In requirement the index can answer: only
 	// identities with one of these labels can match.
 	candidates []indexKey
@@ -86,8 +88,11 @@ func (r *selectorRef) String() string { return r.cs.desc }
 func (cs *cachedSelector) matches(ls identity.Labels) bool {
 	switch cs.kind {
 	case selFQDN:
-		// Names resolve to identities through a DNS proxy only.
-		return false
+		// Names resolve to identities through a DNS proxy only: the
+		// engine gives each address a DNS answer gave to a matching name
+		// an identity with this selector's fqdn label (Cilium's
+		// FQDNSelector.IdentityLabel), until the answer's TTL runs out.
+		return ls.Has(cs.fqdnLabel)
 	case selCIDR:
 		// Cilium's CIDRSelector only selects identities outside the
 		// cluster: those with a world label.
@@ -145,6 +150,7 @@ func compileSelector(spec selectorSpec) (*cachedSelector, error) {
 		cs.key = "cidr:" + sel.String()
 		cs.desc = "cidr " + desc
 	case selFQDN:
+		cs.fqdnLabel = identity.Label{Source: identity.SourceFQDN, Key: spec.fqdn.selector().LabelKey()}
 		cs.key = fmt.Sprintf("fqdn:%s|%s", spec.fqdn.MatchName, spec.fqdn.MatchPattern)
 		if spec.fqdn.MatchName != "" {
 			cs.desc = "fqdn " + spec.fqdn.MatchName
@@ -224,6 +230,11 @@ func (c *selectorCache) releaseEntries(entries []*entry) {
 // label index to skip identities that cannot match.
 func (c *selectorCache) evaluateLocked(cs *cachedSelector) {
 	if cs.kind == selFQDN {
+		for id := range c.index.byLabel[indexKey{cs.fqdnLabel.Key, ""}] {
+			if cs.matches(c.identities[id]) {
+				cs.selected[id] = struct{}{}
+			}
+		}
 		return
 	}
 	if cs.kind == selCIDR {

@@ -11,7 +11,10 @@ import (
 // a rule that requires mutual authentication would allow unauthenticated
 // peers, and a host policy would leave the host unrestricted. Until each
 // is enforced, it fails validation ("fail closed") with a message that
-// says so, at the field that asks for it.
+// says so, at the field that asks for it. toFQDNs and DNS rules are
+// enforced by an Engine configured with the DNS machinery
+// (EngineConfig.FQDN): Parse accepts them, as Cilium does, and an engine
+// without it rejects them with the same message.
 
 const notSupportedYet = "not supported yet"
 
@@ -20,13 +23,13 @@ const (
 	reasonHTTP = "HTTP rules are " + notSupportedYet +
 		": there is no L7 proxy, so the port would be open to every request"
 	reasonDNS = "DNS rules are " + notSupportedYet +
-		": there is no DNS proxy, so the port would be open to every query"
+		" without a DNS proxy (policy.EngineConfig.FQDN), or the port would be open to every query"
 	reasonKafka = "Kafka rules are " + notSupportedYet +
 		": there is no L7 proxy, so the port would be open to every request"
 	reasonGenericL7 = "L7 rules (l7proto, l7) are " + notSupportedYet +
 		": there is no L7 proxy, so the port would be open to every request"
 	reasonFQDN = "toFQDNs is " + notSupportedYet +
-		": DNS names resolve to addresses only through a DNS proxy, which nodeplane does not have"
+		" without a DNS proxy (policy.EngineConfig.FQDN): DNS names resolve to addresses only through one"
 	reasonAuth = "mutual authentication (mode %q) is " + notSupportedYet +
 		": the rule would allow peers that did not authenticate"
 	reasonHost = "host policies (nodeSelector) are " + notSupportedYet +
@@ -43,9 +46,9 @@ func (v *validator) unsupportedRule(r *Rule, path string) {
 }
 
 // unsupportedEgress rejects toFQDNs in an allow rule (Cilium itself
-// rejects it in a deny rule).
+// rejects it in a deny rule) unless the engine has the DNS machinery.
 func (v *validator) unsupportedEgress(r *EgressRule, path string, deny bool) {
-	if r.ToFQDNs != nil && !deny {
+	if r.ToFQDNs != nil && !deny && !v.dns {
 		v.fail(path+".toFQDNs", reasonFQDN)
 	}
 }
@@ -58,7 +61,7 @@ func (v *validator) unsupportedL7(pr PortRule, path string) {
 	if pr.Rules.HTTP != nil {
 		v.fail(path+".rules.http", reasonHTTP)
 	}
-	if pr.Rules.DNS != nil {
+	if pr.Rules.DNS != nil && !v.dns {
 		v.fail(path+".rules.dns", reasonDNS)
 	}
 }

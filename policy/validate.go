@@ -36,6 +36,10 @@ var (
 type validator struct {
 	p    *Policy
 	errs []error
+	// dns is whether the policy's toFQDNs and DNS rules can be enforced:
+	// whether the engine it is for has the DNS machinery
+	// (EngineConfig.FQDN).
+	dns bool
 }
 
 func (v *validator) fail(path, format string, args ...any) {
@@ -47,7 +51,7 @@ func (v *validator) fail(path, format string, args ...any) {
 			break
 		}
 	}
-	v.errs = append(v.errs, &ValidationError{Object: v.p.ID().String(), Path: path, Line: line,
+	v.errs = append(v.errs, &ValidationError{Source: v.p.file, Document: v.p.doc, Object: v.p.ID().String(), Path: path, Line: line,
 		Reason: fmt.Sprintf(format, args...)})
 }
 
@@ -60,9 +64,15 @@ func parentPath(p string) string {
 }
 
 // validate checks the policy as Cilium's CiliumNetworkPolicy.Parse and
-// Rule.Sanitize check it. It returns every problem found.
-func (p *Policy) validate() error {
-	v := &validator{p: p}
+// Rule.Sanitize check it, and rejects what nodeplane cannot enforce
+// without the DNS machinery (toFQDNs, DNS rules). It returns every problem
+// found.
+func (p *Policy) validate() error { return p.validateFor(false) }
+
+// validateFor is validate for an engine that can (dns) or cannot enforce
+// toFQDNs and DNS rules.
+func (p *Policy) validateFor(dns bool) error {
+	v := &validator{p: p, dns: dns}
 	switch p.Kind {
 	case KindCiliumNetworkPolicy, KindNetworkPolicy:
 	case KindCiliumClusterwideNetworkPolicy:
