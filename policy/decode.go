@@ -172,7 +172,7 @@ func yamlErrorText(err error) string {
 type docDecoder struct {
 	source  string
 	doc     int
-	dns     bool // toFQDNs and DNS rules are enforceable (validateFor)
+	dns     bool   // toFQDNs and DNS rules are enforceable (validateFor)
 	objName string // "Kind ns/name" of the object being decoded
 	errs    []error
 	nodes   int
