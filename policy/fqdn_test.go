@@ -1,0 +1,204 @@
+package policy
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/fqdn"
+	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
+	"github.com/nodeplane/nodeplane/policy/mapstate"
+)
+
+const fqdnPolicy = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns: [{matchPattern: "*.example.test"}, {matchName: exact.other.test}]
+  - toFQDNs: [{matchPattern: "*.example.test"}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`
+
+type fqdnFixture struct {
+	e     *Engine
+	ipc   *ipcache.IPCache
+	clock *time.Time
+	web   *recordingMap
+	dns   identity.Identity
+}
+
+func newFQDNFixture(t *testing.T) *fqdnFixture {
+	t.Helper()
+	now := time.Unix(1_000_000, 0)
+	f := &fqdnFixture{ipc: ipcache.New(), clock: &now}
+	alloc := identity.NewLocalAllocator(identity.LocalAllocatorConfig{})
+	t.Cleanup(func() { alloc.Close() })
+	var err error
+	f.e, err = NewEngine(EngineConfig{CIDRAllocator: alloc, IPCache: f.ipc,
+		FQDN: &fqdn.Config{Now: func() time.Time { return *f.clock }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.e.Close() })
+	web := identity.Identity{ID: 70000, Labels: mustLabels(t, "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default")}
+	f.dns = identity.Identity{ID: 70001, Labels: mustLabels(t, "k8s:k8s-app=kube-dns,k8s:io.kubernetes.pod.namespace=kube-system,k8s:io.cilium.k8s.policy.cluster=default")}
+	if err := f.e.UpdateIdentities([]identity.Identity{web, f.dns}, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.ipc.Upsert(netip.MustParsePrefix("10.0.0.1/32"), ipcache.Entry{Identity: web.ID})
+	f.ipc.Upsert(netip.MustParsePrefix("10.0.0.53/32"), ipcache.Entry{Identity: f.dns.ID})
+	f.web = &recordingMap{id: web.ID}
+	if err := f.e.AddEndpoint(f.web); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := f.e.Parse([]byte(fqdnPolicy), "fqdn.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.e.AddPolicy(ps[0]); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+
+// allowed looks an address up the way the datapath does: ipcache, then
+// the endpoint's policy map.
+func (f *fqdnFixture) allowed(addr string, port uint16) bool {
+	id := identity.ReservedWorldIPv4
+	if _, ent, ok := f.ipc.Lookup(netip.MustParseAddr(addr)); ok {
+		id = ent.Identity
+	}
+	m, _ := f.web.snapshot()
+	return mapstate.Lookup(m, id, mapstate.Egress, nodeplane.ProtoTCP, port).Allowed
+}
+
+func TestEngineFQDNFollowsAnswersAndTTL(t *testing.T) {
+	f := newFQDNFixture(t)
+	if f.allowed("192.0.2.10", 80) {
+		t.Fatal("allowed before any DNS answer")
+	}
+	if err := f.e.ObserveDNS("WWW.Example.Test", []netip.Addr{netip.MustParseAddr("192.0.2.10")}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.e.ObserveDNS("www.other.test", []netip.Addr{netip.MustParseAddr("192.0.2.11")}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if !f.allowed("192.0.2.10", 80) {
+		t.Fatal("resolved address not allowed")
+	}
+	if f.allowed("192.0.2.10", 81) || f.allowed("192.0.2.11", 80) {
+		t.Fatal("other port or unmatched name allowed")
+	}
+	_, ent, _ := f.ipc.Lookup(netip.MustParseAddr("192.0.2.10"))
+	ls, _ := f.e.Repository().rv.cache.Labels(ent.Identity)
+	if !ls.Has(identity.Label{Source: identity.SourceFQDN, Key: "*.example.test"}) || !ls.Has(identity.Label{Source: identity.SourceCIDR, Key: "192.0.2.10/32"}) {
+		t.Fatalf("identity labels %v", ls)
+	}
+	if got := f.e.FQDNSelections(FQDNSelector{MatchPattern: "*.example.test"}); !slices.Equal(got, []netip.Addr{netip.MustParseAddr("192.0.2.10")}) {
+		t.Fatalf("selections %v", got)
+	}
+	// The trace names the fqdn requirement for an unresolved address.
+	*f.clock = f.clock.Add(4 * time.Second)
+	if next, err := f.e.ExpireDNS(); err != nil || !next.Equal(time.Unix(1_000_005, 0)) {
+		t.Fatalf("ExpireDNS before TTL: next %v, %v", next, err)
+	}
+	if !f.allowed("192.0.2.10", 80) {
+		t.Fatal("expired early")
+	}
+	*f.clock = f.clock.Add(time.Second)
+	if _, err := f.e.ExpireDNS(); err != nil {
+		t.Fatal(err)
+	}
+	if f.allowed("192.0.2.10", 80) {
+		t.Fatal("allowed after TTL")
+	}
+	if _, ok := f.ipc.Get(netip.MustParsePrefix("192.0.2.10/32")); ok {
+		t.Fatal("ipcache entry left after TTL")
+	}
+	m, _ := f.web.snapshot()
+	for k := range m {
+		if k.Identity == ent.Identity {
+			t.Fatalf("map keeps entry %v of the expired identity", k)
+		}
+	}
+	// Deleting the policy releases the remaining identities.
+	if _, err := f.e.DeletePolicy(PolicyID{Kind: KindCiliumNetworkPolicy, Namespace: "prod", Name: "fqdn"}); err != nil {
+		t.Fatal(err)
+	}
+	if f.ipc.Len() != 2 {
+		t.Fatalf("ipcache after delete: %d entries", f.ipc.Len())
+	}
+}
+
+func TestEngineEvaluateDNS(t *testing.T) {
+	f := newFQDNFixture(t)
+	server := netip.MustParseAddrPort("10.0.0.53:53")
+	for _, tc := range []struct {
+		name  string
+		proto nodeplane.Protocol
+		dst   netip.AddrPort
+		ok    bool
+	}{
+		{"a.example.test", nodeplane.ProtoUDP, server, true},
+		{"A.EXAMPLE.TEST.", nodeplane.ProtoTCP, server, true},
+		{"exact.other.test", nodeplane.ProtoUDP, server, true},
+		{"x.exact.other.test", nodeplane.ProtoUDP, server, false},
+		{"a.b.example.test", nodeplane.ProtoUDP, server, false},
+		{"evil.test", nodeplane.ProtoUDP, server, false},
+		// Another server is not allowed at all.
+		{"a.example.test", nodeplane.ProtoUDP, netip.MustParseAddrPort("192.0.2.53:53"), false},
+	} {
+		d, err := f.e.EvaluateDNS(netip.MustParseAddr("10.0.0.1"), tc.dst, tc.proto, tc.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Allowed != tc.ok || d.Reason == "" {
+			t.Errorf("%s to %v: %+v, want allowed=%v", tc.name, tc.dst, d, tc.ok)
+		}
+	}
+	if _, err := f.e.EvaluateDNS(netip.MustParseAddr("10.9.9.9"), server, nodeplane.ProtoUDP, "a.example.test"); !errors.Is(err, ErrUnknownEndpoint) {
+		t.Fatalf("unknown client: %v", err)
+	}
+}
+
+// Without the DNS machinery, toFQDNs and DNS rules stay refused everywhere
+// (fail closed), and the DNS calls say they are not supported.
+func TestEngineWithoutFQDNRefuses(t *testing.T) {
+	e, err := NewEngine(EngineConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	_, err = e.Parse([]byte(fqdnPolicy), "fqdn.yaml")
+	if err == nil || !strings.Contains(err.Error(), "toFQDNs is not supported yet") || !strings.Contains(err.Error(), "DNS rules are not supported yet") {
+		t.Fatalf("Parse without FQDN: %v", err)
+	}
+	if _, err := Parse([]byte(fqdnPolicy), "fqdn.yaml"); err == nil {
+		t.Fatal("package Parse accepted toFQDNs")
+	}
+	p := Policy{Kind: KindCiliumNetworkPolicy, Namespace: "prod", Name: "x", Rules: []Rule{{
+		EndpointSelector: &identity.LabelSelector{},
+		Egress:           []EgressRule{{ToFQDNs: []FQDNSelector{{MatchName: "a.test"}}}}}}}
+	if _, err := e.AddPolicy(p); !errors.Is(err, ErrInvalidPolicy) && len(ValidationErrors(err)) == 0 {
+		t.Fatalf("AddPolicy without FQDN: %v", err)
+	}
+	if err := e.ObserveDNS("a.test", nil, time.Second); !errors.Is(err, nodeplane.ErrNotSupported) {
+		t.Fatalf("ObserveDNS: %v", err)
+	}
+	if _, err := NewEngine(EngineConfig{FQDN: &fqdn.Config{}}); err == nil {
+		t.Fatal("FQDN without allocator and ipcache accepted")
+	}
+}
