@@ -34,7 +34,14 @@ const (
 	ConntrackRxClosing ConntrackFlags = 1 << 2
 	// ConntrackReset: either side sent a RST.
 	ConntrackReset ConntrackFlags = 1 << 3
+	// ConntrackProxy: the connection is redirected to the L7 proxy on
+	// ConntrackEntry.ProxyPort (NP_CT_PROXY, bpf/proxy.h).
+	ConntrackProxy ConntrackFlags = 1 << 4
 )
+
+// ctProxyPortShift is NP_CT_PROXY_PORT_SHIFT: the proxy port lives in the
+// flags' upper half.
+const ctProxyPortShift = 16
 
 // ConntrackEntry is one tracked connection.
 type ConntrackEntry struct {
@@ -54,6 +61,9 @@ type ConntrackEntry struct {
 	// TCPFlags and ReplyTCPFlags are the union of the TCP flags seen each
 	// way.
 	TCPFlags, ReplyTCPFlags uint8
+	// ProxyPort is the L7 proxy the connection is redirected to, with
+	// ConntrackProxy.
+	ProxyPort uint16
 }
 
 func (e ctEntry) typed(t tuple) ConntrackEntry {
@@ -63,8 +73,9 @@ func (e ctEntry) typed(t tuple) ConntrackEntry {
 		Created:     time.Duration(e.Created) * time.Second,
 		Expires:     time.Duration(e.Expires) * time.Second,
 		SrcIdentity: identity.ID(e.SrcIdentity), DstIdentity: identity.ID(e.DstIdentity),
-		Endpoint: EndpointID(e.EndpointID), Flags: ConntrackFlags(e.Flags),
+		Endpoint: EndpointID(e.EndpointID), Flags: ConntrackFlags(e.Flags & (1<<ctProxyPortShift - 1)),
 		TCPFlags: e.TCPFlagsFwd, ReplyTCPFlags: e.TCPFlagsRev,
+		ProxyPort: uint16(e.Flags >> ctProxyPortShift),
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
@@ -130,6 +131,17 @@ func TestPrivilegedPolicyMatchesLookupPolicy(t *testing.T) {
 			}
 			wantMatch, wantL4 := matchOf(want)
 			switch {
+			case want.Allowed && want.ProxyPort != 0:
+				// Redirected to a proxy, of which the test has none
+				// (bpf/proxy.h): a proxy port is never an allow.
+				reason := monitor.DropProxyLookupFailed
+				if pkt.Proto != protoTCP && pkt.Proto != protoUDP {
+					reason = monitor.DropProxyUnknownProto
+				}
+				if v.Action != ActionDrop || v.Reason != reason || v.ProxyPort != want.ProxyPort {
+					t.Fatalf("round %d: %s %s proto %d port %d peer %d: kernel %+v, want drop %v with port %d",
+						round, hook, dir, pkt.Proto, port, peer, v, reason, want.ProxyPort)
+				}
 			case want.Allowed && (v.Action != ActionPass || v.ProxyPort != want.ProxyPort),
 				!want.Allowed && (v.Action != ActionDrop || v.Reason != want.Reason),
 				v.Match != wantMatch || v.L4PrefixLen != wantL4:

@@ -12,7 +12,7 @@ import (
 // Flow is one observed packet (or policy decision) with Hubble's field
 // semantics (flow.proto's Flow). Its enums carry flow.proto's numbers, so
 // converting to the protobuf is a cast. A Flow holds no pointers of its own
-// besides strings and label slices, which the enrichment shares between
+// besides strings, label slices and its L7 record, which the enrichment shares between
 // flows and never modifies: copying a Flow is cheap and safe.
 type Flow struct {
 	// Time is when the datapath wrote the record (wall clock, converted
@@ -52,8 +52,13 @@ type Flow struct {
 	TraceReason TraceReason
 	// Interface is the interface the packet was seen on.
 	Interface Interface
-	// ProxyPort is the L7 proxy port of the deciding policy entry.
+	// ProxyPort is the L7 proxy port of the deciding policy entry, or of
+	// the proxy that reported an L7 flow.
 	ProxyPort uint16
+	// L7 is the layer-7 record of a flow of Type L7; zero otherwise. Its
+	// HTTP and DNS records are shared between copies of the flow and never
+	// modified.
+	L7 Layer7
 }
 
 // IP is a flow's layer 3.

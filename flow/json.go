@@ -83,6 +83,10 @@ func (f *Flow) AppendJSON(b []byte) []byte {
 		w.key("node_name")
 		w.str(f.NodeName)
 	}
+	if f.Type == L7 {
+		w.key("l7")
+		w.b = f.L7.appendJSON(w.b)
+	}
 	if f.IsReplyKnown && f.IsReply {
 		w.key("reply")
 		w.b = append(w.b, "true"...)
@@ -139,9 +143,13 @@ func (f *Flow) AppendJSON(b []byte) []byte {
 	}
 	w.uint("proxy_port", uint64(f.ProxyPort))
 	w.key("Summary")
-	w.b = append(w.b, '"')
-	w.b = f.appendSummary(w.b)
-	w.b = append(w.b, '"')
+	if f.Type == L7 {
+		w.str(f.Summary()) // URLs and names need escaping
+	} else {
+		w.b = append(w.b, '"')
+		w.b = f.AppendSummary(w.b) // plain ASCII
+		w.b = append(w.b, '"')
+	}
 	return append(w.b, '}')
 }
 
@@ -193,59 +201,6 @@ func l4Name(proto nodeplane.Protocol) string {
 		return "ICMPv6"
 	}
 	return ""
-}
-
-// appendSummary appends Hubble's summary line ("TCP Flags: SYN", "UDP",
-// "ICMPv4 EchoRequest").
-func (f *Flow) appendSummary(b []byte) []byte {
-	switch f.L4.Protocol {
-	case nodeplane.ProtoTCP:
-		b = append(b, "TCP Flags: "...)
-		// Hubble's order: SYN ACK RST FIN PSH URG ECE CWR.
-		first := true
-		for _, i := range [...]uint8{1, 4, 2, 0, 3, 5, 6, 7} {
-			if f.L4.TCPFlags&(1<<i) != 0 {
-				if !first {
-					b = append(b, ", "...)
-				}
-				first = false
-				b = append(b, jsonTCPFlags[i]...)
-			}
-		}
-		return b
-	case nodeplane.ProtoUDP:
-		return append(b, "UDP"...)
-	case nodeplane.ProtoSCTP:
-		return append(b, "SCTP"...)
-	case nodeplane.ProtoICMP:
-		b = append(b, "ICMPv4 "...)
-		return appendICMPName(b, f.L4.ICMPType, false)
-	case nodeplane.ProtoICMPv6:
-		b = append(b, "ICMPv6 "...)
-		return appendICMPName(b, f.L4.ICMPType, true)
-	}
-	return b
-}
-
-func appendICMPName(b []byte, typ uint8, v6 bool) []byte {
-	var name string
-	switch {
-	case !v6 && typ == 0, v6 && typ == 129:
-		name = "EchoReply"
-	case !v6 && typ == 8, v6 && typ == 128:
-		name = "EchoRequest"
-	case !v6 && typ == 3, v6 && typ == 1:
-		name = "DestinationUnreachable"
-	case !v6 && typ == 11, v6 && typ == 3:
-		name = "TimeExceeded"
-	case v6 && typ == 2:
-		name = "PacketTooBig"
-	}
-	if name != "" {
-		return append(b, name...)
-	}
-	b = append(b, "Type "...)
-	return strconv.AppendUint(b, uint64(typ), 10)
 }
 
 // jsonObj appends the members of a JSON object, with commas.

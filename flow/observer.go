@@ -24,7 +24,8 @@ type Source interface {
 
 // Sink receives every flow the Observer stores and every loss it notices;
 // flow/metrics implements it with Prometheus counters. Calls come from the
-// Observer's reading goroutine and must not block.
+// Observer's reading goroutine, and from RecordL7's callers, possibly at
+// once; they must not block.
 type Sink interface {
 	ObserveFlow(f *Flow)
 	ObserveLost(src LostSource, n uint64)

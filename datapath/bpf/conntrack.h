@@ -209,8 +209,11 @@ static __always_inline void np_ct_update(struct np_ct_entry *e, const struct np_
 		e->expires = expires;
 }
 
+/* np_ct_create creates the entry of a new connection; flags are extra
+ * NP_CT_* flags (NP_CT_PROXY with its port, proxy.h). */
 static __always_inline int np_ct_create(const struct np_pkt *p, __u32 src_identity,
-					__u32 dst_identity, __u16 endpoint_id, __u32 now)
+					__u32 dst_identity, __u16 endpoint_id, __u32 now,
+					__u32 flags)
 {
 	struct np_ct_entry e = {
 		.packets_fwd = 1,
@@ -218,7 +221,7 @@ static __always_inline int np_ct_create(const struct np_pkt *p, __u32 src_identi
 		.created = now,
 		.src_identity = src_identity,
 		.dst_identity = dst_identity,
-		.flags = np_ct_tcp_bits(p, 0),
+		.flags = np_ct_tcp_bits(p, 0) | flags,
 		.endpoint_id = endpoint_id,
 		.tcp_flags_fwd = p->tcp_flags,
 		.last_report_fwd = now, /* a new connection is reported */

@@ -42,6 +42,7 @@
 #include "policy.h"
 #include "icmp6.h"
 #include "edt.h"
+#include "proxy.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -64,6 +65,9 @@ volatile const __u32 np_endpoint_ipv6[4] = {};
  *   cb[3]  redirect target ifindex (0: none)
  *   cb[4]  bits 0-15 proxy port, 16-23 policy match type, 24-31 L4 prefix
  *          length, of the last policy decision (new connections only)
+ *
+ * A connection whose policy entry has a proxy port goes to the L7 proxy
+ * in the node's namespace instead (proxy.h).
  */
 #define NP_VERDICT_VALID (1U << 24)
 
@@ -85,6 +89,7 @@ struct np_state {
 	__u16 policy_ep;    /* endpoint of the denying policy */
 	__u16 dst_ep;       /* local endpoint the packet is delivered to */
 	__u8 overlay;       /* sent to the tunnel device (overlay.h) */
+	__u8 to_proxy;      /* redirected to the L7 proxy (proxy.h) */
 };
 
 static __always_inline void np_fill_hdr(struct np_event_hdr *h, struct __sk_buff *skb, __u8 type)
@@ -290,7 +295,9 @@ static __always_inline void np_trace(struct __sk_buff *skb, const struct np_stat
 	}
 	if (level < NP_AGGREGATE_LOWEST)
 		np_emit_trace(skb, s, np_obs_of(s->hook));
-	if (s->overlay)
+	if (s->to_proxy)
+		np_emit_trace(skb, s, NP_OBS_TO_PROXY);
+	else if (s->overlay)
 		np_emit_trace(skb, s, NP_OBS_TO_OVERLAY);
 	else
 		np_emit_trace(skb, s, action == TC_ACT_REDIRECT ? NP_OBS_TO_ENDPOINT : NP_OBS_TO_STACK);
@@ -522,6 +529,7 @@ int np_from_endpoint(struct __sk_buff *skb)
 	struct np_state s = { .hook = NP_HOOK_FROM_ENDPOINT };
 	struct np_endpoint_info *src, *dst;
 	struct np_ct_entry *ct = NULL;
+	__u16 proxy_port = 0;
 	__u32 now;
 	int ret;
 
@@ -554,14 +562,36 @@ int np_from_endpoint(struct __sk_buff *skb)
 
 	if (s.ct_state == NP_CT_NEW) {
 		s.reason = np_check_policy(skb, &s, np_endpoint_id, 1);
-		if (!s.reason && dst)
+		/* The source's egress proxy port wins; for a local destination
+		 * the proxy then enforces both sides' L7 rules. */
+		proxy_port = s.policy.proxy_port;
+		if (!s.reason && dst) {
 			s.reason = np_check_policy(skb, &s, dst->endpoint_id, 0);
+			if (!proxy_port)
+				proxy_port = s.policy.proxy_port;
+		}
+		/* A connection the proxy cannot take leaves no entry. */
+		if (!s.reason && proxy_port)
+			s.reason = np_proxy_redirect(skb, &s.pkt, proxy_port);
 		if (s.reason)
 			return np_exit(skb, &s, TC_ACT_SHOT);
-		if (np_ct_create(&s.pkt, s.src_identity, s.dst_identity, np_endpoint_id, now)) {
+		if (np_ct_create(&s.pkt, s.src_identity, s.dst_identity, np_endpoint_id, now,
+				 proxy_port ? NP_CT_PROXY | ((__u32)proxy_port << NP_CT_PROXY_PORT_SHIFT) : 0)) {
 			s.reason = DROP_CT_CREATE_FAILED;
 			return np_exit(skb, &s, TC_ACT_SHOT);
 		}
+	} else if (ct && s.ct_state == NP_CT_ESTABLISHED && (ct->flags & NP_CT_PROXY)) {
+		proxy_port = ct->flags >> NP_CT_PROXY_PORT_SHIFT;
+		s.reason = np_proxy_redirect(skb, &s.pkt, proxy_port);
+		if (s.reason)
+			return np_exit(skb, &s, TC_ACT_SHOT);
+	}
+
+	if (proxy_port) {
+		/* To the proxy through the node's stack (proxy.h): no
+		 * redirect to the destination, no rate, no tunnel. */
+		s.to_proxy = 1;
+		return np_exit(skb, &s, TC_ACT_OK);
 	}
 
 	if (dst)
@@ -584,6 +614,7 @@ int np_to_endpoint(struct __sk_buff *skb)
 	struct np_state s = { .hook = NP_HOOK_TO_ENDPOINT };
 	struct np_endpoint_info *dst;
 	struct np_ct_entry *ct = NULL;
+	__u32 from_proxy;
 	__u32 now;
 	int ret;
 
@@ -607,13 +638,32 @@ int np_to_endpoint(struct __sk_buff *skb)
 		return np_exit(skb, &s, TC_ACT_SHOT);
 	}
 	s.dst_identity = dst->identity;
-	s.src_identity = np_identity_of(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version);
+	/* The L7 proxy's upstream connections carry their source's identity
+	 * in the mark (proxy.h). */
+	from_proxy = np_proxy_mark(skb);
+	s.src_identity = from_proxy ? np_mark_identity(skb->mark) :
+				      np_identity_of(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version);
 
 	if (s.ct_state == NP_CT_NEW) {
-		s.reason = np_check_policy(skb, &s, np_endpoint_id, 0);
+		/* An ingress proxy decided this endpoint's ingress policy when
+		 * it took the connection. */
+		if (from_proxy != NP_MARK_FROM_PROXY_INGRESS) {
+			s.reason = np_check_policy(skb, &s, np_endpoint_id, 0);
+			/* A proxy port here cannot be honoured: this hook sees
+			 * the stack's packets after routing, where no socket
+			 * can be assigned. Fail closed. */
+			if (!s.reason && s.policy.proxy_port) {
+				s.reason = s.pkt.tuple.proto == IPPROTO_TCP ||
+							   s.pkt.tuple.proto == IPPROTO_UDP ?
+						   DROP_PROXY_LOOKUP_FAILED :
+						   DROP_PROXY_UNKNOWN_PROTO;
+				s.policy_dir = NP_DIR_INGRESS;
+				s.policy_ep = np_endpoint_id;
+			}
+		}
 		if (s.reason)
 			return np_exit(skb, &s, TC_ACT_SHOT);
-		if (np_ct_create(&s.pkt, s.src_identity, s.dst_identity, np_endpoint_id, now)) {
+		if (np_ct_create(&s.pkt, s.src_identity, s.dst_identity, np_endpoint_id, now, 0)) {
 			s.reason = DROP_CT_CREATE_FAILED;
 			return np_exit(skb, &s, TC_ACT_SHOT);
 		}

@@ -50,6 +50,7 @@ enum np_hook {
  * bpf/lib/trace.h). */
 enum np_obs_point {
 	NP_OBS_TO_ENDPOINT = 0,   /* TRACE_TO_LXC */
+	NP_OBS_TO_PROXY = 1,      /* TRACE_TO_PROXY */
 	NP_OBS_TO_STACK = 3,      /* TRACE_TO_STACK */
 	NP_OBS_TO_OVERLAY = 4,    /* TRACE_TO_OVERLAY */
 	NP_OBS_FROM_ENDPOINT = 5, /* TRACE_FROM_LXC */
@@ -198,6 +199,9 @@ struct {
 #define DROP_INVALID_IDENTITY  171
 #define DROP_UNKNOWN_SENDER    172
 #define DROP_FRAG_NOT_FOUND    175
+#define DROP_PROXY_LOOKUP_FAILED 178
+#define DROP_PROXY_SET_FAILED  179
+#define DROP_PROXY_UNKNOWN_PROTO 180
 #define DROP_POLICY_DENY       181
 #define DROP_EP_NOT_READY      203
 

@@ -180,7 +180,7 @@ int np_from_overlay(struct __sk_buff *skb)
 		s.reason = np_check_policy(skb, &s, dst->endpoint_id, 0);
 		if (s.reason)
 			return np_exit(skb, &s, TC_ACT_SHOT);
-		if (np_ct_create(&s.pkt, s.src_identity, s.dst_identity, dst->endpoint_id, now)) {
+		if (np_ct_create(&s.pkt, s.src_identity, s.dst_identity, dst->endpoint_id, now, 0)) {
 			s.reason = DROP_CT_CREATE_FAILED;
 			return np_exit(skb, &s, TC_ACT_SHOT);
 		}

@@ -66,6 +66,18 @@ const (
 	// fragment the datapath has not seen (lost, reordered, or evicted from
 	// the fragments map), so its ports are unknown. DROP_FRAG_NOT_FOUND.
 	DropFragmentNotFound DropReason = 175
+	// DropProxyLookupFailed: a connection whose policy entry has a proxy
+	// port found no proxy socket on that port in the node's namespace, or
+	// reached the endpoint where no proxy can take it (its ingress proxy
+	// port at the hook that sees the stack's packets, datapath/bpf/proxy.h).
+	// DROP_PROXY_LOOKUP_FAILED.
+	DropProxyLookupFailed DropReason = 178
+	// DropProxySetFailed: the proxy's socket was found but the packet
+	// could not be assigned to it. DROP_PROXY_SET_FAILED.
+	DropProxySetFailed DropReason = 179
+	// DropProxyUnknownProto: a proxy port on an entry of a protocol other
+	// than TCP and UDP. DROP_PROXY_UNKNOWN_PROTO.
+	DropProxyUnknownProto DropReason = 180
 	// DropPolicyDeny: an explicit deny entry matched. DROP_POLICY_DENY.
 	DropPolicyDeny DropReason = 181
 	// DropEndpointNotReady: a new connection of an endpoint that has no
@@ -116,6 +128,12 @@ func (r DropReason) String() string {
 		return "NO_MAPPING_FOR_NAT_MASQUERADE"
 	case DropFragmentNotFound:
 		return "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND"
+	case DropProxyLookupFailed:
+		return "SOCKET_LOOKUP_FAILED"
+	case DropProxySetFailed:
+		return "SOCKET_ASSIGN_FAILED"
+	case DropProxyUnknownProto:
+		return "PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL"
 	case DropPolicyDeny:
 		return "POLICY_DENY"
 	case DropEndpointNotReady:

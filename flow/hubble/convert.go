@@ -58,6 +58,31 @@ func Proto(f *flow.Flow) *flowpb.Flow {
 	if s := f.DestinationService; s != (flow.Service{}) {
 		pb.DestinationService = &flowpb.Service{Name: s.Name, Namespace: s.Namespace}
 	}
+	if f.Type == flow.L7 {
+		pb.L7 = layer7(&f.L7)
+	}
+	return pb
+}
+
+func layer7(l *flow.Layer7) *flowpb.Layer7 {
+	pb := &flowpb.Layer7{Type: flowpb.L7FlowType(l.Type), LatencyNs: uint64(l.Latency)}
+	if h := l.HTTP; h != nil {
+		r := &flowpb.HTTP{Code: h.Code, Method: h.Method, Url: h.URL, Protocol: h.Protocol}
+		for _, hd := range h.Headers {
+			r.Headers = append(r.Headers, &flowpb.HTTPHeader{Key: hd.Key, Value: hd.Value})
+		}
+		pb.Record = &flowpb.Layer7_Http{Http: r}
+	}
+	if d := l.DNS; d != nil {
+		r := &flowpb.DNS{
+			Query: d.Query, Ttl: d.TTL, Cnames: d.CNAMEs, ObservationSource: d.ObservationSource,
+			Rcode: d.Rcode, Qtypes: d.Qtypes, Rrtypes: d.RRTypes,
+		}
+		for _, ip := range d.IPs {
+			r.Ips = append(r.Ips, ip.String())
+		}
+		pb.Record = &flowpb.Layer7_Dns{Dns: r}
+	}
 	return pb
 }
 

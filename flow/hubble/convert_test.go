@@ -390,6 +390,8 @@ func TestProtoCoversEveryField(t *testing.T) {
 			switch {
 			case f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Time{}) && f.Type != reflect.TypeOf(netip.Addr{}):
 				visit(name+".", f.Type)
+			case f.Type.Kind() == reflect.Pointer && f.Type.Elem().Kind() == reflect.Struct:
+				visit(name+".", f.Type.Elem())
 			default:
 				leaves = append(leaves, name)
 			}
@@ -404,8 +406,22 @@ func TestProtoCoversEveryField(t *testing.T) {
 				p = nodeplane.ProtoICMP
 			}
 			zero, changed := base(p), base(p)
+			if strings.HasPrefix(path, "L7.") {
+				zero.Type, changed.Type = flow.L7, flow.L7
+				// The record's presence alone must not count as the change.
+				zero.L7 = flow.Layer7{HTTP: &flow.HTTP{}, DNS: &flow.DNS{}}
+				changed.L7 = flow.Layer7{HTTP: &flow.HTTP{}, DNS: &flow.DNS{}}
+				if strings.HasPrefix(path, "L7.HTTP") {
+					zero.L7.DNS, changed.L7.DNS = nil, nil
+				} else {
+					zero.L7.HTTP, changed.L7.HTTP = nil, nil
+				}
+			}
 			fv := reflect.ValueOf(&changed).Elem().FieldByName(strings.Split(path, ".")[0])
 			for _, name := range strings.Split(path, ".")[1:] {
+				if fv.Kind() == reflect.Pointer {
+					fv = fv.Elem()
+				}
 				fv = fv.FieldByName(name)
 			}
 			setNonZero(t, fv)
@@ -438,6 +454,10 @@ func setNonZero(t *testing.T, v reflect.Value) {
 	case reflect.Slice:
 		v.Set(reflect.Append(reflect.MakeSlice(v.Type(), 0, 1), reflect.New(v.Type().Elem()).Elem()))
 		setNonZero(t, v.Index(0))
+	case reflect.Struct:
+		for i := range v.NumField() {
+			setNonZero(t, v.Field(i))
+		}
 	default:
 		t.Fatalf("no non-zero value for %s", v.Type())
 	}
