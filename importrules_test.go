@@ -73,6 +73,7 @@ var layers = []layer{
 	// overlay joins nodes: the registry and its syncer feed the ipcache,
 	// the tunnel device and its programs belong to the datapath.
 	{pkg: "overlay/...", may: []string{"", "identity/...", "ipam/...", "datapath/...", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
+	{pkg: "proxy/...", may: []string{"", "identity/...", "policy/...", "datapath/...", "flow", "proxy/...", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	{pkg: "internal/testutils/...", may: []string{"", "internal/..."}},
 	{pkg: "internal/...", may: []string{"", "internal/..."}, never: []string{ciliumAPI, prometheus, cniModule}},
 	// policytrace only parses and traces: no kernel code, no BPF object.
@@ -87,6 +88,13 @@ var layers = []layer{
 
 // covers reports whether pattern (module-relative, "x/..." for a subtree)
 // covers the module-relative package p.
+// isTestHelper reports whether p is a package of test helpers, as
+// proxy/internal/proxytest: internal, named ...test, imported only by
+// tests (which the layer rules check like any other import).
+func isTestHelper(p string) bool {
+	return strings.Contains(p, "internal/") && strings.HasSuffix(path.Base(p), "test")
+}
+
 func covers(pattern, p string) bool {
 	if base, ok := strings.CutSuffix(pattern, "/..."); ok {
 		return p == base || strings.HasPrefix(p, base+"/")
@@ -201,7 +209,10 @@ func TestImportRules(t *testing.T) {
 			if covers("examples/...", imp) && !(covers("examples/internal/...", imp) && covers("examples/...", p)) {
 				t.Errorf("%s imports %s: nothing may import an example", show(p), show(imp))
 			}
-			if covers("internal/testutils/...", imp) && !covers("internal/testutils/...", p) {
+			if isModule(imp) && isTestHelper(strings.TrimPrefix(imp, module+"/")) && !isTestHelper(p) {
+				t.Errorf("%s imports the test helpers %s outside its tests", show(p), show(imp))
+			}
+			if covers("internal/testutils/...", imp) && !covers("internal/testutils/...", p) && !isTestHelper(p) {
 				t.Errorf("%s imports %s outside its tests", show(p), show(imp))
 			}
 		}
