@@ -79,8 +79,15 @@ func (r *Repository) Compile(ep Endpoint) *EndpointPolicy {
 func (p *EndpointPolicy) peerKeys(peer identity.ID) mapstate.State {
 	m := mapstate.State{}
 	add := func(k mapstate.Key, e mapstate.Entry) {
-		if old, ok := m[k]; ok && old.Deny {
+		old, ok := m[k]
+		if ok && old.Deny {
 			return
+		}
+		if ok && !e.Deny {
+			// Two allows of one key: a redirect to a proxy wins, which
+			// then allows what the rule without L7 rules allows (every
+			// request), as Cilium merges them.
+			e.ProxyPort = max(e.ProxyPort, old.ProxyPort)
 		}
 		m[k] = e
 	}
@@ -95,7 +102,12 @@ func (p *EndpointPolicy) peerKeys(peer identity.ID) mapstate.State {
 			continue
 		}
 		for _, k := range f.keys(peer, &p.endpoint, p.repo.cfg.NamedPorts) {
-			add(k, mapstate.Entry{Deny: f.deny})
+			e := mapstate.Entry{Deny: f.deny}
+			if !f.deny && f.l4.dns != nil {
+				// DNS rules: the DNS proxy decides each query.
+				e.ProxyPort = p.repo.dnsProxyPort
+			}
+			add(k, e)
 		}
 	}
 	if peer == identity.Unknown {

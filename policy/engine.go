@@ -54,6 +54,11 @@ type EngineConfig struct {
 	// Nil: policies with toFQDNs or DNS rules are rejected as not
 	// supported, because nothing would enforce them.
 	FQDN *fqdn.Config
+	// DNSProxyPort is the port of the node's transparent DNS proxy
+	// (proxy/dnsproxy), Cilium's --tofqdns-proxy-port: the policy-map
+	// entries of ports with DNS rules redirect there, so that the proxy
+	// sees (and decides) every query. Required with FQDN.
+	DNSProxyPort uint16
 }
 
 // Engine is the one way to change policy: it holds the policies and the
@@ -125,6 +130,7 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 		return nil, err
 	}
 	repo.dns = fs != nil
+	repo.dnsProxyPort = cfg.DNSProxyPort
 	return &Engine{
 		cfg:         cfg,
 		repo:        repo,

@@ -100,6 +100,9 @@ func newFQDNState(cfg EngineConfig) (*fqdnState, error) {
 	if cfg.CIDRAllocator == nil || cfg.IPCache == nil {
 		return nil, errors.New("engine config: FQDN needs a CIDRAllocator and an IPCache: addresses learnt from DNS become identities in the ipcache")
 	}
+	if cfg.DNSProxyPort == 0 {
+		return nil, errors.New("engine config: FQDN needs a DNSProxyPort: ports with DNS rules redirect to the DNS proxy")
+	}
 	sel, err := fqdn.New(*cfg.FQDN)
 	if err != nil {
 		return nil, fmt.Errorf("engine config: %w", err)

@@ -47,7 +47,7 @@ func newFQDNFixture(t *testing.T) *fqdnFixture {
 	t.Cleanup(func() { alloc.Close() })
 	var err error
 	f.e, err = NewEngine(EngineConfig{CIDRAllocator: alloc, IPCache: f.ipc,
-		FQDN: &fqdn.Config{Now: func() time.Time { return *f.clock }}})
+		FQDN: &fqdn.Config{Now: func() time.Time { return *f.clock }}, DNSProxyPort: 10053})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,6 +167,13 @@ func TestEngineEvaluateDNS(t *testing.T) {
 		}
 		if d.Allowed != tc.ok || d.Reason == "" {
 			t.Errorf("%s to %v: %+v, want allowed=%v", tc.name, tc.dst, d, tc.ok)
+		}
+	}
+	// Port 53 to the DNS server redirects to the DNS proxy, TCP and UDP.
+	m, _ := f.web.snapshot()
+	for _, proto := range []nodeplane.Protocol{nodeplane.ProtoUDP, nodeplane.ProtoTCP} {
+		if d := mapstate.Lookup(m, f.dns.ID, mapstate.Egress, proto, 53); !d.Allowed || d.ProxyPort != 10053 {
+			t.Fatalf("port 53/%v to the DNS server: %+v", proto, d)
 		}
 	}
 	if _, err := f.e.EvaluateDNS(netip.MustParseAddr("10.9.9.9"), server, nodeplane.ProtoUDP, "a.example.test"); !errors.Is(err, ErrUnknownEndpoint) {

@@ -104,6 +104,9 @@ type Repository struct {
 	// dns is whether toFQDNs and DNS rules are enforced (the engine has
 	// EngineConfig.FQDN); set once, before the repository is shared.
 	dns bool
+	// dnsProxyPort is the port of the DNS proxy that entries with DNS
+	// rules redirect to (EngineConfig.DNSProxyPort).
+	dnsProxyPort uint16
 
 	mu       sync.RWMutex
 	policies map[PolicyID]*storedPolicy
