@@ -73,7 +73,6 @@ func newFQDNFixture(t *testing.T) *fqdnFixture {
 	return f
 }
 
-
 // allowed looks an address up the way the datapath does: ipcache, then
 // the endpoint's policy map.
 func (f *fqdnFixture) allowed(addr string, port uint16) bool {

@@ -1,0 +1,240 @@
+package dnsproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/flow"
+	"github.com/nodeplane/nodeplane/policy"
+	"github.com/nodeplane/nodeplane/proxy"
+)
+
+// Policy decides queries and learns answers; *policy.Engine implements it.
+type Policy interface {
+	EvaluateDNS(src netip.Addr, dst netip.AddrPort, proto nodeplane.Protocol, name string) (policy.DNSDecision, error)
+	ObserveDNS(name string, addrs []netip.Addr, ttl time.Duration) error
+}
+
+// Recorder receives the proxy's L7 records; *flow.Observer implements it.
+type Recorder interface {
+	RecordL7(*flow.L7Record)
+}
+
+// Config configures a [Proxy].
+type Config struct {
+	// Policy decides each query and learns each answer. Required.
+	Policy Policy
+	// Port is the proxy port, UDP and TCP (policy.EngineConfig.DNSProxyPort).
+	// Required.
+	Port uint16
+	// Proxy says in which namespace the proxy's sockets live (the node's).
+	Proxy proxy.Config
+	// Recorder gets a record per query and per response. Nil: none.
+	Recorder Recorder
+	// Timeout bounds the exchange with the server. Zero: 5s.
+	Timeout time.Duration
+	// IdleTimeout disconnects a TCP client that sends nothing for this
+	// long. Zero: 10s.
+	IdleTimeout time.Duration
+	// Logger gets diagnostics. Nil: discarded.
+	Logger *slog.Logger
+}
+
+// Errors.
+var (
+	// ErrInvalidConfig wraps a Config that New refuses.
+	ErrInvalidConfig = errors.New("dnsproxy: invalid config")
+)
+
+// Proxy is a running DNS proxy. Close stops it.
+type Proxy struct {
+	cfg    Config
+	log    *slog.Logger
+	udp    *proxy.UDPConn
+	tcp    *net.TCPListener
+	dialer proxy.Dialer
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+}
+
+// New binds the proxy port (UDP and TCP, in Config.Proxy's namespace) and
+// starts serving. If either socket cannot be bound (the port is taken, no
+// privilege for transparent sockets), New fails and nothing runs.
+func New(cfg Config) (_ *Proxy, err error) {
+	if cfg.Policy == nil {
+		return nil, fmt.Errorf("%w: no Policy", ErrInvalidConfig)
+	}
+	if cfg.Port == 0 {
+		return nil, fmt.Errorf("%w: no Port", ErrInvalidConfig)
+	}
+	if cfg.Timeout < 0 || cfg.IdleTimeout < 0 {
+		return nil, fmt.Errorf("%w: negative timeout", ErrInvalidConfig)
+	}
+	p := newProxy(cfg)
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	if p.udp, err = proxy.ListenUDP(cfg.Proxy, cfg.Port); err != nil {
+		return nil, fmt.Errorf("dnsproxy: %w", err)
+	}
+	if p.tcp, err = proxy.ListenTCP(cfg.Proxy, cfg.Port); err != nil {
+		return nil, fmt.Errorf("dnsproxy: %w", err)
+	}
+	p.wg.Add(2)
+	go p.serveUDP()
+	go p.serveTCP()
+	return p, nil
+}
+
+// newProxy returns a proxy without sockets (handle works on it).
+func newProxy(cfg Config) *Proxy {
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 10 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Proxy{cfg: cfg, log: log, dialer: proxy.Dialer{Config: cfg.Proxy, Timeout: cfg.Timeout},
+		ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
+}
+
+// Close stops serving, closes the sockets and the open TCP connections,
+// and waits for the handlers.
+func (p *Proxy) Close() error {
+	p.cancel()
+	var errs []error
+	if p.udp != nil {
+		errs = append(errs, p.udp.Close())
+	}
+	if p.tcp != nil {
+		errs = append(errs, p.tcp.Close())
+	}
+	p.mu.Lock()
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (p *Proxy) serveUDP() {
+	defer p.wg.Done()
+	buf := make([]byte, dns.MaxMsgSize)
+	for {
+		n, src, dst, err := p.udp.ReadFrom(buf)
+		if err != nil {
+			if p.ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, proxy.ErrNoOriginalDestination) {
+				p.log.Warn("dnsproxy: datagram without original destination", "src", src)
+				continue
+			}
+			p.log.Warn("dnsproxy: read", "err", err)
+			continue
+		}
+		msg := append([]byte(nil), buf[:n]...)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if reply := p.handle(p.ctx, msg, src, dst, nodeplane.ProtoUDP); reply != nil {
+				if _, err := p.udp.WriteFrom(reply, dst, src); err != nil {
+					p.log.Warn("dnsproxy: answer", "to", src, "err", err)
+				}
+			}
+		}()
+	}
+}
+
+func (p *Proxy) serveTCP() {
+	defer p.wg.Done()
+	for {
+		c, err := p.tcp.Accept()
+		if err != nil {
+			if p.ctx.Err() != nil {
+				return
+			}
+			p.log.Warn("dnsproxy: accept", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		p.mu.Lock()
+		p.conns[c] = struct{}{}
+		p.mu.Unlock()
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer func() {
+				p.mu.Lock()
+				delete(p.conns, c)
+				p.mu.Unlock()
+				c.Close()
+			}()
+			p.serveConn(c)
+		}()
+	}
+}
+
+// serveConn answers the length-prefixed queries of one TCP client until it
+// closes, stalls (IdleTimeout) or sends something that is not DNS framing.
+func (p *Proxy) serveConn(c net.Conn) {
+	r, err := proxy.RedirectedConn(c)
+	if err != nil {
+		p.log.Warn("dnsproxy: tcp", "err", err)
+		return
+	}
+	dc := &dns.Conn{Conn: c}
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
+		raw, err := dc.ReadMsgHeader(nil)
+		if err != nil {
+			return
+		}
+		reply := p.handle(p.ctx, raw, r.Source, r.Destination, nodeplane.ProtoTCP)
+		if reply == nil {
+			return
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(p.cfg.Timeout))
+		if _, err := dc.Write(reply); err != nil {
+			return
+		}
+	}
+}
+
+// recordBase fills the fields every record of a query shares.
+func recordBase(src, dst netip.AddrPort, proto nodeplane.Protocol, port uint16) flow.L7Record {
+	return flow.L7Record{Time: time.Now(), Direction: flow.Egress, Protocol: proto,
+		Source: src, Destination: dst, ProxyPort: port}
+}
+
+func qtypes(m *dns.Msg) []string {
+	var out []string
+	for _, q := range m.Question {
+		out = append(out, dns.TypeToString[q.Qtype])
+	}
+	return out
+}
+
+func normalizeName(n string) string { return strings.ToLower(dns.Fqdn(n)) }

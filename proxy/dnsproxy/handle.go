@@ -1,0 +1,194 @@
+package dnsproxy
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/flow"
+)
+
+// headerLen is the length of a DNS message header.
+const headerLen = 12
+
+// handle answers one query message from client, sent to server (the
+// original destination) over proto: the packed reply, or nil when the
+// message gets no answer (its header is unreadable).
+func (p *Proxy) handle(ctx context.Context, raw []byte, client, server netip.AddrPort, proto nodeplane.Protocol) []byte {
+	rec := recordBase(client, server, proto, p.cfg.Port)
+	q := new(dns.Msg)
+	if err := q.Unpack(raw); err != nil || q.Response || len(q.Question) != 1 || q.Opcode != dns.OpcodeQuery {
+		return p.formErr(raw, q, rec)
+	}
+	name := normalizeName(q.Question[0].Name)
+	start := time.Now()
+	req := rec
+	req.L7 = flow.Layer7{Type: flow.L7Request, DNS: &flow.DNS{Query: name, ObservationSource: flow.DNSSourceProxy, Qtypes: qtypes(q)}}
+
+	d, err := p.cfg.Policy.EvaluateDNS(client.Addr(), server, proto, name)
+	if err != nil {
+		p.log.Warn("dnsproxy: policy", "client", client, "server", server, "name", name, "err", err)
+		req.Verdict = flow.Error
+		p.record(&req)
+		return p.answer(q, dns.RcodeServerFailure, rec, start, flow.Error)
+	}
+	if !d.Allowed {
+		req.Verdict = flow.Dropped
+		p.record(&req)
+		return p.answer(q, dns.RcodeRefused, rec, start, flow.Dropped)
+	}
+	req.Verdict = flow.Forwarded
+	p.record(&req)
+
+	resp, err := p.exchange(ctx, q, server, proto)
+	if err != nil {
+		p.log.Warn("dnsproxy: upstream", "server", server, "name", name, "err", err)
+		return p.answer(q, dns.RcodeServerFailure, rec, start, flow.Error)
+	}
+	ips, ttl, cnames := answerAddrs(resp)
+	if len(ips) > 0 {
+		// Learnt before the client sees the answer, so the connection it
+		// opens next already meets the new identities.
+		if err := p.cfg.Policy.ObserveDNS(name, ips, time.Duration(ttl)*time.Second); err != nil {
+			p.log.Warn("dnsproxy: observe", "name", name, "err", err)
+		}
+		// The addresses belong to each CNAME target too.
+		for _, c := range cnames {
+			if err := p.cfg.Policy.ObserveDNS(c, ips, time.Duration(ttl)*time.Second); err != nil {
+				p.log.Warn("dnsproxy: observe", "name", c, "err", err)
+			}
+		}
+	}
+	out := rec
+	out.Verdict = flow.Forwarded
+	out.L7 = flow.Layer7{Type: flow.L7Response, Latency: time.Since(start), DNS: &flow.DNS{Query: name,
+		IPs: ips, TTL: ttl, CNAMEs: cnames, ObservationSource: flow.DNSSourceProxy,
+		Rcode: uint32(resp.Rcode), Qtypes: qtypes(q), RRTypes: rrTypes(resp)}}
+	p.record(&out)
+	resp.Id = q.Id
+	if proto == nodeplane.ProtoUDP {
+		// The client's buffer: 512 bytes, or its EDNS0 size.
+		resp.Truncate(udpSize(q))
+	}
+	b, err := resp.Pack()
+	if err != nil {
+		return p.answer(q, dns.RcodeServerFailure, rec, start, flow.Error)
+	}
+	return b
+}
+
+// exchange forwards a query to the server over proto.
+func (p *Proxy) exchange(ctx context.Context, q *dns.Msg, server netip.AddrPort, proto nodeplane.Protocol) (*dns.Msg, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	network := "udp"
+	if proto == nodeplane.ProtoTCP {
+		network = "tcp"
+	}
+	c, err := p.dialer.Dial(ctx, network, server, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	client := &dns.Client{Net: network, Timeout: p.cfg.Timeout, UDPSize: dns.MaxMsgSize}
+	fwd := q.Copy()
+	resp, _, err := client.ExchangeWithConnContext(ctx, fwd, &dns.Conn{Conn: c, UDPSize: dns.MaxMsgSize})
+	return resp, err
+}
+
+// formErr answers a message that is not a single standard query: FORMERR
+// when the header is readable (as a DNS server would), nothing otherwise.
+func (p *Proxy) formErr(raw []byte, q *dns.Msg, rec flow.L7Record) []byte {
+	if len(raw) < headerLen || raw[2]&0x80 != 0 {
+		// No header, or a response (never answer a response: no loops).
+		rec.Verdict = flow.Dropped
+		rec.L7 = flow.Layer7{Type: flow.L7Request, DNS: &flow.DNS{ObservationSource: flow.DNSSourceProxy}}
+		p.record(&rec)
+		return nil
+	}
+	m := new(dns.Msg)
+	m.Id = uint16(raw[0])<<8 | uint16(raw[1])
+	m.Response = true
+	m.Opcode = int(raw[2]>>3) & 0xF
+	m.Rcode = dns.RcodeFormatError
+	if q != nil && len(q.Question) == 1 {
+		m.Question = q.Question
+	}
+	rec.Verdict = flow.Dropped
+	rec.L7 = flow.Layer7{Type: flow.L7Response, DNS: &flow.DNS{ObservationSource: flow.DNSSourceProxy, Rcode: dns.RcodeFormatError}}
+	p.record(&rec)
+	b, err := m.Pack()
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// answer builds the proxy's own answer with rcode and records it.
+func (p *Proxy) answer(q *dns.Msg, rcode int, rec flow.L7Record, start time.Time, v flow.Verdict) []byte {
+	m := new(dns.Msg)
+	m.SetRcode(q, rcode)
+	rec.Verdict = v
+	rec.L7 = flow.Layer7{Type: flow.L7Response, Latency: time.Since(start), DNS: &flow.DNS{
+		Query: normalizeName(q.Question[0].Name), ObservationSource: flow.DNSSourceProxy,
+		Rcode: uint32(rcode), Qtypes: qtypes(q)}}
+	p.record(&rec)
+	b, err := m.Pack()
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+func (p *Proxy) record(r *flow.L7Record) {
+	if p.cfg.Recorder != nil {
+		p.cfg.Recorder.RecordL7(r)
+	}
+}
+
+// answerAddrs returns the A and AAAA addresses of an answer, their lowest
+// TTL, and the CNAME targets.
+func answerAddrs(m *dns.Msg) (ips []netip.Addr, ttl uint32, cnames []string) {
+	first := true
+	for _, rr := range m.Answer {
+		var a netip.Addr
+		switch r := rr.(type) {
+		case *dns.A:
+			a, _ = netip.AddrFromSlice(r.A.To4())
+		case *dns.AAAA:
+			a, _ = netip.AddrFromSlice(r.AAAA.To16())
+		case *dns.CNAME:
+			cnames = append(cnames, normalizeName(r.Target))
+			continue
+		default:
+			continue
+		}
+		if !a.IsValid() {
+			continue
+		}
+		ips = append(ips, a.Unmap())
+		if h := rr.Header(); first || h.Ttl < ttl {
+			ttl, first = h.Ttl, false
+		}
+	}
+	return ips, ttl, cnames
+}
+
+func rrTypes(m *dns.Msg) []string {
+	var out []string
+	for _, rr := range m.Answer {
+		out = append(out, dns.TypeToString[rr.Header().Rrtype])
+	}
+	return out
+}
+
+// udpSize is the largest UDP answer the client takes.
+func udpSize(q *dns.Msg) int {
+	if o := q.IsEdns0(); o != nil && o.UDPSize() > dns.MinMsgSize {
+		return int(o.UDPSize())
+	}
+	return dns.MinMsgSize
+}
