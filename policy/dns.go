@@ -22,6 +22,11 @@ type DNSDecision struct {
 	DNSRule DNSRule
 	// Reason explains the decision in words, for flows and traces.
 	Reason string
+	// Client and Server are the identities of the two sides, as
+	// [Engine.EvaluateDNS] found them in the ipcache (zero from
+	// [Repository.EvaluateDNS]): for the proxy's records and for the mark
+	// of its upstream connection.
+	Client, Server identity.ID
 }
 
 // EvaluateDNS decides a DNS query for name that endpoint ep sends to a
@@ -109,7 +114,9 @@ func (e *Engine) EvaluateDNS(src netip.Addr, dst netip.AddrPort, proto nodeplane
 	}
 	dstID, _ := e.lookupIdentityLocked(dst.Addr())
 	labels, _ := e.repo.rv.cache.Labels(dstID)
-	return e.repo.EvaluateDNS(*subject, identity.Identity{ID: dstID, Labels: labels}, proto, dst.Port(), name), nil
+	d := e.repo.EvaluateDNS(*subject, identity.Identity{ID: dstID, Labels: labels}, proto, dst.Port(), name)
+	d.Client, d.Server = srcID, dstID
+	return d, nil
 }
 
 // lookupIdentityLocked maps an address to its identity through the

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/flow"
+	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/proxy"
 )
 
 // headerLen is the length of a DNS message header.
@@ -29,6 +31,8 @@ func (p *Proxy) handle(ctx context.Context, raw []byte, client, server netip.Add
 	req.L7 = flow.Layer7{Type: flow.L7Request, DNS: &flow.DNS{Query: name, ObservationSource: flow.DNSSourceProxy, Qtypes: qtypes(q)}}
 
 	d, err := p.cfg.Policy.EvaluateDNS(client.Addr(), server, proto, name)
+	rec.SourceIdentity, rec.DestinationIdentity = uint32(d.Client), uint32(d.Server)
+	req.SourceIdentity, req.DestinationIdentity = rec.SourceIdentity, rec.DestinationIdentity
 	if err != nil {
 		p.log.Warn("dnsproxy: policy", "client", client, "server", server, "name", name, "err", err)
 		req.Verdict = flow.Error
@@ -43,7 +47,7 @@ func (p *Proxy) handle(ctx context.Context, raw []byte, client, server netip.Add
 	req.Verdict = flow.Forwarded
 	p.record(&req)
 
-	resp, err := p.exchange(ctx, q, server, proto)
+	resp, err := p.exchange(ctx, q, server, proto, d.Client)
 	if err != nil {
 		p.log.Warn("dnsproxy: upstream", "server", server, "name", name, "err", err)
 		return p.answer(q, dns.RcodeServerFailure, rec, start, flow.Error)
@@ -81,14 +85,25 @@ func (p *Proxy) handle(ctx context.Context, raw []byte, client, server netip.Add
 }
 
 // exchange forwards a query to the server over proto.
-func (p *Proxy) exchange(ctx context.Context, q *dns.Msg, server netip.AddrPort, proto nodeplane.Protocol) (*dns.Msg, error) {
+// The upstream socket carries the client's identity in its mark, as
+// Cilium's proxies do, so that the datapath enforces the server's ingress
+// policy against the client, not the node.
+func (p *Proxy) exchange(ctx context.Context, q *dns.Msg, server netip.AddrPort, proto nodeplane.Protocol, src identity.ID) (*dns.Msg, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
 	network := "udp"
 	if proto == nodeplane.ProtoTCP {
 		network = "tcp"
 	}
-	c, err := p.dialer.Dial(ctx, network, server, 0)
+	var mark uint32
+	if src != identity.Unknown {
+		m, err := proxy.UpstreamMark(src, false)
+		if err != nil {
+			return nil, err
+		}
+		mark = m
+	}
+	c, err := p.dialer.Dial(ctx, network, server, mark)
 	if err != nil {
 		return nil, err
 	}
