@@ -1,0 +1,297 @@
+package dnsproxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane/flow"
+	"github.com/nodeplane/nodeplane/fqdn"
+	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
+	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/policy"
+	"github.com/nodeplane/nodeplane/proxy"
+)
+
+const e2ePolicy = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toFQDNs: [{matchPattern: "*.example.test"}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`
+
+const e2ePolicyRestricted = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns: [{matchPattern: "*.example.test"}]
+`
+
+func nsPath(ns *testutils.NetNS) string { return fmt.Sprintf("/proc/self/fd/%d", ns.FD()) }
+
+// TestPrivilegedDNSProxyEndToEnd is the issue's DNS scenario through the
+// real datapath: a client endpoint's queries to a DNS server endpoint are
+// redirected to the proxy (policy-map proxy port, bpf_sk_assign); with
+// toFQDNs matchPattern "*.example.test" the client reaches the resolved
+// address only after resolving it through the proxy; a name no DNS rule
+// allows is refused by the proxy and never reaches the server; every query
+// and response is an L7 flow; after the TTL runs out new connections are
+// denied while an open one keeps working.
+func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	node, podWeb, podDNS := testutils.NewNetNS(t), testutils.NewNetNS(t), testutils.NewNetNS(t)
+	pcfg := proxy.Config{NodeNetNS: nsPath(node)}
+	d, err := datapath.New(datapath.Config{NodeNetNS: nsPath(node), ConntrackMaxEntries: 4096, IPCacheMaxEntries: 4096})
+	testutils.SkipIfNotSupported(t, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	ipc := ipcache.New()
+	if err := ipc.AddWriter(d.IPCache()); err != nil {
+		t.Fatal(err)
+	}
+	alloc, err := identity.NewInProcessAllocator(identity.InProcessConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { alloc.Close() })
+	var clockMu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
+	const proxyPort = 10053
+	engine, err := policy.NewEngine(policy.EngineConfig{CIDRAllocator: alloc, IPCache: ipc,
+		FQDN: &fqdn.Config{Now: clock}, DNSProxyPort: proxyPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { engine.Close() })
+	ctx := context.Background()
+
+	addPod := func(epID datapath.EndpointID, labels string, ns *testutils.NetNS, addr netip.Addr) {
+		ls, err := identity.ParseLabelList(labels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _, err := alloc.Allocate(ctx, ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := engine.UpdateIdentities([]identity.Identity{{ID: id, Labels: ls}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		ep, err := d.AddEndpoint(datapath.EndpointConfig{ID: epID, Identity: id, IPv4: addr, NetNS: nsPath(ns)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ipc.Upsert(netip.PrefixFrom(addr, 32), ipcache.Entry{Identity: id}); err != nil {
+			t.Fatal(err)
+		}
+		if err := engine.AddEndpoint(ep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	webAddr, dnsAddr := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	addPod(1, "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default", podWeb, webAddr)
+	addPod(2, "k8s:k8s-app=kube-dns,k8s:io.kubernetes.pod.namespace=kube-system,k8s:io.cilium.k8s.policy.cluster=default", podDNS, dnsAddr)
+
+	// The node: its own address (the source of the proxy's upstream
+	// sockets) and two servers outside the cluster.
+	nl := node.Netlink(t)
+	lo, err := nl.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	named, other := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11")
+	for _, a := range []netip.Addr{netip.MustParseAddr("10.0.0.254"), named, other} {
+		if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}, Flags: unix.IFA_F_NODAD}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ipc.Upsert(netip.MustParsePrefix("10.0.0.254/32"), ipcache.Entry{Identity: identity.ReservedHost}); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []netip.Addr{named, other} {
+		testutils.ServeEcho(t, node, "tcp", netip.AddrPortFrom(a, 8080).String())
+	}
+	routing, err := proxy.SetupRouting(pcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { routing.Close() })
+
+	// The DNS server, in its own endpoint: names under example.test get
+	// 192.0.2.10, everything else 192.0.2.11, TTL 5s.
+	var serverQueries sync.Map
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		name := strings.ToLower(r.Question[0].Name)
+		serverQueries.Store(name, true)
+		ip := other
+		if strings.HasSuffix(name, ".example.test.") {
+			ip = named
+		}
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: ip.AsSlice()}}
+		w.WriteMsg(m)
+	})
+	var (
+		pc net.PacketConn
+		ln net.Listener
+	)
+	if err := podDNS.Do(func() (err error) {
+		if pc, err = net.ListenPacket("udp", "10.0.0.2:53"); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp", "10.0.0.2:53")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		go s.ActivateAndServe()
+		t.Cleanup(func() { s.Shutdown() })
+	}
+
+	recs := &records{}
+	p, err := New(Config{Policy: engine, Port: proxyPort, Proxy: pcfg, Recorder: recs, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+
+	ps, err := engine.Parse([]byte(e2ePolicy+"---\n"+e2ePolicyRestricted), "e2e.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pol := range ps {
+		if _, err := engine.AddPolicy(pol); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	resolve := func(name, network string) (*dns.Msg, error) {
+		var r *dns.Msg
+		err := podWeb.Do(func() (err error) {
+			c := &dns.Client{Net: network, Timeout: 2 * time.Second}
+			m := new(dns.Msg)
+			m.SetQuestion(name, dns.TypeA)
+			r, _, err = c.Exchange(m, "10.0.0.2:53")
+			return err
+		})
+		return r, err
+	}
+	dial := func(dst netip.Addr) (net.Conn, error) {
+		var c net.Conn
+		err := podWeb.Do(func() (err error) {
+			c, err = net.DialTimeout("tcp", netip.AddrPortFrom(dst, 8080).String(), 700*time.Millisecond)
+			return err
+		})
+		return c, err
+	}
+	echo := func(c net.Conn) error {
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		b := make([]byte, 4)
+		_, err := io.ReadFull(c, b)
+		return err
+	}
+
+	if c, err := dial(named); err == nil {
+		c.Close()
+		t.Fatal("connected before resolving")
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		r, err := resolve("api.example.test.", network)
+		if err != nil {
+			t.Fatalf("%s query: %v", network, err)
+		}
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != named.String() {
+			t.Fatalf("%s answer %v", network, r)
+		}
+	}
+	r, err := resolve("api.other.test.", "udp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Rcode != dns.RcodeRefused {
+		t.Fatalf("other name: %v", dns.RcodeToString[r.Rcode])
+	}
+	if _, ok := serverQueries.Load("api.other.test."); ok {
+		t.Fatal("refused name reached the server")
+	}
+	open, err := dial(named)
+	if err != nil {
+		t.Fatalf("resolved address: %v", err)
+	}
+	defer open.Close()
+	if err := echo(open); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := dial(other); err == nil {
+		c.Close()
+		t.Fatal("connected to an address no toFQDNs name gave")
+	}
+
+	// Every query and response became an L7 DNS flow, with identities.
+	recs.mu.Lock()
+	var reqs, resps, refused int
+	for _, rec := range recs.all {
+		if rec.L7.DNS == nil || rec.SourceIdentity == 0 || rec.Source.Addr() != webAddr || rec.Destination != netip.MustParseAddrPort("10.0.0.2:53") {
+			t.Errorf("record %+v", rec)
+		}
+		switch {
+		case rec.L7.Type == flow.L7Request:
+			reqs++
+		case rec.L7.DNS.Rcode == dns.RcodeRefused:
+			refused++
+			fallthrough
+		default:
+			resps++
+		}
+	}
+	recs.mu.Unlock()
+	if reqs != 3 || resps != 3 || refused != 1 {
+		t.Fatalf("records: %d queries, %d responses (%d refused)", reqs, resps, refused)
+	}
+
+	// The TTL (5s) runs out.
+	clockMu.Lock()
+	now = now.Add(5 * time.Second)
+	clockMu.Unlock()
+	if _, err := engine.ExpireDNS(); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := dial(named); err == nil {
+		c.Close()
+		t.Fatal("new connection after the TTL ran out")
+	}
+	if err := echo(open); err != nil {
+		t.Fatalf("open connection cut: %v", err)
+	}
+}
