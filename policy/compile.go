@@ -79,7 +79,9 @@ func (r *Repository) Compile(ep Endpoint) *EndpointPolicy {
 func (p *EndpointPolicy) peerKeys(peer identity.ID) mapstate.State {
 	m := mapstate.State{}
 	add := func(k mapstate.Key, e mapstate.Entry) {
-		if old, ok := m[k]; ok && old.Deny {
+		if old, ok := m[k]; ok && (old.Deny || !e.Deny && old.ProxyPortPriority > e.ProxyPortPriority) {
+			// A deny stays; of two allows the redirect wins (the proxy
+			// then lets through what the plain allow allows, HTTP).
 			return
 		}
 		m[k] = e
@@ -94,8 +96,12 @@ func (p *EndpointPolicy) peerKeys(peer identity.ID) mapstate.State {
 		} else if f.sel == nil || !cache.selects(f.sel, peer) {
 			continue
 		}
+		e := mapstate.Entry{Deny: f.deny}
+		if !f.deny && !f.all && f.l4.redirHTTP {
+			e.ProxyPort, e.ProxyPortPriority = p.repo.cfg.ProxyPorts.HTTP, ProxyPriorityHTTP
+		}
 		for _, k := range f.keys(peer, &p.endpoint, p.repo.cfg.NamedPorts) {
-			add(k, mapstate.Entry{Deny: f.deny})
+			add(k, e)
 		}
 	}
 	if peer == identity.Unknown {

@@ -252,7 +252,7 @@ func (e *Engine) putPolicy(p Policy, replace bool) (uint64, error) {
 	if e.closed {
 		return 0, nodeplane.ErrClosed
 	}
-	if err := p.validate(); err != nil {
+	if err := p.validateFor(&e.cfg.Policy); err != nil {
 		return 0, err
 	}
 	// Allocate the identities of the policy's prefixes first, so that its

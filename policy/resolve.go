@@ -57,6 +57,11 @@ type l4Port struct {
 	port    uint16
 	endPort uint16
 	name    string // named port; port is 0
+	// http holds the port rule's HTTP rules: traffic to the port is
+	// redirected to the HTTP proxy, which allows what one of them matches.
+	// An empty (given) HTTP list has no rule and is still redirected.
+	http      []HTTPRuleRef
+	redirHTTP bool
 }
 
 func (p l4Port) String() string {
@@ -239,16 +244,24 @@ func (rv *resolver) resolve(p *Policy) ([]*entry, error) {
 			}
 
 			e.l4Given = len(it.ports)+len(it.icmps) > 0
-			for _, pr := range it.ports {
-				// pr.Rules (L7) is empty: validation rejects L7 rules
-				// until they are enforced (unsupported.go).
+			for pi, pr := range it.ports {
+				// Of L7 rules only HTTP gets here (unsupported.go).
+				var http []HTTPRuleRef
+				redir := pr.Rules != nil && pr.Rules.HTTP != nil
+				if redir {
+					http, err = compileHTTP(e.ref, fmt.Sprintf("%s.toPorts[%d]", it.path, pi), pr.Rules.HTTP)
+					if err != nil {
+						return fail(fmt.Errorf("%s %s: %w", p.ID(), it.path, err))
+					}
+				}
 				for _, pp := range pr.Ports {
 					protos := []nodeplane.Protocol{pp.Protocol}
 					if pp.Protocol == nodeplane.ProtoAny {
 						protos = []nodeplane.Protocol{nodeplane.ProtoTCP, nodeplane.ProtoUDP, nodeplane.ProtoSCTP}
 					}
 					for _, proto := range protos {
-						e.ports = append(e.ports, l4Port{proto: proto, port: pp.Port, endPort: pp.EndPort, name: pp.Name})
+						e.ports = append(e.ports, l4Port{proto: proto, port: pp.Port, endPort: pp.EndPort, name: pp.Name,
+							http: http, redirHTTP: redir})
 					}
 				}
 			}

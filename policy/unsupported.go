@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"fmt"
+
 	"go.yaml.in/yaml/v3"
 )
 
@@ -18,7 +20,11 @@ const notSupportedYet = "not supported yet"
 // Reasons for the fields rejected as not supported yet.
 const (
 	reasonHTTP = "HTTP rules are " + notSupportedYet +
-		": there is no L7 proxy, so the port would be open to every request"
+		" without an HTTP proxy (policy Config.ProxyPorts.HTTP): the port would be open to every request"
+	reasonHeaderSecret = "header values from secrets are " + notSupportedYet +
+		": nodeplane reads no Kubernetes secrets, so the header could not be checked"
+	reasonHeaderMismatch = "mismatch action %q is " + notSupportedYet +
+		": the HTTP proxy does not log, add, delete or replace headers, and a header match without it denies instead"
 	reasonDNS = "DNS rules are " + notSupportedYet +
 		": there is no DNS proxy, so the port would be open to every query"
 	reasonKafka = "Kafka rules are " + notSupportedYet +
@@ -50,13 +56,27 @@ func (v *validator) unsupportedEgress(r *EgressRule, path string, deny bool) {
 	}
 }
 
-// unsupportedL7 rejects the L7 rules of a port rule, per kind.
+// unsupportedL7 rejects the L7 rules of a port rule, per kind: HTTP rules
+// without an HTTP proxy (checked when the policy reaches a Repository,
+// whose Config says; the static validation of decoding accepts them), and
+// the parts of HTTP rules nothing carries out.
 func (v *validator) unsupportedL7(pr PortRule, path string) {
 	if pr.Rules == nil {
 		return
 	}
-	if pr.Rules.HTTP != nil {
+	if pr.Rules.HTTP != nil && v.cfg != nil && v.cfg.ProxyPorts.HTTP == 0 {
 		v.fail(path+".rules.http", reasonHTTP)
+	}
+	for i, h := range pr.Rules.HTTP {
+		for j, m := range h.HeaderMatches {
+			mp := fmt.Sprintf("%s.rules.http[%d].headerMatches[%d]", path, i, j)
+			if m.Secret != nil {
+				v.fail(mp+".secret", reasonHeaderSecret)
+			}
+			if m.Mismatch != "" {
+				v.fail(mp+".mismatch", reasonHeaderMismatch, m.Mismatch)
+			}
+		}
 	}
 	if pr.Rules.DNS != nil {
 		v.fail(path+".rules.dns", reasonDNS)

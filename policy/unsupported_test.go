@@ -18,12 +18,18 @@ func TestParseRejectsUnenforced(t *testing.T) {
 		name, doc string
 		path      string
 	}{
-		{"HTTP rules", cnp("prod", "x", `
+		{"HTTP header match from a secret", cnp("prod", "x", `
 endpointSelector: {}
 ingress:
 - toPorts:
   - ports: [{port: "80", protocol: TCP}]
-    rules: {http: [{method: GET, path: /public}]}`), "spec.ingress[0].toPorts[0].rules.http"},
+    rules: {http: [{headerMatches: [{name: X-Token, secret: {name: s}}]}]}`), "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret"},
+		{"HTTP header mismatch action", cnp("prod", "x", `
+endpointSelector: {}
+ingress:
+- toPorts:
+  - ports: [{port: "80", protocol: TCP}]
+    rules: {http: [{headerMatches: [{name: X-Token, value: "1", mismatch: LOG}]}]}`), "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch"},
 		{"DNS rules", cnp("prod", "x", `
 endpointSelector: {}
 egress:

@@ -34,7 +34,10 @@ var (
 
 // validator collects the errors of one policy with their paths.
 type validator struct {
-	p    *Policy
+	p *Policy
+	// cfg is the repository's configuration when the policy is added to
+	// one; nil for the static validation of decoding.
+	cfg  *Config
 	errs []error
 }
 
@@ -61,8 +64,12 @@ func parentPath(p string) string {
 
 // validate checks the policy as Cilium's CiliumNetworkPolicy.Parse and
 // Rule.Sanitize check it. It returns every problem found.
-func (p *Policy) validate() error {
-	v := &validator{p: p}
+func (p *Policy) validate() error { return p.validateFor(nil) }
+
+// validateFor validates p for a repository configured with cfg (nil:
+// statically, without one).
+func (p *Policy) validateFor(cfg *Config) error {
+	v := &validator{p: p, cfg: cfg}
 	switch p.Kind {
 	case KindCiliumNetworkPolicy, KindNetworkPolicy:
 	case KindCiliumClusterwideNetworkPolicy:
@@ -284,6 +291,7 @@ func (v *validator) l4(path string, ports []PortRule, icmps []ICMPRule, ingress,
 			v.fail(pp+".ports", "too many ports, the max is %d", maxPortsPerRule)
 		}
 		v.unsupportedL7(pr, pp)
+		v.httpRules(pr, pp)
 		hasDNS := pr.Rules != nil && len(pr.Rules.DNS) > 0
 		hasL7 := !pr.Rules.empty()
 		if deny && hasL7 {
