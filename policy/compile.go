@@ -79,15 +79,10 @@ func (r *Repository) Compile(ep Endpoint) *EndpointPolicy {
 func (p *EndpointPolicy) peerKeys(peer identity.ID) mapstate.State {
 	m := mapstate.State{}
 	add := func(k mapstate.Key, e mapstate.Entry) {
-		old, ok := m[k]
-		if ok && old.Deny {
+		if old, ok := m[k]; ok && (old.Deny || !e.Deny && old.ProxyPortPriority > e.ProxyPortPriority) {
+			// A deny stays; of two allows the redirect wins (the proxy
+			// then lets through what the plain allow allows, HTTP).
 			return
-		}
-		if ok && !e.Deny {
-			// Two allows of one key: a redirect to a proxy wins, which
-			// then allows what the rule without L7 rules allows (every
-			// request), as Cilium merges them.
-			e.ProxyPort = max(e.ProxyPort, old.ProxyPort)
 		}
 		m[k] = e
 	}
@@ -101,12 +96,15 @@ func (p *EndpointPolicy) peerKeys(peer identity.ID) mapstate.State {
 		} else if f.sel == nil || !cache.selects(f.sel, peer) {
 			continue
 		}
+		e := mapstate.Entry{Deny: f.deny}
+		if !f.deny && !f.all && f.l4.redirHTTP {
+			e.ProxyPort, e.ProxyPortPriority = p.repo.cfg.ProxyPorts.HTTP, ProxyPriorityHTTP
+		}
+		if !f.deny && !f.all && f.l4.dns != nil {
+			// DNS rules: the DNS proxy decides each query.
+			e.ProxyPort, e.ProxyPortPriority = p.repo.cfg.ProxyPorts.DNS, ProxyPriorityDNS
+		}
 		for _, k := range f.keys(peer, &p.endpoint, p.repo.cfg.NamedPorts) {
-			e := mapstate.Entry{Deny: f.deny}
-			if !f.deny && f.l4.dns != nil {
-				// DNS rules: the DNS proxy decides each query.
-				e.ProxyPort = p.repo.dnsProxyPort
-			}
 			add(k, e)
 		}
 	}

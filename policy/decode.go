@@ -44,19 +44,19 @@ const (
 // deprecated toRequires and fromRequires, toNodes and fromNodes) are
 // rejected as unsupported. So are, as "not supported yet", the fields
 // nothing enforces yet, because enforcing the rest of the rule would allow
-// more than it says: L7 rules (toPorts[].rules.http, .dns, .kafka,
-// .l7proto and .l7), toFQDNs, authentication modes other than "disabled",
-// and host policies (nodeSelector).
-//
-// To read toFQDNs and DNS rules, which need the DNS machinery, parse with
-// the engine that will enforce them: [Engine.Parse], [Engine.ParseFiles].
+// more than it says: Kafka and generic L7 rules (toPorts[].rules.kafka,
+// .l7proto and .l7), authentication modes other than "disabled", and host
+// policies (nodeSelector). HTTP rules, DNS rules and toFQDNs are enforced
+// by an engine with the matching proxy: Parse accepts them, and
+// [Engine.Parse] (or [Engine.AddPolicy]) refuses them for an engine
+// without it.
 func Parse(data []byte, source string) ([]Policy, error) {
-	return parse(data, source, false)
+	return parse(data, source, nil)
 }
 
-// parse is Parse for an engine that can (dns) or cannot enforce toFQDNs
-// and DNS rules.
-func parse(data []byte, source string, dns bool) ([]Policy, error) {
+// parse is Parse validating for a repository configured with cfg (nil:
+// statically; see validateFor).
+func parse(data []byte, source string, cfg *Config) ([]Policy, error) {
 	var (
 		policies []Policy
 		errs     []error
@@ -76,7 +76,7 @@ func parse(data []byte, source string, dns bool) ([]Policy, error) {
 		if root.Kind == 0 || root.Kind == yaml.DocumentNode && len(root.Content) == 0 {
 			continue // empty document, e.g. a trailing "---"
 		}
-		d := &docDecoder{source: source, doc: doc, dns: dns}
+		d := &docDecoder{source: source, doc: doc, cfg: cfg}
 		node := root.Content[0]
 		if isNull(node) {
 			continue // a document with nothing but comments
@@ -99,10 +99,10 @@ func parse(data []byte, source string, dns bool) ([]Policy, error) {
 // recursively). It validates every file and returns the errors of all of
 // them, so that one run reports every problem.
 func ParseFiles(path string) ([]Policy, error) {
-	return parseFiles(path, false)
+	return parseFiles(path, nil)
 }
 
-func parseFiles(path string, dns bool) ([]Policy, error) {
+func parseFiles(path string, cfg *Config) ([]Policy, error) {
 	info, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("read policies: %w", err)
@@ -134,7 +134,7 @@ func parseFiles(path string, dns bool) ([]Policy, error) {
 			errs = append(errs, err)
 			continue
 		}
-		ps, err := parse(data, f, dns)
+		ps, err := parse(data, f, cfg)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -172,8 +172,8 @@ func yamlErrorText(err error) string {
 type docDecoder struct {
 	source  string
 	doc     int
-	dns     bool   // toFQDNs and DNS rules are enforceable (validateFor)
-	objName string // "Kind ns/name" of the object being decoded
+	cfg     *Config // the repository validated for (validateFor); nil: static
+	objName string  // "Kind ns/name" of the object being decoded
 	errs    []error
 	nodes   int
 	lines   map[string]int
@@ -342,7 +342,7 @@ func (d *docDecoder) object(n *yaml.Node) (Policy, bool) {
 		return Policy{}, false
 	}
 	p.lines = d.lines
-	if err := p.validateFor(d.dns); err != nil {
+	if err := p.validateFor(d.cfg); err != nil {
 		// Report what validation finds too, except where a decoding error
 		// already covers the field (a value that did not decode leaves a
 		// zero behind, which validation would misreport).

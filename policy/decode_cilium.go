@@ -436,7 +436,27 @@ func (d *docDecoder) l7Rules(n *yaml.Node, path string) *L7Rules {
 							h.Headers = append(h.Headers, s)
 						})
 					},
-					"headerMatches": d.unsupported("HTTP header matches"),
+					"headerMatches": func(v *yaml.Node, p string) {
+						d.list(v, p, func(mv *yaml.Node, mp string) {
+							var m HeaderMatch
+							d.fields(mv, mp, map[string]func(*yaml.Node, string){
+								"mismatch": func(v *yaml.Node, p string) { m.Mismatch, _ = d.str(v, p) },
+								"name":     func(v *yaml.Node, p string) { m.Name, _ = d.str(v, p) },
+								"value":    func(v *yaml.Node, p string) { m.Value, _ = d.str(v, p) },
+								"secret": func(v *yaml.Node, p string) {
+									if !d.present(v) {
+										return
+									}
+									m.Secret = &Secret{}
+									d.fields(v, p, map[string]func(*yaml.Node, string){
+										"namespace": func(v *yaml.Node, p string) { m.Secret.Namespace, _ = d.str(v, p) },
+										"name":      func(v *yaml.Node, p string) { m.Secret.Name, _ = d.str(v, p) },
+									})
+								},
+							})
+							h.HeaderMatches = append(h.HeaderMatches, m)
+						})
+					},
 				})
 				r.HTTP = append(r.HTTP, h)
 			})

@@ -51,14 +51,13 @@ type EngineConfig struct {
 	// (allocated by CIDRAllocator; both are then required) and takes them
 	// away when the answers' TTL runs out ([Engine.ExpireDNS]). Its
 	// MinTTL is Cilium's --tofqdns-min-ttl (default 0: the answer's TTL).
-	// Nil: policies with toFQDNs or DNS rules are rejected as not
-	// supported, because nothing would enforce them.
+	// Policy.ProxyPorts.DNS, the port of the node's transparent DNS proxy
+	// (proxy/dnsproxy, Cilium's --tofqdns-proxy-port), is then required:
+	// ports with DNS rules redirect there, so the proxy decides every
+	// query. Nil: policies with toFQDNs or DNS rules are rejected as not
+	// supported, because nothing would enforce them (and
+	// Policy.ProxyPorts.DNS must be 0).
 	FQDN *fqdn.Config
-	// DNSProxyPort is the port of the node's transparent DNS proxy
-	// (proxy/dnsproxy), Cilium's --tofqdns-proxy-port: the policy-map
-	// entries of ports with DNS rules redirect there, so that the proxy
-	// sees (and decides) every query. Required with FQDN.
-	DNSProxyPort uint16
 }
 
 // Engine is the one way to change policy: it holds the policies and the
@@ -129,8 +128,6 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	repo.dns = fs != nil
-	repo.dnsProxyPort = cfg.DNSProxyPort
 	return &Engine{
 		cfg:         cfg,
 		repo:        repo,
@@ -281,7 +278,7 @@ func (e *Engine) putPolicy(p Policy, replace bool) (uint64, error) {
 	if e.closed {
 		return 0, nodeplane.ErrClosed
 	}
-	if err := p.validateFor(e.fqdn != nil); err != nil {
+	if err := p.validateFor(&e.cfg.Policy); err != nil {
 		return 0, err
 	}
 	// Allocate the identities of the policy's prefixes (and of the
@@ -325,17 +322,18 @@ func (e *Engine) putPolicy(p Policy, replace bool) (uint64, error) {
 	return rev, errors.Join(errs...)
 }
 
-// Parse is [Parse] for this engine: it also accepts what the engine can
-// enforce beyond the package-level Parse, namely toFQDNs and DNS rules
-// when the engine has EngineConfig.FQDN.
+// Parse is [Parse] for this engine: it also refuses, with every other
+// problem of every document, what the engine cannot enforce (L7 rules
+// without their proxy, toFQDNs without EngineConfig.FQDN), which
+// [Engine.AddPolicy] would refuse one policy at a time.
 func (e *Engine) Parse(data []byte, source string) ([]Policy, error) {
-	return parse(data, source, e.fqdn != nil)
+	return parse(data, source, &e.cfg.Policy)
 }
 
 // ParseFiles is [ParseFiles] for this engine, as [Engine.Parse] is for
 // [Parse].
 func (e *Engine) ParseFiles(path string) ([]Policy, error) {
-	return parseFiles(path, e.fqdn != nil)
+	return parseFiles(path, &e.cfg.Policy)
 }
 
 // selectedLocked adds to set the endpoints that a rule of policy id, as

@@ -95,13 +95,16 @@ type fqdnState struct {
 
 func newFQDNState(cfg EngineConfig) (*fqdnState, error) {
 	if cfg.FQDN == nil {
+		if cfg.Policy.ProxyPorts.DNS != 0 {
+			return nil, errors.New("engine config: a DNS proxy port (Policy.ProxyPorts.DNS) needs FQDN: the proxy's answers feed toFQDNs")
+		}
 		return nil, nil
 	}
 	if cfg.CIDRAllocator == nil || cfg.IPCache == nil {
 		return nil, errors.New("engine config: FQDN needs a CIDRAllocator and an IPCache: addresses learnt from DNS become identities in the ipcache")
 	}
-	if cfg.DNSProxyPort == 0 {
-		return nil, errors.New("engine config: FQDN needs a DNSProxyPort: ports with DNS rules redirect to the DNS proxy")
+	if cfg.Policy.ProxyPorts.DNS == 0 {
+		return nil, errors.New("engine config: FQDN needs Policy.ProxyPorts.DNS: ports with DNS rules redirect to the DNS proxy")
 	}
 	sel, err := fqdn.New(*cfg.FQDN)
 	if err != nil {

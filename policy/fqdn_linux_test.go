@@ -35,7 +35,7 @@ func TestPrivilegedFQDNTraffic(t *testing.T) {
 	}
 	now := time.Now()
 	clock := func() time.Time { return now }
-	engine, err := NewEngine(EngineConfig{CIDRAllocator: alloc, IPCache: ipc, FQDN: &fqdn.Config{Now: clock}, DNSProxyPort: 10053})
+	engine, err := NewEngine(EngineConfig{CIDRAllocator: alloc, IPCache: ipc, FQDN: &fqdn.Config{Now: clock}, Policy: Config{ProxyPorts: ProxyPorts{DNS: 10053}}})
 	if err != nil {
 		t.Fatal(err)
 	}

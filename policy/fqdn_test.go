@@ -47,7 +47,7 @@ func newFQDNFixture(t *testing.T) *fqdnFixture {
 	t.Cleanup(func() { alloc.Close() })
 	var err error
 	f.e, err = NewEngine(EngineConfig{CIDRAllocator: alloc, IPCache: f.ipc,
-		FQDN: &fqdn.Config{Now: func() time.Time { return *f.clock }}, DNSProxyPort: 10053})
+		FQDN: &fqdn.Config{Now: func() time.Time { return *f.clock }}, Policy: Config{ProxyPorts: ProxyPorts{DNS: 10053}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,8 +192,14 @@ func TestEngineWithoutFQDNRefuses(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "toFQDNs is not supported yet") || !strings.Contains(err.Error(), "DNS rules are not supported yet") {
 		t.Fatalf("Parse without FQDN: %v", err)
 	}
-	if _, err := Parse([]byte(fqdnPolicy), "fqdn.yaml"); err == nil {
-		t.Fatal("package Parse accepted toFQDNs")
+	// The static parser accepts them (they are valid Cilium); the engine
+	// refuses them when they are added.
+	ps, err := Parse([]byte(fqdnPolicy), "fqdn.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.AddPolicy(ps[0]); len(ValidationErrors(err)) != 2 {
+		t.Fatalf("AddPolicy of a parsed toFQDNs policy without FQDN: %v", err)
 	}
 	p := Policy{Kind: KindCiliumNetworkPolicy, Namespace: "prod", Name: "x", Rules: []Rule{{
 		EndpointSelector: &identity.LabelSelector{},
@@ -206,5 +212,8 @@ func TestEngineWithoutFQDNRefuses(t *testing.T) {
 	}
 	if _, err := NewEngine(EngineConfig{FQDN: &fqdn.Config{}}); err == nil {
 		t.Fatal("FQDN without allocator and ipcache accepted")
+	}
+	if _, err := NewEngine(EngineConfig{Policy: Config{ProxyPorts: ProxyPorts{DNS: 53}}}); err == nil {
+		t.Fatal("a DNS proxy port without FQDN accepted")
 	}
 }

@@ -65,6 +65,11 @@ type Config struct {
 	// name a port. Nil: such rules select no port (ingress rules use the
 	// endpoint's own named ports).
 	NamedPorts NamedPortResolver
+	// ProxyPorts are the node's L7 proxies. A port rule with HTTP rules is
+	// compiled into entries that redirect to ProxyPorts.HTTP; without an
+	// HTTP proxy (0, the default) such rules are rejected as not supported
+	// (fail closed).
+	ProxyPorts ProxyPorts
 }
 
 func (c Config) clusterName() string {
@@ -101,12 +106,6 @@ func (c Config) validate() error {
 type Repository struct {
 	cfg Config
 	rv  resolver
-	// dns is whether toFQDNs and DNS rules are enforced (the engine has
-	// EngineConfig.FQDN); set once, before the repository is shared.
-	dns bool
-	// dnsProxyPort is the port of the DNS proxy that entries with DNS
-	// rules redirect to (EngineConfig.DNSProxyPort).
-	dnsProxyPort uint16
 
 	mu       sync.RWMutex
 	policies map[PolicyID]*storedPolicy
@@ -160,7 +159,7 @@ func (r *Repository) replace(p Policy) (uint64, error) {
 
 func (r *Repository) put(p Policy, replace bool) (uint64, error) {
 	p = p.clone()
-	if err := p.validateFor(r.dns); err != nil {
+	if err := p.validateFor(&r.cfg); err != nil {
 		return 0, err
 	}
 	id := p.ID()

@@ -60,6 +60,11 @@ type l4Port struct {
 	// dns are the port's DNS rules; nil: none (every query, as far as
 	// this entry goes).
 	dns *dnsRules
+	// http holds the port rule's HTTP rules: traffic to the port is
+	// redirected to the HTTP proxy, which allows what one of them matches.
+	// An empty (given) HTTP list has no rule and is still redirected.
+	http      []HTTPRuleRef
+	redirHTTP bool
 }
 
 func (p l4Port) String() string {
@@ -243,11 +248,16 @@ func (rv *resolver) resolve(p *Policy) ([]*entry, error) {
 			}
 
 			e.l4Given = len(it.ports)+len(it.icmps) > 0
-			for _, pr := range it.ports {
-				// Of the L7 rules, only DNS rules get here: validation
-				// rejects the others until they are enforced
-				// (unsupported.go), and DNS rules unless the engine has
-				// the DNS machinery.
+			for pi, pr := range it.ports {
+				// Of L7 rules only HTTP and DNS get here (unsupported.go).
+				var http []HTTPRuleRef
+				redir := pr.Rules != nil && pr.Rules.HTTP != nil
+				if redir {
+					http, err = compileHTTP(e.ref, fmt.Sprintf("%s.toPorts[%d]", it.path, pi), pr.Rules.HTTP)
+					if err != nil {
+						return fail(fmt.Errorf("%s %s: %w", p.ID(), it.path, err))
+					}
+				}
 				dns, err := compileDNSRules(pr.Rules)
 				if err != nil {
 					return fail(fmt.Errorf("%s %s: %w", p.ID(), it.path, err))
@@ -258,7 +268,8 @@ func (rv *resolver) resolve(p *Policy) ([]*entry, error) {
 						protos = []nodeplane.Protocol{nodeplane.ProtoTCP, nodeplane.ProtoUDP, nodeplane.ProtoSCTP}
 					}
 					for _, proto := range protos {
-						e.ports = append(e.ports, l4Port{proto: proto, port: pp.Port, endPort: pp.EndPort, name: pp.Name, dns: dns})
+						e.ports = append(e.ports, l4Port{proto: proto, port: pp.Port, endPort: pp.EndPort, name: pp.Name,
+							http: http, redirHTTP: redir, dns: dns})
 					}
 				}
 			}

@@ -222,19 +222,43 @@ type ICMPField struct {
 }
 
 // L7Rules are HTTP or DNS rules of a port. They are decoded and checked as
-// Cilium checks them, then rejected as not supported yet: nothing enforces
-// them.
+// Cilium checks them. HTTP rules are enforced by the HTTP proxy when the
+// engine has one (Config.ProxyPorts.HTTP) and rejected as not supported
+// otherwise; DNS rules are rejected as not supported yet.
 type L7Rules struct {
 	HTTP []HTTPRule
 	DNS  []DNSRule
 }
 
-// HTTPRule matches HTTP requests; empty fields match everything.
+// HTTPRule matches HTTP requests; empty fields match everything (Cilium's
+// PortRuleHTTP, enforced as Cilium's Envoy configuration does). Method,
+// Path and Host are regular expressions (RE2, Envoy's safe_regex) that
+// must match the whole request method, request target (path and query, as
+// sent) and Host header. A Headers item "Name" requires the header, "Name:
+// value" or "Name value" (split at the first space, a trailing colon
+// trimmed) requires that exact value. HeaderMatches require a header's
+// exact value, or its presence without a Value.
 type HTTPRule struct {
-	Method  string
-	Path    string
-	Host    string
-	Headers []string
+	Method        string
+	Path          string
+	Host          string
+	Headers       []string
+	HeaderMatches []HeaderMatch
+}
+
+// HeaderMatch is Cilium's HeaderMatch. Mismatch actions (LOG, ADD,
+// DELETE, REPLACE) and Secret are decoded and validated but rejected as
+// not supported: nothing would carry them out.
+type HeaderMatch struct {
+	Mismatch string
+	Name     string
+	Value    string
+	Secret   *Secret
+}
+
+// Secret names a Kubernetes secret holding a header value.
+type Secret struct {
+	Namespace, Name string
 }
 
 // DNSRule matches DNS queries by name or pattern.

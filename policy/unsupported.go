@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"fmt"
+
 	"go.yaml.in/yaml/v3"
 )
 
@@ -21,15 +23,19 @@ const notSupportedYet = "not supported yet"
 // Reasons for the fields rejected as not supported yet.
 const (
 	reasonHTTP = "HTTP rules are " + notSupportedYet +
-		": there is no L7 proxy, so the port would be open to every request"
+		" without an HTTP proxy (policy Config.ProxyPorts.HTTP): the port would be open to every request"
+	reasonHeaderSecret = "header values from secrets are " + notSupportedYet +
+		": nodeplane reads no Kubernetes secrets, so the header could not be checked"
+	reasonHeaderMismatch = "mismatch action %q is " + notSupportedYet +
+		": the HTTP proxy does not log, add, delete or replace headers, and a header match without it denies instead"
 	reasonDNS = "DNS rules are " + notSupportedYet +
-		" without a DNS proxy (policy.EngineConfig.FQDN), or the port would be open to every query"
+		" without a DNS proxy (policy EngineConfig.FQDN and Config.ProxyPorts.DNS): the port would be open to every query"
 	reasonKafka = "Kafka rules are " + notSupportedYet +
 		": there is no L7 proxy, so the port would be open to every request"
 	reasonGenericL7 = "L7 rules (l7proto, l7) are " + notSupportedYet +
 		": there is no L7 proxy, so the port would be open to every request"
 	reasonFQDN = "toFQDNs is " + notSupportedYet +
-		" without a DNS proxy (policy.EngineConfig.FQDN): DNS names resolve to addresses only through one"
+		" without a DNS proxy (policy EngineConfig.FQDN and Config.ProxyPorts.DNS): DNS names resolve to addresses only through one"
 	reasonAuth = "mutual authentication (mode %q) is " + notSupportedYet +
 		": the rule would allow peers that did not authenticate"
 	reasonHost = "host policies (nodeSelector) are " + notSupportedYet +
@@ -46,22 +52,38 @@ func (v *validator) unsupportedRule(r *Rule, path string) {
 }
 
 // unsupportedEgress rejects toFQDNs in an allow rule (Cilium itself
-// rejects it in a deny rule) unless the engine has the DNS machinery.
+// rejects it in a deny rule) when the policy reaches a repository without
+// the DNS machinery (an engine without EngineConfig.FQDN has no
+// ProxyPorts.DNS).
 func (v *validator) unsupportedEgress(r *EgressRule, path string, deny bool) {
-	if r.ToFQDNs != nil && !deny && !v.dns {
+	if r.ToFQDNs != nil && !deny && v.cfg != nil && v.cfg.ProxyPorts.DNS == 0 {
 		v.fail(path+".toFQDNs", reasonFQDN)
 	}
 }
 
-// unsupportedL7 rejects the L7 rules of a port rule, per kind.
+// unsupportedL7 rejects the L7 rules of a port rule, per kind: HTTP rules
+// without an HTTP proxy (checked when the policy reaches a Repository,
+// whose Config says; the static validation of decoding accepts them), and
+// the parts of HTTP rules nothing carries out.
 func (v *validator) unsupportedL7(pr PortRule, path string) {
 	if pr.Rules == nil {
 		return
 	}
-	if pr.Rules.HTTP != nil {
+	if pr.Rules.HTTP != nil && v.cfg != nil && v.cfg.ProxyPorts.HTTP == 0 {
 		v.fail(path+".rules.http", reasonHTTP)
 	}
-	if pr.Rules.DNS != nil && !v.dns {
+	for i, h := range pr.Rules.HTTP {
+		for j, m := range h.HeaderMatches {
+			mp := fmt.Sprintf("%s.rules.http[%d].headerMatches[%d]", path, i, j)
+			if m.Secret != nil {
+				v.fail(mp+".secret", reasonHeaderSecret)
+			}
+			if m.Mismatch != "" {
+				v.fail(mp+".mismatch", reasonHeaderMismatch, m.Mismatch)
+			}
+		}
+	}
+	if pr.Rules.DNS != nil && v.cfg != nil && v.cfg.ProxyPorts.DNS == 0 {
 		v.fail(path+".rules.dns", reasonDNS)
 	}
 }

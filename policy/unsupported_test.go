@@ -18,19 +18,18 @@ func TestParseRejectsUnenforced(t *testing.T) {
 		name, doc string
 		path      string
 	}{
-		{"HTTP rules", cnp("prod", "x", `
+		{"HTTP header match from a secret", cnp("prod", "x", `
 endpointSelector: {}
 ingress:
 - toPorts:
   - ports: [{port: "80", protocol: TCP}]
-    rules: {http: [{method: GET, path: /public}]}`), "spec.ingress[0].toPorts[0].rules.http"},
-		{"DNS rules", cnp("prod", "x", `
+    rules: {http: [{headerMatches: [{name: X-Token, secret: {name: s}}]}]}`), "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret"},
+		{"HTTP header mismatch action", cnp("prod", "x", `
 endpointSelector: {}
-egress:
-- toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system}}]
-  toPorts:
-  - ports: [{port: "53", protocol: ANY}]
-    rules: {dns: [{matchPattern: "*"}]}`), "spec.egress[0].toPorts[0].rules.dns"},
+ingress:
+- toPorts:
+  - ports: [{port: "80", protocol: TCP}]
+    rules: {http: [{headerMatches: [{name: X-Token, value: "1", mismatch: LOG}]}]}`), "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch"},
 		{"Kafka rules", cnp("prod", "x", `
 endpointSelector: {}
 ingress:
@@ -43,11 +42,6 @@ ingress:
 - toPorts:
   - ports: [{port: "9000", protocol: TCP}]
     rules: {l7proto: myproto, l7: [{action: allow}]}`), "spec.ingress[0].toPorts[0].rules.l7proto"},
-		{"toFQDNs", cnp("prod", "x", `
-endpointSelector: {}
-egress:
-- toFQDNs: [{matchName: example.com}]
-  toPorts: [{ports: [{port: "443", protocol: TCP}]}]`), "spec.egress[0].toFQDNs"},
 		{"ingress authentication", cnp("prod", "x", `
 endpointSelector: {}
 ingress:

@@ -34,12 +34,11 @@ var (
 
 // validator collects the errors of one policy with their paths.
 type validator struct {
-	p    *Policy
+	p *Policy
+	// cfg is the repository's configuration when the policy is added to
+	// one; nil for the static validation of decoding.
+	cfg  *Config
 	errs []error
-	// dns is whether the policy's toFQDNs and DNS rules can be enforced:
-	// whether the engine it is for has the DNS machinery
-	// (EngineConfig.FQDN).
-	dns bool
 }
 
 func (v *validator) fail(path, format string, args ...any) {
@@ -64,15 +63,14 @@ func parentPath(p string) string {
 }
 
 // validate checks the policy as Cilium's CiliumNetworkPolicy.Parse and
-// Rule.Sanitize check it, and rejects what nodeplane cannot enforce
-// without the DNS machinery (toFQDNs, DNS rules). It returns every problem
-// found.
-func (p *Policy) validate() error { return p.validateFor(false) }
+// Rule.Sanitize check it. It returns every problem found.
+func (p *Policy) validate() error { return p.validateFor(nil) }
 
-// validateFor is validate for an engine that can (dns) or cannot enforce
-// toFQDNs and DNS rules.
-func (p *Policy) validateFor(dns bool) error {
-	v := &validator{p: p, dns: dns}
+// validateFor validates p for a repository configured with cfg (nil:
+// statically, without one). What needs a proxy (HTTP rules; DNS rules
+// and toFQDNs) is refused for a repository without it.
+func (p *Policy) validateFor(cfg *Config) error {
+	v := &validator{p: p, cfg: cfg}
 	switch p.Kind {
 	case KindCiliumNetworkPolicy, KindNetworkPolicy:
 	case KindCiliumClusterwideNetworkPolicy:
@@ -294,6 +292,7 @@ func (v *validator) l4(path string, ports []PortRule, icmps []ICMPRule, ingress,
 			v.fail(pp+".ports", "too many ports, the max is %d", maxPortsPerRule)
 		}
 		v.unsupportedL7(pr, pp)
+		v.httpRules(pr, pp)
 		hasDNS := pr.Rules != nil && len(pr.Rules.DNS) > 0
 		hasL7 := !pr.Rules.empty()
 		if deny && hasL7 {

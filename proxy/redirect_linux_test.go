@@ -15,6 +15,7 @@ import (
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
 	"github.com/nodeplane/nodeplane/proxy"
@@ -279,3 +280,100 @@ func TestPrivilegedRedirect(t *testing.T) {
 		t.Error("no conntrack entry of A's proxied connection with ConntrackProxy and the proxy port")
 	}
 }
+
+// TestPrivilegedUpstreamIngressEnforced checks that a proxy does not widen
+// what a destination admits: A's egress redirects port 7070 to the proxy,
+// B admits A only on other ports. The proxy's upstream carries A's
+// identity with the egress mark, so B's ingress policy is decided for A
+// and drops it; with the ingress mark (B's ingress already decided) the
+// same connection passes, which is why only the proxy that decided it may
+// set that mark.
+func TestPrivilegedUpstreamIngressEnforced(t *testing.T) {
+	const port = 7070
+	w := proxytest.New(t)
+	proxytest.Apply(t, w.A, mapstate.State{
+		proxytest.L4(proxytest.IDB, mapstate.Egress, nodeplane.ProtoTCP, port): {ProxyPort: proxyPort},
+	})
+	proxytest.Apply(t, w.B, mapstate.State{
+		proxytest.L4(proxytest.IDA, mapstate.Ingress, nodeplane.ProtoTCP, proxiedTCP): {},
+	})
+	serveWho(t, w.PodB, port)
+	d := proxy.Dialer{Config: w.Proxy, Timeout: time.Second}
+	dst := netip.AddrPortFrom(proxytest.B4, port)
+
+	egress, err := proxy.UpstreamMark(proxytest.IDA, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := d.Dial(context.Background(), "tcp", dst, egress); err == nil {
+		c.Close()
+		t.Fatal("upstream with A's egress mark reached B, whose ingress does not admit A on this port")
+	}
+	ingress, err := proxy.UpstreamMark(proxytest.IDA, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := d.Dial(context.Background(), "tcp", dst, ingress)
+	if err != nil {
+		t.Fatalf("upstream with the ingress-enforced mark: %v", err)
+	}
+	c.Close()
+	// Without a mark the node is reserved:host, which B does not admit.
+	if c, err := d.Dial(context.Background(), "tcp", dst, 0); err == nil {
+		c.Close()
+		t.Fatal("unmarked upstream (reserved:host) reached B")
+	}
+}
+
+func TestUpstreamMark(t *testing.T) {
+	for _, tc := range []struct {
+		id      uint32
+		ingress bool
+		want    uint32
+	}{
+		// Cilium's encoding: low 16 bits of the identity in 16-31, bits
+		// 16-23 in 0-7, magic 0x0A00 (ingress) / 0x0B00 (egress).
+		{0x0001_03E8, false, 0x03E8_0B01},
+		{0x00AB_CDEF, true, 0xCDEF_0AAB},
+	} {
+		got, err := proxy.UpstreamMark(identityID(tc.id), tc.ingress)
+		if err != nil || got != tc.want {
+			t.Errorf("UpstreamMark(%#x, %v) = %#x, %v; want %#x", tc.id, tc.ingress, got, err, tc.want)
+		}
+	}
+	for _, bad := range []uint32{0, 1 << 24} {
+		if _, err := proxy.UpstreamMark(identityID(bad), false); err == nil {
+			t.Errorf("UpstreamMark(%#x) accepted", bad)
+		}
+	}
+}
+
+func TestPorts(t *testing.T) {
+	p, err := proxy.NewPorts(proxy.PortsConfig{Min: 100, Max: 102})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint16]bool{}
+	for range 3 {
+		port, err := p.Allocate()
+		if err != nil || got[port] || port < 100 || port > 102 {
+			t.Fatalf("Allocate: %d, %v (have %v)", port, err, got)
+		}
+		got[port] = true
+	}
+	if _, err := p.Allocate(); !errors.Is(err, proxy.ErrPortsExhausted) {
+		t.Errorf("fourth Allocate: %v", err)
+	}
+	p.Release(101)
+	if port, err := p.Allocate(); err != nil || port != 101 {
+		t.Errorf("after Release(101): %d, %v", port, err)
+	}
+	if err := p.Reserve(101); !errors.Is(err, proxy.ErrPortInUse) {
+		t.Errorf("Reserve of a taken port: %v", err)
+	}
+	if _, err := proxy.NewPorts(proxy.PortsConfig{Min: 5, Max: 4}); err == nil {
+		t.Error("empty range accepted")
+	}
+}
+
+func identityID(v uint32) identity.ID { return identity.ID(v) }

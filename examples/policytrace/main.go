@@ -153,8 +153,15 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		return bad("-dport: %v", err)
 	}
 
-	// Validate every policy file before deciding anything.
-	policies, err := policy.ParseFiles(*policiesPath)
+	eng, err := policy.NewEngine(policy.EngineConfig{Policy: policy.Config{ClusterName: *clusterName}})
+	if err != nil {
+		return bad("%v", err)
+	}
+	defer eng.Close()
+	// Validate every policy file before deciding anything, for this
+	// engine: it has no L7 proxy and no DNS proxy, so L7 rules and toFQDNs
+	// are reported as not supported with every other problem.
+	policies, err := eng.ParseFiles(*policiesPath)
 	if err != nil {
 		if ves := policy.ValidationErrors(err); len(ves) > 0 {
 			fmt.Fprintf(stderr, "policytrace: %d invalid field(s) in %s:\n", len(ves), *policiesPath)
@@ -166,11 +173,6 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		return bad("%v", err)
 	}
 
-	eng, err := policy.NewEngine(policy.EngineConfig{Policy: policy.Config{ClusterName: *clusterName}})
-	if err != nil {
-		return bad("%v", err)
-	}
-	defer eng.Close()
 	repo := eng.Repository()
 	seen := map[policy.PolicyID]string{}
 	var notes []string

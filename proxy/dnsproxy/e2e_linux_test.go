@@ -84,7 +84,7 @@ func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
 	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
 	const proxyPort = 10053
 	engine, err := policy.NewEngine(policy.EngineConfig{CIDRAllocator: alloc, IPCache: ipc,
-		FQDN: &fqdn.Config{Now: clock}, DNSProxyPort: proxyPort})
+		FQDN: &fqdn.Config{Now: clock}, Policy: policy.Config{ProxyPorts: policy.ProxyPorts{DNS: proxyPort}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,8 @@ import (
 
 // Identities and addresses of the world.
 var (
-	IDA, IDB = identity.ID(1000), identity.ID(2000)
+	// IDA and IDB are cluster-scoped identities (cluster 1).
+	IDA, IDB = identity.ID(1<<16 | 1000), identity.ID(1<<16 | 2000)
 	A4, A6   = netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1")
 	B4, B6   = netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::2")
 	// Node4 and Node6 are the node's own addresses (on its loopback), the

@@ -1,0 +1,38 @@
+// Package httpproxy is the node's HTTP proxy: the in-process stand-in for
+// the Envoy that Cilium configures for toPorts.rules.http. The datapath
+// redirects connections whose policy entry carries the proxy's port to it
+// (package proxy); it decides every request against the HTTP rules of both
+// ends' policies and forwards what they allow over one upstream connection
+// per client connection, kept alive as long as the client's.
+//
+// # Decisions
+//
+// A connection's rules come from [Policy]: the source endpoint's egress
+// HTTP rules for the destination and port, and, when the destination is a
+// local endpoint, its ingress rules for the source ([EnginePolicy] reads
+// them from the policy package's compiled endpoint policies). A request
+// must be allowed by each side's rules; within a side the rules are ORed,
+// and a rule that allows the port without HTTP rules allows every request
+// (Cilium's semantics, policy.HTTPPolicy). A denied request gets 403 with
+// the body "Access denied\r\n", as Cilium's Envoy answers, and the
+// connection stays open for the next request.
+//
+// # Records
+//
+// Every request and every response is an L7 flow (flow.L7Record): the
+// request with verdict FORWARDED or DROPPED (denied), the response with
+// its status code and latency, as Cilium's access log feeds Hubble.
+//
+// # Bad input
+//
+// Malformed requests get 400 and the connection is closed (net/http's
+// server); headers larger than Config.MaxHeaderBytes get 431; a client
+// that does not finish its headers within Config.ReadHeaderTimeout
+// (slowloris) or stays idle longer than Config.IdleTimeout is
+// disconnected; an upstream that cannot be reached gets the client 503.
+// None of these affects other connections. A port that cannot be bound
+// makes [New] fail, with nothing left behind.
+//
+// The proxy speaks HTTP/1.x; it does not upgrade connections (WebSocket,
+// h2c) and is not a TLS proxy.
+package httpproxy
