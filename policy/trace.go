@@ -23,6 +23,11 @@ type TraceRequest struct {
 	// Directions restricts the trace to the source's egress or the
 	// destination's ingress; zero means both (the whole path).
 	Directions TraceDirections
+	// DNSName, when set, makes the flow a DNS query for this name: if the
+	// source's egress redirects it to the DNS proxy (a port with DNS
+	// rules), the proxy's decision by those rules is part of the verdict
+	// ([SideTrace.DNS]), REFUSED counting as denied.
+	DNSName string
 }
 
 // TraceDirections selects which sides of a flow a trace decides.
@@ -63,11 +68,15 @@ type SideTrace struct {
 	// direction: each allow item that selects the endpoint, and which of
 	// its parts failed. Empty otherwise.
 	NearMisses []NearMiss
+	// DNS is the DNS proxy's decision on TraceRequest.DNSName when the
+	// datapath redirects the query to the DNS proxy; nil otherwise.
+	DNS *DNSDecision
 }
 
 // Allowed is the side's verdict: the datapath's decision over the compiled
-// map, which Trace checks against the direct evaluation.
-func (s *SideTrace) Allowed() bool { return s.Decision.Allowed }
+// map, which Trace checks against the direct evaluation, and the DNS
+// proxy's on a query it decides.
+func (s *SideTrace) Allowed() bool { return s.Decision.Allowed && (s.DNS == nil || s.DNS.Allowed) }
 
 // PolicyApplies reports whether an identity can be a local endpoint whose
 // policy decides traffic: a cluster identity (a pod), or the reserved
@@ -119,6 +128,11 @@ func (r *Repository) Trace(req TraceRequest) (*TraceResult, error) {
 		}
 		if !st.Evaluation.Allowed && len(st.Evaluation.DeniedBy) == 0 {
 			st.NearMisses = r.nearMisses(endpoint, peer, dir, req.Protocol, req.Port)
+		}
+		if dir == mapstate.Egress && req.DNSName != "" && st.Decision.Allowed &&
+			st.Decision.ProxyPort != 0 && st.Decision.ProxyPort == r.cfg.ProxyPorts.DNS {
+			d := r.EvaluateDNS(endpoint, peer, req.Protocol, req.Port, req.DNSName)
+			st.DNS = &d
 		}
 		if st.Decision.Allowed != st.Evaluation.Allowed ||
 			!st.Decision.Allowed && st.Decision.Reason != st.Evaluation.Reason {
@@ -260,8 +274,18 @@ func (s *SideTrace) write(b *strings.Builder) {
 		b.WriteString("  no rule matches and the direction is not default-deny: allowed\n")
 	}
 	fmt.Fprintf(b, "  datapath: %s (%d map entries)\n", decisionString(s.Decision), s.MapEntries)
+	if s.Decision.Allowed && s.Decision.ProxyPort != 0 {
+		fmt.Fprintf(b, "  redirected to the proxy on port %d\n", s.Decision.ProxyPort)
+	}
+	if d := s.DNS; d != nil {
+		if d.Allowed {
+			fmt.Fprintf(b, "  DNS proxy: query forwarded: %s\n", d.Reason)
+		} else {
+			fmt.Fprintf(b, "  DNS proxy: query REFUSED: %s\n", d.Reason)
+		}
+	}
 	verdict := "ALLOWED"
-	if !s.Decision.Allowed {
+	if !s.Allowed() {
 		verdict = "DENIED"
 	}
 	fmt.Fprintf(b, "  %s verdict: %s\n", s.Direction, verdict)

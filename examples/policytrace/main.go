@@ -15,6 +15,15 @@
 // authentication, host policies): it is reported as "not supported yet"
 // rather than traced as the wider L3/L4 rule it would become.
 //
+// toFQDNs and DNS rules need the DNS machinery (a DNS proxy feeding the
+// policy engine), which -dns-name and -to-fqdn give the trace: -dns-name
+// NAME traces a DNS query for NAME (a port with DNS rules redirects it to
+// the DNS proxy, whose rules decide it; a name no rule allows is REFUSED,
+// exit 1), and -to-fqdn NAME with -to-cidr ADDRESS traces a connection to
+// an address that a DNS answer gave to NAME (toFQDNs selects it if a
+// matchName or matchPattern matches NAME). Without either flag such
+// policies are "not supported yet", as before.
+//
 // -from and -to are the labels Cilium gives the two sides, with their
 // sources: a pod has k8s:<label> for each pod label,
 // k8s:io.kubernetes.pod.namespace=<ns>, k8s:io.cilium.k8s.policy.cluster=<cluster>
@@ -52,11 +61,18 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/fqdn"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/policy"
 )
+
+// nominalDNSProxyPort is the DNS proxy port of the engine -dns-name and
+// -to-fqdn build: only traces see it.
+const nominalDNSProxyPort = 10053
 
 // Exit codes.
 const (
@@ -110,6 +126,8 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		dport        = fs.String("dport", "", "destination `port[/protocol]` (TCP by default; for ICMP and ICMPv6 the port is the type)")
 		direction    = fs.String("direction", "", "decide only `egress` (the source's policy) or ingress (the destination's)")
 		clusterName  = fs.String("cluster-name", "default", "the local cluster's `name`")
+		dnsName      = fs.String("dns-name", "", "trace a DNS query for `name`: a port with DNS rules sends it to the DNS proxy, whose rules decide it (enables toFQDNs and DNS rules)")
+		toFQDN       = fs.String("to-fqdn", "", "with -to-cidr ADDRESS: a DNS answer gave the address to `name`, as the DNS proxy would have seen it (enables toFQDNs and DNS rules)")
 		namedPorts   namedPortsFlag
 	)
 	fs.Var(&namedPorts, "named-port", "a named port of the destination, `NAME=PORT[/PROTO]` (repeatable)")
@@ -136,6 +154,8 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		return bad("-to and -to-cidr are exclusive")
 	case *dport == "":
 		return bad("-dport is required")
+	case *toFQDN != "" && *toCIDR == "":
+		return bad("-to-fqdn needs -to-cidr (the address the name resolved to)")
 	}
 	var dirs policy.TraceDirections
 	switch strings.ToLower(*direction) {
@@ -153,7 +173,20 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		return bad("-dport: %v", err)
 	}
 
-	eng, err := policy.NewEngine(policy.EngineConfig{Policy: policy.Config{ClusterName: *clusterName}})
+	alloc, err := identity.NewInProcessAllocator(identity.InProcessConfig{})
+	if err != nil {
+		return bad("%v", err)
+	}
+	defer alloc.Close()
+	ecfg := policy.EngineConfig{Policy: policy.Config{ClusterName: *clusterName}}
+	ipc := ipcache.New()
+	if *dnsName != "" || *toFQDN != "" {
+		// The DNS machinery, without a proxy: toFQDNs and DNS rules are
+		// then traced instead of refused. The port is nominal.
+		ecfg.CIDRAllocator, ecfg.IPCache, ecfg.FQDN = alloc, ipc, &fqdn.Config{}
+		ecfg.Policy.ProxyPorts.DNS = nominalDNSProxyPort
+	}
+	eng, err := policy.NewEngine(ecfg)
 	if err != nil {
 		return bad("%v", err)
 	}
@@ -188,11 +221,6 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		}
 	}
 
-	alloc, err := identity.NewInProcessAllocator(identity.InProcessConfig{})
-	if err != nil {
-		return bad("%v", err)
-	}
-	defer alloc.Close()
 	ctx := context.Background()
 	side := func(name, labels, cidr string) (identity.Identity, error) {
 		var ls identity.Labels
@@ -219,6 +247,22 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		}
 		return identity.Identity{ID: id, Labels: ls}, nil
 	}
+	var fqdnDst *identity.Identity
+	if *toFQDN != "" {
+		addr, err := netip.ParseAddr(*toCIDR)
+		if err != nil {
+			return bad("-to-fqdn: -to-cidr must be one address: %v", err)
+		}
+		if err := eng.ObserveDNS(*toFQDN, []netip.Addr{addr}, time.Hour); err != nil {
+			return bad("-to-fqdn: %v", err)
+		}
+		// The address has the identity of its toFQDNs selectors now,
+		// if the name matches any.
+		if _, ent, ok := ipc.Lookup(addr); ok {
+			ls, _ := alloc.Lookup(ent.Identity)
+			fqdnDst = &identity.Identity{ID: ent.Identity, Labels: ls}
+		}
+	}
 	src, err := side("from", *from, *fromCIDR)
 	if err != nil {
 		return bad("%v", err)
@@ -226,6 +270,10 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 	dst, err := side("to", *to, *toCIDR)
 	if err != nil {
 		return bad("%v", err)
+	}
+	if fqdnDst != nil {
+		dst = *fqdnDst
+		notes = append(notes, fmt.Sprintf("%s resolved to %s: the destination has the identity of the toFQDNs selectors that match the name", *toFQDN, *toCIDR))
 	}
 	if err := eng.UpdateIdentities([]identity.Identity{src, dst}, nil); err != nil {
 		return bad("%v", err)
@@ -244,7 +292,7 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 	fmt.Fprintln(stdout)
 	res, err := trace(repo, policy.TraceRequest{
 		From: src, To: dst, ToNamedPorts: namedPorts,
-		Protocol: proto, Port: port, Directions: dirs,
+		Protocol: proto, Port: port, Directions: dirs, DNSName: *dnsName,
 	})
 	if errors.Is(err, policy.ErrInconsistent) {
 		// The compiled map and the rules disagree: a bug, with no verdict
