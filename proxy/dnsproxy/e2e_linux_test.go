@@ -177,7 +177,7 @@ func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
 	}
 
 	recs := &records{}
-	p, err := New(Config{Policy: engine, Port: proxyPort, Proxy: pcfg, Recorder: recs, Timeout: 2 * time.Second})
+	p, err := New(Config{Policy: engine, Port: proxyPort, Proxy: pcfg, Recorder: recs, Timeout: 2 * time.Second, IdleTimeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,5 +293,73 @@ func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
 	}
 	if err := echo(open); err != nil {
 		t.Fatalf("open connection cut: %v", err)
+	}
+
+	// Bad input through the redirect: garbage datagrams get FORMERR or
+	// nothing, a TCP client that announces a message and stalls is cut
+	// after IdleTimeout, one that sends a bad message gets FORMERR; the
+	// proxy keeps answering good queries.
+	if err := podWeb.Do(func() error {
+		u, err := net.Dial("udp", "10.0.0.2:53")
+		if err != nil {
+			return err
+		}
+		defer u.Close()
+		for _, junk := range [][]byte{{1}, []byte("\xab\xcd\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xff\xff"), make([]byte, 1400)} {
+			if _, err := u.Write(junk); err != nil {
+				return err
+			}
+		}
+		// Datagrams are handled concurrently: the two answers (to the
+		// header with garbage, ID 0xabcd, and to 1400 zero bytes (more than
+		// the 512 a DNS datagram may have without EDNS0), a header
+		// without a question, ID 0) come in either order; the single
+		// byte gets none.
+		_ = u.SetReadDeadline(time.Now().Add(time.Second))
+		b := make([]byte, 512)
+		ids := map[uint16]bool{}
+		for range 2 {
+			n, err := u.Read(b)
+			if err != nil {
+				return fmt.Errorf("no FORMERR for a bad query: %w", err)
+			}
+			m := new(dns.Msg)
+			if err := m.Unpack(b[:n]); err != nil || m.Rcode != dns.RcodeFormatError {
+				return fmt.Errorf("answer to a bad query: %v %v", m, err)
+			}
+			ids[m.Id] = true
+		}
+		if !ids[0xabcd] || !ids[0] {
+			return fmt.Errorf("FORMERR answers for IDs %v", ids)
+		}
+		_ = u.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, err := u.Read(b); err == nil {
+			return fmt.Errorf("a third answer (%d bytes) to three bad datagrams, one without a header", n)
+		}
+		c, err := net.Dial("tcp", "10.0.0.2:53")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte{0xff, 0xff, 1, 2}); err != nil { // 65535 bytes announced, 2 sent
+			return err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		start := time.Now()
+		if _, err := c.Read(b); err != io.EOF {
+			return fmt.Errorf("stalled TCP client: read %v, want EOF", err)
+		}
+		if el := time.Since(start); el > 2*time.Second {
+			return fmt.Errorf("stalled TCP client cut after %v", el)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := resolve("again.example.test.", "udp"); err != nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("proxy after bad input: %v %v", r, err)
+	}
+	if r, err := resolve("again.example.test.", "tcp"); err != nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("proxy after bad input (tcp): %v %v", r, err)
 	}
 }
