@@ -13,13 +13,24 @@ type Config struct {
 	// TTL says: Cilium's --tofqdns-min-ttl. Zero (Cilium's default) keeps
 	// every answer exactly as long as its TTL. Negative is invalid.
 	MinTTL time.Duration
+	// MaxIPsPerName bounds the addresses remembered for one name, as
+	// Cilium's --tofqdns-endpoint-max-ip-per-hostname does: beyond it the
+	// addresses that would expire first are forgotten. Zero: 1000,
+	// Cilium's default. Negative is invalid.
+	MaxIPsPerName int
 	// Now returns the current time. Nil: time.Now.
 	Now func() time.Time
 }
 
+// DefaultMaxIPsPerName is Cilium's default --tofqdns-endpoint-max-ip-per-hostname.
+const DefaultMaxIPsPerName = 1000
+
 func (c Config) validate() error {
 	if c.MinTTL < 0 {
 		return fmt.Errorf("fqdn config: negative MinTTL %v", c.MinTTL)
+	}
+	if c.MaxIPsPerName < 0 {
+		return fmt.Errorf("fqdn config: negative MaxIPsPerName %d", c.MaxIPsPerName)
 	}
 	return nil
 }
@@ -29,17 +40,18 @@ func (c Config) validate() error {
 // shortens it, and does not remove addresses an earlier answer gave: they
 // stay until their own TTL runs out, as in Cilium's DNSCache.
 type cache struct {
-	names map[string]map[netip.Addr]time.Time
+	maxPerName int
+	names      map[string]map[netip.Addr]time.Time
 	// byAddr maps each address to the names that resolve to it.
 	byAddr map[netip.Addr]map[string]struct{}
 }
 
-func newCache() cache {
-	return cache{names: map[string]map[netip.Addr]time.Time{}, byAddr: map[netip.Addr]map[string]struct{}{}}
+func newCache(maxPerName int) cache {
+	return cache{maxPerName: maxPerName, names: map[string]map[netip.Addr]time.Time{}, byAddr: map[netip.Addr]map[string]struct{}{}}
 }
 
 // update records an answer and returns the addresses that are new for the
-// name.
+// name or that it forgot for the name (over maxPerName).
 func (c *cache) update(name string, addrs []netip.Addr, expires time.Time) []netip.Addr {
 	m := c.names[name]
 	if m == nil {
@@ -62,7 +74,41 @@ func (c *cache) update(name string, addrs []netip.Addr, expires time.Time) []net
 			m[a] = expires
 		}
 	}
+	if over := len(m) - c.maxPerName; over > 0 {
+		type exp struct {
+			a netip.Addr
+			t time.Time
+		}
+		all := make([]exp, 0, len(m))
+		for a, t := range m {
+			all = append(all, exp{a, t})
+		}
+		slices.SortFunc(all, func(x, y exp) int {
+			if c := x.t.Compare(y.t); c != 0 {
+				return c
+			}
+			return x.a.Compare(y.a)
+		})
+		for _, e := range all[:over] {
+			c.forget(name, e.a)
+			added = append(added, e.a)
+		}
+	}
 	return added
+}
+
+// forget removes one (name, address).
+func (c *cache) forget(name string, a netip.Addr) {
+	m := c.names[name]
+	delete(m, a)
+	if len(m) == 0 {
+		delete(c.names, name)
+	}
+	ns := c.byAddr[a]
+	delete(ns, name)
+	if len(ns) == 0 {
+		delete(c.byAddr, a)
+	}
 }
 
 // expire removes every (name, address) whose TTL ran out at now and
@@ -74,16 +120,8 @@ func (c *cache) expire(now time.Time) []netip.Addr {
 			if exp.After(now) {
 				continue
 			}
-			delete(m, a)
-			ns := c.byAddr[a]
-			delete(ns, name)
-			if len(ns) == 0 {
-				delete(c.byAddr, a)
-			}
+			c.forget(name, a)
 			touched = append(touched, a)
-		}
-		if len(m) == 0 {
-			delete(c.names, name)
 		}
 	}
 	slices.SortFunc(touched, netip.Addr.Compare)

@@ -1,6 +1,7 @@
 package fqdn
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -50,7 +51,7 @@ func New(cfg Config) (*Selections, error) {
 	return &Selections{
 		now:       now,
 		minTTL:    cfg.MinTTL,
-		cache:     newCache(),
+		cache:     newCache(cmp.Or(cfg.MaxIPsPerName, DefaultMaxIPsPerName)),
 		selectors: map[Selector]*registered{},
 		selected:  map[netip.Addr][]Selector{},
 	}, nil

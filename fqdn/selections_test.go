@@ -153,3 +153,26 @@ func TestSelectionsRemoveSelector(t *testing.T) {
 		t.Fatal("invalid selector accepted")
 	}
 }
+
+func TestSelectionsMaxIPsPerName(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	s, err := New(Config{MaxIPsPerName: 2, Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := Selector{MatchName: "a.test"}
+	s.AddSelector(sel)
+	s.Observe("a.test", addrs("192.0.2.1"), 10*time.Second)
+	s.Observe("a.test", addrs("192.0.2.2"), 30*time.Second)
+	// A third address pushes out the one that would expire first.
+	ch, _ := s.Observe("a.test", addrs("192.0.2.3"), 20*time.Second)
+	if got := s.Selected(sel); !slices.Equal(got, addrs("192.0.2.2", "192.0.2.3")) {
+		t.Fatalf("Selected = %v", got)
+	}
+	if len(ch) != 2 || ch[0].Addr != addrs("192.0.2.1")[0] || len(ch[0].Selectors) != 0 {
+		t.Fatalf("changes %v", ch)
+	}
+	if _, err := New(Config{MaxIPsPerName: -1}); err == nil {
+		t.Fatal("negative MaxIPsPerName accepted")
+	}
+}

@@ -91,6 +91,9 @@ type fqdnState struct {
 	ids map[netip.Addr]identity.Identity
 	// policies remembers the selectors of each policy, for release.
 	policies map[PolicyID][]fqdn.Selector
+	// observed wakes RunDNSExpiry when an answer arrives, whose TTL may
+	// run out before the loop's next wake-up.
+	observed chan struct{}
 }
 
 func newFQDNState(cfg EngineConfig) (*fqdnState, error) {
@@ -110,7 +113,8 @@ func newFQDNState(cfg EngineConfig) (*fqdnState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine config: %w", err)
 	}
-	return &fqdnState{sel: sel, ids: map[netip.Addr]identity.Identity{}, policies: map[PolicyID][]fqdn.Selector{}}, nil
+	return &fqdnState{sel: sel, ids: map[netip.Addr]identity.Identity{}, policies: map[PolicyID][]fqdn.Selector{},
+		observed: make(chan struct{}, 1)}, nil
 }
 
 // ObserveDNS tells the engine that a DNS answer gave name the addresses
@@ -132,6 +136,10 @@ func (e *Engine) ObserveDNS(name string, addrs []netip.Addr, ttl time.Duration) 
 	changes, err := e.fqdn.sel.Observe(name, addrs, ttl)
 	if err != nil {
 		return fmt.Errorf("observe DNS answer: %w", err)
+	}
+	select {
+	case e.fqdn.observed <- struct{}{}:
+	default:
 	}
 	return e.applyFQDNLocked(changes)
 }
@@ -156,11 +164,14 @@ func (e *Engine) ExpireDNS() (next time.Time, err error) {
 }
 
 // RunDNSExpiry calls [Engine.ExpireDNS] whenever an answer runs out (and
-// at least every interval, to pick up answers observed meanwhile) until
-// ctx is done. It returns the first error or ctx's cause.
+// at least every interval) until ctx is done. It returns the first error
+// or ctx's cause. Run one per engine.
 func (e *Engine) RunDNSExpiry(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		interval = time.Second
+	}
+	if e.fqdn == nil {
+		return fmt.Errorf("expire DNS answers: %w: the engine has no EngineConfig.FQDN", nodeplane.ErrNotSupported)
 	}
 	for {
 		next, err := e.ExpireDNS()
@@ -176,6 +187,8 @@ func (e *Engine) RunDNSExpiry(ctx context.Context, interval time.Duration) error
 		case <-ctx.Done():
 			t.Stop()
 			return context.Cause(ctx)
+		case <-e.fqdn.observed:
+			t.Stop()
 		case <-t.C:
 		}
 	}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"slices"
@@ -215,5 +216,53 @@ func TestEngineWithoutFQDNRefuses(t *testing.T) {
 	}
 	if _, err := NewEngine(EngineConfig{Policy: Config{ProxyPorts: ProxyPorts{DNS: 53}}}); err == nil {
 		t.Fatal("a DNS proxy port without FQDN accepted")
+	}
+}
+
+// RunDNSExpiry takes an address away when its answer's TTL runs out, on
+// the real clock, without being called again.
+func TestEngineRunDNSExpiry(t *testing.T) {
+	alloc := identity.NewLocalAllocator(identity.LocalAllocatorConfig{})
+	defer alloc.Close()
+	ipc := ipcache.New()
+	e, err := NewEngine(EngineConfig{CIDRAllocator: alloc, IPCache: ipc, FQDN: &fqdn.Config{},
+		Policy: Config{ProxyPorts: ProxyPorts{DNS: 10053}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ps, err := e.Parse([]byte(fqdnPolicy), "fqdn.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.AddPolicy(ps[0]); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.RunDNSExpiry(ctx, time.Hour) }()
+	// Let the loop find nothing and go to sleep for its interval (an
+	// hour): the answer must wake it.
+	time.Sleep(50 * time.Millisecond)
+	addr := netip.MustParseAddr("192.0.2.10")
+	if err := e.ObserveDNS("a.example.test", []netip.Addr{addr}, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ipc.Get(netip.PrefixFrom(addr, 32)); !ok {
+		t.Fatal("no ipcache entry after the answer")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, ok := ipc.Get(netip.PrefixFrom(addr, 32)); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("address not expired by RunDNSExpiry")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("RunDNSExpiry: %v", err)
 	}
 }
