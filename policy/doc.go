@@ -81,12 +81,26 @@
 //     Cilium, a range is only expanded from a port above 0.
 //
 // What this package cannot enforce it rejects rather than enforce as
-// something wider ("fail closed"): L7 rules (HTTP, DNS, Kafka and generic
-// L7 rules under toPorts[].rules), toFQDNs, mutual authentication
-// (authentication.mode required or test-always-fail) and host policies
-// (nodeSelector) fail validation as "not supported yet", as do the other
-// fields [Parse] lists. A GET-only HTTP rule would otherwise open its
-// port to every request.
+// something wider ("fail closed"): Kafka and generic L7 rules under
+// toPorts[].rules, mutual authentication (authentication.mode required or
+// test-always-fail) and host policies (nodeSelector) fail validation as "not
+// supported yet", as do the other fields [Parse] lists; HTTP rules, DNS
+// rules and toFQDNs do so for an engine without the proxy that enforces
+// them. A GET-only HTTP rule would otherwise open its port to every
+// request.
+//
+// # DNS-based policy
+//
+// With EngineConfig.FQDN (and Config.ProxyPorts.DNS) the engine follows
+// Cilium's model: ports with DNS rules redirect to the DNS proxy
+// (proxy/dnsproxy), which asks [Engine.EvaluateDNS] about each query and
+// reports each answer with [Engine.ObserveDNS]; every address an answer
+// gives to a name a toFQDNs selector matches gets a local identity with
+// its cidr labels and one fqdn:<name or pattern> label per matching
+// selector, published in the ipcache; [Engine.ExpireDNS] (or
+// [Engine.RunDNSExpiry]) takes it away when the answer's TTL runs out
+// (at least the configured minimum, Cilium's --tofqdns-min-ttl), so new
+// connections to the address are denied while tracked ones continue.
 //
 // # Lifetime and errors
 //

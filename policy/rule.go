@@ -160,9 +160,10 @@ type EgressRule struct {
 	ToCIDR      []netip.Prefix
 	ToCIDRSet   []CIDRRule
 	ToNodes     []identity.LabelSelector
-	// ToFQDNs selects destinations by DNS name. The names resolve to
-	// identities only through a DNS proxy, which nodeplane does not have
-	// yet: validation rejects a rule that gives it (even empty).
+	// ToFQDNs selects destinations by DNS name: the addresses a DNS
+	// answer seen by the DNS proxy gave to a matching name, until the
+	// answer's TTL runs out (see EngineConfig.FQDN). An engine without
+	// the DNS machinery rejects a rule that gives it (even empty).
 	ToFQDNs []FQDNSelector
 
 	ToPorts []PortRule
@@ -178,7 +179,10 @@ type CIDRRule struct {
 	Except []netip.Prefix
 }
 
-// FQDNSelector selects destinations by DNS name or pattern.
+// FQDNSelector selects destinations by DNS name or pattern, with Cilium's
+// semantics (see package fqdn): names are compared case-insensitively and
+// fully qualified; in a pattern '*' matches within one label, a leading
+// "**." one or more labels, and "*" alone every name.
 type FQDNSelector struct {
 	MatchName    string
 	MatchPattern string
@@ -187,10 +191,10 @@ type FQDNSelector struct {
 // PortRule is a list of ports with optional L7 rules.
 type PortRule struct {
 	Ports []PortProtocol
-	// Rules are L7 rules. They need an L7 proxy, which nodeplane does not
-	// have yet: validation rejects HTTP and DNS rules (given, even empty)
-	// rather than open the port to everything. Nil or empty (&L7Rules{})
-	// means no L7 rules.
+	// Rules are L7 rules. They need an L7 proxy: a repository without the
+	// matching proxy (Config.ProxyPorts; for DNS, EngineConfig.FQDN too)
+	// rejects HTTP and DNS rules (given, even empty) rather than open the
+	// port to everything. Nil or empty (&L7Rules{}) means no L7 rules.
 	Rules *L7Rules
 }
 
