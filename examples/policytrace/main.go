@@ -11,9 +11,19 @@
 // CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and NetworkPolicy
 // documents. Every file is validated first; any invalid document fails the
 // run with exit 2 and a message naming the file, document and field path.
-// So does a rule nodeplane cannot enforce yet (L7 rules, toFQDNs, mutual
-// authentication, host policies): it is reported as "not supported yet"
-// rather than traced as the wider L3/L4 rule it would become.
+// So does a rule nodeplane cannot enforce yet (DNS, Kafka and generic L7
+// rules, toFQDNs, mutual authentication, host policies): it is reported as
+// "not supported yet" rather than traced as the wider L3/L4 rule it would
+// become.
+//
+// HTTP rules (toPorts.rules.http) are traced as a node with nodeplane's
+// HTTP proxy enforces them: a side whose entry redirects the flow to the
+// proxy lists the HTTP rules that decide its requests. -http-method,
+// -http-path (the request target, path and query), -http-host and
+// -http-header (NAME:VALUE, repeatable) describe one request; with any of
+// them the side also decides that request, naming the rule that allows it
+// or, for each rule, the field that failed, and a denied request (403 from
+// the proxy) makes the verdict DENIED (exit 1).
 //
 // -from and -to are the labels Cilium gives the two sides, with their
 // sources: a pod has k8s:<label> for each pod label,
@@ -49,6 +59,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"net/textproto"
 	"os"
 	"strconv"
 	"strings"
@@ -76,6 +87,25 @@ func main() {
 type namedPortsFlag []policy.NamedPort
 
 func (f *namedPortsFlag) String() string { return fmt.Sprint(*f) }
+
+type headersFlag map[string][]string
+
+func (f headersFlag) String() string { return fmt.Sprint(map[string][]string(f)) }
+
+func (f headersFlag) Set(s string) error {
+	name, value, ok := strings.Cut(s, ":")
+	name = strings.TrimSpace(name)
+	if !ok || name == "" {
+		return fmt.Errorf("want NAME:VALUE, got %q", s)
+	}
+	key := textproto.CanonicalMIMEHeaderKey(name)
+	f[key] = append(f[key], strings.TrimSpace(value))
+	return nil
+}
+
+// tracedHTTPProxyPort is the HTTP proxy port of the node policytrace
+// simulates; only the trace's text shows it.
+const tracedHTTPProxyPort = 15001
 
 func (f *namedPortsFlag) Set(s string) error {
 	name, rest, ok := strings.Cut(s, "=")
@@ -111,8 +141,13 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		direction    = fs.String("direction", "", "decide only `egress` (the source's policy) or ingress (the destination's)")
 		clusterName  = fs.String("cluster-name", "default", "the local cluster's `name`")
 		namedPorts   namedPortsFlag
+		httpMethod   = fs.String("http-method", "", "decide an HTTP request with this `method` where HTTP rules apply")
+		httpPath     = fs.String("http-path", "", "... with this request `target` (path and query, e.g. /public/x?q=1)")
+		httpHost     = fs.String("http-host", "", "... with this Host `header`")
+		httpHeaders  = headersFlag{}
 	)
 	fs.Var(&namedPorts, "named-port", "a named port of the destination, `NAME=PORT[/PROTO]` (repeatable)")
+	fs.Var(httpHeaders, "http-header", "... with this header, `NAME:VALUE` (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return exitBadInput
 	}
@@ -166,7 +201,8 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		return bad("%v", err)
 	}
 
-	eng, err := policy.NewEngine(policy.EngineConfig{Policy: policy.Config{ClusterName: *clusterName}})
+	eng, err := policy.NewEngine(policy.EngineConfig{Policy: policy.Config{ClusterName: *clusterName,
+		ProxyPorts: policy.ProxyPorts{HTTP: tracedHTTPProxyPort}}})
 	if err != nil {
 		return bad("%v", err)
 	}
@@ -236,14 +272,27 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 			notes = append(notes, fmt.Sprintf("%s (%s) has no namespace; like Cilium, it is treated as clusterwide", p.ID(), p.Source))
 		}
 	}
+	treq := policy.TraceRequest{
+		From: src, To: dst, ToNamedPorts: namedPorts,
+		Protocol: proto, Port: port, Directions: dirs,
+	}
+	if *httpMethod != "" || *httpPath != "" || *httpHost != "" || len(httpHeaders) > 0 {
+		target := *httpPath
+		if target == "" {
+			target = "/"
+		}
+		method := *httpMethod
+		if method == "" {
+			method = "GET"
+		}
+		treq.HTTP = &policy.HTTPRequest{Method: method, Target: target, Host: *httpHost, Header: httpHeaders}
+		fmt.Fprintf(stdout, "HTTP request: %s %s (host %q, %d header(s))\n", method, target, *httpHost, len(httpHeaders))
+	}
 	for _, n := range notes {
 		fmt.Fprintf(stdout, "note: %s\n", n)
 	}
 	fmt.Fprintln(stdout)
-	res, err := trace(repo, policy.TraceRequest{
-		From: src, To: dst, ToNamedPorts: namedPorts,
-		Protocol: proto, Port: port, Directions: dirs,
-	})
+	res, err := trace(repo, treq)
 	if errors.Is(err, policy.ErrInconsistent) {
 		// The compiled map and the rules disagree: a bug, with no verdict
 		// to trust either way.
