@@ -100,6 +100,7 @@ func compile(ff *Filter) (compiled, error) {
 		add(tcpFlagsFilter(ff), nil),
 		add(nodeNameFilter(ff.NodeName)),
 		add(oneOf(ff.IPVersion, func(f *Flow) IPVersion { return f.IP.Version() }), nil),
+		l7Filters(ff, add),
 	} {
 		if err != nil {
 			return nil, err
@@ -259,6 +260,7 @@ func protocolFilter(protos []string) (func(*Flow) bool, error) {
 		return nil, nil
 	}
 	var want [][]nodeplane.Protocol
+	var wantHTTP, wantDNS bool
 	for _, p := range protos {
 		switch strings.ToLower(p) {
 		case "icmp":
@@ -273,7 +275,11 @@ func protocolFilter(protos []string) (func(*Flow) bool, error) {
 			want = append(want, []nodeplane.Protocol{nodeplane.ProtoUDP})
 		case "sctp":
 			want = append(want, []nodeplane.Protocol{nodeplane.ProtoSCTP})
-		case "dns", "http", "vrrp", "igmp":
+		case "http":
+			wantHTTP = true
+		case "dns":
+			wantDNS = true
+		case "vrrp", "igmp":
 			// Valid for Hubble; the datapath reports no such flows.
 			want = append(want, nil)
 		default:
@@ -281,7 +287,8 @@ func protocolFilter(protos []string) (func(*Flow) bool, error) {
 		}
 	}
 	return func(f *Flow) bool {
-		return slices.ContainsFunc(want, func(ps []nodeplane.Protocol) bool { return slices.Contains(ps, f.L4.Protocol) })
+		return slices.ContainsFunc(want, func(ps []nodeplane.Protocol) bool { return slices.Contains(ps, f.L4.Protocol) }) ||
+			wantHTTP && f.L7.HTTP != nil || wantDNS && f.L7.DNS != nil
 	}, nil
 }
 

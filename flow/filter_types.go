@@ -39,6 +39,19 @@ type Filter struct {
 	TCPFlags  []monitor.TCPFlags
 	NodeName  []string // a pattern: "*" matches within a name segment
 	IPVersion []IPVersion
+
+	// L7 fields (Hubble's http_status_code: "200" or a prefix "4+";
+	// http_method, case-insensitive; http_path and http_url, regular
+	// expressions on the URL's path and the whole URL; http_header, exact
+	// key and value; dns_query, a regular expression on the query). The
+	// HTTP ones need EventType to be empty or to include access-log
+	// records (type 129), as in Hubble.
+	HTTPStatusCode []string
+	HTTPMethod     []string
+	HTTPPath       []string
+	HTTPURL        []string
+	HTTPHeader     []HTTPHeader
+	DNSQuery       []string
 }
 
 // EventTypeFilter is flow.proto's EventTypeFilter: the Cilium message type,

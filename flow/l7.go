@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 )
 
 // Layer7 is a flow's layer-7 record (flow.proto's Layer7): one HTTP request or
@@ -135,7 +136,7 @@ func L7Flow(r *L7Record, nodeName string, f *Flow) {
 		Time:             t,
 		Verdict:          r.Verdict,
 		Type:             L7,
-		EventType:        EventType{Type: 129}, // MessageTypeAccessLog
+		EventType:        EventType{Type: int32(monitor.MessageTypeAccessLog)},
 		NodeName:         nodeName,
 		IP:               IP{Source: src.Addr(), Destination: dst.Addr()},
 		L4:               L4{Protocol: r.Protocol, SourcePort: src.Port(), DestinationPort: dst.Port()},

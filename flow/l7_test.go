@@ -130,3 +130,49 @@ func TestSummaryOnce(t *testing.T) {
 type nopSource struct{}
 
 func (nopSource) ReadRaw() ([]byte, error) { select {} }
+
+// TestL7Filters checks Hubble's L7 filter semantics on HTTP and DNS flows.
+func TestL7Filters(t *testing.T) {
+	var req, resp, dns, l4 flow.Flow
+	flow.L7Flow(httpRecord(flow.L7Request, 0, flow.Forwarded), "n", &req)
+	flow.L7Flow(httpRecord(flow.L7Response, 403, flow.Forwarded), "n", &resp)
+	flow.L7Flow(&flow.L7Record{Protocol: nodeplane.ProtoUDP, L7: flow.Layer7{Type: flow.L7Request, DNS: &flow.DNS{Query: "a.example.test."}}}, "n", &dns)
+	l4 = flow.Flow{Type: flow.L3L4, L4: flow.L4{Protocol: nodeplane.ProtoTCP}}
+	all := []*flow.Flow{&req, &resp, &dns, &l4}
+	for _, tc := range []struct {
+		f    flow.Filter
+		want []bool // req, resp, dns, l4
+	}{
+		{flow.Filter{HTTPStatusCode: []string{"4+"}}, []bool{false, true, false, false}},
+		{flow.Filter{HTTPStatusCode: []string{"403"}}, []bool{false, true, false, false}},
+		{flow.Filter{HTTPStatusCode: []string{"40+"}}, []bool{false, true, false, false}},
+		{flow.Filter{HTTPStatusCode: []string{"2+"}}, []bool{false, false, false, false}},
+		{flow.Filter{HTTPMethod: []string{"get"}}, []bool{true, true, false, false}},
+		{flow.Filter{HTTPPath: []string{"^/private"}}, []bool{true, true, false, false}},
+		{flow.Filter{HTTPURL: []string{"^http://svc/"}}, []bool{true, true, false, false}},
+		{flow.Filter{HTTPHeader: []flow.HTTPHeader{{Key: "X-Token", Value: "12"}}}, []bool{true, true, false, false}},
+		{flow.Filter{DNSQuery: []string{`example\.test\.$`}}, []bool{false, false, true, false}},
+		{flow.Filter{Protocol: []string{"http"}}, []bool{true, true, false, false}},
+		{flow.Filter{Protocol: []string{"dns"}}, []bool{false, false, true, false}},
+		{flow.Filter{Protocol: []string{"tcp"}}, []bool{true, true, false, true}},
+		{flow.Filter{EventType: []flow.EventTypeFilter{{Type: 129}}}, []bool{true, true, true, false}},
+	} {
+		m, err := flow.Compile([]flow.Filter{tc.f}, nil)
+		if err != nil {
+			t.Fatalf("%+v: %v", tc.f, err)
+		}
+		for i, f := range all {
+			if got := m.Match(f); got != tc.want[i] {
+				t.Errorf("%+v on flow %d: %v, want %v", tc.f, i, got, tc.want[i])
+			}
+		}
+	}
+	for _, bad := range []flow.Filter{
+		{HTTPStatusCode: []string{"600"}}, {HTTPStatusCode: []string{"4"}}, {HTTPPath: []string{"("}}, {DNSQuery: []string{"["}},
+		{HTTPMethod: []string{"GET"}, EventType: []flow.EventTypeFilter{{Type: 1}}},
+	} {
+		if _, err := flow.Compile([]flow.Filter{bad}, nil); err == nil {
+			t.Errorf("%+v compiled", bad)
+		}
+	}
+}

@@ -28,6 +28,10 @@ type TraceRequest struct {
 	// rules), the proxy's decision by those rules is part of the verdict
 	// ([SideTrace.DNS]), REFUSED counting as denied.
 	DNSName string
+	// HTTP is a request to decide where a side redirects the flow to the
+	// HTTP proxy; nil traces the connection only (the side then lists its
+	// HTTP rules without deciding a request).
+	HTTP *HTTPRequest
 }
 
 // TraceDirections selects which sides of a flow a trace decides.
@@ -68,15 +72,29 @@ type SideTrace struct {
 	// direction: each allow item that selects the endpoint, and which of
 	// its parts failed. Empty otherwise.
 	NearMisses []NearMiss
+	// HTTP is set when the side redirects the flow to the HTTP proxy.
+	HTTP *HTTPTrace
 	// DNS is the DNS proxy's decision on TraceRequest.DNSName when the
 	// datapath redirects the query to the DNS proxy; nil otherwise.
 	DNS *DNSDecision
 }
 
+// HTTPTrace is the L7 part of a side: the HTTP rules the proxy applies to
+// the flow's requests and, for a traced request, its decision.
+type HTTPTrace struct {
+	ProxyPort uint16
+	Policy    *HTTPPolicy
+	// Decision is nil when no request was traced.
+	Decision *HTTPDecision
+}
+
 // Allowed is the side's verdict: the datapath's decision over the compiled
-// map, which Trace checks against the direct evaluation, and the DNS
-// proxy's on a query it decides.
-func (s *SideTrace) Allowed() bool { return s.Decision.Allowed && (s.DNS == nil || s.DNS.Allowed) }
+// map, which Trace checks against the direct evaluation, and for a traced
+// request or DNS query the proxy's.
+func (s *SideTrace) Allowed() bool {
+	return s.Decision.Allowed && (s.HTTP == nil || s.HTTP.Decision == nil || s.HTTP.Decision.Allowed) &&
+		(s.DNS == nil || s.DNS.Allowed)
+}
 
 // PolicyApplies reports whether an identity can be a local endpoint whose
 // policy decides traffic: a cluster identity (a pod), or the reserved
@@ -129,10 +147,20 @@ func (r *Repository) Trace(req TraceRequest) (*TraceResult, error) {
 		if !st.Evaluation.Allowed && len(st.Evaluation.DeniedBy) == 0 {
 			st.NearMisses = r.nearMisses(endpoint, peer, dir, req.Protocol, req.Port)
 		}
-		if dir == mapstate.Egress && req.DNSName != "" && st.Decision.Allowed &&
-			st.Decision.ProxyPort != 0 && st.Decision.ProxyPort == r.cfg.ProxyPorts.DNS {
-			d := r.EvaluateDNS(endpoint, peer, req.Protocol, req.Port, req.DNSName)
-			st.DNS = &d
+		dnsRedirect := st.Decision.Allowed && st.Decision.ProxyPort != 0 && st.Decision.ProxyPort == r.cfg.ProxyPorts.DNS
+		switch {
+		case dnsRedirect:
+			if dir == mapstate.Egress && req.DNSName != "" {
+				d := r.EvaluateDNS(endpoint, peer, req.Protocol, req.Port, req.DNSName)
+				st.DNS = &d
+			}
+		case st.Decision.Allowed && st.Decision.ProxyPort != 0:
+			hp, _ := pol.HTTP(peer.ID, dir, req.Protocol, req.Port)
+			st.HTTP = &HTTPTrace{ProxyPort: st.Decision.ProxyPort, Policy: hp}
+			if req.HTTP != nil {
+				d := hp.Decide(req.HTTP)
+				st.HTTP.Decision = &d
+			}
 		}
 		if st.Decision.Allowed != st.Evaluation.Allowed ||
 			!st.Decision.Allowed && st.Decision.Reason != st.Evaluation.Reason {
@@ -274,8 +302,11 @@ func (s *SideTrace) write(b *strings.Builder) {
 		b.WriteString("  no rule matches and the direction is not default-deny: allowed\n")
 	}
 	fmt.Fprintf(b, "  datapath: %s (%d map entries)\n", decisionString(s.Decision), s.MapEntries)
-	if s.Decision.Allowed && s.Decision.ProxyPort != 0 {
-		fmt.Fprintf(b, "  redirected to the proxy on port %d\n", s.Decision.ProxyPort)
+	if s.HTTP != nil {
+		s.HTTP.write(b)
+	}
+	if s.Decision.Allowed && s.Decision.ProxyPort != 0 && s.HTTP == nil {
+		fmt.Fprintf(b, "  redirected to the DNS proxy on port %d: its DNS rules decide each query\n", s.Decision.ProxyPort)
 	}
 	if d := s.DNS; d != nil {
 		if d.Allowed {
@@ -296,4 +327,57 @@ func titleCase(s string) string {
 		return s
 	}
 	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func (h *HTTPTrace) write(b *strings.Builder) {
+	fmt.Fprintf(b, "  redirected to the HTTP proxy (port %d)\n", h.ProxyPort)
+	if h.Policy.AllowAll {
+		if h.Policy.AllowAllRef != (RuleRef{}) {
+			fmt.Fprintf(b, "    every request: %s allows the port without HTTP rules\n", h.Policy.AllowAllRef)
+		} else {
+			b.WriteString("    every request: the direction is not enforced\n")
+		}
+	}
+	for _, r := range h.Policy.Rules {
+		fmt.Fprintf(b, "    HTTP rule %s %s: %s\n", r.Ref.Policy, r.Path, httpRuleString(r.Rule()))
+	}
+	d := h.Decision
+	if d == nil {
+		b.WriteString("    (no request traced: requests are decided by these rules, any one allowing)\n")
+		return
+	}
+	switch {
+	case d.Allowed && d.Matched != nil:
+		fmt.Fprintf(b, "  request ALLOWED by HTTP rule %s %s\n", d.Matched.Ref.Policy, d.Matched.Path)
+	case d.Allowed:
+		b.WriteString("  request ALLOWED: every request is\n")
+	default:
+		b.WriteString("  request DENIED (403 Access denied): no HTTP rule matches\n")
+		for _, m := range d.Misses {
+			fmt.Fprintf(b, "    %s %s: %s failed: %s\n", m.Rule.Ref.Policy, m.Rule.Path, m.Field, m.Reason)
+		}
+	}
+}
+
+func httpRuleString(r HTTPRule) string {
+	var parts []string
+	for _, f := range []struct{ k, v string }{{"method", r.Method}, {"path", r.Path}, {"host", r.Host}} {
+		if f.v != "" {
+			parts = append(parts, fmt.Sprintf("%s %q", f.k, f.v))
+		}
+	}
+	for _, h := range r.Headers {
+		parts = append(parts, fmt.Sprintf("header %q", h))
+	}
+	for _, h := range r.HeaderMatches {
+		if h.Value != "" {
+			parts = append(parts, fmt.Sprintf("header %s = %q", h.Name, h.Value))
+		} else {
+			parts = append(parts, fmt.Sprintf("header %s present", h.Name))
+		}
+	}
+	if len(parts) == 0 {
+		return "any request"
+	}
+	return strings.Join(parts, ", ")
 }

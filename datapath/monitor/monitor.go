@@ -15,6 +15,10 @@ const (
 	MessageTypeDrop          MessageType = 1
 	MessageTypeTrace         MessageType = 4
 	MessageTypePolicyVerdict MessageType = 5
+	// MessageTypeAccessLog is an L7 proxy's record (Cilium's
+	// MessageTypeAccessLog); the datapath writes none, flow.L7Record
+	// carries them.
+	MessageTypeAccessLog MessageType = 129
 )
 
 func (t MessageType) String() string {
@@ -25,6 +29,8 @@ func (t MessageType) String() string {
 		return "trace"
 	case MessageTypePolicyVerdict:
 		return "policy-verdict"
+	case MessageTypeAccessLog:
+		return "accesslog"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }

@@ -11,9 +11,19 @@
 // CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and NetworkPolicy
 // documents. Every file is validated first; any invalid document fails the
 // run with exit 2 and a message naming the file, document and field path.
-// So does a rule nodeplane cannot enforce yet (L7 rules, toFQDNs, mutual
-// authentication, host policies): it is reported as "not supported yet"
+// So does a rule nodeplane cannot enforce yet (Kafka and generic L7 rules,
+// mutual authentication, host policies; DNS rules and toFQDNs unless
+// -dns-name or -to-fqdn is given): it is reported as "not supported yet"
 // rather than traced as the wider L3/L4 rule it would become.
+//
+// HTTP rules (toPorts.rules.http) are traced as a node with nodeplane's
+// HTTP proxy enforces them: a side whose entry redirects the flow to the
+// proxy lists the HTTP rules that decide its requests. -http-method,
+// -http-path (the request target, path and query), -http-host and
+// -http-header (NAME:VALUE, repeatable) describe one request; with any of
+// them the side also decides that request, naming the rule that allows it
+// or, for each rule, the field that failed, and a denied request (403 from
+// the proxy) makes the verdict DENIED (exit 1).
 //
 // toFQDNs and DNS rules need the DNS machinery (a DNS proxy feeding the
 // policy engine), which -dns-name and -to-fqdn give the trace: -dns-name
@@ -58,6 +68,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"net/textproto"
 	"os"
 	"strconv"
 	"strings"
@@ -92,6 +103,25 @@ func main() {
 type namedPortsFlag []policy.NamedPort
 
 func (f *namedPortsFlag) String() string { return fmt.Sprint(*f) }
+
+type headersFlag map[string][]string
+
+func (f headersFlag) String() string { return fmt.Sprint(map[string][]string(f)) }
+
+func (f headersFlag) Set(s string) error {
+	name, value, ok := strings.Cut(s, ":")
+	name = strings.TrimSpace(name)
+	if !ok || name == "" {
+		return fmt.Errorf("want NAME:VALUE, got %q", s)
+	}
+	key := textproto.CanonicalMIMEHeaderKey(name)
+	f[key] = append(f[key], strings.TrimSpace(value))
+	return nil
+}
+
+// tracedHTTPProxyPort is the HTTP proxy port of the node policytrace
+// simulates; only the trace's text shows it.
+const tracedHTTPProxyPort = 15001
 
 func (f *namedPortsFlag) Set(s string) error {
 	name, rest, ok := strings.Cut(s, "=")
@@ -129,8 +159,13 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		dnsName      = fs.String("dns-name", "", "trace a DNS query for `name`: a port with DNS rules sends it to the DNS proxy, whose rules decide it (enables toFQDNs and DNS rules)")
 		toFQDN       = fs.String("to-fqdn", "", "with -to-cidr ADDRESS: a DNS answer gave the address to `name`, as the DNS proxy would have seen it (enables toFQDNs and DNS rules)")
 		namedPorts   namedPortsFlag
+		httpMethod   = fs.String("http-method", "", "decide an HTTP request with this `method` where HTTP rules apply")
+		httpPath     = fs.String("http-path", "", "... with this request `target` (path and query, e.g. /public/x?q=1)")
+		httpHost     = fs.String("http-host", "", "... with this Host `header`")
+		httpHeaders  = headersFlag{}
 	)
 	fs.Var(&namedPorts, "named-port", "a named port of the destination, `NAME=PORT[/PROTO]` (repeatable)")
+	fs.Var(httpHeaders, "http-header", "... with this header, `NAME:VALUE` (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return exitBadInput
 	}
@@ -178,7 +213,8 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		return bad("%v", err)
 	}
 	defer alloc.Close()
-	ecfg := policy.EngineConfig{Policy: policy.Config{ClusterName: *clusterName}}
+	ecfg := policy.EngineConfig{Policy: policy.Config{ClusterName: *clusterName,
+		ProxyPorts: policy.ProxyPorts{HTTP: tracedHTTPProxyPort}}}
 	ipc := ipcache.New()
 	if *dnsName != "" || *toFQDN != "" {
 		// The DNS machinery, without a proxy: toFQDNs and DNS rules are
@@ -192,8 +228,8 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 	}
 	defer eng.Close()
 	// Validate every policy file before deciding anything, for this
-	// engine: it has no L7 proxy and no DNS proxy, so L7 rules and toFQDNs
-	// are reported as not supported with every other problem.
+	// engine: what it cannot enforce (toFQDNs and DNS rules without
+	// -dns-name or -to-fqdn) is reported with every other problem.
 	policies, err := eng.ParseFiles(*policiesPath)
 	if err != nil {
 		if ves := policy.ValidationErrors(err); len(ves) > 0 {
@@ -286,14 +322,30 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 			notes = append(notes, fmt.Sprintf("%s (%s) has no namespace; like Cilium, it is treated as clusterwide", p.ID(), p.Source))
 		}
 	}
+	treq := policy.TraceRequest{
+		From: src, To: dst, ToNamedPorts: namedPorts,
+		Protocol: proto, Port: port, Directions: dirs, DNSName: *dnsName,
+	}
+	if *dnsName != "" {
+		fmt.Fprintf(stdout, "DNS query: %s\n", *dnsName)
+	}
+	if *httpMethod != "" || *httpPath != "" || *httpHost != "" || len(httpHeaders) > 0 {
+		target := *httpPath
+		if target == "" {
+			target = "/"
+		}
+		method := *httpMethod
+		if method == "" {
+			method = "GET"
+		}
+		treq.HTTP = &policy.HTTPRequest{Method: method, Target: target, Host: *httpHost, Header: httpHeaders}
+		fmt.Fprintf(stdout, "HTTP request: %s %s (host %q, %d header(s))\n", method, target, *httpHost, len(httpHeaders))
+	}
 	for _, n := range notes {
 		fmt.Fprintf(stdout, "note: %s\n", n)
 	}
 	fmt.Fprintln(stdout)
-	res, err := trace(repo, policy.TraceRequest{
-		From: src, To: dst, ToNamedPorts: namedPorts,
-		Protocol: proto, Port: port, Directions: dirs, DNSName: *dnsName,
-	})
+	res, err := trace(repo, treq)
 	if errors.Is(err, policy.ErrInconsistent) {
 		// The compiled map and the rules disagree: a bug, with no verdict
 		// to trust either way.

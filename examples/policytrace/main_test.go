@@ -105,8 +105,7 @@ func TestUnsupportedReport(t *testing.T) {
 		t.Fatalf("exit %d, stdout %q", code, stdout.String())
 	}
 	for _, want := range []string{
-		"l7.yaml: document 1 (CiliumNetworkPolicy prod/http-get), line 16: spec.ingress[0].toPorts[0].rules.http: HTTP rules are not supported yet",
-		"l7.yaml: document 2 (CiliumNetworkPolicy prod/dns-only), line 31: spec.egress[0].toPorts[0].rules.dns: DNS rules are not supported yet",
+		"l7.yaml: document 1 (CiliumNetworkPolicy prod/dns-only), line 14: spec.egress[0].toPorts[0].rules.dns: DNS rules are not supported yet",
 		"other.yaml: document 1 (CiliumNetworkPolicy prod/fqdn), line 10: spec.egress[0].toFQDNs: toFQDNs is not supported yet",
 		"other.yaml: document 2 (CiliumNetworkPolicy prod/mutual-auth), line 24: spec.ingress[0].authentication.mode: mutual authentication (mode \"required\") is not supported yet",
 		"other.yaml: document 3 (CiliumClusterwideNetworkPolicy host), line 31: spec.nodeSelector: host policies (nodeSelector) are not supported yet",
@@ -205,5 +204,46 @@ func TestInconsistencyIsAnError(t *testing.T) {
 			!strings.Contains(stderr.String(), "internal error") {
 			t.Errorf("allowed=%v: stderr does not explain the inconsistency:\n%s", allowed, stderr.String())
 		}
+	}
+}
+
+// TestHTTPExplanation checks that a denied HTTP request names every rule
+// and the field that failed, and an allowed one the rule that allowed it.
+func TestHTTPExplanation(t *testing.T) {
+	const web = "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default"
+	const db = "k8s:app=db,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default"
+	for _, tc := range []struct {
+		args []string
+		code int
+		want []string
+	}{
+		{[]string{"-http-method", "GET", "-http-path", "/public/x"}, exitDenied, []string{
+			"redirected to the HTTP proxy (port 15001)",
+			`HTTP rule CiliumNetworkPolicy prod/http-get spec.ingress[0].toPorts[0].rules.http[0]: method "GET", path "/public/.*", header "X-Token: 12345"`,
+			"request DENIED (403 Access denied): no HTTP rule matches",
+			"spec.ingress[0].toPorts[0].rules.http[0]: headers[0] failed: header X-Token missing",
+			`spec.ingress[0].toPorts[0].rules.http[1]: method failed: method "GET" does not match "POST"`,
+			"ingress verdict: DENIED",
+		}},
+		{[]string{"-http-method", "GET", "-http-path", "/public/x", "-http-header", "x-token: 12345"}, exitAllowed, []string{
+			"request ALLOWED by HTTP rule CiliumNetworkPolicy prod/http-get spec.ingress[0].toPorts[0].rules.http[0]",
+			"Final verdict: ALLOWED",
+		}},
+		{nil, exitAllowed, []string{"(no request traced: requests are decided by these rules, any one allowing)"}},
+	} {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"-policies", "testdata/golden/l7", "-from", web, "-to", db, "-dport", "80/TCP"}, tc.args...)
+		if code := run(args, &stdout, &stderr); code != tc.code {
+			t.Fatalf("%v: exit %d, want %d: %s%s", tc.args, code, tc.code, stdout.String(), stderr.String())
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(stdout.String(), w) {
+				t.Errorf("%v: output lacks %q:\n%s", tc.args, w, stdout.String())
+			}
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-policies", "testdata/golden/l7", "-from", web, "-to", db, "-dport", "80", "-http-header", "novalue"}, &stdout, &stderr); code != exitBadInput {
+		t.Errorf("-http-header without a colon: exit %d", code)
 	}
 }

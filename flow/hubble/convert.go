@@ -185,8 +185,8 @@ func request(req *observerpb.GetFlowsRequest) (flow.Request, error) {
 }
 
 // Filters converts Hubble filters one to one, each into the flow.Filter
-// with the same fields. A field that nodeplane's flows never carry (L7:
-// HTTP and DNS; FQDNs, workloads, cluster names, node labels, trace IDs,
+// with the same fields. A field that nodeplane's flows never carry (FQDNs,
+// workloads, cluster names, node labels, trace IDs,
 // encryption, translated source addresses, UUIDs, CEL expressions; the TCP
 // NS flag) is an error naming it, not ignored: ignoring a field would
 // widen the filter, and a filter that can never match is better stated
@@ -225,6 +225,14 @@ func filter(ff *flowpb.FlowFilter, out *flow.Filter) error {
 		DestinationPort:     ff.GetDestinationPort(),
 		Reply:               ff.GetReply(),
 		NodeName:            ff.GetNodeName(),
+		HTTPStatusCode:      ff.GetHttpStatusCode(),
+		HTTPMethod:          ff.GetHttpMethod(),
+		HTTPPath:            ff.GetHttpPath(),
+		HTTPURL:             ff.GetHttpUrl(),
+		DNSQuery:            ff.GetDnsQuery(),
+	}
+	for _, h := range ff.GetHttpHeader() {
+		out.HTTPHeader = append(out.HTTPHeader, flow.HTTPHeader{Key: h.GetKey(), Value: h.GetValue()})
 	}
 	for _, d := range ff.GetTrafficDirection() {
 		out.TrafficDirection = append(out.TrafficDirection, flow.TrafficDirection(d))
@@ -288,12 +296,6 @@ func unsupportedField(ff *flowpb.FlowFilter) string {
 		{"destination_workload", len(ff.GetDestinationWorkload()) > 0},
 		{"source_cluster_name", len(ff.GetSourceClusterName()) > 0},
 		{"destination_cluster_name", len(ff.GetDestinationClusterName()) > 0},
-		{"http_status_code", len(ff.GetHttpStatusCode()) > 0},
-		{"dns_query", len(ff.GetDnsQuery()) > 0},
-		{"http_method", len(ff.GetHttpMethod()) > 0},
-		{"http_path", len(ff.GetHttpPath()) > 0},
-		{"http_url", len(ff.GetHttpUrl()) > 0},
-		{"http_header", len(ff.GetHttpHeader()) > 0},
 		{"node_labels", len(ff.GetNodeLabels()) > 0},
 		{"trace_id", len(ff.GetTraceId()) > 0},
 		{"ip_trace_id", len(ff.GetIpTraceId()) > 0},

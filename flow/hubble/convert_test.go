@@ -364,7 +364,7 @@ func TestRequest(t *testing.T) {
 		{First: true, Follow: true},
 		{Since: &timestamppb.Timestamp{Nanos: -1}},
 		{Until: &timestamppb.Timestamp{Seconds: -1 << 62}},
-		{Whitelist: []*flowpb.FlowFilter{{HttpMethod: []string{"GET"}}}},
+		{Whitelist: []*flowpb.FlowFilter{{SourceFqdn: []string{"example.com"}}}},
 		{Blacklist: []*flowpb.FlowFilter{{DropReasonDesc: []flowpb.DropReason{1000}}}},
 	} {
 		if _, err := request(bad); err == nil {

@@ -271,8 +271,10 @@ func TestGetFlowsInvalid(t *testing.T) {
 	c, _, _ := startServer(t, newRing(16, testFlows()))
 	for _, req := range []*observerpb.GetFlowsRequest{
 		{First: true, Follow: true},
-		{Whitelist: []*flowpb.FlowFilter{{DnsQuery: []string{"example.com"}}}},
-		{Whitelist: []*flowpb.FlowFilter{{SourceIp: []string{"not-an-ip"}}}}, // refused by flow.Compile
+		{Whitelist: []*flowpb.FlowFilter{{DestinationFqdn: []string{"example.com"}}}},
+		{Whitelist: []*flowpb.FlowFilter{{HttpStatusCode: []string{"99"}}}},                                               // refused by flow.Compile
+		{Whitelist: []*flowpb.FlowFilter{{HttpMethod: []string{"GET"}, EventType: []*flowpb.EventTypeFilter{{Type: 1}}}}}, // as Hubble
+		{Whitelist: []*flowpb.FlowFilter{{SourceIp: []string{"not-an-ip"}}}},                                              // refused by flow.Compile
 		{Blacklist: []*flowpb.FlowFilter{{Protocol: []string{"gopher"}}}},
 	} {
 		_, _, err := collect(t, c, req)

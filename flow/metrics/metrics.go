@@ -51,6 +51,7 @@ type cacheKey struct {
 	dir              flow.TrafficDirection
 	match            monitor.PolicyMatch
 	hostSource       bool
+	l7               string // "HTTP", "DNS" for access-log flows
 }
 
 // reservedHost is Cilium's reserved:host identity.
@@ -100,6 +101,13 @@ func (m *Metrics) ObserveFlow(f *flow.Flow) {
 		// As Hubble's policy handler: the host may reach any local
 		// endpoint, its verdicts are not counted.
 		k.hostSource = f.Source.Identity == reservedHost
+	case monitor.MessageTypeAccessLog:
+		switch {
+		case f.L7.HTTP != nil:
+			k.l7 = "HTTP"
+		case f.L7.DNS != nil:
+			k.l7 = "DNS"
+		}
 	}
 	m.mu.Lock()
 	cs, ok := m.cache[k]
@@ -122,6 +130,10 @@ func (m *Metrics) counters(k cacheKey) []prometheus.Counter {
 		typ, sub = "Trace", monitor.ObservationPoint(k.subType).String()
 	case monitor.MessageTypePolicyVerdict:
 		typ = "PolicyVerdict"
+	case monitor.MessageTypeAccessLog:
+		// Hubble's flows_processed_total: type L7, subtype the record's
+		// protocol.
+		typ, sub = "L7", k.l7
 	default:
 		typ = "Unknown"
 	}

@@ -41,6 +41,9 @@ func TestMetrics(t *testing.T) {
 	fromHost := allowed
 	fromHost.Source.Identity = 1
 	m.ObserveFlow(&fromHost) // counted as a flow, not as a verdict
+	var l7 flow.Flow
+	flow.L7Flow(&flow.L7Record{Verdict: flow.Dropped, L7: flow.Layer7{Type: flow.L7Request, HTTP: &flow.HTTP{Method: "GET"}}}, "n", &l7)
+	m.ObserveFlow(&l7) // a denied request is no packet drop
 	m.ObserveLost(flow.LostRingBuffer, 4)
 	m.ObserveLost(flow.LostHubbleRing, 2)
 
@@ -54,6 +57,7 @@ hubble_drop_total{protocol="TCP",reason="POLICY_DENIED"} 2
 # HELP hubble_flows_processed_total Total number of flows processed
 # TYPE hubble_flows_processed_total counter
 hubble_flows_processed_total{subtype="",type="Drop",verdict="DROPPED"} 2
+hubble_flows_processed_total{subtype="HTTP",type="L7",verdict="DROPPED"} 1
 hubble_flows_processed_total{subtype="",type="PolicyVerdict",verdict="DROPPED"} 1
 hubble_flows_processed_total{subtype="",type="PolicyVerdict",verdict="FORWARDED"} 2
 hubble_flows_processed_total{subtype="to-endpoint",type="Trace",verdict="FORWARDED"} 3

@@ -77,7 +77,7 @@ type blockSource struct{ done chan struct{} }
 
 func (s blockSource) ReadRaw() ([]byte, error) { <-s.done; return nil, os.ErrClosed }
 
-func newEnv(t *testing.T, pcfg func(*httpproxy.Config)) *env {
+func newEnv(t testing.TB, pcfg func(*httpproxy.Config)) *env {
 	t.Helper()
 	w := proxytest.New(t)
 	engine, err := policy.NewEngine(policy.EngineConfig{Policy: policy.Config{ProxyPorts: policy.ProxyPorts{HTTP: proxyPort}}})
@@ -146,7 +146,7 @@ type whoServer struct {
 	requests int
 }
 
-func serveWho(t *testing.T, ns *testutils.NetNS, port int) *whoServer {
+func serveWho(t testing.TB, ns *testutils.NetNS, port int) *whoServer {
 	t.Helper()
 	var ln net.Listener
 	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); return err }); err != nil {
@@ -200,7 +200,7 @@ func client(ns *testutils.NetNS, dialed *int) *http.Client {
 	}
 }
 
-func do(t *testing.T, c *http.Client, method, url string, hdr map[string]string) (int, string) {
+func do(t testing.TB, c *http.Client, method, url string, hdr map[string]string) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
@@ -222,7 +222,7 @@ func do(t *testing.T, c *http.Client, method, url string, hdr map[string]string)
 }
 
 // l7Flows returns the L7 flows the observer holds.
-func (e *env) l7Flows(t *testing.T) []flow.Flow {
+func (e *env) l7Flows(t testing.TB) []flow.Flow {
 	t.Helper()
 	var out []flow.Flow
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
