@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -60,25 +61,45 @@ func nsPath(ns *testutils.NetNS) string { return fmt.Sprintf("/proc/self/fd/%d",
 // allows is refused by the proxy and never reaches the server; every query
 // and response is an L7 flow; after the TTL runs out new connections are
 // denied while an open one keeps working.
-func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
-	testutils.RequirePrivileged(t)
-	node, podWeb, podDNS := testutils.NewNetNS(t), testutils.NewNetNS(t), testutils.NewNetNS(t)
+// dnsWorld is a node with the datapath, a policy engine with the DNS
+// machinery, a client endpoint (web), a DNS server endpoint (kube-dns,
+// serving on 53 and, for the benchmark's baseline, 5353), two servers
+// outside the cluster, and the DNS proxy.
+type dnsWorld struct {
+	engine  *policy.Engine
+	podWeb  *testutils.NetNS
+	named   netip.Addr
+	other   netip.Addr
+	webAddr netip.Addr
+	obs     *flow.Observer
+	queries *sync.Map
+	advance func(time.Duration)
+}
+
+type blockSource struct{ done chan struct{} }
+
+func (s blockSource) ReadRaw() ([]byte, error) { <-s.done; return nil, os.ErrClosed }
+
+func newDNSWorld(tb testing.TB, policies string) *dnsWorld {
+	tb.Helper()
+	testutils.RequirePrivileged(tb)
+	node, podWeb, podDNS := testutils.NewNetNS(tb), testutils.NewNetNS(tb), testutils.NewNetNS(tb)
 	pcfg := proxy.Config{NodeNetNS: nsPath(node)}
 	d, err := datapath.New(datapath.Config{NodeNetNS: nsPath(node), ConntrackMaxEntries: 4096, IPCacheMaxEntries: 4096})
-	testutils.SkipIfNotSupported(t, err)
+	testutils.SkipIfNotSupported(tb, err)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
+	tb.Cleanup(func() { d.Close() })
 	ipc := ipcache.New()
 	if err := ipc.AddWriter(d.IPCache()); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	alloc, err := identity.NewInProcessAllocator(identity.InProcessConfig{})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { alloc.Close() })
+	tb.Cleanup(func() { alloc.Close() })
 	var clockMu sync.Mutex
 	now := time.Now()
 	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
@@ -86,32 +107,32 @@ func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
 	engine, err := policy.NewEngine(policy.EngineConfig{CIDRAllocator: alloc, IPCache: ipc,
 		FQDN: &fqdn.Config{Now: clock}, Policy: policy.Config{ProxyPorts: policy.ProxyPorts{DNS: proxyPort}}})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { engine.Close() })
+	tb.Cleanup(func() { engine.Close() })
 	ctx := context.Background()
 
 	addPod := func(epID datapath.EndpointID, labels string, ns *testutils.NetNS, addr netip.Addr) {
 		ls, err := identity.ParseLabelList(labels)
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		id, _, err := alloc.Allocate(ctx, ls)
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		if err := engine.UpdateIdentities([]identity.Identity{{ID: id, Labels: ls}}, nil); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		ep, err := d.AddEndpoint(datapath.EndpointConfig{ID: epID, Identity: id, IPv4: addr, NetNS: nsPath(ns)})
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		if err := ipc.Upsert(netip.PrefixFrom(addr, 32), ipcache.Entry{Identity: id}); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		if err := engine.AddEndpoint(ep); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
 	webAddr, dnsAddr := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
@@ -120,28 +141,28 @@ func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
 
 	// The node: its own address (the source of the proxy's upstream
 	// sockets) and two servers outside the cluster.
-	nl := node.Netlink(t)
+	nl := node.Netlink(tb)
 	lo, err := nl.LinkByName("lo")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	named, other := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11")
 	for _, a := range []netip.Addr{netip.MustParseAddr("10.0.0.254"), named, other} {
 		if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}, Flags: unix.IFA_F_NODAD}); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
 	if err := ipc.Upsert(netip.MustParsePrefix("10.0.0.254/32"), ipcache.Entry{Identity: identity.ReservedHost}); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	for _, a := range []netip.Addr{named, other} {
-		testutils.ServeEcho(t, node, "tcp", netip.AddrPortFrom(a, 8080).String())
+		testutils.ServeEcho(tb, node, "tcp", netip.AddrPortFrom(a, 8080).String())
 	}
 	routing, err := proxy.SetupRouting(pcfg)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { routing.Close() })
+	tb.Cleanup(func() { routing.Close() })
 
 	// The DNS server, in its own endpoint: names under example.test get
 	// 192.0.2.10, everything else 192.0.2.11, TTL 5s.
@@ -158,52 +179,69 @@ func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
 		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: ip.AsSlice()}}
 		w.WriteMsg(m)
 	})
-	var (
-		pc net.PacketConn
-		ln net.Listener
-	)
-	if err := podDNS.Do(func() (err error) {
-		if pc, err = net.ListenPacket("udp", "10.0.0.2:53"); err != nil {
+	for _, port := range []string{"53", "5353"} {
+		var (
+			pc net.PacketConn
+			ln net.Listener
+		)
+		if err := podDNS.Do(func() (err error) {
+			if pc, err = net.ListenPacket("udp", "10.0.0.2:"+port); err != nil {
+				return err
+			}
+			ln, err = net.Listen("tcp", "10.0.0.2:"+port)
 			return err
+		}); err != nil {
+			tb.Fatal(err)
 		}
-		ln, err = net.Listen("tcp", "10.0.0.2:53")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
-		go s.ActivateAndServe()
-		t.Cleanup(func() { s.Shutdown() })
+		for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+			go s.ActivateAndServe()
+			tb.Cleanup(func() { s.Shutdown() })
+		}
 	}
 
-	recs := &records{}
-	p, err := New(Config{Policy: engine, Port: proxyPort, Proxy: pcfg, Recorder: recs, Timeout: 2 * time.Second, IdleTimeout: 300 * time.Millisecond})
+	// The proxy's records go to a flow observer, as in a node agent.
+	src := blockSource{done: make(chan struct{})}
+	tb.Cleanup(func() { close(src.done) })
+	obs, err := flow.New(flow.Config{Source: src, NodeName: "node-1"})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { p.Close() })
-
-	ps, err := engine.Parse([]byte(e2ePolicy+"---\n"+e2ePolicyRestricted), "e2e.yaml")
+	p, err := New(Config{Policy: engine, Port: proxyPort, Proxy: pcfg, Recorder: obs, Timeout: 2 * time.Second, IdleTimeout: 300 * time.Millisecond})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+
+	ps, err := engine.Parse([]byte(policies), "e2e.yaml")
+	if err != nil {
+		tb.Fatal(err)
 	}
 	for _, pol := range ps {
 		if _, err := engine.AddPolicy(pol); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
+	return &dnsWorld{engine: engine, podWeb: podWeb, named: named, other: other, webAddr: webAddr, obs: obs,
+		queries: &serverQueries, advance: func(d time.Duration) { clockMu.Lock(); now = now.Add(d); clockMu.Unlock() }}
+}
 
-	resolve := func(name, network string) (*dns.Msg, error) {
-		var r *dns.Msg
-		err := podWeb.Do(func() (err error) {
-			c := &dns.Client{Net: network, Timeout: 2 * time.Second}
-			m := new(dns.Msg)
-			m.SetQuestion(name, dns.TypeA)
-			r, _, err = c.Exchange(m, "10.0.0.2:53")
-			return err
-		})
-		return r, err
-	}
+// resolve sends a query from the client endpoint to server over network.
+func (w *dnsWorld) resolve(name, network, server string) (*dns.Msg, error) {
+	var r *dns.Msg
+	err := w.podWeb.Do(func() (err error) {
+		c := &dns.Client{Net: network, Timeout: 2 * time.Second}
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		r, _, err = c.Exchange(m, server)
+		return err
+	})
+	return r, err
+}
+
+func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
+	w := newDNSWorld(t, e2ePolicy+"---\n"+e2ePolicyRestricted)
+	engine, podWeb, named, other, webAddr := w.engine, w.podWeb, w.named, w.other, w.webAddr
+	resolve := func(name, network string) (*dns.Msg, error) { return w.resolve(name, network, "10.0.0.2:53") }
 	dial := func(dst netip.Addr) (net.Conn, error) {
 		var c net.Conn
 		err := podWeb.Do(func() (err error) {
@@ -242,7 +280,7 @@ func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
 	if r.Rcode != dns.RcodeRefused {
 		t.Fatalf("other name: %v", dns.RcodeToString[r.Rcode])
 	}
-	if _, ok := serverQueries.Load("api.other.test."); ok {
+	if _, ok := w.queries.Load("api.other.test."); ok {
 		t.Fatal("refused name reached the server")
 	}
 	open, err := dial(named)
@@ -258,32 +296,43 @@ func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
 		t.Fatal("connected to an address no toFQDNs name gave")
 	}
 
-	// Every query and response became an L7 DNS flow, with identities.
-	recs.mu.Lock()
+	// Every query and response became an L7 DNS flow in the observer,
+	// with both sides' identities; responses run from the server.
 	var reqs, resps, refused int
-	for _, rec := range recs.all {
-		if rec.L7.DNS == nil || rec.SourceIdentity == 0 || rec.Source.Addr() != webAddr || rec.Destination != netip.MustParseAddrPort("10.0.0.2:53") {
-			t.Errorf("record %+v", rec)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	server := netip.MustParseAddr("10.0.0.2")
+	if err := w.obs.GetFlows(ctx, flow.Request{Number: 100}, func(r *flow.Response) error {
+		f := r.Flow
+		if f == nil || f.Type != flow.L7 {
+			return nil
+		}
+		client, srv := f.IP.Source, f.IP.Destination
+		if f.IsReply {
+			client, srv = srv, client
+		}
+		if f.L7.DNS == nil || f.Source.Identity == 0 || f.Destination.Identity == 0 || client != webAddr || srv != server {
+			t.Errorf("flow %+v", f)
 		}
 		switch {
-		case rec.L7.Type == flow.L7Request:
+		case f.L7.Type == flow.L7Request:
 			reqs++
-		case rec.L7.DNS.Rcode == dns.RcodeRefused:
+		case f.L7.DNS.Rcode == dns.RcodeRefused:
 			refused++
 			fallthrough
 		default:
 			resps++
 		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
-	recs.mu.Unlock()
 	if reqs != 3 || resps != 3 || refused != 1 {
-		t.Fatalf("records: %d queries, %d responses (%d refused)", reqs, resps, refused)
+		t.Fatalf("L7 flows: %d queries, %d responses (%d refused)", reqs, resps, refused)
 	}
 
 	// The TTL (5s) runs out.
-	clockMu.Lock()
-	now = now.Add(5 * time.Second)
-	clockMu.Unlock()
+	w.advance(5 * time.Second)
 	if _, err := engine.ExpireDNS(); err != nil {
 		t.Fatal(err)
 	}
