@@ -581,7 +581,7 @@ func (e *Engine) acquireCIDRsLocked(prefixes []netip.Prefix) error {
 		if err == nil {
 			var id identity.ID
 			if id, _, err = e.cfg.CIDRAllocator.Allocate(ctx, ls); err == nil {
-				if e.cfg.IPCache != nil {
+				if e.cfg.IPCache != nil && !e.fqdnHoldsLocked(pfx) {
 					if err = e.cfg.IPCache.Upsert(pfx, ipcache.Entry{Identity: id}); err != nil {
 						_, _ = e.cfg.CIDRAllocator.Release(ctx, id)
 					}
@@ -624,7 +624,7 @@ func (e *Engine) releaseCIDRsLocked(prefixes []netip.Prefix) error {
 			continue
 		}
 		delete(e.cidrs, pfx)
-		if e.cfg.IPCache != nil {
+		if e.cfg.IPCache != nil && !e.fqdnHoldsLocked(pfx) {
 			if err := e.cfg.IPCache.Delete(pfx); err != nil {
 				errs = append(errs, err)
 			}

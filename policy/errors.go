@@ -18,6 +18,10 @@ var (
 	ErrPolicyNotFound = errors.New("policy not found")
 	// ErrUnknownIdentity: an identity the engine has not been told about.
 	ErrUnknownIdentity = errors.New("unknown identity")
+	// ErrAddressInUse: a DNS answer gave an address that already has an
+	// identity other than the engine's CIDR identities (an endpoint's); it
+	// keeps that identity.
+	ErrAddressInUse = errors.New("address has another identity")
 	// ErrUnknownEndpoint: an endpoint the engine does not track.
 	ErrUnknownEndpoint = errors.New("unknown endpoint")
 	// ErrInvalidEndpoint: a nil or non-comparable [LocalEndpoint].

@@ -274,9 +274,12 @@ func (e *Engine) applyFQDNLocked(changes []fqdn.Change) error {
 				continue
 			}
 			// Give the address back to the CIDR identity a toCIDR rule
-			// allocated for exactly it, if any; else remove it.
+			// allocated for exactly it, if any; else remove it — unless
+			// someone else (an endpoint) has taken the entry meanwhile.
 			var err error
-			if c := e.cidrs[pfx]; c != nil {
+			if cur, ok := e.cfg.IPCache.Get(pfx); ok && cur.Identity != old.ID {
+				// Not ours any more: leave it.
+			} else if c := e.cidrs[pfx]; c != nil {
 				err = e.cfg.IPCache.Upsert(pfx, ipcache.Entry{Identity: c.id.ID})
 			} else {
 				err = e.cfg.IPCache.Delete(pfx)
@@ -295,6 +298,15 @@ func (e *Engine) applyFQDNLocked(changes []fqdn.Change) error {
 			continue
 		}
 		if hadOld && old.Labels == ls {
+			continue
+		}
+		if cur, ok := e.cfg.IPCache.Get(pfx); ok && !hadOld && (e.cidrs[pfx] == nil || cur.Identity != e.cidrs[pfx].id.ID) {
+			// The address already has an identity that is not a CIDR
+			// identity of this engine (an endpoint's, a node's): a DNS
+			// answer must not relabel it. Like Cilium's ipcache, where
+			// entries from endpoints outrank those generated for
+			// DNS-learnt addresses, the existing identity stays.
+			errs = append(errs, fmt.Errorf("fqdn identity of %v: %w: the address has identity %v in the ipcache", a, ErrAddressInUse, cur.Identity))
 			continue
 		}
 		id, _, err := e.cfg.CIDRAllocator.Allocate(ctx, ls)
@@ -354,4 +366,16 @@ func fqdnLabels(pfx netip.Prefix, sels []fqdn.Selector, stack nodeplane.StackMod
 		return identity.Labels{}, fmt.Errorf("fqdn labels of %v: %w", pfx, err)
 	}
 	return ls.Merge(more), nil
+}
+
+// fqdnHoldsLocked reports whether a host prefix has an identity learnt
+// from DNS: its ipcache entry is then the FQDN identity, which carries the
+// prefix's cidr labels too, so a CIDR rule for exactly that prefix selects
+// it and must not replace or remove the entry.
+func (e *Engine) fqdnHoldsLocked(pfx netip.Prefix) bool {
+	if e.fqdn == nil || pfx.Bits() != pfx.Addr().BitLen() {
+		return false
+	}
+	_, ok := e.fqdn.ids[pfx.Addr()]
+	return ok
 }

@@ -266,3 +266,113 @@ func TestEngineRunDNSExpiry(t *testing.T) {
 		t.Fatalf("RunDNSExpiry: %v", err)
 	}
 }
+
+// A DNS answer that names an address with an identity of its own (here
+// the client endpoint's) does not relabel it, and its expiry does not
+// remove the endpoint's entry.
+func TestEngineFQDNKeepsEndpointAddresses(t *testing.T) {
+	f := newFQDNFixture(t)
+	web := netip.MustParseAddr("10.0.0.1")
+	err := f.e.ObserveDNS("evil.example.test", []netip.Addr{web, netip.MustParseAddr("192.0.2.10")}, time.Second)
+	if !errors.Is(err, ErrAddressInUse) {
+		t.Fatalf("ObserveDNS of an endpoint's address: %v", err)
+	}
+	if _, ent, _ := f.ipc.Lookup(web); ent.Identity != 70000 {
+		t.Fatalf("endpoint address relabelled to %v", ent.Identity)
+	}
+	if !f.allowed("192.0.2.10", 80) {
+		t.Fatal("the other address of the answer was not allowed")
+	}
+	*f.clock = f.clock.Add(time.Second)
+	if _, err := f.e.ExpireDNS(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ent, ok := f.ipc.Lookup(web); !ok || ent.Identity != 70000 {
+		t.Fatalf("endpoint entry after expiry: %v %v", ent, ok)
+	}
+}
+
+// A toCIDR rule for exactly an address learnt from DNS neither replaces
+// nor removes its FQDN identity, which carries the cidr label too.
+func TestEngineFQDNAndCIDROfOneAddress(t *testing.T) {
+	f := newFQDNFixture(t)
+	addr := netip.MustParseAddr("192.0.2.10")
+	if err := f.e.ObserveDNS("a.example.test", []netip.Addr{addr}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	_, before, _ := f.ipc.Lookup(addr)
+	cidr, err := f.e.Parse([]byte(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cidr, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toCIDR: [192.0.2.10/32]
+    toPorts: [{ports: [{port: "81", protocol: TCP}]}]
+`), "cidr.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.e.AddPolicy(cidr[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, after, _ := f.ipc.Lookup(addr); after.Identity != before.Identity {
+		t.Fatalf("toCIDR replaced the FQDN identity %v with %v", before.Identity, after.Identity)
+	}
+	if !f.allowed("192.0.2.10", 80) || !f.allowed("192.0.2.10", 81) {
+		t.Fatal("toFQDNs (80) and toCIDR (81) do not both allow the address")
+	}
+	if _, err := f.e.DeletePolicy(cidr[0].ID()); err != nil {
+		t.Fatal(err)
+	}
+	if !f.allowed("192.0.2.10", 80) {
+		t.Fatal("deleting the toCIDR rule removed the FQDN identity's entry")
+	}
+	// When the answer expires, the address goes back to nothing.
+	*f.clock = f.clock.Add(time.Minute)
+	if _, err := f.e.ExpireDNS(); err != nil {
+		t.Fatal(err)
+	}
+	if f.allowed("192.0.2.10", 80) || f.allowed("192.0.2.10", 81) {
+		t.Fatal("allowed after expiry")
+	}
+}
+
+// The other order: a toCIDR rule's identity first, then a DNS answer for
+// the address; when the answer expires, the CIDR identity is back.
+func TestEngineCIDRThenFQDNOfOneAddress(t *testing.T) {
+	f := newFQDNFixture(t)
+	cidr, err := f.e.Parse([]byte(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cidr, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toCIDR: [192.0.2.10/32]
+    toPorts: [{ports: [{port: "81", protocol: TCP}]}]
+`), "cidr.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.e.AddPolicy(cidr[0]); err != nil {
+		t.Fatal(err)
+	}
+	if f.allowed("192.0.2.10", 80) || !f.allowed("192.0.2.10", 81) {
+		t.Fatal("before the answer: want 81 only")
+	}
+	if err := f.e.ObserveDNS("a.example.test", []netip.Addr{netip.MustParseAddr("192.0.2.10")}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if !f.allowed("192.0.2.10", 80) || !f.allowed("192.0.2.10", 81) {
+		t.Fatal("with the answer: want 80 and 81")
+	}
+	*f.clock = f.clock.Add(time.Minute)
+	if _, err := f.e.ExpireDNS(); err != nil {
+		t.Fatal(err)
+	}
+	if f.allowed("192.0.2.10", 80) || !f.allowed("192.0.2.10", 81) {
+		t.Fatal("after expiry: want 81 only")
+	}
+}
