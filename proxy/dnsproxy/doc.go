@@ -18,7 +18,10 @@
 //     server does not answer in time);
 //   - reports the answer's addresses with their TTL to the policy
 //     (policy.Engine.ObserveDNS) before the client gets the answer, so the
-//     connection the client opens next is already allowed by toFQDNs;
+//     connection the client opens next is already allowed by toFQDNs. As
+//     in Cilium, the addresses belong to the queried name, through any
+//     CNAME chain, for the chain's lowest TTL; an answer with records off
+//     the chain is passed on but teaches nothing;
 //   - records the query and the response as L7 DNS flows (flow.L7Record).
 //
 // Every failure has a defined outcome and none stops the proxy: a bad

@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"context"
+	"math"
 	"net/netip"
 	"time"
 
@@ -52,18 +53,17 @@ func (p *Proxy) handle(ctx context.Context, raw []byte, client, server netip.Add
 		p.log.Warn("dnsproxy: upstream", "server", server, "name", name, "err", err)
 		return p.answer(q, dns.RcodeServerFailure, rec, start, flow.Error)
 	}
-	ips, ttl, cnames := answerAddrs(resp)
-	if len(ips) > 0 {
+	ips, ttl, cnames, usable := answerAddrs(resp, name)
+	switch {
+	case !usable:
+		// Passed on, but nothing is learnt from it: connections to its
+		// addresses stay denied (fail closed).
+		p.log.Warn("dnsproxy: answer does not follow the CNAME chain of the query; not learnt", "name", name, "server", server)
+	case len(ips) > 0:
 		// Learnt before the client sees the answer, so the connection it
 		// opens next already meets the new identities.
 		if err := p.cfg.Policy.ObserveDNS(name, ips, time.Duration(ttl)*time.Second); err != nil {
 			p.log.Warn("dnsproxy: observe", "name", name, "err", err)
-		}
-		// The addresses belong to each CNAME target too.
-		for _, c := range cnames {
-			if err := p.cfg.Policy.ObserveDNS(c, ips, time.Duration(ttl)*time.Second); err != nil {
-				p.log.Warn("dnsproxy: observe", "name", c, "err", err)
-			}
 		}
 	}
 	out := rec
@@ -164,32 +164,42 @@ func (p *Proxy) record(r *flow.L7Record) {
 	}
 }
 
-// answerAddrs returns the A and AAAA addresses of an answer, their lowest
-// TTL, and the CNAME targets.
-func answerAddrs(m *dns.Msg) (ips []netip.Addr, ttl uint32, cnames []string) {
-	first := true
+// answerAddrs returns the A and AAAA addresses of an answer to a query
+// for qname, their TTL and the CNAME targets, as Cilium's
+// ExtractMsgDetails reads an answer: the records must follow the chain
+// from qname through each CNAME to its target (a record for any other
+// name makes the answer unusable for policy: ok is false), the addresses
+// all belong to qname, and the TTL is the lowest of the chain's A, AAAA
+// and CNAME records.
+func answerAddrs(m *dns.Msg, qname string) (ips []netip.Addr, ttl uint32, cnames []string, ok bool) {
+	want := qname
+	ttl = math.MaxUint32
 	for _, rr := range m.Answer {
-		var a netip.Addr
+		h := rr.Header()
+		if normalizeName(h.Name) != want {
+			return nil, 0, cnames, false
+		}
 		switch r := rr.(type) {
 		case *dns.A:
-			a, _ = netip.AddrFromSlice(r.A.To4())
+			if a, ok := netip.AddrFromSlice(r.A.To4()); ok {
+				ips = append(ips, a)
+			}
 		case *dns.AAAA:
-			a, _ = netip.AddrFromSlice(r.AAAA.To16())
+			if a, ok := netip.AddrFromSlice(r.AAAA.To16()); ok {
+				ips = append(ips, a.Unmap())
+			}
 		case *dns.CNAME:
-			cnames = append(cnames, normalizeName(r.Target))
-			continue
+			want = normalizeName(r.Target)
+			cnames = append(cnames, r.Target)
 		default:
 			continue
 		}
-		if !a.IsValid() {
-			continue
-		}
-		ips = append(ips, a.Unmap())
-		if h := rr.Header(); first || h.Ttl < ttl {
-			ttl, first = h.Ttl, false
-		}
+		ttl = min(ttl, h.Ttl)
 	}
-	return ips, ttl, cnames
+	if ttl == math.MaxUint32 {
+		ttl = 0
+	}
+	return ips, ttl, cnames, true
 }
 
 func rrTypes(m *dns.Msg) []string {

@@ -60,6 +60,17 @@ func testServer(t testing.TB) (netip.AddrPort, *atomic.Int64) {
 		queries.Add(1)
 		m := new(dns.Msg)
 		m.SetReply(r)
+		if strings.HasPrefix(strings.ToLower(r.Question[0].Name), "alias.") {
+			// A CNAME to real.example.test. with an A and an AAAA record.
+			target := "real.example.test."
+			m.Answer = []dns.RR{
+				&dns.CNAME{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 60}, Target: target},
+				&dns.A{Hdr: dns.RR_Header{Name: target, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30}, A: net.IPv4(192, 0, 2, 50)},
+				&dns.AAAA{Hdr: dns.RR_Header{Name: target, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: 10}, AAAA: net.ParseIP("2001:db8::50")},
+			}
+			w.WriteMsg(m)
+			return
+		}
 		n := 1
 		if strings.HasPrefix(r.Question[0].Name, "big.") {
 			n = 100
@@ -202,5 +213,57 @@ func TestNewRefusesConfig(t *testing.T) {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}
+	}
+}
+
+// An answer through a CNAME, as Cilium reads it: the addresses (A and
+// AAAA) belong to the queried name, for the lowest TTL of the chain
+// (CNAME included); the response record lists them and the CNAME.
+func TestHandleCNAMEAndIPv6(t *testing.T) {
+	server, _ := testServer(t)
+	pol, recs := &fakePolicy{}, &records{}
+	p := newProxy(Config{Policy: pol, Recorder: recs, Port: 10053, Timeout: time.Second})
+	reply := new(dns.Msg)
+	if err := reply.Unpack(p.handle(context.Background(), query("Alias.Example.Test.", dns.TypeA), client, server, nodeplane.ProtoUDP)); err != nil {
+		t.Fatal(err)
+	}
+	if len(reply.Answer) != 3 {
+		t.Fatalf("answer %v", reply)
+	}
+	want := []netip.Addr{netip.MustParseAddr("192.0.2.50"), netip.MustParseAddr("2001:db8::50")}
+	got := pol.observed["alias.example.test."]
+	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] || pol.ttls["alias.example.test."] != 10*time.Second || len(pol.observed) != 1 {
+		t.Errorf("observed %v, TTLs %v", pol.observed, pol.ttls)
+	}
+	last := recs.all[len(recs.all)-1]
+	if d := last.L7.DNS; d == nil || len(d.CNAMEs) != 1 || d.CNAMEs[0] != "real.example.test." || d.TTL != 10 || len(d.IPs) != 2 ||
+		strings.Join(d.RRTypes, ",") != "CNAME,A,AAAA" {
+		t.Fatalf("response record %+v", last.L7.DNS)
+	}
+}
+
+func TestAnswerAddrsChain(t *testing.T) {
+	rr := func(s string) dns.RR {
+		r, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	m := new(dns.Msg)
+	m.Answer = []dns.RR{rr("a.test. 60 IN CNAME b.test."), rr("b.test. 20 IN CNAME c.test."), rr("c.test. 30 IN A 192.0.2.1")}
+	ips, ttl, cnames, ok := answerAddrs(m, "a.test.")
+	if !ok || len(ips) != 1 || ttl != 20 || len(cnames) != 2 {
+		t.Fatalf("chain: %v %d %v %v", ips, ttl, cnames, ok)
+	}
+	// A record for a name off the chain: nothing is learnt.
+	m.Answer = append(m.Answer, rr("evil.test. 30 IN A 192.0.2.66"))
+	if _, _, _, ok := answerAddrs(m, "a.test."); ok {
+		t.Fatal("off-chain record accepted")
+	}
+	// No address records: no TTL.
+	m.Answer = nil
+	if ips, ttl, _, ok := answerAddrs(m, "a.test."); !ok || len(ips) != 0 || ttl != 0 {
+		t.Fatalf("empty answer: %v %d %v", ips, ttl, ok)
 	}
 }
