@@ -63,6 +63,8 @@ type Proxy struct {
 	udp    *proxy.UDPConn
 	tcp    *net.TCPListener
 	dialer proxy.Dialer
+	// upstream keeps idle UDP sockets to servers (upstream.go).
+	upstream upstreams
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -136,6 +138,7 @@ func (p *Proxy) Close() error {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+	p.upstream.close()
 	return errors.Join(errs...)
 }
 

@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"context"
 	"math"
+	"net"
 	"net/netip"
 	"time"
 
@@ -103,14 +104,28 @@ func (p *Proxy) exchange(ctx context.Context, q *dns.Msg, server netip.AddrPort,
 		}
 		mark = m
 	}
-	c, err := p.dialer.Dial(ctx, network, server, mark)
-	if err != nil {
-		return nil, err
+	// UDP sockets are reused (upstream.go); a TCP connection serves one
+	// query.
+	key := upstreamKey{server: server, mark: mark}
+	var c net.Conn
+	if network == "udp" {
+		c = p.upstream.get(key)
 	}
-	defer c.Close()
+	if c == nil {
+		var err error
+		if c, err = p.dialer.Dial(ctx, network, server, mark); err != nil {
+			return nil, err
+		}
+	}
 	client := &dns.Client{Net: network, Timeout: p.cfg.Timeout, UDPSize: dns.MaxMsgSize}
 	fwd := q.Copy()
+	fwd.Id = dns.Id()
 	resp, _, err := client.ExchangeWithConnContext(ctx, fwd, &dns.Conn{Conn: c, UDPSize: dns.MaxMsgSize})
+	if err != nil || network != "udp" {
+		c.Close()
+	} else {
+		p.upstream.put(key, c)
+	}
 	return resp, err
 }
 
