@@ -34,8 +34,8 @@ type Recorder interface {
 type Config struct {
 	// Policy decides each query and learns each answer. Required.
 	Policy Policy
-	// Port is the proxy port, UDP and TCP (policy.EngineConfig.DNSProxyPort).
-	// Required.
+	// Port is the proxy port, UDP and TCP: the policy's
+	// policy.Config.ProxyPorts.DNS. Required.
 	Port uint16
 	// Proxy says in which namespace the proxy's sockets live (the node's).
 	Proxy proxy.Config
@@ -46,6 +46,11 @@ type Config struct {
 	// IdleTimeout disconnects a TCP client that sends nothing for this
 	// long. Zero: 10s.
 	IdleTimeout time.Duration
+	// MaxInFlight bounds the queries handled at once (UDP datagrams being
+	// answered plus open TCP connections): beyond it a datagram is dropped
+	// (the client retries) and a connection is closed at once, so that a
+	// flood cannot exhaust the node's memory. Zero: 1024.
+	MaxInFlight int
 	// Logger gets diagnostics. Nil: discarded.
 	Logger *slog.Logger
 }
@@ -71,7 +76,21 @@ type Proxy struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
+	// inFlight holds a token per query or connection being handled.
+	inFlight chan struct{}
 }
+
+// acquire takes an in-flight token, or reports that the limit is reached.
+func (p *Proxy) acquire() bool {
+	select {
+	case p.inFlight <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *Proxy) release() { <-p.inFlight }
 
 // New binds the proxy port (UDP and TCP, in Config.Proxy's namespace) and
 // starts serving. If either socket cannot be bound (the port is taken, no
@@ -83,8 +102,8 @@ func New(cfg Config) (_ *Proxy, err error) {
 	if cfg.Port == 0 {
 		return nil, fmt.Errorf("%w: no Port", ErrInvalidConfig)
 	}
-	if cfg.Timeout < 0 || cfg.IdleTimeout < 0 {
-		return nil, fmt.Errorf("%w: negative timeout", ErrInvalidConfig)
+	if cfg.Timeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxInFlight < 0 {
+		return nil, fmt.Errorf("%w: negative timeout or MaxInFlight", ErrInvalidConfig)
 	}
 	p := newProxy(cfg)
 	defer func() {
@@ -112,13 +131,16 @@ func newProxy(cfg Config) *Proxy {
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = 10 * time.Second
 	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = 1024
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Proxy{cfg: cfg, log: log, dialer: proxy.Dialer{Config: cfg.Proxy, Timeout: cfg.Timeout},
-		ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
+		ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}, inFlight: make(chan struct{}, cfg.MaxInFlight)}
 }
 
 // Close stops serving, closes the sockets and the open TCP connections,
@@ -158,10 +180,15 @@ func (p *Proxy) serveUDP() {
 			p.log.Warn("dnsproxy: read", "err", err)
 			continue
 		}
+		if !p.acquire() {
+			p.log.Warn("dnsproxy: too many queries in flight; datagram dropped", "src", src)
+			continue
+		}
 		msg := append([]byte(nil), buf[:n]...)
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
+			defer p.release()
 			if reply := p.handle(p.ctx, msg, src, dst, nodeplane.ProtoUDP); reply != nil {
 				if _, err := p.udp.WriteFrom(reply, dst, src); err != nil {
 					p.log.Warn("dnsproxy: answer", "to", src, "err", err)
@@ -183,12 +210,18 @@ func (p *Proxy) serveTCP() {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		if !p.acquire() {
+			p.log.Warn("dnsproxy: too many queries in flight; connection closed", "src", c.RemoteAddr())
+			c.Close()
+			continue
+		}
 		p.mu.Lock()
 		p.conns[c] = struct{}{}
 		p.mu.Unlock()
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
+			defer p.release()
 			defer func() {
 				p.mu.Lock()
 				delete(p.conns, c)

@@ -2,7 +2,7 @@
 // Cilium's DNS rules (toPorts[].rules.dns) and feeds toFQDNs policy.
 //
 // A policy engine with the DNS machinery (policy.EngineConfig.FQDN) writes
-// a redirect to the proxy's port (policy.EngineConfig.DNSProxyPort) into
+// a redirect to the proxy's port (policy.Config.ProxyPorts.DNS) into
 // the policy-map entries of ports with DNS rules; the datapath then hands
 // every such query, UDP or TCP, to the proxy's transparent sockets
 // (package proxy) with its original destination. For each query the proxy
@@ -27,7 +27,7 @@
 // Every failure has a defined outcome and none stops the proxy: a bad
 // datagram is answered or dropped, a TCP client that sends garbage or
 // stalls is disconnected (Config.IdleTimeout), an upstream that fails is
-// SERVFAIL. [New] fails if the port cannot be bound, and the proxy is then
+// SERVFAIL, and a flood beyond Config.MaxInFlight is dropped. [New] fails if the port cannot be bound, and the proxy is then
 // not running at all: the redirected queries get no answer (fail closed).
 //
 // The proxy never logs on its own; Config.Logger gets its diagnostics.
