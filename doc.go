@@ -34,6 +34,10 @@
 //   - [github.com/nodeplane/nodeplane/bandwidth] limits endpoints' egress
 //     rate: EDT in the datapath where the kernel has sch_fq, a token
 //     bucket where not.
+//   - [github.com/nodeplane/nodeplane/proxy] holds what the node's
+//     in-process L7 proxies share behind the datapath's transparent
+//     redirect (policy entries with a proxy port); its httpproxy enforces
+//     HTTP rules per request and reports L7 flows to flow.
 //
 // A node agent allocates an address from ipam, allocates the pod's
 // identity from its labels, creates a datapath endpoint with both,

@@ -25,6 +25,26 @@
 // and the engine writes the allow-all entries of an endpoint no policy
 // selects. [PolicyMap] writes entries directly, for tests and tools.
 //
+// # L7 proxies
+//
+// An allowing entry with a proxy port (mapstate.Entry.ProxyPort) sends the
+// connection to the L7 proxy listening on that port in the node's
+// namespace instead of its destination (bpf/proxy.h): the endpoint's
+// program assigns the first packet (a TCP SYN, every UDP datagram) to the
+// proxy's transparent socket with bpf_sk_assign and marks every packet
+// 0x200, which package proxy's routing delivers locally. The source
+// endpoint's egress entry decides; for a local destination its ingress
+// entry too (the proxy then enforces both sides' L7 rules). The
+// connection's conntrack entry keeps the port ([ConntrackProxy],
+// [ConntrackEntry.ProxyPort]), and replies from the proxy's socket are the
+// entry's replies. The proxy's upstream connection carries the source's
+// identity in its socket mark (proxy.UpstreamMark), which the
+// destination's program uses as the source identity; an ingress proxy port
+// the destination's own program meets (a source that did not come through
+// a local endpoint's program) is dropped, SOCKET_LOOKUP_FAILED, as is a
+// redirect with no proxy socket; a proxy port on an ICMP entry is
+// PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL.
+//
 // # Other nodes and the outside
 //
 // [Datapath.AttachOverlay] puts a program on the node's tunnel device

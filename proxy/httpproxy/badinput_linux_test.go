@@ -110,6 +110,20 @@ func TestPrivilegedBadInput(t *testing.T) {
 		stillServes(t, e)
 	})
 
+	t.Run("upgrade: forwarded as plain HTTP", func(t *testing.T) {
+		c := rawConn(t, e)
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		io.WriteString(c, "GET /public/x HTTP/1.1\r\nHost: db\r\nX-Token: 12345\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || strings.Contains(string(body), "upgrade") {
+			t.Errorf("%d %q: want 200 from a server that saw no Upgrade header", resp.StatusCode, body)
+		}
+	})
+
 	t.Run("port taken: New fails, the running proxy stays", func(t *testing.T) {
 		_, err := httpproxy.New(httpproxy.Config{Proxy: e.w.Proxy, Port: proxyPort, Policy: httpproxy.EnginePolicy{}})
 		if !errors.Is(err, syscall.EADDRINUSE) {

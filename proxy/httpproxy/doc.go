@@ -33,6 +33,8 @@
 // None of these affects other connections. A port that cannot be bound
 // makes [New] fail, with nothing left behind.
 //
-// The proxy speaks HTTP/1.x; it does not upgrade connections (WebSocket,
-// h2c) and is not a TLS proxy.
+// The proxy speaks HTTP/1.x. It forwards no hop-by-hop headers (RFC 9110
+// 7.6.1), Upgrade among them, so a WebSocket or h2c upgrade request
+// reaches the server as a plain request and the connection stays HTTP
+// that the rules can judge. It is not a TLS proxy.
 package httpproxy

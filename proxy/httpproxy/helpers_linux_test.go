@@ -160,6 +160,9 @@ func serveWho(t testing.TB, ns *testutils.NetNS, port int) *whoServer {
 			s.mu.Unlock()
 			host, _, _ := net.SplitHostPort(r.RemoteAddr)
 			fmt.Fprintf(w, "%s %s %s", netip.MustParseAddr(host).Unmap(), r.Method, r.RequestURI)
+			if u := r.Header.Get("Upgrade"); u != "" {
+				fmt.Fprintf(w, " upgrade:%s", u)
+			}
 		}),
 		ConnState: func(c net.Conn, st http.ConnState) {
 			if st == http.StateNew {

@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/textproto"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -227,6 +229,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			HTTP: &flow.HTTP{Code: http.StatusServiceUnavailable, Method: httpRec.Method, URL: httpRec.URL, Protocol: httpRec.Protocol}})
 		return
 	}
+	removeHopByHop(resp.Header)
 	for k, vs := range resp.Header {
 		w.Header()[k] = vs
 	}
@@ -255,6 +258,7 @@ func (p *Proxy) roundTrip(ctx context.Context, cs *connState, r *http.Request) (
 	out := r.Clone(ctx)
 	out.RequestURI = ""
 	out.Close = false
+	removeHopByHop(out.Header)
 	deadline := time.Now().Add(p.cfg.UpstreamTimeout)
 	_ = cs.upstream.SetDeadline(deadline)
 	if err := out.Write(cs.upstream); err != nil {
@@ -269,6 +273,25 @@ func (p *Proxy) roundTrip(ctx context.Context, cs *connState, r *http.Request) (
 	// The body streams without a deadline of its own beyond the client's.
 	_ = cs.upstream.SetDeadline(time.Time{})
 	return resp, nil
+}
+
+// hopByHop are the headers that concern one connection (RFC 9110 7.6.1),
+// which a proxy does not forward; among them Upgrade, so that the proxy,
+// which does not switch protocols, never lets a connection out of HTTP.
+var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func removeHopByHop(h http.Header) {
+	for _, f := range h.Values("Connection") {
+		for _, name := range strings.Split(f, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, k := range hopByHop {
+		h.Del(k)
+	}
 }
 
 func (p *Proxy) closeUpstream(cs *connState) {
