@@ -37,7 +37,12 @@
 //   - [github.com/nodeplane/nodeplane/proxy] holds what the node's
 //     in-process L7 proxies share behind the datapath's transparent
 //     redirect (policy entries with a proxy port); its httpproxy enforces
-//     HTTP rules per request and reports L7 flows to flow.
+//     HTTP rules per request and reports L7 flows to flow, its dnsproxy
+//     enforces DNS rules per query (REFUSED for a name no rule allows) and
+//     feeds the answers to the policy engine for toFQDNs.
+//   - [github.com/nodeplane/nodeplane/fqdn] is DNS-based policy's model:
+//     Cilium's matchName/matchPattern, the DNS answers with their TTLs,
+//     and which addresses each toFQDNs selector selects.
 //
 // A node agent allocates an address from ipam, allocates the pod's
 // identity from its labels, creates a datapath endpoint with both,
