@@ -69,6 +69,7 @@ type dnsWorld struct {
 	engine  *policy.Engine
 	podWeb  *testutils.NetNS
 	named   netip.Addr
+	named6  netip.Addr
 	other   netip.Addr
 	webAddr netip.Addr
 	obs     *flow.Observer
@@ -112,7 +113,7 @@ func newDNSWorld(tb testing.TB, policies string) *dnsWorld {
 	tb.Cleanup(func() { engine.Close() })
 	ctx := context.Background()
 
-	addPod := func(epID datapath.EndpointID, labels string, ns *testutils.NetNS, addr netip.Addr) {
+	addPod := func(epID datapath.EndpointID, labels string, ns *testutils.NetNS, addr, addr6 netip.Addr) {
 		ls, err := identity.ParseLabelList(labels)
 		if err != nil {
 			tb.Fatal(err)
@@ -124,20 +125,22 @@ func newDNSWorld(tb testing.TB, policies string) *dnsWorld {
 		if err := engine.UpdateIdentities([]identity.Identity{{ID: id, Labels: ls}}, nil); err != nil {
 			tb.Fatal(err)
 		}
-		ep, err := d.AddEndpoint(datapath.EndpointConfig{ID: epID, Identity: id, IPv4: addr, NetNS: nsPath(ns)})
+		ep, err := d.AddEndpoint(datapath.EndpointConfig{ID: epID, Identity: id, IPv4: addr, IPv6: addr6, NetNS: nsPath(ns)})
 		if err != nil {
 			tb.Fatal(err)
 		}
-		if err := ipc.Upsert(netip.PrefixFrom(addr, 32), ipcache.Entry{Identity: id}); err != nil {
-			tb.Fatal(err)
+		for _, a := range []netip.Addr{addr, addr6} {
+			if err := ipc.Upsert(netip.PrefixFrom(a, a.BitLen()), ipcache.Entry{Identity: id}); err != nil {
+				tb.Fatal(err)
+			}
 		}
 		if err := engine.AddEndpoint(ep); err != nil {
 			tb.Fatal(err)
 		}
 	}
 	webAddr, dnsAddr := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
-	addPod(1, "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default", podWeb, webAddr)
-	addPod(2, "k8s:k8s-app=kube-dns,k8s:io.kubernetes.pod.namespace=kube-system,k8s:io.cilium.k8s.policy.cluster=default", podDNS, dnsAddr)
+	addPod(1, "k8s:app=web,k8s:io.kubernetes.pod.namespace=prod,k8s:io.cilium.k8s.policy.cluster=default", podWeb, webAddr, netip.MustParseAddr("fd00::1"))
+	addPod(2, "k8s:k8s-app=kube-dns,k8s:io.kubernetes.pod.namespace=kube-system,k8s:io.cilium.k8s.policy.cluster=default", podDNS, dnsAddr, netip.MustParseAddr("fd00::2"))
 
 	// The node: its own address (the source of the proxy's upstream
 	// sockets) and two servers outside the cluster.
@@ -147,17 +150,23 @@ func newDNSWorld(tb testing.TB, policies string) *dnsWorld {
 		tb.Fatal(err)
 	}
 	named, other := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11")
-	for _, a := range []netip.Addr{netip.MustParseAddr("10.0.0.254"), named, other} {
-		if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}, Flags: unix.IFA_F_NODAD}); err != nil {
+	named6 := netip.MustParseAddr("2001:db8::10")
+	node4, node6 := netip.MustParseAddr("10.0.0.254"), netip.MustParseAddr("fd00::fe")
+	for _, a := range []netip.Addr{node4, node6, named, other, named6} {
+		ipn := &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+		if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: ipn, Flags: unix.IFA_F_NODAD}); err != nil {
 			tb.Fatal(err)
 		}
 	}
-	if err := ipc.Upsert(netip.MustParsePrefix("10.0.0.254/32"), ipcache.Entry{Identity: identity.ReservedHost}); err != nil {
-		tb.Fatal(err)
+	for _, a := range []netip.Addr{node4, node6} {
+		if err := ipc.Upsert(netip.PrefixFrom(a, a.BitLen()), ipcache.Entry{Identity: identity.ReservedHost}); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	for _, a := range []netip.Addr{named, other} {
 		testutils.ServeEcho(tb, node, "tcp", netip.AddrPortFrom(a, 8080).String())
 	}
+	testutils.ServeEcho(tb, node, "tcp6", netip.AddrPortFrom(named6, 8080).String())
 	routing, err := proxy.SetupRouting(pcfg)
 	if err != nil {
 		tb.Fatal(err)
@@ -176,19 +185,23 @@ func newDNSWorld(tb testing.TB, policies string) *dnsWorld {
 		}
 		m := new(dns.Msg)
 		m.SetReply(r)
-		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: ip.AsSlice()}}
+		if r.Question[0].Qtype == dns.TypeAAAA {
+			m.Answer = []dns.RR{&dns.AAAA{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: 5}, AAAA: named6.AsSlice()}}
+		} else {
+			m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: ip.AsSlice()}}
+		}
 		w.WriteMsg(m)
 	})
-	for _, port := range []string{"53", "5353"} {
+	for _, addr := range []string{"10.0.0.2:53", "10.0.0.2:5353", "[fd00::2]:53"} {
 		var (
 			pc net.PacketConn
 			ln net.Listener
 		)
 		if err := podDNS.Do(func() (err error) {
-			if pc, err = net.ListenPacket("udp", "10.0.0.2:"+port); err != nil {
+			if pc, err = net.ListenPacket("udp", addr); err != nil {
 				return err
 			}
-			ln, err = net.Listen("tcp", "10.0.0.2:"+port)
+			ln, err = net.Listen("tcp", addr)
 			return err
 		}); err != nil {
 			tb.Fatal(err)
@@ -221,17 +234,22 @@ func newDNSWorld(tb testing.TB, policies string) *dnsWorld {
 			tb.Fatal(err)
 		}
 	}
-	return &dnsWorld{engine: engine, podWeb: podWeb, named: named, other: other, webAddr: webAddr, obs: obs,
+	return &dnsWorld{engine: engine, podWeb: podWeb, named: named, named6: named6, other: other, webAddr: webAddr, obs: obs,
 		queries: &serverQueries, advance: func(d time.Duration) { clockMu.Lock(); now = now.Add(d); clockMu.Unlock() }}
 }
 
-// resolve sends a query from the client endpoint to server over network.
+// resolve sends an A query from the client endpoint to server over
+// network.
 func (w *dnsWorld) resolve(name, network, server string) (*dns.Msg, error) {
+	return w.resolveType(name, network, server, dns.TypeA)
+}
+
+func (w *dnsWorld) resolveType(name, network, server string, qtype uint16) (*dns.Msg, error) {
 	var r *dns.Msg
 	err := w.podWeb.Do(func() (err error) {
 		c := &dns.Client{Net: network, Timeout: 2 * time.Second}
 		m := new(dns.Msg)
-		m.SetQuestion(name, dns.TypeA)
+		m.SetQuestion(name, qtype)
 		r, _, err = c.Exchange(m, server)
 		return err
 	})
@@ -410,5 +428,43 @@ func TestPrivilegedDNSProxyEndToEnd(t *testing.T) {
 	}
 	if r, err := resolve("again.example.test.", "tcp"); err != nil || r.Rcode != dns.RcodeSuccess {
 		t.Fatalf("proxy after bad input (tcp): %v %v", r, err)
+	}
+}
+
+// The same over IPv6: an AAAA query to the DNS server's IPv6 address is
+// redirected to the proxy, and the answer's address becomes reachable
+// under toFQDNs; another name is refused.
+func TestPrivilegedDNSProxyIPv6(t *testing.T) {
+	w := newDNSWorld(t, e2ePolicy+"---\n"+e2ePolicyRestricted)
+	dial := func() error {
+		return w.podWeb.Do(func() error {
+			c, err := net.DialTimeout("tcp6", netip.AddrPortFrom(w.named6, 8080).String(), 700*time.Millisecond)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+	}
+	if dial() == nil {
+		t.Fatal("connected before resolving")
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		r, err := w.resolveType("api.example.test.", network, "[fd00::2]:53", dns.TypeAAAA)
+		if err != nil {
+			t.Fatalf("%s: %v", network, err)
+		}
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+			t.Fatalf("%s answer %v", network, r)
+		}
+	}
+	if err := dial(); err != nil {
+		t.Fatalf("resolved IPv6 address: %v", err)
+	}
+	r, err := w.resolveType("api.other.test.", "udp", "[fd00::2]:53", dns.TypeAAAA)
+	if err != nil || r.Rcode != dns.RcodeRefused {
+		t.Fatalf("other name over IPv6: %v %v", r, err)
+	}
+	if _, ok := w.queries.Load("api.other.test."); ok {
+		t.Fatal("refused name reached the server")
 	}
 }
