@@ -46,6 +46,10 @@ type Config struct {
 	// IdleTimeout disconnects a TCP client that sends nothing for this
 	// long. Zero: 10s.
 	IdleTimeout time.Duration
+	// RejectRcode answers a query no DNS rule allows: dns.RcodeRefused
+	// (the zero value; Cilium's default --tofqdns-dns-reject-response-code
+	// "refused") or dns.RcodeNameError ("nameError"). Others are invalid.
+	RejectRcode int
 	// MaxInFlight bounds the queries handled at once (UDP datagrams being
 	// answered plus open TCP connections): beyond it a datagram is dropped
 	// (the client retries) and a connection is closed at once, so that a
@@ -102,6 +106,9 @@ func New(cfg Config) (_ *Proxy, err error) {
 	if cfg.Port == 0 {
 		return nil, fmt.Errorf("%w: no Port", ErrInvalidConfig)
 	}
+	if cfg.RejectRcode != 0 && cfg.RejectRcode != dns.RcodeRefused && cfg.RejectRcode != dns.RcodeNameError {
+		return nil, fmt.Errorf("%w: RejectRcode %d is neither REFUSED nor NXDOMAIN", ErrInvalidConfig, cfg.RejectRcode)
+	}
 	if cfg.Timeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxInFlight < 0 {
 		return nil, fmt.Errorf("%w: negative timeout or MaxInFlight", ErrInvalidConfig)
 	}
@@ -133,6 +140,9 @@ func newProxy(cfg Config) *Proxy {
 	}
 	if cfg.MaxInFlight == 0 {
 		cfg.MaxInFlight = 1024
+	}
+	if cfg.RejectRcode == 0 {
+		cfg.RejectRcode = dns.RcodeRefused
 	}
 	log := cfg.Logger
 	if log == nil {

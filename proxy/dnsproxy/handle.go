@@ -44,7 +44,7 @@ func (p *Proxy) handle(ctx context.Context, raw []byte, client, server netip.Add
 	if !d.Allowed {
 		req.Verdict = flow.Dropped
 		p.record(&req)
-		return p.answer(q, dns.RcodeRefused, rec, start, flow.Dropped)
+		return p.answer(q, p.cfg.RejectRcode, rec, start, flow.Dropped)
 	}
 	req.Verdict = flow.Forwarded
 	p.record(&req)

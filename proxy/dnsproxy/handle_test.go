@@ -208,8 +208,22 @@ func TestHandleBadInput(t *testing.T) {
 	}
 }
 
+// Cilium's other reject response code, nameError, answers NXDOMAIN.
+func TestHandleRejectNameError(t *testing.T) {
+	server, queries := testServer(t)
+	p := newProxy(Config{Policy: &fakePolicy{}, Port: 10053, RejectRcode: dns.RcodeNameError})
+	m := new(dns.Msg)
+	if err := m.Unpack(p.handle(context.Background(), query("evil.test.", dns.TypeA), client, server, nodeplane.ProtoUDP)); err != nil {
+		t.Fatal(err)
+	}
+	if m.Rcode != dns.RcodeNameError || queries.Load() != 0 {
+		t.Fatalf("rcode %s, %d queries reached the server", dns.RcodeToString[m.Rcode], queries.Load())
+	}
+}
+
 func TestNewRefusesConfig(t *testing.T) {
-	for _, cfg := range []Config{{}, {Policy: &fakePolicy{}}, {Policy: &fakePolicy{}, Port: 1, Timeout: -1}} {
+	for _, cfg := range []Config{{}, {Policy: &fakePolicy{}}, {Policy: &fakePolicy{}, Port: 1, Timeout: -1},
+		{Policy: &fakePolicy{}, Port: 1, RejectRcode: dns.RcodeServerFailure}} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}
