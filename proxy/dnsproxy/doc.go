@@ -11,8 +11,8 @@
 //     is answered FORMERR when its header is readable and dropped when not;
 //   - asks the policy (policy.Engine.EvaluateDNS) whether the client may
 //     ask this server for this name; a name no DNS rule allows is answered
-//     REFUSED, Cilium's default --tofqdns-dns-reject-response-code (or NXDOMAIN, Config.RejectRcode), and
-//     never reaches the server;
+//     REFUSED, Cilium's default --tofqdns-dns-reject-response-code (or
+//     NXDOMAIN, Config.RejectRcode), and never reaches the server;
 //   - forwards an allowed query to the original destination, over the
 //     transport it came on, and passes the answer back (SERVFAIL when the
 //     server does not answer in time);
