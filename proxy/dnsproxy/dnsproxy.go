@@ -188,6 +188,7 @@ func (p *Proxy) serveUDP() {
 				continue
 			}
 			p.log.Warn("dnsproxy: read", "err", err)
+			time.Sleep(10 * time.Millisecond) // no busy loop on a failing socket
 			continue
 		}
 		if !p.acquire() {
