@@ -29,6 +29,18 @@
 // (datapath.EndpointConfig has the addresses), remote pods from its
 // ipcache source, and services from its lb configuration.
 //
+// # L7 flows
+//
+// The node's L7 proxies (proxy/httpproxy, proxy/dnsproxy) report each
+// request and response as an [L7Record]; [Observer.RecordL7] turns it into
+// a Flow of Type L7 with its [Layer7] record (flow.proto's Layer7: HTTP
+// method, URL, protocol, code, headers, latency; DNS query, answers, TTL,
+// rcode, types, observation source), enriched like the datapath's flows
+// and stored in the same ring, so filters (also Hubble's http_* and
+// dns_query), JSON, metrics and the Hubble API serve both. A denied
+// request is DROPPED, as Hubble shows Envoy's denials; [Flow.Summary] is
+// Hubble's text for either kind ("HTTP/1.1 GET http://svc/public/x").
+//
 // # Hot path
 //
 // [Decoder.Decode] decodes a record into a caller's *Flow without

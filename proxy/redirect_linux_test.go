@@ -15,6 +15,7 @@ import (
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
@@ -377,3 +378,60 @@ func TestPorts(t *testing.T) {
 }
 
 func identityID(v uint32) identity.ID { return identity.ID(v) }
+
+// TestPrivilegedRedirectEvents checks what the datapath reports about a
+// redirected connection: its policy verdict carries the proxy port, and
+// its packets are traced at TO_PROXY (Cilium's TRACE_TO_PROXY), not
+// TO_ENDPOINT.
+func TestPrivilegedRedirectEvents(t *testing.T) {
+	w := proxytest.New(t)
+	proxytest.Apply(t, w.A, mapstate.State{
+		proxytest.L4(proxytest.IDB, mapstate.Egress, nodeplane.ProtoTCP, proxiedTCP): {ProxyPort: proxyPort},
+	})
+	proxytest.Apply(t, w.B, mapstate.State{
+		proxytest.L4(proxytest.IDA, mapstate.Ingress, nodeplane.ProtoTCP, proxiedTCP): {},
+	})
+	serveWho(t, w.PodB, proxiedTCP)
+	if err := w.DP.SetMonitorAggregation(monitor.AggregationNone); err != nil {
+		t.Fatal(err)
+	}
+	events, err := w.DP.NewEventReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	ln, err := proxy.ListenTCP(w.Proxy, proxyPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	mark, _ := proxy.UpstreamMark(proxytest.IDA, true)
+	r := &relay{t: t, dialer: proxy.Dialer{Config: w.Proxy}}
+	go r.serveTCP(ln, mark)
+	if got, _, err := ask(t, w.PodA, "tcp", netip.AddrPortFrom(proxytest.B4, proxiedTCP), "ping"); err != nil || got != proxytest.Node4.String()+" ping" {
+		t.Fatalf("through the proxy: %q, %v", got, err)
+	}
+
+	var verdict, toProxy, toEndpoint bool
+	events.SetDeadline(time.Now().Add(3 * time.Second))
+	for !(verdict && toProxy) {
+		ev, err := events.Read()
+		if err != nil {
+			break
+		}
+		switch e := ev.(type) {
+		case *datapath.PolicyVerdictEvent:
+			if e.Tuple.Src == proxytest.A4 && e.Tuple.DstPort == proxiedTCP {
+				verdict = verdict || e.ProxyPort == proxyPort
+			}
+		case *datapath.TraceEvent:
+			if e.Tuple.Src == proxytest.A4 && e.Tuple.DstPort == proxiedTCP {
+				toProxy = toProxy || e.Point == monitor.ToProxy
+				toEndpoint = toEndpoint || e.Point == monitor.ToEndpoint
+			}
+		}
+	}
+	if !verdict || !toProxy || toEndpoint {
+		t.Errorf("verdict with proxy port %v, traced to the proxy %v, to the endpoint %v", verdict, toProxy, toEndpoint)
+	}
+}

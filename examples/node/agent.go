@@ -26,6 +26,8 @@ import (
 	"github.com/nodeplane/nodeplane/lb"
 	"github.com/nodeplane/nodeplane/policy"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
+	"github.com/nodeplane/nodeplane/proxy"
+	"github.com/nodeplane/nodeplane/proxy/httpproxy"
 )
 
 // Config configures an Agent. Paths must be absolute or relative to the
@@ -65,7 +67,11 @@ type Config struct {
 	// picks EDT where the kernel has sch_fq and devices are given, else
 	// the token-bucket fallback.
 	BandwidthMechanism bandwidth.Mechanism
-	Logger             *slog.Logger
+	// HTTPProxyPort runs the node's HTTP proxy on this port, so that
+	// policies with HTTP rules are enforced (0, the default: no proxy, and
+	// such policies are refused as not supported).
+	HTTPProxyPort uint16
+	Logger        *slog.Logger
 }
 
 // Agent is the node agent: one of each SDK object, composed as
@@ -93,6 +99,9 @@ type Agent struct {
 	// created (bwErr says why), and then an Add asking for a limit fails.
 	bw    *bandwidth.Manager
 	bwErr error
+	// routing and httpProxy are the HTTP proxy's (nil without one).
+	routing   *proxy.Routing
+	httpProxy *httpproxy.Proxy
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -238,7 +247,8 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if err := a.ipc.AddWriter(a.dp.IPCache()); err != nil {
 		return nil, err
 	}
-	if a.engine, err = policy.NewEngine(policy.EngineConfig{CIDRAllocator: a.alloc, IPCache: a.ipc}); err != nil {
+	if a.engine, err = policy.NewEngine(policy.EngineConfig{CIDRAllocator: a.alloc, IPCache: a.ipc,
+		Policy: policy.Config{ProxyPorts: policy.ProxyPorts{HTTP: cfg.HTTPProxyPort}}}); err != nil {
 		return nil, err
 	}
 	a.goroutine("identity watch", func(ctx context.Context) error { return a.engine.WatchIdentities(ctx, a.alloc) })
@@ -262,6 +272,9 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	if err := a.startFlows(); err != nil {
 		return nil, err
+	}
+	if err := a.startHTTPProxy(); err != nil {
+		return nil, fmt.Errorf("HTTP proxy on port %d: %w", cfg.HTTPProxyPort, err)
 	}
 
 	// Policy before endpoints: a restored endpoint's map must go from the
@@ -449,6 +462,7 @@ func (a *Agent) publish(ctx context.Context, e *endpoint) error {
 func (a *Agent) Close() error {
 	a.cancel()
 	var errs []error
+	errs = append(errs, a.closeHTTPProxy())
 	if a.events != nil {
 		errs = append(errs, a.events.Close())
 	}

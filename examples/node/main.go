@@ -82,6 +82,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		metricsListen = fs.String("metrics-listen", "127.0.0.1:9962", "Prometheus metrics address (empty: off)")
 		bwDevices     = fs.String("bandwidth-devices", "", "comma-separated egress devices on which EDT bandwidth limits install fq (default none: the token-bucket fallback)")
 		bwMechanism   = fs.String("bandwidth-mechanism", "auto", "how pods' egress rates are enforced: auto (EDT where the kernel has sch_fq and -bandwidth-devices are given, else tbf), edt (required), tbf")
+		httpProxyPort = fs.Uint("http-proxy-port", 0, "run the HTTP proxy on this port so that policies with HTTP rules are enforced (0: none; such policies are refused)")
 		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
 		demo          = fs.Bool("demo", false, "run the self-contained demo and exit")
 		demoFollow    = fs.Bool("demo-follow", false, "run the demo and keep it running, with traffic and flows, until Ctrl-C")
@@ -149,6 +150,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "-bandwidth-mechanism: %q is not auto, edt or tbf\n", *bwMechanism)
 		return 2
 	}
+	if *httpProxyPort > 65535 {
+		fmt.Fprintf(stderr, "-http-proxy-port: %d is not a port\n", *httpProxyPort)
+		return 2
+	}
+	cfg.HTTPProxyPort = uint16(*httpProxyPort)
 	cfg.Cgroup = *cgroup
 	if cfg.Cgroup == "auto" {
 		root, err := cgroup2Root()

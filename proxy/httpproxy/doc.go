@@ -13,7 +13,9 @@
 // them from the policy package's compiled endpoint policies). A request
 // must be allowed by each side's rules; within a side the rules are ORed,
 // and a rule that allows the port without HTTP rules allows every request
-// (Cilium's semantics, policy.HTTPPolicy). A denied request gets 403 with
+// (Cilium's semantics, policy.HTTPPolicy). The rules are looked up again
+// for every request, so a policy change applies to the next request of a
+// kept-alive connection. A denied request gets 403 with
 // the body "Access denied\r\n", as Cilium's Envoy answers, and the
 // connection stays open for the next request.
 //

@@ -3,9 +3,11 @@ package httpproxy_test
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/nodeplane/nodeplane/flow"
+	"github.com/nodeplane/nodeplane/policy"
 	"github.com/nodeplane/nodeplane/proxy/httpproxy"
 	"github.com/nodeplane/nodeplane/proxy/internal/proxytest"
 )
@@ -110,5 +112,32 @@ func TestPrivilegedHTTPPolicy(t *testing.T) {
 				t.Errorf("%d response flows %q, want %d (all: %v)", resp[key], key, n, resp)
 			}
 		}
+	}
+}
+
+// TestPrivilegedHTTPPolicyChange changes db's HTTP rules between two
+// requests of one kept-alive connection: the second is decided by the new
+// rules.
+func TestPrivilegedHTTPPolicyChange(t *testing.T) {
+	e := newEnv(t, nil)
+	var dialed int
+	c := client(e.w.PodA, &dialed)
+	url := "http://" + proxytest.B4.String() + "/public/x"
+	token := map[string]string{"X-Token": "12345"}
+	if code, body := do(t, c, "GET", url, token); code != 200 {
+		t.Fatalf("before the change: %d %q", code, body)
+	}
+	ps, err := policy.Parse([]byte(strings.Replace(dbPolicy, `path: "/public/.*"`, `path: "/other/.*"`, 1)), "db.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.engine.ReplacePolicy(ps[0]); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := do(t, c, "GET", url, token); code != 403 {
+		t.Errorf("after the change: %d %q, want 403", code, body)
+	}
+	if dialed != 1 {
+		t.Errorf("%d client connections, want the one kept alive", dialed)
 	}
 }

@@ -30,8 +30,10 @@ const DeniedBody = "Access denied\r\n"
 
 // Policy says which HTTP rules govern a redirected connection.
 type Policy interface {
-	// Connection is asked once per accepted connection. An error refuses
-	// the connection (closed without an answer).
+	// Connection is asked when a connection is accepted (an error then
+	// refuses it: closed without an answer) and again for each of its
+	// requests, so that policy changes apply to the next request (an error
+	// then denies the request).
 	Connection(c proxy.Redirected) (Decision, error)
 }
 
@@ -199,9 +201,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := time.Now()
+	// The rules in force now, not when the connection came: a policy
+	// change applies to the next request of a kept-alive connection, as
+	// in Envoy. A connection the policy no longer knows gets 403s.
+	dec, err := p.cfg.Policy.Connection(cs.red)
+	if err != nil {
+		p.cfg.Logger.Debug("httpproxy: policy", "from", cs.red.Source, "error", err)
+		dec = Decision{SourceIdentity: cs.dec.SourceIdentity, DestinationIdentity: cs.dec.DestinationIdentity, Direction: cs.dec.Direction}
+	}
 	req := policy.HTTPRequest{Method: r.Method, Target: r.RequestURI, Host: r.Host, Header: r.Header}
-	allowed := len(cs.dec.Sides) > 0
-	for _, side := range cs.dec.Sides {
+	allowed := len(dec.Sides) > 0
+	for _, side := range dec.Sides {
 		if !side.Decide(&req).Allowed {
 			allowed = false
 			break
