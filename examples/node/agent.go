@@ -18,6 +18,7 @@ import (
 	"github.com/nodeplane/nodeplane/bandwidth"
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/flow"
+	"github.com/nodeplane/nodeplane/fqdn"
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/etcdalloc"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
@@ -27,6 +28,7 @@ import (
 	"github.com/nodeplane/nodeplane/policy"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
 	"github.com/nodeplane/nodeplane/proxy"
+	"github.com/nodeplane/nodeplane/proxy/dnsproxy"
 	"github.com/nodeplane/nodeplane/proxy/httpproxy"
 )
 
@@ -71,6 +73,14 @@ type Config struct {
 	// policies with HTTP rules are enforced (0, the default: no proxy, and
 	// such policies are refused as not supported).
 	HTTPProxyPort uint16
+	// DNSProxyPort runs the node's DNS proxy on this port, so that
+	// policies with DNS rules and toFQDNs are enforced (0, the default: no
+	// proxy, and such policies are refused as not supported).
+	DNSProxyPort uint16
+	// ToFQDNsMinTTL is the shortest time an address learnt from DNS stays
+	// selectable, Cilium's --tofqdns-min-ttl (0, the default: the
+	// answer's TTL).
+	ToFQDNsMinTTL time.Duration
 	Logger        *slog.Logger
 }
 
@@ -102,6 +112,7 @@ type Agent struct {
 	// routing and httpProxy are the HTTP proxy's (nil without one).
 	routing   *proxy.Routing
 	httpProxy *httpproxy.Proxy
+	dnsProxy  *dnsproxy.Proxy // nil without DNSProxyPort
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -247,8 +258,12 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if err := a.ipc.AddWriter(a.dp.IPCache()); err != nil {
 		return nil, err
 	}
-	if a.engine, err = policy.NewEngine(policy.EngineConfig{CIDRAllocator: a.alloc, IPCache: a.ipc,
-		Policy: policy.Config{ProxyPorts: policy.ProxyPorts{HTTP: cfg.HTTPProxyPort}}}); err != nil {
+	ecfg := policy.EngineConfig{CIDRAllocator: a.alloc, IPCache: a.ipc,
+		Policy: policy.Config{ProxyPorts: policy.ProxyPorts{HTTP: cfg.HTTPProxyPort, DNS: cfg.DNSProxyPort}}}
+	if cfg.DNSProxyPort != 0 {
+		ecfg.FQDN = &fqdn.Config{MinTTL: cfg.ToFQDNsMinTTL}
+	}
+	if a.engine, err = policy.NewEngine(ecfg); err != nil {
 		return nil, err
 	}
 	a.goroutine("identity watch", func(ctx context.Context) error { return a.engine.WatchIdentities(ctx, a.alloc) })
@@ -275,6 +290,9 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	if err := a.startHTTPProxy(); err != nil {
 		return nil, fmt.Errorf("HTTP proxy on port %d: %w", cfg.HTTPProxyPort, err)
+	}
+	if err := a.startDNSProxy(); err != nil {
+		return nil, fmt.Errorf("DNS proxy on port %d: %w", cfg.DNSProxyPort, err)
 	}
 
 	// Policy before endpoints: a restored endpoint's map must go from the
@@ -462,7 +480,7 @@ func (a *Agent) publish(ctx context.Context, e *endpoint) error {
 func (a *Agent) Close() error {
 	a.cancel()
 	var errs []error
-	errs = append(errs, a.closeHTTPProxy())
+	errs = append(errs, a.closeDNSProxy(), a.closeHTTPProxy())
 	if a.events != nil {
 		errs = append(errs, a.events.Close())
 	}

@@ -83,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		bwDevices     = fs.String("bandwidth-devices", "", "comma-separated egress devices on which EDT bandwidth limits install fq (default none: the token-bucket fallback)")
 		bwMechanism   = fs.String("bandwidth-mechanism", "auto", "how pods' egress rates are enforced: auto (EDT where the kernel has sch_fq and -bandwidth-devices are given, else tbf), edt (required), tbf")
 		httpProxyPort = fs.Uint("http-proxy-port", 0, "run the HTTP proxy on this port so that policies with HTTP rules are enforced (0: none; such policies are refused)")
+		dnsProxyPort  = fs.Uint("dns-proxy-port", 0, "run the DNS proxy on this port so that policies with DNS rules and toFQDNs are enforced (0: none; such policies are refused)")
+		minTTL        = fs.Uint("tofqdns-min-ttl", 0, "the minimum `seconds` an address learnt from DNS stays selectable by toFQDNs (0: the answer's TTL)")
 		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
 		demo          = fs.Bool("demo", false, "run the self-contained demo and exit")
 		demoFollow    = fs.Bool("demo-follow", false, "run the demo and keep it running, with traffic and flows, until Ctrl-C")
@@ -155,6 +157,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg.HTTPProxyPort = uint16(*httpProxyPort)
+	if *dnsProxyPort > 65535 || *dnsProxyPort != 0 && *dnsProxyPort == *httpProxyPort {
+		fmt.Fprintf(stderr, "-dns-proxy-port: %d is not a port, or is the HTTP proxy's\n", *dnsProxyPort)
+		return 2
+	}
+	cfg.DNSProxyPort = uint16(*dnsProxyPort)
+	cfg.ToFQDNsMinTTL = time.Duration(*minTTL) * time.Second
 	cfg.Cgroup = *cgroup
 	if cfg.Cgroup == "auto" {
 		root, err := cgroup2Root()
