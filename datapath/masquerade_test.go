@@ -12,8 +12,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/internal/nat"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
@@ -23,7 +23,8 @@ import (
 // masquerading the server sees only the node's address; 60 concurrent
 // connections from three pods to one server port get 60 distinct ports;
 // two pods using the same source port do not collide; replies reach the
-// right pod; a destination in an excluded prefix sees the pod's address.
+// right pod; GC keeps live flows and removes expired ones; a destination
+// in an excluded prefix sees the pod's address.
 func TestPrivilegedMasquerade(t *testing.T) {
 	d, _, world, wan, pods := newMasqWorld(t)
 	nodeAddr, worldAddr := masqNodeAddr, masqWorldAddr
@@ -167,92 +168,68 @@ func TestPrivilegedMasquerade(t *testing.T) {
 		}
 	})
 
-	// Every port but one is taken for flows to the server's port: a new
-	// connection gets exactly the free one; with none free it is dropped.
-	t.Run("Collisions", func(t *testing.T) {
-		free := uint16(63333)
-		key := natKey{SrcAddr: worldAddr.As4(), DstAddr: nodeAddr.As4(), SrcPort: [2]byte{9000 >> 8, 9000 & 0xff}, Proto: 6, Dir: natIngress}
-		taken := natEntry{Addr: [4]byte{10, 9, 9, 9}, Port: [2]byte{0, 1}}
-		var keys []natKey
-		for p := natPortMin; p <= natPortMax; p++ {
-			if uint16(p) == free {
-				continue
-			}
-			key.DstPort = [2]byte{byte(p >> 8), byte(p)}
-			keys = append(keys, key)
-			if err := d.maps.nat.Put(key, taken); err != nil {
-				t.Fatal(err)
-			}
-		}
-		c, err := talk(pods[2], 0)
-		if err != nil {
-			t.Fatalf("with one free port: %v", err)
-		}
-		got := seen()
-		if len(got) != 1 || !got[netip.AddrPortFrom(nodeAddr, free)] {
-			t.Errorf("server saw %v, want only %v:%d", got, nodeAddr, free)
-		}
-		c.Close()
-		// The free port is now the connection's: a second flow from a new
-		// source port finds none.
-		if c, err := talk(pods[2], 0); err == nil {
-			c.Close()
-			t.Error("a connection succeeded with no port free")
-		}
-	})
-
-	// With conntrack flushed, GC frees every translation, both
-	// directions.
+	// GC keeps the flows that are live and removes the expired ones,
+	// both directions: a closed TCP connection (FIN seen) lives
+	// CloseLifetime after its last packet, an open one TCPLifetime.
 	t.Run("GC", func(t *testing.T) {
-		// Reverse entries without a flow entry are collected once they
-		// are a second old (see GC).
-		time.Sleep(1100 * time.Millisecond)
-		if _, err := d.Conntrack().Flush(); err != nil {
+		open, err := talk(pods[0], 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer open.Close()
+		seen()
+		// An ingress entry whose egress entry is gone, created long ago,
+		// and one created now (a flow being set up).
+		orphan := natKey{DstAddr: addr16(nodeAddr), SrcPort: nat.PortBytes(9000), DstPort: nat.PortBytes(64999), Proto: 6, Family: nat.FamilyV4, Dir: nat.Ingress}
+		orphan.SrcAddr = addr16(worldAddr)
+		young := orphan
+		young.DstPort = nat.PortBytes(64998)
+		if err := d.maps.nat.Put(orphan, natEntry{Created: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.maps.nat.Put(young, natEntry{Created: uint64(nat.Now())}); err != nil {
 			t.Fatal(err)
 		}
 		before, err := m.Mappings()
-		if err != nil || before == 0 {
-			t.Fatalf("mappings before GC: %d, %v", before, err)
+		if err != nil || before < 62 {
+			t.Fatalf("mappings before GC: %d, %v; want the 62 connections so far", before, err)
 		}
-		n, err := m.GC()
+		if n, err := m.GC(); err != nil || n != 0 {
+			t.Fatalf("GC now removed %d flows (%v), want none: all are fresh", n, err)
+		}
+		var v natEntry
+		if err := d.maps.nat.Lookup(orphan, &v); err == nil {
+			t.Error("the old orphan survived GC")
+		}
+		if err := d.maps.nat.Lookup(young, &v); err != nil {
+			t.Errorf("the young orphan did not survive GC: %v", err)
+		}
+		// The closed connections have expired 11 s later; the open one
+		// has not.
+		n, err := m.table.GC(nat.Now() + 11*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		// What is left must be what GC keeps: flows conntrack knows (a
-		// packet may have recreated one since the flush).
+		if n != before-1 {
+			t.Errorf("GC 11 s later removed %d of %d flows, want all but the open one", n, before)
+		}
 		var (
-			k             natKey
-			v             natEntry
-			kept, reverse int
+			k    natKey
+			left []natKey
 		)
 		for it := d.maps.nat.Iterate(); it.Next(&k, &v); {
-			if k.Dir != natEgress {
-				reverse++
-				continue
-			}
-			kept++
-			tup := Tuple{Src: netip.AddrFrom4(k.SrcAddr), Dst: netip.AddrFrom4(k.DstAddr), SrcPort: be16(k.SrcPort).host(), DstPort: be16(k.DstPort).host(), Proto: nodeplane.Protocol(k.Proto)}
-			if _, ok, _ := d.Conntrack().Lookup(tup); !ok {
-				t.Errorf("GC kept %v, which conntrack does not know", tup)
-			}
+			left = append(left, k)
 		}
-		if n+kept != before || n < before-2 {
-			t.Errorf("GC removed %d of %d flows and kept %d", n, before, kept)
+		if len(left) != 2 {
+			t.Errorf("entries left: %v, want the open flow's two", left)
 		}
-		// The 4535 reverse entries Collisions planted have no flow entry.
-		if reverse > kept+2 {
-			t.Errorf("%d reverse entries left for %d flows", reverse, kept)
+		// The open connection still talks, through its translation.
+		if _, err := fmt.Fprintf(open, "x\n"); err != nil {
+			t.Fatal(err)
 		}
-		if after, _ := m.Mappings(); after != kept {
-			t.Errorf("%d mappings after GC, %d flow entries", after, kept)
+		if n, err := m.table.GC(nat.Now() + 7*time.Hour); err != nil || n != 1 {
+			t.Errorf("GC 7 h later removed %d flows (%v), want the open one", n, err)
 		}
-		// The ports are free again.
-		c, err := talk(pods[0], 0)
-		if err != nil {
-			t.Fatalf("after GC: %v", err)
-		}
-		c.Close()
-		seen()
 	})
 
 	t.Run("Excluded", func(t *testing.T) {
@@ -331,4 +308,9 @@ func newMasqWorld(t testing.TB) (*Datapath, *testutils.NetNS, *testutils.NetNS, 
 	}
 
 	return d, node, world, wan, pods
+}
+
+func addr16(a netip.Addr) [16]byte {
+	b, _ := nat.AddrBytes(a)
+	return b
 }
