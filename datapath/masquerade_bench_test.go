@@ -22,7 +22,7 @@ import (
 // 4536 NAT ports. Throughput: one iperf3 stream, 3 s per op.
 
 func masqueradeMode(b *testing.B, mode string) (pod, world *testutils.NetNS) {
-	d, node, world, wan, pods := newMasqWorld(b)
+	d, node, world, wan, pods := newMasqWorld(b, Config{})
 	switch mode {
 	case "bpf":
 		m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: masqNodeAddr, Exclude: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})

@@ -26,7 +26,7 @@ import (
 // right pod; GC keeps live flows and removes expired ones; a destination
 // in an excluded prefix sees the pod's address.
 func TestPrivilegedMasquerade(t *testing.T) {
-	d, _, world, wan, pods := newMasqWorld(t)
+	d, _, world, wan, pods := newMasqWorld(t, Config{})
 	nodeAddr, worldAddr := masqNodeAddr, masqWorldAddr
 
 	// The server records who connects.
@@ -273,8 +273,8 @@ var (
 // send to the world) and a "world" namespace behind the node's external
 // interface wan0 (node 203.0.113.1/24, world 203.0.113.2/24). The node
 // forwards; the world has no route to the pods.
-func newMasqWorld(t testing.TB) (*Datapath, *testutils.NetNS, *testutils.NetNS, *testutils.Veth, []*testutils.NetNS) {
-	d, node := newTestDatapath(t, Config{})
+func newMasqWorld(t testing.TB, cfg Config) (*Datapath, *testutils.NetNS, *testutils.NetNS, *testutils.Veth, []*testutils.NetNS) {
+	d, node := newTestDatapath(t, cfg)
 	world := testutils.NewNetNS(t)
 	wan := testutils.NewVeth(t, node, "wan0", world, "eth0")
 	nodeAddr, worldAddr := masqNodeAddr, masqWorldAddr

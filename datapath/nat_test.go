@@ -1,0 +1,234 @@
+package datapath
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
+	"github.com/nodeplane/nodeplane/internal/nat"
+	"github.com/nodeplane/nodeplane/internal/testutils"
+	"github.com/nodeplane/nodeplane/lb"
+)
+
+// recordingServer listens on addr (TCP) in ns, answers each connection's
+// first line with "<remote> says <line>" and holds the connection until
+// the client closes it. seen returns (and forgets) the sources so far.
+func recordingServer(t testing.TB, ns *testutils.NetNS, network, addr string) (seen func() map[netip.AddrPort]bool) {
+	var (
+		mu      sync.Mutex
+		sources = map[netip.AddrPort]bool{}
+		ln      net.Listener
+	)
+	if err := ns.Do(func() (err error) { ln, err = net.Listen(network, addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+			mu.Lock()
+			sources[netip.AddrPortFrom(src.Addr().Unmap(), src.Port())] = true
+			mu.Unlock()
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				line, err := r.ReadString('\n')
+				if err == nil {
+					fmt.Fprintf(c, "%s says %s", c.RemoteAddr(), line)
+				}
+				_, _ = r.ReadByte()
+			}()
+		}
+	}()
+	return func() map[netip.AddrPort]bool {
+		mu.Lock()
+		defer mu.Unlock()
+		out := map[netip.AddrPort]bool{}
+		for k := range sources {
+			out[k] = true
+		}
+		clear(sources)
+		return out
+	}
+}
+
+// talkTo connects from ns to dst, sends a line naming its own address and
+// checks the answer is about that line: the reply reached this
+// connection. It returns the open connection.
+func talkTo(ns *testutils.NetNS, network, dst string) (net.Conn, error) {
+	var c net.Conn
+	err := ns.Do(func() (err error) {
+		c, err = net.DialTimeout(network, dst, 2*time.Second)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(c, "hello from %s\n", c.LocalAddr()); err != nil {
+		c.Close()
+		return nil, err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	if want := fmt.Sprintf("says hello from %s\n", c.LocalAddr()); len(line) < len(want) || line[len(line)-len(want):] != want {
+		c.Close()
+		return nil, fmt.Errorf("reply %q is not for %s", line, c.LocalAddr())
+	}
+	return c, nil
+}
+
+func sysctlIn(t testing.TB, ns *testutils.NetNS, key, value string) {
+	t.Helper()
+	if err := ns.Do(func() error { return os.WriteFile("/proc/sys/"+key, []byte(value), 0o644) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPrivilegedNATSharedWithNorthSouth: masquerading and lb's SNAT mode
+// translate into the node's one NAT table (lb.NorthSouthConfig.NATMap =
+// Datapath.NATMap), to the same node address and the same server port at
+// once. With 8 node ports, 4 pod connections (masqueraded) and 4 client
+// connections to a NodePort whose backend is the server (SNATed) get the
+// 8 distinct ports; every reply reaches its own connection; a ninth flow
+// of either kind finds no port and is dropped with DROP_NAT_NO_MAPPING,
+// counted by the program that dropped it. Two separate tables would hand
+// out the same port twice (both start from the flow's own port or a
+// random one in the same 8) and connections would fail.
+func TestPrivilegedNATSharedWithNorthSouth(t *testing.T) {
+	d, node, world, wan, pods := newMasqWorld(t, Config{})
+	nodeAddr := masqNodeAddr
+	client := testutils.NewNetNS(t)
+	cli := testutils.NewVeth(t, node, "cli0", client, "eth0")
+	for _, x := range []struct {
+		ns   *testutils.NetNS
+		name string
+		addr string
+	}{{node, "cli0", "198.51.100.1"}, {client, "eth0", "198.51.100.2"}} {
+		nl := x.ns.Netlink(t)
+		l, err := nl.LinkByName(x.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(x.addr), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The translated packets carry node addresses as sources when the
+	// stack routes them (the SNATed request, and the reply from the
+	// NodePort, the node's own address): IPv4 drops them as martians
+	// unless the receiving interface accepts local sources.
+	sysctlIn(t, node, "net/ipv4/conf/cli0/accept_local", "1")
+	sysctlIn(t, node, "net/ipv4/conf/wan0/accept_local", "1")
+
+	const portMin, portMax = 61000, 61007
+	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: nodeAddr, Exclude: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, PortMin: portMin, PortMax: portMax, GCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	ns, err := lb.NewNorthSouth(lb.NorthSouthConfig{MaglevTableSize: 251, SNATAddrs: []netip.Addr{nodeAddr}, NATMap: d.NATMap(), NATPortMin: portMin, NATPortMax: portMax, NATGCInterval: -1})
+	testutils.SkipIfNotSupported(t, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	fe := lb.Frontend{Addr: netip.MustParseAddrPort("198.51.100.1:30080"), Protocol: nodeplane.ProtoTCP}
+	if err := ns.Upsert(lb.Service{Frontend: fe, Type: lb.NodePort, Algorithm: lb.AlgorithmMaglev}, []lb.Backend{{Addr: netip.MustParseAddrPort("203.0.113.2:9000")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Do(func() error {
+		for _, idx := range []int{cli.Index, wan.Index} {
+			if _, err := ns.Attach(idx, lb.AttachAuto); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		testutils.SkipIfNotSupported(t, err)
+		t.Fatal(err)
+	}
+	seen := recordingServer(t, world, "tcp4", "203.0.113.2:9000")
+
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	for i := range 4 {
+		for _, dial := range []func() (net.Conn, error){
+			func() (net.Conn, error) { return talkTo(pods[i%len(pods)], "tcp4", "203.0.113.2:9000") },
+			func() (net.Conn, error) { return talkTo(client, "tcp4", fe.Addr.String()) },
+		} {
+			wg.Go(func() {
+				c, err := dial()
+				if err != nil {
+					t.Errorf("connection: %v", err)
+					return
+				}
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+			})
+		}
+	}
+	wg.Wait()
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	got := seen()
+	for src := range got {
+		if src.Addr() != nodeAddr || src.Port() < portMin || src.Port() > portMax {
+			t.Errorf("the server saw %v, want %v:[%d,%d]", src, nodeAddr, portMin, portMax)
+		}
+	}
+	if len(conns) != 8 || len(got) != 8 {
+		t.Fatalf("%d connections open, the server saw %d distinct sources; want 8 each", len(conns), len(got))
+	}
+	st, err := nat.New(d.NATMap(), nat.Lifetimes{}).Stats()
+	if err != nil || st.Flows != 8 || st.Services != 4 {
+		t.Errorf("NAT table: %+v (%v), want 8 flows, 4 of them the service's", st, err)
+	}
+	if n, err := ns.NATFlows(); err != nil || n != 8 {
+		t.Errorf("NorthSouth sees %d flows (%v), want the same 8", n, err)
+	}
+
+	// A ninth flow of either kind: no port left.
+	if c, err := talkTo(pods[0], "tcp4", "203.0.113.2:9000"); err == nil {
+		c.Close()
+		t.Error("a ninth (masqueraded) connection succeeded")
+	}
+	if c, err := talkTo(client, "tcp4", fe.Addr.String()); err == nil {
+		c.Close()
+		t.Error("a ninth (SNATed) connection succeeded")
+	}
+	md, err := m.Drops()
+	if err != nil || md[monitor.DropNATNoMapping] == 0 {
+		t.Errorf("masquerade drops %v (%v), want DROP_NAT_NO_MAPPING", md, err)
+	}
+	nd, err := ns.Drops()
+	if err != nil || nd[monitor.DropNATNoMapping] == 0 {
+		t.Errorf("north-south drops %v (%v), want DROP_NAT_NO_MAPPING", nd, err)
+	}
+	if len(seen()) != 0 {
+		t.Error("the server saw a ninth connection")
+	}
+}
