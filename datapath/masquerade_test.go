@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/internal/nat"
@@ -30,43 +30,7 @@ func TestPrivilegedMasquerade(t *testing.T) {
 	nodeAddr, worldAddr := masqNodeAddr, masqWorldAddr
 
 	// The server records who connects.
-	var mu sync.Mutex
-	sources := map[netip.AddrPort]bool{}
-	var ln net.Listener
-	if err := world.Do(func() (err error) { ln, err = net.Listen("tcp4", "203.0.113.2:9000"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			sources[c.RemoteAddr().(*net.TCPAddr).AddrPort()] = true
-			mu.Unlock()
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				line, err := r.ReadString('\n')
-				if err == nil {
-					fmt.Fprintf(c, "%s says %s", c.RemoteAddr(), line)
-				}
-				_, _ = r.ReadByte() // hold the connection until the client closes
-			}()
-		}
-	}()
-	seen := func() map[netip.AddrPort]bool {
-		mu.Lock()
-		defer mu.Unlock()
-		out := map[netip.AddrPort]bool{}
-		for k := range sources {
-			out[k] = true
-		}
-		clear(sources)
-		return out
-	}
+	seen := recordingServer(t, world, "tcp4", "203.0.113.2:9000")
 
 	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: nodeAddr, Exclude: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
 	if err != nil {
@@ -265,41 +229,47 @@ func TestPrivilegedMasquerade(t *testing.T) {
 }
 
 var (
-	masqNodeAddr  = netip.MustParseAddr("203.0.113.1")
-	masqWorldAddr = netip.MustParseAddr("203.0.113.2")
+	masqNodeAddr   = netip.MustParseAddr("203.0.113.1")
+	masqWorldAddr  = netip.MustParseAddr("203.0.113.2")
+	masqNodeAddr6  = netip.MustParseAddr("fd00:203::1")
+	masqWorldAddr6 = netip.MustParseAddr("fd00:203::2")
 )
 
-// newMasqWorld is a node with three endpoints (10.1.0.10-12, allowed to
-// send to the world) and a "world" namespace behind the node's external
-// interface wan0 (node 203.0.113.1/24, world 203.0.113.2/24). The node
+// newMasqWorld is a node with three endpoints (10.1.0.10-12 and
+// fd00:0:0:10::10-12, allowed to send to the world) and a "world"
+// namespace behind the node's external interface wan0 (node
+// 203.0.113.1/24 and fd00:203::1/64, world .2 and ::2). The node
 // forwards; the world has no route to the pods.
 func newMasqWorld(t testing.TB, cfg Config) (*Datapath, *testutils.NetNS, *testutils.NetNS, *testutils.Veth, []*testutils.NetNS) {
 	d, node := newTestDatapath(t, cfg)
 	world := testutils.NewNetNS(t)
 	wan := testutils.NewVeth(t, node, "wan0", world, "eth0")
-	nodeAddr, worldAddr := masqNodeAddr, masqWorldAddr
 	for _, x := range []struct {
 		ns   *testutils.NetNS
 		name string
 		addr netip.Addr
-	}{{node, "wan0", nodeAddr}, {world, "eth0", worldAddr}} {
+		bits int
+	}{
+		{node, "wan0", masqNodeAddr, 24}, {world, "eth0", masqWorldAddr, 24},
+		{node, "wan0", masqNodeAddr6, 64}, {world, "eth0", masqWorldAddr6, 64},
+	} {
 		nl := x.ns.Netlink(t)
 		l, err := nl.LinkByName(x.name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: x.addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: x.addr.AsSlice(), Mask: net.CIDRMask(x.bits, x.addr.BitLen())}, Flags: unix.IFA_F_NODAD}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := node.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) }); err != nil {
-		t.Fatal(err)
-	}
+	sysctlIn(t, node, "net/ipv4/ip_forward", "1")
+	sysctlIn(t, node, "net/ipv6/conf/all/forwarding", "1")
 
 	var pods []*testutils.NetNS
 	for i := range 3 {
 		ns := testutils.NewNetNS(t)
-		ep, err := d.AddEndpoint(EndpointConfig{ID: EndpointID(i + 1), Identity: identity.ID(1000 + i), IPv4: netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}), NetNS: nsPath(ns)})
+		ep, err := d.AddEndpoint(EndpointConfig{ID: EndpointID(i + 1), Identity: identity.ID(1000 + i), IPv4: netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}),
+			IPv6: netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 15: byte(0x10 + i)}), NetNS: nsPath(ns)})
 		if err != nil {
 			t.Fatal(err)
 		}
