@@ -232,3 +232,199 @@ func TestPrivilegedNATSharedWithNorthSouth(t *testing.T) {
 		t.Error("the server saw a ninth connection")
 	}
 }
+
+// echoLine writes a line on c and reads it back from an echo server.
+func echoLine(c net.Conn, line string) error {
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := fmt.Fprintln(c, line); err != nil {
+		return err
+	}
+	got, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if got != line+"\n" {
+		return fmt.Errorf("echo %q, sent %q", got, line)
+	}
+	return nil
+}
+
+func natDrops(t *testing.T, m *Masquerade) uint64 {
+	t.Helper()
+	d, err := m.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d[monitor.DropNATNoMapping]
+}
+
+// TestPrivilegedMasqueradeCollisions: with 8 node ports and 7 of them
+// taken for flows to the server's port, a new connection gets exactly the
+// free one; with none free the next is dropped with DROP_NAT_NO_MAPPING,
+// counted; a connection to another server port still gets a port (ports
+// are per outside address and port).
+func TestPrivilegedMasqueradeCollisions(t *testing.T) {
+	d, _, world, wan, pods := newMasqWorld(t, Config{})
+	const portMin, portMax, free = 61000, 61007, 61005
+	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: masqNodeAddr, PortMin: portMin, PortMax: portMax, GCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	seen := recordingServer(t, world, "tcp4", "203.0.113.2:9000")
+	recordingServer(t, world, "tcp4", "203.0.113.2:9001")
+
+	k := natKey{SrcAddr: addr16(masqWorldAddr), DstAddr: addr16(masqNodeAddr), SrcPort: nat.PortBytes(9000), Proto: 6, Family: nat.FamilyV4, Dir: nat.Ingress}
+	for p := portMin; p <= portMax; p++ {
+		if p == free {
+			continue
+		}
+		k.DstPort = nat.PortBytes(uint16(p))
+		if err := d.maps.nat.Put(k, natEntry{Addr: addr16(netip.MustParseAddr("10.9.9.9")), Port: nat.PortBytes(1), Created: uint64(nat.Now())}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := talkTo(pods[0], "tcp4", "203.0.113.2:9000")
+	if err != nil {
+		t.Fatalf("with one free port: %v", err)
+	}
+	defer c.Close()
+	if got := seen(); len(got) != 1 || !got[netip.AddrPortFrom(masqNodeAddr, free)] {
+		t.Errorf("server saw %v, want only %v:%d", got, masqNodeAddr, free)
+	}
+	before := natDrops(t, m)
+	if c, err := talkTo(pods[1], "tcp4", "203.0.113.2:9000"); err == nil {
+		c.Close()
+		t.Error("a connection succeeded with no port free")
+	}
+	if after := natDrops(t, m); after <= before {
+		t.Errorf("DROP_NAT_NO_MAPPING %d -> %d, want the refused flow counted", before, after)
+	}
+	c2, err := talkTo(pods[1], "tcp4", "203.0.113.2:9001")
+	if err != nil {
+		t.Fatalf("to another server port: %v", err)
+	}
+	c2.Close()
+}
+
+// TestPrivilegedMasqueradeFullTable: when the NAT table is full, an
+// established flow keeps its translation, a new flow is dropped with
+// DROP_NAT_NO_MAPPING and counted (no entry is evicted, so no flow is
+// ever translated with another's port); once entries are freed new flows
+// pass again.
+func TestPrivilegedMasqueradeFullTable(t *testing.T) {
+	d, _, world, wan, pods := newMasqWorld(t, Config{})
+	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: masqNodeAddr, GCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	testutils.ServeEcho(t, world, "tcp4", "203.0.113.2:9001")
+	dial := func(pod *testutils.NetNS) (net.Conn, error) {
+		var c net.Conn
+		err := pod.Do(func() (err error) { c, err = net.DialTimeout("tcp4", "203.0.113.2:9001", 2*time.Second); return err })
+		return c, err
+	}
+	old, err := dial(pods[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := echoLine(old, "before"); err != nil {
+		t.Fatal(err)
+	}
+
+	var filler []natKey
+	t.Cleanup(func() {
+		for _, k := range filler {
+			_ = d.maps.nat.Delete(k)
+		}
+	})
+	for i := 0; ; i++ {
+		k := natKey{SrcAddr: [16]byte{198, 19, byte(i >> 8), byte(i)}, DstAddr: [16]byte{192, 0, 2, 1}, SrcPort: nat.PortBytes(1), DstPort: nat.PortBytes(2), Proto: 17, Family: nat.FamilyV4}
+		if err := d.maps.nat.Put(k, natEntry{Seen: uint64(nat.Now())}); err != nil {
+			if len(filler) == 0 {
+				t.Fatal(err)
+			}
+			break
+		}
+		filler = append(filler, k)
+	}
+	if err := echoLine(old, "when full"); err != nil {
+		t.Errorf("established flow in a full table: %v", err)
+	}
+	before := natDrops(t, m)
+	if c, err := dial(pods[1]); err == nil {
+		c.Close()
+		t.Error("a new connection succeeded in a full table")
+	}
+	if after := natDrops(t, m); after <= before {
+		t.Errorf("DROP_NAT_NO_MAPPING %d -> %d, want the refused flow counted", before, after)
+	}
+	for _, k := range filler[:10] {
+		if err := d.maps.nat.Delete(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := dial(pods[1])
+	if err != nil {
+		t.Fatalf("after freeing entries: %v", err)
+	}
+	defer c.Close()
+	if err := echoLine(c, "after"); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestPrivilegedMasqueradePeriodicGC: with GCInterval set, closed
+// connections' translations disappear by themselves once CloseLifetime
+// has passed since their FIN; an open connection's stays and keeps
+// working.
+func TestPrivilegedMasqueradePeriodicGC(t *testing.T) {
+	d, _, world, wan, pods := newMasqWorld(t, Config{CloseLifetime: time.Second})
+	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: masqNodeAddr, GCInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	testutils.ServeEcho(t, world, "tcp4", "203.0.113.2:9001")
+	var open net.Conn
+	for i := range 6 {
+		var c net.Conn
+		if err := pods[i%len(pods)].Do(func() (err error) { c, err = net.DialTimeout("tcp4", "203.0.113.2:9001", 2*time.Second); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if err := echoLine(c, "hi"); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			open = c
+			defer c.Close()
+			continue
+		}
+		c.Close()
+	}
+	if n, err := m.Mappings(); err != nil || n != 6 {
+		t.Fatalf("%d flows (%v), want 6", n, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, err := m.Mappings()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d flows 5 s after closing, want the open one only", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := echoLine(open, "still here"); err != nil {
+		t.Errorf("open connection after GC: %v", err)
+	}
+	if n, err := m.Mappings(); err != nil || n != 1 {
+		t.Errorf("%d flows (%v), want the open one", n, err)
+	}
+}
