@@ -269,7 +269,7 @@ func newMasqWorld(t testing.TB, cfg Config) (*Datapath, *testutils.NetNS, *testu
 	for i := range 3 {
 		ns := testutils.NewNetNS(t)
 		ep, err := d.AddEndpoint(EndpointConfig{ID: EndpointID(i + 1), Identity: identity.ID(1000 + i), IPv4: netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}),
-			IPv6: netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 15: byte(0x10 + i)}), NetNS: nsPath(ns)})
+			IPv6: netip.AddrFrom16([16]byte{0xfd, 7: 0x10, 15: byte(0x10 + i)}), NetNS: nsPath(ns)})
 		if err != nil {
 			t.Fatal(err)
 		}
