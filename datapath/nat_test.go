@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -426,5 +427,31 @@ func TestPrivilegedMasqueradePeriodicGC(t *testing.T) {
 	}
 	if n, err := m.Mappings(); err != nil || n != 1 {
 		t.Errorf("%d flows (%v), want the open one", n, err)
+	}
+}
+
+func TestMasqueradeConfigValidate(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("fd00::1")
+	for _, tc := range []struct {
+		cfg MasqueradeConfig
+		ok  bool
+	}{
+		{MasqueradeConfig{Ifindex: 1, Address: v4}, true},
+		{MasqueradeConfig{Ifindex: 1, Address6: v6}, true},
+		{MasqueradeConfig{Ifindex: 1, Address: v4, Address6: v6, Exclude: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/48")}, PortMin: 1024, PortMax: 2047}, true},
+		{MasqueradeConfig{Address: v4}, false},
+		{MasqueradeConfig{Ifindex: 1}, false},
+		{MasqueradeConfig{Ifindex: 1, Address: v6}, false},
+		{MasqueradeConfig{Ifindex: 1, Address6: v4}, false},
+		{MasqueradeConfig{Ifindex: 1, Address6: netip.MustParseAddr("::ffff:1.2.3.4")}, false},
+		{MasqueradeConfig{Ifindex: 1, Address: netip.IPv4Unspecified()}, false},
+		{MasqueradeConfig{Ifindex: 1, Address: v4, Exclude: []netip.Prefix{{}}}, false},
+		{MasqueradeConfig{Ifindex: 1, Address: v4, PortMin: 1}, false},
+		{MasqueradeConfig{Ifindex: 1, Address: v4, PortMin: 3000, PortMax: 2000}, false},
+	} {
+		_, _, err := tc.cfg.validate()
+		if tc.ok != (err == nil) || err != nil && !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%+v: %v (want ok %v, or ErrInvalidConfig)", tc.cfg, err, tc.ok)
+		}
 	}
 }

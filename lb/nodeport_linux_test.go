@@ -628,3 +628,56 @@ func TestPrivilegedNorthSouthRefusesClusterIP(t *testing.T) {
 		}
 	}
 }
+
+// TestPrivilegedNorthSouthNATConfig: a NATMap that is not a NAT table
+// and a bad port range are refused before anything is loaded; a NAT
+// table passed in is the one the programs use, and stays open after
+// Close.
+func TestPrivilegedNorthSouthNATConfig(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	wrong, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 40, ValueSize: 16, MaxEntries: 65536})
+	testutils.SkipIfNotSupported(t, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wrong.Close()
+	for _, cfg := range []NorthSouthConfig{
+		{NATMap: wrong},
+		{NATPortMin: 100},
+		{NATPortMin: 2000, NATPortMax: 1000},
+	} {
+		if ns, err := NewNorthSouth(cfg); !errors.Is(err, ErrInvalidConfig) {
+			if ns != nil {
+				ns.Close()
+			}
+			t.Errorf("%+v: %v, want ErrInvalidConfig", cfg, err)
+		}
+	}
+	table, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 40, ValueSize: 56, MaxEntries: 65536})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer table.Close()
+	snat := netip.MustParseAddr("10.1.0.1")
+	ns, err := NewNorthSouth(NorthSouthConfig{MaglevTableSize: 251, SNATAddrs: []netip.Addr{snat}, NATMap: table, NATGCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe := Frontend{netip.MustParseAddrPort("10.99.0.1:80"), nodeplane.ProtoTCP}
+	if err := ns.Upsert(Service{Frontend: fe, Type: LoadBalancer}, []Backend{{Addr: netip.MustParseAddrPort("10.20.0.2:8080")}}); err != nil {
+		t.Fatal(err)
+	}
+	runProg(t, ns.objs.NpNodeportXdp, testPkt{src: netip.MustParseAddrPort("198.18.0.1:1000"), dst: fe.Addr, proto: 6}.bytes())
+	if err := ns.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	var k nat.Key
+	var v nat.Entry
+	for it := table.Iterate(); it.Next(&k, &v); {
+		n++
+	}
+	if n != 2 {
+		t.Errorf("the table passed in holds %d entries after one SNAT flow and Close, want 2", n)
+	}
+}
