@@ -51,6 +51,9 @@ type NorthSouthConfig struct {
 	// 10s after FIN or RST, others 60s). Zero means
 	// DefaultNATGCInterval; negative means never (call
 	// [NorthSouth.GCNAT] yourself). Without SNAT nothing is collected.
+	// Sharing the datapath's table, leave collection to its Masquerade
+	// (negative here): two collectors with different lifetimes on one
+	// table remove flows at the shorter one.
 	NATGCInterval time.Duration
 
 	// DSR switches on direct server return (exclusive with SNATAddrs):
