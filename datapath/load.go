@@ -91,6 +91,7 @@ func loadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 		datapathMapNpPolicy:    cfg.MaxEndpoints,
 		datapathMapNpEvents:    cfg.EventsBufferSize,
 		datapathMapNpEdt:       cfg.MaxEndpoints,
+		datapathMapNpNat:       cfg.NATMaxEntries,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = uint32(n)

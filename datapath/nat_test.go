@@ -112,8 +112,11 @@ func sysctlIn(t testing.TB, ns *testutils.NetNS, key, value string) {
 // counted by the program that dropped it. Two separate tables would hand
 // out the same port twice (both start from the flow's own port or a
 // random one in the same 8) and connections would fail.
+//
+// The datapath's table has a size of its own (NATMaxEntries), which lb
+// takes on.
 func TestPrivilegedNATSharedWithNorthSouth(t *testing.T) {
-	d, node, world, wan, pods := newMasqWorld(t, Config{})
+	d, node, world, wan, pods := newMasqWorld(t, Config{NATMaxEntries: 4096})
 	nodeAddr := masqNodeAddr
 	client := testutils.NewNetNS(t)
 	cli := testutils.NewVeth(t, node, "cli0", client, "eth0")

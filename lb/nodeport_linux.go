@@ -191,6 +191,8 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 	np := &NorthSouth{dsr: cfg.DSR, builder: builder, size: size, services: map[Frontend]*npService{}, vips: map[netip.Addr]int{}}
 	var opts *ebpf.CollectionOptions
 	if cfg.NATMap != nil {
+		// The node's table is sized by its owner.
+		spec.Maps[nodeportMapNpNat].MaxEntries = cfg.NATMap.MaxEntries()
 		opts = &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{nodeportMapNpNat: cfg.NATMap}}
 	}
 	if err := spec.LoadAndAssign(&np.objs, opts); err != nil {
