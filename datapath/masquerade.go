@@ -77,7 +77,9 @@ type MasqueradeConfig struct {
 // taken by creating its reverse entry only if it does not exist. A new
 // flow tries 32 ports; if all are taken, or the table is full, its packet
 // is dropped and counted under DROP_NAT_NO_MAPPING ([Masquerade.Drops]).
-// IPv4 fragments, IPv6 extension headers and ICMP errors are not
+// ICMP errors about a translated flow (unreachable, packet too big, time
+// exceeded, parameter problem) reach the endpoint with the quoted packet
+// translated back. IPv4 fragments and IPv6 extension headers are not
 // translated. It belongs to the process (not pinned); Close detaches it.
 type Masquerade struct {
 	d     *Datapath

@@ -3,10 +3,12 @@ package datapath
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -243,5 +245,35 @@ func TestPrivilegedMasqueradeICMP(t *testing.T) {
 	}
 	if n, err := m.Mappings(); err != nil || n != 2*len(pods) {
 		t.Errorf("%d flows (%v), want %d echo flows", n, err, 2*len(pods))
+	}
+}
+
+// TestPrivilegedMasqueradeICMPErrors: the world's ICMP port unreachable
+// about a masqueraded UDP flow reaches the pod's socket as "connection
+// refused", over IPv4 and IPv6. Untranslated, the error would be addressed
+// to the node's port and the pod's read would time out.
+func TestPrivilegedMasqueradeICMPErrors(t *testing.T) {
+	d, _, _, wan, pods := newMasqWorld(t, Config{})
+	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: masqNodeAddr, Address6: masqNodeAddr6, GCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	for _, dst := range []string{"203.0.113.2:9999", "[fd00:203::2]:9999"} {
+		t.Run(dst, func(t *testing.T) {
+			var c net.Conn
+			if err := pods[0].Do(func() (err error) { c, err = net.Dial("udp", dst); return err }); err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(3 * time.Second))
+			if _, err := c.Write([]byte("anyone?")); err != nil {
+				t.Fatal(err)
+			}
+			_, err := c.Read(make([]byte, 16))
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("read: %v, want connection refused (the world's port unreachable)", err)
+			}
+		})
 	}
 }

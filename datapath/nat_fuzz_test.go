@@ -85,6 +85,10 @@ func FuzzNATPrograms(f *testing.F) {
 		f.Add(b, true)
 		f.Add(b[:len(b)-4], false)
 	}
+	// An ICMP error about the UDP flow above (its port 61234 is in the
+	// range, so kept).
+	quoted := mustBytes(f, TestPacket{Src: masqNodeAddr, Dst: masqWorldAddr, Proto: nodeplane.ProtoUDP, SrcPort: 61234, DstPort: 53, Payload: []byte("x")})[14:42]
+	f.Add(mustBytes(f, TestPacket{Src: masqWorldAddr, Dst: masqNodeAddr, Proto: nodeplane.ProtoICMP, ICMPType: 3, ICMPCode: 3, Payload: quoted}), true)
 	d, _, _, wan, _ := newMasqWorld(f, Config{})
 	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: masqNodeAddr, Address6: masqNodeAddr6, GCInterval: -1})
 	if err != nil {

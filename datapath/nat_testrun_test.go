@@ -131,6 +131,49 @@ func TestPrivilegedNATTestRun(t *testing.T) {
 		})
 	}
 
+	// ICMP errors about a translated flow come back to the pod: the
+	// outer destination and the quoted source (address, port or echo
+	// identifier) are the pod's again, every checksum right but the
+	// quoted L4 one, which stays as it was.
+	for _, tc := range []struct {
+		name  string
+		flow  TestPacket
+		typ   uint8
+		code  uint8
+		proto nodeplane.Protocol
+	}{
+		{"port unreachable", TestPacket{Src: pod4, Dst: masqWorldAddr, Proto: nodeplane.ProtoUDP, SrcPort: 5001, DstPort: 9999}, 3, 3, nodeplane.ProtoICMP},
+		{"fragmentation needed", TestPacket{Src: pod4, Dst: masqWorldAddr, Proto: nodeplane.ProtoTCP, SrcPort: 5002, DstPort: 80, TCPFlags: TCPAck}, 3, 4, nodeplane.ProtoICMP},
+		{"echo time exceeded", TestPacket{Src: pod4, Dst: masqWorldAddr, Proto: nodeplane.ProtoICMP, ICMPType: 8, ICMPID: 77}, 11, 0, nodeplane.ProtoICMP},
+		{"IPv6 packet too big", TestPacket{Src: pod6, Dst: masqWorldAddr6, Proto: nodeplane.ProtoTCP, SrcPort: 5003, DstPort: 443, TCPFlags: TCPAck}, 2, 0, nodeplane.ProtoICMPv6},
+		{"IPv6 port unreachable", TestPacket{Src: pod6, Dst: masqWorldAddr6, Proto: nodeplane.ProtoUDP, SrcPort: 5004, DstPort: 9999}, 1, 4, nodeplane.ProtoICMPv6},
+	} {
+		t.Run("ICMP error/"+tc.name, func(t *testing.T) {
+			node := masqNodeAddr
+			hl := 20
+			if tc.flow.Src.Is6() {
+				node, hl = masqNodeAddr6, 40
+			}
+			_, out := runNAT(t, m.egr, mustBytes(t, tc.flow))
+			port := natPort(out, tc.flow)
+			// The error quotes the translated packet's IP header and
+			// the first 8 bytes of its L4 header.
+			quoted := out[14 : 14+hl+8]
+			errPkt := TestPacket{Src: tc.flow.Dst, Dst: node, Proto: tc.proto, ICMPType: tc.typ, ICMPCode: tc.code, Payload: quoted}
+			orig := mustBytes(t, tc.flow)[14 : 14+hl+8]
+			want := bytes.Clone(orig)
+			// The quoted L4 checksum stays the translated packet's.
+			if off := l4ChecksumOffset(tc.flow.Proto); off >= 0 && off+2 <= 8 {
+				copy(want[hl+off:hl+off+2], quoted[hl+off:hl+off+2])
+			}
+			wantPkt := TestPacket{Src: tc.flow.Dst, Dst: tc.flow.Src, Proto: tc.proto, ICMPType: tc.typ, ICMPCode: tc.code, Payload: want}
+			ret, in := runNAT(t, m.ing, mustBytes(t, errPkt))
+			if ret != 0 || !sameWire(in, mustBytes(t, wantPkt)) {
+				t.Fatalf("port %d, verdict %d:\n got % x\nwant % x", port, ret, in, mustBytes(t, wantPkt))
+			}
+		})
+	}
+
 	// A reply to lb's SNAT flow (NP_NAT_F_REVDNAT) that reaches the
 	// masquerading ingress program (lb's own program not on this
 	// interface) comes back from the frontend to the client.
@@ -159,7 +202,9 @@ func TestPrivilegedNATTestRun(t *testing.T) {
 		{"excluded IPv6 destination", m.egr, TestPacket{Src: pod6, Dst: netip.MustParseAddr("fd00:0:0:10::99"), Proto: nodeplane.ProtoUDP, SrcPort: 1, DstPort: 2}},
 		{"not an endpoint", m.egr, TestPacket{Src: netip.MustParseAddr("10.1.0.99"), Dst: masqWorldAddr, Proto: nodeplane.ProtoTCP, SrcPort: 1, DstPort: 2}},
 		{"the node itself", m.egr, TestPacket{Src: masqNodeAddr, Dst: masqWorldAddr, Proto: nodeplane.ProtoTCP, SrcPort: 1, DstPort: 2}},
-		{"ICMP error", m.egr, TestPacket{Src: pod4, Dst: masqWorldAddr, Proto: nodeplane.ProtoICMP, ICMPType: 3, ICMPCode: 3}},
+		{"ICMP error out", m.egr, TestPacket{Src: pod4, Dst: masqWorldAddr, Proto: nodeplane.ProtoICMP, ICMPType: 3, ICMPCode: 3}},
+		{"ICMP error about no flow", m.ing, TestPacket{Src: masqWorldAddr, Dst: masqNodeAddr, Proto: nodeplane.ProtoICMP, ICMPType: 3, ICMPCode: 3,
+			Payload: mustBytes(t, TestPacket{Src: masqNodeAddr, Dst: masqWorldAddr, Proto: nodeplane.ProtoUDP, SrcPort: 61999, DstPort: 9})[14:42]}},
 		{"ICMP echo reply out", m.egr, TestPacket{Src: pod4, Dst: masqWorldAddr, Proto: nodeplane.ProtoICMP, ICMPType: 0, ICMPID: 9}},
 		{"reply to no flow", m.ing, TestPacket{Src: masqWorldAddr, Dst: masqNodeAddr, Proto: nodeplane.ProtoTCP, SrcPort: 80, DstPort: 61001}},
 		{"not to the node", m.ing, TestPacket{Src: masqWorldAddr, Dst: netip.MustParseAddr("203.0.113.9"), Proto: nodeplane.ProtoUDP, SrcPort: 80, DstPort: 61001}},

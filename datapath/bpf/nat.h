@@ -21,7 +21,8 @@
  *                   program did not run first); anything else (the node's
  *                   own traffic) passes untouched.
  *
- * IPv4 fragments, IPv6 extension headers and ICMP errors are not
+ * ICMP errors about translated flows are translated back too
+ * (np_nat_icmp_error). IPv4 fragments and IPv6 extension headers are not
  * translated. Included by datapath.c after its helpers.
  */
 
@@ -96,7 +97,8 @@ struct np_nat_pkt {
 
 /* np_nat_parse reads an unfragmented IPv4 or IPv6 (no extension headers)
  * TCP or UDP packet, or an ICMP echo request (egress) or reply (ingress);
- * -1 for anything else, which NAT leaves alone. */
+ * -1 for anything else, which NAT leaves alone (ingress: unless it is an
+ * ICMP error, np_nat_icmp_error). */
 static __always_inline int np_nat_parse(struct __sk_buff *skb, struct np_nat_pkt *p, int egress)
 {
 	__u8 icmp_echo;
@@ -234,6 +236,151 @@ int np_nat_egress(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/* np_nat_icmp_error translates an ICMP error (IPv4 destination
+ * unreachable, time exceeded, parameter problem; ICMPv6 destination
+ * unreachable, packet too big, time exceeded, parameter problem) about a
+ * translated flow back to the endpoint, as Cilium's SNAT does: the outer
+ * destination becomes the endpoint, and the quoted packet (which left with
+ * the node's address and port) gets the endpoint's address and port back,
+ * with the ICMP checksum and the quoted IPv4 header checksum updated. The
+ * quoted L4 checksum is left alone (it is often cut off, and no stack
+ * checks it). Anything else passes untouched. */
+static __always_inline int np_nat_icmp_error(struct __sk_buff *skb, const struct np_nat_config *cfg)
+{
+	struct np_nat_key key = {};
+	struct np_nat_entry *e, r;
+	__u8 node[16], outer_dst[16] = {}, type, iproto, family;
+	__u32 l4off, in_l3, in_l4, in_src, csum;
+	__be16 iports[2], from_port;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip, in;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5 ||
+		    ip.protocol != IPPROTO_ICMP || (bpf_ntohs(ip.frag_off) & (IP_MF | IP_OFFSET)))
+			return TC_ACT_OK;
+		l4off = ETH_HLEN + ip.ihl * 4;
+		if (bpf_skb_load_bytes(skb, l4off, &type, 1) < 0 || (type != 3 && type != 11 && type != 12))
+			return TC_ACT_OK;
+		in_l3 = l4off + 8;
+		if (bpf_skb_load_bytes(skb, in_l3, &in, sizeof(in)) < 0 || in.version != 4 || in.ihl < 5)
+			return TC_ACT_OK;
+		family = NP_NAT_FAMILY_V4;
+		__builtin_memcpy(outer_dst, &ip.daddr, 4);
+		iproto = in.protocol;
+		in_l4 = in_l3 + in.ihl * 4;
+		in_src = in_l3 + offsetof(struct iphdr, saddr);
+		__builtin_memcpy(key.saddr, &in.daddr, 4);
+		__builtin_memcpy(key.daddr, &in.saddr, 4);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6, in6;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0 || ip6.nexthdr != NP_NAT_ICMPV6)
+			return TC_ACT_OK;
+		l4off = ETH_HLEN + sizeof(ip6);
+		if (bpf_skb_load_bytes(skb, l4off, &type, 1) < 0 || type < 1 || type > 4)
+			return TC_ACT_OK;
+		in_l3 = l4off + 8;
+		if (bpf_skb_load_bytes(skb, in_l3, &in6, sizeof(in6)) < 0)
+			return TC_ACT_OK;
+		family = NP_NAT_FAMILY_V6;
+		__builtin_memcpy(outer_dst, &ip6.daddr, 16);
+		iproto = in6.nexthdr;
+		in_l4 = in_l3 + sizeof(in6);
+		in_src = in_l3 + offsetof(struct ipv6hdr, saddr);
+		__builtin_memcpy(key.saddr, &in6.daddr, 16);
+		__builtin_memcpy(key.daddr, &in6.saddr, 16);
+	} else {
+		return TC_ACT_OK;
+	}
+	/* To the node, about a packet that left from the node. */
+	if (!np_nat_node(cfg, family, node) || __builtin_memcmp(outer_dst, node, 16) ||
+	    __builtin_memcmp(key.daddr, node, 16))
+		return TC_ACT_OK;
+	if (bpf_skb_load_bytes(skb, in_l4, iports, sizeof(iports)) < 0)
+		return TC_ACT_OK;
+	switch (iproto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		key.sport = iports[1];
+		key.dport = iports[0];
+		from_port = iports[0];
+		break;
+	case IPPROTO_ICMP:
+	case NP_NAT_ICMPV6: {
+		__u8 itype;
+		__be16 id;
+
+		/* The quoted packet is an echo request: its identifier. */
+		if (bpf_skb_load_bytes(skb, in_l4, &itype, 1) < 0 || bpf_skb_load_bytes(skb, in_l4 + 4, &id, 2) < 0 ||
+		    itype != (family == NP_NAT_FAMILY_V4 ? 8 : 128) || (iproto == IPPROTO_ICMP) != (family == NP_NAT_FAMILY_V4))
+			return TC_ACT_OK;
+		key.sport = 0;
+		key.dport = id;
+		from_port = id;
+		break;
+	}
+	default:
+		return TC_ACT_OK;
+	}
+	key.proto = iproto;
+	key.family = family;
+	key.dir = NP_NAT_INGRESS;
+	e = bpf_map_lookup_elem(&np_nat, &key);
+	if (!e || (e->flags & NP_NAT_F_REVDNAT)) /* service flows: lb's */
+		return TC_ACT_OK;
+	__builtin_memcpy(&r, e, sizeof(r));
+	csum = l4off + 2;
+
+	/* The outer destination: the node's address -> the endpoint's. */
+	if (family == NP_NAT_FAMILY_V4) {
+		__be32 from, to;
+
+		__builtin_memcpy(&from, node, 4);
+		__builtin_memcpy(&to, r.addr, 4);
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from, to, 4) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), &to, 4, 0) < 0)
+			return np_nat_drop(NP_DROP_INVALID);
+		/* The quoted source, its header checksum; the ICMP checksum
+		 * covers both. */
+		__u16 icheck, ncheck;
+		if (bpf_skb_load_bytes(skb, in_l3 + offsetof(struct iphdr, check), &icheck, 2) < 0)
+			return TC_ACT_OK;
+		ncheck = icheck;
+		csum_replace4(&ncheck, from, to);
+		if (bpf_l4_csum_replace(skb, csum, from, to, 4) < 0 ||
+		    bpf_l4_csum_replace(skb, csum, icheck, ncheck, 2) < 0 ||
+		    bpf_skb_store_bytes(skb, in_src, &to, 4, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, in_l3 + offsetof(struct iphdr, check), &ncheck, 2, 0) < 0)
+			return np_nat_drop(NP_DROP_INVALID);
+	} else {
+		__u8 from[16], to[16];
+		__s64 diff;
+
+		__builtin_memcpy(from, node, 16);
+		__builtin_memcpy(to, r.addr, 16);
+		diff = bpf_csum_diff((__be32 *)from, 16, (__be32 *)to, 16, 0);
+		if (diff < 0)
+			return TC_ACT_OK;
+		/* Outer destination (pseudo-header) and quoted source
+		 * (payload): the same change twice in the checksum. */
+		if (bpf_l4_csum_replace(skb, csum, 0, diff, BPF_F_PSEUDO_HDR) < 0 ||
+		    bpf_l4_csum_replace(skb, csum, 0, diff, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, daddr), to, 16, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, in_src, to, 16, 0) < 0)
+			return np_nat_drop(NP_DROP_INVALID);
+	}
+	/* The quoted source port (echo identifier). */
+	if (from_port != r.port) {
+		__u32 off = in_l4 + (iproto == IPPROTO_TCP || iproto == IPPROTO_UDP ? 0 : 4);
+
+		if (bpf_l4_csum_replace(skb, csum, from_port, r.port, 2) < 0 ||
+		    bpf_skb_store_bytes(skb, off, &r.port, 2, 0) < 0)
+			return np_nat_drop(NP_DROP_INVALID);
+	}
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int np_nat_ingress(struct __sk_buff *skb)
 {
@@ -243,9 +390,11 @@ int np_nat_ingress(struct __sk_buff *skb)
 	struct np_nat_pkt p = {};
 	__u8 node[16];
 
-	if (!cfg || np_nat_parse(skb, &p, 0) || !np_nat_node(cfg, p.family, node))
+	if (!cfg)
 		return TC_ACT_OK;
-	if (__builtin_memcmp(p.daddr, node, 16))
+	if (np_nat_parse(skb, &p, 0))
+		return np_nat_icmp_error(skb, cfg);
+	if (!np_nat_node(cfg, p.family, node) || __builtin_memcmp(p.daddr, node, 16))
 		return TC_ACT_OK;
 	__builtin_memcpy(key.saddr, p.saddr, 16);
 	__builtin_memcpy(key.daddr, p.daddr, 16);
