@@ -210,7 +210,18 @@ func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err er
 	if interval > 0 {
 		m.gc = m.table.StartGC(interval)
 	}
+	d.mu.Lock()
+	d.masq = m
+	d.mu.Unlock()
 	return m, nil
+}
+
+// stopGC stops the periodic collector, if any.
+func (m *Masquerade) stopGC() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gc.Stop()
+	m.gc = nil
 }
 
 // NATMap returns the node's NAT table, which masquerading translates
@@ -289,14 +300,23 @@ func (m *Masquerade) release() error {
 
 // Close stops the collector, turns masquerading off and detaches the
 // programs. The NAT table keeps its entries (lb may share it). Closing
-// twice is not an error.
+// twice, or after the Datapath, is not an error.
 func (m *Masquerade) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.egr == nil && m.ing == nil {
 		return nil
 	}
-	err := m.d.maps.natConfig.Put(uint32(0), natConfig{})
+	m.d.mu.Lock()
+	if m.d.masq == m {
+		m.d.masq = nil
+	}
+	closed := m.d.closed // the Datapath's maps are gone with it
+	m.d.mu.Unlock()
+	var err error
+	if !closed {
+		err = m.d.maps.natConfig.Put(uint32(0), natConfig{})
+	}
 	err = errors.Join(err, m.release())
 	m.d.unclaim(&m.d.masqOn)
 	return err

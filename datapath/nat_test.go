@@ -458,3 +458,29 @@ func TestMasqueradeConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestPrivilegedMasqueradeCollectorStopsWithDatapath: closing the
+// Datapath under an attached Masquerade stops its NAT collector, which
+// would otherwise run on a closed map; closing the Masquerade afterwards
+// is harmless.
+func TestPrivilegedMasqueradeCollectorStopsWithDatapath(t *testing.T) {
+	d, _, _, wan, _ := newMasqWorld(t, Config{})
+	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: masqNodeAddr, GCInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc := m.gc
+	time.Sleep(50 * time.Millisecond)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	runs := gc.Stats().Runs
+	time.Sleep(50 * time.Millisecond)
+	if gc.Stats().Runs != runs || m.gc != nil {
+		t.Errorf("the collector ran on after Datapath.Close (%d -> %d runs)", runs, gc.Stats().Runs)
+	}
+	if st := gc.Stats(); st.Runs == 0 || st.LastErr != nil {
+		t.Errorf("collector before Close: %+v", st)
+	}
+	_ = m.Close()
+}
