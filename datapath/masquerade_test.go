@@ -1,7 +1,6 @@
 package datapath
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/netip"
@@ -37,34 +36,8 @@ func TestPrivilegedMasquerade(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// talk connects from pod (from local port lport, 0 for any), checks
-	// the reply is addressed to the pod's connection, and returns the
-	// open connection.
 	talk := func(pod *testutils.NetNS, lport int) (net.Conn, error) {
-		var c net.Conn
-		err := pod.Do(func() (err error) {
-			dl := net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{Port: lport}}
-			c, err = dl.Dial("tcp4", "203.0.113.2:9000")
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := fmt.Fprintf(c, "hello from %s\n", c.LocalAddr()); err != nil {
-			c.Close()
-			return nil, err
-		}
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		if want := fmt.Sprintf("says hello from %s\n", c.LocalAddr()); len(line) < len(want) || line[len(line)-len(want):] != want {
-			c.Close()
-			return nil, fmt.Errorf("reply %q is not for %s", line, c.LocalAddr())
-		}
-		return c, nil
+		return talkFrom(pod, "tcp4", "203.0.113.2:9000", lport)
 	}
 
 	t.Run("Concurrent", func(t *testing.T) {

@@ -29,31 +29,13 @@ func TestPrivilegedMasqueradeIPv6(t *testing.T) {
 	seen := recordingServer(t, world, "tcp6", "[fd00:203::2]:9000")
 
 	const perPod = 5
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
+	var dials []func() (net.Conn, error)
 	for _, pod := range pods {
 		for range perPod {
-			wg.Go(func() {
-				c, err := talkTo(pod, "tcp6", "[fd00:203::2]:9000")
-				if err != nil {
-					t.Errorf("connection: %v", err)
-					return
-				}
-				mu.Lock()
-				conns = append(conns, c)
-				mu.Unlock()
-			})
+			dials = append(dials, func() (net.Conn, error) { return talkTo(pod, "tcp6", "[fd00:203::2]:9000") })
 		}
 	}
-	wg.Wait()
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
+	conns := openAll(t, dials)
 	got := seen()
 	ports := map[uint16]bool{}
 	for src := range got {

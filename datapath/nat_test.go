@@ -70,9 +70,15 @@ func recordingServer(t testing.TB, ns *testutils.NetNS, network, addr string) (s
 // checks the answer is about that line: the reply reached this
 // connection. It returns the open connection.
 func talkTo(ns *testutils.NetNS, network, dst string) (net.Conn, error) {
+	return talkFrom(ns, network, dst, 0)
+}
+
+// talkFrom is talkTo from local port lport (0: any).
+func talkFrom(ns *testutils.NetNS, network, dst string, lport int) (net.Conn, error) {
 	var c net.Conn
 	err := ns.Do(func() (err error) {
-		c, err = net.DialTimeout(network, dst, 2*time.Second)
+		dl := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{Port: lport}}
+		c, err = dl.Dial(network, dst)
 		return err
 	})
 	if err != nil {
@@ -93,6 +99,35 @@ func talkTo(ns *testutils.NetNS, network, dst string) (net.Conn, error) {
 		return nil, fmt.Errorf("reply %q is not for %s", line, c.LocalAddr())
 	}
 	return c, nil
+}
+
+// openAll runs the dials at once and returns the connections they made;
+// each failure is a test error.
+func openAll(t *testing.T, dials []func() (net.Conn, error)) []net.Conn {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	for _, dial := range dials {
+		wg.Go(func() {
+			c, err := dial()
+			if err != nil {
+				t.Errorf("connection: %v", err)
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return conns
 }
 
 func sysctlIn(t testing.TB, ns *testutils.NetNS, key, value string) {
@@ -170,34 +205,13 @@ func TestPrivilegedNATSharedWithNorthSouth(t *testing.T) {
 	}
 	seen := recordingServer(t, world, "tcp4", "203.0.113.2:9000")
 
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
+	var dials []func() (net.Conn, error)
 	for i := range 4 {
-		for _, dial := range []func() (net.Conn, error){
+		dials = append(dials,
 			func() (net.Conn, error) { return talkTo(pods[i%len(pods)], "tcp4", "203.0.113.2:9000") },
-			func() (net.Conn, error) { return talkTo(client, "tcp4", fe.Addr.String()) },
-		} {
-			wg.Go(func() {
-				c, err := dial()
-				if err != nil {
-					t.Errorf("connection: %v", err)
-					return
-				}
-				mu.Lock()
-				conns = append(conns, c)
-				mu.Unlock()
-			})
-		}
+			func() (net.Conn, error) { return talkTo(client, "tcp4", fe.Addr.String()) })
 	}
-	wg.Wait()
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
+	conns := openAll(t, dials)
 	got := seen()
 	for src := range got {
 		if src.Addr() != nodeAddr || src.Port() < portMin || src.Port() > portMax {

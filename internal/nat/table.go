@@ -71,30 +71,40 @@ type Stats struct {
 	Entries int
 }
 
-// Stats walks the table once.
-func (t *Table) Stats() (Stats, error) {
+// snapshot is the table read once: the egress entries in order, and the
+// ingress entries by key.
+type snapshot struct {
+	fwd []Key
+	out []Entry
+	rev map[Key]Entry
+}
+
+func (t *Table) read() (snapshot, error) {
 	var (
-		s   Stats
-		k   Key
-		v   Entry
-		rev = map[Key]Entry{}
-		fwd []Key
-		out []Entry
+		s = snapshot{rev: map[Key]Entry{}}
+		k Key
+		v Entry
 	)
 	it := t.m.Iterate()
 	for it.Next(&k, &v) {
-		s.Entries++
 		if k.Dir == Ingress {
-			rev[k] = v
+			s.rev[k] = v
 			continue
 		}
-		fwd = append(fwd, k)
-		out = append(out, v)
+		s.fwd = append(s.fwd, k)
+		s.out = append(s.out, v)
 	}
-	if err := it.Err(); err != nil {
+	return s, it.Err()
+}
+
+// Stats walks the table once.
+func (t *Table) Stats() (Stats, error) {
+	snap, err := t.read()
+	if err != nil {
 		return Stats{}, fmt.Errorf("nat stats: %w", err)
 	}
-	for i, k := range fwd {
+	s := Stats{Entries: len(snap.fwd) + len(snap.rev)}
+	for i, k := range snap.fwd {
 		s.Flows++
 		if k.Family == FamilyV6 {
 			s.V6++
@@ -102,7 +112,7 @@ func (t *Table) Stats() (Stats, error) {
 		if k.Proto == 1 || k.Proto == 58 {
 			s.ICMP++
 		}
-		if r, ok := rev[ReverseOf(k, out[i])]; ok && r.Flags&FlagRevDNAT != 0 {
+		if r, ok := snap.rev[ReverseOf(k, snap.out[i])]; ok && r.Flags&FlagRevDNAT != 0 {
 			s.Services++
 		}
 	}
@@ -134,25 +144,11 @@ const young = time.Second
 func (t *Table) GC(now time.Duration) (int, error) {
 	t.gcMu.Lock()
 	defer t.gcMu.Unlock()
-	var (
-		k   Key
-		v   Entry
-		rev = map[Key]Entry{}
-		fwd []Key
-		out []Entry
-	)
-	it := t.m.Iterate()
-	for it.Next(&k, &v) {
-		if k.Dir == Ingress {
-			rev[k] = v
-			continue
-		}
-		fwd = append(fwd, k)
-		out = append(out, v)
-	}
-	if err := it.Err(); err != nil {
+	snap, err := t.read()
+	if err != nil {
 		return 0, fmt.Errorf("nat gc: %w", err)
 	}
+	fwd, out, rev := snap.fwd, snap.out, snap.rev
 	del := func(k Key) error {
 		if err := t.m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("nat gc: %w", err)
