@@ -75,6 +75,13 @@ type Config struct {
 	// PolicyMapMaxEntries bounds each endpoint's policy map (default
 	// 16384, Cilium's).
 	PolicyMapMaxEntries int
+	// NATMaxEntries is the size of the node's NAT table (default 65536),
+	// two entries per translated flow, masquerading's and lb's SNAT flows
+	// alike (see [Datapath.NATMap]). It is a preallocated hash, not an
+	// LRU: when it is full new flows are dropped (DROP_NAT_NO_MAPPING)
+	// until GC frees entries; no live translation is ever evicted.
+	// Cilium's bpf-nat-global-max is 524288.
+	NATMaxEntries int
 	// EventsBufferSize is the size of the events ring buffer in bytes, a
 	// power of two multiple of the page size (default 256 KiB).
 	EventsBufferSize int
@@ -109,6 +116,7 @@ const (
 	defaultFragmentsMaxEntries = 8192
 	defaultPolicyMapMaxEntries = 16384
 	defaultEventsBufferSize    = 256 << 10
+	defaultNATMaxEntries       = 65536
 	defaultTCPLifetime         = 6 * time.Hour
 	defaultNonTCPLifetime      = 60 * time.Second
 	defaultSYNLifetime         = 60 * time.Second
@@ -133,6 +141,7 @@ func (c Config) withDefaults(pageSize int) (Config, error) {
 	def(&c.FragmentsMaxEntries, defaultFragmentsMaxEntries)
 	def(&c.PolicyMapMaxEntries, defaultPolicyMapMaxEntries)
 	def(&c.EventsBufferSize, defaultEventsBufferSize)
+	def(&c.NATMaxEntries, defaultNATMaxEntries)
 	defDur := func(v *time.Duration, d time.Duration) {
 		if *v == 0 {
 			*v = d
@@ -153,6 +162,7 @@ func (c Config) withDefaults(pageSize int) (Config, error) {
 		{"ConntrackMaxEntries", c.ConntrackMaxEntries, 1 << 30},
 		{"FragmentsMaxEntries", c.FragmentsMaxEntries, 1 << 30},
 		{"PolicyMapMaxEntries", c.PolicyMapMaxEntries, 1 << 30},
+		{"NATMaxEntries", c.NATMaxEntries, 1 << 30},
 	} {
 		if f.v < 1 || f.v > f.max {
 			return c, fmt.Errorf("%w: %s %d out of range [1, %d]", ErrInvalidConfig, f.name, f.v, f.max)

@@ -17,7 +17,8 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.MaxEndpoints != defaultMaxEndpoints || c.ConntrackMaxEntries != defaultConntrackMaxEntries || c.FragmentsMaxEntries != 8192 ||
-		c.EventsBufferSize != defaultEventsBufferSize || c.TCPLifetime != 6*time.Hour || c.Attach != AttachAuto {
+		c.EventsBufferSize != defaultEventsBufferSize || c.TCPLifetime != 6*time.Hour || c.Attach != AttachAuto ||
+		c.NATMaxEntries != 65536 {
 		t.Fatalf("defaults: %+v", c)
 	}
 	for _, bad := range []Config{
@@ -25,6 +26,7 @@ func TestConfigDefaults(t *testing.T) {
 		{MaxEndpoints: 70000},
 		{ConntrackMaxEntries: -5},
 		{FragmentsMaxEntries: -1},
+		{NATMaxEntries: -1},
 		{EventsBufferSize: 4096 + 1},
 		{EventsBufferSize: 1024},
 		{TCPLifetime: 1500 * time.Millisecond},

@@ -40,6 +40,8 @@ type Datapath struct {
 	// datapath's one overlay or NAT configuration; a second is refused,
 	// since closing either would switch off the other's.
 	overlayOn, masqOn bool
+	// masq is the attached Masquerade, whose NAT collector Close stops.
+	masq *Masquerade
 }
 
 // claim takes one of the datapath's single attachments (overlayOn,
@@ -262,6 +264,12 @@ func (d *Datapath) takeEndpoints() ([]*Endpoint, bool) {
 
 // release frees what New acquired.
 func (d *Datapath) release() error {
+	d.mu.Lock()
+	m := d.masq
+	d.mu.Unlock()
+	if m != nil {
+		m.stopGC() // it would collect a closed map
+	}
 	var errs []error
 	if d.maps != nil {
 		errs = append(errs, d.maps.close())

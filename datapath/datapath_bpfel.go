@@ -26,7 +26,9 @@ const (
 	datapathMapNpIpcache          = "np_ipcache"
 	datapathMapNpNat              = "np_nat"
 	datapathMapNpNatConfig        = "np_nat_config"
+	datapathMapNpNatDrops         = "np_nat_drops"
 	datapathMapNpNatExclude       = "np_nat_exclude"
+	datapathMapNpNatScratch       = "np_nat_scratch"
 	datapathMapNpOverlayConfig    = "np_overlay_config"
 	datapathMapNpPolicy           = "np_policy"
 	datapathMapNpTraceConfig      = "np_trace_config"
@@ -42,6 +44,8 @@ const (
 	datapathVarNpEndpointId       = "np_endpoint_id"
 	datapathVarNpEndpointIpv4     = "np_endpoint_ipv4"
 	datapathVarNpEndpointIpv6     = "np_endpoint_ipv6"
+	datapathVarNpNatPortMax       = "np_nat_port_max"
+	datapathVarNpNatPortMin       = "np_nat_port_min"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -107,7 +111,9 @@ type datapathMapSpecs struct {
 	NpIpcache       *ebpf.MapSpec `ebpf:"np_ipcache"`
 	NpNat           *ebpf.MapSpec `ebpf:"np_nat"`
 	NpNatConfig     *ebpf.MapSpec `ebpf:"np_nat_config"`
+	NpNatDrops      *ebpf.MapSpec `ebpf:"np_nat_drops"`
 	NpNatExclude    *ebpf.MapSpec `ebpf:"np_nat_exclude"`
+	NpNatScratch    *ebpf.MapSpec `ebpf:"np_nat_scratch"`
 	NpOverlayConfig *ebpf.MapSpec `ebpf:"np_overlay_config"`
 	NpPolicy        *ebpf.MapSpec `ebpf:"np_policy"`
 	NpTraceConfig   *ebpf.MapSpec `ebpf:"np_trace_config"`
@@ -124,6 +130,8 @@ type datapathVariableSpecs struct {
 	NpEndpointId       *ebpf.VariableSpec `ebpf:"np_endpoint_id"`
 	NpEndpointIpv4     *ebpf.VariableSpec `ebpf:"np_endpoint_ipv4"`
 	NpEndpointIpv6     *ebpf.VariableSpec `ebpf:"np_endpoint_ipv6"`
+	NpNatPortMax       *ebpf.VariableSpec `ebpf:"np_nat_port_max"`
+	NpNatPortMin       *ebpf.VariableSpec `ebpf:"np_nat_port_min"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -156,7 +164,9 @@ type datapathMaps struct {
 	NpIpcache       *ebpf.Map `ebpf:"np_ipcache"`
 	NpNat           *ebpf.Map `ebpf:"np_nat"`
 	NpNatConfig     *ebpf.Map `ebpf:"np_nat_config"`
+	NpNatDrops      *ebpf.Map `ebpf:"np_nat_drops"`
 	NpNatExclude    *ebpf.Map `ebpf:"np_nat_exclude"`
+	NpNatScratch    *ebpf.Map `ebpf:"np_nat_scratch"`
 	NpOverlayConfig *ebpf.Map `ebpf:"np_overlay_config"`
 	NpPolicy        *ebpf.Map `ebpf:"np_policy"`
 	NpTraceConfig   *ebpf.Map `ebpf:"np_trace_config"`
@@ -174,7 +184,9 @@ func (m *datapathMaps) Close() error {
 		m.NpIpcache,
 		m.NpNat,
 		m.NpNatConfig,
+		m.NpNatDrops,
 		m.NpNatExclude,
+		m.NpNatScratch,
 		m.NpOverlayConfig,
 		m.NpPolicy,
 		m.NpTraceConfig,
@@ -192,6 +204,8 @@ type datapathVariables struct {
 	NpEndpointId       *ebpf.Variable `ebpf:"np_endpoint_id"`
 	NpEndpointIpv4     *ebpf.Variable `ebpf:"np_endpoint_ipv4"`
 	NpEndpointIpv6     *ebpf.Variable `ebpf:"np_endpoint_ipv6"`
+	NpNatPortMax       *ebpf.Variable `ebpf:"np_nat_port_max"`
+	NpNatPortMin       *ebpf.Variable `ebpf:"np_nat_port_min"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

@@ -52,7 +52,10 @@
 // a tunnel endpoint is encapsulated with the sender's identity as VNI, and
 // what arrives is decided by the VNI and the destination's ingress policy.
 // [Datapath.AttachMasquerade] SNATs endpoint traffic that leaves the
-// cluster to the node's address. Both belong to the process (not pinned).
+// cluster (TCP, UDP, ICMP echo; IPv4 and IPv6) to the node's address,
+// through the node's one NAT table ([Datapath.NATMap]), which lb's SNAT
+// mode shares so that no node port is handed out twice. Both belong to the
+// process (not pinned).
 //
 // # Observing
 //

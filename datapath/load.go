@@ -91,6 +91,7 @@ func loadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 		datapathMapNpPolicy:    cfg.MaxEndpoints,
 		datapathMapNpEvents:    cfg.EventsBufferSize,
 		datapathMapNpEdt:       cfg.MaxEndpoints,
+		datapathMapNpNat:       cfg.NATMaxEntries,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = uint32(n)
@@ -121,6 +122,9 @@ func loadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 func createSharedMaps(spec *ebpf.CollectionSpec, cfg Config) (*sharedMaps, error) {
 	if cfg.BPFFSDir != "" {
 		if err := migrateConntrackPin(spec.Maps[datapathMapNpConntrack], cfg.BPFFSDir); err != nil {
+			return nil, err
+		}
+		if err := migrateNATPins(spec, cfg.BPFFSDir); err != nil {
 			return nil, err
 		}
 	}
@@ -201,11 +205,28 @@ func loadEndpointPrograms(spec *ebpf.CollectionSpec, maps *sharedMaps, cfg Endpo
 	}, nil
 }
 
-// onlyPrograms removes every program but the named ones from spec.
+// onlyPrograms removes every program but the named ones from spec, and
+// the maps of this load only (not the shared ones, which are replaced)
+// that no remaining program uses, so that loading the endpoint programs
+// creates no NAT scratch or drop counters, for example.
 func onlyPrograms(spec *ebpf.CollectionSpec, names ...string) {
 	for name := range spec.Programs {
 		if !slices.Contains(names, name) {
 			delete(spec.Programs, name)
+		}
+	}
+	used := map[string]bool{}
+	for _, p := range spec.Programs {
+		for _, ins := range p.Instructions {
+			if ref := ins.Reference(); ref != "" {
+				used[ref] = true
+			}
+		}
+	}
+	shared := (&sharedMaps{}).byName()
+	for name := range spec.Maps {
+		if _, ok := shared[name]; !ok && !used[name] {
+			delete(spec.Maps, name)
 		}
 	}
 }

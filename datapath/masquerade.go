@@ -10,76 +10,86 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/datapath/monitor"
+	"github.com/nodeplane/nodeplane/internal/nat"
 )
 
 // natConfig mirrors struct np_nat_config (bpf/nat.h).
 type natConfig struct {
-	Address [4]byte `btf:"address"`
-	Flags   uint32  `btf:"flags"`
+	Address  [4]byte  `btf:"address"`
+	Flags    uint32   `btf:"flags"`
+	Address6 [16]byte `btf:"address6"`
 }
 
-// natExcludeKey mirrors struct np_nat_exclude_key.
+// natExcludeKey mirrors struct np_nat_exclude_key: PrefixLen counts the
+// 32 bits of Family and pad before the address.
 type natExcludeKey struct {
-	PrefixLen uint32  `btf:"prefixlen"`
-	Addr      [4]byte `btf:"addr"`
+	PrefixLen uint32   `btf:"prefixlen"`
+	Family    uint8    `btf:"family"`
+	_         [3]byte  `btf:"pad"`
+	Addr      [16]byte `btf:"addr"`
 }
 
-// natKey mirrors struct np_nat_key: one direction of a translated flow,
-// addresses and ports in network byte order.
-type natKey struct {
-	SrcAddr [4]byte `btf:"saddr"`
-	DstAddr [4]byte `btf:"daddr"`
-	SrcPort [2]byte `btf:"sport"`
-	DstPort [2]byte `btf:"dport"`
-	Proto   uint8   `btf:"proto"`
-	Dir     uint8   `btf:"dir"`
-	_       [2]byte `btf:"pad"`
-}
-
-// natEntry mirrors struct np_nat_entry.
-type natEntry struct {
-	Addr    [4]byte `btf:"addr"`
-	Port    [2]byte `btf:"port"`
-	_       [2]byte `btf:"pad"`
-	Created uint64  `btf:"created"`
-}
-
-// NAT port range and directions (bpf/nat.h).
-const (
-	natPortMin = 61000
-	natPortMax = 65535
-	natEgress  = 0
-	natIngress = 1
+// The NAT table's key and entry (internal/bpf/include/np_nat.h).
+type (
+	natKey   = nat.Key
+	natEntry = nat.Entry
 )
+
+// DefaultMasqueradeGCInterval is how often a Masquerade collects expired
+// NAT entries when MasqueradeConfig.GCInterval is zero.
+const DefaultMasqueradeGCInterval = 10 * time.Second
 
 // MasqueradeConfig configures [Datapath.AttachMasquerade].
 type MasqueradeConfig struct {
 	// Ifindex is the node's external interface in the node namespace.
 	Ifindex int
-	// Address is the node's IPv4 address on it: what the outside sees as
-	// the source of the endpoints' connections.
-	Address netip.Addr
-	// Exclude lists the IPv4 destinations that keep the endpoints'
-	// addresses: the cluster's native CIDR (pod CIDRs of all nodes), as
-	// Cilium's ipv4-native-routing-cidr.
+	// Address is the node's IPv4 address on it, Address6 its IPv6
+	// address: what the outside sees as the source of the endpoints'
+	// connections of that family. At least one; a family without an
+	// address is not masqueraded.
+	Address, Address6 netip.Addr
+	// Exclude lists the destinations (IPv4 and IPv6) that keep the
+	// endpoints' addresses: the cluster's native CIDR (pod CIDRs of all
+	// nodes), as Cilium's ipv4-native-routing-cidr and
+	// ipv6-native-routing-cidr.
 	Exclude []netip.Prefix
+	// PortMin and PortMax bound the node ports (ICMP echo identifiers)
+	// of translated flows, inclusive. Both zero: 61000–65535, above
+	// Linux's default ephemeral range, so the node's own connections
+	// never take one. The NAT table is the node's (see
+	// [Datapath.NATMap]): give lb's NorthSouth the same range.
+	PortMin, PortMax uint16
+	// GCInterval is how often expired NAT entries are removed (flows
+	// idle for longer than the Config's conntrack lifetimes: TCP,
+	// NonTCP, Close after FIN or RST). Zero means
+	// DefaultMasqueradeGCInterval; negative means never (call
+	// [Masquerade.GC] yourself).
+	GCInterval time.Duration
 }
 
-// Masquerade is BPF masquerading on a node's external interface: IPv4 TCP
-// and UDP from local endpoints to destinations outside the excluded
-// prefixes leave with the node's address and a port from the NAT table
-// (61000–65535, outside Linux's default ephemeral range, so the node's own
-// connections never take one), and replies are translated back before
-// the stack routes them to the endpoint. Two flows never share a port: a
-// port is taken by creating its reverse entry only if it does not exist.
-// ICMP, IPv6 and fragments are not translated. It belongs to the process
-// (not pinned); Close detaches it.
+// Masquerade is BPF masquerading on a node's external interface: TCP,
+// UDP and ICMP echo, IPv4 and IPv6, from local endpoints to destinations
+// outside the excluded prefixes leave with the node's address and a port
+// (echo identifier) from the node's NAT table, and replies are translated
+// back before the stack routes them to the endpoint. Two flows never
+// share a port, also with lb's SNAT flows in the same table: a port is
+// taken by creating its reverse entry only if it does not exist. A new
+// flow tries 32 ports; if all are taken, or the table is full, its packet
+// is dropped and counted under DROP_NAT_NO_MAPPING ([Masquerade.Drops]).
+// ICMP errors about a translated flow (unreachable, packet too big, time
+// exceeded, parameter problem) reach the endpoint with the quoted packet
+// translated back. IPv4 fragments and IPv6 extension headers are not
+// translated. It belongs to the process (not pinned); Close detaches it.
 type Masquerade struct {
-	d   *Datapath
-	mu  sync.Mutex
-	egr *ebpf.Program
-	ing *ebpf.Program
-	att []attachment
+	d     *Datapath
+	mu    sync.Mutex
+	egr   *ebpf.Program
+	ing   *ebpf.Program
+	drops *ebpf.Map
+	table *nat.Table
+	gc    *nat.Collector
+	att   []attachment
 }
 
 var natHooks = [2]endpointHook{
@@ -87,18 +97,40 @@ var natHooks = [2]endpointHook{
 	{pin: "nat_ingress", filter: datapathProgNpNatIngress},
 }
 
-// AttachMasquerade loads the NAT programs, attaches them to the external
-// interface (egress translates, ingress translates back) and turns
-// masquerading on. One at a time per Datapath: a second is refused
-// (ErrInvalidConfig) until the first is closed.
-func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err error) {
-	if cfg.Ifindex <= 0 || !cfg.Address.Is4() {
-		return nil, fmt.Errorf("attach masquerade: ifindex %d, address %v: %w: need an interface and an IPv4 address", cfg.Ifindex, cfg.Address, ErrInvalidConfig)
+func (cfg MasqueradeConfig) validate() (min, max uint16, err error) {
+	if cfg.Ifindex <= 0 {
+		return 0, 0, fmt.Errorf("attach masquerade: ifindex %d: %w: need an interface", cfg.Ifindex, ErrInvalidConfig)
+	}
+	if !cfg.Address.IsValid() && !cfg.Address6.IsValid() {
+		return 0, 0, fmt.Errorf("attach masquerade: %w: need an IPv4 or IPv6 address", ErrInvalidConfig)
+	}
+	if cfg.Address.IsValid() && (!cfg.Address.Is4() || cfg.Address.IsUnspecified()) {
+		return 0, 0, fmt.Errorf("attach masquerade: address %v: %w: need an IPv4 address", cfg.Address, ErrInvalidConfig)
+	}
+	if cfg.Address6.IsValid() && (!cfg.Address6.Is6() || cfg.Address6.Is4In6() || cfg.Address6.IsUnspecified() || cfg.Address6.Zone() != "") {
+		return 0, 0, fmt.Errorf("attach masquerade: address6 %v: %w: need an IPv6 address", cfg.Address6, ErrInvalidConfig)
 	}
 	for _, p := range cfg.Exclude {
-		if !p.IsValid() || !p.Addr().Is4() {
-			return nil, fmt.Errorf("attach masquerade: exclude %v: %w: need IPv4 prefixes", p, ErrInvalidConfig)
+		if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
+			return 0, 0, fmt.Errorf("attach masquerade: exclude %v: %w: need IPv4 or IPv6 prefixes", p, ErrInvalidConfig)
 		}
+	}
+	min, max, err = nat.Ports(cfg.PortMin, cfg.PortMax)
+	if err != nil {
+		return 0, 0, fmt.Errorf("attach masquerade: %w: %w", ErrInvalidConfig, err)
+	}
+	return min, max, nil
+}
+
+// AttachMasquerade loads the NAT programs, attaches them to the external
+// interface (egress translates, ingress translates back), turns
+// masquerading on and starts collecting expired entries. One at a time
+// per Datapath: a second is refused (ErrInvalidConfig) until the first is
+// closed.
+func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err error) {
+	pmin, pmax, err := cfg.validate()
+	if err != nil {
+		return nil, err
 	}
 	if err := d.claim(&d.masqOn, "masquerade"); err != nil {
 		return nil, err
@@ -110,11 +142,22 @@ func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err er
 	}()
 	spec := d.spec.Copy()
 	onlyPrograms(spec, datapathProgNpNatEgress, datapathProgNpNatIngress)
+	for name, v := range map[string]uint16{datapathVarNpNatPortMin: pmin, datapathVarNpNatPortMax: pmax} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("attach masquerade: set %s: %w", name, err)
+		}
+	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: d.maps.replacements()})
 	if err != nil {
 		return nil, fmt.Errorf("attach masquerade: load programs: %w", err)
 	}
-	m := &Masquerade{d: d, egr: coll.DetachProgram(datapathProgNpNatEgress), ing: coll.DetachProgram(datapathProgNpNatIngress)}
+	m := &Masquerade{
+		d:     d,
+		egr:   coll.DetachProgram(datapathProgNpNatEgress),
+		ing:   coll.DetachProgram(datapathProgNpNatIngress),
+		drops: coll.DetachMap(datapathMapNpNatDrops),
+		table: nat.New(d.maps.nat, nat.Lifetimes{TCP: d.cfg.TCPLifetime, NonTCP: d.cfg.NonTCPLifetime, Close: d.cfg.CloseLifetime}),
+	}
 	coll.Close()
 	defer func() {
 		if err != nil {
@@ -129,7 +172,8 @@ func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err er
 	}
 	for _, p := range cfg.Exclude {
 		p = p.Masked()
-		if err := d.maps.natExclude.Put(natExcludeKey{PrefixLen: uint32(p.Bits()), Addr: p.Addr().As4()}, uint8(1)); err != nil {
+		addr, family := nat.AddrBytes(p.Addr())
+		if err := d.maps.natExclude.Put(natExcludeKey{PrefixLen: 32 + uint32(p.Bits()), Family: family, Addr: addr}, uint8(1)); err != nil {
 			return nil, fmt.Errorf("attach masquerade: exclude %v: %w", p, err)
 		}
 	}
@@ -149,93 +193,93 @@ func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err er
 		}
 		m.att = append(m.att, a)
 	}
-	if err := d.maps.natConfig.Put(uint32(0), natConfig{Address: cfg.Address.As4()}); err != nil {
+	var c natConfig
+	if cfg.Address.IsValid() {
+		c.Address = cfg.Address.As4()
+	}
+	if cfg.Address6.IsValid() {
+		c.Address6 = cfg.Address6.As16()
+	}
+	if err := d.maps.natConfig.Put(uint32(0), c); err != nil {
 		return nil, fmt.Errorf("attach masquerade: write configuration: %w", err)
 	}
+	interval := cfg.GCInterval
+	if interval == 0 {
+		interval = DefaultMasqueradeGCInterval
+	}
+	if interval > 0 {
+		m.gc = m.table.StartGC(interval)
+	}
+	d.mu.Lock()
+	d.masq = m
+	d.mu.Unlock()
 	return m, nil
 }
 
-// Mappings returns the number of flows the NAT table translates now.
-func (m *Masquerade) Mappings() (int, error) {
-	var (
-		k natKey
-		v natEntry
-		n int
-	)
-	it := m.d.maps.nat.Iterate()
-	for it.Next(&k, &v) {
-		if k.Dir == natEgress {
-			n++
-		}
-	}
-	return n, it.Err()
+// stopGC stops the periodic collector, if any.
+func (m *Masquerade) stopGC() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gc.Stop()
+	m.gc = nil
 }
 
-// GC deletes the translations of flows conntrack no longer knows (closed
-// and expired: run it after [Conntrack.GC]), both directions, which frees
-// their ports, and reverse entries whose flow entry is gone (evicted from
-// the LRU table). It returns how many flows it removed.
+// NATMap returns the node's NAT table, which masquerading translates
+// into; hand it to lb.NorthSouthConfig.NATMap so that lb's SNAT flows
+// take their ports from the same table. It stays the Datapath's: valid
+// until [Datapath.Close].
+func (d *Datapath) NATMap() *ebpf.Map { return d.maps.nat }
+
+// Mappings returns the number of flows the NAT table translates now, lb's
+// SNAT flows in a shared table included.
+func (m *Masquerade) Mappings() (int, error) {
+	s, err := m.table.Stats()
+	return s.Flows, err
+}
+
+// GC deletes the translations of flows idle for longer than their
+// lifetime (the Config's conntrack lifetimes), both directions, which
+// frees their ports, and entries left without their other half. It
+// returns how many flows it removed. A Masquerade runs it every
+// MasqueradeConfig.GCInterval by itself.
 func (m *Masquerade) GC() (int, error) {
-	var (
-		k        natKey
-		v        natEntry
-		stale    []natKey
-		orphaned []natKey
-	)
-	nat := m.d.maps.nat
-	// The programs create a flow's reverse entry just before its flow
-	// entry: a reverse entry younger than a second may be one of those.
-	young := uint64(MonotonicNow() - time.Second)
-	it := nat.Iterate()
-	for it.Next(&k, &v) {
-		if k.Dir != natEgress {
-			if v.Created > young {
-				continue
-			}
-			var fwd natEntry
-			err := nat.Lookup(natKey{SrcAddr: v.Addr, DstAddr: k.SrcAddr, SrcPort: v.Port, DstPort: k.SrcPort, Proto: k.Proto, Dir: natEgress}, &fwd)
-			if errors.Is(err, ebpf.ErrKeyNotExist) || err == nil && (fwd.Addr != k.DstAddr || fwd.Port != k.DstPort) {
-				orphaned = append(orphaned, k)
-			}
-			continue
-		}
-		t := Tuple{
-			Src: netip.AddrFrom4(k.SrcAddr), Dst: netip.AddrFrom4(k.DstAddr),
-			SrcPort: be16(k.SrcPort).host(), DstPort: be16(k.DstPort).host(), Proto: nodeplane.Protocol(k.Proto),
-		}
-		_, ok, err := m.d.conntrack.Lookup(t)
-		if err != nil {
-			return 0, fmt.Errorf("masquerade gc: %w", err)
-		}
-		if !ok {
-			stale = append(stale, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("masquerade gc: %w", err)
-	}
-	n := 0
-	for _, k := range stale {
-		if err := nat.Lookup(k, &v); err != nil {
-			continue
-		}
-		back := natKey{SrcAddr: k.DstAddr, DstAddr: v.Addr, SrcPort: k.DstPort, DstPort: v.Port, Proto: k.Proto, Dir: natIngress}
-		for _, del := range []natKey{k, back} {
-			if err := nat.Delete(del); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return n, fmt.Errorf("masquerade gc: %w", err)
-			}
-		}
-		n++
-	}
-	for _, k := range orphaned {
-		if err := nat.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, fmt.Errorf("masquerade gc: %w", err)
-		}
+	n, err := m.table.GC(nat.Now())
+	if err != nil {
+		return n, fmt.Errorf("masquerade: %w", err)
 	}
 	return n, nil
 }
 
+// Drops returns how many packets the NAT programs dropped, by reason
+// (Cilium's numbers): DROP_NAT_NO_MAPPING for a new flow that found no
+// free port or a full table.
+func (m *Masquerade) Drops() (map[monitor.DropReason]uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.drops == nil {
+		return nil, fmt.Errorf("masquerade drops: %w", nodeplane.ErrClosed)
+	}
+	out := map[monitor.DropReason]uint64{}
+	var (
+		k   uint32
+		per []uint64
+	)
+	it := m.drops.Iterate()
+	for it.Next(&k, &per) {
+		var sum uint64
+		for _, v := range per {
+			sum += v
+		}
+		if sum != 0 {
+			out[monitor.DropReason(k)] = sum
+		}
+	}
+	return out, it.Err()
+}
+
 func (m *Masquerade) release() error {
+	m.gc.Stop()
+	m.gc = nil
 	var errs []error
 	for _, a := range m.att {
 		errs = append(errs, a.detach())
@@ -247,18 +291,32 @@ func (m *Masquerade) release() error {
 			*p = nil
 		}
 	}
+	if m.drops != nil {
+		errs = append(errs, m.drops.Close())
+		m.drops = nil
+	}
 	return errors.Join(errs...)
 }
 
-// Close turns masquerading off and detaches the programs. Closing twice
-// is not an error.
+// Close stops the collector, turns masquerading off and detaches the
+// programs. The NAT table keeps its entries (lb may share it). Closing
+// twice, or after the Datapath, is not an error.
 func (m *Masquerade) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.egr == nil && m.ing == nil {
 		return nil
 	}
-	err := m.d.maps.natConfig.Put(uint32(0), natConfig{})
+	m.d.mu.Lock()
+	if m.d.masq == m {
+		m.d.masq = nil
+	}
+	closed := m.d.closed // the Datapath's maps are gone with it
+	m.d.mu.Unlock()
+	var err error
+	if !closed {
+		err = m.d.maps.natConfig.Put(uint32(0), natConfig{})
+	}
 	err = errors.Join(err, m.release())
 	m.d.unclaim(&m.d.masqOn)
 	return err

@@ -1,19 +1,18 @@
 package datapath
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
-	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/internal/nat"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
@@ -23,83 +22,22 @@ import (
 // masquerading the server sees only the node's address; 60 concurrent
 // connections from three pods to one server port get 60 distinct ports;
 // two pods using the same source port do not collide; replies reach the
-// right pod; a destination in an excluded prefix sees the pod's address.
+// right pod; GC keeps live flows and removes expired ones; a destination
+// in an excluded prefix sees the pod's address.
 func TestPrivilegedMasquerade(t *testing.T) {
-	d, _, world, wan, pods := newMasqWorld(t)
+	d, _, world, wan, pods := newMasqWorld(t, Config{})
 	nodeAddr, worldAddr := masqNodeAddr, masqWorldAddr
 
 	// The server records who connects.
-	var mu sync.Mutex
-	sources := map[netip.AddrPort]bool{}
-	var ln net.Listener
-	if err := world.Do(func() (err error) { ln, err = net.Listen("tcp4", "203.0.113.2:9000"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			sources[c.RemoteAddr().(*net.TCPAddr).AddrPort()] = true
-			mu.Unlock()
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				line, err := r.ReadString('\n')
-				if err == nil {
-					fmt.Fprintf(c, "%s says %s", c.RemoteAddr(), line)
-				}
-				_, _ = r.ReadByte() // hold the connection until the client closes
-			}()
-		}
-	}()
-	seen := func() map[netip.AddrPort]bool {
-		mu.Lock()
-		defer mu.Unlock()
-		out := map[netip.AddrPort]bool{}
-		for k := range sources {
-			out[k] = true
-		}
-		clear(sources)
-		return out
-	}
+	seen := recordingServer(t, world, "tcp4", "203.0.113.2:9000")
 
 	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: nodeAddr, Exclude: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	// talk connects from pod (from local port lport, 0 for any), checks
-	// the reply is addressed to the pod's connection, and returns the
-	// open connection.
 	talk := func(pod *testutils.NetNS, lport int) (net.Conn, error) {
-		var c net.Conn
-		err := pod.Do(func() (err error) {
-			dl := net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{Port: lport}}
-			c, err = dl.Dial("tcp4", "203.0.113.2:9000")
-			return err
-		})
-		if err != nil {
-			return nil, err
-		}
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := fmt.Fprintf(c, "hello from %s\n", c.LocalAddr()); err != nil {
-			c.Close()
-			return nil, err
-		}
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		if want := fmt.Sprintf("says hello from %s\n", c.LocalAddr()); len(line) < len(want) || line[len(line)-len(want):] != want {
-			c.Close()
-			return nil, fmt.Errorf("reply %q is not for %s", line, c.LocalAddr())
-		}
-		return c, nil
+		return talkFrom(pod, "tcp4", "203.0.113.2:9000", lport)
 	}
 
 	t.Run("Concurrent", func(t *testing.T) {
@@ -167,92 +105,68 @@ func TestPrivilegedMasquerade(t *testing.T) {
 		}
 	})
 
-	// Every port but one is taken for flows to the server's port: a new
-	// connection gets exactly the free one; with none free it is dropped.
-	t.Run("Collisions", func(t *testing.T) {
-		free := uint16(63333)
-		key := natKey{SrcAddr: worldAddr.As4(), DstAddr: nodeAddr.As4(), SrcPort: [2]byte{9000 >> 8, 9000 & 0xff}, Proto: 6, Dir: natIngress}
-		taken := natEntry{Addr: [4]byte{10, 9, 9, 9}, Port: [2]byte{0, 1}}
-		var keys []natKey
-		for p := natPortMin; p <= natPortMax; p++ {
-			if uint16(p) == free {
-				continue
-			}
-			key.DstPort = [2]byte{byte(p >> 8), byte(p)}
-			keys = append(keys, key)
-			if err := d.maps.nat.Put(key, taken); err != nil {
-				t.Fatal(err)
-			}
-		}
-		c, err := talk(pods[2], 0)
-		if err != nil {
-			t.Fatalf("with one free port: %v", err)
-		}
-		got := seen()
-		if len(got) != 1 || !got[netip.AddrPortFrom(nodeAddr, free)] {
-			t.Errorf("server saw %v, want only %v:%d", got, nodeAddr, free)
-		}
-		c.Close()
-		// The free port is now the connection's: a second flow from a new
-		// source port finds none.
-		if c, err := talk(pods[2], 0); err == nil {
-			c.Close()
-			t.Error("a connection succeeded with no port free")
-		}
-	})
-
-	// With conntrack flushed, GC frees every translation, both
-	// directions.
+	// GC keeps the flows that are live and removes the expired ones,
+	// both directions: a closed TCP connection (FIN seen) lives
+	// CloseLifetime after its last packet, an open one TCPLifetime.
 	t.Run("GC", func(t *testing.T) {
-		// Reverse entries without a flow entry are collected once they
-		// are a second old (see GC).
-		time.Sleep(1100 * time.Millisecond)
-		if _, err := d.Conntrack().Flush(); err != nil {
+		open, err := talk(pods[0], 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer open.Close()
+		seen()
+		// An ingress entry whose egress entry is gone, created long ago,
+		// and one created now (a flow being set up).
+		orphan := natKey{DstAddr: addr16(nodeAddr), SrcPort: nat.PortBytes(9000), DstPort: nat.PortBytes(64999), Proto: 6, Family: nat.FamilyV4, Dir: nat.Ingress}
+		orphan.SrcAddr = addr16(worldAddr)
+		young := orphan
+		young.DstPort = nat.PortBytes(64998)
+		if err := d.maps.nat.Put(orphan, natEntry{Created: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.maps.nat.Put(young, natEntry{Created: uint64(nat.Now())}); err != nil {
 			t.Fatal(err)
 		}
 		before, err := m.Mappings()
-		if err != nil || before == 0 {
-			t.Fatalf("mappings before GC: %d, %v", before, err)
+		if err != nil || before < 62 {
+			t.Fatalf("mappings before GC: %d, %v; want the 62 connections so far", before, err)
 		}
-		n, err := m.GC()
+		if n, err := m.GC(); err != nil || n != 0 {
+			t.Fatalf("GC now removed %d flows (%v), want none: all are fresh", n, err)
+		}
+		var v natEntry
+		if err := d.maps.nat.Lookup(orphan, &v); err == nil {
+			t.Error("the old orphan survived GC")
+		}
+		if err := d.maps.nat.Lookup(young, &v); err != nil {
+			t.Errorf("the young orphan did not survive GC: %v", err)
+		}
+		// The closed connections have expired 11 s later; the open one
+		// has not.
+		n, err := m.table.GC(nat.Now() + 11*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		// What is left must be what GC keeps: flows conntrack knows (a
-		// packet may have recreated one since the flush).
+		if n != before-1 {
+			t.Errorf("GC 11 s later removed %d of %d flows, want all but the open one", n, before)
+		}
 		var (
-			k             natKey
-			v             natEntry
-			kept, reverse int
+			k    natKey
+			left []natKey
 		)
 		for it := d.maps.nat.Iterate(); it.Next(&k, &v); {
-			if k.Dir != natEgress {
-				reverse++
-				continue
-			}
-			kept++
-			tup := Tuple{Src: netip.AddrFrom4(k.SrcAddr), Dst: netip.AddrFrom4(k.DstAddr), SrcPort: be16(k.SrcPort).host(), DstPort: be16(k.DstPort).host(), Proto: nodeplane.Protocol(k.Proto)}
-			if _, ok, _ := d.Conntrack().Lookup(tup); !ok {
-				t.Errorf("GC kept %v, which conntrack does not know", tup)
-			}
+			left = append(left, k)
 		}
-		if n+kept != before || n < before-2 {
-			t.Errorf("GC removed %d of %d flows and kept %d", n, before, kept)
+		if len(left) != 2 {
+			t.Errorf("entries left: %v, want the open flow's two", left)
 		}
-		// The 4535 reverse entries Collisions planted have no flow entry.
-		if reverse > kept+2 {
-			t.Errorf("%d reverse entries left for %d flows", reverse, kept)
+		// The open connection still talks, through its translation.
+		if _, err := fmt.Fprintf(open, "x\n"); err != nil {
+			t.Fatal(err)
 		}
-		if after, _ := m.Mappings(); after != kept {
-			t.Errorf("%d mappings after GC, %d flow entries", after, kept)
+		if n, err := m.table.GC(nat.Now() + 7*time.Hour); err != nil || n != 1 {
+			t.Errorf("GC 7 h later removed %d flows (%v), want the open one", n, err)
 		}
-		// The ports are free again.
-		c, err := talk(pods[0], 0)
-		if err != nil {
-			t.Fatalf("after GC: %v", err)
-		}
-		c.Close()
-		seen()
 	})
 
 	t.Run("Excluded", func(t *testing.T) {
@@ -288,41 +202,47 @@ func TestPrivilegedMasquerade(t *testing.T) {
 }
 
 var (
-	masqNodeAddr  = netip.MustParseAddr("203.0.113.1")
-	masqWorldAddr = netip.MustParseAddr("203.0.113.2")
+	masqNodeAddr   = netip.MustParseAddr("203.0.113.1")
+	masqWorldAddr  = netip.MustParseAddr("203.0.113.2")
+	masqNodeAddr6  = netip.MustParseAddr("fd00:203::1")
+	masqWorldAddr6 = netip.MustParseAddr("fd00:203::2")
 )
 
-// newMasqWorld is a node with three endpoints (10.1.0.10-12, allowed to
-// send to the world) and a "world" namespace behind the node's external
-// interface wan0 (node 203.0.113.1/24, world 203.0.113.2/24). The node
+// newMasqWorld is a node with three endpoints (10.1.0.10-12 and
+// fd00:0:0:10::10-12, allowed to send to the world) and a "world"
+// namespace behind the node's external interface wan0 (node
+// 203.0.113.1/24 and fd00:203::1/64, world .2 and ::2). The node
 // forwards; the world has no route to the pods.
-func newMasqWorld(t testing.TB) (*Datapath, *testutils.NetNS, *testutils.NetNS, *testutils.Veth, []*testutils.NetNS) {
-	d, node := newTestDatapath(t, Config{})
+func newMasqWorld(t testing.TB, cfg Config) (*Datapath, *testutils.NetNS, *testutils.NetNS, *testutils.Veth, []*testutils.NetNS) {
+	d, node := newTestDatapath(t, cfg)
 	world := testutils.NewNetNS(t)
 	wan := testutils.NewVeth(t, node, "wan0", world, "eth0")
-	nodeAddr, worldAddr := masqNodeAddr, masqWorldAddr
 	for _, x := range []struct {
 		ns   *testutils.NetNS
 		name string
 		addr netip.Addr
-	}{{node, "wan0", nodeAddr}, {world, "eth0", worldAddr}} {
+		bits int
+	}{
+		{node, "wan0", masqNodeAddr, 24}, {world, "eth0", masqWorldAddr, 24},
+		{node, "wan0", masqNodeAddr6, 64}, {world, "eth0", masqWorldAddr6, 64},
+	} {
 		nl := x.ns.Netlink(t)
 		l, err := nl.LinkByName(x.name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: x.addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		if err := nl.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: x.addr.AsSlice(), Mask: net.CIDRMask(x.bits, x.addr.BitLen())}, Flags: unix.IFA_F_NODAD}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := node.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) }); err != nil {
-		t.Fatal(err)
-	}
+	sysctlIn(t, node, "net/ipv4/ip_forward", "1")
+	sysctlIn(t, node, "net/ipv6/conf/all/forwarding", "1")
 
 	var pods []*testutils.NetNS
 	for i := range 3 {
 		ns := testutils.NewNetNS(t)
-		ep, err := d.AddEndpoint(EndpointConfig{ID: EndpointID(i + 1), Identity: identity.ID(1000 + i), IPv4: netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}), NetNS: nsPath(ns)})
+		ep, err := d.AddEndpoint(EndpointConfig{ID: EndpointID(i + 1), Identity: identity.ID(1000 + i), IPv4: netip.AddrFrom4([4]byte{10, 1, 0, byte(10 + i)}),
+			IPv6: netip.AddrFrom16([16]byte{0xfd, 7: 0x10, 15: byte(0x10 + i)}), NetNS: nsPath(ns)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -331,4 +251,9 @@ func newMasqWorld(t testing.TB) (*Datapath, *testutils.NetNS, *testutils.NetNS, 
 	}
 
 	return d, node, world, wan, pods
+}
+
+func addr16(a netip.Addr) [16]byte {
+	b, _ := nat.AddrBytes(a)
+	return b
 }

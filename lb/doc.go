@@ -56,7 +56,10 @@
 // restores the frontend as their source. In SNAT mode
 // (NorthSouthConfig.SNATAddrs) packets leave with the node's address and a
 // NAT port, and the XDP program translates the replies back where they
-// arrive. In DSR mode (NorthSouthConfig.DSR) the packet carries the
+// arrive. The NAT table is the node's one (NorthSouthConfig.NATMap, the
+// datapath's Datapath.NATMap), shared with the datapath's masquerading, so
+// no node port is handed out twice; a flow that finds no free port, or a
+// full table, is dropped with DROP_NAT_NO_MAPPING. In DSR mode (NorthSouthConfig.DSR) the packet carries the
 // frontend in Cilium's IPv4 option or IPv6 destination option, and a
 // NorthSouth on the backend's node ([NorthSouth.AttachDSRBackend]) sends
 // the replies from the frontend straight to the client. Backends that are

@@ -3,7 +3,13 @@ package lb
 import (
 	"fmt"
 	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
 )
+
+// DefaultNATGCInterval is NorthSouthConfig.NATGCInterval's default.
+const DefaultNATGCInterval = 10 * time.Second
 
 // NorthSouthConfig configures a [NorthSouth]. The zero value is Cilium's
 // default Maglev configuration.
@@ -19,7 +25,7 @@ type NorthSouthConfig struct {
 
 	// SNATAddrs switch on SNAT mode, per family: a translated packet
 	// leaves with this node address (at most one IPv4 and one IPv6) and a
-	// port from 32768–60999 as its source, so backends reply to the node
+	// port from the NAT table (NATPortMin–NATPortMax) as its source, so backends reply to the node
 	// whatever their routes; the client address is then hidden from them.
 	// Replies arrive on the interface towards the backends, so attach
 	// there too. The stack routes translated packets; for IPv4 it drops
@@ -28,6 +34,27 @@ type NorthSouthConfig struct {
 	// not change sysctls). A family without an address uses DNAT mode:
 	// backends see the client and must route replies through this node.
 	SNATAddrs []netip.Addr
+
+	// NATMap is the node's NAT table that SNAT mode takes its ports from:
+	// pass datapath's Datapath.NATMap so that masquerading and SNAT
+	// never hand out one node port twice. Nil: a table of this
+	// NorthSouth's own. A map of another layout is refused
+	// (ErrInvalidConfig). The caller keeps owning it; close it after
+	// this NorthSouth.
+	NATMap *ebpf.Map
+	// NATPortMin and NATPortMax bound SNAT's node ports, inclusive; both
+	// zero means 61000–65535 (the masquerading default, above Linux's
+	// ephemeral range). A shared table's users should use one range.
+	NATPortMin, NATPortMax uint16
+	// NATGCInterval is how often SNAT mode removes the NAT entries of
+	// flows idle for longer than Cilium's conntrack lifetimes (TCP 6h,
+	// 10s after FIN or RST, others 60s). Zero means
+	// DefaultNATGCInterval; negative means never (call
+	// [NorthSouth.GCNAT] yourself). Without SNAT nothing is collected.
+	// Sharing the datapath's table, leave collection to its Masquerade
+	// (negative here): two collectors with different lifetimes on one
+	// table remove flows at the shorter one.
+	NATGCInterval time.Duration
 
 	// DSR switches on direct server return (exclusive with SNATAddrs):
 	// the translated packet carries the frontend in an IPv4 option or an

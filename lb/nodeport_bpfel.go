@@ -16,6 +16,8 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	nodeportMapNpNat             = "np_nat"
+	nodeportMapNpNatScratch      = "np_nat_scratch"
 	nodeportMapNpNpBe            = "np_np_be"
 	nodeportMapNpNpCt            = "np_np_ct"
 	nodeportMapNpNpDrops         = "np_np_drops"
@@ -31,6 +33,8 @@ const (
 	nodeportVarHashSeed4         = "hash_seed4"
 	nodeportVarHashSeed6         = "hash_seed6"
 	nodeportVarLutSize           = "lut_size"
+	nodeportVarNpNatPortMax      = "np_nat_port_max"
+	nodeportVarNpNatPortMin      = "np_nat_port_min"
 	nodeportVarSnat4             = "snat4"
 	nodeportVarSnat6             = "snat6"
 )
@@ -87,25 +91,29 @@ type nodeportProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportMapSpecs struct {
-	NpNpBe    *ebpf.MapSpec `ebpf:"np_np_be"`
-	NpNpCt    *ebpf.MapSpec `ebpf:"np_np_ct"`
-	NpNpDrops *ebpf.MapSpec `ebpf:"np_np_drops"`
-	NpNpFe    *ebpf.MapSpec `ebpf:"np_np_fe"`
-	NpNpLut   *ebpf.MapSpec `ebpf:"np_np_lut"`
-	NpNpRev   *ebpf.MapSpec `ebpf:"np_np_rev"`
-	NpNpVip   *ebpf.MapSpec `ebpf:"np_np_vip"`
+	NpNat        *ebpf.MapSpec `ebpf:"np_nat"`
+	NpNatScratch *ebpf.MapSpec `ebpf:"np_nat_scratch"`
+	NpNpBe       *ebpf.MapSpec `ebpf:"np_np_be"`
+	NpNpCt       *ebpf.MapSpec `ebpf:"np_np_ct"`
+	NpNpDrops    *ebpf.MapSpec `ebpf:"np_np_drops"`
+	NpNpFe       *ebpf.MapSpec `ebpf:"np_np_fe"`
+	NpNpLut      *ebpf.MapSpec `ebpf:"np_np_lut"`
+	NpNpRev      *ebpf.MapSpec `ebpf:"np_np_rev"`
+	NpNpVip      *ebpf.MapSpec `ebpf:"np_np_vip"`
 }
 
 // nodeportVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportVariableSpecs struct {
-	Dsr       *ebpf.VariableSpec `ebpf:"dsr"`
-	HashSeed4 *ebpf.VariableSpec `ebpf:"hash_seed4"`
-	HashSeed6 *ebpf.VariableSpec `ebpf:"hash_seed6"`
-	LutSize   *ebpf.VariableSpec `ebpf:"lut_size"`
-	Snat4     *ebpf.VariableSpec `ebpf:"snat4"`
-	Snat6     *ebpf.VariableSpec `ebpf:"snat6"`
+	Dsr          *ebpf.VariableSpec `ebpf:"dsr"`
+	HashSeed4    *ebpf.VariableSpec `ebpf:"hash_seed4"`
+	HashSeed6    *ebpf.VariableSpec `ebpf:"hash_seed6"`
+	LutSize      *ebpf.VariableSpec `ebpf:"lut_size"`
+	NpNatPortMax *ebpf.VariableSpec `ebpf:"np_nat_port_max"`
+	NpNatPortMin *ebpf.VariableSpec `ebpf:"np_nat_port_min"`
+	Snat4        *ebpf.VariableSpec `ebpf:"snat4"`
+	Snat6        *ebpf.VariableSpec `ebpf:"snat6"`
 }
 
 // nodeportObjects contains all objects after they have been loaded into the kernel.
@@ -128,17 +136,21 @@ func (o *nodeportObjects) Close() error {
 //
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportMaps struct {
-	NpNpBe    *ebpf.Map `ebpf:"np_np_be"`
-	NpNpCt    *ebpf.Map `ebpf:"np_np_ct"`
-	NpNpDrops *ebpf.Map `ebpf:"np_np_drops"`
-	NpNpFe    *ebpf.Map `ebpf:"np_np_fe"`
-	NpNpLut   *ebpf.Map `ebpf:"np_np_lut"`
-	NpNpRev   *ebpf.Map `ebpf:"np_np_rev"`
-	NpNpVip   *ebpf.Map `ebpf:"np_np_vip"`
+	NpNat        *ebpf.Map `ebpf:"np_nat"`
+	NpNatScratch *ebpf.Map `ebpf:"np_nat_scratch"`
+	NpNpBe       *ebpf.Map `ebpf:"np_np_be"`
+	NpNpCt       *ebpf.Map `ebpf:"np_np_ct"`
+	NpNpDrops    *ebpf.Map `ebpf:"np_np_drops"`
+	NpNpFe       *ebpf.Map `ebpf:"np_np_fe"`
+	NpNpLut      *ebpf.Map `ebpf:"np_np_lut"`
+	NpNpRev      *ebpf.Map `ebpf:"np_np_rev"`
+	NpNpVip      *ebpf.Map `ebpf:"np_np_vip"`
 }
 
 func (m *nodeportMaps) Close() error {
 	return _NodeportClose(
+		m.NpNat,
+		m.NpNatScratch,
 		m.NpNpBe,
 		m.NpNpCt,
 		m.NpNpDrops,
@@ -153,12 +165,14 @@ func (m *nodeportMaps) Close() error {
 //
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportVariables struct {
-	Dsr       *ebpf.Variable `ebpf:"dsr"`
-	HashSeed4 *ebpf.Variable `ebpf:"hash_seed4"`
-	HashSeed6 *ebpf.Variable `ebpf:"hash_seed6"`
-	LutSize   *ebpf.Variable `ebpf:"lut_size"`
-	Snat4     *ebpf.Variable `ebpf:"snat4"`
-	Snat6     *ebpf.Variable `ebpf:"snat6"`
+	Dsr          *ebpf.Variable `ebpf:"dsr"`
+	HashSeed4    *ebpf.Variable `ebpf:"hash_seed4"`
+	HashSeed6    *ebpf.Variable `ebpf:"hash_seed6"`
+	LutSize      *ebpf.Variable `ebpf:"lut_size"`
+	NpNatPortMax *ebpf.Variable `ebpf:"np_nat_port_max"`
+	NpNatPortMin *ebpf.Variable `ebpf:"np_nat_port_min"`
+	Snat4        *ebpf.Variable `ebpf:"snat4"`
+	Snat6        *ebpf.Variable `ebpf:"snat6"`
 }
 
 // nodeportPrograms contains all programs after they have been loaded into the kernel.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath/monitor"
+	"github.com/nodeplane/nodeplane/internal/nat"
 	"github.com/nodeplane/nodeplane/lb/maglev"
 )
 
@@ -42,6 +43,10 @@ type NorthSouth struct {
 	links    []link.Link
 	dsr      bool
 	closed   bool
+	// nat reads the NAT table SNAT mode translates into (objs.NpNat
+	// or the caller's NATMap); natGC collects it.
+	nat   *nat.Table
+	natGC *nat.Collector
 }
 
 type npService struct {
@@ -135,6 +140,10 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 	if err != nil {
 		return nil, err
 	}
+	pmin, pmax, err := nat.Ports(cfg.NATPortMin, cfg.NATPortMax)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
 
 	spec, err := loadNodeport()
 	if err != nil {
@@ -142,6 +151,11 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 	}
 	size := builder.TableSize()
 	spec.Maps[nodeportMapNpNpLut].ValueSize = uint32(4 * size)
+	for name, v := range map[string]uint16{nodeportVarNpNatPortMin: pmin, nodeportVarNpNatPortMax: pmax} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
 	for name, v := range map[string]uint32{
 		"lut_size":   uint32(size),
 		"hash_seed4": binary.BigEndian.Uint32(seed[4:8]),
@@ -175,12 +189,29 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 		}
 	}
 	np := &NorthSouth{dsr: cfg.DSR, builder: builder, size: size, services: map[Frontend]*npService{}, vips: map[netip.Addr]int{}}
-	if err := spec.LoadAndAssign(&np.objs, nil); err != nil {
+	var opts *ebpf.CollectionOptions
+	if cfg.NATMap != nil {
+		// The node's table is sized by its owner.
+		spec.Maps[nodeportMapNpNat].MaxEntries = cfg.NATMap.MaxEntries()
+		opts = &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{nodeportMapNpNat: cfg.NATMap}}
+	}
+	if err := spec.LoadAndAssign(&np.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
+		switch {
+		case errors.Is(err, ebpf.ErrMapIncompatible):
+			return nil, fmt.Errorf("%w: NATMap is not a NAT table: %w", ErrInvalidConfig, err)
+		case errors.As(err, &ve):
 			return nil, fmt.Errorf("load nodeport programs: %w", err)
 		}
 		return nil, fmt.Errorf("load nodeport programs: %w: %w", nodeplane.ErrNotSupported, err)
+	}
+	np.nat = nat.New(np.objs.NpNat, nat.Lifetimes{})
+	interval := cfg.NATGCInterval
+	if interval == 0 {
+		interval = DefaultNATGCInterval
+	}
+	if interval > 0 && (snat4.IsValid() || snat6.IsValid()) {
+		np.natGC = np.nat.StartGC(interval)
 	}
 	return np, nil
 }
@@ -465,7 +496,32 @@ func (np *NorthSouth) Drops() (map[monitor.DropReason]uint64, error) {
 	return out, it.Err()
 }
 
-// Close detaches the programs and frees the maps.
+// NATFlows returns the number of flows in the NAT table SNAT mode uses
+// (masquerading's included when the table is shared).
+func (np *NorthSouth) NATFlows() (int, error) {
+	np.mu.Lock()
+	defer np.mu.Unlock()
+	if np.closed {
+		return 0, nodeplane.ErrClosed
+	}
+	s, err := np.nat.Stats()
+	return s.Flows, err
+}
+
+// GCNAT removes the NAT entries of flows idle for longer than Cilium's
+// conntrack lifetimes, both directions, and returns how many flows it
+// removed; NorthSouthConfig.NATGCInterval runs it periodically.
+func (np *NorthSouth) GCNAT() (int, error) {
+	np.mu.Lock()
+	defer np.mu.Unlock()
+	if np.closed {
+		return 0, nodeplane.ErrClosed
+	}
+	return np.nat.GC(nat.Now())
+}
+
+// Close stops the NAT collector, detaches the programs and frees the
+// maps (a NATMap passed in stays open: it is the caller's).
 func (np *NorthSouth) Close() error {
 	np.mu.Lock()
 	defer np.mu.Unlock()
@@ -473,6 +529,7 @@ func (np *NorthSouth) Close() error {
 		return nil
 	}
 	np.closed = true
+	np.natGC.Stop()
 	var errs []error
 	for _, l := range np.links {
 		errs = append(errs, l.Close())

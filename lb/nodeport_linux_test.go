@@ -8,11 +8,13 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath/monitor"
+	"github.com/nodeplane/nodeplane/internal/nat"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/lb/maglev"
 )
@@ -444,12 +446,14 @@ type npRev struct {
 }
 
 // TestPrivilegedNorthSouthSNAT: in SNAT mode a new flow leaves with the
-// node's address and a NAT port from 32768–60999 as its source, to the
+// node's address and a NAT port from 61000–65535 as its source, to the
 // backend Maglev picks; the backend's reply, run through the same XDP
 // program, comes back from the frontend to the client; later packets of
 // the flow keep backend and NAT port; flows to one backend never share a
-// NAT port. With every NAT port of a backend taken, a new flow is dropped
-// with DROP_NAT_NO_MAPPING.
+// NAT port. With every NAT port of a backend taken, or the NAT table
+// full, a new flow is dropped with DROP_NAT_NO_MAPPING and counted, while
+// established flows keep their translation. GC keeps live flows and
+// removes expired ones, both directions.
 func TestPrivilegedNorthSouthSNAT(t *testing.T) {
 	testutils.RequirePrivileged(t)
 	snat4, snat6 := netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("fd00:1::1")
@@ -484,8 +488,8 @@ func TestPrivilegedNorthSouthSNAT(t *testing.T) {
 				}
 				src, dst := parsePkt(t, out)
 				want := expectMaglev(t, tc.backends, tc.fe.Protocol, client, tc.fe.Addr.Port())
-				if dst != want || src.Addr() != tc.snat || src.Port() < 32768 || src.Port() > 60999 {
-					t.Fatalf("%s -> %s became %s -> %s, want %s:[32768,60999] -> %s", client, tc.fe.Addr, src, dst, tc.snat, want)
+				if dst != want || src.Addr() != tc.snat || src.Port() < nat.DefaultPortMin || src.Port() > nat.DefaultPortMax {
+					t.Fatalf("%s -> %s became %s -> %s, want %s:[61000,65535] -> %s", client, tc.fe.Addr, src, dst, tc.snat, want)
 				}
 				key := netip.AddrPortFrom(dst.Addr(), src.Port())
 				if other, ok := used[key]; ok {
@@ -518,22 +522,89 @@ func TestPrivilegedNorthSouthSNAT(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Take every NAT port towards the backend.
-		k := npTuple{Sport: htons(be.Port()), Proto: 6, Family: 4}
-		copy(k.Saddr[:], be.Addr().AsSlice())
-		copy(k.Daddr[:], snat4.AsSlice())
-		v := npRev{SNAT: 1}
-		for port := 32768; port <= 60999; port++ {
-			k.Dport = htons(uint16(port))
-			if err := ns.objs.NpNpRev.Put(&k, &v); err != nil {
+		k := nat.Key{SrcPort: nat.PortBytes(be.Port()), Proto: 6, Family: nat.FamilyV4, Dir: nat.Ingress}
+		k.SrcAddr, _ = nat.AddrBytes(be.Addr())
+		k.DstAddr, _ = nat.AddrBytes(snat4)
+		v := nat.Entry{Flags: nat.FlagRevDNAT, Created: uint64(nat.Now())}
+		var keys []nat.Key
+		for port := nat.DefaultPortMin; port <= nat.DefaultPortMax; port++ {
+			k.DstPort = nat.PortBytes(uint16(port))
+			keys = append(keys, k)
+			if err := ns.objs.NpNat.Put(&k, &v); err != nil {
 				t.Fatal(err)
 			}
 		}
+		t.Cleanup(func() {
+			for _, k := range keys {
+				_ = ns.objs.NpNat.Delete(&k)
+			}
+		})
 		before, _ := ns.Drops()
 		ret, _ := runProg(t, ns.objs.NpNodeportXdp, testPkt{src: netip.MustParseAddrPort("198.18.7.7:4000"), dst: fe.Addr, proto: 6}.bytes())
 		after, _ := ns.Drops()
 		if ret != xdpDrop || after[monitor.DropNATNoMapping] != before[monitor.DropNATNoMapping]+1 {
 			t.Fatalf("verdict %d, NAT drops %d -> %d; want XDP_DROP counted as %s", ret,
 				before[monitor.DropNATNoMapping], after[monitor.DropNATNoMapping], monitor.DropNATNoMapping)
+		}
+	})
+
+	t.Run("NAT table full", func(t *testing.T) {
+		fe := Frontend{netip.MustParseAddrPort("10.99.0.1:80"), nodeplane.ProtoTCP}
+		old := testPkt{src: netip.MustParseAddrPort("198.18.8.8:4444"), dst: fe.Addr, proto: 6}.bytes()
+		_, out := runProg(t, ns.objs.NpNodeportXdp, old)
+		src, dst := parsePkt(t, out)
+		// Fill the table with flows of nobody.
+		var keys []nat.Key
+		t.Cleanup(func() {
+			for _, k := range keys {
+				_ = ns.objs.NpNat.Delete(&k)
+			}
+		})
+		for i := 0; ; i++ {
+			k := nat.Key{SrcAddr: [16]byte{198, 19, byte(i >> 8), byte(i)}, DstAddr: [16]byte{10, 0, 0, 1}, SrcPort: nat.PortBytes(1), DstPort: nat.PortBytes(2), Proto: 17, Family: nat.FamilyV4}
+			if err := ns.objs.NpNat.Put(&k, &nat.Entry{Seen: uint64(nat.Now())}); err != nil {
+				if i == 0 {
+					t.Fatal(err)
+				}
+				break
+			}
+			keys = append(keys, k)
+		}
+		// The established flow keeps its translation.
+		_, out = runProg(t, ns.objs.NpNodeportXdp, old)
+		if src2, dst2 := parsePkt(t, out); src2 != src || dst2 != dst {
+			t.Fatalf("established flow became %s -> %s in a full table, was %s -> %s", src2, dst2, src, dst)
+		}
+		before, _ := ns.Drops()
+		ret, _ := runProg(t, ns.objs.NpNodeportXdp, testPkt{src: netip.MustParseAddrPort("198.18.9.9:4000"), dst: fe.Addr, proto: 6}.bytes())
+		after, _ := ns.Drops()
+		if ret != xdpDrop || after[monitor.DropNATNoMapping] != before[monitor.DropNATNoMapping]+1 {
+			t.Fatalf("new flow in a full table: verdict %d, NAT drops %d -> %d; want XDP_DROP counted as %s", ret,
+				before[monitor.DropNATNoMapping], after[monitor.DropNATNoMapping], monitor.DropNATNoMapping)
+		}
+	})
+
+	t.Run("GC", func(t *testing.T) {
+		flows, err := ns.NATFlows()
+		if err != nil || flows < 800 {
+			t.Fatalf("%d flows (%v), want the 800 of the tests above", flows, err)
+		}
+		if n, err := ns.GCNAT(); err != nil || n != 0 {
+			t.Fatalf("GC of fresh flows removed %d (%v)", n, err)
+		}
+		// Six hours and a bit later every flow has expired.
+		n, err := ns.nat.GC(nat.Now() + nat.DefaultTCPLifetime + time.Minute)
+		if err != nil || n != flows {
+			t.Fatalf("GC removed %d of %d flows (%v)", n, flows, err)
+		}
+		var k nat.Key
+		var v nat.Entry
+		left := 0
+		for it := ns.objs.NpNat.Iterate(); it.Next(&k, &v); {
+			left++
+		}
+		if left != 0 {
+			t.Errorf("%d entries left after GC", left)
 		}
 	})
 }
@@ -555,5 +626,58 @@ func TestPrivilegedNorthSouthRefusesClusterIP(t *testing.T) {
 		if err := ns.Upsert(Service{Frontend: fe, Type: typ}, be); err != nil {
 			t.Errorf("Upsert of a %v service: %v", typ, err)
 		}
+	}
+}
+
+// TestPrivilegedNorthSouthNATConfig: a NATMap that is not a NAT table
+// and a bad port range are refused before anything is loaded; a NAT
+// table passed in is the one the programs use, and stays open after
+// Close.
+func TestPrivilegedNorthSouthNATConfig(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	wrong, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 40, ValueSize: 16, MaxEntries: 65536})
+	testutils.SkipIfNotSupported(t, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wrong.Close()
+	for _, cfg := range []NorthSouthConfig{
+		{NATMap: wrong},
+		{NATPortMin: 100},
+		{NATPortMin: 2000, NATPortMax: 1000},
+	} {
+		if ns, err := NewNorthSouth(cfg); !errors.Is(err, ErrInvalidConfig) {
+			if ns != nil {
+				ns.Close()
+			}
+			t.Errorf("%+v: %v, want ErrInvalidConfig", cfg, err)
+		}
+	}
+	table, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 40, ValueSize: 56, MaxEntries: 65536})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer table.Close()
+	snat := netip.MustParseAddr("10.1.0.1")
+	ns, err := NewNorthSouth(NorthSouthConfig{MaglevTableSize: 251, SNATAddrs: []netip.Addr{snat}, NATMap: table, NATGCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe := Frontend{netip.MustParseAddrPort("10.99.0.1:80"), nodeplane.ProtoTCP}
+	if err := ns.Upsert(Service{Frontend: fe, Type: LoadBalancer}, []Backend{{Addr: netip.MustParseAddrPort("10.20.0.2:8080")}}); err != nil {
+		t.Fatal(err)
+	}
+	runProg(t, ns.objs.NpNodeportXdp, testPkt{src: netip.MustParseAddrPort("198.18.0.1:1000"), dst: fe.Addr, proto: 6}.bytes())
+	if err := ns.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	var k nat.Key
+	var v nat.Entry
+	for it := table.Iterate(); it.Next(&k, &v); {
+		n++
+	}
+	if n != 2 {
+		t.Errorf("the table passed in holds %d entries after one SNAT flow and Close, want 2", n)
 	}
 }

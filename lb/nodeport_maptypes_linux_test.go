@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf/btf"
+
+	"github.com/nodeplane/nodeplane/internal/nat"
 )
 
 // TestNorthSouthLayoutMatchesBTF checks the Go twins of nodeport.c's
@@ -25,6 +27,8 @@ func TestNorthSouthLayoutMatchesBTF(t *testing.T) {
 		{"np_be", npBe{}},
 		{"np_tuple", npTuple{}},
 		{"np_rev", npRev{}},
+		{"np_nat_key", nat.Key{}},
+		{"np_nat_entry", nat.Entry{}},
 	} {
 		t.Run(s.c, func(t *testing.T) {
 			var cs *btf.Struct
@@ -70,6 +74,7 @@ func TestNorthSouthLayoutMatchesBTF(t *testing.T) {
 		{"np_np_vip", npFeKey{}, uint32(0)},
 		{"np_np_be", uint32(0), npBe{}},
 		{"np_np_rev", npTuple{}, npRev{}},
+		{"np_nat", nat.Key{}, nat.Entry{}},
 	} {
 		ms := spec.Maps[m.name]
 		if ms == nil {

@@ -23,3 +23,5 @@ func (*NorthSouth) AttachDSRBackend(int) error                    { return errNo
 func (*NorthSouth) Delete(Frontend) error                         { return errNodePortNotLinux }
 func (*NorthSouth) Drops() (map[monitor.DropReason]uint64, error) { return nil, errNodePortNotLinux }
 func (*NorthSouth) Close() error                                  { return nil }
+func (*NorthSouth) NATFlows() (int, error)                        { return 0, errNodePortNotLinux }
+func (*NorthSouth) GCNAT() (int, error)                           { return 0, errNodePortNotLinux }

@@ -39,10 +39,11 @@
  *    be routed back through this node, where np_nodeport_revnat (tc egress
  *    of the external interface) restores the frontend as their source.
  *    In SNAT mode (snat4/snat6 set) the source becomes the node's address
- *    and a NAT port (32768-60999, NAT_TRIES random tries, then
+ *    and a port from the node's one NAT table (np_nat, np_nat.h, shared
+ *    with the datapath's masquerading; no free port or a full table:
  *    DROP_NAT_NO_MAPPING); replies come to that address, and this program,
  *    attached where they arrive, sends them back from the frontend to the
- *    client. The reply map (np_np_rev) is the NAT table of both modes.
+ *    client. DNAT and DSR replies are found in np_np_rev.
  *    In DSR mode (dsr set) the client address is kept and the frontend
  *    travels in Cilium's IPv4 option (type 0x9a, 8 bytes) or IPv6
  *    destination option (type 0x1b, a 24-byte header); np_dsr_decode on
@@ -55,6 +56,7 @@
 #include "np_common.h"
 #include "np_csum.h"
 #include "np_jhash.h"
+#include "np_nat.h"
 
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
@@ -66,12 +68,6 @@
 #define DROP_FRAG_NOSUPPORT 157
 #define DROP_NO_SERVICE 158
 #define DROP_NAT_NO_MAPPING 167
-
-/* SNAT source ports: above the NodePort range (30000-32767), below the
- * default ephemeral range's end. A new flow tries NAT_TRIES random ports. */
-#define NAT_PORT_MIN 32768
-#define NAT_PORT_COUNT 28232
-#define NAT_TRIES 16
 
 /* np_fe.flags */
 #define NP_FE_F_LOCAL 1 /* externalTrafficPolicy=Local: no SNAT, no DSR */
@@ -361,39 +357,7 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
  * verifier sees them on every path. */
 static __always_inline void rewrite(struct pkt *p, void *end, int dst, const __u8 *addr, __be16 newport)
 {
-	struct udphdr *udp = p->l4; /* TCP and UDP keep the ports in the same place */
-	__u16 *csum = p->l4csum;
-
-	if ((void *)(udp + 1) > end)
-		return;
-	if (csum && (void *)(csum + 1) > end)
-		return;
-	if (p->t.family == NP_FAMILY_V4) {
-		struct iphdr *ip4 = p->l3;
-		if ((void *)(ip4 + 1) > end)
-			return;
-		__u8 *field = dst ? (__u8 *)&ip4->daddr : (__u8 *)&ip4->saddr;
-		__u32 from = load32(field), to = load32(addr);
-		csum_replace4(&ip4->check, from, to);
-		if (csum)
-			csum_replace4(csum, from, to);
-		__builtin_memcpy(field, addr, 4);
-	} else {
-		struct ipv6hdr *ip6 = p->l3;
-		if ((void *)(ip6 + 1) > end)
-			return;
-		__u8 *field = dst ? (__u8 *)&ip6->daddr : (__u8 *)&ip6->saddr;
-#pragma unroll
-		for (int i = 0; i < 16; i += 4) {
-			if (csum)
-				csum_replace4(csum, load32(field + i), load32(addr + i));
-		}
-		__builtin_memcpy(field, addr, 16);
-	}
-	__be16 *port = dst ? &udp->dest : &udp->source;
-	if (csum)
-		csum_replace2(csum, *port, newport);
-	*port = newport;
+	np_nat_rewrite_direct(p->l3, p->l4, p->l4csum, end, p->t.family, dst, addr, newport);
 }
 
 static __always_inline int drop(__u32 reason)
@@ -402,16 +366,37 @@ static __always_inline int drop(__u32 reason)
 	return XDP_DROP;
 }
 
+/* tcp_flags reads the TCP flags byte for the NAT table's FIN/RST mark. */
+static __always_inline __u8 tcp_flags(struct pkt *p, void *end)
+{
+	__u8 *f = p->l4 + 13;
+
+	if (p->t.proto != IPPROTO_TCP_ || (void *)(f + 1) > end)
+		return 0;
+	return *f;
+}
+
 /* snat_reply translates a reply to a SNAT flow (to the node's address and
- * a NAT port) back: from the frontend, to the client. */
+ * a NAT port) back: from the frontend, to the client. The NAT table's
+ * other entries (the datapath's masquerading) are its programs' to
+ * translate. */
 static __always_inline int snat_reply(struct pkt *p, void *end)
 {
-	struct np_rev *rev = bpf_map_lookup_elem(&np_np_rev, &p->t);
-	if (!rev || !rev->snat)
+	struct np_nat_key k = {};
+	__builtin_memcpy(k.saddr, p->t.saddr, 16);
+	__builtin_memcpy(k.daddr, p->t.daddr, 16);
+	k.sport = p->t.sport;
+	k.dport = p->t.dport;
+	k.proto = p->t.proto;
+	k.family = p->t.family;
+	k.dir = NP_NAT_INGRESS;
+	struct np_nat_entry *e = bpf_map_lookup_elem(&np_nat, &k);
+	if (!e || !(e->flags & NP_NAT_F_REVDNAT))
 		return XDP_PASS;
-	struct np_rev r = *rev;
-	rewrite(p, end, 0, r.addr, r.port);
-	rewrite(p, end, 1, r.caddr, r.cport);
+	np_nat_touch(e, tcp_flags(p, end));
+	struct np_nat_entry r = *e;
+	rewrite(p, end, 0, r.peer, r.peer_port);
+	rewrite(p, end, 1, r.addr, r.port);
 	return XDP_PASS;
 }
 
@@ -533,26 +518,34 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 	__builtin_memcpy(rev.addr, p.t.daddr, 16);
 	rev.port = p.t.dport;
 	if (snat) {
-		rev.snat = 1;
-		__builtin_memcpy(rev.caddr, p.t.saddr, 16);
-		rev.cport = p.t.sport;
-	}
-	if (new_flow && snat) {
-		/* A free NAT port: the reply tuple must be unused. */
-		int ok = 0;
-		for (int t = 0; t < NAT_TRIES; t++) {
-			nat_port = bpf_htons(NAT_PORT_MIN + bpf_get_prandom_u32() % NAT_PORT_COUNT);
-			rt.dport = nat_port;
-			if (!bpf_map_update_elem(&np_np_rev, &rt, &rev, BPF_NOEXIST)) {
-				ok = 1;
-				break;
-			}
-		}
-		if (!ok)
+		/* The flow after DNAT (client -> backend) in the node's NAT
+		 * table: its port, or a new one. */
+		struct np_nat_scratch *ns = np_nat_scratch_get();
+		if (!ns)
 			return drop(DROP_NAT_NO_MAPPING);
+		struct np_nat_key *fk = &ns->fwd;
+		__builtin_memcpy(fk->saddr, p.t.saddr, 16);
+		__builtin_memcpy(fk->daddr, b.addr, 16);
+		fk->sport = p.t.sport;
+		fk->dport = b.port;
+		fk->proto = p.t.proto;
+		fk->family = p.t.family;
+		fk->dir = NP_NAT_EGRESS;
+		struct np_nat_entry *ne = bpf_map_lookup_elem(&np_nat, fk);
+		if (ne && !__builtin_memcmp(ne->addr, snat_addr, 16)) {
+			nat_port = ne->port;
+			np_nat_touch(ne, tcp_flags(&p, end));
+		} else {
+			__builtin_memcpy(ns->back.addr, p.t.saddr, 16);
+			ns->back.port = p.t.sport;
+			__builtin_memcpy(ns->back.peer, p.t.daddr, 16);
+			ns->back.peer_port = p.t.dport;
+			ns->back.flags = NP_NAT_F_REVDNAT;
+			nat_port = np_nat_create(ns, snat_addr);
+			if (!nat_port)
+				return drop(DROP_NAT_NO_MAPPING);
+		}
 	} else {
-		if (snat)
-			rt.dport = nat_port;
 		/* An established flow has its reply entry already, unless the
 		 * LRU evicted it; an update costs several lookups. */
 		if (new_flow || !bpf_map_lookup_elem(&np_np_rev, &rt)) {
