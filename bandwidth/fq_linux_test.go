@@ -5,12 +5,16 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/internal/testutils"
@@ -199,4 +203,108 @@ func programHorizonDrops(t *testing.T, w *trafficWorld) uint64 {
 		t.Fatal(err)
 	}
 	return c[datapath.CounterKey{Hook: datapath.FromEndpoint, Reason: monitor.DropEDTHorizon}].Packets
+}
+
+// TestPrivilegedFqHorizonDrops installs the Manager's fq on a device and
+// sends datagrams through it with SO_TXTIME: those stamped beyond fq's
+// horizon are dropped and counted in fq's horizon_drops, exactly as many
+// as were sent; those within it arrive. No bulk traffic, so that it holds
+// under emulation (the kernel matrix) as well.
+func TestPrivilegedFqHorizonDrops(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	testutils.SkipIfNotSupported(t, HaveEDT())
+	node, peer := testutils.NewNetNS(t), testutils.NewNetNS(t)
+	testutils.NewVeth(t, node, "up0", peer, "up1")
+	addIP(t, node, "up0", nodeUplink, 24)
+	addIP(t, peer, "up1", remoteAddr, 24)
+	m, err := New(Config{NodeNetNS: nsPath(node), Devices: []string{"up0"}, FqHorizon: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if m.Mechanism() != MechanismEDT {
+		t.Fatalf("mechanism %v with sch_fq present", m.Mechanism())
+	}
+
+	const n = 20
+	dst := netip.AddrPortFrom(remoteAddr, 7002)
+	recv := listenUDP(t, peer, dst)
+	s := newTxtimeSender(t, node)
+	before := fqDrops(t, m)
+	for i := 0; i < n; i++ {
+		// 1 s is beyond the 500 ms horizon, 1 ms within it.
+		if err := errors.Join(s.send(dst, time.Second), s.send(dst, time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	arrived := recv.stop(500 * time.Millisecond)
+	after := fqDrops(t, m)
+	t.Logf("fq: horizon_drops +%d, throttled +%d; %d of %d datagrams within the horizon arrived",
+		after.HorizonDrops-before.HorizonDrops, after.Throttled-before.Throttled, arrived, n)
+	if got := after.HorizonDrops - before.HorizonDrops; got != n {
+		t.Errorf("fq counted %d horizon drops, want %d", got, n)
+	}
+	if arrived != n {
+		t.Errorf("%d of %d datagrams 1 ms ahead arrived", arrived, n)
+	}
+}
+
+// TestPrivilegedManagerCloseRestores gives the Manager a device with a
+// tbf of its own and a multi-queue device with the kernel's default:
+// with EDT (a kernel with sch_fq) New puts fq on both, one per TX queue
+// on the second, and Close puts back exactly what tc showed before. With
+// the fallback (no sch_fq) New leaves the devices alone and Close
+// changes nothing either.
+func TestPrivilegedManagerCloseRestores(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	ns := testutils.NewNetNS(t)
+	h := ns.Netlink(t)
+	testutils.NewVeth(t, ns, "v0", ns, "v1")
+	multiQueueVeth(t, ns, "m0", 4)
+	v0, err := h.LinkByName("v0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := tbfQdisc(v0.Attrs().Index, 30*Mbit, Config{TBFLatency: defaultTBFLatency})
+	user.Handle = netlink.MakeHandle(1, 0) // the handle the Manager gives fq
+	if err := h.QdiscReplace(user); err != nil {
+		t.Fatal(err)
+	}
+	devs := []string{"v0", "m0"}
+	before := map[string]string{}
+	for _, d := range devs {
+		before[d] = tcShow(t, ns, d)
+	}
+
+	m, err := New(Config{NodeNetNS: nsPath(ns), Devices: devs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("mechanism %v", m.Mechanism())
+	if m.Mechanism() == MechanismEDT {
+		sts, err := m.DeviceStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sts) != 2 || sts[0].Qdiscs != 1 || sts[1].Qdiscs != 4 {
+			t.Errorf("fq qdiscs per device: %+v, want 1 on v0 and 4 on m0", sts)
+		}
+		for _, d := range devs {
+			// tc prints fq's horizon in microseconds.
+			if now := tcShow(t, ns, d); !strings.Contains(now, `"kind":"fq"`) || !regexp.MustCompile(`"horizon":2000000`).MatchString(now) {
+				t.Errorf("%s after New:\n%s", d, now)
+			}
+		}
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range devs {
+		if after := tcShow(t, ns, d); after != before[d] {
+			t.Errorf("%s after Close:\n%s\nbefore New:\n%s", d, after, before[d])
+		}
+	}
+	if _, err := m.DeviceStats(); !errors.Is(err, nodeplane.ErrClosed) {
+		t.Errorf("DeviceStats after Close: %v, want ErrClosed", err)
+	}
 }

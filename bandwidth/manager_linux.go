@@ -83,7 +83,10 @@ func New(cfg Config) (*Manager, error) {
 // fq: the kernel's default (deleting fq brings it back) or the qdiscs
 // someone had configured, as netlink read them. Options netlink does not
 // read (fq's ce_threshold, orphan_mask and priomap, for one) come back as
-// the kernel's defaults. A device that is gone is skipped. Endpoints keep
+// the kernel's defaults. A device that is gone is skipped. What Close puts
+// back is what New found: after a process that did not Close (a crash, or
+// an agent that keeps its devices' fq across restarts, as Cilium does),
+// that is the earlier Manager's fq. Endpoints keep
 // their limits, see [Manager]; with EDT they limit nothing until fq is on
 // the devices again. The fallback has nothing to put back. Close is
 // idempotent; afterwards the Manager's other methods fail with
