@@ -78,26 +78,34 @@ func TestPrivilegedQdiscRestore(t *testing.T) {
 		return netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(7, 0)})
 	}
 
+	// An fq of someone's own (not the Manager's parameters), as a root
+	// or as mq's leaf: what a crashed Manager leaves behind looks so.
+	fq := func(l netlink.Link, parent, handle uint32) *netlink.Fq {
+		q := netlink.NewFq(netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Parent: parent, Handle: handle})
+		q.Horizon, q.HorizonDropPolicy, q.Buckets, q.FlowPacketLimit = 700_000, netlink.HORIZON_DROP_POLICY_CAP, 12, 50
+		return q
+	}
 	for _, tc := range []struct {
-		name  string
-		dev   string
-		setup func(netlink.Link) error // the configuration to save
-		other func(netlink.Link) error // what takes its place
+		name   string
+		dev    string
+		needFq bool
+		setup  func(netlink.Link) error // the configuration to save
+		other  func(netlink.Link) error // what takes its place
 	}{
-		{"kernel default", "v0", nil, func(l netlink.Link) error {
+		{"kernel default", "v0", false, nil, func(l netlink.Link) error {
 			return h.QdiscReplace(tbf(l, netlink.HANDLE_ROOT, netlink.MakeHandle(1, 0), 10*Mbit))
 		}},
-		{"tbf", "v0", func(l netlink.Link) error {
+		{"tbf", "v0", false, func(l netlink.Link) error {
 			return h.QdiscReplace(tbf(l, netlink.HANDLE_ROOT, netlink.MakeHandle(5, 0), 30*Mbit))
 		}, func(l netlink.Link) error {
 			return h.QdiscReplace(htb(l))
 		}},
-		{"tbf replaced by tbf with the same handle", "v0", func(l netlink.Link) error {
+		{"tbf replaced by tbf with the same handle", "v0", false, func(l netlink.Link) error {
 			return h.QdiscReplace(tbf(l, netlink.HANDLE_ROOT, netlink.MakeHandle(1, 0), 30*Mbit))
 		}, func(l netlink.Link) error {
 			return h.QdiscReplace(tbf(l, netlink.HANDLE_ROOT, netlink.MakeHandle(1, 0), 70*Mbit))
 		}},
-		{"mq with tbf leaves", "m0", func(l netlink.Link) error {
+		{"mq with tbf leaves", "m0", false, func(l netlink.Link) error {
 			if err := h.QdiscReplace(&netlink.GenericQdisc{
 				QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(1, 0)},
 				QdiscType:  "mq",
@@ -115,8 +123,32 @@ func TestPrivilegedQdiscRestore(t *testing.T) {
 		}, func(l netlink.Link) error {
 			return h.QdiscReplace(tbf(l, netlink.HANDLE_ROOT, netlink.MakeHandle(9, 0), 10*Mbit))
 		}},
+		{"fq", "v0", true, func(l netlink.Link) error {
+			return h.QdiscReplace(fq(l, netlink.HANDLE_ROOT, netlink.MakeHandle(1, 0)))
+		}, func(l netlink.Link) error {
+			return h.QdiscReplace(tbf(l, netlink.HANDLE_ROOT, netlink.MakeHandle(9, 0), 10*Mbit))
+		}},
+		{"mq with fq leaves", "m0", true, func(l netlink.Link) error {
+			if err := h.QdiscReplace(&netlink.GenericQdisc{
+				QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(1, 0)},
+				QdiscType:  "mq",
+			}); err != nil {
+				return err
+			}
+			for i := uint16(1); i <= 4; i++ {
+				if err := h.QdiscReplace(fq(l, netlink.MakeHandle(1, i), netlink.MakeHandle(10+i, 0))); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, func(l netlink.Link) error {
+			return h.QdiscReplace(tbf(l, netlink.HANDLE_ROOT, netlink.MakeHandle(9, 0), 10*Mbit))
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.needFq {
+				testutils.SkipIfNotSupported(t, HaveEDT())
+			}
 			l := link(tc.dev)
 			if err := deleteRoot(h, l); err != nil {
 				t.Fatal(err)
