@@ -76,11 +76,17 @@ type savedRoot struct {
 	leaves []netlink.Qdisc
 }
 
-// restorable are the qdisc kinds whose configuration netlink reads back
-// completely enough to create them again: classless, no children of
-// their own (a tbf's inner qdisc is its default fifo). Anything else on a
-// device refuses it, as its configuration could not be put back.
-var restorable = map[string]bool{"tbf": true, "fq": true, "fq_codel": true}
+// restorable reports whether netlink reads a qdisc kind's configuration
+// back completely enough to create it again: classless kinds, no children
+// of their own (a tbf's inner qdisc is its default fifo). Anything else
+// on a device refuses it, as its configuration could not be put back.
+func restorable(kind string) bool {
+	switch kind {
+	case "tbf", "fq", "fq_codel":
+		return true
+	}
+	return false
+}
 
 // saveRoot records link's egress qdiscs so that restore can put them back.
 // It fails for a configuration it could not restore: a classful root
@@ -101,7 +107,7 @@ func saveRoot(h *netlink.Handle, link netlink.Link) (*savedRoot, error) {
 		// The kernel's default, whose leaves are defaults too.
 		return s, nil
 	}
-	if root.Type() != "mq" && !restorable[root.Type()] {
+	if root.Type() != "mq" && !restorable(root.Type()) {
 		return nil, fmt.Errorf("%w: root qdisc %s %s is not one the Manager can put back on Close (it can: the kernel's default, tbf, fq, fq_codel, mq with those); remove it first",
 			ErrInvalidConfig, root.Type(), netlink.HandleStr(root.Attrs().Handle))
 	}
@@ -115,7 +121,7 @@ func saveRoot(h *netlink.Handle, link netlink.Link) (*savedRoot, error) {
 			// qdiscs and stay as they are.
 		case a.Handle == 0:
 			// A default leaf; mq creates it again.
-		case root.Type() == "mq" && a.Parent&0xffff0000 == major && restorable[q.Type()]:
+		case root.Type() == "mq" && a.Parent&0xffff0000 == major && restorable(q.Type()):
 			s.leaves = append(s.leaves, q)
 		default:
 			return nil, fmt.Errorf("%w: qdisc %s %s under %s is not one the Manager can put back on Close; remove it first",
@@ -129,8 +135,14 @@ func saveRoot(h *netlink.Handle, link netlink.Link) (*savedRoot, error) {
 // nothing to restore.
 func (s *savedRoot) restore(h *netlink.Handle) error {
 	link, err := h.LinkByIndex(s.ifindex)
-	if err != nil || link.Attrs().Name != s.dev {
-		return nil // gone, or its index reused by another device
+	var gone netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &gone):
+		return nil
+	case err != nil:
+		return fmt.Errorf("device %s: %w", s.dev, err)
+	case link.Attrs().Name != s.dev:
+		return nil // its index reused by another device
 	}
 	// Deleting the Manager's root (and its leaves with it) brings back
 	// the kernel's default; a saved root then replaces that, and the

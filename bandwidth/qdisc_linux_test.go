@@ -178,6 +178,20 @@ func TestPrivilegedQdiscRestore(t *testing.T) {
 		})
 	}
 
+	t.Run("device gone", func(t *testing.T) {
+		gone := multiQueueVeth(t, ns, "g0", 1)
+		saved, err := saveRoot(h, gone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkDel(gone); err != nil {
+			t.Fatal(err)
+		}
+		if err := saved.restore(h); err != nil {
+			t.Errorf("restoring a device that is gone: %v", err)
+		}
+	})
+
 	t.Run("refused", func(t *testing.T) {
 		l := link("v0")
 		if err := h.QdiscReplace(htb(l)); err != nil {
