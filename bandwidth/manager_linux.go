@@ -86,10 +86,12 @@ func New(cfg Config) (*Manager, error) {
 // the kernel's defaults. A device that is gone is skipped. What Close puts
 // back is what New found: after a process that did not Close (a crash, or
 // an agent that keeps its devices' fq across restarts, as Cilium does),
-// that is the earlier Manager's fq. Endpoints keep
-// their limits, see [Manager]; with EDT they limit nothing until fq is on
-// the devices again. The fallback has nothing to put back. Close is
-// idempotent; afterwards the Manager's other methods fail with
+// that is the earlier Manager's fq.
+//
+// Endpoints keep their limits, see [Manager]; with EDT they limit nothing
+// until fq is on the devices again. The fallback has nothing to put back.
+// Close tries every device once and returns their errors joined; it is
+// idempotent, and afterwards the Manager's other methods fail with
 // nodeplane.ErrClosed.
 func (m *Manager) Close() error {
 	m.mu.Lock()
