@@ -32,11 +32,25 @@
 // # Manager
 //
 // A [Manager] ([New]) applies Limits to datapath endpoints. It picks its
-// [Mechanism] once: with EDT it installs fq (horizon 2 s, drop policy
-// drop; mq with fq leaves on multi-queue devices) on the node's egress
-// devices and writes each endpoint's rate into the datapath
-// (datapath.Endpoint.SetEgressRate); with the fallback it puts a tbf qdisc
-// on the endpoint's interface inside its namespace. Ingress limits are a
+// [Mechanism] once: with EDT it installs fq (mq with fq leaves on
+// multi-queue devices) on the node's egress devices and writes each
+// endpoint's rate into the datapath (datapath.Endpoint.SetEgressRate);
+// with the fallback it puts a tbf qdisc on the endpoint's interface inside
+// its namespace.
+//
+// EDT has two horizons, as in Cilium, both 2 s by default: the program's
+// (Config.Horizon, bwmap.DefaultDropHorizon), beyond which it drops a
+// packet without booking its slot, and fq's (Config.FqHorizon,
+// FqDefaultHorizon, with fq's horizon_drop policy and Cilium's 2^15
+// buckets), beyond which fq drops any packet, whoever stamped it: an
+// application's SO_TXTIME as much as the program. fq counts those drops
+// (horizon_drops), which [Manager.DeviceStats] reads. An fq horizon below
+// the program's makes fq drop packets whose slots the program already
+// booked, and the endpoint loses that share of its rate.
+//
+// The Manager owns its devices' root qdiscs until [Manager.Close], which
+// puts back what they had before (Cilium leaves fq in place instead);
+// endpoints' limits outlive it. Ingress limits are a
 // tbf on the egress of the endpoint's host-side interface either way, as
 // the CNI bandwidth plugin has them. What a rate counts differs a little:
 // tbf counts frames on the wire, so a TCP stream's payload is about 4.4%

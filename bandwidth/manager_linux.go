@@ -7,7 +7,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath"
@@ -16,16 +15,30 @@ import (
 // Manager applies endpoints' [Limits]. It chooses its mechanism once, in
 // [New]: EDT through the datapath where the kernel has sch_fq, else the
 // token-bucket fallback. Its methods are safe for concurrent use.
+//
+// With EDT the Manager owns the root qdiscs of its devices until [Close],
+// which puts back what was there before. The endpoints' limits are not
+// the Manager's: EDT rates live in the datapath's map and token buckets on
+// the endpoints' interfaces, and both outlive the Manager (an agent that
+// restarts finds them in place); [Manager.Clear] removes them.
 type Manager struct {
 	cfg  Config
 	mech Mechanism
-	mu   sync.Mutex
+
+	mu     sync.Mutex
+	saved  []*savedRoot // the devices' qdiscs before fq, for Close
+	closed bool
 }
 
 // New returns a Manager. With EDT (chosen or required) it checks that the
 // kernel has sch_fq and delivery-time stamps, and installs fq with the
-// horizon on cfg.Devices. Errors wrap [ErrInvalidConfig], or
-// nodeplane.ErrNotSupported when EDT is required and the kernel lacks it.
+// horizon on cfg.Devices, remembering each device's root qdisc for
+// [Manager.Close]. A device whose qdiscs Close could not put back (a
+// classful root other than mq, or a qdisc kind netlink cannot read back
+// whole; the kernel's default, tbf, fq, fq_codel and mq with such leaves
+// are fine) is refused, and the devices done so far are put back. Errors
+// wrap [ErrInvalidConfig], or nodeplane.ErrNotSupported when EDT is
+// required and the kernel lacks it.
 func New(cfg Config) (*Manager, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -50,8 +63,12 @@ func New(cfg Config) (*Manager, error) {
 	if m.mech == MechanismEDT {
 		if err := withHandle(cfg.NodeNetNS, func(h *netlink.Handle) error {
 			for _, dev := range cfg.Devices {
-				if err := installFq(h, dev, cfg); err != nil {
-					return err
+				saved, err := installFq(h, dev, cfg)
+				if saved != nil {
+					m.saved = append(m.saved, saved)
+				}
+				if err != nil {
+					return errors.Join(err, m.restore(h))
 				}
 			}
 			return nil
@@ -60,6 +77,75 @@ func New(cfg Config) (*Manager, error) {
 		}
 	}
 	return m, nil
+}
+
+// Close puts back the root qdiscs the devices had before [New] installed
+// fq: the kernel's default (deleting fq brings it back) or the qdiscs
+// someone had configured, as netlink read them. Options netlink does not
+// read (fq's ce_threshold, orphan_mask and priomap, for one) come back as
+// the kernel's defaults. A device that is gone is skipped. What Close puts
+// back is what New found: after a process that did not Close (a crash, or
+// an agent that keeps its devices' fq across restarts, as Cilium does),
+// that is the earlier Manager's fq.
+//
+// Endpoints keep their limits, see [Manager]; with EDT they limit nothing
+// until fq is on the devices again. The fallback has nothing to put back.
+// Close tries every device once and returns their errors joined; it is
+// idempotent, and afterwards the Manager's other methods fail with
+// nodeplane.ErrClosed.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
+	if len(m.saved) == 0 {
+		return nil
+	}
+	return withHandle(m.cfg.NodeNetNS, m.restore)
+}
+
+// restore puts back the saved qdiscs, the last device first.
+func (m *Manager) restore(h *netlink.Handle) error {
+	var errs []error
+	for i := len(m.saved) - 1; i >= 0; i-- {
+		errs = append(errs, m.saved[i].restore(h))
+	}
+	m.saved = nil
+	return errors.Join(errs...)
+}
+
+// DeviceStats returns the statistics of the fq qdiscs on the Manager's
+// devices (none with the fallback), read from the kernel now.
+func (m *Manager) DeviceStats() ([]DeviceStats, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.usable(); err != nil {
+		return nil, err
+	}
+	if m.mech != MechanismEDT {
+		return nil, nil
+	}
+	var out []DeviceStats
+	err := withNetNS(m.cfg.NodeNetNS, func(ns netns.NsHandle, h *netlink.Handle) error {
+		for _, dev := range m.cfg.Devices {
+			st, err := fqStats(ns, h, dev)
+			if err != nil {
+				return err
+			}
+			out = append(out, st)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (m *Manager) usable() error {
+	if m.closed {
+		return fmt.Errorf("bandwidth manager: %w", nodeplane.ErrClosed)
+	}
+	return nil
 }
 
 // Mechanism returns the mechanism in effect: MechanismEDT or MechanismTBF.
@@ -80,6 +166,9 @@ func (m *Manager) Set(ep *datapath.Endpoint, l Limits) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := m.usable(); err != nil {
+		return err
+	}
 
 	var errs []error
 	switch {
@@ -140,6 +229,9 @@ func (m *Manager) SetPodEgress(nsPath, ifName string, rate Rate) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := m.usable(); err != nil {
+		return err
+	}
 	return m.tbfAt(nsPath, ifName, rate)
 }
 
@@ -189,63 +281,15 @@ func tbfQdisc(ifindex int, rate Rate, cfg Config) *netlink.Tbf {
 	}
 }
 
-// installFq replaces dev's root qdisc by fq with the horizon, or by mq
-// with an fq leaf per TX queue on a multi-queue device, as Cilium's
-// bandwidth manager does.
-func installFq(h *netlink.Handle, dev string, cfg Config) error {
-	link, err := h.LinkByName(dev)
-	if err != nil {
-		return fmt.Errorf("device %s: %w", dev, err)
-	}
-	idx := link.Attrs().Index
-	fq := func(parent uint32, handle uint32) *netlink.Fq {
-		q := netlink.NewFq(netlink.QdiscAttrs{LinkIndex: idx, Parent: parent, Handle: handle})
-		q.Horizon = uint32(cfg.Horizon.Microseconds())
-		q.HorizonDropPolicy = netlink.HORIZON_DROP_POLICY_DROP
-		return q
-	}
-	n := link.Attrs().NumTxQueues
-	if n <= 1 {
-		if err := h.QdiscReplace(fq(netlink.HANDLE_ROOT, netlink.MakeHandle(1, 0))); err != nil {
-			return fmt.Errorf("device %s: install fq: %w", dev, err)
-		}
-		return nil
-	}
-	mq := &netlink.GenericQdisc{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(1, 0)},
-		QdiscType:  "mq",
-	}
-	if err := h.QdiscReplace(mq); err != nil {
-		return fmt.Errorf("device %s: install mq: %w", dev, err)
-	}
-	for i := 1; i <= n; i++ {
-		if err := h.QdiscReplace(fq(netlink.MakeHandle(1, uint16(i)), netlink.MakeHandle(uint16(10+i), 0))); err != nil {
-			return fmt.Errorf("device %s: install fq on TX queue %d: %w", dev, i, err)
-		}
-	}
-	return nil
-}
-
-// deleteRootQdisc deletes link's root qdisc if it is of kind, which
-// brings back the device's default.
-func deleteRootQdisc(h *netlink.Handle, link netlink.Link, kind string) error {
-	qs, err := h.QdiscList(link)
-	if err != nil {
-		return err
-	}
-	for _, q := range qs {
-		if q.Attrs().Parent == netlink.HANDLE_ROOT && q.Type() == kind {
-			if err := h.QdiscDel(q); err != nil && !errors.Is(err, unix.ENOENT) {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
 // withHandle runs fn with a netlink handle in the namespace at path ("" is
 // the process's).
 func withHandle(path string, fn func(*netlink.Handle) error) error {
+	return withNetNS(path, func(_ netns.NsHandle, h *netlink.Handle) error { return fn(h) })
+}
+
+// withNetNS runs fn with the namespace at path ("" is the process's) and a
+// netlink handle in it.
+func withNetNS(path string, fn func(netns.NsHandle, *netlink.Handle) error) error {
 	get := netns.Get
 	if path != "" {
 		get = func() (netns.NsHandle, error) { return netns.GetFromPath(path) }
@@ -260,5 +304,5 @@ func withHandle(path string, fn func(*netlink.Handle) error) error {
 		return fmt.Errorf("netlink in namespace %q: %w", path, err)
 	}
 	defer h.Close()
-	return fn(h)
+	return fn(ns, h)
 }

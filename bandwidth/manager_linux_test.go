@@ -140,6 +140,7 @@ func payloadWithin(got float64, limit Rate) bool {
 // fallback; with sch_fq, EDT with fq on the uplink.
 func TestPrivilegedManagerRealTraffic(t *testing.T) {
 	w := newTrafficWorld(t)
+	qdiscsBefore := tcShow(t, w.node, "up0")
 	m, err := New(Config{NodeNetNS: nsPath(w.node), Devices: []string{"up0"}})
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +162,15 @@ func TestPrivilegedManagerRealTraffic(t *testing.T) {
 	if err := m.Set(w.a, Limits{Egress: limit}); err != nil {
 		t.Fatal(err)
 	}
-	got := w.rate(t, w.podA, false)
+	measure := func() float64 { return w.rate(t, w.podA, false) }
+	var got float64
+	if m.Mechanism() == MechanismEDT {
+		// fq's horizon at work on the same device meanwhile, for
+		// departure times an application set.
+		got = appTxtimeDuring(t, w, m, measure)
+	} else {
+		got = measure()
+	}
 	// The limit counts frames on the wire; iperf3 counts TCP payload, 1448
 	// bytes of each 1514-byte frame at MTU 1500 with TCP timestamps.
 	t.Logf("A limited to %v: %.2f Mbit/s of payload (%.2f expected for the frame overhead)",
@@ -183,8 +192,11 @@ func TestPrivilegedManagerRealTraffic(t *testing.T) {
 	}
 	restored := w.rate(t, w.podA, false)
 	t.Logf("A after Clear: %.1f Mbit/s", restored/1e6)
-	if restored < 4*float64(limit) || restored < baseline/3 {
-		t.Errorf("A after Clear sends %.1f Mbit/s, not its full rate", restored/1e6)
+	// Twice the limit shows the limit is gone; a third of the unlimited
+	// rate of the same run, that A is not held back otherwise (under
+	// emulation on a busy machine the guest's rates sag over a run).
+	if restored < 2*float64(limit) || restored < baseline/3 {
+		t.Errorf("A after Clear sends %.1f Mbit/s, not its full rate (C unlimited: %.1f)", restored/1e6, baseline/1e6)
 	}
 
 	if err := m.Set(w.a, Limits{Ingress: limit}); err != nil {
@@ -200,6 +212,23 @@ func TestPrivilegedManagerRealTraffic(t *testing.T) {
 	}
 	if m.Mechanism() == MechanismEDT {
 		edtHorizonDrops(t, w, limit)
+		fqHorizonBelowProgram(t, w, limit)
+	}
+
+	// Close puts up0's qdiscs back as they were before New (with EDT:
+	// the kernel's default instead of fq; with the fallback nothing
+	// changed), and the Manager is done.
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := tcShow(t, w.node, "up0"); after != qdiscsBefore {
+		t.Errorf("up0 after Close:\n%s\nbefore New:\n%s", after, qdiscsBefore)
+	}
+	if err := m.Set(w.a, Limits{Egress: limit}); !errors.Is(err, nodeplane.ErrClosed) {
+		t.Errorf("Set after Close: %v, want ErrClosed", err)
+	}
+	if err := m.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
 	}
 }
 
@@ -207,13 +236,17 @@ func TestPrivilegedManagerRealTraffic(t *testing.T) {
 // burst (TSQ lets a socket queue about a millisecond of its pacing rate,
 // far more than 5 ms at 50 Mbit/s early in the stream) runs past it: the
 // EDT program drops with DROP_EDT_HORIZON, counted, and fq on the uplink
-// reports its own statistics (its horizon drops stay near zero, since the
-// program drops at the same horizon first).
+// (its horizon at the default 2 s) holds what the program stamped.
 func edtHorizonDrops(t *testing.T, w *trafficWorld, limit Rate) {
 	m, err := New(Config{NodeNetNS: nsPath(w.node), Devices: []string{"up0"}, Horizon: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() {
+		if err := m.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
 	if err := m.Set(w.a, Limits{Egress: limit}); err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +280,10 @@ func edtHorizonDrops(t *testing.T, w *trafficWorld, limit Rate) {
 
 func TestPrivilegedManagerConfig(t *testing.T) {
 	testutils.RequirePrivileged(t)
-	for _, cfg := range []Config{{Mechanism: 9}, {Horizon: -1}, {TBFLatency: -1}, {Mechanism: MechanismTBF, Devices: []string{"eth0"}}} {
+	for _, cfg := range []Config{
+		{Mechanism: 9}, {Horizon: -1}, {TBFLatency: -1}, {Mechanism: MechanismTBF, Devices: []string{"eth0"}},
+		{FqHorizon: -1}, {FqHorizon: 72 * time.Minute}, {Mechanism: MechanismTBF, FqHorizon: time.Second},
+	} {
 		if _, err := New(cfg); !errors.Is(err, ErrInvalidConfig) {
 			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", cfg, err)
 		}

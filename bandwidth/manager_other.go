@@ -28,3 +28,9 @@ func (*Manager) Clear(*datapath.Endpoint) error { return nodeplane.ErrNotSupport
 
 // SetPodEgress fails: bandwidth management needs Linux.
 func (*Manager) SetPodEgress(string, string, Rate) error { return nodeplane.ErrNotSupported }
+
+// Close does nothing.
+func (*Manager) Close() error { return nil }
+
+// DeviceStats fails: bandwidth management needs Linux.
+func (*Manager) DeviceStats() ([]DeviceStats, error) { return nil, nodeplane.ErrNotSupported }

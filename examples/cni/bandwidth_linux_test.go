@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -21,8 +22,8 @@ import (
 // does, against the node agent's binary: a pod whose runtimeConfig.bandwidth
 // asks for 50 Mbit/s of egress sends at that rate (iperf3, within the
 // bandwidth package's tolerance: 5% around what a limit on frames allows
-// of TCP payload), CHECK passes, and a rate below 1 kbit/s is a CNI error
-// with code 7.
+// of TCP payload), CHECK passes, and a rate below 1 kbit/s or a burst the
+// agent cannot enforce is a CNI error with code 7.
 func TestPrivilegedCNIBandwidth(t *testing.T) {
 	testutils.RequirePrivileged(t)
 	if _, err := exec.LookPath("iperf3"); err != nil {
@@ -39,11 +40,11 @@ func TestPrivilegedCNIBandwidth(t *testing.T) {
 		rt   *libcni.RuntimeConf
 		addr netip.Addr
 	}
-	add := func(name string, egress uint64) (*pod, error) {
+	add := func(name string, egress, burst uint64) (*pod, error) {
 		p := &pod{ns: testutils.NewNetNS(t)}
 		caps := map[string]any{"labels": map[string]string{"app": name}}
 		if egress != 0 {
-			caps["bandwidth"] = map[string]any{"egressRate": egress, "egressBurst": 1_000_000}
+			caps["bandwidth"] = map[string]any{"egressRate": egress, "egressBurst": burst}
 		}
 		p.rt = &libcni.RuntimeConf{ContainerID: "bw-" + name, IfName: "eth0",
 			NetNS: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), p.ns.FD()), CapabilityArgs: caps,
@@ -59,11 +60,13 @@ func TestPrivilegedCNIBandwidth(t *testing.T) {
 		p.addr, _ = netip.AddrFromSlice(cur.IPs[0].Address.IP.To4())
 		return p, nil
 	}
-	srv, err := add("srv", 0)
+	srv, err := add("srv", 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lim, err := add("lim", limit)
+	// containerd's CRI sends a burst of math.MaxUint32 bits with every
+	// rate: "no bound".
+	lim, err := add("lim", limit, math.MaxUint32)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,11 +79,17 @@ func TestPrivilegedCNIBandwidth(t *testing.T) {
 		t.Errorf("a pod limited to 50 Mbit/s sent %.2f Mbit/s of payload, want 45.43-52.5", got/1e6)
 	}
 
-	_, err = add("bad", 10)
+	_, err = add("bad", 10, math.MaxUint32)
 	var cerr *types.Error
 	t.Logf("egressRate 10: %v", err)
 	if !errors.As(err, &cerr) || cerr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cerr.Msg, "bandwidth") {
 		t.Errorf("ADD with egressRate 10 bit/s: %v, want a CNI error with code 7 about the bandwidth", err)
+	}
+	// A burst the agent cannot enforce is refused, not ignored.
+	_, err = add("burst", limit, 1_000_000)
+	t.Logf("egressBurst 1000000: %v", err)
+	if !errors.As(err, &cerr) || cerr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cerr.Details, "egressBurst") {
+		t.Errorf("ADD with egressBurst 1000000 bits: %v, want a CNI error with code 7 about the burst", err)
 	}
 	for _, p := range []*pod{srv, lim} {
 		if err := cni.DelNetworkList(ctx, list, p.rt); err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -46,8 +47,11 @@ type RuntimeConfig struct {
 	// Labels are the pod's labels (capability "labels").
 	Labels map[string]string `json:"labels,omitempty"`
 	// Bandwidth is the CNI bandwidth capability: rates in bits per
-	// second. Bursts are accepted and ignored: the agent shapes with
-	// rates only (EDT), it has no token bucket to size.
+	// second, bursts in bits. The agent enforces rates only (EDT has no
+	// bucket; its token-bucket fallback sizes its own burst), so a burst
+	// is accepted only where it asks for no bound: 0, or the values
+	// Kubernetes runtimes send with every rate because the pod API has
+	// no burst (see [unboundedBurst]). Any other burst is refused.
 	Bandwidth *Bandwidth `json:"bandwidth,omitempty"`
 }
 
@@ -57,6 +61,34 @@ type Bandwidth struct {
 	IngressBurst uint64 `json:"ingressBurst,omitempty"`
 	EgressRate   uint64 `json:"egressRate,omitempty"`
 	EgressBurst  uint64 `json:"egressBurst,omitempty"`
+}
+
+// unboundedBurst is the smallest burst taken to mean "no bound". Pods have
+// no burst annotation, so Kubernetes runtimes send a burst of their own
+// with every rate, because the CNI bandwidth plugin refuses a rate without
+// one: kubelet's dockershim and kubenet math.MaxInt32 ("in practice ... no
+// limit"), containerd's CRI math.MaxUint32, CRI-O math.MaxUint32*8 (later
+// math.MaxUint32*8-1, under the plugin's 4 GB cap). All are at least this.
+const unboundedBurst = math.MaxInt32
+
+// check refuses what the agent cannot enforce: a burst below
+// [unboundedBurst], and a burst without its rate (which the CNI bandwidth
+// plugin refuses too).
+func (b *Bandwidth) check() error {
+	for _, d := range []struct {
+		dir         string
+		rate, burst uint64
+	}{{"ingress", b.IngressRate, b.IngressBurst}, {"egress", b.EgressRate, b.EgressBurst}} {
+		switch {
+		case d.burst != 0 && d.rate == 0:
+			return invalidConfig("runtimeConfig.bandwidth: %sBurst %d without an %sRate", d.dir, d.burst, d.dir)
+		case d.burst != 0 && d.burst < unboundedBurst:
+			return invalidConfig("runtimeConfig.bandwidth: %sBurst %d bits cannot be enforced: the agent limits rates only "+
+				"(EDT, or a token bucket that sizes its own burst); leave the burst out or at least %d, as Kubernetes runtimes send it",
+				d.dir, d.burst, unboundedBurst)
+		}
+	}
+	return nil
 }
 
 // Args is the network configuration's "args" (CNI CONVENTIONS.md): the
@@ -123,6 +155,11 @@ func parseConfig(data []byte) (*NetConf, error) {
 	}
 	if _, err := conf.labels(); err != nil {
 		return nil, err
+	}
+	if bw := conf.RuntimeConfig.Bandwidth; bw != nil {
+		if err := bw.check(); err != nil {
+			return nil, err
+		}
 	}
 	if conf.RawPrevResult != nil {
 		if err := version.ParsePrevResult(&conf.PluginConf); err != nil {

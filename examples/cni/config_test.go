@@ -33,6 +33,13 @@ func TestParseConfig(t *testing.T) {
 		{"empty label key", `{"cniVersion":"1.1.0","name":"n","type":"nodeplane","runtimeConfig":{"labels":{"":"web"}}}`, types.ErrInvalidNetworkConfig, "empty label key"},
 		{"label separator", `{"cniVersion":"1.1.0","name":"n","type":"nodeplane","runtimeConfig":{"labels":{"a,b":"web"}}}`, types.ErrInvalidNetworkConfig, "contains one of"},
 		{"long value", `{"cniVersion":"1.1.0","name":"n","type":"nodeplane","runtimeConfig":{"labels":{"a":"` + strings.Repeat("x", 64) + `"}}}`, types.ErrInvalidNetworkConfig, "at most 63"},
+		{"containerd's burst", `{"cniVersion":"1.1.0","name":"n","type":"nodeplane","runtimeConfig":{"bandwidth":{"egressRate":1000000,"egressBurst":4294967295,"ingressRate":1000000,"ingressBurst":4294967295}}}`, 0, ""},
+		{"kubelet's burst", `{"cniVersion":"1.1.0","name":"n","type":"nodeplane","runtimeConfig":{"bandwidth":{"egressRate":1000000,"egressBurst":2147483647}}}`, 0, ""},
+		{"CRI-O's burst", `{"cniVersion":"1.1.0","name":"n","type":"nodeplane","runtimeConfig":{"bandwidth":{"ingressRate":1000000,"ingressBurst":34359738359}}}`, 0, ""},
+		{"rate without burst", `{"cniVersion":"1.1.0","name":"n","type":"nodeplane","runtimeConfig":{"bandwidth":{"egressRate":1000000}}}`, 0, ""},
+		{"small burst", `{"cniVersion":"1.1.0","name":"n","type":"nodeplane","runtimeConfig":{"bandwidth":{"egressRate":1000000,"egressBurst":1000000}}}`, types.ErrInvalidNetworkConfig, "egressBurst 1000000 bits cannot be enforced"},
+		{"burst just below unbounded", `{"cniVersion":"1.1.0","name":"n","type":"nodeplane","runtimeConfig":{"bandwidth":{"ingressRate":1000000,"ingressBurst":2147483646}}}`, types.ErrInvalidNetworkConfig, "ingressBurst 2147483646"},
+		{"burst without rate", `{"cniVersion":"1.1.0","name":"n","type":"nodeplane","runtimeConfig":{"bandwidth":{"egressBurst":4294967295}}}`, types.ErrInvalidNetworkConfig, "without an egressRate"},
 		{"bad prevResult", `{"cniVersion":"1.1.0","name":"n","type":"nodeplane","prevResult":{"ips":[{"address":"nope"}]}}`, types.ErrDecodingFailure, "nope"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,7 +63,7 @@ func TestParseConfig(t *testing.T) {
 
 func TestParseConfigDefaults(t *testing.T) {
 	conf, err := parseConfig([]byte(`{"cniVersion":"1.1.0","name":"n","type":"nodeplane",
-		"runtimeConfig":{"labels":{"app":"web"},"bandwidth":{"egressRate":1000000,"egressBurst":5,"ingressRate":2000000}},
+		"runtimeConfig":{"labels":{"app":"web"},"bandwidth":{"egressRate":1000000,"egressBurst":4294967295,"ingressRate":2000000}},
 		"args":{"cni":{"labels":[{"key":"tier","value":"fe"}]}}}`))
 	if err != nil {
 		t.Fatal(err)

@@ -131,7 +131,7 @@ func cnitoolScenario(t *testing.T, sock, nodeNS string, inproc *testAgent) {
 		p := &pod{name: name, netns: namedNetNS(t, name)}
 		p.env = []string{
 			"CNI_ARGS=K8S_POD_NAMESPACE=prod;K8S_POD_NAME=" + name,
-			`CAP_ARGS={"labels":{"app":"` + name + `"},"bandwidth":{"egressRate":100000000,"egressBurst":1000000}}`,
+			`CAP_ARGS={"labels":{"app":"` + name + `"},"bandwidth":{"egressRate":100000000,"egressBurst":4294967295}}`,
 		}
 		out := must(p.env, "add", "nodeplane", p.netns)
 		if name == "web" {

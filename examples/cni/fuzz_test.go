@@ -15,6 +15,7 @@ import (
 // testdata/fuzz/FuzzParseConfig.
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"cniVersion":"1.1.0","name":"np","type":"nodeplane"}`))
+	f.Add([]byte(`{"cniVersion":"1.1.0","name":"np","type":"nodeplane","runtimeConfig":{"bandwidth":{"egressRate":1000000,"egressBurst":4294967295,"ingressBurst":7}}}`))
 	f.Add([]byte(`{"cniVersion":"1.1.0","name":"np","type":"nodeplane","agentSocket":"/run/a.sock","runtimeConfig":{"labels":{"app":"web"},"bandwidth":{"egressRate":1}},"args":{"cni":{"labels":[{"key":"tier","value":"fe"}]}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		conf, err := parseConfig(data)
@@ -43,6 +44,14 @@ func FuzzParseConfig(f *testing.F) {
 		for k, v := range labels {
 			if checkLabel(k, v) != nil {
 				t.Fatalf("accepted label %q=%q", k, v)
+			}
+		}
+		// A burst is accepted only as "no bound", and only with its rate.
+		if bw := conf.RuntimeConfig.Bandwidth; bw != nil {
+			for _, rb := range [][2]uint64{{bw.IngressRate, bw.IngressBurst}, {bw.EgressRate, bw.EgressBurst}} {
+				if rb[1] != 0 && (rb[0] == 0 || rb[1] < unboundedBurst) {
+					t.Fatalf("accepted bandwidth %+v", *bw)
+				}
 			}
 		}
 	})

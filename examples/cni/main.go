@@ -20,7 +20,10 @@
 // Inputs: CNI_NETNS, CNI_CONTAINERID, CNI_IFNAME; K8S_POD_NAMESPACE and
 // K8S_POD_NAME from CNI_ARGS; the pod's labels from runtimeConfig.labels
 // (an object) and the CNI convention args.cni.labels (a key/value list);
-// runtimeConfig.bandwidth's egressRate and ingressRate (bits per second).
+// runtimeConfig.bandwidth's egressRate and ingressRate (bits per second);
+// a burst is refused unless it is 0 or the "no bound" value Kubernetes
+// runtimes send with every rate (at least math.MaxInt32 bits), since the
+// agent enforces rates only.
 //
 // Error codes: 1 unsupported cniVersion; 4 invalid CNI_ARGS; 6 a
 // configuration that is not JSON of the right shape; 7 an invalid

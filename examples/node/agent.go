@@ -531,6 +531,10 @@ func (a *Agent) Uninstall(ctx context.Context) error {
 	if a.dp != nil {
 		errs = append(errs, a.dp.Uninstall())
 	}
+	if a.bw != nil {
+		// With EDT: the devices' root qdiscs as the Manager found them.
+		errs = append(errs, a.bw.Close())
+	}
 	errs = append(errs, a.Close())
 	return errors.Join(errs...)
 }
