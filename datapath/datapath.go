@@ -40,6 +40,8 @@ type Datapath struct {
 	// datapath's one overlay or NAT configuration; a second is refused,
 	// since closing either would switch off the other's.
 	overlayOn, masqOn bool
+	// overlay is the attached Overlay, released by Close in pinned mode.
+	overlay *Overlay
 }
 
 // claim takes one of the datapath's single attachments (overlayOn,
@@ -210,6 +212,13 @@ func (d *Datapath) Close() error {
 		} else {
 			errs = append(errs, ep.delete(false))
 		}
+	}
+	d.mu.Lock()
+	o := d.overlay
+	d.mu.Unlock()
+	if o != nil && d.Pinning() {
+		// Pinned: it keeps working until the next process adopts it.
+		errs = append(errs, o.release())
 	}
 	errs = append(errs, d.release())
 	return errors.Join(errs...)

@@ -35,6 +35,7 @@ const (
 	datapathProgNpNatEgress       = "np_nat_egress"
 	datapathProgNpNatIngress      = "np_nat_ingress"
 	datapathProgNpToEndpoint      = "np_to_endpoint"
+	datapathProgNpToOverlay       = "np_to_overlay"
 	datapathVarNpCtLifetimeClose  = "np_ct_lifetime_close"
 	datapathVarNpCtLifetimeNontcp = "np_ct_lifetime_nontcp"
 	datapathVarNpCtLifetimeSyn    = "np_ct_lifetime_syn"
@@ -91,6 +92,7 @@ type datapathProgramSpecs struct {
 	NpNatEgress    *ebpf.ProgramSpec `ebpf:"np_nat_egress"`
 	NpNatIngress   *ebpf.ProgramSpec `ebpf:"np_nat_ingress"`
 	NpToEndpoint   *ebpf.ProgramSpec `ebpf:"np_to_endpoint"`
+	NpToOverlay    *ebpf.ProgramSpec `ebpf:"np_to_overlay"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
@@ -203,6 +205,7 @@ type datapathPrograms struct {
 	NpNatEgress    *ebpf.Program `ebpf:"np_nat_egress"`
 	NpNatIngress   *ebpf.Program `ebpf:"np_nat_ingress"`
 	NpToEndpoint   *ebpf.Program `ebpf:"np_to_endpoint"`
+	NpToOverlay    *ebpf.Program `ebpf:"np_to_overlay"`
 }
 
 func (p *datapathPrograms) Close() error {
@@ -212,6 +215,7 @@ func (p *datapathPrograms) Close() error {
 		p.NpNatEgress,
 		p.NpNatIngress,
 		p.NpToEndpoint,
+		p.NpToOverlay,
 	)
 }
 

@@ -3,6 +3,7 @@ package overlay
 import (
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -92,6 +93,22 @@ func NewTunnel(cfg TunnelConfig) (_ *Tunnel, err error) {
 	}
 	if t.link, err = t.nl.LinkByName(cfg.Name); err != nil {
 		return nil, fmt.Errorf("new tunnel: %w", err)
+	}
+	// No neighbour resolution on the device: the node's own packets routed
+	// into it (a Router with Device) go out at once, the destination MAC
+	// being the device's own, and get their tunnel key from the
+	// datapath; an ARP request or neighbour solicitation would have none
+	// and be dropped.
+	if err := t.nl.LinkSetARPOff(t.link); err != nil {
+		_ = t.nl.LinkDel(t.link)
+		return nil, fmt.Errorf("new tunnel: set %s noarp: %w", cfg.Name, err)
+	}
+	for _, a := range cfg.HostAddresses {
+		ipn := &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+		if err := t.nl.AddrAdd(t.link, &netlink.Addr{IPNet: ipn, Flags: unix.IFA_F_NODAD}); err != nil {
+			_ = t.nl.LinkDel(t.link)
+			return nil, fmt.Errorf("new tunnel: add %v to %s: %w", a, cfg.Name, err)
+		}
 	}
 	if err := t.nl.LinkSetUp(t.link); err != nil {
 		_ = t.nl.LinkDel(t.link)

@@ -71,8 +71,11 @@ func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.Net
 	})
 	if mode == overlay.ModeTunnel {
 		n.attachTunnel(t)
+		// The node's own traffic to other nodes' pods goes into the
+		// tunnel device.
+		n.startRouter(t, reg, n.tunnel.Name())
 	} else {
-		n.startRouter(t, reg)
+		n.startRouter(t, reg, "")
 	}
 	n.ipc = ipcache.New()
 	if err := n.ipc.AddWriter(n.d.IPCache()); err != nil {
@@ -109,7 +112,10 @@ func (n *testNode) attachTunnel(t testing.TB) {
 	t.Helper()
 	var err error
 	// The nodes talk IPv6 too: the pod MTU must fit an IPv6 underlay.
-	n.tunnel, err = overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(n.ns), IPv6Underlay: true})
+	// The node's own address in its pod CIDRs (Cilium's router IP): the
+	// source of its traffic to other nodes' pods.
+	n.tunnel, err = overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(n.ns), IPv6Underlay: true,
+		HostAddresses: []netip.Addr{n.hostAddr(), n.hostAddr6()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,20 +128,23 @@ func (n *testNode) attachTunnel(t testing.TB) {
 	n.podMTU = n.tunnel.PodMTU()
 }
 
-// startRouter runs native routing: the node forwards, and a Router keeps
-// routes to the other nodes' pod CIDRs.
-func (n *testNode) startRouter(t testing.TB, reg overlay.Registry) {
+// startRouter runs a Router: without a device, native routing (the node
+// forwards, routes to the other nodes' pod CIDRs via their underlay
+// addresses); with one, routes to them through the tunnel device.
+func (n *testNode) startRouter(t testing.TB, reg overlay.Registry, device string) {
 	t.Helper()
-	err := n.ns.Do(func() error {
-		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-			return err
+	if device == "" {
+		err := n.ns.Do(func() error {
+			if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+				return err
+			}
+			return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	r, err := overlay.NewRouter(overlay.RouterConfig{Registry: reg, LocalNode: n.name, NodeNetNS: nsPath(n.ns)})
+	r, err := overlay.NewRouter(overlay.RouterConfig{Registry: reg, LocalNode: n.name, NodeNetNS: nsPath(n.ns), Device: device})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,6 +162,10 @@ func (n *testNode) startRouter(t testing.TB, reg overlay.Registry) {
 		r.Close()
 	})
 }
+
+// hostAddr and hostAddr6 are the node's own addresses in its pod CIDRs.
+func (n *testNode) hostAddr() netip.Addr  { return n.podCIDR.Addr().Next() }
+func (n *testNode) hostAddr6() netip.Addr { return n.podCIDR6.Addr().Next() }
 
 type testPod struct {
 	ns          *testutils.NetNS
@@ -198,9 +211,19 @@ func waitCond(t testing.TB, what string, cond func() bool) {
 
 // echo connects from pod to addr:port, sends a line and reads it back.
 func echo(pod *testPod, addr netip.Addr, port uint16) error {
+	return echoFrom(pod.ns, netip.Addr{}, addr, port)
+}
+
+// echoFrom is echo from namespace ns, from the local address src (any
+// when zero).
+func echoFrom(ns *testutils.NetNS, src, addr netip.Addr, port uint16) error {
 	var c net.Conn
-	err := pod.ns.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, port).String(), 2*time.Second)
+	err := ns.Do(func() (err error) {
+		d := net.Dialer{Timeout: 2 * time.Second}
+		if src.IsValid() {
+			d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+		}
+		c, err = d.Dial("tcp", netip.AddrPortFrom(addr, port).String())
 		return err
 	})
 	if err != nil {
