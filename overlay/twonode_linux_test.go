@@ -401,7 +401,8 @@ func (n *testNode) waitDrop(t testing.TB, match func(*datapath.DropEvent) bool) 
 // an AF_PACKET capture); B's ingress policy admits one identity of A and
 // drops another with POLICY_DENIED in B's events; hand-made VXLAN packets
 // from an underlay address no node registered, or with VNI 0 or host,
-// are dropped with UNKNOWN_SENDER and INVALID_IDENTITY.
+// are dropped with UNKNOWN_SENDER and INVALID_IDENTITY, and counted by
+// reason in B's Counters.
 func TestPrivilegedTwoNodes(t *testing.T) {
 	w := newTwoNodes(t, overlay.ModeTunnel)
 	w.checkTraffic(t)
@@ -705,6 +706,14 @@ func (w *twoNodes) checkBadVXLAN(t testing.TB) {
 		})
 		if e.Reason != tc.reason || e.Hook != datapath.FromOverlay {
 			t.Errorf("VNI %d from %v: dropped with %v at %v, want %v at from-overlay", tc.vni, tc.from, e.Reason, e.Hook, tc.reason)
+		}
+	}
+	// The drops are counted by reason: one UNKNOWN_SENDER, two
+	// INVALID_IDENTITY.
+	cs := counters(t, b.d)
+	for reason, want := range map[monitor.DropReason]uint64{monitor.DropUnknownSender: 1, monitor.DropInvalidIdentity: 2} {
+		if got := cs[datapath.CounterKey{Hook: datapath.FromOverlay, Reason: reason}].Packets; got != want {
+			t.Errorf("node-b's from-overlay %v counter: %d packets, want %d", reason, got, want)
 		}
 	}
 }
