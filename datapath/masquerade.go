@@ -72,15 +72,19 @@ type MasqueradeConfig struct {
 // connections never take one), and replies are translated back before
 // the stack routes them to the endpoint. Two flows never share a port: a
 // port is taken by creating its reverse entry only if it does not exist.
-// ICMP, IPv6 and fragments are not translated. It belongs to the process
-// (not pinned); Close detaches it.
+// ICMP, IPv6 and fragments are not translated. Without pinning it belongs
+// to the process; in pinned mode it is pinned and adopted as an [Overlay]
+// is: [Datapath.Close] leaves it working, the next AttachMasquerade on the
+// interface swaps its programs in place. Close detaches it.
 type Masquerade struct {
-	d   *Datapath
-	mu  sync.Mutex
-	egr *ebpf.Program
-	ing *ebpf.Program
-	att []attachment
+	d     *Datapath
+	mu    sync.Mutex
+	progs *nodePrograms
 }
+
+// masqueradePinDir holds the external interface's pinned links under
+// BPFFSDir.
+const masqueradePinDir = "masquerade"
 
 var natHooks = [2]endpointHook{
 	{pin: "nat_egress", filter: datapathProgNpNatEgress, egress: true},
@@ -108,14 +112,7 @@ func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err er
 			d.unclaim(&d.masqOn)
 		}
 	}()
-	spec := d.spec.Copy()
-	onlyPrograms(spec, datapathProgNpNatEgress, datapathProgNpNatIngress)
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: d.maps.replacements()})
-	if err != nil {
-		return nil, fmt.Errorf("attach masquerade: load programs: %w", err)
-	}
-	m := &Masquerade{d: d, egr: coll.DetachProgram(datapathProgNpNatEgress), ing: coll.DetachProgram(datapathProgNpNatIngress)}
-	coll.Close()
+	m := &Masquerade{d: d}
 	defer func() {
 		if err != nil {
 			m.release()
@@ -133,25 +130,15 @@ func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err er
 			return nil, fmt.Errorf("attach masquerade: exclude %v: %w", p, err)
 		}
 	}
-	for _, h := range natHooks {
-		prog := m.ing
-		if h.egress {
-			prog = m.egr
-		}
-		var a attachment
-		if d.attach == AttachTCX {
-			a, err = d.node.attachTCX(cfg.Ifindex, h, prog, "")
-		} else {
-			a, err = d.node.attachTC(cfg.Ifindex, h, prog)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("attach masquerade to ifindex %d: %w", cfg.Ifindex, err)
-		}
-		m.att = append(m.att, a)
+	if m.progs, err = d.attachNodePrograms(masqueradePinDir, cfg.Ifindex, natHooks[:]); err != nil {
+		return nil, fmt.Errorf("attach masquerade to ifindex %d: %w", cfg.Ifindex, err)
 	}
 	if err := d.maps.natConfig.Put(uint32(0), natConfig{Address: cfg.Address.As4()}); err != nil {
 		return nil, fmt.Errorf("attach masquerade: write configuration: %w", err)
 	}
+	d.mu.Lock()
+	d.masq = m
+	d.mu.Unlock()
 	return m, nil
 }
 
@@ -236,18 +223,25 @@ func (m *Masquerade) GC() (int, error) {
 }
 
 func (m *Masquerade) release() error {
-	var errs []error
-	for _, a := range m.att {
-		errs = append(errs, a.detach())
+	if m.progs == nil {
+		return nil
 	}
-	m.att = nil
-	for _, p := range []**ebpf.Program{&m.egr, &m.ing} {
-		if *p != nil {
-			errs = append(errs, (*p).Close())
-			*p = nil
-		}
+	err := m.progs.detach()
+	m.progs = nil
+	return err
+}
+
+// keep lets go of the handles and leaves masquerading working: for
+// Datapath.Close in pinned mode.
+func (m *Masquerade) keep() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.progs == nil {
+		return nil
 	}
-	return errors.Join(errs...)
+	err := m.progs.release()
+	m.progs = nil
+	return err
 }
 
 // Close turns masquerading off and detaches the programs. Closing twice
@@ -255,11 +249,16 @@ func (m *Masquerade) release() error {
 func (m *Masquerade) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.egr == nil && m.ing == nil {
+	if m.progs == nil {
 		return nil
 	}
 	err := m.d.maps.natConfig.Put(uint32(0), natConfig{})
 	err = errors.Join(err, m.release())
+	m.d.mu.Lock()
+	if m.d.masq == m {
+		m.d.masq = nil
+	}
+	m.d.mu.Unlock()
 	m.d.unclaim(&m.d.masqOn)
 	return err
 }

@@ -297,7 +297,11 @@ var (
 // interface wan0 (node 203.0.113.1/24, world 203.0.113.2/24). The node
 // forwards; the world has no route to the pods.
 func newMasqWorld(t testing.TB) (*Datapath, *testutils.NetNS, *testutils.NetNS, *testutils.Veth, []*testutils.NetNS) {
-	d, node := newTestDatapath(t, Config{})
+	return newMasqWorldWith(t, Config{})
+}
+
+func newMasqWorldWith(t testing.TB, cfg Config) (*Datapath, *testutils.NetNS, *testutils.NetNS, *testutils.Veth, []*testutils.NetNS) {
+	d, node := newTestDatapath(t, cfg)
 	world := testutils.NewNetNS(t)
 	wan := testutils.NewVeth(t, node, "wan0", world, "eth0")
 	nodeAddr, worldAddr := masqNodeAddr, masqWorldAddr

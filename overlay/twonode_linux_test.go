@@ -36,9 +36,11 @@ func nsPath(ns *testutils.NetNS) string { return fmt.Sprintf("/proc/self/fd/%d",
 // underlay address.
 type testNode struct {
 	name     string
+	bpffs    string
 	ns       *testutils.NetNS
 	d        *datapath.Datapath
 	tunnel   *overlay.Tunnel
+	overlay  *datapath.Overlay
 	ipc      *ipcache.IPCache
 	underlay netip.Addr
 	podCIDR  netip.Prefix
@@ -50,7 +52,8 @@ type testNode struct {
 
 // newTestNode starts a node that follows reg and announces itself
 // through announce (reg when nil).
-func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.NetNS, underlay []netip.Addr, pool ipam.ClusterAllocator, reg, announce *etcdnodes.Registry) *testNode {
+// With bpffs, the node's datapath pins its state there.
+func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.NetNS, underlay []netip.Addr, pool ipam.ClusterAllocator, reg, announce *etcdnodes.Registry, bpffs string) *testNode {
 	t.Helper()
 	// The cluster pool hands the node its pod CIDR.
 	cidrs, err := pool.AllocateNode(context.Background(), name)
@@ -58,11 +61,8 @@ func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.Net
 		t.Fatalf("pod CIDRs of %s: %v, %v", name, cidrs, err)
 	}
 	podCIDR := cidrs[0] // IPv4 first
-	n := &testNode{name: name, ns: ns, underlay: underlay[0], podCIDR: podCIDR, podCIDR6: cidrs[1], mode: mode, podMTU: 1500}
-	n.d, err = datapath.New(datapath.Config{
-		NodeNetNS: nsPath(ns), ConntrackMaxEntries: 4096, IPCacheMaxEntries: 4096,
-		MonitorAggregation: monitor.AggregationNone,
-	})
+	n := &testNode{name: name, ns: ns, underlay: underlay[0], podCIDR: podCIDR, podCIDR6: cidrs[1], mode: mode, podMTU: 1500, bpffs: bpffs}
+	n.d, err = n.newDatapath()
 	testutils.SkipIfNotSupported(t, err)
 	t.Cleanup(func() {
 		if err := n.d.Close(); err != nil {
@@ -108,6 +108,13 @@ func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.Net
 	return n
 }
 
+func (n *testNode) newDatapath() (*datapath.Datapath, error) {
+	return datapath.New(datapath.Config{
+		NodeNetNS: nsPath(n.ns), ConntrackMaxEntries: 4096, IPCacheMaxEntries: 4096,
+		MonitorAggregation: monitor.AggregationNone, BPFFSDir: n.bpffs,
+	})
+}
+
 func (n *testNode) attachTunnel(t testing.TB) {
 	t.Helper()
 	var err error
@@ -120,11 +127,11 @@ func (n *testNode) attachTunnel(t testing.TB) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.tunnel.Close() })
-	ov, err := n.d.AttachOverlay(n.tunnel.Ifindex())
+	n.overlay, err = n.d.AttachOverlay(n.tunnel.Ifindex())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ov.Close() })
+	t.Cleanup(func() { n.overlay.Close() })
 	n.podMTU = n.tunnel.PodMTU()
 }
 
@@ -435,7 +442,11 @@ type twoNodes struct {
 	capB               *vxlanCapture
 }
 
-func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
+func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes { return newTwoNodesPinned(t, mode, "") }
+
+// newTwoNodesPinned is newTwoNodes with node-a's datapath pinned in
+// bpffsA (none when empty).
+func newTwoNodesPinned(t testing.TB, mode overlay.Mode, bpffsA string) *twoNodes {
 	testutils.RequirePrivileged(t)
 	srv := etcdtest.Start(t)
 	reg := func() *etcdnodes.Registry { return newEtcdRegistry(t, srv.Client(t), 0) }
@@ -463,8 +474,8 @@ func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.a = newTestNode(t, mode, "node-a", w.nsA, w.underlay(w.addrA), w.pool, reg(), nil)
-	w.b = newTestNode(t, mode, "node-b", w.nsB, w.underlay(w.addrB), w.pool, reg(), nil)
+	w.a = newTestNode(t, mode, "node-a", w.nsA, w.underlay(w.addrA), w.pool, reg(), nil, bpffsA)
+	w.b = newTestNode(t, mode, "node-b", w.nsB, w.underlay(w.addrB), w.pool, reg(), nil, "")
 	wantMTU := 1500
 	if mode == overlay.ModeTunnel {
 		wantMTU = 1430 // 1500 - 70: VXLAN over IPv6
