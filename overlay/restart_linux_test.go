@@ -17,8 +17,8 @@ import (
 // frontend on A keeps opening connections to the backend on B and one
 // long-lived connection keeps exchanging lines, A's Datapath is closed
 // (its endpoints and its overlay stay attached, pinned) and a new one
-// takes over: it adopts the endpoints, and AttachOverlay adopts the tunnel
-// device's programs, replacing them in place. No connection fails, the
+// takes over: NewTunnel adopts the tunnel device, New the endpoints, and
+// AttachOverlay the device's programs, replacing them in place. No connection fails, the
 // long-lived one survives, and afterwards the backend's policy is still
 // enforced across the tunnel.
 func TestPrivilegedOverlayRestart(t *testing.T) {
@@ -77,6 +77,21 @@ func TestPrivilegedOverlayRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := ok.Load()
+	// The successor process: the tunnel device is adopted, not
+	// recreated, so the programs on it and the routes through it stay.
+	oldIfindex := a.tunnel.Ifindex()
+	if err := a.tunnel.Release(); err != nil {
+		t.Fatal(err)
+	}
+	tun, err := overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(a.ns), IPv6Underlay: true,
+		HostAddresses: []netip.Addr{a.hostAddr(), a.hostAddr6()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.tunnel = tun
+	if !tun.Adopted() || tun.Ifindex() != oldIfindex {
+		t.Errorf("tunnel after the restart: adopted %v, ifindex %d; want the old device, %d", tun.Adopted(), tun.Ifindex(), oldIfindex)
+	}
 	d, err := a.newDatapath()
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,9 @@ import (
 
 // TestPrivilegedTunnel creates VXLAN devices with the default and the
 // IANA port and reads them back through netlink: collect-metadata mode,
-// port, MTU = underlay MTU - overhead, NOARP, the host addresses.
+// port, MTU = underlay MTU - overhead, NOARP, the host addresses; a
+// second NewTunnel of the same configuration adopts the device, one of
+// another replaces it.
 func TestPrivilegedTunnel(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -72,10 +74,30 @@ func TestPrivilegedTunnel(t *testing.T) {
 			if tun.PodMTU() != tc.mtu {
 				t.Errorf("PodMTU %d, want %d", tun.PodMTU(), tc.mtu)
 			}
-			// A second tunnel of the same name replaces the first.
-			again, err := overlay.NewTunnel(tc.cfg)
+			if tun.Adopted() {
+				t.Error("a new device reported as adopted")
+			}
+			// A second tunnel of the same name and configuration adopts
+			// the device (a restarting agent); one of another port
+			// replaces it.
+			same, err := overlay.NewTunnel(tc.cfg)
+			if err != nil {
+				t.Fatalf("adopting the device: %v", err)
+			}
+			if !same.Adopted() || same.Ifindex() != tun.Ifindex() {
+				t.Errorf("second tunnel: adopted %v, ifindex %d; want true, %d", same.Adopted(), same.Ifindex(), tun.Ifindex())
+			}
+			other := tc.cfg
+			other.Port++
+			again, err := overlay.NewTunnel(other)
 			if err != nil {
 				t.Fatalf("replacing the device: %v", err)
+			}
+			if again.Adopted() {
+				t.Error("a device of another port was adopted")
+			}
+			if err := same.Close(); err != nil {
+				t.Errorf("closing the replaced tunnel: %v", err)
 			}
 			if err := again.Close(); err != nil {
 				t.Fatal(err)
