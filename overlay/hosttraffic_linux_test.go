@@ -10,6 +10,7 @@ import (
 	"github.com/nodeplane/nodeplane/datapath"
 	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
+	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/overlay"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
@@ -17,14 +18,16 @@ import (
 // TestPrivilegedHostTraffic: node A itself (its namespace) connects to
 // the backend on B. A's Router with the tunnel device routes B's pod CIDRs
 // into the device, from A's own address in its pod CIDR (Cilium's router
-// IP, on the device), and the device's egress program
-// encapsulates the packets with reserved:remote-node (6) as VNI, as Cilium
-// sends host traffic: the capture on the underlay sees VNI 6 from A, and
-// B takes the source as remote-node. B's replies return through the
-// tunnel to A's address in its pod CIDR. B's ingress policy, which admits only
-// the frontend's identity, drops the connection with POLICY_DENIED and
+// IP, on the device), and the device's egress program encapsulates the
+// packets with reserved:remote-node (6) as VNI, as Cilium sends host
+// traffic: the capture on the underlay sees VNI 6 from A, and B takes the
+// source as remote-node. B's replies return through the tunnel to A's
+// address in its pod CIDR. B's ingress policy, which admits only the
+// frontend's identity, drops the connection with POLICY_DENIED and
 // remote-node as source identity; once it admits remote-node on the port,
-// the connection goes through, over IPv4 and IPv6. A's counters have the
+// the connection goes through, over IPv4 and IPv6. The other way, B's
+// backend reaches A's host address, which B's ipcache maps to remote-node
+// through the tunnel (the registry's HostAddresses). A's counters have the
 // packets under to-overlay and B's the drop under from-overlay; a packet
 // A routes into the device to an address without a tunnel endpoint is
 // dropped with NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT in A's events and
@@ -76,9 +79,10 @@ func TestPrivilegedHostTraffic(t *testing.T) {
 			t.Fatalf("node-a to the backend on B over IPv6, connection %d: %v", i, err)
 		}
 	}
-	if got := w.capB.seen(a6)[uint32(identity.ReservedRemoteNode)]; got == 0 {
-		t.Errorf("no VXLAN with VNI 6 from node-a over IPv6: %v", w.capB.seen(a6))
-	}
+	// The capture reads asynchronously.
+	waitCond(t, "the capture to see VNI 6 from node-a over IPv6", func() bool {
+		return w.capB.seen(a6)[uint32(identity.ReservedRemoteNode)] > 0
+	})
 	// The host's own packets never carry an identity of its pods, nor
 	// host (1): every VNI A sent is one of its pods' or remote-node.
 	for _, src := range []netip.Addr{w.addrA, a6} {
@@ -89,6 +93,26 @@ func TestPrivilegedHostTraffic(t *testing.T) {
 				t.Errorf("VNI %d from %v on the underlay", vni, src)
 			}
 		}
+	}
+
+	// The other way: B's backend connects to A's host address, which B's
+	// ipcache has as remote-node behind A's tunnel endpoint (from the
+	// registry's HostAddresses). The backend may send to remote-node on
+	// port 9090 only, so the connection succeeding shows the destination
+	// was taken as remote-node, not as world (A's pod CIDR).
+	if e, ok := w.b.ipc.Get(netip.PrefixFrom(src, 32)); !ok || e.Identity != identity.ReservedRemoteNode || e.TunnelEndpoint != w.addrA {
+		t.Fatalf("node-b's ipcache entry for node-a's host address: %+v, %v", e, ok)
+	}
+	testutils.ServeEcho(t, w.nsA, "tcp4", netip.AddrPortFrom(src, 9090).String())
+	if err := w.back.ep.Policy().Apply(map[mapstate.Key]mapstate.Entry{
+		{Identity: idFrontend, Direction: mapstate.Ingress, Protocol: 6, Port: 8080, PortPrefixLen: 16}:                  {},
+		{Identity: identity.ReservedRemoteNode, Direction: mapstate.Ingress, Protocol: 6, Port: 8080, PortPrefixLen: 16}: {},
+		{Identity: identity.ReservedRemoteNode, Direction: mapstate.Egress, Protocol: 6, Port: 9090, PortPrefixLen: 16}:  {},
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo(w.back, src, 9090); err != nil {
+		t.Fatalf("backend on B to node-a's host address: %v", err)
 	}
 
 	ca := counters(t, w.a.d)

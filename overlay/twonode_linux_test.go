@@ -84,7 +84,11 @@ func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.Net
 	if announce == nil {
 		announce = reg
 	}
-	if err := announce.Register(context.Background(), overlay.Node{Name: name, Addresses: underlay, PodCIDRs: cidrs}); err != nil {
+	node := overlay.Node{Name: name, Addresses: underlay, PodCIDRs: cidrs}
+	if mode == overlay.ModeTunnel {
+		node.HostAddresses = []netip.Addr{n.hostAddr(), n.hostAddr6()}
+	}
+	if err := announce.Register(context.Background(), node); err != nil {
 		t.Fatal(err)
 	}
 	s, err := overlay.NewSyncer(overlay.SyncerConfig{Registry: reg, IPCache: n.ipc, LocalNode: name, Mode: mode})
