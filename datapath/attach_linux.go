@@ -93,19 +93,27 @@ func (h endpointHook) tcParent() uint32 {
 // links are pinned there, so that they outlive the process. On error
 // nothing stays attached or pinned.
 func (n *nodeNamespace) attach(mode AttachMode, ifindex int, progs *endpointPrograms, pinDir string) ([]attachment, error) {
+	return n.attachHooks(mode, ifindex, endpointHooks[:], []*ebpf.Program{progs.from, progs.to}, pinDir)
+}
+
+// attachHooks attaches progs[i] to hooks[i] of the interface with
+// ifindex, with tcx or tc as mode says: the one place that chooses. With a
+// pinDir, tcx links are pinned there. On error nothing stays attached or
+// pinned.
+func (n *nodeNamespace) attachHooks(mode AttachMode, ifindex int, hooks []endpointHook, progs []*ebpf.Program, pinDir string) ([]attachment, error) {
 	if mode == AttachTCX && pinDir != "" {
 		if err := os.MkdirAll(pinDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin directory: %w", err)
 		}
 	}
 	var as []attachment
-	for _, h := range endpointHooks {
+	for i, h := range hooks {
 		var a attachment
 		var err error
 		if mode == AttachTCX {
-			a, err = n.attachTCX(ifindex, h, h.program(progs), pinDir)
+			a, err = n.attachTCX(ifindex, h, progs[i], pinDir)
 		} else {
-			a, err = n.attachTC(ifindex, h, h.program(progs))
+			a, err = n.attachTC(ifindex, h, progs[i])
 		}
 		if err != nil {
 			for _, a := range as {

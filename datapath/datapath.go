@@ -40,8 +40,10 @@ type Datapath struct {
 	// datapath's one overlay or NAT configuration; a second is refused,
 	// since closing either would switch off the other's.
 	overlayOn, masqOn bool
-	// masq is the attached Masquerade, whose NAT collector Close stops.
-	masq *Masquerade
+	// overlay and masq are the attached Overlay and Masquerade, released
+	// (left working) by Close in pinned mode.
+	overlay *Overlay
+	masq    *Masquerade
 }
 
 // claim takes one of the datapath's single attachments (overlayOn,
@@ -213,6 +215,18 @@ func (d *Datapath) Close() error {
 			errs = append(errs, ep.delete(false))
 		}
 	}
+	d.mu.Lock()
+	o, m := d.overlay, d.masq
+	d.mu.Unlock()
+	if d.Pinning() {
+		// Pinned: they keep working until the next process adopts them.
+		if o != nil {
+			errs = append(errs, o.release())
+		}
+		if m != nil {
+			errs = append(errs, m.keep())
+		}
+	}
 	errs = append(errs, d.release())
 	return errors.Join(errs...)
 }
@@ -231,9 +245,22 @@ func (d *Datapath) Uninstall() error {
 	for _, ep := range eps {
 		errs = append(errs, ep.delete(true))
 	}
+	d.mu.Lock()
+	o, m := d.overlay, d.masq
+	d.mu.Unlock()
+	if o != nil {
+		errs = append(errs, o.Close())
+	}
+	if m != nil {
+		errs = append(errs, m.Close())
+	}
 	if dir := d.cfg.BPFFSDir; dir != "" {
-		if err := os.RemoveAll(filepath.Join(dir, endpointPinDirName)); err != nil {
-			errs = append(errs, fmt.Errorf("uninstall: remove endpoint pins: %w", err))
+		// Links an earlier process pinned and nobody adopted: removing
+		// the last pin detaches them.
+		for _, sub := range []string{endpointPinDirName, overlayPinDir, masqueradePinDir} {
+			if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
+				errs = append(errs, fmt.Errorf("uninstall: remove %s pins: %w", sub, err))
+			}
 		}
 		for name := range d.maps.all() {
 			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -37,6 +37,7 @@ const (
 	datapathProgNpNatEgress       = "np_nat_egress"
 	datapathProgNpNatIngress      = "np_nat_ingress"
 	datapathProgNpToEndpoint      = "np_to_endpoint"
+	datapathProgNpToOverlay       = "np_to_overlay"
 	datapathVarNpCtLifetimeClose  = "np_ct_lifetime_close"
 	datapathVarNpCtLifetimeNontcp = "np_ct_lifetime_nontcp"
 	datapathVarNpCtLifetimeSyn    = "np_ct_lifetime_syn"
@@ -95,6 +96,7 @@ type datapathProgramSpecs struct {
 	NpNatEgress    *ebpf.ProgramSpec `ebpf:"np_nat_egress"`
 	NpNatIngress   *ebpf.ProgramSpec `ebpf:"np_nat_ingress"`
 	NpToEndpoint   *ebpf.ProgramSpec `ebpf:"np_to_endpoint"`
+	NpToOverlay    *ebpf.ProgramSpec `ebpf:"np_to_overlay"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
@@ -217,6 +219,7 @@ type datapathPrograms struct {
 	NpNatEgress    *ebpf.Program `ebpf:"np_nat_egress"`
 	NpNatIngress   *ebpf.Program `ebpf:"np_nat_ingress"`
 	NpToEndpoint   *ebpf.Program `ebpf:"np_to_endpoint"`
+	NpToOverlay    *ebpf.Program `ebpf:"np_to_overlay"`
 }
 
 func (p *datapathPrograms) Close() error {
@@ -226,6 +229,7 @@ func (p *datapathPrograms) Close() error {
 		p.NpNatEgress,
 		p.NpNatIngress,
 		p.NpToEndpoint,
+		p.NpToOverlay,
 	)
 }
 

@@ -47,15 +47,18 @@
 //
 // # Other nodes and the outside
 //
-// [Datapath.AttachOverlay] puts a program on the node's tunnel device
+// [Datapath.AttachOverlay] puts programs on the node's tunnel device
 // (package overlay creates it): traffic to prefixes whose ipcache entry has
-// a tunnel endpoint is encapsulated with the sender's identity as VNI, and
-// what arrives is decided by the VNI and the destination's ingress policy.
-// [Datapath.AttachMasquerade] SNATs endpoint traffic that leaves the
-// cluster (TCP, UDP, ICMP echo; IPv4 and IPv6) to the node's address,
+// a tunnel endpoint is encapsulated with the sender's identity as VNI (the
+// node's own traffic, routed into the device, with reserved:remote-node),
+// and what arrives is decided by the VNI and the destination's ingress
+// policy. [Datapath.AttachMasquerade] SNATs endpoint traffic that leaves
+// the cluster (TCP, UDP, ICMP echo; IPv4 and IPv6) to the node's address,
 // through the node's one NAT table ([Datapath.NATMap]), which lb's SNAT
-// mode shares so that no node port is handed out twice. Both belong to the
-// process (not pinned).
+// mode shares so that no node port is handed out twice. Without pinning
+// both belong to the process; with pinning their links are pinned, Close
+// leaves them working and the next attach adopts them, as endpoints are
+// adopted.
 //
 // # Observing
 //

@@ -47,6 +47,9 @@ const (
 	// FromOverlay is traffic another node sends through the tunnel (tc
 	// ingress of the node's tunnel device, [Datapath.AttachOverlay]).
 	FromOverlay Hook = 2
+	// ToOverlay is the node's own traffic to other nodes' pods (tc egress
+	// of the tunnel device, [Datapath.AttachOverlay]).
+	ToOverlay Hook = 3
 )
 
 func (h Hook) String() string {
@@ -57,6 +60,8 @@ func (h Hook) String() string {
 		return "to-endpoint"
 	case FromOverlay:
 		return "from-overlay"
+	case ToOverlay:
+		return "to-overlay"
 	}
 	return fmt.Sprintf("Hook(%d)", uint8(h))
 }
@@ -68,6 +73,8 @@ func hookOf(p monitor.ObservationPoint) Hook {
 		return FromEndpoint
 	case monitor.FromOverlay:
 		return FromOverlay
+	case monitor.ToOverlay:
+		return ToOverlay
 	}
 	return ToEndpoint
 }

@@ -18,3 +18,7 @@ func (*nodeNamespace) attachTCX(int, endpointHook, *ebpf.Program, string) (attac
 func (*nodeNamespace) attachTC(int, endpointHook, *ebpf.Program) (attachment, error) {
 	return nil, errNotLinux
 }
+
+func (*Datapath) attachNodePrograms(string, int, []endpointHook, nodeLoad) (*nodePrograms, error) {
+	return nil, errNotLinux
+}

@@ -127,6 +127,9 @@ func createSharedMaps(spec *ebpf.CollectionSpec, cfg Config) (*sharedMaps, error
 		if err := migrateNATPins(spec, cfg.BPFFSDir); err != nil {
 			return nil, err
 		}
+		if err := migrateCountersPin(spec.Maps[datapathMapNpCounters], cfg.BPFFSDir); err != nil {
+			return nil, err
+		}
 	}
 	m := &sharedMaps{}
 	maps := make(map[string]*ebpf.MapSpec)

@@ -239,7 +239,7 @@ type counter struct {
 }
 
 // counterSlots is NP_COUNTER_SLOTS: hook << 8 | reason.
-const counterSlots = 512
+const counterSlots = 1024
 
 // portMask is the mask of a port prefix of prefixLen bits, for converting
 // raw policy keys.

@@ -80,17 +80,22 @@ type MasqueradeConfig struct {
 // ICMP errors about a translated flow (unreachable, packet too big, time
 // exceeded, parameter problem) reach the endpoint with the quoted packet
 // translated back. IPv4 fragments and IPv6 extension headers are not
-// translated. It belongs to the process (not pinned); Close detaches it.
+// translated. Without pinning it belongs to the process; in pinned mode
+// it is pinned and adopted as an [Overlay] is: [Datapath.Close] leaves it
+// working, the next AttachMasquerade on the interface swaps its programs
+// in place. Close detaches it.
 type Masquerade struct {
 	d     *Datapath
 	mu    sync.Mutex
-	egr   *ebpf.Program
-	ing   *ebpf.Program
+	progs *nodePrograms
 	drops *ebpf.Map
 	table *nat.Table
 	gc    *nat.Collector
-	att   []attachment
 }
+
+// masqueradePinDir holds the external interface's pinned links under
+// BPFFSDir.
+const masqueradePinDir = "masquerade"
 
 var natHooks = [2]endpointHook{
 	{pin: "nat_egress", filter: datapathProgNpNatEgress, egress: true},
@@ -140,25 +145,10 @@ func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err er
 			d.unclaim(&d.masqOn)
 		}
 	}()
-	spec := d.spec.Copy()
-	onlyPrograms(spec, datapathProgNpNatEgress, datapathProgNpNatIngress)
-	for name, v := range map[string]uint16{datapathVarNpNatPortMin: pmin, datapathVarNpNatPortMax: pmax} {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return nil, fmt.Errorf("attach masquerade: set %s: %w", name, err)
-		}
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: d.maps.replacements()})
-	if err != nil {
-		return nil, fmt.Errorf("attach masquerade: load programs: %w", err)
-	}
 	m := &Masquerade{
 		d:     d,
-		egr:   coll.DetachProgram(datapathProgNpNatEgress),
-		ing:   coll.DetachProgram(datapathProgNpNatIngress),
-		drops: coll.DetachMap(datapathMapNpNatDrops),
 		table: nat.New(d.maps.nat, nat.Lifetimes{TCP: d.cfg.TCPLifetime, NonTCP: d.cfg.NonTCPLifetime, Close: d.cfg.CloseLifetime}),
 	}
-	coll.Close()
 	defer func() {
 		if err != nil {
 			m.release()
@@ -177,22 +167,14 @@ func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err er
 			return nil, fmt.Errorf("attach masquerade: exclude %v: %w", p, err)
 		}
 	}
-	for _, h := range natHooks {
-		prog := m.ing
-		if h.egress {
-			prog = m.egr
-		}
-		var a attachment
-		if d.attach == AttachTCX {
-			a, err = d.node.attachTCX(cfg.Ifindex, h, prog, "")
-		} else {
-			a, err = d.node.attachTC(cfg.Ifindex, h, prog)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("attach masquerade to ifindex %d: %w", cfg.Ifindex, err)
-		}
-		m.att = append(m.att, a)
+	load := nodeLoad{
+		vars: map[string]any{datapathVarNpNatPortMin: pmin, datapathVarNpNatPortMax: pmax},
+		maps: []string{datapathMapNpNatDrops},
 	}
+	if m.progs, err = d.attachNodePrograms(masqueradePinDir, cfg.Ifindex, natHooks[:], load); err != nil {
+		return nil, fmt.Errorf("attach masquerade to ifindex %d: %w", cfg.Ifindex, err)
+	}
+	m.drops = m.progs.takeMap(datapathMapNpNatDrops)
 	var c natConfig
 	if cfg.Address.IsValid() {
 		c.Address = cfg.Address.As4()
@@ -281,15 +263,31 @@ func (m *Masquerade) release() error {
 	m.gc.Stop()
 	m.gc = nil
 	var errs []error
-	for _, a := range m.att {
-		errs = append(errs, a.detach())
+	if m.progs != nil {
+		errs = append(errs, m.progs.detach())
+		m.progs = nil
 	}
-	m.att = nil
-	for _, p := range []**ebpf.Program{&m.egr, &m.ing} {
-		if *p != nil {
-			errs = append(errs, (*p).Close())
-			*p = nil
-		}
+	if m.drops != nil {
+		errs = append(errs, m.drops.Close())
+		m.drops = nil
+	}
+	return errors.Join(errs...)
+}
+
+// keep lets go of the handles and leaves masquerading working: for
+// Datapath.Close in pinned mode.
+func (m *Masquerade) keep() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.progs == nil {
+		return nil
+	}
+	m.gc.Stop()
+	m.gc = nil
+	var errs []error
+	if m.progs != nil {
+		errs = append(errs, m.progs.release())
+		m.progs = nil
 	}
 	if m.drops != nil {
 		errs = append(errs, m.drops.Close())
@@ -304,7 +302,7 @@ func (m *Masquerade) release() error {
 func (m *Masquerade) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.egr == nil && m.ing == nil {
+	if m.progs == nil {
 		return nil
 	}
 	m.d.mu.Lock()
@@ -321,3 +319,8 @@ func (m *Masquerade) Close() error {
 	m.d.unclaim(&m.d.masqOn)
 	return err
 }
+
+// egress and ingress are the loaded programs (natHooks' order), for
+// BPF_PROG_TEST_RUN in tests.
+func (m *Masquerade) egress() *ebpf.Program  { return m.progs.progs[0] }
+func (m *Masquerade) ingress() *ebpf.Program { return m.progs.progs[1] }

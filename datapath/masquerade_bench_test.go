@@ -101,7 +101,7 @@ func BenchmarkNATProgram(b *testing.B) {
 	pkt := mustBytes(b, out)
 	// The flow's first packet takes its port.
 	opts := ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt))}
-	if _, err := m.egr.Run(&opts); err != nil {
+	if _, err := m.egress().Run(&opts); err != nil {
 		b.Fatal(err)
 	}
 	port := natPort(opts.DataOut, out)
@@ -113,8 +113,8 @@ func BenchmarkNATProgram(b *testing.B) {
 		pkt  []byte
 	}{
 		{"empty", empty, pkt},
-		{"egress", m.egr, pkt},
-		{"ingress", m.ing, reply},
+		{"egress", m.egress(), pkt},
+		{"ingress", m.ingress(), reply},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			ret, per, err := tc.prog.Benchmark(tc.pkt, b.N, b.ResetTimer)

@@ -71,3 +71,54 @@ func migrateConntrackPin(spec *ebpf.MapSpec, dir string) error {
 	}
 	return nil
 }
+
+// migrateCountersPin grows a counters map pinned in dir by an earlier
+// build, which had slots for fewer hooks, to the current size, keeping
+// its counts; a pin of any other shape is left for New's compatibility
+// check. Programs of the earlier build still attached count into the old
+// map until New's adoption swaps them.
+func migrateCountersPin(spec *ebpf.MapSpec, dir string) error {
+	path := filepath.Join(dir, spec.Name)
+	old, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned counters map: %w", err)
+	}
+	defer old.Close()
+	if old.Type() != spec.Type || old.KeySize() != spec.KeySize || old.ValueSize() != spec.ValueSize ||
+		old.MaxEntries() >= spec.MaxEntries {
+		return nil
+	}
+	s := spec.Copy()
+	s.Pinning = ebpf.PinNone
+	nm, err := ebpf.NewMap(s)
+	if err != nil {
+		return fmt.Errorf("migrate counters map: %w", err)
+	}
+	defer nm.Close()
+	var (
+		k      uint32
+		percpu []counter
+	)
+	it := old.Iterate()
+	for it.Next(&k, &percpu) {
+		if err := nm.Put(k, percpu); err != nil {
+			return fmt.Errorf("migrate counter %d: %w", k, err)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("migrate counters map: %w", err)
+	}
+	tmp := path + "_migrating"
+	_ = os.Remove(tmp)
+	if err := nm.Pin(tmp); err != nil {
+		return fmt.Errorf("pin migrated counters map: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("replace counters pin: %w", err)
+	}
+	return nil
+}

@@ -49,3 +49,36 @@ func TestPrivilegedConntrackPinMigration(t *testing.T) {
 		t.Fatalf("conntrack value size %d after migration", got)
 	}
 }
+
+// TestPrivilegedCountersPinMigration pins a counters map as a build with
+// two hooks left it (512 slots) and checks that New grows it to the
+// current size with its counts.
+func TestPrivilegedCountersPinMigration(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	dir := testutils.NewBPFFS(t)
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "np_counters", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 16, MaxEntries: 512})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	percpu := make([]counter, ebpf.MustPossibleCPU())
+	percpu[0] = counter{Packets: 5, Bytes: 500}
+	if err := old.Put(uint32(1<<8|133), percpu); err != nil { // to-endpoint, POLICY_DENIED
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, "np_counters")); err != nil {
+		t.Fatal(err)
+	}
+
+	d, _ := newTestDatapath(t, Config{BPFFSDir: dir})
+	if got := d.maps.counters.MaxEntries(); got != counterSlots {
+		t.Fatalf("counters map has %d slots after migration, want %d", got, counterSlots)
+	}
+	c, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c[CounterKey{Hook: ToEndpoint, Reason: 133}]; got != (Counter{Packets: 5, Bytes: 500}) {
+		t.Fatalf("migrated counter %+v, counters %v", got, c)
+	}
+}

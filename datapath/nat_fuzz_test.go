@@ -99,9 +99,9 @@ func FuzzNATPrograms(f *testing.F) {
 		if len(pkt) < 14 || len(pkt) > 1500 {
 			return
 		}
-		prog := m.egr
+		prog := m.egress()
 		if ingress {
-			prog = m.ing
+			prog = m.ingress()
 		}
 		buf := make([]byte, len(pkt)+256)
 		opts := ebpf.RunOptions{Data: pkt, DataOut: buf}

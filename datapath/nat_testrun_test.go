@@ -91,7 +91,7 @@ func TestPrivilegedNATTestRun(t *testing.T) {
 			if tc.pkt.Src.Is6() {
 				node = masqNodeAddr6
 			}
-			ret, out := runNAT(t, m.egr, mustBytes(t, tc.pkt))
+			ret, out := runNAT(t, m.egress(), mustBytes(t, tc.pkt))
 			if ret != 0 {
 				t.Fatalf("egress verdict %d", ret)
 			}
@@ -110,7 +110,7 @@ func TestPrivilegedNATTestRun(t *testing.T) {
 				t.Fatalf("egress:\n got % x\nwant % x", out, mustBytes(t, want))
 			}
 			// The same flow again: the same port.
-			if _, again := runNAT(t, m.egr, mustBytes(t, tc.pkt)); natPort(again, tc.pkt) != port {
+			if _, again := runNAT(t, m.egress(), mustBytes(t, tc.pkt)); natPort(again, tc.pkt) != port {
 				t.Errorf("second packet got port %d, first %d", natPort(again, tc.pkt), port)
 			}
 
@@ -124,7 +124,7 @@ func TestPrivilegedNATTestRun(t *testing.T) {
 				back.ICMPType = reply.ICMPType
 				reply.ICMPID, back.ICMPID = port, tc.pkt.ICMPID
 			}
-			ret, in := runNAT(t, m.ing, mustBytes(t, reply))
+			ret, in := runNAT(t, m.ingress(), mustBytes(t, reply))
 			if ret != 0 || !sameWire(in, mustBytes(t, back)) {
 				t.Fatalf("ingress verdict %d:\n got % x\nwant % x", ret, in, mustBytes(t, back))
 			}
@@ -154,7 +154,7 @@ func TestPrivilegedNATTestRun(t *testing.T) {
 			if tc.flow.Src.Is6() {
 				node, hl = masqNodeAddr6, 40
 			}
-			_, out := runNAT(t, m.egr, mustBytes(t, tc.flow))
+			_, out := runNAT(t, m.egress(), mustBytes(t, tc.flow))
 			port := natPort(out, tc.flow)
 			// The error quotes the translated packet's IP header and
 			// the first 8 bytes of its L4 header.
@@ -167,7 +167,7 @@ func TestPrivilegedNATTestRun(t *testing.T) {
 				copy(want[hl+off:hl+off+2], quoted[hl+off:hl+off+2])
 			}
 			wantPkt := TestPacket{Src: tc.flow.Dst, Dst: tc.flow.Src, Proto: tc.proto, ICMPType: tc.typ, ICMPCode: tc.code, Payload: want}
-			ret, in := runNAT(t, m.ing, mustBytes(t, errPkt))
+			ret, in := runNAT(t, m.ingress(), mustBytes(t, errPkt))
 			if ret != 0 || !sameWire(in, mustBytes(t, wantPkt)) {
 				t.Fatalf("port %d, verdict %d:\n got % x\nwant % x", port, ret, in, mustBytes(t, wantPkt))
 			}
@@ -187,7 +187,7 @@ func TestPrivilegedNATTestRun(t *testing.T) {
 		defer d.maps.nat.Delete(k)
 		reply := TestPacket{Src: masqWorldAddr, Dst: masqNodeAddr, Proto: nodeplane.ProtoTCP, SrcPort: 9000, DstPort: 62000, TCPFlags: TCPAck, Payload: payload}
 		want := TestPacket{Src: fe.Addr(), Dst: client.Addr(), Proto: nodeplane.ProtoTCP, SrcPort: fe.Port(), DstPort: client.Port(), TCPFlags: TCPAck, Payload: payload}
-		ret, in := runNAT(t, m.ing, mustBytes(t, reply))
+		ret, in := runNAT(t, m.ingress(), mustBytes(t, reply))
 		if ret != 0 || !sameWire(in, mustBytes(t, want)) {
 			t.Fatalf("verdict %d:\n got % x\nwant % x", ret, in, mustBytes(t, want))
 		}
@@ -198,16 +198,16 @@ func TestPrivilegedNATTestRun(t *testing.T) {
 		prog *ebpf.Program
 		pkt  TestPacket
 	}{
-		{"excluded destination", m.egr, TestPacket{Src: pod4, Dst: netip.MustParseAddr("10.2.0.1"), Proto: nodeplane.ProtoTCP, SrcPort: 1, DstPort: 2}},
-		{"excluded IPv6 destination", m.egr, TestPacket{Src: pod6, Dst: netip.MustParseAddr("fd00:0:0:10::99"), Proto: nodeplane.ProtoUDP, SrcPort: 1, DstPort: 2}},
-		{"not an endpoint", m.egr, TestPacket{Src: netip.MustParseAddr("10.1.0.99"), Dst: masqWorldAddr, Proto: nodeplane.ProtoTCP, SrcPort: 1, DstPort: 2}},
-		{"the node itself", m.egr, TestPacket{Src: masqNodeAddr, Dst: masqWorldAddr, Proto: nodeplane.ProtoTCP, SrcPort: 1, DstPort: 2}},
-		{"ICMP error out", m.egr, TestPacket{Src: pod4, Dst: masqWorldAddr, Proto: nodeplane.ProtoICMP, ICMPType: 3, ICMPCode: 3}},
-		{"ICMP error about no flow", m.ing, TestPacket{Src: masqWorldAddr, Dst: masqNodeAddr, Proto: nodeplane.ProtoICMP, ICMPType: 3, ICMPCode: 3,
+		{"excluded destination", m.egress(), TestPacket{Src: pod4, Dst: netip.MustParseAddr("10.2.0.1"), Proto: nodeplane.ProtoTCP, SrcPort: 1, DstPort: 2}},
+		{"excluded IPv6 destination", m.egress(), TestPacket{Src: pod6, Dst: netip.MustParseAddr("fd00:0:0:10::99"), Proto: nodeplane.ProtoUDP, SrcPort: 1, DstPort: 2}},
+		{"not an endpoint", m.egress(), TestPacket{Src: netip.MustParseAddr("10.1.0.99"), Dst: masqWorldAddr, Proto: nodeplane.ProtoTCP, SrcPort: 1, DstPort: 2}},
+		{"the node itself", m.egress(), TestPacket{Src: masqNodeAddr, Dst: masqWorldAddr, Proto: nodeplane.ProtoTCP, SrcPort: 1, DstPort: 2}},
+		{"ICMP error out", m.egress(), TestPacket{Src: pod4, Dst: masqWorldAddr, Proto: nodeplane.ProtoICMP, ICMPType: 3, ICMPCode: 3}},
+		{"ICMP error about no flow", m.ingress(), TestPacket{Src: masqWorldAddr, Dst: masqNodeAddr, Proto: nodeplane.ProtoICMP, ICMPType: 3, ICMPCode: 3,
 			Payload: mustBytes(t, TestPacket{Src: masqNodeAddr, Dst: masqWorldAddr, Proto: nodeplane.ProtoUDP, SrcPort: 61999, DstPort: 9})[14:42]}},
-		{"ICMP echo reply out", m.egr, TestPacket{Src: pod4, Dst: masqWorldAddr, Proto: nodeplane.ProtoICMP, ICMPType: 0, ICMPID: 9}},
-		{"reply to no flow", m.ing, TestPacket{Src: masqWorldAddr, Dst: masqNodeAddr, Proto: nodeplane.ProtoTCP, SrcPort: 80, DstPort: 61001}},
-		{"not to the node", m.ing, TestPacket{Src: masqWorldAddr, Dst: netip.MustParseAddr("203.0.113.9"), Proto: nodeplane.ProtoUDP, SrcPort: 80, DstPort: 61001}},
+		{"ICMP echo reply out", m.egress(), TestPacket{Src: pod4, Dst: masqWorldAddr, Proto: nodeplane.ProtoICMP, ICMPType: 0, ICMPID: 9}},
+		{"reply to no flow", m.ingress(), TestPacket{Src: masqWorldAddr, Dst: masqNodeAddr, Proto: nodeplane.ProtoTCP, SrcPort: 80, DstPort: 61001}},
+		{"not to the node", m.ingress(), TestPacket{Src: masqWorldAddr, Dst: netip.MustParseAddr("203.0.113.9"), Proto: nodeplane.ProtoUDP, SrcPort: 80, DstPort: 61001}},
 	} {
 		t.Run("untouched/"+tc.name, func(t *testing.T) {
 			pkt := mustBytes(t, tc.pkt)

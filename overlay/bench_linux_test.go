@@ -8,13 +8,15 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/overlay"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
 )
 
 // Pod to pod across two nodes: overlay (VXLAN) vs native routing vs the
-// baseline, two namespaces joined by one bare veth pair.
+// baseline, two namespaces joined by one bare veth pair; and node A
+// itself to the pod on B over the overlay (host-overlay).
 //
 //	NODEPLANE_REQUIRE_PRIV=1 go test ./overlay -run '^$' -bench 'PodToPod' -count 6
 
@@ -51,12 +53,26 @@ func podToPodPath(b *testing.B, path string) (client, server *testutils.NetNS, d
 			b.Fatal(err)
 		}
 		return w.front.ns, w.back.ns, w.back.addr
+	case "host-overlay":
+		// Node A itself (its namespace) to the pod on B: routed into
+		// the tunnel device, encapsulated as remote-node.
+		w := newTwoNodes(b, overlay.ModeTunnel)
+		if err := w.back.ep.Policy().Apply(map[mapstate.Key]mapstate.Entry{
+			{Identity: identity.ReservedRemoteNode, Direction: mapstate.Ingress, Protocol: 6}: {},
+		}, nil); err != nil {
+			b.Fatal(err)
+		}
+		waitCond(b, "node-a's route to node-b's pods", func() bool {
+			rs, err := w.nsA.Netlink(b).RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: overlay.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+			return err == nil && len(rs) == 1
+		})
+		return w.nsA, w.back.ns, w.back.addr
 	}
 	b.Fatalf("unknown path %q", path)
 	return nil, nil, netip.Addr{}
 }
 
-var podToPodPaths = []string{"bare-veth", "native", "overlay"}
+var podToPodPaths = []string{"bare-veth", "native", "overlay", "host-overlay"}
 
 // BenchmarkPodToPodThroughput: one iperf3 TCP stream, 3 s per op.
 func BenchmarkPodToPodThroughput(b *testing.B) {

@@ -24,7 +24,16 @@
 // Endpoints must use [Tunnel.PodMTU] (underlay MTU minus the
 // encapsulation overhead) as their MTU. In native-routing mode a [Router]
 // keeps routes to the other nodes' pod CIDRs instead, and the syncer runs
-// in [ModeNative].
+// in [ModeNative]. In tunnel mode a Router with [RouterConfig].Device
+// routes those CIDRs into the tunnel device, so that the node itself
+// reaches other nodes' pods too: the datapath encapsulates its packets
+// with reserved:remote-node as VNI, and the receiving node's ingress
+// policy sees them as remote-node, as in Cilium. Their source is the
+// node's own address in its pod CIDR ([TunnelConfig].HostAddresses,
+// registered as [Node].HostAddresses, Cilium's router IP), which the
+// other nodes' syncers map to remote-node behind the node's tunnel
+// endpoint, so that replies, and pods' connections to the node, go
+// through the tunnel too.
 //
 // # Lifetime
 //

@@ -21,6 +21,12 @@ type Node struct {
 	// cluster pool handed it), IPv4 and/or IPv6. They must not overlap any
 	// other node's.
 	PodCIDRs []netip.Prefix
+	// HostAddresses are the node's own addresses inside its pod CIDRs, at
+	// most one per family: the source of its own traffic to other nodes'
+	// pods ([TunnelConfig].HostAddresses; Cilium's CiliumInternalIP, the
+	// router IP on cilium_host). Other nodes map them to
+	// reserved:remote-node, through the tunnel in tunnel mode. Optional.
+	HostAddresses []netip.Addr
 }
 
 // canonical checks n and returns it in canonical form: addresses and
@@ -45,6 +51,25 @@ func (n Node) canonical() (Node, error) {
 		}
 		out.PodCIDRs = append(out.PodCIDRs, p)
 	}
+	var v4, v6 int
+	for _, a := range n.HostAddresses {
+		if !a.IsValid() || a.Zone() != "" || !slices.ContainsFunc(n.PodCIDRs, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			return n, fmt.Errorf("node %q: host address %v: %w: must be an address inside one of its pod CIDRs", n.Name, a, ErrInvalidNode)
+		}
+		if slices.Contains(out.HostAddresses, a) {
+			continue
+		}
+		out.HostAddresses = append(out.HostAddresses, a)
+		if a.Is4() {
+			v4++
+		} else {
+			v6++
+		}
+	}
+	if v4 > 1 || v6 > 1 {
+		return n, fmt.Errorf("node %q: host addresses %v: %w: at most one per family", n.Name, n.HostAddresses, ErrInvalidNode)
+	}
+	slices.SortFunc(out.HostAddresses, netip.Addr.Compare)
 	slices.SortFunc(out.Addresses, netip.Addr.Compare)
 	out.Addresses = slices.Compact(out.Addresses)
 	slices.SortFunc(out.PodCIDRs, comparePrefix)
@@ -61,7 +86,8 @@ func (n Node) canonical() (Node, error) {
 
 // Equal reports whether two nodes in canonical form are the same.
 func (n Node) Equal(o Node) bool {
-	return n.Name == o.Name && slices.Equal(n.Addresses, o.Addresses) && slices.Equal(n.PodCIDRs, o.PodCIDRs)
+	return n.Name == o.Name && slices.Equal(n.Addresses, o.Addresses) && slices.Equal(n.PodCIDRs, o.PodCIDRs) &&
+		slices.Equal(n.HostAddresses, o.HostAddresses)
 }
 
 // Address returns the node's underlay address to reach a pod CIDR of the

@@ -25,6 +25,16 @@ type RouterConfig struct {
 	// NodeNetNS is the node's network namespace (a path); empty means the
 	// caller's.
 	NodeNetNS string
+	// Device, when set, is the name of the node's tunnel device ([Tunnel])
+	// in tunnel mode: the routes then go through it without a gateway
+	// ("10.1.1.0/24 dev np_vxlan"), for the node's own traffic to other
+	// nodes' pods, which the datapath's program on the device
+	// encapsulates with reserved:remote-node as VNI
+	// (datapath.Datapath.AttachOverlay). The device's addresses
+	// ([TunnelConfig].HostAddresses) are the routes' sources. Pods'
+	// traffic does not take these routes: the datapath sends it to the
+	// device itself.
+	Device string
 }
 
 // Router is native routing: it keeps, in the node's routing table, a
@@ -36,9 +46,14 @@ type RouterConfig struct {
 // (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding); pair it with a
 // [Syncer] in [ModeNative].
 type Router struct {
-	cfg    RouterConfig
-	ns     netns.NsHandle
-	nl     *netlink.Handle
+	cfg     RouterConfig
+	ns      netns.NsHandle
+	nl      *netlink.Handle
+	ifindex int // of cfg.Device; 0 without
+	// src4 and src6 are the device's addresses, the routes' sources.
+	src4, src6 netip.Addr
+	// routes are the installed routes by node name, with their gateway
+	// (the zero Addr for routes through cfg.Device).
 	routes map[string]map[netip.Prefix]netip.Addr
 }
 
@@ -61,6 +76,29 @@ func NewRouter(cfg RouterConfig) (_ *Router, err error) {
 	if r.nl, err = netlink.NewHandleAt(r.ns); err != nil {
 		r.ns.Close()
 		return nil, fmt.Errorf("new router: netlink in %s: %w", path, err)
+	}
+	if cfg.Device != "" {
+		l, err := r.nl.LinkByName(cfg.Device)
+		if err != nil {
+			r.Close()
+			return nil, fmt.Errorf("new router: device %q: %w", cfg.Device, err)
+		}
+		r.ifindex = l.Attrs().Index
+		addrs, err := r.nl.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			r.Close()
+			return nil, fmt.Errorf("new router: addresses of %q: %w", cfg.Device, err)
+		}
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP)
+			switch ip = ip.Unmap(); {
+			case !ok || !ip.IsGlobalUnicast():
+			case ip.Is4() && !r.src4.IsValid():
+				r.src4 = ip
+			case ip.Is6() && !r.src6.IsValid():
+				r.src6 = ip
+			}
+		}
 	}
 	return r, nil
 }
@@ -90,8 +128,11 @@ func (r *Router) adopt() error {
 				continue
 			}
 			p, ok := netipPrefix(rt.Dst)
-			gw, ok2 := netip.AddrFromSlice(rt.Gw)
-			if !ok || !ok2 {
+			var gw netip.Addr
+			if rt.Gw != nil {
+				gw, ok = netip.AddrFromSlice(rt.Gw)
+			}
+			if !ok {
 				continue
 			}
 			if r.routes[""] == nil {
@@ -121,11 +162,24 @@ func (r *Router) known() []string {
 }
 
 func (r *Router) route(p netip.Prefix, gw netip.Addr) *netlink.Route {
-	return &netlink.Route{
+	rt := &netlink.Route{
 		Dst:      &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
-		Gw:       gw.AsSlice(),
 		Protocol: RouteProtocol,
 	}
+	if gw.IsValid() {
+		rt.Gw = gw.AsSlice()
+	} else {
+		rt.LinkIndex = r.ifindex
+		rt.Scope = netlink.SCOPE_LINK
+		src := r.src6
+		if p.Addr().Is4() {
+			src = r.src4
+		}
+		if src.IsValid() {
+			rt.Src = src.AsSlice()
+		}
+	}
+	return rt
 }
 
 func (r *Router) apply(n Node) error {
@@ -134,7 +188,11 @@ func (r *Router) apply(n Node) error {
 	}
 	want := make(map[netip.Prefix]netip.Addr, len(n.PodCIDRs))
 	for _, p := range n.PodCIDRs {
-		want[p] = n.Address(p.Addr().Is4())
+		if r.ifindex != 0 {
+			want[p] = netip.Addr{} // through the tunnel device
+		} else {
+			want[p] = n.Address(p.Addr().Is4())
+		}
 	}
 	// Routes this node no longer needs, or that an earlier Router left
 	// for its CIDRs.
@@ -163,7 +221,7 @@ func (r *Router) apply(n Node) error {
 		if old, ok := r.routes[n.Name][p]; ok && old == gw {
 			continue
 		}
-		if p.Addr().Is4() != gw.Is4() {
+		if gw.IsValid() && p.Addr().Is4() != gw.Is4() {
 			// A route across families needs an encapsulation; native
 			// routing has none.
 			return fmt.Errorf("router: node %q: pod CIDR %v has no underlay address of its family", n.Name, p)

@@ -2,7 +2,9 @@ package overlay_test
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -15,7 +17,9 @@ import (
 
 // TestPrivilegedRouter: the router installs a route per remote pod CIDR,
 // follows a node moving and leaving, and removes a stale route an
-// earlier router left; routes are read back from the kernel.
+// earlier router left; in tunnel mode (Device) a second router takes its
+// routes over and sends them through the tunnel device from the device's
+// address; routes are read back from the kernel.
 func TestPrivilegedRouter(t *testing.T) {
 	ns := testutils.NewNetNS(t)
 	nl := ns.Netlink(t)
@@ -38,6 +42,10 @@ func TestPrivilegedRouter(t *testing.T) {
 		}
 		var out []string
 		for _, r := range rs {
+			if r.Gw == nil {
+				out = append(out, fmt.Sprintf("%v dev %d src %v", r.Dst, r.LinkIndex, r.Src))
+				continue
+			}
 			out = append(out, r.Dst.String()+" via "+r.Gw.String())
 		}
 		slices.Sort(out)
@@ -85,10 +93,38 @@ func TestPrivilegedRouter(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Flush(); err != nil {
+
+	// Tunnel mode: a Router with the tunnel device takes over the routes
+	// the first one left and sends them through the device, from the
+	// device's address.
+	tun, err := overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(ns), HostAddresses: []netip.Addr{netip.MustParseAddr("10.1.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	rd, err := overlay.NewRouter(overlay.RouterConfig{Registry: reg, LocalNode: "node-a", NodeNetNS: nsPath(ns), Device: tun.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	rctx, cancel = context.WithCancel(ctx)
+	go func() { done <- rd.Run(rctx) }()
+	want("node-c's route through the tunnel", fmt.Sprintf("10.1.2.0/24 dev %d src 10.1.0.1", tun.Ifindex()))
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := overlay.NewRouter(overlay.RouterConfig{Registry: reg, LocalNode: "node-a", NodeNetNS: nsPath(ns), Device: "nosuchdev"}); err == nil {
+		t.Error("NewRouter with a missing device succeeded")
+	}
+
+	if err := rd.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	if got := routes(); len(got) != 0 {
 		t.Errorf("after Flush: %v", got)
+	}
+	if err := r.Flush(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -14,6 +14,7 @@ type RouterConfig struct {
 	Registry  Registry
 	LocalNode string
 	NodeNetNS string
+	Device    string
 }
 
 // Router is native routing; only Linux has it.

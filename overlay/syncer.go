@@ -54,7 +54,11 @@ type SyncerConfig struct {
 //     their /32 and /128 entries (the identity allocator's business), and
 //     on the wire from the tunnel's VNI;
 //   - each underlay address maps to reserved:remote-node, so that traffic
-//     from the node itself is seen as remote-node.
+//     from the node itself is seen as remote-node;
+//   - each host address (the node's own address in its pod CIDRs) maps to
+//     reserved:remote-node too, with the tunnel endpoint in [ModeTunnel]:
+//     what the node sends from it arrives through the tunnel as
+//     remote-node, and what pods send to it goes back the same way.
 //
 // Changes are incremental: a node joining adds its entries, a node leaving
 // removes them, a node changing touches only what changed.
@@ -90,6 +94,13 @@ func (s *Syncer) Entries(n Node) map[netip.Prefix]ipcache.Entry {
 	}
 	for _, a := range n.Addresses {
 		out[netip.PrefixFrom(a, a.BitLen())] = ipcache.Entry{Identity: identity.ReservedRemoteNode}
+	}
+	for _, a := range n.HostAddresses {
+		e := ipcache.Entry{Identity: identity.ReservedRemoteNode}
+		if s.cfg.Mode == ModeTunnel {
+			e.TunnelEndpoint = n.Address(a.Is4())
+		}
+		out[netip.PrefixFrom(a, a.BitLen())] = e
 	}
 	return out
 }

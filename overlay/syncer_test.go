@@ -174,6 +174,27 @@ func TestSyncer(t *testing.T) {
 	}
 }
 
+// TestSyncerHostAddresses: a node's host addresses become remote-node
+// entries, through the tunnel in tunnel mode, not in native mode.
+func TestSyncerHostAddresses(t *testing.T) {
+	for _, mode := range []overlay.Mode{overlay.ModeTunnel, overlay.ModeNative} {
+		r := overlay.NewLocalRegistry()
+		defer r.Close()
+		c := ipcache.New()
+		n := registrytest.Node("node-b", []string{"192.168.0.2"}, "10.1.1.0/24")
+		n.HostAddresses = []netip.Addr{addr("10.1.1.1")}
+		if err := r.Register(context.Background(), n); err != nil {
+			t.Fatal(err)
+		}
+		runSyncer(t, r, c, "node-a", mode)
+		tep, host := "192.168.0.2", ipcache.Entry{Identity: identity.ReservedRemoteNode, TunnelEndpoint: addr("192.168.0.2")}
+		if mode == overlay.ModeNative {
+			tep, host = "", remoteNode
+		}
+		waitFor(t, c, map[netip.Prefix]ipcache.Entry{pfx("10.1.1.0/24"): world(tep), pfx("192.168.0.2/32"): remoteNode, pfx("10.1.1.1/32"): host})
+	}
+}
+
 // TestSyncerNative: in native-routing mode entries carry no tunnel
 // endpoint.
 func TestSyncerNative(t *testing.T) {

@@ -45,7 +45,7 @@ func TestPrivilegedThirdNode(t *testing.T) {
 	// through another, with a short lease, which it later loses.
 	announceCli := w.srv.Client(t)
 	announce := newEtcdRegistry(t, announceCli, 2*time.Second)
-	c := newTestNode(t, overlay.ModeTunnel, "node-c", nsC, w.underlay(addrC), w.pool, newEtcdRegistry(t, w.srv.Client(t), 0), announce)
+	c := newTestNode(t, overlay.ModeTunnel, "node-c", nsC, w.underlay(addrC), w.pool, newEtcdRegistry(t, w.srv.Client(t), 0), announce, "")
 	cidrC := c.podCIDR
 	const idC identity.ID = 3001
 	podC := c.addPod(t, 1, idC, 10)

@@ -1,6 +1,9 @@
 package overlay
 
-import "fmt"
+import (
+	"fmt"
+	"net/netip"
+)
 
 // TunnelProtocol is the encapsulation of the tunnel device.
 type TunnelProtocol uint8
@@ -65,6 +68,13 @@ type TunnelConfig struct {
 	UnderlayMTU int
 	// IPv6Underlay says the nodes talk over IPv6 (20 bytes more overhead).
 	IPv6Underlay bool
+	// HostAddresses are the node's own addresses in its pod CIDRs, at most
+	// one IPv4 and one IPv6 (Cilium's router IPs, which it puts on
+	// cilium_host), assigned to the device as /32 and /128. A [Router]
+	// with the device routes other nodes' pod CIDRs through it with
+	// these as source, so that the node's own connections to other
+	// nodes' pods are answered through the tunnel. Optional.
+	HostAddresses []netip.Addr
 }
 
 func (c TunnelConfig) withDefaults() (TunnelConfig, error) {
@@ -88,6 +98,20 @@ func (c TunnelConfig) withDefaults() (TunnelConfig, error) {
 	}
 	if c.UnderlayMTU == 0 {
 		c.UnderlayMTU = 1500
+	}
+	var v4, v6 int
+	for _, a := range c.HostAddresses {
+		switch {
+		case !a.IsValid() || a.Zone() != "" || a.Is4In6():
+			return c, fmt.Errorf("tunnel host address %v: %w", a, ErrInvalidConfig)
+		case a.Is4():
+			v4++
+		default:
+			v6++
+		}
+	}
+	if v4 > 1 || v6 > 1 {
+		return c, fmt.Errorf("tunnel host addresses %v: at most one per family: %w", c.HostAddresses, ErrInvalidConfig)
 	}
 	if c.UnderlayMTU > 65535 || c.podMTU() < 1280 {
 		return c, fmt.Errorf("underlay MTU %d leaves a pod MTU of %d (at least 1280, IPv6's minimum): %w", c.UnderlayMTU, c.podMTU(), ErrInvalidConfig)

@@ -3,6 +3,7 @@ package overlay
 import (
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -40,15 +41,19 @@ func HaveGeneve() error { return geneveProbe.Result() }
 // remote nodes, the destination of each packet set by the datapath
 // (bpf_skb_set_tunnel_key). It owns the device: Close deletes it.
 type Tunnel struct {
-	cfg  TunnelConfig
-	ns   netns.NsHandle
-	nl   *netlink.Handle
-	link netlink.Link
+	cfg     TunnelConfig
+	ns      netns.NsHandle
+	nl      *netlink.Handle
+	link    netlink.Link
+	adopted bool
 }
 
 // NewTunnel creates the device in the node namespace and sets it up with
-// the pod MTU. A device of that name left by an earlier process is
-// replaced.
+// the pod MTU. A device of that name an earlier process left is adopted
+// when it is what cfg asks for (protocol, collect-metadata, port, MTU;
+// [Tunnel.Adopted]), so that a restarting agent keeps the device the
+// datapath's programs and the node's routes are on and traffic keeps
+// flowing; otherwise it is replaced.
 func NewTunnel(cfg TunnelConfig) (_ *Tunnel, err error) {
 	cfg, err = cfg.withDefaults()
 	if err != nil {
@@ -76,6 +81,13 @@ func NewTunnel(cfg TunnelConfig) (_ *Tunnel, err error) {
 		return nil, fmt.Errorf("new tunnel: netlink in %s: %w", path, err)
 	}
 	if old, err := t.nl.LinkByName(cfg.Name); err == nil {
+		if cfg.matches(old) {
+			t.link, t.adopted = old, true
+			if err := t.setUp(); err != nil {
+				return nil, err
+			}
+			return t, nil
+		}
 		if err := t.nl.LinkDel(old); err != nil {
 			return nil, fmt.Errorf("new tunnel: delete old %s: %w", cfg.Name, err)
 		}
@@ -93,12 +105,58 @@ func NewTunnel(cfg TunnelConfig) (_ *Tunnel, err error) {
 	if t.link, err = t.nl.LinkByName(cfg.Name); err != nil {
 		return nil, fmt.Errorf("new tunnel: %w", err)
 	}
-	if err := t.nl.LinkSetUp(t.link); err != nil {
+	if err := t.setUp(); err != nil {
 		_ = t.nl.LinkDel(t.link)
-		return nil, fmt.Errorf("new tunnel: set %s up: %w", cfg.Name, err)
+		return nil, err
 	}
 	return t, nil
 }
+
+// matches reports whether l is the device cfg describes.
+func (c TunnelConfig) matches(l netlink.Link) bool {
+	if l.Attrs().MTU != c.podMTU() {
+		return false
+	}
+	switch dev := l.(type) {
+	case *netlink.Vxlan:
+		return c.Protocol == VXLAN && dev.FlowBased && dev.Port == int(c.Port)
+	case *netlink.Geneve:
+		return c.Protocol == Geneve && dev.FlowBased && dev.Dport == c.Port
+	}
+	return false
+}
+
+// setUp makes the device NOARP with the host addresses, and up; on an
+// adopted device it changes only what differs.
+func (t *Tunnel) setUp() error {
+	cfg := t.cfg
+	// No neighbour resolution on the device: the node's own packets routed
+	// into it (a Router with Device) go out at once, the destination MAC
+	// being the device's own, and get their tunnel key from the
+	// datapath; an ARP request or neighbour solicitation would have none
+	// and be dropped.
+	if t.link.Attrs().RawFlags&unix.IFF_NOARP == 0 {
+		if err := t.nl.LinkSetARPOff(t.link); err != nil {
+			return fmt.Errorf("new tunnel: set %s noarp: %w", cfg.Name, err)
+		}
+	}
+	for _, a := range cfg.HostAddresses {
+		ipn := &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+		if err := t.nl.AddrReplace(t.link, &netlink.Addr{IPNet: ipn, Flags: unix.IFA_F_NODAD}); err != nil {
+			return fmt.Errorf("new tunnel: add %v to %s: %w", a, cfg.Name, err)
+		}
+	}
+	if t.link.Attrs().Flags&net.FlagUp == 0 {
+		if err := t.nl.LinkSetUp(t.link); err != nil {
+			return fmt.Errorf("new tunnel: set %s up: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
+
+// Adopted reports whether NewTunnel found the device an earlier process
+// left and kept it.
+func (t *Tunnel) Adopted() bool { return t.adopted }
 
 // Ifindex returns the device's interface index in the node namespace,
 // for datapath.Datapath.AttachOverlay.
@@ -131,6 +189,14 @@ func (t *Tunnel) Close() error {
 	}
 	t.release()
 	return err
+}
+
+// Release lets go of the namespace and netlink handles and leaves the
+// device in place, for a process handing the node over to its successor
+// (whose NewTunnel adopts it). Close after Release does nothing.
+func (t *Tunnel) Release() error {
+	t.release()
+	return nil
 }
 
 func (t *Tunnel) release() {

@@ -24,4 +24,6 @@ func (t *Tunnel) Name() string             { return t.cfg.Name }
 func (t *Tunnel) Port() uint16             { return t.cfg.Port }
 func (t *Tunnel) Protocol() TunnelProtocol { return t.cfg.Protocol }
 func (t *Tunnel) PodMTU() int              { return t.cfg.podMTU() }
+func (t *Tunnel) Adopted() bool            { return false }
+func (t *Tunnel) Release() error           { return nil }
 func (t *Tunnel) Close() error             { return nil }

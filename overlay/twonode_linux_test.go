@@ -36,9 +36,11 @@ func nsPath(ns *testutils.NetNS) string { return fmt.Sprintf("/proc/self/fd/%d",
 // underlay address.
 type testNode struct {
 	name     string
+	bpffs    string
 	ns       *testutils.NetNS
 	d        *datapath.Datapath
 	tunnel   *overlay.Tunnel
+	overlay  *datapath.Overlay
 	ipc      *ipcache.IPCache
 	underlay netip.Addr
 	podCIDR  netip.Prefix
@@ -50,7 +52,8 @@ type testNode struct {
 
 // newTestNode starts a node that follows reg and announces itself
 // through announce (reg when nil).
-func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.NetNS, underlay []netip.Addr, pool ipam.ClusterAllocator, reg, announce *etcdnodes.Registry) *testNode {
+// With bpffs, the node's datapath pins its state there.
+func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.NetNS, underlay []netip.Addr, pool ipam.ClusterAllocator, reg, announce *etcdnodes.Registry, bpffs string) *testNode {
 	t.Helper()
 	// The cluster pool hands the node its pod CIDR.
 	cidrs, err := pool.AllocateNode(context.Background(), name)
@@ -58,11 +61,8 @@ func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.Net
 		t.Fatalf("pod CIDRs of %s: %v, %v", name, cidrs, err)
 	}
 	podCIDR := cidrs[0] // IPv4 first
-	n := &testNode{name: name, ns: ns, underlay: underlay[0], podCIDR: podCIDR, podCIDR6: cidrs[1], mode: mode, podMTU: 1500}
-	n.d, err = datapath.New(datapath.Config{
-		NodeNetNS: nsPath(ns), ConntrackMaxEntries: 4096, IPCacheMaxEntries: 4096,
-		MonitorAggregation: monitor.AggregationNone,
-	})
+	n := &testNode{name: name, ns: ns, underlay: underlay[0], podCIDR: podCIDR, podCIDR6: cidrs[1], mode: mode, podMTU: 1500, bpffs: bpffs}
+	n.d, err = n.newDatapath()
 	testutils.SkipIfNotSupported(t, err)
 	t.Cleanup(func() {
 		if err := n.d.Close(); err != nil {
@@ -71,8 +71,11 @@ func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.Net
 	})
 	if mode == overlay.ModeTunnel {
 		n.attachTunnel(t)
+		// The node's own traffic to other nodes' pods goes into the
+		// tunnel device.
+		n.startRouter(t, reg, n.tunnel.Name())
 	} else {
-		n.startRouter(t, reg)
+		n.startRouter(t, reg, "")
 	}
 	n.ipc = ipcache.New()
 	if err := n.ipc.AddWriter(n.d.IPCache()); err != nil {
@@ -81,7 +84,11 @@ func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.Net
 	if announce == nil {
 		announce = reg
 	}
-	if err := announce.Register(context.Background(), overlay.Node{Name: name, Addresses: underlay, PodCIDRs: cidrs}); err != nil {
+	node := overlay.Node{Name: name, Addresses: underlay, PodCIDRs: cidrs}
+	if mode == overlay.ModeTunnel {
+		node.HostAddresses = []netip.Addr{n.hostAddr(), n.hostAddr6()}
+	}
+	if err := announce.Register(context.Background(), node); err != nil {
 		t.Fatal(err)
 	}
 	s, err := overlay.NewSyncer(overlay.SyncerConfig{Registry: reg, IPCache: n.ipc, LocalNode: name, Mode: mode})
@@ -105,37 +112,50 @@ func newTestNode(t testing.TB, mode overlay.Mode, name string, ns *testutils.Net
 	return n
 }
 
+func (n *testNode) newDatapath() (*datapath.Datapath, error) {
+	return datapath.New(datapath.Config{
+		NodeNetNS: nsPath(n.ns), ConntrackMaxEntries: 4096, IPCacheMaxEntries: 4096,
+		MonitorAggregation: monitor.AggregationNone, BPFFSDir: n.bpffs,
+	})
+}
+
 func (n *testNode) attachTunnel(t testing.TB) {
 	t.Helper()
 	var err error
 	// The nodes talk IPv6 too: the pod MTU must fit an IPv6 underlay.
-	n.tunnel, err = overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(n.ns), IPv6Underlay: true})
+	// The node's own address in its pod CIDRs (Cilium's router IP): the
+	// source of its traffic to other nodes' pods.
+	n.tunnel, err = overlay.NewTunnel(overlay.TunnelConfig{NodeNetNS: nsPath(n.ns), IPv6Underlay: true,
+		HostAddresses: []netip.Addr{n.hostAddr(), n.hostAddr6()}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.tunnel.Close() })
-	ov, err := n.d.AttachOverlay(n.tunnel.Ifindex())
+	n.overlay, err = n.d.AttachOverlay(n.tunnel.Ifindex())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ov.Close() })
+	t.Cleanup(func() { n.overlay.Close() })
 	n.podMTU = n.tunnel.PodMTU()
 }
 
-// startRouter runs native routing: the node forwards, and a Router keeps
-// routes to the other nodes' pod CIDRs.
-func (n *testNode) startRouter(t testing.TB, reg overlay.Registry) {
+// startRouter runs a Router: without a device, native routing (the node
+// forwards, routes to the other nodes' pod CIDRs via their underlay
+// addresses); with one, routes to them through the tunnel device.
+func (n *testNode) startRouter(t testing.TB, reg overlay.Registry, device string) {
 	t.Helper()
-	err := n.ns.Do(func() error {
-		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-			return err
+	if device == "" {
+		err := n.ns.Do(func() error {
+			if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+				return err
+			}
+			return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	r, err := overlay.NewRouter(overlay.RouterConfig{Registry: reg, LocalNode: n.name, NodeNetNS: nsPath(n.ns)})
+	r, err := overlay.NewRouter(overlay.RouterConfig{Registry: reg, LocalNode: n.name, NodeNetNS: nsPath(n.ns), Device: device})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,6 +173,10 @@ func (n *testNode) startRouter(t testing.TB, reg overlay.Registry) {
 		r.Close()
 	})
 }
+
+// hostAddr and hostAddr6 are the node's own addresses in its pod CIDRs.
+func (n *testNode) hostAddr() netip.Addr  { return n.podCIDR.Addr().Next() }
+func (n *testNode) hostAddr6() netip.Addr { return n.podCIDR6.Addr().Next() }
 
 type testPod struct {
 	ns          *testutils.NetNS
@@ -198,9 +222,19 @@ func waitCond(t testing.TB, what string, cond func() bool) {
 
 // echo connects from pod to addr:port, sends a line and reads it back.
 func echo(pod *testPod, addr netip.Addr, port uint16) error {
+	return echoFrom(pod.ns, netip.Addr{}, addr, port)
+}
+
+// echoFrom is echo from namespace ns, from the local address src (any
+// when zero).
+func echoFrom(ns *testutils.NetNS, src, addr netip.Addr, port uint16) error {
 	var c net.Conn
-	err := pod.ns.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, port).String(), 2*time.Second)
+	err := ns.Do(func() (err error) {
+		d := net.Dialer{Timeout: 2 * time.Second}
+		if src.IsValid() {
+			d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+		}
+		c, err = d.Dial("tcp", netip.AddrPortFrom(addr, port).String())
 		return err
 	})
 	if err != nil {
@@ -378,7 +412,8 @@ func (n *testNode) waitDrop(t testing.TB, match func(*datapath.DropEvent) bool) 
 // an AF_PACKET capture); B's ingress policy admits one identity of A and
 // drops another with POLICY_DENIED in B's events; hand-made VXLAN packets
 // from an underlay address no node registered, or with VNI 0 or host,
-// are dropped with UNKNOWN_SENDER and INVALID_IDENTITY.
+// are dropped with UNKNOWN_SENDER and INVALID_IDENTITY, and counted by
+// reason in B's Counters.
 func TestPrivilegedTwoNodes(t *testing.T) {
 	w := newTwoNodes(t, overlay.ModeTunnel)
 	w.checkTraffic(t)
@@ -411,7 +446,11 @@ type twoNodes struct {
 	capB               *vxlanCapture
 }
 
-func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
+func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes { return newTwoNodesPinned(t, mode, "") }
+
+// newTwoNodesPinned is newTwoNodes with node-a's datapath pinned in
+// bpffsA (none when empty).
+func newTwoNodesPinned(t testing.TB, mode overlay.Mode, bpffsA string) *twoNodes {
 	testutils.RequirePrivileged(t)
 	srv := etcdtest.Start(t)
 	reg := func() *etcdnodes.Registry { return newEtcdRegistry(t, srv.Client(t), 0) }
@@ -439,8 +478,8 @@ func newTwoNodes(t testing.TB, mode overlay.Mode) *twoNodes {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.a = newTestNode(t, mode, "node-a", w.nsA, w.underlay(w.addrA), w.pool, reg(), nil)
-	w.b = newTestNode(t, mode, "node-b", w.nsB, w.underlay(w.addrB), w.pool, reg(), nil)
+	w.a = newTestNode(t, mode, "node-a", w.nsA, w.underlay(w.addrA), w.pool, reg(), nil, bpffsA)
+	w.b = newTestNode(t, mode, "node-b", w.nsB, w.underlay(w.addrB), w.pool, reg(), nil, "")
 	wantMTU := 1500
 	if mode == overlay.ModeTunnel {
 		wantMTU = 1430 // 1500 - 70: VXLAN over IPv6
@@ -682,6 +721,14 @@ func (w *twoNodes) checkBadVXLAN(t testing.TB) {
 		})
 		if e.Reason != tc.reason || e.Hook != datapath.FromOverlay {
 			t.Errorf("VNI %d from %v: dropped with %v at %v, want %v at from-overlay", tc.vni, tc.from, e.Reason, e.Hook, tc.reason)
+		}
+	}
+	// The drops are counted by reason: one UNKNOWN_SENDER, two
+	// INVALID_IDENTITY.
+	cs := counters(t, b.d)
+	for reason, want := range map[monitor.DropReason]uint64{monitor.DropUnknownSender: 1, monitor.DropInvalidIdentity: 2} {
+		if got := cs[datapath.CounterKey{Hook: datapath.FromOverlay, Reason: reason}].Packets; got != want {
+			t.Errorf("node-b's from-overlay %v counter: %d packets, want %d", reason, got, want)
 		}
 	}
 }

@@ -105,6 +105,8 @@ static __always_inline __u8 np_obs_of(__u8 hook)
 {
 	if (hook == NP_HOOK_FROM_OVERLAY)
 		return NP_OBS_FROM_OVERLAY;
+	if (hook == NP_HOOK_TO_OVERLAY)
+		return NP_OBS_TO_OVERLAY;
 	return hook == NP_HOOK_FROM_ENDPOINT ? NP_OBS_FROM_ENDPOINT : NP_OBS_TO_ENDPOINT;
 }
 
@@ -147,7 +149,8 @@ static __noinline void np_fill_drop(struct np_drop_event *e, struct __sk_buff *s
 		e->policy_endpoint_id = s->policy_ep;
 	} else {
 		/* No policy decided: the writer's side of the packet. */
-		e->direction = s->hook == NP_HOOK_FROM_ENDPOINT ? NP_DIR_EGRESS : NP_DIR_INGRESS;
+		e->direction = s->hook == NP_HOOK_FROM_ENDPOINT || s->hook == NP_HOOK_TO_OVERLAY ?
+				       NP_DIR_EGRESS : NP_DIR_INGRESS;
 		e->policy_endpoint_id = np_endpoint_id;
 	}
 	e->orig_len = skb->len;
@@ -293,6 +296,10 @@ static __always_inline void np_trace(struct __sk_buff *skb, const struct np_stat
 		np_emit_trace(skb, s, NP_OBS_TO_ENDPOINT);
 		return;
 	}
+	if (s->hook == NP_HOOK_TO_OVERLAY) {
+		np_emit_trace(skb, s, NP_OBS_TO_OVERLAY);
+		return;
+	}
 	if (level < NP_AGGREGATE_LOWEST)
 		np_emit_trace(skb, s, np_obs_of(s->hook));
 	if (s->to_proxy)
@@ -382,15 +389,24 @@ static __always_inline struct np_endpoint_info *np_lookup_endpoint(const union n
 	return bpf_map_lookup_elem(&np_endpoints, &key);
 }
 
-/* Identity of a remote address: the ipcache's longest match, else world. */
-static __always_inline __u32 np_ipcache_identity(const union np_addr *addr, __u8 ip_version)
+/* np_ipcache_lookup returns the ipcache's longest match for an address,
+ * or NULL. */
+static __always_inline const struct np_ipcache_info *np_ipcache_lookup(const union np_addr *addr,
+								       __u8 ip_version)
 {
 	struct np_ipcache_key key = {
 		.prefixlen = NP_IPCACHE_STATIC_PREFIX + (ip_version == NP_IPV4 ? 32 : 128),
 		.ip_version = ip_version,
 		.addr = *addr,
 	};
-	struct np_ipcache_info *info = bpf_map_lookup_elem(&np_ipcache, &key);
+
+	return bpf_map_lookup_elem(&np_ipcache, &key);
+}
+
+/* Identity of a remote address: the ipcache's longest match, else world. */
+static __always_inline __u32 np_ipcache_identity(const union np_addr *addr, __u8 ip_version)
+{
+	const struct np_ipcache_info *info = np_ipcache_lookup(addr, ip_version);
 
 	return info ? info->identity : NP_WORLD_ID;
 }
@@ -528,6 +544,11 @@ int np_from_endpoint(struct __sk_buff *skb)
 {
 	struct np_state s = { .hook = NP_HOOK_FROM_ENDPOINT };
 	struct np_endpoint_info *src, *dst;
+	/* The destination's ipcache entry, once looked up (new connections
+	 * to addresses that are not local endpoints): the overlay needs it
+	 * again. */
+	const struct np_ipcache_info *dst_info = NULL;
+	bool dst_info_known = false;
 	struct np_ct_entry *ct = NULL;
 	__u16 proxy_port = 0;
 	__u32 now;
@@ -556,8 +577,13 @@ int np_from_endpoint(struct __sk_buff *skb)
 			return np_exit(skb, &s, TC_ACT_SHOT);
 		}
 		s.src_identity = src->identity;
-		s.dst_identity = dst ? dst->identity :
-				       np_ipcache_identity(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
+		if (dst) {
+			s.dst_identity = dst->identity;
+		} else {
+			dst_info = np_ipcache_lookup(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
+			dst_info_known = true;
+			s.dst_identity = dst_info ? dst_info->identity : NP_WORLD_ID;
+		}
 	}
 
 	if (s.ct_state == NP_CT_NEW) {
@@ -602,7 +628,7 @@ int np_from_endpoint(struct __sk_buff *skb)
 	s.reason = np_edt_sched_departure(skb, np_endpoint_id);
 	if (s.reason)
 		return np_exit(skb, &s, TC_ACT_SHOT);
-	ret = np_overlay_encap(skb, &s);
+	ret = np_overlay_encap(skb, &s, dst_info, dst_info_known);
 	if (ret != TC_ACT_UNSPEC)
 		return np_exit(skb, &s, ret);
 	return np_exit(skb, &s, TC_ACT_OK);

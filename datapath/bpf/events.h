@@ -44,6 +44,7 @@ enum np_hook {
 	NP_HOOK_FROM_ENDPOINT = 0, /* sent by the endpoint (tc ingress of its host-side veth) */
 	NP_HOOK_TO_ENDPOINT = 1,   /* sent to the endpoint by the stack (tc egress) */
 	NP_HOOK_FROM_OVERLAY = 2,  /* received from another node (tc ingress of the tunnel device) */
+	NP_HOOK_TO_OVERLAY = 3,    /* the node's own traffic to another node (tc egress of the tunnel device) */
 };
 
 /* Observation points in records, Cilium's numbers (TRACE_* in
@@ -193,6 +194,7 @@ struct {
 #define DROP_WRITE_ERROR       141
 #define DROP_NO_TUNNEL_KEY     147
 #define DROP_UNKNOWN_TARGET    150
+#define DROP_NO_TUNNEL_ENDPOINT 160
 #define DROP_CT_CREATE_FAILED  155
 #define DROP_INVALID_EXTHDR    156
 #define DROP_EDT_HORIZON       162

@@ -217,7 +217,7 @@ struct {
 /* ---- counters ---- */
 
 /* Index: hook << 8 | reason, reason 0 counting forwarded packets. */
-#define NP_COUNTER_SLOTS 512
+#define NP_COUNTER_SLOTS 1024 /* four hooks (enum np_hook) */
 
 struct np_counter {
 	__u64 packets;

@@ -10,6 +10,14 @@
  *                     tunnel key (VNI = the sender's identity, 24 bits;
  *                     outer destination = the tunnel endpoint) and goes to
  *                     the tunnel device (np_overlay_encap).
+ *   np_to_overlay     tc egress of the tunnel device: what the node
+ *                     itself routes into the device (a route to another
+ *                     node's pod CIDR through it) gets its tunnel key here,
+ *                     with reserved:remote-node as VNI, as Cilium presents
+ *                     host traffic (HOST_ID becomes LOCAL_NODE_ID, i.e.
+ *                     remote-node, in __encap_with_nodeid); packets an
+ *                     endpoint's program sent here already have theirs
+ *                     (NP_MARK_MAGIC_OVERLAY) and pass untouched.
  *   np_from_overlay   tc ingress of the tunnel device: the sender's
  *                     identity comes from the VNI, after the outer source
  *                     was checked to be a node the ipcache knows
@@ -33,6 +41,19 @@
 
 #define NP_VNI_MASK 0xffffff
 
+/* skb->pkt_type values (include/uapi/linux/if_packet.h). */
+#define NP_PACKET_HOST      0
+#define NP_PACKET_OTHERHOST 3
+
+/* skb->mark of a packet an endpoint's program encapsulated, in the
+ * nibble Cilium's MARK_MAGIC_* use (MARK_MAGIC_OVERLAY is Cilium's too):
+ * np_to_overlay sees it, clears it and leaves the tunnel key alone. A
+ * mark never crosses into the node from a pod's namespace (the veth
+ * scrubs it), so a pod cannot forge it; the node's own sockets could, and
+ * their packets then leave without a tunnel key, which the device drops. */
+#define NP_MARK_MAGIC_MASK    0x0F00
+#define NP_MARK_MAGIC_OVERLAY 0x0400
+
 struct np_overlay_config {
 	__u32 tunnel_ifindex; /* 0: no overlay, traffic to other nodes goes to the stack */
 	__u32 flags;          /* reserved */
@@ -47,40 +68,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } np_overlay_config SEC(".maps");
 
-static __always_inline const struct np_ipcache_info *np_ipcache_lookup(const union np_addr *addr,
-								       __u8 ip_version)
+/* np_has_tunnel reports whether an ipcache entry sends its prefix
+ * through the tunnel. */
+static __always_inline bool np_has_tunnel(const struct np_ipcache_info *info)
 {
-	struct np_ipcache_key key = {
-		.prefixlen = NP_IPCACHE_STATIC_PREFIX + (ip_version == NP_IPV4 ? 32 : 128),
-		.ip_version = ip_version,
-		.addr = *addr,
-	};
-
-	return bpf_map_lookup_elem(&np_ipcache, &key);
+	return info && info->tunnel_ip_version && !(info->flags & NP_IPCACHE_F_SKIP_TUNNEL);
 }
 
-/* np_overlay_encap sends a packet of an allowed connection to another
- * node's pod through the tunnel device. It returns TC_ACT_UNSPEC when the
- * destination is not behind a tunnel endpoint (or no tunnel device is
- * configured): the packet then goes to the stack as before. */
-static __always_inline int np_overlay_encap(struct __sk_buff *skb, struct np_state *s)
+/* np_set_tunnel_key gives the packet the tunnel key towards info's
+ * tunnel endpoint with VNI identity; it returns 0 or the drop reason. */
+static __always_inline __u8 np_set_tunnel_key(struct __sk_buff *skb,
+					      const struct np_ipcache_info *info, __u32 identity)
 {
-	__u32 zero = 0;
-	const struct np_overlay_config *cfg = bpf_map_lookup_elem(&np_overlay_config, &zero);
-	const struct np_ipcache_info *info;
 	struct bpf_tunnel_key key;
 	__u64 flags = 0;
-
-	if (!cfg || !cfg->tunnel_ifindex)
-		return TC_ACT_UNSPEC;
-	info = np_ipcache_lookup(&s->pkt.tuple.daddr, s->pkt.tuple.ip_version);
-	if (!info || !info->tunnel_ip_version || (info->flags & NP_IPCACHE_F_SKIP_TUNNEL))
-		return TC_ACT_UNSPEC;
 
 	/* memset, not = {}: an initializer need not clear a union's other
 	 * members, and the verifier rejects reading them. */
 	__builtin_memset(&key, 0, sizeof(key));
-	key.tunnel_id = s->src_identity & NP_VNI_MASK;
+	key.tunnel_id = identity & NP_VNI_MASK;
 	key.tunnel_ttl = 64;
 	if (info->tunnel_ip_version == NP_IPV4) {
 		key.remote_ipv4 = bpf_ntohl(info->tunnel_endpoint.ip4);
@@ -91,10 +97,34 @@ static __always_inline int np_overlay_encap(struct __sk_buff *skb, struct np_sta
 		key.remote_ipv6[3] = info->tunnel_endpoint.words[3];
 		flags = BPF_F_TUNINFO_IPV6;
 	}
-	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), flags) < 0) {
-		s->reason = DROP_WRITE_ERROR;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), flags) < 0)
+		return DROP_WRITE_ERROR;
+	return 0;
+}
+
+/* np_overlay_encap sends a packet of an allowed connection to another
+ * node's pod through the tunnel device. info is the destination's
+ * ipcache entry when known is set (the caller looked it up for a new
+ * connection's identity); otherwise it is looked up here. It returns
+ * TC_ACT_UNSPEC when the destination is not behind a tunnel endpoint (or
+ * no tunnel device is configured): the packet then goes to the stack as
+ * before. */
+static __always_inline int np_overlay_encap(struct __sk_buff *skb, struct np_state *s,
+					    const struct np_ipcache_info *info, bool known)
+{
+	__u32 zero = 0;
+	const struct np_overlay_config *cfg = bpf_map_lookup_elem(&np_overlay_config, &zero);
+
+	if (!cfg || !cfg->tunnel_ifindex)
+		return TC_ACT_UNSPEC;
+	if (!known)
+		info = np_ipcache_lookup(&s->pkt.tuple.daddr, s->pkt.tuple.ip_version);
+	if (!np_has_tunnel(info))
+		return TC_ACT_UNSPEC;
+	s->reason = np_set_tunnel_key(skb, info, s->src_identity);
+	if (s->reason)
 		return TC_ACT_SHOT;
-	}
+	skb->mark = NP_MARK_MAGIC_OVERLAY;
 	s->overlay = 1;
 	s->redirect_ifindex = cfg->tunnel_ifindex;
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
@@ -108,18 +138,25 @@ static __always_inline void np_overlay_sender(struct __sk_buff *skb, struct np_s
 	struct bpf_tunnel_key key;
 	const struct np_ipcache_info *info;
 	union np_addr outer;
-	__u8 outer_version = NP_IPV6;
+	/* The helper fails unless asked for the outer header's family. The
+	 * inner packet's is the likely one (the syncer gives a pod CIDR a
+	 * tunnel endpoint of its own family where the node has one), so the
+	 * usual packet takes one call. */
+	__u64 first = s->pkt.tuple.ip_version == NP_IPV6 ? BPF_F_TUNINFO_IPV6 : 0;
+	__u64 flags = first;
 	__u32 vni;
 
 	__builtin_memset(&key, 0, sizeof(key));
 	__builtin_memset(&outer, 0, sizeof(outer));
 
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), BPF_F_TUNINFO_IPV6) < 0) {
-		if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0) {
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), flags) < 0) {
+		flags = first ^ BPF_F_TUNINFO_IPV6;
+		if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), flags) < 0) {
 			s->reason = DROP_NO_TUNNEL_KEY;
 			return;
 		}
-		outer_version = NP_IPV4;
+	}
+	if (!(flags & BPF_F_TUNINFO_IPV6)) {
 		outer.ip4 = bpf_htonl(key.remote_ipv4);
 	} else {
 		outer.words[0] = key.remote_ipv6[0];
@@ -127,7 +164,7 @@ static __always_inline void np_overlay_sender(struct __sk_buff *skb, struct np_s
 		outer.words[2] = key.remote_ipv6[2];
 		outer.words[3] = key.remote_ipv6[3];
 	}
-	info = np_ipcache_lookup(&outer, outer_version);
+	info = np_ipcache_lookup(&outer, flags ? NP_IPV6 : NP_IPV4);
 	if (!info || (info->identity != NP_REMOTE_NODE_ID && info->identity != NP_KUBE_APISERVER_ID)) {
 		s->reason = DROP_UNKNOWN_SENDER;
 		return;
@@ -165,8 +202,16 @@ int np_from_overlay(struct __sk_buff *skb)
 	np_frag_record(&s.pkt);
 
 	dst = np_lookup_endpoint(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
-	if (!dst) /* for the node itself: the stack decides */
+	if (!dst) {
+		/* For the node itself (a reply to its own traffic, sent to its
+		 * address in its pod CIDR): the stack decides. The inner frame
+		 * is addressed to the sender's MAC for its pod's gateway, not
+		 * this device's, so the stack would take it for another host's
+		 * and drop it. */
+		if (skb->pkt_type == NP_PACKET_OTHERHOST)
+			bpf_skb_change_type(skb, NP_PACKET_HOST);
 		return np_exit(skb, &s, TC_ACT_OK);
+	}
 	s.dst_ep = dst->endpoint_id;
 	s.dst_identity = dst->identity;
 
@@ -186,6 +231,50 @@ int np_from_overlay(struct __sk_buff *skb)
 		}
 	}
 	return np_exit(skb, &s, np_redirect_local(skb, &s, dst));
+}
+
+/* np_to_overlay gives the node's own packets to other nodes' pods their
+ * tunnel key: the destination's tunnel endpoint from the ipcache, the VNI
+ * reserved:remote-node. A packet to an address without a tunnel endpoint
+ * is dropped (NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT): the device could not
+ * send it anyway. No policy applies: nodeplane has no host firewall. */
+SEC("tc")
+int np_to_overlay(struct __sk_buff *skb)
+{
+	struct np_state s = { .hook = NP_HOOK_TO_OVERLAY, .src_identity = NP_HOST_ID };
+	const struct np_trace_config *tcfg;
+	const struct np_ipcache_info *info;
+	int ret;
+
+	if ((skb->mark & NP_MARK_MAGIC_MASK) == NP_MARK_MAGIC_OVERLAY) {
+		skb->mark = 0;
+		return TC_ACT_OK;
+	}
+	ret = np_parse(skb, &s.pkt);
+	if (ret == NP_PARSE_PASS)
+		return np_exit(skb, &s, TC_ACT_OK);
+	if (ret) {
+		s.reason = ret;
+		return np_exit(skb, &s, TC_ACT_SHOT);
+	}
+	s.parsed = 1;
+	info = np_ipcache_lookup(&s.pkt.tuple.daddr, s.pkt.tuple.ip_version);
+	if (!np_has_tunnel(info)) {
+		s.dst_identity = info ? info->identity : NP_WORLD_ID;
+		s.reason = DROP_NO_TUNNEL_ENDPOINT;
+		return np_exit(skb, &s, TC_ACT_SHOT);
+	}
+	s.dst_identity = info->identity;
+	s.reason = np_set_tunnel_key(skb, info, NP_REMOTE_NODE_ID);
+	if (s.reason)
+		return np_exit(skb, &s, TC_ACT_SHOT);
+	/* Without conntrack there is nothing to aggregate by: every packet
+	 * is reported below medium, none from medium on. */
+	tcfg = np_trace_config_get();
+	if (tcfg && tcfg->aggregation && tcfg->aggregation - 1 < NP_AGGREGATE_MEDIUM)
+		s.aggregation = tcfg->aggregation;
+	s.overlay = 1;
+	return np_exit(skb, &s, TC_ACT_OK);
 }
 
 #endif /* NP_OVERLAY_H */

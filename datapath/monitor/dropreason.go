@@ -34,6 +34,10 @@ const (
 	// DropUnknownTarget: the stack sent an endpoint a packet that is not
 	// addressed to it. DROP_UNKNOWN_TARGET.
 	DropUnknownTarget DropReason = 150
+	// DropNoTunnelEndpoint: the node routed a packet into the tunnel
+	// device to an address the ipcache gives no tunnel endpoint.
+	// DROP_NO_TUNNEL_ENDPOINT.
+	DropNoTunnelEndpoint DropReason = 160
 	// DropCTCreateFailed: the conntrack entry of an allowed connection
 	// could not be created. DROP_CT_CREATE_FAILED.
 	DropCTCreateFailed DropReason = 155
@@ -114,6 +118,8 @@ func (r DropReason) String() string {
 		return "UNKNOWN_SENDER"
 	case DropUnknownTarget:
 		return "UNKNOWN_L3_TARGET_ADDRESS"
+	case DropNoTunnelEndpoint:
+		return "NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT"
 	case DropCTCreateFailed:
 		return "CT_MAP_INSERTION_FAILED"
 	case DropInvalidExtHeader:

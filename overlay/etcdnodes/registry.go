@@ -100,8 +100,9 @@ func (r *Registry) versionKey() string { return r.prefix + "version" }
 
 // stored is a node as kept in etcd.
 type stored struct {
-	Addresses []netip.Addr   `json:"addresses"`
-	PodCIDRs  []netip.Prefix `json:"podCIDRs"`
+	Addresses     []netip.Addr   `json:"addresses"`
+	PodCIDRs      []netip.Prefix `json:"podCIDRs"`
+	HostAddresses []netip.Addr   `json:"hostAddresses,omitempty"`
 }
 
 func decode(prefix string, key, value []byte) (overlay.Node, error) {
@@ -109,7 +110,7 @@ func decode(prefix string, key, value []byte) (overlay.Node, error) {
 	if err := json.Unmarshal(value, &s); err != nil {
 		return overlay.Node{}, fmt.Errorf("etcd key %q: %w", key, err)
 	}
-	n := overlay.Node{Name: strings.TrimPrefix(string(key), prefix), Addresses: s.Addresses, PodCIDRs: s.PodCIDRs}
+	n := overlay.Node{Name: strings.TrimPrefix(string(key), prefix), Addresses: s.Addresses, PodCIDRs: s.PodCIDRs, HostAddresses: s.HostAddresses}
 	return overlay.Canonical(n)
 }
 
@@ -131,7 +132,7 @@ func (r *Registry) Register(ctx context.Context, n overlay.Node) error {
 	if err != nil {
 		return fmt.Errorf("register node: %w", err)
 	}
-	value, err := json.Marshal(stored{n.Addresses, n.PodCIDRs})
+	value, err := json.Marshal(stored{n.Addresses, n.PodCIDRs, n.HostAddresses})
 	if err != nil {
 		return err
 	}

@@ -43,6 +43,7 @@ func Next(t testing.TB, w *identity.Watcher[overlay.Event]) overlay.Event {
 func Run(t *testing.T, newRegistry func(t *testing.T) overlay.Registry) {
 	ctx := context.Background()
 	a := Node("node-a", []string{"192.168.0.1", "fd00::1"}, "10.1.0.0/24", "fd01:0:0:1::/64")
+	a.HostAddresses = []netip.Addr{netip.MustParseAddr("fd01:0:0:1::1"), netip.MustParseAddr("10.1.0.1")}
 	b := Node("node-b", []string{"192.168.0.2"}, "10.1.1.0/24")
 
 	t.Run("Invalid", func(t *testing.T) {
@@ -54,6 +55,10 @@ func Run(t *testing.T, newRegistry func(t *testing.T) overlay.Registry) {
 			Node("unspecified", []string{"0.0.0.0"}),
 			Node("zoned", []string{"fe80::1%eth0"}),
 			{Name: "host-bits", Addresses: []netip.Addr{netip.MustParseAddr("192.168.0.1")}, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/24")}},
+			{Name: "host-outside", Addresses: []netip.Addr{netip.MustParseAddr("192.168.0.1")}, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")},
+				HostAddresses: []netip.Addr{netip.MustParseAddr("10.0.1.1")}},
+			{Name: "host-two", Addresses: []netip.Addr{netip.MustParseAddr("192.168.0.1")}, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")},
+				HostAddresses: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")}},
 		} {
 			if err := r.Register(ctx, n); !errors.Is(err, overlay.ErrInvalidNode) {
 				t.Errorf("Register(%+v) = %v, want ErrInvalidNode", n, err)
