@@ -517,7 +517,10 @@ func (w *upgradeWorld) run(t *testing.T, restart bool) {
 	// The swaps start early and leave the last interval's end for a
 	// slow last swap: a swap takes 0.5-8 s on a loaded machine.
 	interval := upgradeTraffic * 9 / 10 / upgradeSwaps
-	var swapTimes []time.Duration
+	var (
+		swapTimes []time.Duration
+		lastSwap  time.Duration
+	)
 	for i := range upgradeSwaps {
 		time.Sleep(time.Until(start.Add(interval/4 + time.Duration(i)*interval)))
 		next := w.builds[(i+1)%2]
@@ -537,6 +540,7 @@ func (w *upgradeWorld) run(t *testing.T, restart bool) {
 			t.Fatalf("swap %d: %v", i+1, err)
 		}
 		swapTimes = append(swapTimes, time.Since(swapStart).Round(time.Millisecond))
+		lastSwap = time.Since(start)
 		// The other build runs now: the kernel reports other programs on
 		// both endpoints, with other tags than the previous build's and,
 		// from the second swap on, the tags this build had before.
@@ -553,8 +557,12 @@ func (w *upgradeWorld) run(t *testing.T, restart bool) {
 			t.Fatalf("swap %d: program tags %v, want %v (this build's)", i+1, got, tags[k])
 		}
 	}
+	if lastSwap > upgradeTraffic {
+		t.Errorf("the swaps took %v, longer than the %v of traffic", lastSwap, upgradeTraffic)
+	}
 	time.Sleep(time.Until(start.Add(upgradeTraffic)))
 	close(stop)
+	traffic := time.Since(start)
 	wg.Wait()
 	for _, s := range streams {
 		s.flowing(t)
@@ -564,7 +572,6 @@ func (w *upgradeWorld) run(t *testing.T, restart bool) {
 		s.close(t)
 		echoed += s.echoed.Load()
 	}
-	elapsed := time.Since(start)
 
 	drops1 := w.drops(t)
 	dw.stop()
@@ -585,7 +592,8 @@ func (w *upgradeWorld) run(t *testing.T, restart bool) {
 	rcvbufErrs := tcpB1["Udp:RcvbufErrors"] - tcpB0["Udp:RcvbufErrors"]
 	udpLost := udpSent.Load() - int64(udpAllowed.count())
 
-	t.Logf("%d swaps in %v of traffic, each took %v", upgradeSwaps, elapsed.Round(time.Millisecond), swapTimes)
+	t.Logf("%d swaps in %v of traffic, the last done at %v; each took %v",
+		upgradeSwaps, traffic.Round(time.Millisecond), lastSwap.Round(time.Millisecond), swapTimes)
 	t.Logf("TCP: 4 streams, %d messages echoed, %d retransmitted segments (%d loss probes), %d of them proved spurious by D-SACK",
 		echoed, retrans, delta("TcpExt:TCPLossProbes"), dsacks)
 	t.Logf("UDP allowed: %d sent, %d received, %d lost (%d receive buffer errors in B)", udpSent.Load(), udpAllowed.count(), udpLost, rcvbufErrs)
