@@ -19,39 +19,15 @@ import (
 // old content, no temporary file is left, and once there is room again
 // the next Save succeeds.
 func TestPrivilegedStateFileDiskFull(t *testing.T) {
-	testutils.RequirePrivileged(t)
-	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "size=256k"); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount tmpfs: %v", err)
-		}
-	})
-	f, err := statefile.New(filepath.Join(dir, "state"), fileFormat)
+	tmp := testutils.NewTmpfs(t, 256<<10)
+	f, err := statefile.New(filepath.Join(tmp.Dir, "state"), fileFormat)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.Save([]byte("old")); err != nil {
 		t.Fatal(err)
 	}
-
-	// Fill the file system to the last block.
-	filler, err := os.Create(filepath.Join(dir, "filler"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	block := bytes.Repeat([]byte{0xaa}, 4096)
-	for {
-		if _, err := filler.Write(block); err != nil {
-			if !errors.Is(err, unix.ENOSPC) {
-				t.Fatalf("fill: %v", err)
-			}
-			break
-		}
-	}
-	filler.Close()
+	tmp.Fill(t)
 
 	body := bytes.Repeat([]byte("new state "), 2000) // 20 KB: more than a block
 	renamed, err := f.Save(body)
@@ -68,9 +44,7 @@ func TestPrivilegedStateFileDiskFull(t *testing.T) {
 		t.Errorf("temporary file left on the full disk: %v", err)
 	}
 
-	if err := os.Remove(filler.Name()); err != nil {
-		t.Fatal(err)
-	}
+	tmp.Free(t)
 	if _, err := f.Save(body); err != nil {
 		t.Fatalf("Save once there is room: %v", err)
 	}
