@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -453,23 +454,41 @@ func (w *upgradeWorld) tags(t *testing.T, ifindex int) []string {
 // TCP streams of numbered messages, numbered UDP datagrams, an ICMP echo
 // flood, and two denied flows that keep trying (TCP connection attempts
 // and UDP datagrams to ports B's policy denies). Live swaps with
-// Datapath.Upgrade, and restarts: a pinning Datapath closed and a new one
-// opened on the other build, which adopts the endpoints. Every allowed
+// Datapath.Upgrade; restarts, a pinning Datapath closed and a new one
+// opened on the other build, which adopts the endpoints; and crashes, an
+// agent process killed and a new one started on the other build, which
+// adopts them. Every allowed
 // packet must arrive, every denied one must be dropped with a counted
 // POLICY_DENIED, no stream may break, and the datapath may drop nothing
 // for another reason.
 func TestPrivilegedUpgradeUnderTraffic(t *testing.T) {
 	for _, mode := range []AttachMode{AttachTCX, AttachTC} {
-		for _, kind := range []string{"Upgrade", "Restart"} {
-			t.Run(mode.String()+"/"+kind, func(t *testing.T) {
+		for _, kind := range []swapKind{swapUpgrade, swapRestart, swapCrash} {
+			t.Run(mode.String()+"/"+kind.String(), func(t *testing.T) {
 				w := &upgradeWorld{restartWorld: newRestartWorld(t, mode), builds: builds(t)}
-				w.run(t, kind == "Restart")
+				w.run(t, kind)
 			})
 		}
 	}
 }
 
-func (w *upgradeWorld) run(t *testing.T, restart bool) {
+// swapKind is how the upgrade test changes the build.
+type swapKind int
+
+const (
+	// swapUpgrade calls Datapath.Upgrade.
+	swapUpgrade swapKind = iota
+	// swapRestart closes the pinning Datapath and opens one on the other
+	// build, which adopts the endpoints.
+	swapRestart
+	// swapCrash kills an agent process (SIGKILL) and starts another on the
+	// other build, which adopts the endpoints.
+	swapCrash
+)
+
+func (k swapKind) String() string { return [...]string{"Upgrade", "Restart", "Crash"}[k] }
+
+func (w *upgradeWorld) run(t *testing.T, kind swapKind) {
 	cfg := w.config()
 	cfg.Programs = w.builds[0]
 	w.d = openPinned(t, cfg)
@@ -520,12 +539,27 @@ func (w *upgradeWorld) run(t *testing.T, restart bool) {
 	var (
 		swapTimes []time.Duration
 		lastSwap  time.Duration
+		agent     *exec.Cmd
 	)
 	for i := range upgradeSwaps {
 		time.Sleep(time.Until(start.Add(interval/4 + time.Duration(i)*interval)))
 		next := w.builds[(i+1)%2]
 		swapStart := time.Now()
-		if restart {
+		switch kind {
+		case swapCrash:
+			if i == 0 {
+				// From here on agent processes own the endpoints.
+				if err := w.d.Close(); err != nil {
+					t.Fatalf("swap %d: close: %v", i+1, err)
+				}
+			} else {
+				if err := agent.Process.Kill(); err != nil {
+					t.Fatal(err)
+				}
+				_ = agent.Wait()
+			}
+			agent = w.startAgentWith(t, agentArgs{Adopt: true, AltBuild: (i+1)%2 == 1})
+		case swapRestart:
 			if err := w.d.Close(); err != nil {
 				t.Fatalf("swap %d: close: %v", i+1, err)
 			}
@@ -536,8 +570,10 @@ func (w *upgradeWorld) run(t *testing.T, restart bool) {
 			if !slices.Equal(rep.Adopted, []EndpointID{1, 2}) || len(rep.Removed) != 0 || len(rep.Repaired) != 0 {
 				t.Fatalf("swap %d: restore report %+v, want endpoints 1 and 2 adopted as they were", i+1, rep)
 			}
-		} else if err := w.d.Upgrade(next); err != nil {
-			t.Fatalf("swap %d: %v", i+1, err)
+		default:
+			if err := w.d.Upgrade(next); err != nil {
+				t.Fatalf("swap %d: %v", i+1, err)
+			}
 		}
 		swapTimes = append(swapTimes, time.Since(swapStart).Round(time.Millisecond))
 		lastSwap = time.Since(start)
