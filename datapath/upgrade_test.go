@@ -428,6 +428,30 @@ func tcpStats(t *testing.T, ns *testutils.NetNS) map[string]uint64 {
 	return out
 }
 
+// softnetDrops sums the packets the kernel dropped because a CPU's input
+// backlog was full (/proc/net/softnet_stat, second column), host-wide: a
+// loss outside the datapath, on a machine too busy to take packets in.
+func softnetDrops(t *testing.T) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/softnet_stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, err := strconv.ParseUint(f[1], 16, 32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += v
+	}
+	return n
+}
+
 // tags returns the tags of the programs attached to the host side of an
 // endpoint, ingress then egress.
 func (w *upgradeWorld) tags(t *testing.T, ifindex int) []string {
@@ -518,6 +542,7 @@ func (w *upgradeWorld) run(t *testing.T, kind swapKind) {
 	drops0 := w.drops(t)
 	lost0 := w.eventsLost(t)
 	tcpA0, tcpB0 := tcpStats(t, w.podA), tcpStats(t, w.podB)
+	backlog0 := softnetDrops(t)
 
 	stop := make(chan struct{})
 	var (
@@ -625,13 +650,15 @@ func (w *upgradeWorld) run(t *testing.T, kind swapKind) {
 	// receiver as a D-SACK: it was spurious (a timer that fired on a busy
 	// machine), not a lost segment.
 	retrans, dsacks := delta("Tcp:RetransSegs"), delta("TcpExt:TCPDSACKRecv")
+	backlogDrops := softnetDrops(t) - backlog0
 	rcvbufErrs := tcpB1["Udp:RcvbufErrors"] - tcpB0["Udp:RcvbufErrors"]
 	udpLost := udpSent.Load() - int64(udpAllowed.count())
 
 	t.Logf("%d swaps in %v of traffic, the last done at %v; each took %v",
 		upgradeSwaps, traffic.Round(time.Millisecond), lastSwap.Round(time.Millisecond), swapTimes)
-	t.Logf("TCP: 4 streams, %d messages echoed, %d retransmitted segments (%d loss probes), %d of them proved spurious by D-SACK",
-		echoed, retrans, delta("TcpExt:TCPLossProbes"), dsacks)
+	t.Logf("TCP: 4 streams, %d messages echoed, %d retransmitted segments (%d loss probes, %d timeouts, %d fast retransmits), %d proved spurious by D-SACK, %d spurious timeouts; %d packets dropped by the host's input backlogs (softnet_stat, all namespaces)",
+		echoed, retrans, delta("TcpExt:TCPLossProbes"), delta("TcpExt:TCPTimeouts"), delta("TcpExt:TCPFastRetrans"),
+		dsacks, delta("TcpExt:TCPSpuriousRTOs"), backlogDrops)
 	t.Logf("UDP allowed: %d sent, %d received, %d lost (%d receive buffer errors in B)", udpSent.Load(), udpAllowed.count(), udpLost, rcvbufErrs)
 	t.Logf("ICMP echo: %d sent, %d unanswered", pingSent, len(pingLost))
 	t.Logf("denied: %d TCP attempts (%d connected, %d accepted by B), %d UDP datagrams (%d received by B); %d POLICY_DENIED drops",
