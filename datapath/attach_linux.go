@@ -52,6 +52,9 @@ type attachment interface {
 	release() error
 	// detach removes the attachment from the kernel, and its pin.
 	detach() error
+	// replace puts prog in place of the attached program in one step:
+	// every packet meets the old program or the new one.
+	replace(prog *ebpf.Program) error
 }
 
 // endpointHook is one of the two attachment points of an endpoint's
@@ -132,6 +135,10 @@ func (a tcxAttachment) release() error { return a.l.Close() }
 
 func (a tcxAttachment) detach() error { return errors.Join(a.l.Unpin(), a.l.Close()) }
 
+// replace updates the link's program (BPF_LINK_UPDATE): the link, its pin
+// and its place among the interface's programs stay.
+func (a tcxAttachment) replace(prog *ebpf.Program) error { return a.l.Update(prog) }
+
 func (n *nodeNamespace) attachTCX(ifindex int, h endpointHook, prog *ebpf.Program, pinDir string) (attachment, error) {
 	var l link.Link
 	// tcx resolves the ifindex in the namespace of the calling thread.
@@ -158,6 +165,19 @@ type tcAttachment struct {
 
 // release leaves the filter in place: it holds the program, not us.
 func (a tcAttachment) release() error { return nil }
+
+// replace replaces the filter's program (RTM_NEWTFILTER with
+// NLM_F_REPLACE on the same handle and priority), which cls_bpf swaps in
+// one step.
+func (a tcAttachment) replace(prog *ebpf.Program) error {
+	f := *a.filter
+	f.Fd = prog.FD()
+	if err := a.nl.FilterReplace(&f); err != nil {
+		return fmt.Errorf("replace tc filter: %w", err)
+	}
+	a.filter.Fd = f.Fd
+	return nil
+}
 
 func (a tcAttachment) detach() error {
 	err := a.nl.FilterDel(a.filter)

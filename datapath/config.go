@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/identity"
 )
@@ -107,6 +109,16 @@ type Config struct {
 	// a direction of a connection is reported from AggregationMedium on
 	// (default SYN, FIN and RST, Cilium's).
 	MonitorAggregationFlags monitor.TCPFlags
+
+	// Programs is the BPF object to run instead of the one embedded in
+	// this build, as [ebpf.LoadCollectionSpec] reads it: datapath/bpf
+	// compiled otherwise (other defines or flags), or another release's
+	// build with the same maps. Every map and program of the embedded
+	// object must be there with the same type, key and value sizes and
+	// flags, else New fails with [ErrInvalidConfig]. Nil, the default,
+	// uses the embedded object. [Datapath.Upgrade] replaces the programs
+	// of a running Datapath.
+	Programs *ebpf.CollectionSpec `json:"-"`
 }
 
 const (

@@ -90,6 +90,15 @@
 // adopts them ([Datapath.Restored]); one Datapath at a time owns a
 // directory. [Datapath.Uninstall] removes every endpoint and every pin.
 //
+// # Upgrades
+//
+// [Datapath.Upgrade] replaces every endpoint's programs with another build
+// of the BPF object while traffic flows, one step per hook (a tcx link
+// update, or a cls_bpf filter replaced in place), keeping the maps and
+// their contents; [Config].Programs opens a Datapath on another build. A
+// restart of a pinning Datapath onto a new binary swaps the programs the
+// same way when the new Datapath adopts the endpoints.
+//
 // # Errors
 //
 // Invalid configuration and keys are rejected before anything changes,

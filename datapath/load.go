@@ -83,6 +83,18 @@ func loadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Programs != nil {
+		if err := checkBuild(spec, cfg.Programs); err != nil {
+			return nil, err
+		}
+		spec = cfg.Programs.Copy()
+	}
+	return configureSpec(spec, cfg)
+}
+
+// configureSpec sizes and configures spec, a copy of an object compatible
+// with the embedded one, by cfg.
+func configureSpec(spec *ebpf.CollectionSpec, cfg Config) (*ebpf.CollectionSpec, error) {
 	sizes := map[string]int{
 		datapathMapNpEndpoints: 2 * cfg.MaxEndpoints,
 		datapathMapNpIpcache:   cfg.IPCacheMaxEntries,

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/internal/statefile"
 )
@@ -34,6 +36,7 @@ func (*nodeNamespace) unplumb(EndpointConfig, hostLink) error { return errNotLin
 type attachment interface {
 	release() error
 	detach() error
+	replace(*ebpf.Program) error
 }
 
 func (*nodeNamespace) attach(AttachMode, int, *endpointPrograms, string) ([]attachment, error) {

@@ -22,6 +22,7 @@ import (
 	"github.com/nodeplane/nodeplane"
 	"github.com/vishvananda/netlink"
 
+	"github.com/nodeplane/nodeplane/datapath/internal/altbuild"
 	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/policy/mapstate"
@@ -311,6 +312,10 @@ const agentEnv = "NODEPLANE_DATAPATH_TEST_AGENT"
 type agentArgs struct {
 	Config     Config
 	PodA, PodB string
+	// Adopt makes the agent adopt the endpoints already installed instead
+	// of installing pods A and B; AltBuild makes it run altbuild's
+	// programs (TestPrivilegedUpgradeUnderTraffic).
+	Adopt, AltBuild bool
 }
 
 // agentMain is the child of TestPrivilegedCrashKeepsEndpointsEnforced: an
@@ -322,12 +327,25 @@ func agentMain() int {
 		fmt.Fprintln(os.Stderr, "agent:", err)
 		return 2
 	}
+	if args.AltBuild {
+		spec, err := altbuild.LoadDatapath()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "agent:", err)
+			return 1
+		}
+		args.Config.Programs = spec
+	}
 	d, err := New(args.Config)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "agent:", err)
 		return 1
 	}
-	if _, _, err := installPods(d, args.PodA, args.PodB); err != nil {
+	if args.Adopt {
+		if rep := d.Restored(); !slices.Equal(rep.Adopted, []EndpointID{1, 2}) || len(rep.Removed) != 0 || len(rep.Repaired) != 0 {
+			fmt.Fprintf(os.Stderr, "agent: restore report %+v, want endpoints 1 and 2 adopted as they were\n", rep)
+			return 1
+		}
+	} else if _, _, err := installPods(d, args.PodA, args.PodB); err != nil {
 		fmt.Fprintln(os.Stderr, "agent:", err)
 		return 1
 	}
@@ -341,8 +359,14 @@ func agentMain() int {
 // namespaces, and waits until it is ready.
 func (w *restartWorld) startAgent(t *testing.T) *exec.Cmd {
 	t.Helper()
+	return w.startAgentWith(t, agentArgs{})
+}
+
+// startAgentWith is startAgent with the Adopt and AltBuild of args.
+func (w *restartWorld) startAgentWith(t *testing.T, args agentArgs) *exec.Cmd {
+	t.Helper()
 	proc := func(ns *testutils.NetNS) string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), ns.FD()) }
-	args := agentArgs{Config: w.config(), PodA: proc(w.podA), PodB: proc(w.podB)}
+	args.Config, args.PodA, args.PodB = w.config(), proc(w.podA), proc(w.podB)
 	args.Config.NodeNetNS = proc(w.node)
 	env, err := json.Marshal(args)
 	if err != nil {

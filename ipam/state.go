@@ -141,6 +141,11 @@ func decodeBody(body []byte) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("body: %v: %w", err, ErrCorrupt)
 	}
 	snap := Snapshot{Allocations: make([]Allocation, len(js.Allocations)), Next: js.Next}
+	if len(snap.Next) == 0 {
+		// "next":[] is the file encodeBody writes without "next": one
+		// snapshot, whichever way it was spelled.
+		snap.Next = nil
+	}
 	for i, a := range js.Allocations {
 		snap.Allocations[i] = Allocation(a)
 	}
