@@ -274,4 +274,3 @@ func (w prefixWriter) Write(b []byte) (int, error) {
 type quietWriter struct{}
 
 func (quietWriter) Write(b []byte) (int, error) { return len(b), nil }
-
