@@ -69,7 +69,7 @@ func (p *k8sPod) reaches(dst netip.AddrPort, timeout time.Duration) bool {
 
 // verdictWithin waits until p's connections to dst are allowed (want) or
 // dropped, and fails unless that happens within limit of the change.
-func verdictWithin(t *testing.T, what string, p *k8sPod, dst netip.AddrPort, want bool, changed time.Time, limit time.Duration) {
+func verdictWithin(t testing.TB, what string, p *k8sPod, dst netip.AddrPort, want bool, changed time.Time, limit time.Duration) {
 	t.Helper()
 	for {
 		got := p.reaches(dst, 150*time.Millisecond)
@@ -90,7 +90,7 @@ func verdictWithin(t *testing.T, what string, p *k8sPod, dst netip.AddrPort, wan
 // k8sEnv is an API server, a node with an agent following it, and
 // helpers to make objects.
 type k8sEnv struct {
-	t   *testing.T
+	t   testing.TB
 	api *apiServer
 	n   *testNode
 	a   *Agent
@@ -99,7 +99,7 @@ type k8sEnv struct {
 	ctx context.Context
 }
 
-func newK8sEnv(t *testing.T) *k8sEnv {
+func newK8sEnv(t testing.TB) *k8sEnv {
 	t.Helper()
 	n := newTestNode(t)
 	api := startAPIServer(t)
@@ -284,7 +284,7 @@ var (
 )
 
 // cniBinary builds examples/cni once per test run, named as its type.
-func cniBinary(t *testing.T) string {
+func cniBinary(t testing.TB) string {
 	t.Helper()
 	cniOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "nodeplane-cni-bin-")
@@ -450,6 +450,47 @@ func TestPrivilegedKubernetes(t *testing.T) {
 		verdictWithin(t, "namespace labelled back", web, dbAt(5432), true, time.Now(), time.Second)
 	})
 
+	t.Run("API server restart", func(t *testing.T) {
+		conn, err := web.dial(dbAt(5432), time.Second)
+		if err != nil {
+			t.Fatalf("web -> db:5432: %v", err)
+		}
+		defer conn.Close()
+		r := bufio.NewReader(conn)
+		echo := func(when string) {
+			t.Helper()
+			_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := conn.Write([]byte("ping\n")); err != nil {
+				t.Fatalf("%s: established connection: %v", when, err)
+			}
+			if line, err := r.ReadString('\n'); err != nil || line != "ping\n" {
+				t.Fatalf("%s: established connection: %q, %v", when, line, err)
+			}
+		}
+		echo("before the API server stops")
+		e.api.stopKubeAPIServer()
+		for i := range 10 {
+			echo(fmt.Sprintf("API server away, %d", i))
+			time.Sleep(200 * time.Millisecond)
+		}
+		if !web.reaches(dbAt(5432), time.Second) {
+			t.Error("new connection web -> db:5432 dropped while the API server is away")
+		}
+		e.api.startKubeAPIServer()
+		echo("API server back")
+		e.applyCNP(fmt.Sprintf(k8sDBPolicy, 5433))
+		changed := time.Now()
+		for !web.reaches(dbAt(5433), 150*time.Millisecond) {
+			if time.Since(changed) > 60*time.Second {
+				t.Fatal("the agent did not catch up with a policy changed after the API server came back")
+			}
+		}
+		t.Logf("caught up with a policy change %v after the API server came back", time.Since(changed).Round(time.Millisecond))
+		echo("after catching up")
+		e.applyCNP(fmt.Sprintf(k8sDBPolicy, 5432))
+		verdictWithin(t, "restored", web, dbAt(5432), true, time.Now(), 5*time.Second)
+	})
+
 	t.Run("pod deleted", func(t *testing.T) {
 		eps, _ := e.c.List(e.ctx)
 		var dbEP agentapi.Endpoint
@@ -487,7 +528,7 @@ func TestPrivilegedKubernetes(t *testing.T) {
 }
 
 // waitFor polls cond for up to 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
