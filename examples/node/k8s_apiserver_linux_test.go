@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -160,9 +161,15 @@ func (s *apiServer) startKubeAPIServer() {
 		"--authorization-mode", "AlwaysAllow",
 		// No controller manager makes default service accounts.
 		"--disable-admission-plugins", "ServiceAccount",
-		"--enable-priority-and-fairness=false",
 		"-v", "0")
-	cmd.Stdout, cmd.Stderr = prefixWriter{t, "kube-apiserver: "}, quietWriter{}
+	// Its log (klog, on stderr) is long; it is shown when it fails.
+	logPath := filepath.Join(s.dir, fmt.Sprintf("kube-apiserver-%d.log", time.Now().UnixNano()))
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := s.ns.Start(cmd); err != nil {
 		t.Fatalf("start kube-apiserver: %v", err)
 	}
@@ -182,9 +189,9 @@ func (s *apiServer) startKubeAPIServer() {
 		}
 		select {
 		case <-done:
-			t.Fatalf("kube-apiserver exited before it was ready (last: %v)", err)
+			t.Fatalf("kube-apiserver exited before it was ready (last: %v)\n%s", err, tail(logPath))
 		case <-ctx.Done():
-			t.Fatalf("kube-apiserver not ready: %v %s", err, body)
+			t.Fatalf("kube-apiserver not ready: %v %s\n%s", err, body, tail(logPath))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -270,7 +277,9 @@ func (w prefixWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// quietWriter drops kube-apiserver's chatty stderr (klog).
-type quietWriter struct{}
-
-func (quietWriter) Write(b []byte) (int, error) { return len(b), nil }
+// tail returns the last lines of a log file.
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-30):], "\n")
+}
