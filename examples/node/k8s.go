@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -72,7 +73,15 @@ type kubeSource struct {
 	remote   map[objectKey]remotePod
 	reported map[objectKey]string // the last event posted per object
 
-	events chan *corev1.Event
+	// reports are the events and status updates queued for the API
+	// server, posted by postReports so that no handler waits on it.
+	reports chan report
+}
+
+// report is one write to the API server: an event or a status update.
+type report struct {
+	what string
+	do   func(context.Context) error
 }
 
 // objectKey names an object: its kind, namespace and name.
@@ -110,7 +119,7 @@ func newKubeSource(a *Agent, cfg *rest.Config) (*kubeSource, error) {
 		a: a, log: a.log.With("source", "kubernetes"), client: client, dyn: dyn,
 		policies: map[objectKey]policy.Policy{}, services: map[lb.Frontend]service{},
 		remote: map[objectKey]remotePod{}, reported: map[objectKey]string{},
-		events: make(chan *corev1.Event, 256),
+		reports: make(chan report, 256),
 	}, nil
 }
 
@@ -180,7 +189,7 @@ func (k *kubeSource) start(ctx context.Context) error {
 		}
 		k.synced = append(k.synced, reg.HasSynced)
 	}
-	k.a.goroutine("kubernetes events", k.postEvents)
+	k.a.goroutine("kubernetes reports", k.postReports)
 	k.factory.Start(k.a.ctx.Done())
 	k.dynFactory.Start(k.a.ctx.Done())
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -523,25 +532,60 @@ func (k *kubeSource) eventf(key objectKey, uid, apiVersion, eventType, reason, f
 		FirstTimestamp: now, LastTimestamp: now, Count: 1,
 		ReportingController: "nodeplane.io/node", ReportingInstance: k.a.cfg.Node,
 	}
+	k.queue(report{what: "event " + reason + " on " + key.String(), do: func(ctx context.Context) error {
+		_, err := k.client.CoreV1().Events(ns).Create(ctx, ev, metav1.CreateOptions{})
+		return err
+	}})
+}
+
+// setPolicyStatus queues this node's entry in a Cilium policy's
+// status.nodes, as Cilium's agents write it: ok and enforcing when the
+// policy is in force, the error when it is not.
+func (k *kubeSource) setPolicyStatus(key objectKey, errMsg string) {
+	gvr := cnpResource
+	if key.kind == "CiliumClusterwideNetworkPolicy" {
+		gvr = ccnpResource
+	} else if key.kind != "CiliumNetworkPolicy" {
+		return
+	}
+	st := map[string]any{"ok": errMsg == "", "enforcing": errMsg == "", "lastUpdated": time.Now().UTC().Format(time.RFC3339Nano)}
+	if errMsg != "" {
+		st["error"] = errMsg
+	}
+	body, err := json.Marshal(map[string]any{"status": map[string]any{"nodes": map[string]any{k.a.cfg.Node: st}}})
+	if err != nil {
+		return
+	}
+	k.queue(report{what: "status of " + key.String(), do: func(ctx context.Context) error {
+		var res dynamic.ResourceInterface = k.dyn.Resource(gvr)
+		if key.namespace != "" {
+			res = k.dyn.Resource(gvr).Namespace(key.namespace)
+		}
+		_, err := res.Patch(ctx, key.name, types.MergePatchType, body, metav1.PatchOptions{}, "status")
+		return err
+	}})
+}
+
+func (k *kubeSource) queue(r report) {
 	select {
-	case k.events <- ev:
+	case k.reports <- r:
 	default:
-		k.log.Warn("event dropped: too many queued", "object", key, "reason", reason)
+		k.log.Warn("report dropped: too many queued", "report", r.what)
 	}
 }
 
-// postEvents creates the queued events until ctx ends.
-func (k *kubeSource) postEvents(ctx context.Context) error {
+// postReports writes the queued reports until ctx ends.
+func (k *kubeSource) postReports(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev := <-k.events:
+		case r := <-k.reports:
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_, err := k.client.CoreV1().Events(ev.Namespace).Create(cctx, ev, metav1.CreateOptions{})
+			err := r.do(cctx)
 			cancel()
 			if err != nil && ctx.Err() == nil {
-				k.log.Warn("post event", "object", ev.InvolvedObject.Kind+" "+ev.InvolvedObject.Namespace+"/"+ev.InvolvedObject.Name, "reason", ev.Reason, "err", err)
+				k.log.Warn("report to the API server failed", "report", r.what, "err", err)
 			}
 		}
 	}

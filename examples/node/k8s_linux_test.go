@@ -329,6 +329,17 @@ func (e *k8sEnv) events(namespace, kind, name string) map[string][]string {
 	return out
 }
 
+// cnpNodeStatus returns status.nodes[k8sNode] of a CNP in prod.
+func (e *k8sEnv) cnpNodeStatus(name string) map[string]any {
+	e.t.Helper()
+	u, err := e.api.dyn.Resource(cnpResource).Namespace("prod").Get(e.ctx, name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	st, _, _ := unstructured.NestedMap(u.Object, "status", "nodes", k8sNode)
+	return st
+}
+
 const k8sDBPolicy = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: db, namespace: prod}
@@ -416,6 +427,10 @@ func TestPrivilegedKubernetes(t *testing.T) {
 			msgs := e.events("prod", "CiliumNetworkPolicy", "db")["PolicyInvalid"]
 			return len(msgs) > 0 && strings.Contains(msgs[0], "TCPX") && strings.Contains(msgs[0], "previous version stays in force")
 		})
+		waitFor(t, "the CNP's status.nodes."+k8sNode+" to carry the error", func() bool {
+			st := e.cnpNodeStatus("db")
+			return st["ok"] == false && strings.Contains(fmt.Sprint(st["error"]), "TCPX")
+		})
 		if !web.reaches(dbAt(5433), time.Second) {
 			t.Error("web -> db:5433 dropped after an invalid update; the previous policy allows it")
 		}
@@ -424,6 +439,7 @@ func TestPrivilegedKubernetes(t *testing.T) {
 		}
 		e.applyCNP(fmt.Sprintf(k8sDBPolicy, 5432))
 		verdictWithin(t, "valid again", web, dbAt(5432), true, time.Now(), time.Second)
+		waitFor(t, "the CNP's status.nodes."+k8sNode+" to say ok", func() bool { return e.cnpNodeStatus("db")["ok"] == true })
 	})
 
 	t.Run("pod labels", func(t *testing.T) {

@@ -69,6 +69,7 @@ func (k *kubeSource) policyChanged(obj any, deleted bool) {
 		if k.reported[key] != msg {
 			k.reported[key] = msg
 			k.eventf(key, uid, apiVersion, corev1.EventTypeWarning, "PolicyInvalid", "node %s: %s; %s", a.cfg.Node, msg, in)
+			k.setPolicyStatus(key, msg+"; "+in)
 		}
 		return
 	}
@@ -93,6 +94,7 @@ func (k *kubeSource) applyLocked(key objectKey, uid, apiVersion string) {
 		a.manErr = err
 		if key.kind != "" {
 			k.eventf(key, uid, apiVersion, corev1.EventTypeWarning, "PolicyNotEnforced", "node %s: %v", a.cfg.Node, err)
+			k.setPolicyStatus(key, err.Error())
 		}
 		return
 	}
@@ -103,6 +105,7 @@ func (k *kubeSource) applyLocked(key objectKey, uid, apiVersion string) {
 		if k.reported[key] != msg {
 			k.reported[key] = msg
 			k.eventf(key, uid, apiVersion, corev1.EventTypeNormal, "PolicyEnforced", "node %s: policy enforced", a.cfg.Node)
+			k.setPolicyStatus(key, "")
 		}
 	}
 }
