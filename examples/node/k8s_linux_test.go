@@ -21,10 +21,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodeplane/nodeplane/datapath"
@@ -166,13 +168,20 @@ func (e *k8sEnv) applyCNP(doc string) {
 	if res == nil {
 		e.t.Fatal("clusterwide policies: not used by this test")
 	}
-	cur, err := res.Get(e.ctx, u.GetName(), metav1.GetOptions{})
-	if err == nil {
+	// The agent writes the status: an update can conflict with it.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := res.Get(e.ctx, u.GetName(), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			_, err = res.Create(e.ctx, u, metav1.CreateOptions{})
+			return err
+		}
+		if err != nil {
+			return err
+		}
 		u.SetResourceVersion(cur.GetResourceVersion())
 		_, err = res.Update(e.ctx, u, metav1.UpdateOptions{})
-	} else {
-		_, err = res.Create(e.ctx, u, metav1.CreateOptions{})
-	}
+		return err
+	})
 	if err != nil {
 		e.t.Fatalf("apply %s: %v", u.GetName(), err)
 	}

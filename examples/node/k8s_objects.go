@@ -65,8 +65,10 @@ func (k *kubeSource) policyChanged(obj any, deleted bool) {
 		if _, ok := k.policies[key]; !ok {
 			in = "nothing of it is enforced"
 		}
-		k.log.Error("invalid policy; "+in, "object", key, "err", msg)
 		if k.reported[key] != msg {
+			// Logged once per error: the status update below comes back
+			// as an update of the same object.
+			k.log.Error("invalid policy; "+in, "object", key, "err", msg)
 			k.reported[key] = msg
 			k.eventf(key, uid, apiVersion, corev1.EventTypeWarning, "PolicyInvalid", "node %s: %s; %s", a.cfg.Node, msg, in)
 			k.setPolicyStatus(key, msg+"; "+in)
