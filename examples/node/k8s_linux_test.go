@@ -26,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/yaml"
 
@@ -161,12 +162,9 @@ func (e *k8sEnv) applyCNP(doc string) {
 		e.t.Fatal(err)
 	}
 	u := &unstructured.Unstructured{Object: obj}
-	res := e.api.dyn.Resource(cnpResource).Namespace(u.GetNamespace())
+	var res dynamic.ResourceInterface = e.api.dyn.Resource(cnpResource).Namespace(u.GetNamespace())
 	if u.GetKind() == "CiliumClusterwideNetworkPolicy" {
-		res = nil
-	}
-	if res == nil {
-		e.t.Fatal("clusterwide policies: not used by this test")
+		res = e.api.dyn.Resource(ccnpResource)
 	}
 	// The agent writes the status: an update can conflict with it.
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -362,7 +360,8 @@ spec:
 // TestPrivilegedKubernetes runs the agent on a real kube-apiserver and
 // etcd: namespaces, pods (this node's wired through CNI ADD, their
 // addresses set in their status as kubelet does, another node's only in
-// the API server), a CiliumNetworkPolicy and a NetworkPolicy. Real TCP
+// the API server), a CiliumNetworkPolicy, a NetworkPolicy and a
+// CiliumClusterwideNetworkPolicy. Real TCP
 // between the pods follows the policies; changing a pod's labels or a
 // policy changes the verdict within a second; an invalid policy is
 // reported on the object and leaves the previous one in force; deleting
@@ -427,6 +426,26 @@ func TestPrivilegedKubernetes(t *testing.T) {
 			t.Fatal(err)
 		}
 		verdictWithin(t, "NetworkPolicy deleted", web, dbAt(8080), false, time.Now(), time.Second)
+	})
+
+	t.Run("clusterwide policy", func(t *testing.T) {
+		e.applyCNP(`apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: db-9090}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "9090", protocol: TCP}]}]
+`)
+		verdictWithin(t, "CCNP added", web, dbAt(9090), true, time.Now(), time.Second)
+		waitFor(t, "a PolicyEnforced event on the CCNP", func() bool {
+			return len(e.events("default", "CiliumClusterwideNetworkPolicy", "db-9090")["PolicyEnforced"]) > 0
+		})
+		if err := e.api.dyn.Resource(ccnpResource).Delete(e.ctx, "db-9090", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		verdictWithin(t, "CCNP deleted", web, dbAt(9090), false, time.Now(), time.Second)
 	})
 
 	t.Run("invalid policy keeps the previous one", func(t *testing.T) {
