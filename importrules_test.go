@@ -48,6 +48,14 @@ const prometheus = "github.com/prometheus/"
 // the CNI plugin example imports: the library is not tied to CNI.
 const cniModule = "github.com/containernetworking/"
 
+// kubernetes is client-go and the API types, which only the node agent
+// example links (its -kubeconfig source): the SDK packages and the CNI
+// plugin, a process the runtime starts per pod, stay free of them.
+var kubernetes = []string{"k8s.io/", "sigs.k8s.io/"}
+
+// kubeClient is the one package that may reach kubernetes.
+const kubeClient = "examples/node"
+
 // pure is kernel plus the heavy dependencies of the flow exporters.
 var pure = append(append([]string{}, kernel...), ciliumAPI, prometheus, cniModule)
 
@@ -219,6 +227,12 @@ func TestImportRules(t *testing.T) {
 		for _, imp := range info.testImports {
 			if covers("examples/...", imp) && !(covers("examples/internal/...", imp) && covers("examples/...", p)) {
 				t.Errorf("tests of %s import %s: nothing may import an example", show(p), show(imp))
+			}
+		}
+
+		if p != kubeClient {
+			for _, chain := range forbiddenChains(pkgs, p, kubernetes) {
+				t.Errorf("%s reaches %s: only %s may link client-go: %s", show(p), chain[len(chain)-1], show(kubeClient), strings.Join(chain, " -> "))
 			}
 		}
 

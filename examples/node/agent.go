@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"k8s.io/client-go/rest"
 
 	"github.com/nodeplane/nodeplane/bandwidth"
 	"github.com/nodeplane/nodeplane/datapath"
@@ -81,7 +82,12 @@ type Config struct {
 	// selectable, Cilium's --tofqdns-min-ttl (0, the default: the
 	// answer's TTL).
 	ToFQDNsMinTTL time.Duration
-	Logger        *slog.Logger
+	// Kube, when set, makes a Kubernetes API server the source of pods'
+	// labels, namespaces, policies and services (instead of Manifests,
+	// which must then be empty). The Node object named Node must exist;
+	// its spec.podCIDRs, if any, replace PoolV4 and PoolV6.
+	Kube   *rest.Config
+	Logger *slog.Logger
 }
 
 // Agent is the node agent: one of each SDK object, composed as
@@ -113,6 +119,8 @@ type Agent struct {
 	routing   *proxy.Routing
 	httpProxy *httpproxy.Proxy
 	dnsProxy  *dnsproxy.Proxy // nil without DNSProxyPort
+	// kube follows the API server; nil without Config.Kube.
+	kube *kubeSource
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -172,8 +180,8 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if cfg.StateDir == "" || cfg.BPFFSDir == "" {
 		return nil, errors.New("a state directory and a bpffs directory are required")
 	}
-	if !cfg.PoolV4.IsValid() && !cfg.PoolV6.IsValid() {
-		return nil, errors.New("an IPv4 or an IPv6 pool is required")
+	if cfg.Kube != nil && cfg.Manifests != "" {
+		return nil, errors.New("a manifest directory and a Kubernetes API server cannot both be the source of policy")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -191,6 +199,32 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			err = errors.Join(err, a.Close())
 		}
 	}()
+	if cfg.Kube != nil {
+		if a.kube, err = newKubeSource(a, cfg.Kube); err != nil {
+			return nil, err
+		}
+		cidrs, err := a.kube.nodePodCIDRs(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if len(cidrs) > 0 {
+			cfg.PoolV4, cfg.PoolV6 = netip.Prefix{}, netip.Prefix{}
+			for _, c := range cidrs {
+				if c.Addr().Is4() && !cfg.PoolV4.IsValid() {
+					cfg.PoolV4 = c
+				} else if c.Addr().Is6() && !cfg.PoolV6.IsValid() {
+					cfg.PoolV6 = c
+				}
+			}
+			a.cfg = cfg
+			a.log.Info("pod CIDRs from the Node object", "node", cfg.Node, "podCIDRs", cidrs)
+		} else {
+			a.log.Warn("the Node object has no spec.podCIDRs; using the configured pools", "node", cfg.Node, "v4", cfg.PoolV4, "v6", cfg.PoolV6)
+		}
+	}
+	if !cfg.PoolV4.IsValid() && !cfg.PoolV6.IsValid() {
+		return nil, errors.New("an IPv4 or an IPv6 pool is required")
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, err
 	}
@@ -307,8 +341,16 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		}
 		a.seenDigest = set.digest
 	}
+	if a.kube != nil {
+		if err := a.kube.start(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if err := a.restore(ctx, recs); err != nil {
 		return nil, err
+	}
+	if a.kube != nil {
+		a.kube.afterRestore(ctx)
 	}
 	return a, nil
 }
@@ -479,6 +521,9 @@ func (a *Agent) publish(ctx context.Context, e *endpoint) error {
 // policy and the services stay installed for the next agent.
 func (a *Agent) Close() error {
 	a.cancel()
+	if a.kube != nil {
+		a.kube.stop()
+	}
 	var errs []error
 	errs = append(errs, a.closeDNSProxy(), a.closeHTTPProxy())
 	if a.events != nil {

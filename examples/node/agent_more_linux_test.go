@@ -203,7 +203,7 @@ func TestPrivilegedAgentExhausted(t *testing.T) {
 		if _, err := c.Add(ctx, bad); agentapi.CodeOf(err) != agentapi.CodeDataplane {
 			t.Fatalf("add into a missing namespace: %v", err)
 		}
-		badLabels, _ := podLabels("prod", bad.Labels)
+		badLabels, _ := podLabels(identity.PodLabelsConfig{Namespace: "prod", Labels: bad.Labels})
 		if _, held := a.alloc.LookupByLabels(badLabels); held || a.pool.Used(ipam.IPv4) != uint64(len(added)-1) {
 			t.Fatalf("failed add kept its identity (%v) or address (%d used)", held, a.pool.Used(ipam.IPv4))
 		}

@@ -37,7 +37,16 @@ func (a *Agent) Add(ctx context.Context, req agentapi.AddRequest) (_ agentapi.Ad
 	case req.NetNS == "":
 		return agentapi.AddResponse{}, agentapi.Errorf(agentapi.CodeInvalidEnv, "network namespace path is required")
 	}
-	labels, err := podLabels(req.Namespace, req.Labels)
+	// With a Kubernetes API server, the pod's labels are the API server's
+	// (as kubelet names the pod in CNI_ARGS), so its identity is right
+	// from the first packet.
+	pod := record{Endpoint: agentapi.Endpoint{Namespace: req.Namespace, Pod: req.Pod}, Labels: req.Labels}
+	if a.kube != nil && req.Pod != "" {
+		if err := a.kube.fillPod(ctx, &pod); err != nil {
+			return agentapi.AddResponse{}, err
+		}
+	}
+	labels, err := pod.labels()
 	if err != nil {
 		return agentapi.AddResponse{}, &agentapi.Error{Code: agentapi.CodeInvalidLabels, Msg: "invalid pod labels", Details: err.Error()}
 	}
@@ -106,7 +115,7 @@ func (a *Agent) Add(ctx context.Context, req agentapi.AddRequest) (_ agentapi.Ad
 		Attachment: req.Attachment, NetNS: req.NetNS, Namespace: req.Namespace, Pod: req.Pod,
 		EndpointID: uint16(epID), Identity: uint32(id), HostIfName: dpEP.HostIfName(),
 		EgressRate: uint64(limits.Egress), IngressRate: uint64(limits.Ingress),
-	}, Labels: req.Labels}
+	}, Labels: pod.Labels, NamespaceLabels: pod.NamespaceLabels, ServiceAccount: pod.ServiceAccount, PodUID: pod.PodUID}
 	for _, addr := range []netip.Addr{v4, v6} {
 		if addr.IsValid() {
 			rec.Addrs = append(rec.Addrs, netip.PrefixFrom(addr, addr.BitLen()))
@@ -128,6 +137,11 @@ func (a *Agent) Add(ctx context.Context, req agentapi.AddRequest) (_ agentapi.Ad
 		attrs = append(attrs, "egressRate", limits.Egress, "ingressRate", limits.Ingress, "bandwidth", a.bw.Mechanism())
 	}
 	a.log.Info("endpoint added", attrs...)
+	if a.kube != nil && rec.PodUID != "" {
+		// A label change between the lookup above and now found no
+		// endpoint to relabel: look again.
+		a.kube.syncLocalLocked(ctx, e)
+	}
 	return a.response(e), nil
 }
 

@@ -36,7 +36,7 @@ type testNode struct {
 	socket    string
 }
 
-func newTestNode(t *testing.T) *testNode {
+func newTestNode(t testing.TB) *testNode {
 	t.Helper()
 	testutils.RequirePrivileged(t)
 	dir := t.TempDir()
@@ -58,7 +58,7 @@ func (n *testNode) writeManifest(t *testing.T, name, content string) {
 	}
 }
 
-func (n *testNode) config(t *testing.T) Config {
+func (n *testNode) config(t testing.TB) Config {
 	return Config{Node: "test-node", StateDir: n.state, BPFFSDir: n.bpffs, NodeNetNS: nsPath(n.nodeNS),
 		PoolV4: netip.MustParsePrefix("10.201.0.0/24"), Manifests: n.manifests, ManifestPoll: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))}
@@ -72,7 +72,7 @@ func (n *testNode) startAgent(t *testing.T) (a *Agent, stop func(uninstall bool)
 	return n.startAgentWith(t, n.config(t), ServeConfig{Socket: n.socket})
 }
 
-func (n *testNode) startAgentWith(t *testing.T, cfg Config, sc ServeConfig) (a *Agent, stop func(uninstall bool)) {
+func (n *testNode) startAgentWith(t testing.TB, cfg Config, sc ServeConfig) (a *Agent, stop func(uninstall bool)) {
 	t.Helper()
 	a, err := New(context.Background(), cfg)
 	if err != nil {
@@ -104,7 +104,7 @@ func (n *testNode) startAgentWith(t *testing.T, cfg Config, sc ServeConfig) (a *
 	return a, stop
 }
 
-func waitForSocket(t *testing.T, socket string) {
+func waitForSocket(t testing.TB, socket string) {
 	t.Helper()
 	c := agentapi.NewClient(socket)
 	deadline := time.Now().Add(30 * time.Second)
@@ -182,7 +182,7 @@ spec:
 `
 
 // testWriter sends the agent's log to the test's.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Helper()
@@ -199,6 +199,9 @@ var (
 
 // TestMain removes the binary agentBinary built.
 func TestMain(m *testing.M) {
+	if os.Getenv(dialerEnv) == "1" {
+		os.Exit(runDialer(os.Stdin, os.Stdout))
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

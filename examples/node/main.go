@@ -7,6 +7,7 @@
 // (examples/internal/agentapi).
 //
 //	node -manifests /etc/nodeplane/manifests
+//	node -kubeconfig /etc/nodeplane/kubeconfig   (or -k8s-in-cluster)
 //
 // Endpoints are pinned under -bpffs and described in -state-dir, so the
 // agent restarts (SIGTERM or a crash) without disturbing them: the next
@@ -22,6 +23,19 @@
 // At startup there is no policy in force to keep, so invalid manifests stop
 // the agent (endpoints pinned by an earlier agent keep their last policy
 // meanwhile).
+//
+// -kubeconfig (or -k8s-in-cluster) makes a Kubernetes API server the
+// source instead: shared informers follow pods, namespaces, NetworkPolicies,
+// CiliumNetworkPolicies, CiliumClusterwideNetworkPolicies, Services and
+// EndpointSlices. An ADD that names its pod (K8S_POD_NAMESPACE and
+// K8S_POD_NAME, as kubelet passes them) gets the pod's labels and its
+// namespace's from the API server, so the identity is right at ADD; label
+// changes move the endpoint to its new identity, and a pod deleted from
+// the API server loses its endpoint. Pods of other nodes become ipcache
+// entries with their identities. Policies are parsed as manifests are; an
+// invalid one is logged and reported as an event on the object, and the
+// previous version stays in force. The Node object's spec.podCIDRs are
+// the address pools.
 //
 // Pods' bandwidth limits (the CNI plugin's runtimeConfig.bandwidth) are
 // enforced by package bandwidth: EDT where the kernel has sch_fq and
@@ -53,6 +67,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nodeplane/nodeplane/bandwidth"
 	"github.com/nodeplane/nodeplane/examples/internal/agentapi"
@@ -76,6 +92,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		etcd          = fs.String("etcd", "", "comma-separated etcd endpoints for cluster-wide identities (default: in process)")
 		cgroup        = fs.String("cgroup", "auto", `cgroup2 directory whose sockets the service load balancer translates ("auto": the cgroup2 root; "": services off)`)
 		manifests     = fs.String("manifests", "", "directory of Kubernetes manifests to enforce (policies, Service, EndpointSlice)")
+		kubeconfig    = fs.String("kubeconfig", "", "kubeconfig of the Kubernetes API server to follow for pods, namespaces, policies and services (instead of -manifests)")
+		inCluster     = fs.Bool("k8s-in-cluster", false, "follow the Kubernetes API server of the cluster the agent runs in (its service account)")
 		manifestPoll  = fs.Duration("manifest-poll", 2*time.Second, "how often -manifests is read for changes")
 		socket        = fs.String("socket", agentapi.DefaultSocket, "unix socket of the local API (mode 0600)")
 		hubbleListen  = fs.String("hubble-listen", "127.0.0.1:4245", "Hubble Observer gRPC address (empty: off)")
@@ -134,6 +152,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		*p.dst = pfx
+	}
+	switch {
+	case *kubeconfig != "" && *inCluster:
+		fmt.Fprintln(stderr, "-kubeconfig and -k8s-in-cluster exclude each other")
+		return 2
+	case *kubeconfig != "":
+		rc, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+		if err != nil {
+			fmt.Fprintf(stderr, "-kubeconfig: %v\n", err)
+			return 2
+		}
+		cfg.Kube = rc
+	case *inCluster:
+		rc, err := rest.InClusterConfig()
+		if err != nil {
+			fmt.Fprintf(stderr, "-k8s-in-cluster: %v\n", err)
+			return 1
+		}
+		cfg.Kube = rc
 	}
 	if *etcd != "" {
 		cfg.Etcd = strings.Split(*etcd, ",")

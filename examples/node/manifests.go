@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -402,18 +403,40 @@ func buildServices(out map[lb.Frontend]service, svcs []k8sService, eps []k8sEndp
 
 // applyManifests makes set the policy and services in force: changed and
 // new policies are replaced (the engine rewrites only the difference of
-// each endpoint's map), missing ones deleted, and likewise services.
+// each endpoint's map), missing ones deleted, and likewise services. The
+// manifest directory and the Kubernetes API server both come here: each
+// builds the whole set it wants, and only what differs from the set in
+// force reaches the engine and the load balancer.
 func (a *Agent) applyManifests(set manifestSet) error {
+	n, err := a.applySet(set)
+	if err != nil {
+		return err
+	}
+	a.log.Info("manifests applied", "policies", len(set.policies), "services", len(set.services), "changes", n)
+	return nil
+}
+
+// applySet is applyManifests without the log line; it returns how many
+// policies and services it changed.
+func (a *Agent) applySet(set manifestSet) (changes int, err error) {
 	for _, id := range slices.SortedFunc(maps.Keys(set.policies), func(x, y policy.PolicyID) int { return strings.Compare(x.String(), y.String()) }) {
-		if _, err := a.engine.ReplacePolicy(set.policies[id]); err != nil {
-			return fmt.Errorf("apply %v: %w", id, err)
+		p := set.policies[id]
+		if old, ok := a.manifests.policies[id]; ok && samePolicy(old, p) {
+			continue
 		}
+		if _, err := a.engine.ReplacePolicy(p); err != nil {
+			return changes, fmt.Errorf("apply %v: %w", id, err)
+		}
+		a.manifests.policies = cloneMapWith(a.manifests.policies, id, &p)
+		changes++
 	}
 	for id := range a.manifests.policies {
 		if _, keep := set.policies[id]; !keep {
 			if _, err := a.engine.DeletePolicy(id); err != nil && !errors.Is(err, policy.ErrPolicyNotFound) {
-				return fmt.Errorf("delete %v: %w", id, err)
+				return changes, fmt.Errorf("delete %v: %w", id, err)
 			}
+			a.manifests.policies = cloneMapWith(a.manifests.policies, id, nil)
+			changes++
 		}
 	}
 	if a.lb == nil && len(set.services) > 0 {
@@ -421,24 +444,49 @@ func (a *Agent) applyManifests(set manifestSet) error {
 	}
 	if a.lb != nil {
 		for fe, s := range set.services {
+			if old, ok := a.manifests.services[fe]; ok && reflect.DeepEqual(old, s) {
+				continue
+			}
 			if _, err := a.lb.Upsert(s.svc, s.backends); err != nil {
-				return fmt.Errorf("service %s/%s %v: %w", s.namespace, s.name, fe, err)
+				return changes, fmt.Errorf("service %s/%s %v: %w", s.namespace, s.name, fe, err)
 			}
 			a.catalog.SetService(flow.Frontend{Addr: fe.Addr.Addr(), Port: fe.Addr.Port(), Proto: fe.Protocol},
 				flow.Service{Name: s.name, Namespace: s.namespace})
+			changes++
 		}
 		for _, fe := range a.lb.Services() {
 			if _, keep := set.services[fe]; !keep {
 				if err := a.lb.Delete(fe); err != nil {
-					return fmt.Errorf("delete service %v: %w", fe, err)
+					return changes, fmt.Errorf("delete service %v: %w", fe, err)
 				}
 				a.catalog.DeleteService(flow.Frontend{Addr: fe.Addr.Addr(), Port: fe.Addr.Port(), Proto: fe.Protocol})
+				changes++
 			}
 		}
 	}
 	a.manifests = set
-	a.log.Info("manifests applied", "policies", len(set.policies), "services", len(set.services))
-	return nil
+	return changes, nil
+}
+
+// samePolicy reports whether two versions of a policy enforce the same:
+// where they were read from does not matter.
+func samePolicy(x, y policy.Policy) bool {
+	return x.UID == y.UID && reflect.DeepEqual(x.Rules, y.Rules)
+}
+
+// cloneMapWith returns a copy of m with k set to *v, or deleted for nil,
+// so that a set handed to applySet is never changed under its owner.
+func cloneMapWith[K comparable, V any](m map[K]V, k K, v *V) map[K]V {
+	out := maps.Clone(m)
+	if out == nil {
+		out = map[K]V{}
+	}
+	if v == nil {
+		delete(out, k)
+	} else {
+		out[k] = *v
+	}
+	return out
 }
 
 // Reload reads the manifest directory and applies it if it changed. An

@@ -24,6 +24,12 @@ var stateFormat = statefile.Format{Magic: "nodeplane-agent-endpoints", Version: 
 type record struct {
 	agentapi.Endpoint
 	Labels map[string]string `json:"labels,omitempty"`
+	// NamespaceLabels, ServiceAccount and PodUID come from the Kubernetes
+	// API server (-kubeconfig): the labels of the pod's namespace, its
+	// service account and the UID of the pod object the endpoint is for.
+	NamespaceLabels map[string]string `json:"namespaceLabels,omitempty"`
+	ServiceAccount  string            `json:"serviceAccount,omitempty"`
+	PodUID          string            `json:"podUID,omitempty"`
 }
 
 func (r record) key() attachmentKey { return attachmentKey{r.ContainerID, r.IfName} }
@@ -47,14 +53,15 @@ func (r record) podName() string {
 
 // labels returns the identity labels Cilium gives the pod.
 func (r record) labels() (identity.Labels, error) {
-	return podLabels(r.Namespace, r.Labels)
+	return podLabels(identity.PodLabelsConfig{Namespace: r.Namespace, Labels: r.Labels,
+		NamespaceLabels: r.NamespaceLabels, ServiceAccount: r.ServiceAccount})
 }
 
-func podLabels(namespace string, labels map[string]string) (identity.Labels, error) {
-	if namespace == "" {
-		namespace = "default"
+func podLabels(cfg identity.PodLabelsConfig) (identity.Labels, error) {
+	if cfg.Namespace == "" {
+		cfg.Namespace = "default"
 	}
-	return identity.PodLabels(identity.PodLabelsConfig{Namespace: namespace, Labels: labels})
+	return identity.PodLabels(cfg)
 }
 
 func loadRecords(f *statefile.File) ([]record, error) {
