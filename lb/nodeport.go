@@ -73,7 +73,7 @@ const (
 	AttachXDPNative
 	// AttachXDPGeneric: XDP in the stack, after the skb is built.
 	AttachXDPGeneric
-	// AttachTC: a tc ingress (tcx) program.
+	// AttachTC: a tc ingress program (tcx, or tc clsact before Linux 6.6).
 	AttachTC
 )
 

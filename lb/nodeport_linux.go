@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"sync"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath/monitor"
+	"github.com/nodeplane/nodeplane/internal/tcattach"
 	"github.com/nodeplane/nodeplane/lb/maglev"
 )
 
@@ -39,8 +41,11 @@ type NorthSouth struct {
 	vips     map[netip.Addr]int
 	nextSvc  uint32
 	nextBe   uint32
-	links    []link.Link
+	links    []io.Closer
 	dsr      bool
+	// tcMode is how tc hooks attach; 0 probes (tcx, else clsact). Tests
+	// set tcattach.Clsact to run the fallback on a kernel with tcx.
+	tcMode tcattach.Mode
 	closed   bool
 }
 
@@ -188,11 +193,13 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 // Attach hooks the programs into the interface with index ifindex in the
 // caller's network namespace, in the given mode ([AttachAuto] probes), and
 // returns the mode it used: the translation of arriving packets (XDP or
-// tc ingress) and, beside it, the translation of replies at tc egress
-// (tcx). The tc hooks are tcx links only, so Attach needs Linux 6.6; on
-// an older kernel it fails with an error wrapping ebpf.ErrNotSupported
-// (there is no tc clsact fallback yet). Attach every interface packets for frontends arrive on and, in
-// SNAT mode, every interface backends' replies arrive on.
+// tc ingress) and, beside it, the translation of replies at tc egress.
+// The tc hooks are tcx links where the kernel has tcx (Linux 6.6) and
+// cls_bpf filters under a clsact qdisc otherwise, as the datapath chooses
+// (priority 0x4e50, handle 1, named after the program: a filter of that
+// slot is replaced, and stays until Close). Attach every interface packets
+// for frontends arrive on and, in SNAT mode, every interface backends'
+// replies arrive on.
 func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 	np.mu.Lock()
 	defer np.mu.Unlock()
@@ -206,14 +213,14 @@ func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 		return 0, fmt.Errorf("%w: DSR needs an XDP attach mode", ErrInvalidConfig)
 	}
 	var (
-		in  link.Link
+		in  io.Closer
 		err error
 	)
-	xdp := func(flags link.XDPAttachFlags) (link.Link, error) {
+	xdp := func(flags link.XDPAttachFlags) (io.Closer, error) {
 		return link.AttachXDP(link.XDPOptions{Program: np.objs.NpNodeportXdp, Interface: ifindex, Flags: flags})
 	}
-	tc := func() (link.Link, error) {
-		return link.AttachTCX(link.TCXOptions{Program: np.objs.NpNodeportTc, Interface: ifindex, Attach: ebpf.AttachTCXIngress})
+	tc := func() (io.Closer, error) {
+		return np.attachTC(ifindex, false, nodeportProgNpNodeportTc, np.objs.NpNodeportTc)
 	}
 	switch mode {
 	case AttachXDPNative:
@@ -226,10 +233,10 @@ func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 		var errs []error
 		for _, try := range []struct {
 			mode   AttachMode
-			attach func() (link.Link, error)
+			attach func() (io.Closer, error)
 		}{
-			{AttachXDPNative, func() (link.Link, error) { return xdp(link.XDPDriverMode) }},
-			{AttachXDPGeneric, func() (link.Link, error) { return xdp(link.XDPGenericMode) }},
+			{AttachXDPNative, func() (io.Closer, error) { return xdp(link.XDPDriverMode) }},
+			{AttachXDPGeneric, func() (io.Closer, error) { return xdp(link.XDPGenericMode) }},
 			{AttachTC, tc},
 		} {
 			if np.dsr && try.mode == AttachTC {
@@ -248,7 +255,7 @@ func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 	if err != nil {
 		return 0, fmt.Errorf("attach to interface %d: %w", ifindex, err)
 	}
-	out, err := link.AttachTCX(link.TCXOptions{Program: np.objs.NpNodeportRevnat, Interface: ifindex, Attach: ebpf.AttachTCXEgress})
+	out, err := np.attachTC(ifindex, true, nodeportProgNpNodeportRevnat, np.objs.NpNodeportRevnat)
 	if err != nil {
 		in.Close()
 		return 0, fmt.Errorf("attach tc egress to interface %d: %w", ifindex, err)
@@ -269,17 +276,31 @@ func (np *NorthSouth) AttachDSRBackend(ifindex int) error {
 	if np.closed {
 		return nodeplane.ErrClosed
 	}
-	in, err := link.AttachTCX(link.TCXOptions{Program: np.objs.NpDsrDecode, Interface: ifindex, Attach: ebpf.AttachTCXIngress})
+	in, err := np.attachTC(ifindex, false, nodeportProgNpDsrDecode, np.objs.NpDsrDecode)
 	if err != nil {
 		return fmt.Errorf("attach DSR decoder to interface %d: %w", ifindex, err)
 	}
-	out, err := link.AttachTCX(link.TCXOptions{Program: np.objs.NpNodeportRevnat, Interface: ifindex, Attach: ebpf.AttachTCXEgress})
+	out, err := np.attachTC(ifindex, true, nodeportProgNpNodeportRevnat, np.objs.NpNodeportRevnat)
 	if err != nil {
 		in.Close()
 		return fmt.Errorf("attach tc egress to interface %d: %w", ifindex, err)
 	}
 	np.links = append(np.links, in, out)
 	return nil
+}
+
+// npTCPriority is the clsact priority of the north-south filters: after
+// the datapath's (1), so that on one interface they run in the order tcx
+// would append them.
+const npTCPriority = 0x4e50
+
+// attachTC attaches prog at tc ingress or egress (tcx, or clsact).
+func (np *NorthSouth) attachTC(ifindex int, egress bool, name string, prog *ebpf.Program) (io.Closer, error) {
+	prio := uint16(npTCPriority)
+	if name == nodeportProgNpDsrDecode {
+		prio++ // beside np_nodeport_tc when a node is both
+	}
+	return tcattach.Attach(tcattach.Filter{Ifindex: ifindex, Egress: egress, Name: name, Priority: prio, Handle: 1}, prog, np.tcMode)
 }
 
 // Upsert creates or replaces the service at svc.Frontend with backends.
