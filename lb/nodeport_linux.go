@@ -46,7 +46,7 @@ type NorthSouth struct {
 	// tcMode is how tc hooks attach; 0 probes (tcx, else clsact). Tests
 	// set tcattach.Clsact to run the fallback on a kernel with tcx.
 	tcMode tcattach.Mode
-	closed   bool
+	closed bool
 }
 
 type npService struct {
