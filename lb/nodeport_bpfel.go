@@ -19,7 +19,10 @@ const (
 	nodeportMapNpNpBe            = "np_np_be"
 	nodeportMapNpNpCt            = "np_np_ct"
 	nodeportMapNpNpDrops         = "np_np_drops"
+	nodeportMapNpNpEvents        = "np_np_events"
+	nodeportMapNpNpEventsLost    = "np_np_events_lost"
 	nodeportMapNpNpFe            = "np_np_fe"
+	nodeportMapNpNpLastDrop      = "np_np_last_drop"
 	nodeportMapNpNpLut           = "np_np_lut"
 	nodeportMapNpNpRev           = "np_np_rev"
 	nodeportMapNpNpVip           = "np_np_vip"
@@ -87,13 +90,16 @@ type nodeportProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportMapSpecs struct {
-	NpNpBe    *ebpf.MapSpec `ebpf:"np_np_be"`
-	NpNpCt    *ebpf.MapSpec `ebpf:"np_np_ct"`
-	NpNpDrops *ebpf.MapSpec `ebpf:"np_np_drops"`
-	NpNpFe    *ebpf.MapSpec `ebpf:"np_np_fe"`
-	NpNpLut   *ebpf.MapSpec `ebpf:"np_np_lut"`
-	NpNpRev   *ebpf.MapSpec `ebpf:"np_np_rev"`
-	NpNpVip   *ebpf.MapSpec `ebpf:"np_np_vip"`
+	NpNpBe         *ebpf.MapSpec `ebpf:"np_np_be"`
+	NpNpCt         *ebpf.MapSpec `ebpf:"np_np_ct"`
+	NpNpDrops      *ebpf.MapSpec `ebpf:"np_np_drops"`
+	NpNpEvents     *ebpf.MapSpec `ebpf:"np_np_events"`
+	NpNpEventsLost *ebpf.MapSpec `ebpf:"np_np_events_lost"`
+	NpNpFe         *ebpf.MapSpec `ebpf:"np_np_fe"`
+	NpNpLastDrop   *ebpf.MapSpec `ebpf:"np_np_last_drop"`
+	NpNpLut        *ebpf.MapSpec `ebpf:"np_np_lut"`
+	NpNpRev        *ebpf.MapSpec `ebpf:"np_np_rev"`
+	NpNpVip        *ebpf.MapSpec `ebpf:"np_np_vip"`
 }
 
 // nodeportVariableSpecs contains global variables before they are loaded into the kernel.
@@ -128,13 +134,16 @@ func (o *nodeportObjects) Close() error {
 //
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportMaps struct {
-	NpNpBe    *ebpf.Map `ebpf:"np_np_be"`
-	NpNpCt    *ebpf.Map `ebpf:"np_np_ct"`
-	NpNpDrops *ebpf.Map `ebpf:"np_np_drops"`
-	NpNpFe    *ebpf.Map `ebpf:"np_np_fe"`
-	NpNpLut   *ebpf.Map `ebpf:"np_np_lut"`
-	NpNpRev   *ebpf.Map `ebpf:"np_np_rev"`
-	NpNpVip   *ebpf.Map `ebpf:"np_np_vip"`
+	NpNpBe         *ebpf.Map `ebpf:"np_np_be"`
+	NpNpCt         *ebpf.Map `ebpf:"np_np_ct"`
+	NpNpDrops      *ebpf.Map `ebpf:"np_np_drops"`
+	NpNpEvents     *ebpf.Map `ebpf:"np_np_events"`
+	NpNpEventsLost *ebpf.Map `ebpf:"np_np_events_lost"`
+	NpNpFe         *ebpf.Map `ebpf:"np_np_fe"`
+	NpNpLastDrop   *ebpf.Map `ebpf:"np_np_last_drop"`
+	NpNpLut        *ebpf.Map `ebpf:"np_np_lut"`
+	NpNpRev        *ebpf.Map `ebpf:"np_np_rev"`
+	NpNpVip        *ebpf.Map `ebpf:"np_np_vip"`
 }
 
 func (m *nodeportMaps) Close() error {
@@ -142,7 +151,10 @@ func (m *nodeportMaps) Close() error {
 		m.NpNpBe,
 		m.NpNpCt,
 		m.NpNpDrops,
+		m.NpNpEvents,
+		m.NpNpEventsLost,
 		m.NpNpFe,
+		m.NpNpLastDrop,
 		m.NpNpLut,
 		m.NpNpRev,
 		m.NpNpVip,

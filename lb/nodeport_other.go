@@ -23,3 +23,11 @@ func (*NorthSouth) AttachDSRBackend(int) error                    { return errNo
 func (*NorthSouth) Delete(Frontend) error                         { return errNodePortNotLinux }
 func (*NorthSouth) Drops() (map[monitor.DropReason]uint64, error) { return nil, errNodePortNotLinux }
 func (*NorthSouth) Close() error                                  { return nil }
+
+// DropReader reads a NorthSouth's drop records; it needs Linux.
+type DropReader struct{}
+
+func (*NorthSouth) NewDropReader() (*DropReader, error) { return nil, errNodePortNotLinux }
+func (*NorthSouth) DropEventsLost() (uint64, error)     { return 0, errNodePortNotLinux }
+func (*DropReader) ReadRaw() ([]byte, error)            { return nil, errNodePortNotLinux }
+func (*DropReader) Close() error                        { return nil }

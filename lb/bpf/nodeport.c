@@ -55,6 +55,7 @@
 #include "np_common.h"
 #include "np_csum.h"
 #include "np_jhash.h"
+#include "nodeport_events.h"
 
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
@@ -270,6 +271,7 @@ static __always_inline __u32 tuple_hash(const struct np_tuple *t)
 
 static __always_inline void count_drop(__u32 reason)
 {
+	np_note_drop(reason);
 	__u64 *n = bpf_map_lookup_elem(&np_np_drops, &reason);
 	if (n)
 		__sync_fetch_and_add(n, 1);
@@ -632,14 +634,50 @@ static __always_inline int dsr_push(struct xdp_md *ctx, const struct np_dsr *d)
 	return XDP_PASS;
 }
 
+/* drop_info describes a dropped packet for its drop record. */
+static __always_inline void drop_info(void *data, void *end, struct pkt *p, struct np_drop_info *i)
+{
+	i->len = end - data;
+	i->tuple = 0;
+	if (parse(data, end, p) != 0 || p->short_l4)
+		return;
+	i->tuple = &p->t;
+	i->dport = p->t.dport;
+	if (p->t.proto == IPPROTO_TCP_ && p->l4 + 14 <= end)
+		i->tcp_flags = *(__u8 *)(p->l4 + 13);
+}
+
+/* The drop records of the two entries, in functions of their own: their
+ * stack does not add to the translation's. */
+static __noinline void xdp_drop_notify(struct xdp_md *ctx)
+{
+	struct np_drop_info i = {.ifindex = ctx->ingress_ifindex};
+	struct pkt p;
+
+	drop_info((void *)(long)ctx->data, (void *)(long)ctx->data_end, &p, &i);
+	np_drop_notify(ctx, 1, &i);
+}
+
+static __noinline void tc_drop_notify(struct __sk_buff *skb)
+{
+	struct np_drop_info i = {.ifindex = skb->ifindex};
+	struct pkt p;
+
+	drop_info((void *)(long)skb->data, (void *)(long)skb->data_end, &p, &i);
+	i.len = skb->len;
+	np_drop_notify(skb, 0, &i);
+}
+
 SEC("xdp")
 int np_nodeport_xdp(struct xdp_md *ctx)
 {
 	struct np_dsr d = {};
 	int v = nodeport_ingress((void *)(long)ctx->data, (void *)(long)ctx->data_end, &d);
-	if (v != NP_DSR)
-		return v;
-	return dsr_push(ctx, &d);
+	if (v == NP_DSR)
+		v = dsr_push(ctx, &d);
+	if (v == XDP_DROP)
+		xdp_drop_notify(ctx);
+	return v;
 }
 
 /* The tc fallback, for interfaces that take no XDP program (one is there
@@ -655,9 +693,13 @@ int np_nodeport_tc(struct __sk_buff *skb)
 	if (v == NP_DSR) {
 		/* Not in tc mode: the loader refuses DSR with tc. */
 		count_drop(DROP_INVALID);
+		v = XDP_DROP;
+	}
+	if (v == XDP_DROP) {
+		tc_drop_notify(skb);
 		return TC_ACT_SHOT;
 	}
-	return v == XDP_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+	return TC_ACT_OK;
 }
 
 /* revnat_skb restores the frontend as the source of a reply with the
