@@ -16,6 +16,8 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	nodeportMapNpNpAff           = "np_np_aff"
+	nodeportMapNpNpAffMatch      = "np_np_aff_match"
 	nodeportMapNpNpBe            = "np_np_be"
 	nodeportMapNpNpCt            = "np_np_ct"
 	nodeportMapNpNpDrops         = "np_np_drops"
@@ -90,6 +92,8 @@ type nodeportProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportMapSpecs struct {
+	NpNpAff        *ebpf.MapSpec `ebpf:"np_np_aff"`
+	NpNpAffMatch   *ebpf.MapSpec `ebpf:"np_np_aff_match"`
 	NpNpBe         *ebpf.MapSpec `ebpf:"np_np_be"`
 	NpNpCt         *ebpf.MapSpec `ebpf:"np_np_ct"`
 	NpNpDrops      *ebpf.MapSpec `ebpf:"np_np_drops"`
@@ -134,6 +138,8 @@ func (o *nodeportObjects) Close() error {
 //
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportMaps struct {
+	NpNpAff        *ebpf.Map `ebpf:"np_np_aff"`
+	NpNpAffMatch   *ebpf.Map `ebpf:"np_np_aff_match"`
 	NpNpBe         *ebpf.Map `ebpf:"np_np_be"`
 	NpNpCt         *ebpf.Map `ebpf:"np_np_ct"`
 	NpNpDrops      *ebpf.Map `ebpf:"np_np_drops"`
@@ -148,6 +154,8 @@ type nodeportMaps struct {
 
 func (m *nodeportMaps) Close() error {
 	return _NodeportClose(
+		m.NpNpAff,
+		m.NpNpAffMatch,
 		m.NpNpBe,
 		m.NpNpCt,
 		m.NpNpDrops,

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -69,11 +70,18 @@ type npFeKey struct {
 }
 
 type npFe struct {
-	SvcID uint32
-	Count uint32
-	Alg   uint8
-	Flags uint8
-	_     [2]byte
+	SvcID           uint32
+	Count           uint32
+	Alg             uint8
+	Flags           uint8
+	_               [2]byte
+	AffinityTimeout uint32 // seconds
+}
+
+// npAffMatch is struct np_aff_match: an active backend of a service.
+type npAffMatch struct {
+	BackendID uint32
+	SvcID     uint32
 }
 
 const npFeLocal = 1
@@ -308,8 +316,13 @@ func (np *NorthSouth) attachTC(ifindex int, egress bool, name string, prog *ebpf
 // BackendActive keep the flows they have and get no new ones; removed
 // backends lose their flows, which move to a backend the table names.
 // A service without an active backend drops new flows (DROP_NO_SERVICE).
-// Only TCP and UDP frontends exist; session affinity is not implemented
-// on this path and is refused. With svc.ExternalTrafficLocal the caller
+// Only TCP and UDP frontends exist. With svc.SessionAffinity a client
+// address is pinned to the backend of its flows, as Cilium's ClientIP
+// affinity: a new flow from it takes that backend while it takes new
+// flows and the client has sent to the frontend within the timeout. The
+// socket layer's fields (InternalTrafficLocal, Backend.Local) do not
+// apply to this path, which carries traffic from outside the node. With
+// svc.ExternalTrafficLocal the caller
 // passes the node's own backends only (as kube-proxy filters endpoints),
 // and flows are neither SNATed nor DSRed: backends see the client.
 //
@@ -322,9 +335,6 @@ func (np *NorthSouth) attachTC(ifindex int, egress bool, name string, prog *ebpf
 func (np *NorthSouth) Upsert(svc Service, backends []Backend) error {
 	if err := svc.validate(); err != nil {
 		return err
-	}
-	if svc.SessionAffinity != 0 {
-		return fmt.Errorf("%w: %s: session affinity is not supported by NorthSouth", ErrInvalidService, svc.Frontend)
 	}
 	if svc.Type == ClusterIP {
 		return fmt.Errorf("%w: %s: a ClusterIP frontend is not reachable from outside the node; NorthSouth balances NodePort, LoadBalancer and ExternalIP frontends", ErrInvalidService, svc.Frontend)
@@ -399,11 +409,16 @@ func (np *NorthSouth) Upsert(svc Service, backends []Backend) error {
 	if err := np.objs.NpNpLut.Put(s.id, lut); err != nil {
 		return fmt.Errorf("%w: table of %s: %w", ErrFull, svc.Frontend, err)
 	}
+	for _, b := range active {
+		if err := np.objs.NpNpAffMatch.Put(npAffMatch{BackendID: b.id, SvcID: s.id}, uint8(1)); err != nil {
+			return fmt.Errorf("%w: affinity match of %s: %w", ErrFull, b.Addr, err)
+		}
+	}
 	alg := uint8(npAlgRandom)
 	if svc.Algorithm == AlgorithmMaglev {
 		alg = npAlgMaglev
 	}
-	fe := npFe{SvcID: s.id, Count: uint32(len(active)), Alg: alg}
+	fe := npFe{SvcID: s.id, Count: uint32(len(active)), Alg: alg, AffinityTimeout: uint32(svc.SessionAffinity / time.Second)}
 	if svc.ExternalTrafficLocal {
 		fe.Flags |= npFeLocal
 	}
@@ -420,6 +435,10 @@ func (np *NorthSouth) Upsert(svc Service, backends []Backend) error {
 		for addr, ob := range old.backends {
 			if _, stays := s.backends[addr]; !stays {
 				_ = np.objs.NpNpBe.Delete(ob.id)
+			}
+			if nb, ok := s.backends[addr]; !ok || nb.State != BackendActive {
+				// Pins to it are stale from now on.
+				_ = np.objs.NpNpAffMatch.Delete(npAffMatch{BackendID: ob.id, SvcID: s.id})
 			}
 		}
 	}
@@ -459,6 +478,9 @@ func (np *NorthSouth) Delete(fe Frontend) error {
 	errs = append(errs, np.objs.NpNpLut.Delete(s.id))
 	for _, b := range s.backends {
 		errs = append(errs, np.objs.NpNpBe.Delete(b.id))
+		if b.State == BackendActive {
+			errs = append(errs, np.objs.NpNpAffMatch.Delete(npAffMatch{BackendID: b.id, SvcID: s.id}))
+		}
 	}
 	delete(np.services, fe)
 	return errors.Join(errs...)

@@ -25,6 +25,9 @@ func TestNorthSouthLayoutMatchesBTF(t *testing.T) {
 		{"np_be", npBe{}},
 		{"np_tuple", npTuple{}},
 		{"np_rev", npRev{}},
+		{"np_aff_key", npAffKey{}},
+		{"np_aff_val", npAffVal{}},
+		{"np_aff_match", npAffMatch{}},
 	} {
 		t.Run(s.c, func(t *testing.T) {
 			var cs *btf.Struct
@@ -70,6 +73,8 @@ func TestNorthSouthLayoutMatchesBTF(t *testing.T) {
 		{"np_np_vip", npFeKey{}, uint32(0)},
 		{"np_np_be", uint32(0), npBe{}},
 		{"np_np_rev", npTuple{}, npRev{}},
+		{"np_np_aff", npAffKey{}, npAffVal{}},
+		{"np_np_aff_match", npAffMatch{}, uint8(0)},
 	} {
 		ms := spec.Maps[m.name]
 		if ms == nil {

@@ -56,6 +56,7 @@
 #include "np_csum.h"
 #include "np_jhash.h"
 #include "nodeport_events.h"
+#include "nodeport_affinity.h"
 
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
@@ -124,8 +125,9 @@ struct np_fe {
 	__u8 alg;
 	__u8 flags;
 	__u8 pad[2];
+	__u32 affinity_timeout; /* seconds; 0: no session affinity (nodeport_affinity.h) */
 };
-NP_ASSERT_SIZE(struct np_fe, 12);
+NP_ASSERT_SIZE(struct np_fe, 16);
 
 struct np_be {
 	__u8 addr[16];
@@ -452,6 +454,8 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 
 	__u32 svc_id = fe->svc_id;
 	__u8 fe_flags = fe->flags;
+	__u32 aff_timeout = fe->affinity_timeout;
+	__u64 now = aff_timeout ? np_aff_now() : 0;
 	struct np_be b;
 	int have_be = 0;
 	__u32 be_id = 0;
@@ -463,6 +467,10 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 		have_be = np_be_copy(be_id, &b);
 	}
 	int new_flow = !have_be;
+	if (!have_be && aff_timeout && fe->count) {
+		be_id = np_aff_get(p.t.saddr, p.t.family, svc_id, aff_timeout, now);
+		have_be = be_id && np_be_copy(be_id, &b) && b.family == p.t.family;
+	}
 	if (!have_be) {
 		__u32 count = fe->count;
 		if (count == 0)
@@ -485,6 +493,8 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 		if (!np_be_copy(be_id, &b) || b.family != p.t.family)
 			return drop(DROP_NO_SERVICE);
 	}
+	if (aff_timeout)
+		np_aff_set(p.t.saddr, p.t.family, svc_id, be_id, now);
 
 	if (dsr && !(fe_flags & NP_FE_F_LOCAL)) {
 		if (p.t.family == NP_FAMILY_V4) {
