@@ -21,10 +21,10 @@
  *    terminating backend keeps its flows and gets no new ones.
  *  - A frontend with externalTrafficPolicy=Local (NP_FE_F_LOCAL) is never
  *    SNATed nor DSRed: its backends are the node's own and see the client.
- *  - Packets that are not to a frontend are left alone (XDP_PASS), and so
- *    are IPv6 packets with extension headers (not parsed) and ICMP errors
- *    about translated flows (not translated back). The
- *    first fragment of an IPv4 datagram to a frontend (it carries the
+ *  - Packets that are not to a frontend are left alone (XDP_PASS). IPv6
+ *    extension headers are walked as Cilium does (nodeport_ipv6.h; a bad
+ *    chain drops with DROP_INVALID_EXTHDR, whatever the destination). The
+ *    first fragment of an IPv4 or IPv6 datagram to a frontend (it carries the
  *    ports) is dropped (DROP_FRAG_NOSUPPORT); later fragments carry no
  *    ports and pass, so the node's own fragmented traffic to an address
  *    a NodePort shares is not disturbed (the datagram to the frontend
@@ -57,6 +57,7 @@
 #include "np_jhash.h"
 #include "nodeport_events.h"
 #include "nodeport_affinity.h"
+#include "nodeport_ipv6.h"
 
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
@@ -319,18 +320,18 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > end)
 			return -DROP_INVALID;
-		/* Extension headers are not parsed: such packets are not
-		 * balanced (they pass). */
-		if (ip6->nexthdr != IPPROTO_TCP_ && ip6->nexthdr != IPPROTO_UDP_)
+		/* Extension headers: nodeport_ipv6.h. */
+		__u8 nh;
+		int err = np_ipv6_l4(ip6, end, &nh, &l4, &p->frag, &p->later);
+		if (err < 0)
+			return err;
+		if (nh != IPPROTO_TCP_ && nh != IPPROTO_UDP_)
 			return 1;
 		p->l3 = ip6;
 		p->t.family = NP_FAMILY_V6;
-		p->t.proto = ip6->nexthdr;
+		p->t.proto = nh;
 		__builtin_memcpy(p->t.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->t.daddr, &ip6->daddr, 16);
-		p->frag = 0;
-		p->later = 0;
-		l4 = (void *)(ip6 + 1);
 	} else {
 		return 1;
 	}
