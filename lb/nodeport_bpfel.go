@@ -24,6 +24,7 @@ const (
 	nodeportMapNpNpEvents        = "np_np_events"
 	nodeportMapNpNpEventsLost    = "np_np_events_lost"
 	nodeportMapNpNpFe            = "np_np_fe"
+	nodeportMapNpNpIcmpScratch   = "np_np_icmp_scratch"
 	nodeportMapNpNpLastDrop      = "np_np_last_drop"
 	nodeportMapNpNpLut           = "np_np_lut"
 	nodeportMapNpNpRev           = "np_np_rev"
@@ -92,18 +93,19 @@ type nodeportProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportMapSpecs struct {
-	NpNpAff        *ebpf.MapSpec `ebpf:"np_np_aff"`
-	NpNpAffMatch   *ebpf.MapSpec `ebpf:"np_np_aff_match"`
-	NpNpBe         *ebpf.MapSpec `ebpf:"np_np_be"`
-	NpNpCt         *ebpf.MapSpec `ebpf:"np_np_ct"`
-	NpNpDrops      *ebpf.MapSpec `ebpf:"np_np_drops"`
-	NpNpEvents     *ebpf.MapSpec `ebpf:"np_np_events"`
-	NpNpEventsLost *ebpf.MapSpec `ebpf:"np_np_events_lost"`
-	NpNpFe         *ebpf.MapSpec `ebpf:"np_np_fe"`
-	NpNpLastDrop   *ebpf.MapSpec `ebpf:"np_np_last_drop"`
-	NpNpLut        *ebpf.MapSpec `ebpf:"np_np_lut"`
-	NpNpRev        *ebpf.MapSpec `ebpf:"np_np_rev"`
-	NpNpVip        *ebpf.MapSpec `ebpf:"np_np_vip"`
+	NpNpAff         *ebpf.MapSpec `ebpf:"np_np_aff"`
+	NpNpAffMatch    *ebpf.MapSpec `ebpf:"np_np_aff_match"`
+	NpNpBe          *ebpf.MapSpec `ebpf:"np_np_be"`
+	NpNpCt          *ebpf.MapSpec `ebpf:"np_np_ct"`
+	NpNpDrops       *ebpf.MapSpec `ebpf:"np_np_drops"`
+	NpNpEvents      *ebpf.MapSpec `ebpf:"np_np_events"`
+	NpNpEventsLost  *ebpf.MapSpec `ebpf:"np_np_events_lost"`
+	NpNpFe          *ebpf.MapSpec `ebpf:"np_np_fe"`
+	NpNpIcmpScratch *ebpf.MapSpec `ebpf:"np_np_icmp_scratch"`
+	NpNpLastDrop    *ebpf.MapSpec `ebpf:"np_np_last_drop"`
+	NpNpLut         *ebpf.MapSpec `ebpf:"np_np_lut"`
+	NpNpRev         *ebpf.MapSpec `ebpf:"np_np_rev"`
+	NpNpVip         *ebpf.MapSpec `ebpf:"np_np_vip"`
 }
 
 // nodeportVariableSpecs contains global variables before they are loaded into the kernel.
@@ -138,18 +140,19 @@ func (o *nodeportObjects) Close() error {
 //
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportMaps struct {
-	NpNpAff        *ebpf.Map `ebpf:"np_np_aff"`
-	NpNpAffMatch   *ebpf.Map `ebpf:"np_np_aff_match"`
-	NpNpBe         *ebpf.Map `ebpf:"np_np_be"`
-	NpNpCt         *ebpf.Map `ebpf:"np_np_ct"`
-	NpNpDrops      *ebpf.Map `ebpf:"np_np_drops"`
-	NpNpEvents     *ebpf.Map `ebpf:"np_np_events"`
-	NpNpEventsLost *ebpf.Map `ebpf:"np_np_events_lost"`
-	NpNpFe         *ebpf.Map `ebpf:"np_np_fe"`
-	NpNpLastDrop   *ebpf.Map `ebpf:"np_np_last_drop"`
-	NpNpLut        *ebpf.Map `ebpf:"np_np_lut"`
-	NpNpRev        *ebpf.Map `ebpf:"np_np_rev"`
-	NpNpVip        *ebpf.Map `ebpf:"np_np_vip"`
+	NpNpAff         *ebpf.Map `ebpf:"np_np_aff"`
+	NpNpAffMatch    *ebpf.Map `ebpf:"np_np_aff_match"`
+	NpNpBe          *ebpf.Map `ebpf:"np_np_be"`
+	NpNpCt          *ebpf.Map `ebpf:"np_np_ct"`
+	NpNpDrops       *ebpf.Map `ebpf:"np_np_drops"`
+	NpNpEvents      *ebpf.Map `ebpf:"np_np_events"`
+	NpNpEventsLost  *ebpf.Map `ebpf:"np_np_events_lost"`
+	NpNpFe          *ebpf.Map `ebpf:"np_np_fe"`
+	NpNpIcmpScratch *ebpf.Map `ebpf:"np_np_icmp_scratch"`
+	NpNpLastDrop    *ebpf.Map `ebpf:"np_np_last_drop"`
+	NpNpLut         *ebpf.Map `ebpf:"np_np_lut"`
+	NpNpRev         *ebpf.Map `ebpf:"np_np_rev"`
+	NpNpVip         *ebpf.Map `ebpf:"np_np_vip"`
 }
 
 func (m *nodeportMaps) Close() error {
@@ -162,6 +165,7 @@ func (m *nodeportMaps) Close() error {
 		m.NpNpEvents,
 		m.NpNpEventsLost,
 		m.NpNpFe,
+		m.NpNpIcmpScratch,
 		m.NpNpLastDrop,
 		m.NpNpLut,
 		m.NpNpRev,

@@ -420,6 +420,10 @@ static __always_inline int snat_reply(struct pkt *p, void *end)
 	return XDP_PASS;
 }
 
+#include "nodeport_icmp.h"
+
+#define NP_SNAT_ANY (snat4 || snat6[0] || snat6[1] || snat6[2] || snat6[3])
+
 /* nodeport_ingress is the translation of arriving packets, for XDP and
  * for tc ingress; it returns XDP_PASS or XDP_DROP. */
 static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr *d)
@@ -686,6 +690,8 @@ int np_nodeport_xdp(struct xdp_md *ctx)
 	int v = nodeport_ingress((void *)(long)ctx->data, (void *)(long)ctx->data_end, &d);
 	if (v == NP_DSR)
 		v = dsr_push(ctx, &d);
+	if (v == XDP_PASS && NP_SNAT_ANY)
+		np_icmp_xdp(ctx, 1); /* ICMP errors about SNAT flows (nodeport_icmp.h) */
 	if (v == XDP_DROP)
 		xdp_drop_notify(ctx);
 	return v;
@@ -710,6 +716,8 @@ int np_nodeport_tc(struct __sk_buff *skb)
 		tc_drop_notify(skb);
 		return TC_ACT_SHOT;
 	}
+	if (NP_SNAT_ANY)
+		np_icmp_skb(skb, 1); /* ICMP errors about SNAT flows (nodeport_icmp.h) */
 	return TC_ACT_OK;
 }
 
@@ -751,7 +759,13 @@ int np_nodeport_revnat(struct __sk_buff *skb)
 	void *end = (void *)(long)skb->data_end;
 	struct pkt p;
 
-	if (parse(data, end, &p) != 0 || p.frag || p.short_l4)
+	int ret = parse(data, end, &p);
+	if (ret == 1) {
+		/* ICMP errors about DNAT and DSR flows (nodeport_icmp.h). */
+		np_icmp_skb(skb, 0);
+		return TC_ACT_OK;
+	}
+	if (ret != 0 || p.frag || p.short_l4)
 		return TC_ACT_OK;
 	struct np_rev *rev = bpf_map_lookup_elem(&np_np_rev, &p.t);
 	if (!rev || rev->snat)
