@@ -21,6 +21,7 @@ const (
 	nodeportMapNpNpBe            = "np_np_be"
 	nodeportMapNpNpCt            = "np_np_ct"
 	nodeportMapNpNpDrops         = "np_np_drops"
+	nodeportMapNpNpDsrScratch    = "np_np_dsr_scratch"
 	nodeportMapNpNpEvents        = "np_np_events"
 	nodeportMapNpNpEventsLost    = "np_np_events_lost"
 	nodeportMapNpNpFe            = "np_np_fe"
@@ -98,6 +99,7 @@ type nodeportMapSpecs struct {
 	NpNpBe          *ebpf.MapSpec `ebpf:"np_np_be"`
 	NpNpCt          *ebpf.MapSpec `ebpf:"np_np_ct"`
 	NpNpDrops       *ebpf.MapSpec `ebpf:"np_np_drops"`
+	NpNpDsrScratch  *ebpf.MapSpec `ebpf:"np_np_dsr_scratch"`
 	NpNpEvents      *ebpf.MapSpec `ebpf:"np_np_events"`
 	NpNpEventsLost  *ebpf.MapSpec `ebpf:"np_np_events_lost"`
 	NpNpFe          *ebpf.MapSpec `ebpf:"np_np_fe"`
@@ -145,6 +147,7 @@ type nodeportMaps struct {
 	NpNpBe          *ebpf.Map `ebpf:"np_np_be"`
 	NpNpCt          *ebpf.Map `ebpf:"np_np_ct"`
 	NpNpDrops       *ebpf.Map `ebpf:"np_np_drops"`
+	NpNpDsrScratch  *ebpf.Map `ebpf:"np_np_dsr_scratch"`
 	NpNpEvents      *ebpf.Map `ebpf:"np_np_events"`
 	NpNpEventsLost  *ebpf.Map `ebpf:"np_np_events_lost"`
 	NpNpFe          *ebpf.Map `ebpf:"np_np_fe"`
@@ -162,6 +165,7 @@ func (m *nodeportMaps) Close() error {
 		m.NpNpBe,
 		m.NpNpCt,
 		m.NpNpDrops,
+		m.NpNpDsrScratch,
 		m.NpNpEvents,
 		m.NpNpEventsLost,
 		m.NpNpFe,

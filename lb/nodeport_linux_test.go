@@ -35,6 +35,7 @@ type testPkt struct {
 	fragOff  uint16 // IPv4: fragment offset, in 8-byte units
 	truncL4  bool   // cut inside the L4 header
 	truncL3  bool   // cut inside the IP header
+	payload  []byte // nil: a short default
 }
 
 func csumAdd(sum uint32, b []byte) uint32 {
@@ -62,6 +63,9 @@ func pseudo(src, dst netip.Addr, proto uint8, n int) uint32 {
 
 func (p testPkt) bytes() []byte {
 	payload := []byte("nodeplane-north-south")
+	if p.payload != nil {
+		payload = p.payload
+	}
 	var l4 []byte
 	if p.proto == 6 {
 		l4 = make([]byte, 20, 20+len(payload))

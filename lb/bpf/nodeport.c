@@ -649,6 +649,8 @@ static __always_inline int dsr_push(struct xdp_md *ctx, const struct np_dsr *d)
 	return XDP_PASS;
 }
 
+#include "nodeport_dsr_mtu.h"
+
 /* drop_info describes a dropped packet for its drop record. */
 static __always_inline void drop_info(void *data, void *end, struct pkt *p, struct np_drop_info *i)
 {
@@ -686,10 +688,13 @@ static __noinline void tc_drop_notify(struct __sk_buff *skb)
 SEC("xdp")
 int np_nodeport_xdp(struct xdp_md *ctx)
 {
-	struct np_dsr d = {};
-	int v = nodeport_ingress((void *)(long)ctx->data, (void *)(long)ctx->data_end, &d);
+	/* The DSR frontend lives in per-CPU scratch, off the stack. */
+	struct np_dsr *d = np_dsr_scratch();
+	if (!d)
+		return XDP_PASS;
+	int v = nodeport_ingress((void *)(long)ctx->data, (void *)(long)ctx->data_end, d);
 	if (v == NP_DSR)
-		v = dsr_push(ctx, &d);
+		v = np_dsr_out(ctx, d);
 	if (v == XDP_PASS && NP_SNAT_ANY)
 		np_icmp_xdp(ctx, 1); /* ICMP errors about SNAT flows (nodeport_icmp.h) */
 	if (v == XDP_DROP)
