@@ -7,43 +7,19 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/nodeplane/nodeplane/internal/feature"
 	"github.com/nodeplane/nodeplane/internal/netnsutil"
+	"github.com/nodeplane/nodeplane/internal/tcattach"
 )
-
-var tcxProbe = feature.NewProbe("tcx", "6.6", func() error {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.SchedCLS,
-		License:      "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-	})
-	if err != nil {
-		return fmt.Errorf("load probe program: %w", err)
-	}
-	defer prog.Close()
-	// An ifindex that cannot exist: a kernel with tcx gets as far as
-	// looking it up and says ENODEV; one without rejects the attach type.
-	l, err := link.AttachTCX(link.TCXOptions{Interface: int(^uint32(0) >> 1), Program: prog, Attach: ebpf.AttachTCXIngress})
-	switch {
-	case err == nil:
-		l.Close()
-		return nil
-	case errors.Is(err, unix.ENODEV):
-		return nil
-	}
-	return err
-})
 
 // HaveTCX reports whether the kernel can attach programs with tcx links
 // (Linux 6.6). The error wraps nodeplane.ErrNotSupported when it cannot.
 // The answer is cached.
-func HaveTCX() error { return tcxProbe.Result() }
+func HaveTCX() error { return tcattach.HaveTCX() }
 
 // attachment is one program attached to one hook of an interface.
 type attachment interface {
@@ -179,50 +155,21 @@ func (a tcAttachment) replace(prog *ebpf.Program) error {
 	return nil
 }
 
-func (a tcAttachment) detach() error {
-	err := a.nl.FilterDel(a.filter)
-	if err != nil && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("delete tc filter: %w", err)
-	}
-	return nil
-}
+func (a tcAttachment) detach() error { return tcattach.DeleteClsact(a.nl, a.filter) }
 
-// attachTC adds the filter, or replaces the program of the one there. The
-// kernel swaps a cls_bpf filter's program in one step, so a filter being
-// replaced never passes a packet without a program.
+// attachTC adds the filter, or replaces the program of the one there
+// (tcattach.AddClsact).
 func (n *nodeNamespace) attachTC(ifindex int, h endpointHook, prog *ebpf.Program) (attachment, error) {
-	qdisc := &netlink.GenericQdisc{
-		QdiscAttrs: netlink.QdiscAttrs{
-			LinkIndex: ifindex,
-			Handle:    netlink.MakeHandle(0xffff, 0),
-			Parent:    netlink.HANDLE_CLSACT,
-		},
-		QdiscType: "clsact",
-	}
-	if err := n.nl.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
-		return nil, fmt.Errorf("add clsact qdisc: %w", err)
-	}
-	filter := tcFilter(ifindex, h)
-	filter.Fd = prog.FD()
-	if err := n.nl.FilterReplace(filter); err != nil {
-		return nil, fmt.Errorf("add tc filter: %w", err)
+	filter, err := tcattach.AddClsact(n.nl, h.tcFilter(ifindex), prog)
+	if err != nil {
+		return nil, err
 	}
 	return tcAttachment{nl: n.nl, filter: filter}, nil
 }
 
 // tcFilter is the datapath's filter for hook h of an interface.
-func tcFilter(ifindex int, h endpointHook) *netlink.BpfFilter {
-	return &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: ifindex,
-			Parent:    h.tcParent(),
-			Handle:    1,
-			Priority:  1,
-			Protocol:  unix.ETH_P_ALL,
-		},
-		Name:         h.filter,
-		DirectAction: true,
-	}
+func (h endpointHook) tcFilter(ifindex int) tcattach.Filter {
+	return tcattach.Filter{Ifindex: ifindex, Egress: h.egress, Name: h.filter, Priority: 1, Handle: 1}
 }
 
 // tcFilterPresent reports whether hook h of the interface has the
@@ -232,7 +179,7 @@ func (n *nodeNamespace) tcFilterPresent(l netlink.Link, h endpointHook) (bool, e
 	if err != nil {
 		return false, fmt.Errorf("list tc filters: %w", err)
 	}
-	want := tcFilter(l.Attrs().Index, h)
+	want := h.tcFilter(l.Attrs().Index).BpfFilter()
 	for _, f := range filters {
 		bf, ok := f.(*netlink.BpfFilter)
 		if ok && bf.Handle == want.Handle && bf.Priority == want.Priority && bf.Name == want.Name {

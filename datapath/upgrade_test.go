@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/ringbuf"
+	"github.com/nodeplane/nodeplane/internal/ringread"
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath/internal/altbuild"
@@ -302,7 +302,7 @@ type dropWatch struct {
 
 func (w *upgradeWorld) watchDrops(t *testing.T) *dropWatch {
 	t.Helper()
-	rb, err := ringbuf.NewReader(loadPinned(t, w.bpffs, datapathMapNpEvents))
+	rb, err := ringread.New(loadPinned(t, w.bpffs, datapathMapNpEvents))
 	if err != nil {
 		t.Fatal(err)
 	}

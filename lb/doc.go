@@ -27,6 +27,9 @@
 //     namespace) stays with its backend until it has not used the service
 //     for the timeout, counted in whole seconds, or until the backend stops
 //     being active.
+//   - With Service.InternalTrafficLocal (internalTrafficPolicy=Local) only
+//     the active backends marked Backend.Local (on this node) take new
+//     connections, as Cilium's internal scope.
 //   - A service without an active backend refuses: the system call fails
 //     with EHOSTUNREACH, as in Cilium. Destinations that are not a frontend
 //     are left alone, and so is an ExternalIP frontend that is not one of
@@ -46,7 +49,8 @@
 // for a NodePort, LoadBalancer or external IP frontend, like Cilium's
 // nodeport XDP path. [NorthSouth.Attach] puts an XDP program on the
 // interface (native mode when the driver takes it, veth does; generic
-// otherwise) and a tc egress program beside it. The XDP program picks a
+// otherwise) and a tc egress program beside it (tcx, or a tc clsact
+// filter on kernels before 6.6). The XDP program picks a
 // backend for each new flow with Maglev (lut[hash % M], Cilium's 5-tuple
 // hash and seed, so every node and Cilium pick the same backend) or at
 // random, records the flow in a conntrack map so that it stays on its
@@ -64,10 +68,15 @@
 // NorthSouth on the backend's node ([NorthSouth.AttachDSRBackend]) sends
 // the replies from the frontend straight to the client. Backends that are
 // not active keep their flows and get no new ones. Drops carry Cilium's
-// reasons ([NorthSouth.Drops]). Service.ExternalTrafficLocal
-// (externalTrafficPolicy=Local) exempts a service from SNAT and DSR, so
-// its backends, the node's own, see the client. Session affinity is not
-// implemented on this path yet.
+// reasons ([NorthSouth.Drops]) and each dropped packet yields a drop
+// record in the datapath's format ([NorthSouth.NewDropReader], a
+// flow.Source). Service.ExternalTrafficLocal (externalTrafficPolicy=Local)
+// exempts a service from SNAT and DSR, so its backends, the node's own,
+// see the client. Session affinity pins a client address to its backend
+// as Cilium's ClientIP affinity. ICMP errors about translated flows reach
+// the client translated back; IPv6 extension headers are walked as
+// Cilium does; a DSR packet too big for its route gets the client an
+// ICMP fragmentation needed or packet too big.
 //
 // # Lifetime
 //

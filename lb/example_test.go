@@ -69,7 +69,7 @@ func ExampleModel() {
 	_, err := m.Connect(lb.Request{Dest: web.Addr, Protocol: nodeplane.ProtoTCP})
 	fmt.Println(err, errors.Is(err, syscall.EHOSTUNREACH))
 	// Output:
-	// eligible: [{10.0.1.9:8080 100 active} {10.0.3.1:8080 100 active}]
+	// eligible: [{10.0.1.9:8080 100 active false} {10.0.3.1:8080 100 active false}]
 	// connect: 10.0.3.1:8080
 	// again: 10.0.3.1:8080 pinned: true
 	// service has no active backend true

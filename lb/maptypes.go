@@ -173,6 +173,10 @@ const (
 	svcFlagNodePort     = 1 << 1
 	svcFlagAffinity     = 1 << 4
 	svcFlagLoadBalancer = 1 << 5
+	// svcFlagIntLocal is internalTrafficPolicy=Local; nodeplane's bit
+	// (Cilium keeps SVC_FLAG_INT_LOCAL_SCOPE in flags2, which this
+	// layout has not). Only a restore reads it.
+	svcFlagIntLocal = 1 << 6
 
 	algRandom = 1
 	algMaglev = 2
@@ -210,6 +214,9 @@ func serviceValue(e *entry) lbService {
 	}
 	if e.svc.Algorithm == AlgorithmMaglev {
 		v.Algorithm = algMaglev
+	}
+	if e.svc.InternalTrafficLocal {
+		v.Flags |= svcFlagIntLocal
 	}
 	if a := e.svc.SessionAffinity; a != 0 {
 		v.Flags |= svcFlagAffinity

@@ -222,3 +222,33 @@ func TestModelExternalIP(t *testing.T) {
 		t.Fatalf("external IP without backends: %v", err)
 	}
 }
+
+func TestModelInternalTrafficLocal(t *testing.T) {
+	var m Model
+	svc := Service{Frontend: fe("10.96.0.1:80", nodeplane.ProtoTCP), InternalTrafficLocal: true}
+	bes := backendsOf("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80")
+	bes[1].Local, bes[3].Local = true, true
+	bes[3].State = BackendTerminating
+	if _, err := m.Upsert(svc, bes); err != nil {
+		t.Fatal(err)
+	}
+	for sel := range uint32(6) {
+		r, err := m.Connect(Request{Dest: svc.Frontend.Addr, Protocol: nodeplane.ProtoTCP, Random: sel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Dest != bes[1].Addr {
+			t.Fatalf("random %d: %s, want the active local %s", sel, r.Dest, bes[1].Addr)
+		}
+	}
+	bes[1].Local = false
+	m.Upsert(svc, bes)
+	if _, err := m.Connect(Request{Dest: svc.Frontend.Addr, Protocol: nodeplane.ProtoTCP}); !errors.Is(err, ErrNoBackends) {
+		t.Fatalf("no active local backend: %v", err)
+	}
+	svc.InternalTrafficLocal = false
+	m.Upsert(svc, bes)
+	if r, err := m.Connect(Request{Dest: svc.Frontend.Addr, Protocol: nodeplane.ProtoTCP, Random: 1}); err != nil || r.Dest != bes[1].Addr {
+		t.Fatalf("Cluster policy: %+v, %v", r, err)
+	}
+}

@@ -62,7 +62,11 @@ type NorthSouthConfig struct {
 	// node, where another NorthSouth is attached with
 	// [NorthSouth.AttachDSRBackend], sends the replies from the frontend
 	// straight to the client. The packet grows by 8 (IPv4) or 24 (IPv6)
-	// bytes, which must fit the path's MTU. IPv4 packets that carry
+	// bytes; one that then exceeds the MTU of its route to the backend
+	// (the kernel's FIB says) is answered, as Cilium's DSR ICMP errors,
+	// with an ICMP fragmentation needed or packet too big from the
+	// frontend advertising that MTU less the overhead, and counted under
+	// DROP_FRAG_NEEDED. IPv4 packets that carry
 	// options already are dropped (DROP_INVALID). DSR needs an XDP attach
 	// mode.
 	DSR bool
@@ -100,7 +104,7 @@ const (
 	AttachXDPNative
 	// AttachXDPGeneric: XDP in the stack, after the skb is built.
 	AttachXDPGeneric
-	// AttachTC: a tc ingress (tcx) program.
+	// AttachTC: a tc ingress program (tcx, or tc clsact before Linux 6.6).
 	AttachTC
 )
 

@@ -18,10 +18,17 @@ import (
 const (
 	nodeportMapNpNat             = "np_nat"
 	nodeportMapNpNatScratch      = "np_nat_scratch"
+	nodeportMapNpNpAff           = "np_np_aff"
+	nodeportMapNpNpAffMatch      = "np_np_aff_match"
 	nodeportMapNpNpBe            = "np_np_be"
 	nodeportMapNpNpCt            = "np_np_ct"
 	nodeportMapNpNpDrops         = "np_np_drops"
+	nodeportMapNpNpDsrScratch    = "np_np_dsr_scratch"
+	nodeportMapNpNpEvents        = "np_np_events"
+	nodeportMapNpNpEventsLost    = "np_np_events_lost"
 	nodeportMapNpNpFe            = "np_np_fe"
+	nodeportMapNpNpIcmpScratch   = "np_np_icmp_scratch"
+	nodeportMapNpNpLastDrop      = "np_np_last_drop"
 	nodeportMapNpNpLut           = "np_np_lut"
 	nodeportMapNpNpRev           = "np_np_rev"
 	nodeportMapNpNpVip           = "np_np_vip"
@@ -91,15 +98,22 @@ type nodeportProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportMapSpecs struct {
-	NpNat        *ebpf.MapSpec `ebpf:"np_nat"`
-	NpNatScratch *ebpf.MapSpec `ebpf:"np_nat_scratch"`
-	NpNpBe       *ebpf.MapSpec `ebpf:"np_np_be"`
-	NpNpCt       *ebpf.MapSpec `ebpf:"np_np_ct"`
-	NpNpDrops    *ebpf.MapSpec `ebpf:"np_np_drops"`
-	NpNpFe       *ebpf.MapSpec `ebpf:"np_np_fe"`
-	NpNpLut      *ebpf.MapSpec `ebpf:"np_np_lut"`
-	NpNpRev      *ebpf.MapSpec `ebpf:"np_np_rev"`
-	NpNpVip      *ebpf.MapSpec `ebpf:"np_np_vip"`
+	NpNat           *ebpf.MapSpec `ebpf:"np_nat"`
+	NpNatScratch    *ebpf.MapSpec `ebpf:"np_nat_scratch"`
+	NpNpAff         *ebpf.MapSpec `ebpf:"np_np_aff"`
+	NpNpAffMatch    *ebpf.MapSpec `ebpf:"np_np_aff_match"`
+	NpNpBe          *ebpf.MapSpec `ebpf:"np_np_be"`
+	NpNpCt          *ebpf.MapSpec `ebpf:"np_np_ct"`
+	NpNpDrops       *ebpf.MapSpec `ebpf:"np_np_drops"`
+	NpNpDsrScratch  *ebpf.MapSpec `ebpf:"np_np_dsr_scratch"`
+	NpNpEvents      *ebpf.MapSpec `ebpf:"np_np_events"`
+	NpNpEventsLost  *ebpf.MapSpec `ebpf:"np_np_events_lost"`
+	NpNpFe          *ebpf.MapSpec `ebpf:"np_np_fe"`
+	NpNpIcmpScratch *ebpf.MapSpec `ebpf:"np_np_icmp_scratch"`
+	NpNpLastDrop    *ebpf.MapSpec `ebpf:"np_np_last_drop"`
+	NpNpLut         *ebpf.MapSpec `ebpf:"np_np_lut"`
+	NpNpRev         *ebpf.MapSpec `ebpf:"np_np_rev"`
+	NpNpVip         *ebpf.MapSpec `ebpf:"np_np_vip"`
 }
 
 // nodeportVariableSpecs contains global variables before they are loaded into the kernel.
@@ -136,25 +150,39 @@ func (o *nodeportObjects) Close() error {
 //
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportMaps struct {
-	NpNat        *ebpf.Map `ebpf:"np_nat"`
-	NpNatScratch *ebpf.Map `ebpf:"np_nat_scratch"`
-	NpNpBe       *ebpf.Map `ebpf:"np_np_be"`
-	NpNpCt       *ebpf.Map `ebpf:"np_np_ct"`
-	NpNpDrops    *ebpf.Map `ebpf:"np_np_drops"`
-	NpNpFe       *ebpf.Map `ebpf:"np_np_fe"`
-	NpNpLut      *ebpf.Map `ebpf:"np_np_lut"`
-	NpNpRev      *ebpf.Map `ebpf:"np_np_rev"`
-	NpNpVip      *ebpf.Map `ebpf:"np_np_vip"`
+	NpNat           *ebpf.Map `ebpf:"np_nat"`
+	NpNatScratch    *ebpf.Map `ebpf:"np_nat_scratch"`
+	NpNpAff         *ebpf.Map `ebpf:"np_np_aff"`
+	NpNpAffMatch    *ebpf.Map `ebpf:"np_np_aff_match"`
+	NpNpBe          *ebpf.Map `ebpf:"np_np_be"`
+	NpNpCt          *ebpf.Map `ebpf:"np_np_ct"`
+	NpNpDrops       *ebpf.Map `ebpf:"np_np_drops"`
+	NpNpDsrScratch  *ebpf.Map `ebpf:"np_np_dsr_scratch"`
+	NpNpEvents      *ebpf.Map `ebpf:"np_np_events"`
+	NpNpEventsLost  *ebpf.Map `ebpf:"np_np_events_lost"`
+	NpNpFe          *ebpf.Map `ebpf:"np_np_fe"`
+	NpNpIcmpScratch *ebpf.Map `ebpf:"np_np_icmp_scratch"`
+	NpNpLastDrop    *ebpf.Map `ebpf:"np_np_last_drop"`
+	NpNpLut         *ebpf.Map `ebpf:"np_np_lut"`
+	NpNpRev         *ebpf.Map `ebpf:"np_np_rev"`
+	NpNpVip         *ebpf.Map `ebpf:"np_np_vip"`
 }
 
 func (m *nodeportMaps) Close() error {
 	return _NodeportClose(
 		m.NpNat,
 		m.NpNatScratch,
+		m.NpNpAff,
+		m.NpNpAffMatch,
 		m.NpNpBe,
 		m.NpNpCt,
 		m.NpNpDrops,
+		m.NpNpDsrScratch,
+		m.NpNpEvents,
+		m.NpNpEventsLost,
 		m.NpNpFe,
+		m.NpNpIcmpScratch,
+		m.NpNpLastDrop,
 		m.NpNpLut,
 		m.NpNpRev,
 		m.NpNpVip,

@@ -9,26 +9,68 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/nodeplane/nodeplane"
+	"github.com/nodeplane/nodeplane/internal/tcattach"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
+
+// checkClsactFilters checks, in the caller's namespace, that the
+// interface's clsact hooks hold the north-south filters: the reply
+// translation at egress and, with ingress, the tc translation.
+func checkClsactFilters(ifindex int, ingress bool) error {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return err
+	}
+	for _, h := range []struct {
+		parent uint32
+		want   string
+		there  bool
+	}{
+		{netlink.HANDLE_MIN_EGRESS, nodeportProgNpNodeportRevnat, true},
+		{netlink.HANDLE_MIN_INGRESS, nodeportProgNpNodeportTc, ingress},
+	} {
+		fs, err := netlink.FilterList(l, h.parent)
+		if err != nil {
+			return err
+		}
+		found := false
+		for _, f := range fs {
+			if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == h.want && bf.DirectAction {
+				found = true
+			}
+		}
+		if found != h.there {
+			return fmt.Errorf("clsact filter %s present %v, want %v (filters %v)", h.want, found, h.there, fs)
+		}
+	}
+	return nil
+}
 
 // TestPrivilegedNorthSouthTraffic: a client namespace reaches a VIP and a
 // NodePort (the node's own address on its external interface c0) of the
 // node namespace, where NorthSouth is attached to c0 in each mode (native
-// XDP, generic XDP, tc); backends in three other namespaces answer, TCP
+// XDP, generic XDP, tc), with its tc hooks as the probe chooses them (tcx
+// on 6.6+) and as clsact filters (the fallback for older kernels, forced
+// here); backends in three other namespaces answer, TCP
 // and UDP, IPv4 and IPv6. Backends see the client's own address. Removing
 // a backend moves only the flows that were on it: the other flows' TCP
 // connections keep working and their UDP flows (same source port) keep
 // their backend.
 func TestPrivilegedNorthSouthTraffic(t *testing.T) {
 	for _, mode := range []AttachMode{AttachXDPNative, AttachXDPGeneric, AttachTC} {
-		t.Run(mode.String(), func(t *testing.T) { northSouthTraffic(t, mode) })
+		t.Run(mode.String(), func(t *testing.T) { northSouthTraffic(t, mode, 0) })
+	}
+	for _, mode := range []AttachMode{AttachXDPNative, AttachTC} {
+		t.Run(mode.String()+"/clsact", func(t *testing.T) { northSouthTraffic(t, mode, tcattach.Clsact) })
 	}
 }
 
-func northSouthTraffic(t *testing.T, want AttachMode) {
+func northSouthTraffic(t *testing.T, want AttachMode, tcMode tcattach.Mode) {
 	ns := newTestNorthSouth(t)
+	ns.tcMode = tcMode
 	top := newTopology(t, 1, 3)
 	top.serve(t)
 	client := top.clients[0]
@@ -41,10 +83,13 @@ func northSouthTraffic(t *testing.T, want AttachMode) {
 		if err == nil && mode != want {
 			err = fmt.Errorf("attached as %s, want %s", mode, want)
 		}
+		if err == nil && tcMode == tcattach.Clsact {
+			err = checkClsactFilters(l.Index, want == AttachTC)
+		}
 		return err
 	}); err != nil {
-		// lb.NorthSouth attaches with tcx only (Linux 6.6).
 		testutils.SkipIfNotSupported(t, err)
+		t.Fatal(err)
 	}
 
 	for _, v6 := range []bool{false, true} {
@@ -215,8 +260,8 @@ func TestPrivilegedNorthSouthSNATTraffic(t *testing.T) {
 		}
 		return nil
 	}); err != nil {
-		// lb.NorthSouth attaches with tcx only (Linux 6.6).
 		testutils.SkipIfNotSupported(t, err)
+		t.Fatal(err)
 	}
 	for _, v6 := range []bool{false, true} {
 		vip, sees := netip.MustParseAddr("10.99.0.1"), snat4
@@ -262,13 +307,47 @@ func TestPrivilegedNorthSouthAttachAuto(t *testing.T) {
 		modes[1], err = second.Attach(veth.Index, AttachAuto)
 		return err
 	}); err != nil {
-		// lb.NorthSouth attaches with tcx only (Linux 6.6).
 		testutils.SkipIfNotSupported(t, err)
+		t.Fatal(err)
 	}
 	if modes != [2]AttachMode{AttachXDPNative, AttachTC} {
 		t.Errorf("modes %v, want [xdp-native tc]", modes)
 	}
 	if _, err := first.Attach(veth.Index, AttachMode(9)); err == nil {
 		t.Error("attach mode 9 accepted")
+	}
+}
+
+// TestPrivilegedNorthSouthClsactClose: in clsact mode Close removes the
+// filters it added, which, unlike tcx links, would outlive the process.
+func TestPrivilegedNorthSouthClsactClose(t *testing.T) {
+	ns := newTestNorthSouth(t)
+	ns.tcMode = tcattach.Clsact
+	node, peer := testutils.NewNetNS(t), testutils.NewNetNS(t)
+	veth := testutils.NewVeth(t, node, "ext0", peer, "eth0")
+	if err := node.Do(func() error {
+		if _, err := ns.Attach(veth.Index, AttachTC); err != nil {
+			return err
+		}
+		return checkClsactFilters(veth.Index, true)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Close(); err != nil {
+		t.Fatal(err)
+	}
+	nl := node.Netlink(t)
+	l, err := nl.LinkByIndex(veth.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		fs, err := nl.FilterList(l, parent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(fs) != 0 {
+			t.Errorf("filters left at %x after Close: %v", parent, fs)
+		}
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -15,6 +17,7 @@ import (
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath/monitor"
 	"github.com/nodeplane/nodeplane/internal/nat"
+	"github.com/nodeplane/nodeplane/internal/tcattach"
 	"github.com/nodeplane/nodeplane/lb/maglev"
 )
 
@@ -40,13 +43,16 @@ type NorthSouth struct {
 	vips     map[netip.Addr]int
 	nextSvc  uint32
 	nextBe   uint32
-	links    []link.Link
+	links    []io.Closer
 	dsr      bool
-	closed   bool
 	// nat reads the NAT table SNAT mode translates into (objs.NpNat
 	// or the caller's NATMap); natGC collects it.
 	nat   *nat.Table
 	natGC *nat.Collector
+	// tcMode is how tc hooks attach; 0 probes (tcx, else clsact). Tests
+	// set tcattach.Clsact to run the fallback on a kernel with tcx.
+	tcMode tcattach.Mode
+	closed bool
 }
 
 type npService struct {
@@ -69,11 +75,18 @@ type npFeKey struct {
 }
 
 type npFe struct {
-	SvcID uint32
-	Count uint32
-	Alg   uint8
-	Flags uint8
-	_     [2]byte
+	SvcID           uint32
+	Count           uint32
+	Alg             uint8
+	Flags           uint8
+	_               [2]byte
+	AffinityTimeout uint32 // seconds
+}
+
+// npAffMatch is struct np_aff_match: an active backend of a service.
+type npAffMatch struct {
+	BackendID uint32
+	SvcID     uint32
 }
 
 const npFeLocal = 1
@@ -219,11 +232,13 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 // Attach hooks the programs into the interface with index ifindex in the
 // caller's network namespace, in the given mode ([AttachAuto] probes), and
 // returns the mode it used: the translation of arriving packets (XDP or
-// tc ingress) and, beside it, the translation of replies at tc egress
-// (tcx). The tc hooks are tcx links only, so Attach needs Linux 6.6; on
-// an older kernel it fails with an error wrapping ebpf.ErrNotSupported
-// (there is no tc clsact fallback yet). Attach every interface packets for frontends arrive on and, in
-// SNAT mode, every interface backends' replies arrive on.
+// tc ingress) and, beside it, the translation of replies at tc egress.
+// The tc hooks are tcx links where the kernel has tcx (Linux 6.6) and
+// cls_bpf filters under a clsact qdisc otherwise, as the datapath chooses
+// (priority 0x4e50, handle 1, named after the program: a filter of that
+// slot is replaced, and stays until Close). Attach every interface packets
+// for frontends arrive on and, in SNAT mode, every interface backends'
+// replies arrive on.
 func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 	np.mu.Lock()
 	defer np.mu.Unlock()
@@ -237,14 +252,14 @@ func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 		return 0, fmt.Errorf("%w: DSR needs an XDP attach mode", ErrInvalidConfig)
 	}
 	var (
-		in  link.Link
+		in  io.Closer
 		err error
 	)
-	xdp := func(flags link.XDPAttachFlags) (link.Link, error) {
+	xdp := func(flags link.XDPAttachFlags) (io.Closer, error) {
 		return link.AttachXDP(link.XDPOptions{Program: np.objs.NpNodeportXdp, Interface: ifindex, Flags: flags})
 	}
-	tc := func() (link.Link, error) {
-		return link.AttachTCX(link.TCXOptions{Program: np.objs.NpNodeportTc, Interface: ifindex, Attach: ebpf.AttachTCXIngress})
+	tc := func() (io.Closer, error) {
+		return np.attachTC(ifindex, false, nodeportProgNpNodeportTc, np.objs.NpNodeportTc)
 	}
 	switch mode {
 	case AttachXDPNative:
@@ -257,10 +272,10 @@ func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 		var errs []error
 		for _, try := range []struct {
 			mode   AttachMode
-			attach func() (link.Link, error)
+			attach func() (io.Closer, error)
 		}{
-			{AttachXDPNative, func() (link.Link, error) { return xdp(link.XDPDriverMode) }},
-			{AttachXDPGeneric, func() (link.Link, error) { return xdp(link.XDPGenericMode) }},
+			{AttachXDPNative, func() (io.Closer, error) { return xdp(link.XDPDriverMode) }},
+			{AttachXDPGeneric, func() (io.Closer, error) { return xdp(link.XDPGenericMode) }},
 			{AttachTC, tc},
 		} {
 			if np.dsr && try.mode == AttachTC {
@@ -279,7 +294,7 @@ func (np *NorthSouth) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 	if err != nil {
 		return 0, fmt.Errorf("attach to interface %d: %w", ifindex, err)
 	}
-	out, err := link.AttachTCX(link.TCXOptions{Program: np.objs.NpNodeportRevnat, Interface: ifindex, Attach: ebpf.AttachTCXEgress})
+	out, err := np.attachTC(ifindex, true, nodeportProgNpNodeportRevnat, np.objs.NpNodeportRevnat)
 	if err != nil {
 		in.Close()
 		return 0, fmt.Errorf("attach tc egress to interface %d: %w", ifindex, err)
@@ -300,11 +315,11 @@ func (np *NorthSouth) AttachDSRBackend(ifindex int) error {
 	if np.closed {
 		return nodeplane.ErrClosed
 	}
-	in, err := link.AttachTCX(link.TCXOptions{Program: np.objs.NpDsrDecode, Interface: ifindex, Attach: ebpf.AttachTCXIngress})
+	in, err := np.attachTC(ifindex, false, nodeportProgNpDsrDecode, np.objs.NpDsrDecode)
 	if err != nil {
 		return fmt.Errorf("attach DSR decoder to interface %d: %w", ifindex, err)
 	}
-	out, err := link.AttachTCX(link.TCXOptions{Program: np.objs.NpNodeportRevnat, Interface: ifindex, Attach: ebpf.AttachTCXEgress})
+	out, err := np.attachTC(ifindex, true, nodeportProgNpNodeportRevnat, np.objs.NpNodeportRevnat)
 	if err != nil {
 		in.Close()
 		return fmt.Errorf("attach tc egress to interface %d: %w", ifindex, err)
@@ -313,13 +328,32 @@ func (np *NorthSouth) AttachDSRBackend(ifindex int) error {
 	return nil
 }
 
+// npTCPriority is the clsact priority of the north-south filters: after
+// the datapath's (1), so that on one interface they run in the order tcx
+// would append them.
+const npTCPriority = 0x4e50
+
+// attachTC attaches prog at tc ingress or egress (tcx, or clsact).
+func (np *NorthSouth) attachTC(ifindex int, egress bool, name string, prog *ebpf.Program) (io.Closer, error) {
+	prio := uint16(npTCPriority)
+	if name == nodeportProgNpDsrDecode {
+		prio++ // beside np_nodeport_tc when a node is both
+	}
+	return tcattach.Attach(tcattach.Filter{Ifindex: ifindex, Egress: egress, Name: name, Priority: prio, Handle: 1}, prog, np.tcMode)
+}
+
 // Upsert creates or replaces the service at svc.Frontend with backends.
 // Backends that stay keep their flows; backends that are not
 // BackendActive keep the flows they have and get no new ones; removed
 // backends lose their flows, which move to a backend the table names.
 // A service without an active backend drops new flows (DROP_NO_SERVICE).
-// Only TCP and UDP frontends exist; session affinity is not implemented
-// on this path and is refused. With svc.ExternalTrafficLocal the caller
+// Only TCP and UDP frontends exist. With svc.SessionAffinity a client
+// address is pinned to the backend of its flows, as Cilium's ClientIP
+// affinity: a new flow from it takes that backend while it takes new
+// flows and the client has sent to the frontend within the timeout. The
+// socket layer's fields (InternalTrafficLocal, Backend.Local) do not
+// apply to this path, which carries traffic from outside the node. With
+// svc.ExternalTrafficLocal the caller
 // passes the node's own backends only (as kube-proxy filters endpoints),
 // and flows are neither SNATed nor DSRed: backends see the client.
 //
@@ -332,9 +366,6 @@ func (np *NorthSouth) AttachDSRBackend(ifindex int) error {
 func (np *NorthSouth) Upsert(svc Service, backends []Backend) error {
 	if err := svc.validate(); err != nil {
 		return err
-	}
-	if svc.SessionAffinity != 0 {
-		return fmt.Errorf("%w: %s: session affinity is not supported by NorthSouth", ErrInvalidService, svc.Frontend)
 	}
 	if svc.Type == ClusterIP {
 		return fmt.Errorf("%w: %s: a ClusterIP frontend is not reachable from outside the node; NorthSouth balances NodePort, LoadBalancer and ExternalIP frontends", ErrInvalidService, svc.Frontend)
@@ -409,11 +440,16 @@ func (np *NorthSouth) Upsert(svc Service, backends []Backend) error {
 	if err := np.objs.NpNpLut.Put(s.id, lut); err != nil {
 		return fmt.Errorf("%w: table of %s: %w", ErrFull, svc.Frontend, err)
 	}
+	for _, b := range active {
+		if err := np.objs.NpNpAffMatch.Put(npAffMatch{BackendID: b.id, SvcID: s.id}, uint8(1)); err != nil {
+			return fmt.Errorf("%w: affinity match of %s: %w", ErrFull, b.Addr, err)
+		}
+	}
 	alg := uint8(npAlgRandom)
 	if svc.Algorithm == AlgorithmMaglev {
 		alg = npAlgMaglev
 	}
-	fe := npFe{SvcID: s.id, Count: uint32(len(active)), Alg: alg}
+	fe := npFe{SvcID: s.id, Count: uint32(len(active)), Alg: alg, AffinityTimeout: uint32(svc.SessionAffinity / time.Second)}
 	if svc.ExternalTrafficLocal {
 		fe.Flags |= npFeLocal
 	}
@@ -430,6 +466,10 @@ func (np *NorthSouth) Upsert(svc Service, backends []Backend) error {
 		for addr, ob := range old.backends {
 			if _, stays := s.backends[addr]; !stays {
 				_ = np.objs.NpNpBe.Delete(ob.id)
+			}
+			if nb, ok := s.backends[addr]; !ok || nb.State != BackendActive {
+				// Pins to it are stale from now on.
+				_ = np.objs.NpNpAffMatch.Delete(npAffMatch{BackendID: ob.id, SvcID: s.id})
 			}
 		}
 	}
@@ -469,6 +509,9 @@ func (np *NorthSouth) Delete(fe Frontend) error {
 	errs = append(errs, np.objs.NpNpLut.Delete(s.id))
 	for _, b := range s.backends {
 		errs = append(errs, np.objs.NpNpBe.Delete(b.id))
+		if b.State == BackendActive {
+			errs = append(errs, np.objs.NpNpAffMatch.Delete(npAffMatch{BackendID: b.id, SvcID: s.id}))
+		}
 	}
 	delete(np.services, fe)
 	return errors.Join(errs...)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/datapath/monitor"
+	"github.com/nodeplane/nodeplane/flow"
 	"github.com/nodeplane/nodeplane/internal/nat"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 	"github.com/nodeplane/nodeplane/lb/maglev"
@@ -33,6 +36,7 @@ type testPkt struct {
 	fragOff  uint16 // IPv4: fragment offset, in 8-byte units
 	truncL4  bool   // cut inside the L4 header
 	truncL3  bool   // cut inside the IP header
+	payload  []byte // nil: a short default
 }
 
 func csumAdd(sum uint32, b []byte) uint32 {
@@ -60,6 +64,9 @@ func pseudo(src, dst netip.Addr, proto uint8, n int) uint32 {
 
 func (p testPkt) bytes() []byte {
 	payload := []byte("nodeplane-north-south")
+	if p.payload != nil {
+		payload = p.payload
+	}
 	var l4 []byte
 	if p.proto == 6 {
 		l4 = make([]byte, 20, 20+len(payload))
@@ -341,9 +348,18 @@ func TestPrivilegedNorthSouthFlowsStay(t *testing.T) {
 
 // TestPrivilegedNorthSouthBadPackets: each kind of bad input has its
 // outcome, counted under Cilium's drop reason, in the XDP program and in
-// its tc fallback.
+// its tc fallback. Each drop, and nothing else, yields one drop record,
+// which package flow decodes to a DROPPED flow with that reason, the
+// packet's addresses and ports, observation point FROM_NETWORK and the
+// interface.
 func TestPrivilegedNorthSouthBadPackets(t *testing.T) {
 	ns := newTestNorthSouth(t)
+	drops, err := ns.NewDropReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { drops.Close() })
+	dec := flow.NewDecoder(flow.DecoderConfig{NodeName: "lb-node"})
 	vip := netip.MustParseAddrPort("10.99.0.9:80")
 	vip6 := netip.MustParseAddrPort("[fd99::9]:80")
 	// Only a terminating backend: no backend takes new flows.
@@ -421,8 +437,55 @@ func TestPrivilegedNorthSouthBadPackets(t *testing.T) {
 				if tc.verdict == xdpPass && string(out) != string(in) {
 					t.Errorf("a passed packet was changed")
 				}
+				checkDropRecord(t, drops, dec, tc.pkt, tc.reason)
 			})
 		}
+	}
+}
+
+// checkDropRecord reads what the last run wrote to the drop ring: one
+// record for a drop with reason, decoded by flow, nothing for a pass.
+func checkDropRecord(t *testing.T, r *DropReader, dec *flow.Decoder, pkt testPkt, reason monitor.DropReason) {
+	t.Helper()
+	var recs [][]byte
+	for {
+		r.SetDeadline(time.Now().Add(20 * time.Millisecond))
+		b, err := r.ReadRaw()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, slices.Clone(b))
+	}
+	if reason == 0 {
+		if len(recs) != 0 {
+			t.Fatalf("a passed packet left %d drop records", len(recs))
+		}
+		return
+	}
+	if len(recs) != 1 {
+		t.Fatalf("%d drop records, want 1", len(recs))
+	}
+	var f flow.Flow
+	if err := dec.Decode(recs[0], &f); err != nil {
+		t.Fatalf("flow cannot decode the record: %v", err)
+	}
+	if f.Verdict != flow.Dropped || f.DropReason != reason || f.EventType.SubType != int32(reason) {
+		t.Errorf("verdict %v reason %v subtype %d, want DROPPED %v", f.Verdict, f.DropReason, f.EventType.SubType, reason)
+	}
+	if f.TraceObservationPoint != flow.FromNetwork || f.TrafficDirection != flow.Ingress || f.NodeName != "lb-node" {
+		t.Errorf("point %v direction %v node %q", f.TraceObservationPoint, f.TrafficDirection, f.NodeName)
+	}
+	if !pkt.truncL3 && (f.IP.Source != pkt.src.Addr() || f.IP.Destination != pkt.dst.Addr()) {
+		t.Errorf("addresses %s -> %s, want %s -> %s", f.IP.Source, f.IP.Destination, pkt.src.Addr(), pkt.dst.Addr())
+	}
+	if !pkt.truncL4 && !pkt.truncL3 && (f.L4.SourcePort != pkt.src.Port() || f.L4.DestinationPort != pkt.dst.Port() || uint8(f.L4.Protocol) != pkt.proto) {
+		t.Errorf("L4 %+v, want %s -> %s proto %d", f.L4, pkt.src, pkt.dst, pkt.proto)
+	}
+	if pkt.proto == 6 && !pkt.truncL4 && !pkt.truncL3 && f.L4.TCPFlags != monitor.TCPFlagSYN {
+		t.Errorf("TCP flags %v, want SYN", f.L4.TCPFlags)
 	}
 }
 

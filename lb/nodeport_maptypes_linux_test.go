@@ -29,6 +29,9 @@ func TestNorthSouthLayoutMatchesBTF(t *testing.T) {
 		{"np_rev", npRev{}},
 		{"np_nat_key", nat.Key{}},
 		{"np_nat_entry", nat.Entry{}},
+		{"np_aff_key", npAffKey{}},
+		{"np_aff_val", npAffVal{}},
+		{"np_aff_match", npAffMatch{}},
 	} {
 		t.Run(s.c, func(t *testing.T) {
 			var cs *btf.Struct
@@ -75,6 +78,8 @@ func TestNorthSouthLayoutMatchesBTF(t *testing.T) {
 		{"np_np_be", uint32(0), npBe{}},
 		{"np_np_rev", npTuple{}, npRev{}},
 		{"np_nat", nat.Key{}, nat.Entry{}},
+		{"np_np_aff", npAffKey{}, npAffVal{}},
+		{"np_np_aff_match", npAffMatch{}, uint8(0)},
 	} {
 		ms := spec.Maps[m.name]
 		if ms == nil {

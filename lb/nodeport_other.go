@@ -25,3 +25,11 @@ func (*NorthSouth) Drops() (map[monitor.DropReason]uint64, error) { return nil, 
 func (*NorthSouth) Close() error                                  { return nil }
 func (*NorthSouth) NATFlows() (int, error)                        { return 0, errNodePortNotLinux }
 func (*NorthSouth) GCNAT() (int, error)                           { return 0, errNodePortNotLinux }
+
+// DropReader reads a NorthSouth's drop records; it needs Linux.
+type DropReader struct{}
+
+func (*NorthSouth) NewDropReader() (*DropReader, error) { return nil, errNodePortNotLinux }
+func (*NorthSouth) DropEventsLost() (uint64, error)     { return 0, errNodePortNotLinux }
+func (*DropReader) ReadRaw() ([]byte, error)            { return nil, errNodePortNotLinux }
+func (*DropReader) Close() error                        { return nil }

@@ -243,6 +243,14 @@ func rebuild(st *pinnedState) (*table, *repair, error) {
 			}
 			pos[BackendID(b)] = i
 		}
+		// Which backends are local is not in the maps: with
+		// InternalTrafficLocal, the ones in the live slots are.
+		if e.svc.InternalTrafficLocal {
+			for i := range e.backends {
+				_, live := pos[e.backends[i].id]
+				e.backends[i].Local = live
+			}
+		}
 		slices.SortFunc(e.backends, func(a, b backendEntry) int {
 			pa, aLive := pos[a.id]
 			pb, bLive := pos[b.id]
@@ -343,7 +351,8 @@ func serviceFromEntry(fe Frontend, v lbService, scope uint8, pad [2]uint8) (*svc
 		return nil, fmt.Errorf("%w: service %s: %s", ErrPinnedState, fe, fmt.Sprintf(format, args...))
 	}
 	svc := Service{Frontend: fe}
-	switch v.Flags &^ svcFlagAffinity {
+	svc.InternalTrafficLocal = v.Flags&svcFlagIntLocal != 0
+	switch v.Flags &^ (svcFlagAffinity | svcFlagIntLocal) {
 	case 0:
 		svc.Type = ClusterIP
 	case svcFlagNodePort:

@@ -18,6 +18,12 @@ func TestRebuildImage(t *testing.T) {
 	m.Upsert(a, backendsOf("10.0.0.1:80", "10.0.0.2:80"))
 	m.Upsert(b, backendsOf("[fd00::2]:53"))
 	m.Upsert(a, backendsOf("10.0.0.2:80", "10.0.0.3:80"))
+	// internalTrafficPolicy=Local: which backends are local comes back
+	// from the live slots.
+	c := Service{Frontend: fe("10.96.0.3:80", nodeplane.ProtoTCP), InternalTrafficLocal: true}
+	cbes := backendsOf("10.0.0.5:80", "10.0.0.6:80", "10.0.0.7:80")
+	cbes[1].Local = true
+	m.Upsert(c, cbes)
 
 	st := imageOf(m.t)
 	got, r, err := rebuild(st)
@@ -30,7 +36,10 @@ func TestRebuildImage(t *testing.T) {
 	if describeTable(got) != describeTable(m.t) {
 		t.Fatalf("decoded\n%s\nwant\n%s", describeTable(got), describeTable(m.t))
 	}
-	if got.lastServiceID != 2 || got.lastBackendID != 4 {
+	if e := got.services[c.Frontend]; !e.svc.InternalTrafficLocal || len(e.slots()) != 1 || !e.slots()[0].Local || e.slots()[0].Addr != cbes[1].Addr {
+		t.Fatalf("internalTrafficPolicy=Local service decoded as %+v", e)
+	}
+	if got.lastServiceID != 3 || got.lastBackendID != 7 {
 		t.Fatalf("ID cursors %d, %d", got.lastServiceID, got.lastBackendID)
 	}
 

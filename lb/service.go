@@ -128,6 +128,14 @@ type Service struct {
 	// packets from outside reach them with the client's address (no SNAT,
 	// no DSR). The socket layer ignores it: its clients are on the node.
 	ExternalTrafficLocal bool
+	// InternalTrafficLocal is Kubernetes' internalTrafficPolicy=Local, for
+	// traffic from inside the cluster, which is the socket layer's: only
+	// backends marked Local (on this node) take new connections there,
+	// and with none the service has no backend (connect and sendmsg fail
+	// with EHOSTUNREACH), as Cilium's internal scope. [NorthSouth] balances
+	// traffic from outside, which externalTrafficPolicy governs, and
+	// ignores it.
+	InternalTrafficLocal bool
 }
 
 // MaxSessionAffinity is the longest session affinity timeout: Cilium keeps
@@ -142,6 +150,10 @@ type Backend struct {
 	// Cilium, ignores weights.
 	Weight uint16
 	State  BackendState
+	// Local says the backend runs on this node (a Kubernetes endpoint
+	// whose nodeName is this node's); it matters to services with
+	// InternalTrafficLocal.
+	Local bool
 }
 
 // DefaultWeight is the weight of a backend that does not set one, Cilium's

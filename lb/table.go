@@ -40,12 +40,13 @@ type backendEntry struct {
 	id BackendID
 }
 
-// slots returns the active backends in slot order: slot bank+1+i holds
-// slots()[i].
+// slots returns the backends that take new connections, in slot order:
+// slot bank+1+i holds slots()[i]. They are the active ones and, with
+// InternalTrafficLocal, only the local ones among them.
 func (e *entry) slots() []backendEntry {
 	var s []backendEntry
 	for _, b := range e.backends {
-		if b.State == BackendActive {
+		if b.State == BackendActive && (b.Local || !e.svc.InternalTrafficLocal) {
 			s = append(s, b)
 		}
 	}

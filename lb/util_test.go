@@ -25,8 +25,10 @@ func describeTable(t *table) string {
 		for _, b := range bes {
 			bs = append(bs, fmt.Sprintf("%d=%s/w%d/%s", b.id, b.Addr, b.Weight, b.State))
 		}
-		lines = append(lines, fmt.Sprintf("%d %s %s %s aff=%s bank=%d slots=%v {%s}", e.id, e.svc.Frontend, e.svc.Type,
-			e.svc.Algorithm, e.svc.SessionAffinity, e.bank, slotIDs(e), strings.Join(bs, " ")))
+		// Which backends are local shows in the slots of an
+		// internalTrafficPolicy=Local service; the maps keep no more.
+		lines = append(lines, fmt.Sprintf("%d %s %s %s aff=%s itl=%v bank=%d slots=%v {%s}", e.id, e.svc.Frontend, e.svc.Type,
+			e.svc.Algorithm, e.svc.SessionAffinity, e.svc.InternalTrafficLocal, e.bank, slotIDs(e), strings.Join(bs, " ")))
 	}
 	slices.Sort(lines)
 	return strings.Join(lines, "\n")

@@ -20,6 +20,10 @@ const (
 	DropInvalidPacket DropReason = 134
 	// DropCTInvalidHeader: the L4 header is truncated. DROP_CT_INVALID_HDR.
 	DropCTInvalidHeader DropReason = 135
+	// DropFragNeeded: a packet that does not fit the MTU of its route
+	// once lb's north-south DSR header is added; the client is sent a
+	// fragmentation needed or packet too big. DROP_FRAG_NEEDED.
+	DropFragNeeded DropReason = 136
 	// DropCTUnknownProto: an L4 protocol conntrack cannot track (only TCP,
 	// UDP, SCTP, ICMP and ICMPv6 pass). DROP_CT_UNKNOWN_PROTO.
 	DropCTUnknownProto DropReason = 137
@@ -104,6 +108,8 @@ func (r DropReason) String() string {
 		return "INVALID_PACKET_DROPPED"
 	case DropCTInvalidHeader:
 		return "CT_TRUNCATED_OR_INVALID_HEADER"
+	case DropFragNeeded:
+		return "FRAG_NEEDED"
 	case DropCTUnknownProto:
 		return "CT_UNKNOWN_L4_PROTOCOL"
 	case DropUnknownL3:

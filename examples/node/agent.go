@@ -332,7 +332,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	// Policy before endpoints: a restored endpoint's map must go from the
 	// old policy straight to the current one.
 	if cfg.Manifests != "" {
-		set, err := loadManifests(cfg.Manifests)
+		set, err := loadManifests(cfg.Manifests, cfg.Node)
 		if err != nil {
 			return nil, fmt.Errorf("manifests in %s: %w", cfg.Manifests, err)
 		}

@@ -161,7 +161,7 @@ func (k *kubeSource) servicesChanged() {
 		}
 	}
 	out := map[lb.Frontend]service{}
-	if err := buildServices(out, svcs, slices); err != nil {
+	if err := buildServices(out, svcs, slices, k.a.cfg.Node); err != nil {
 		k.log.Warn("services", "err", err)
 	}
 	if maps.EqualFunc(out, k.services, func(x, y service) bool { return reflect.DeepEqual(x, y) }) {

@@ -75,7 +75,7 @@ func TestKubeObjectsDecode(t *testing.T) {
 		t.Fatalf("decode slice: %v", err)
 	}
 	out := map[lb.Frontend]service{}
-	if err := buildServices(out, []k8sService{*s}, []k8sEndpointSlice{*sl}); err != nil {
+	if err := buildServices(out, []k8sService{*s}, []k8sEndpointSlice{*sl}, ""); err != nil {
 		t.Fatal(err)
 	}
 	fe := lb.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Protocol: nodeplane.ProtoTCP}

@@ -91,7 +91,7 @@ func readManifestDir(dir string) (names []string, data [][]byte, digest [sha256.
 // loadManifests reads and validates every manifest of dir. Any invalid
 // document fails the whole load, with every error of every file, each
 // naming its file, document and field.
-func loadManifests(dir string) (manifestSet, error) {
+func loadManifests(dir, node string) (manifestSet, error) {
 	names, data, digest, err := readManifestDir(dir)
 	if err != nil {
 		return manifestSet{}, err
@@ -122,7 +122,7 @@ func loadManifests(dir string) (manifestSet, error) {
 			set.policies[p.ID()] = p
 		}
 	}
-	if err := buildServices(set.services, svcs, slices); err != nil {
+	if err := buildServices(set.services, svcs, slices, node); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
@@ -224,6 +224,7 @@ type k8sEndpointSlice struct {
 	AddressType string  `yaml:"addressType"`
 	Endpoints   []struct {
 		Addresses  []string `yaml:"addresses"`
+		NodeName   string   `yaml:"nodeName"`
 		Conditions struct {
 			Ready       *bool `yaml:"ready"`
 			Terminating *bool `yaml:"terminating"`
@@ -270,9 +271,9 @@ func decodeService(file string, doc, line int, n *yaml.Node) (*k8sService, error
 		return nil, fail("spec.sessionAffinityConfig.clientIP.timeoutSeconds", "must be 1-86400, not %d", *t)
 	}
 	switch s.Spec.InternalTrafficPolicy {
-	case "", "Cluster":
+	case "", "Cluster", "Local":
 	default:
-		return nil, fail("spec.internalTrafficPolicy", "%q is not supported by this agent: every backend takes traffic from every node (Cluster)", s.Spec.InternalTrafficPolicy)
+		return nil, fail("spec.internalTrafficPolicy", "must be Cluster or Local, not %q", s.Spec.InternalTrafficPolicy)
 	}
 	if len(s.Spec.ClusterIPs) == 0 && s.Spec.ClusterIP != "" {
 		s.Spec.ClusterIPs = []string{s.Spec.ClusterIP}
@@ -351,8 +352,10 @@ func k8sProtocol(p string) (nodeplane.Protocol, error) {
 // buildServices joins Services and EndpointSlices into frontends with
 // backends: for each cluster IP and port of a service, the ready addresses
 // of the service's slices of that family, at the slice port of the same
-// name and protocol.
-func buildServices(out map[lb.Frontend]service, svcs []k8sService, eps []k8sEndpointSlice) error {
+// name and protocol. An endpoint whose nodeName is node is a local
+// backend, the only kind a service with internalTrafficPolicy Local sends
+// new connections to (lb.Service.InternalTrafficLocal).
+func buildServices(out map[lb.Frontend]service, svcs []k8sService, eps []k8sEndpointSlice, node string) error {
 	var errs []error
 	for _, s := range svcs {
 		for _, ipStr := range s.Spec.ClusterIPs {
@@ -365,7 +368,7 @@ func buildServices(out map[lb.Frontend]service, svcs []k8sService, eps []k8sEndp
 						Field: "spec.ports", Reason: fmt.Sprintf("frontend %v is also Service %s/%s's", fe, prev.namespace, prev.name)})
 					continue
 				}
-				svc := service{namespace: s.Meta.Namespace, name: s.Meta.Name, svc: lb.Service{Frontend: fe}}
+				svc := service{namespace: s.Meta.Namespace, name: s.Meta.Name, svc: lb.Service{Frontend: fe, InternalTrafficLocal: s.Spec.InternalTrafficPolicy == "Local"}}
 				if s.Spec.SessionAffinity == "ClientIP" {
 					svc.svc.SessionAffinity = 3 * time.Hour // Kubernetes' default timeout
 					if t := s.Spec.SessionAffinityConfig.ClientIP.TimeoutSeconds; t != nil {
@@ -389,7 +392,8 @@ func buildServices(out map[lb.Frontend]service, svcs []k8sService, eps []k8sEndp
 								continue
 							}
 							for _, a := range ep.Addresses {
-								svc.backends = append(svc.backends, lb.Backend{Addr: netip.AddrPortFrom(netip.MustParseAddr(a), uint16(sp.Port)), State: state})
+								svc.backends = append(svc.backends, lb.Backend{Addr: netip.AddrPortFrom(netip.MustParseAddr(a), uint16(sp.Port)), State: state,
+									Local: ep.NodeName != "" && ep.NodeName == node})
 							}
 						}
 					}
@@ -504,7 +508,7 @@ func (a *Agent) Reload() error {
 		return nil
 	}
 	a.seenDigest = digest
-	set, err := loadManifests(a.cfg.Manifests)
+	set, err := loadManifests(a.cfg.Manifests, a.cfg.Node)
 	if err == nil {
 		err = a.applyManifests(set)
 	}

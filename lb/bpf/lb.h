@@ -39,6 +39,7 @@
 #define SVC_F_NODEPORT (1 << 1)
 #define SVC_F_AFFINITY (1 << 4)
 #define SVC_F_LOADBALANCER (1 << 5)
+#define SVC_F_INT_LOCAL (1 << 6) /* internalTrafficPolicy=Local (nodeplane's bit; the control plane's) */
 
 /* lb_service.algorithm, Cilium's LB_SELECTION_* values. */
 #define LB_ALG_RANDOM 1

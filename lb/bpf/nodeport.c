@@ -21,10 +21,10 @@
  *    terminating backend keeps its flows and gets no new ones.
  *  - A frontend with externalTrafficPolicy=Local (NP_FE_F_LOCAL) is never
  *    SNATed nor DSRed: its backends are the node's own and see the client.
- *  - Packets that are not to a frontend are left alone (XDP_PASS), and so
- *    are IPv6 packets with extension headers (not parsed) and ICMP errors
- *    about translated flows (not translated back). The
- *    first fragment of an IPv4 datagram to a frontend (it carries the
+ *  - Packets that are not to a frontend are left alone (XDP_PASS). IPv6
+ *    extension headers are walked as Cilium does (nodeport_ipv6.h; a bad
+ *    chain drops with DROP_INVALID_EXTHDR, whatever the destination). The
+ *    first fragment of an IPv4 or IPv6 datagram to a frontend (it carries the
  *    ports) is dropped (DROP_FRAG_NOSUPPORT); later fragments carry no
  *    ports and pass, so the node's own fragmented traffic to an address
  *    a NodePort shares is not disturbed (the datagram to the frontend
@@ -57,6 +57,9 @@
 #include "np_csum.h"
 #include "np_jhash.h"
 #include "np_nat.h"
+#include "nodeport_events.h"
+#include "nodeport_affinity.h"
+#include "nodeport_ipv6.h"
 
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
@@ -119,8 +122,9 @@ struct np_fe {
 	__u8 alg;
 	__u8 flags;
 	__u8 pad[2];
+	__u32 affinity_timeout; /* seconds; 0: no session affinity (nodeport_affinity.h) */
 };
-NP_ASSERT_SIZE(struct np_fe, 12);
+NP_ASSERT_SIZE(struct np_fe, 16);
 
 struct np_be {
 	__u8 addr[16];
@@ -266,6 +270,7 @@ static __always_inline __u32 tuple_hash(const struct np_tuple *t)
 
 static __always_inline void count_drop(__u32 reason)
 {
+	np_note_drop(reason);
 	__u64 *n = bpf_map_lookup_elem(&np_np_drops, &reason);
 	if (n)
 		__sync_fetch_and_add(n, 1);
@@ -311,18 +316,18 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > end)
 			return -DROP_INVALID;
-		/* Extension headers are not parsed: such packets are not
-		 * balanced (they pass). */
-		if (ip6->nexthdr != IPPROTO_TCP_ && ip6->nexthdr != IPPROTO_UDP_)
+		/* Extension headers: nodeport_ipv6.h. */
+		__u8 nh;
+		int err = np_ipv6_l4(ip6, end, &nh, &l4, &p->frag, &p->later);
+		if (err < 0)
+			return err;
+		if (nh != IPPROTO_TCP_ && nh != IPPROTO_UDP_)
 			return 1;
 		p->l3 = ip6;
 		p->t.family = NP_FAMILY_V6;
-		p->t.proto = ip6->nexthdr;
+		p->t.proto = nh;
 		__builtin_memcpy(p->t.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->t.daddr, &ip6->daddr, 16);
-		p->frag = 0;
-		p->later = 0;
-		l4 = (void *)(ip6 + 1);
 	} else {
 		return 1;
 	}
@@ -380,7 +385,7 @@ static __always_inline __u8 tcp_flags(struct pkt *p, void *end)
  * a NAT port) back: from the frontend, to the client. The NAT table's
  * other entries (the datapath's masquerading) are its programs' to
  * translate. */
-static __always_inline int snat_reply(struct pkt *p, void *end)
+static __noinline int snat_reply(struct pkt *p, void *end)
 {
 	struct np_nat_key k = {};
 	__builtin_memcpy(k.saddr, p->t.saddr, 16);
@@ -399,6 +404,40 @@ static __always_inline int snat_reply(struct pkt *p, void *end)
 	rewrite(p, end, 1, r.addr, r.port);
 	return XDP_PASS;
 }
+
+/* snat_port returns the node port of the flow p (after DNAT to b) in the
+ * node's NAT table, taking one if it has none; 0 when no port is free or
+ * the table is full. A subprogram of its own: its locals do not count
+ * towards nodeport_ingress's frame, which is near the stack limit. */
+static __noinline __be16 snat_port(struct pkt *p, void *end, const struct np_be *b, const __u8 *snat_addr)
+{
+	struct np_nat_scratch *ns = np_nat_scratch_get();
+	if (!ns)
+		return 0;
+	struct np_nat_key *fk = &ns->fwd;
+	__builtin_memcpy(fk->saddr, p->t.saddr, 16);
+	__builtin_memcpy(fk->daddr, b->addr, 16);
+	fk->sport = p->t.sport;
+	fk->dport = b->port;
+	fk->proto = p->t.proto;
+	fk->family = p->t.family;
+	fk->dir = NP_NAT_EGRESS;
+	struct np_nat_entry *ne = bpf_map_lookup_elem(&np_nat, fk);
+	if (ne && !__builtin_memcmp(ne->addr, snat_addr, 16)) {
+		np_nat_touch(ne, tcp_flags(p, end));
+		return ne->port;
+	}
+	__builtin_memcpy(ns->back.addr, p->t.saddr, 16);
+	ns->back.port = p->t.sport;
+	__builtin_memcpy(ns->back.peer, p->t.daddr, 16);
+	ns->back.peer_port = p->t.dport;
+	ns->back.flags = NP_NAT_F_REVDNAT;
+	return np_nat_create(ns, snat_addr);
+}
+
+#include "nodeport_icmp.h"
+
+#define NP_SNAT_ANY (snat4 || snat6[0] || snat6[1] || snat6[2] || snat6[3])
 
 /* nodeport_ingress is the translation of arriving packets, for XDP and
  * for tc ingress; it returns XDP_PASS or XDP_DROP. */
@@ -435,6 +474,8 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 
 	__u32 svc_id = fe->svc_id;
 	__u8 fe_flags = fe->flags;
+	__u32 aff_timeout = fe->affinity_timeout;
+	__u64 now = aff_timeout ? np_aff_now() : 0;
 	struct np_be b;
 	int have_be = 0;
 	__u32 be_id = 0;
@@ -446,6 +487,10 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 		have_be = np_be_copy(be_id, &b);
 	}
 	int new_flow = !have_be;
+	if (!have_be && aff_timeout && fe->count) {
+		be_id = np_aff_get(p.t.saddr, p.t.family, svc_id, aff_timeout, now);
+		have_be = be_id && np_be_copy(be_id, &b) && b.family == p.t.family;
+	}
 	if (!have_be) {
 		__u32 count = fe->count;
 		if (count == 0)
@@ -468,6 +513,8 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 		if (!np_be_copy(be_id, &b) || b.family != p.t.family)
 			return drop(DROP_NO_SERVICE);
 	}
+	if (aff_timeout)
+		np_aff_set(p.t.saddr, p.t.family, svc_id, be_id, now);
 
 	if (dsr && !(fe_flags & NP_FE_F_LOCAL)) {
 		if (p.t.family == NP_FAMILY_V4) {
@@ -520,31 +567,9 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 	if (snat) {
 		/* The flow after DNAT (client -> backend) in the node's NAT
 		 * table: its port, or a new one. */
-		struct np_nat_scratch *ns = np_nat_scratch_get();
-		if (!ns)
+		nat_port = snat_port(&p, end, &b, snat_addr);
+		if (!nat_port)
 			return drop(DROP_NAT_NO_MAPPING);
-		struct np_nat_key *fk = &ns->fwd;
-		__builtin_memcpy(fk->saddr, p.t.saddr, 16);
-		__builtin_memcpy(fk->daddr, b.addr, 16);
-		fk->sport = p.t.sport;
-		fk->dport = b.port;
-		fk->proto = p.t.proto;
-		fk->family = p.t.family;
-		fk->dir = NP_NAT_EGRESS;
-		struct np_nat_entry *ne = bpf_map_lookup_elem(&np_nat, fk);
-		if (ne && !__builtin_memcmp(ne->addr, snat_addr, 16)) {
-			nat_port = ne->port;
-			np_nat_touch(ne, tcp_flags(&p, end));
-		} else {
-			__builtin_memcpy(ns->back.addr, p.t.saddr, 16);
-			ns->back.port = p.t.sport;
-			__builtin_memcpy(ns->back.peer, p.t.daddr, 16);
-			ns->back.peer_port = p.t.dport;
-			ns->back.flags = NP_NAT_F_REVDNAT;
-			nat_port = np_nat_create(ns, snat_addr);
-			if (!nat_port)
-				return drop(DROP_NAT_NO_MAPPING);
-		}
 	} else {
 		/* An established flow has its reply entry already, unless the
 		 * LRU evicted it; an update costs several lookups. */
@@ -625,14 +650,57 @@ static __always_inline int dsr_push(struct xdp_md *ctx, const struct np_dsr *d)
 	return XDP_PASS;
 }
 
+#include "nodeport_dsr_mtu.h"
+
+/* drop_info describes a dropped packet for its drop record. */
+static __always_inline void drop_info(void *data, void *end, struct pkt *p, struct np_drop_info *i)
+{
+	i->len = end - data;
+	i->tuple = 0;
+	if (parse(data, end, p) != 0 || p->short_l4)
+		return;
+	i->tuple = &p->t;
+	i->dport = p->t.dport;
+	if (p->t.proto == IPPROTO_TCP_ && p->l4 + 14 <= end)
+		i->tcp_flags = *(__u8 *)(p->l4 + 13);
+}
+
+/* The drop records of the two entries, in functions of their own: their
+ * stack does not add to the translation's. */
+static __noinline void xdp_drop_notify(struct xdp_md *ctx)
+{
+	struct np_drop_info i = {.ifindex = ctx->ingress_ifindex};
+	struct pkt p;
+
+	drop_info((void *)(long)ctx->data, (void *)(long)ctx->data_end, &p, &i);
+	np_drop_notify(ctx, 1, &i);
+}
+
+static __noinline void tc_drop_notify(struct __sk_buff *skb)
+{
+	struct np_drop_info i = {.ifindex = skb->ifindex};
+	struct pkt p;
+
+	drop_info((void *)(long)skb->data, (void *)(long)skb->data_end, &p, &i);
+	i.len = skb->len;
+	np_drop_notify(skb, 0, &i);
+}
+
 SEC("xdp")
 int np_nodeport_xdp(struct xdp_md *ctx)
 {
-	struct np_dsr d = {};
-	int v = nodeport_ingress((void *)(long)ctx->data, (void *)(long)ctx->data_end, &d);
-	if (v != NP_DSR)
-		return v;
-	return dsr_push(ctx, &d);
+	/* The DSR frontend lives in per-CPU scratch, off the stack. */
+	struct np_dsr *d = np_dsr_scratch();
+	if (!d)
+		return XDP_PASS;
+	int v = nodeport_ingress((void *)(long)ctx->data, (void *)(long)ctx->data_end, d);
+	if (v == NP_DSR)
+		v = np_dsr_out(ctx, d);
+	if (v == XDP_PASS && NP_SNAT_ANY)
+		np_icmp_xdp(ctx, 1); /* ICMP errors about SNAT flows (nodeport_icmp.h) */
+	if (v == XDP_DROP)
+		xdp_drop_notify(ctx);
+	return v;
 }
 
 /* The tc fallback, for interfaces that take no XDP program (one is there
@@ -648,9 +716,15 @@ int np_nodeport_tc(struct __sk_buff *skb)
 	if (v == NP_DSR) {
 		/* Not in tc mode: the loader refuses DSR with tc. */
 		count_drop(DROP_INVALID);
+		v = XDP_DROP;
+	}
+	if (v == XDP_DROP) {
+		tc_drop_notify(skb);
 		return TC_ACT_SHOT;
 	}
-	return v == XDP_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+	if (NP_SNAT_ANY)
+		np_icmp_skb(skb, 1); /* ICMP errors about SNAT flows (nodeport_icmp.h) */
+	return TC_ACT_OK;
 }
 
 /* revnat_skb restores the frontend as the source of a reply with the
@@ -691,7 +765,13 @@ int np_nodeport_revnat(struct __sk_buff *skb)
 	void *end = (void *)(long)skb->data_end;
 	struct pkt p;
 
-	if (parse(data, end, &p) != 0 || p.frag || p.short_l4)
+	int ret = parse(data, end, &p);
+	if (ret == 1) {
+		/* ICMP errors about DNAT and DSR flows (nodeport_icmp.h). */
+		np_icmp_skb(skb, 0);
+		return TC_ACT_OK;
+	}
+	if (ret != 0 || p.frag || p.short_l4)
 		return TC_ACT_OK;
 	struct np_rev *rev = bpf_map_lookup_elem(&np_np_rev, &p.t);
 	if (!rev || rev->snat)
