@@ -669,6 +669,29 @@ func (w *twoNodes) checkTraffic(t testing.TB) {
 		if got := w.capB.seen(w.addrA); got[uint32(idOther)] == 0 {
 			t.Errorf("the other identity's SYN crossed the underlay without its VNI: %v", got)
 		}
+		w.checkL7FromOverlay(t)
+	}
+}
+
+// checkL7FromOverlay gives B's backend an L7 rule (an entry with a proxy
+// port) for the other identity on 8081. No proxy socket can be assigned to
+// a packet that arrives over the tunnel, so the connection must be dropped
+// (PROXY_LOOKUP_FAILED) rather than let through without its L7 rules.
+func (w *twoNodes) checkL7FromOverlay(t testing.TB) {
+	if err := w.back.ep.Policy().Apply(map[mapstate.Key]mapstate.Entry{
+		{Identity: idOther, Direction: mapstate.Ingress, Protocol: 6, Port: 8081, PortPrefixLen: 16}: {ProxyPort: 15001},
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	testutils.ServeEcho(t, w.back.ns, "tcp4", netip.AddrPortFrom(w.back.addr, 8081).String())
+	if err := echo(w.other, w.back.addr, 8081); err == nil {
+		t.Fatal("a connection under an L7 rule reached the backend over the tunnel without a proxy")
+	}
+	e := w.b.waitDrop(t, func(e *datapath.DropEvent) bool {
+		return e.HasTuple && e.Tuple.Src == w.other.addr && e.Tuple.Dst == w.back.addr && e.Tuple.DstPort == 8081
+	})
+	if e.Reason != monitor.DropProxyLookupFailed || e.Hook != datapath.FromOverlay || e.Direction != mapstate.Ingress {
+		t.Errorf("drop on B: reason %v, hook %v, direction %v; want PROXY_LOOKUP_FAILED at from-overlay, ingress", e.Reason, e.Hook, e.Direction)
 	}
 }
 
