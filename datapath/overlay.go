@@ -119,17 +119,20 @@ func (o *Overlay) Close() error {
 	if o.progs == nil {
 		return nil
 	}
-	var errs []error
-	if err := o.d.maps.overlay.Put(uint32(0), overlayConfig{}); err != nil {
-		errs = append(errs, fmt.Errorf("clear overlay configuration: %w", err))
-	}
-	errs = append(errs, o.progs.detach())
-	o.progs = nil
 	o.d.mu.Lock()
 	if o.d.overlay == o {
 		o.d.overlay = nil
 	}
+	closed := o.d.closed // the Datapath's maps are gone with it
 	o.d.mu.Unlock()
+	var errs []error
+	if !closed {
+		if err := o.d.maps.overlay.Put(uint32(0), overlayConfig{}); err != nil {
+			errs = append(errs, fmt.Errorf("clear overlay configuration: %w", err))
+		}
+	}
+	errs = append(errs, o.progs.detach())
+	o.progs = nil
 	o.d.unclaim(&o.d.overlayOn)
 	return errors.Join(errs...)
 }

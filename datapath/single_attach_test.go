@@ -54,3 +54,28 @@ func TestPrivilegedOneOverlayOneMasquerade(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPrivilegedOverlayCloseAfterDatapath: an Overlay or Masquerade closed
+// after its Datapath (unpinned: the Datapath's maps are gone) is not an
+// error and does not panic, as their Close docs say.
+func TestPrivilegedOverlayCloseAfterDatapath(t *testing.T) {
+	d, _ := newTestDatapath(t, Config{})
+	const lo = 1
+	o, err := d.AttachOverlay(lo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: lo, Address: netip.MustParseAddr("192.0.2.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Close(); err != nil {
+		t.Errorf("Overlay.Close after Datapath.Close: %v", err)
+	}
+	if err := m.Close(); err != nil {
+		t.Errorf("Masquerade.Close after Datapath.Close: %v", err)
+	}
+}
