@@ -129,18 +129,18 @@ func (t *Table) lifetime(proto uint8, flags uint8) time.Duration {
 	return t.life.TCP
 }
 
-// young is how long an ingress entry may lack its egress entry: the
-// programs create the ingress entry just before the egress one.
+// young is how long an entry may lack its other half: the programs create
+// the ingress entry just before the egress one, and a flow created while
+// GC reads the table may show only one of them.
 const young = time.Second
 
 // GC deletes the flows whose last packet (either direction) is older
 // than their lifetime at now (CLOCK_MONOTONIC, see [Now]), both entries,
 // egress first so no packet re-uses a port while its old flow still
-// points at it; and entries left without their other half (an ingress
-// entry older than a second without its egress entry, an egress entry
-// without its ingress entry). It reads the table once: each pair is
-// matched in memory, nothing is looked up again. It returns how many
-// flows it removed; orphans do not count.
+// points at it; and entries left without their other half for longer
+// than a second. It reads the table once: each pair is matched in memory,
+// nothing is looked up again. It returns how many flows it removed;
+// orphans do not count.
 func (t *Table) GC(now time.Duration) (int, error) {
 	t.gcMu.Lock()
 	defer t.gcMu.Unlock()
@@ -167,6 +167,12 @@ func (t *Table) GC(now time.Duration) (int, error) {
 			flags |= r.Flags
 		}
 		if paired && time.Duration(seen)+t.lifetime(k.Proto, flags) > now {
+			continue
+		}
+		// A flow created while the table was read can have its egress
+		// entry in the snapshot and its ingress entry in a bucket the
+		// walk had passed: a young egress entry is not an orphan yet.
+		if !paired && time.Duration(e.Created)+young > now {
 			continue
 		}
 		if err := del(k); err != nil {
