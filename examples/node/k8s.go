@@ -306,7 +306,11 @@ func (k *kubeSource) podChangedLocked(pod *corev1.Pod, deleted bool) {
 		return
 	}
 	key := objectKey{"Pod", pod.Namespace, pod.Name}
-	if deleted || pod.Spec.HostNetwork {
+	// A finished pod (a completed Job's, often kept) still lists its
+	// addresses, which another pod may hold by now: it holds nothing,
+	// as in Cilium.
+	finished := pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
+	if deleted || pod.Spec.HostNetwork || finished {
 		k.setRemoteLocked(key, nil, nil)
 		return
 	}

@@ -465,6 +465,23 @@ spec:
 		if web.reaches(dbAt(5432), 300*time.Millisecond) {
 			t.Error("web -> db:5432 allowed after an invalid update")
 		}
+		// A policy this agent cannot enforce (HTTP rules, and no HTTP
+		// proxy) is invalid here too: reported, kept out of the set, so
+		// that it does not fail every later apply.
+		l7 := strings.Replace(fmt.Sprintf(k8sDBPolicy, 5433), `protocol: TCP}]}]`,
+			`protocol: TCP}], rules: {http: [{method: GET}]}}]`, 1)
+		e.applyCNP(l7)
+		waitFor(t, "a PolicyInvalid event for the HTTP rules", func() bool {
+			for _, m := range e.events("prod", "CiliumNetworkPolicy", "db")["PolicyInvalid"] {
+				if strings.Contains(m, "not supported") {
+					return true
+				}
+			}
+			return false
+		})
+		if !web.reaches(dbAt(5433), time.Second) {
+			t.Error("web -> db:5433 dropped after an unenforceable update; the previous policy allows it")
+		}
 		e.applyCNP(fmt.Sprintf(k8sDBPolicy, 5432))
 		verdictWithin(t, "valid again", web, dbAt(5432), true, time.Now(), time.Second)
 		waitFor(t, "the CNP's status.nodes."+k8sNode+" to say ok", func() bool { return e.cnpNodeStatus("db")["ok"] == true })

@@ -54,7 +54,11 @@ func (k *kubeSource) policyChanged(obj any, deleted bool) {
 	}
 	var pols []policy.Policy
 	if err == nil {
-		pols, err = policy.Parse(doc, key.String())
+		// The engine's parser also refuses what this agent cannot
+		// enforce (L7 rules without their proxy, toFQDNs without the
+		// DNS proxy), so that such a policy is reported here and kept
+		// out of the set, where it would fail every later apply.
+		pols, err = a.engine.Parse(doc, key.String())
 	}
 	if err == nil && len(pols) != 1 {
 		err = fmt.Errorf("%v: %d policies in one object", key, len(pols))
