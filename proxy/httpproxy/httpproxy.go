@@ -269,16 +269,30 @@ func (p *Proxy) roundTrip(ctx context.Context, cs *connState, r *http.Request) (
 	out.RequestURI = ""
 	out.Close = false
 	removeHopByHop(out.Header)
+	// The body goes out with the headers: the client's "Expect:
+	// 100-continue" was answered by this side's server already.
+	out.Header.Del("Expect")
 	deadline := time.Now().Add(p.cfg.UpstreamTimeout)
 	_ = cs.upstream.SetDeadline(deadline)
 	if err := out.Write(cs.upstream); err != nil {
 		p.closeUpstreamLocked(cs)
 		return nil, err
 	}
-	resp, err := http.ReadResponse(cs.br, out)
-	if err != nil {
-		p.closeUpstreamLocked(cs)
-		return nil, err
+	// Interim (1xx) responses are not forwarded: the client gets the
+	// final one, which belongs to this request; left unread, it would be
+	// taken for the next request's on this kept-alive connection.
+	var resp *http.Response
+	for {
+		var err error
+		resp, err = http.ReadResponse(cs.br, out)
+		if err != nil {
+			p.closeUpstreamLocked(cs)
+			return nil, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		resp.Body.Close()
 	}
 	// The body streams without a deadline of its own beyond the client's.
 	_ = cs.upstream.SetDeadline(time.Time{})
