@@ -245,7 +245,9 @@ int np_from_overlay(struct __sk_buff *skb)
 
 /* np_to_overlay gives the node's own packets to other nodes' pods their
  * tunnel key: the destination's tunnel endpoint from the ipcache, the VNI
- * reserved:remote-node. A packet to an address without a tunnel endpoint
+ * reserved:remote-node (the L7 proxy's upstream connections: their
+ * source's identity; packets the node forwards: their source's ipcache
+ * identity, world if none). A packet to an address without a tunnel endpoint
  * is dropped (NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT): the device could not
  * send it anyway. No policy applies: nodeplane has no host firewall. */
 SEC("tc")
@@ -275,7 +277,21 @@ int np_to_overlay(struct __sk_buff *skb)
 		return np_exit(skb, &s, TC_ACT_SHOT);
 	}
 	s.dst_identity = info->identity;
-	s.reason = np_set_tunnel_key(skb, info, NP_REMOTE_NODE_ID);
+	if (np_proxy_mark(skb)) {
+		/* The L7 proxy's upstream connections keep their source's
+		 * identity (proxy.h): the destination decides by it. */
+		s.src_identity = np_mark_identity(skb->mark);
+	} else if (!skb->sk) {
+		/* Not sent by a socket of this node: forwarded through it
+		 * (from outside, say). It keeps the identity the ipcache
+		 * gives its source, world if none: never remote-node. */
+		const struct np_ipcache_info *src =
+			np_ipcache_lookup(&s.pkt.tuple.saddr, s.pkt.tuple.ip_version);
+		s.src_identity = src ? src->identity : NP_WORLD_ID;
+	} else {
+		s.src_identity = NP_REMOTE_NODE_ID;
+	}
+	s.reason = np_set_tunnel_key(skb, info, s.src_identity);
 	if (s.reason)
 		return np_exit(skb, &s, TC_ACT_SHOT);
 	/* Without conntrack there is nothing to aggregate by: every packet
