@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/nodeplane/nodeplane/examples/internal/agentapi"
 	"github.com/nodeplane/nodeplane/flow"
@@ -38,19 +36,10 @@ spec:
 // flows with the pods' names.
 func TestPrivilegedAgentDNSPolicy(t *testing.T) {
 	n := newTestNode(t)
-	nl := n.nodeNS.Netlink(t)
-	lo, err := nl.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The node's address (the proxy's upstream source) and a server
 	// outside the cluster.
 	ext := netip.MustParseAddr("192.0.2.10")
-	for _, a := range []netip.Addr{netip.MustParseAddr("10.201.1.254"), ext} {
-		if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}, Flags: unix.IFA_F_NODAD}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	n.addLoopbackAddrs(t, netip.MustParseAddr("10.201.1.254"), ext)
 	testutils.ServeEcho(t, n.nodeNS, "tcp", netip.AddrPortFrom(ext, 8080).String())
 	n.writeManifest(t, "web.yaml", dnsPolicy)
 	cfg := n.config(t)

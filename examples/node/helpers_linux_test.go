@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/nodeplane/nodeplane/examples/internal/agentapi"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
@@ -55,6 +58,23 @@ func (n *testNode) writeManifest(t *testing.T, name, content string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(n.manifests, name), []byte(content), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// addLoopbackAddrs puts host addresses on the node namespace's loopback:
+// the node's own address (an L7 proxy's upstream source) or a server
+// outside the cluster.
+func (n *testNode) addLoopbackAddrs(t testing.TB, addrs ...netip.Addr) {
+	t.Helper()
+	nl := n.nodeNS.Netlink(t)
+	lo, err := nl.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}, Flags: unix.IFA_F_NODAD}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/nodeplane/nodeplane/examples/internal/agentapi"
 	"github.com/nodeplane/nodeplane/flow"
 	"github.com/nodeplane/nodeplane/proxy/httpproxy"
@@ -38,14 +36,7 @@ func TestPrivilegedAgentHTTPPolicy(t *testing.T) {
 	n := newTestNode(t)
 	// The proxy connects to db from the node's address; a real node has
 	// one, the test's namespace gets one on its loopback.
-	nl := n.nodeNS.Netlink(t)
-	lo, err := nl.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 201, 1, 254), Mask: net.CIDRMask(32, 32)}}); err != nil {
-		t.Fatal(err)
-	}
+	n.addLoopbackAddrs(t, netip.MustParseAddr("10.201.1.254"))
 	n.writeManifest(t, "db.yaml", httpPolicy)
 	cfg := n.config(t)
 	cfg.HTTPProxyPort = 15001
@@ -95,7 +86,7 @@ func TestPrivilegedAgentHTTPPolicy(t *testing.T) {
 	var seen []string
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	err = a.Flows().GetFlows(ctx, flow.Request{Number: 100}, func(r *flow.Response) error {
+	err := a.Flows().GetFlows(ctx, flow.Request{Number: 100}, func(r *flow.Response) error {
 		if f := r.Flow; f != nil && f.Type == flow.L7 && f.L7.Type == flow.L7Request {
 			seen = append(seen, fmt.Sprintf("%s %s/%s %s %s", f.Verdict, f.Source.Namespace, f.Source.PodName, f.L7.HTTP.Method, f.L7.HTTP.URL))
 		}
