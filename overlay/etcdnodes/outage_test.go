@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodeplane/nodeplane/identity"
 	"github.com/nodeplane/nodeplane/identity/ipcache"
 	"github.com/nodeplane/nodeplane/internal/testutils/etcdtest"
 	"github.com/nodeplane/nodeplane/overlay"
@@ -53,30 +52,9 @@ func TestEtcdRegistryOutage(t *testing.T) {
 			}
 		})
 	}
-	entries := func(ns ...overlay.Node) map[netip.Prefix]ipcache.Entry {
-		m := map[netip.Prefix]ipcache.Entry{}
-		for _, n := range ns {
-			for _, c := range n.PodCIDRs {
-				m[c] = ipcache.Entry{Identity: identity.ReservedWorld, TunnelEndpoint: n.Addresses[0]}
-			}
-			for _, a := range n.Addresses {
-				m[netip.PrefixFrom(a, 32)] = ipcache.Entry{Identity: identity.ReservedRemoteNode}
-			}
-		}
-		return m
-	}
-	wait := func(c *ipcache.IPCache, want map[netip.Prefix]ipcache.Entry) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !maps.Equal(maps.Collect(c.All()), want) {
-			if time.Now().After(deadline) {
-				t.Fatalf("ipcache %v, want %v", maps.Collect(c.All()), want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	wait(caches[0], entries(nodes[1]))
-	wait(caches[1], entries(nodes[0]))
+	wait := func(c *ipcache.IPCache, want map[netip.Prefix]ipcache.Entry) { waitIPCache(t, c, want, 30*time.Second) }
+	wait(caches[0], wantEntries(nodes[1]))
+	wait(caches[1], wantEntries(nodes[0]))
 
 	srv.Stop()
 
@@ -95,10 +73,10 @@ func TestEtcdRegistryOutage(t *testing.T) {
 	}
 	// What the ipcaches have, they keep.
 	time.Sleep(2 * time.Second)
-	if got := maps.Collect(caches[0].All()); !maps.Equal(got, entries(nodes[1])) {
+	if got := maps.Collect(caches[0].All()); !maps.Equal(got, wantEntries(nodes[1])) {
 		t.Fatalf("node-a's ipcache during the outage: %v", got)
 	}
-	if got := maps.Collect(caches[1].All()); !maps.Equal(got, entries(nodes[0])) {
+	if got := maps.Collect(caches[1].All()); !maps.Equal(got, wantEntries(nodes[0])) {
 		t.Fatalf("node-b's ipcache during the outage: %v", got)
 	}
 
@@ -110,6 +88,6 @@ func TestEtcdRegistryOutage(t *testing.T) {
 		t.Fatalf("Register after the restart: %v", err)
 	}
 	// node-a registered node-c: its syncer skips only node-a itself.
-	wait(caches[0], entries(nodes[1], third))
-	wait(caches[1], entries(nodes[0], third))
+	wait(caches[0], wantEntries(nodes[1], third))
+	wait(caches[1], wantEntries(nodes[0], third))
 }

@@ -225,28 +225,9 @@ func TestEtcdSyncer(t *testing.T) {
 			}
 		})
 	}
-	entries := func(n overlay.Node) map[netip.Prefix]ipcache.Entry {
-		m := map[netip.Prefix]ipcache.Entry{}
-		for _, c := range n.PodCIDRs {
-			m[c] = ipcache.Entry{Identity: identity.ReservedWorld, TunnelEndpoint: n.Addresses[0]}
-		}
-		for _, a := range n.Addresses {
-			m[netip.PrefixFrom(a, 32)] = ipcache.Entry{Identity: identity.ReservedRemoteNode}
-		}
-		return m
-	}
-	wait := func(c *ipcache.IPCache, want map[netip.Prefix]ipcache.Entry) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !maps.Equal(maps.Collect(c.All()), want) {
-			if time.Now().After(deadline) {
-				t.Fatalf("ipcache %v, want %v", maps.Collect(c.All()), want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	wait(caches[0], entries(nodes[1]))
-	wait(caches[1], entries(nodes[0]))
+	wait := func(c *ipcache.IPCache, want map[netip.Prefix]ipcache.Entry) { waitIPCache(t, c, want, 20*time.Second) }
+	wait(caches[0], wantEntries(nodes[1]))
+	wait(caches[1], wantEntries(nodes[0]))
 
 	third := registrytest.Node("node-c", []string{"192.168.0.3"}, "10.1.2.0/24")
 	cli := srv.Client(t)
@@ -257,16 +238,44 @@ func TestEtcdSyncer(t *testing.T) {
 	if err := rc.Register(ctx, third); err != nil {
 		t.Fatal(err)
 	}
-	wantA, wantB := entries(nodes[1]), entries(nodes[0])
-	maps.Copy(wantA, entries(third))
-	maps.Copy(wantB, entries(third))
+	wantA, wantB := wantEntries(nodes[1]), wantEntries(nodes[0])
+	maps.Copy(wantA, wantEntries(third))
+	maps.Copy(wantB, wantEntries(third))
 	wait(caches[0], wantA)
 	wait(caches[1], wantB)
 
 	cli.Close() // node-c crashes
-	wait(caches[0], entries(nodes[1]))
-	wait(caches[1], entries(nodes[0]))
+	wait(caches[0], wantEntries(nodes[1]))
+	wait(caches[1], wantEntries(nodes[0]))
 	rc.Close()
 }
 
 func clientv3WithKeys() clientv3.LeaseOption { return clientv3.WithAttachedKeys() }
+
+// wantEntries is what a syncer should write for nodes: each pod CIDR as
+// world behind the node's first address, each node address as
+// remote-node.
+func wantEntries(ns ...overlay.Node) map[netip.Prefix]ipcache.Entry {
+	m := map[netip.Prefix]ipcache.Entry{}
+	for _, n := range ns {
+		for _, c := range n.PodCIDRs {
+			m[c] = ipcache.Entry{Identity: identity.ReservedWorld, TunnelEndpoint: n.Addresses[0]}
+		}
+		for _, a := range n.Addresses {
+			m[netip.PrefixFrom(a, 32)] = ipcache.Entry{Identity: identity.ReservedRemoteNode}
+		}
+	}
+	return m
+}
+
+// waitIPCache waits until c holds exactly want, failing after timeout.
+func waitIPCache(t testing.TB, c *ipcache.IPCache, want map[netip.Prefix]ipcache.Entry, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !maps.Equal(maps.Collect(c.All()), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("ipcache %v, want %v", maps.Collect(c.All()), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
