@@ -442,6 +442,22 @@ static __always_inline __u8 np_check_policy(struct __sk_buff *skb, struct np_sta
 	return s->policy.reason;
 }
 
+/* np_refuse_ingress_proxy fails closed where an allowing ingress entry
+ * has a proxy port that the hook cannot honour (no proxy socket can be
+ * assigned to the packet there): the packet is dropped as
+ * PROXY_LOOKUP_FAILED (TCP, UDP) or PROXY_UNKNOWN_PROTO, decided by
+ * endpoint ep's ingress policy, never let through without its L7 rules. */
+static __always_inline void np_refuse_ingress_proxy(struct np_state *s, __u32 ep)
+{
+	if (s->reason || !s->policy.proxy_port)
+		return;
+	s->reason = s->pkt.tuple.proto == IPPROTO_TCP || s->pkt.tuple.proto == IPPROTO_UDP ?
+			    DROP_PROXY_LOOKUP_FAILED :
+			    DROP_PROXY_UNKNOWN_PROTO;
+	s->policy_dir = NP_DIR_INGRESS;
+	s->policy_ep = ep;
+}
+
 /* np_redirect_local hands the packet to a local endpoint: it routes it
  * (hop limit, MACs) and redirects it into the endpoint's namespace. A
  * packet whose hop limit runs out goes to the stack, which answers with
@@ -675,17 +691,9 @@ int np_to_endpoint(struct __sk_buff *skb)
 		 * it took the connection. */
 		if (from_proxy != NP_MARK_FROM_PROXY_INGRESS) {
 			s.reason = np_check_policy(skb, &s, np_endpoint_id, 0);
-			/* A proxy port here cannot be honoured: this hook sees
-			 * the stack's packets after routing, where no socket
-			 * can be assigned. Fail closed. */
-			if (!s.reason && s.policy.proxy_port) {
-				s.reason = s.pkt.tuple.proto == IPPROTO_TCP ||
-							   s.pkt.tuple.proto == IPPROTO_UDP ?
-						   DROP_PROXY_LOOKUP_FAILED :
-						   DROP_PROXY_UNKNOWN_PROTO;
-				s.policy_dir = NP_DIR_INGRESS;
-				s.policy_ep = np_endpoint_id;
-			}
+			/* This hook sees the stack's packets after routing,
+			 * where no socket can be assigned. */
+			np_refuse_ingress_proxy(&s, np_endpoint_id);
 		}
 		if (s.reason)
 			return np_exit(skb, &s, TC_ACT_SHOT);

@@ -223,16 +223,9 @@ int np_from_overlay(struct __sk_buff *skb)
 		np_ct_update(ct, &s.pkt, s.ct_state == NP_CT_REPLY, now);
 	} else if (s.ct_state == NP_CT_NEW) {
 		s.reason = np_check_policy(skb, &s, dst->endpoint_id, 0);
-		/* An L7 rule (a proxy port) cannot be honoured for a packet
-		 * from another node: no proxy socket can be assigned here.
-		 * Fail closed, as np_to_endpoint does. */
-		if (!s.reason && s.policy.proxy_port) {
-			s.reason = s.pkt.tuple.proto == IPPROTO_TCP || s.pkt.tuple.proto == IPPROTO_UDP ?
-					   DROP_PROXY_LOOKUP_FAILED :
-					   DROP_PROXY_UNKNOWN_PROTO;
-			s.policy_dir = NP_DIR_INGRESS;
-			s.policy_ep = dst->endpoint_id;
-		}
+		/* An L7 rule cannot be honoured for a packet from another
+		 * node. */
+		np_refuse_ingress_proxy(&s, dst->endpoint_id);
 		if (s.reason)
 			return np_exit(skb, &s, TC_ACT_SHOT);
 		if (np_ct_create(&s.pkt, s.src_identity, s.dst_identity, dst->endpoint_id, now, 0)) {
