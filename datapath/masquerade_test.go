@@ -31,7 +31,10 @@ func TestPrivilegedMasquerade(t *testing.T) {
 	// The server records who connects.
 	seen := recordingServer(t, world, "tcp4", "203.0.113.2:9000")
 
-	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: nodeAddr, Exclude: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	// The flows take node ports at random from 61000-65000 (the pods'
+	// ephemeral ports are outside it); GC's made-up orphans below use
+	// ports above it, which no real flow can hold.
+	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: nodeAddr, PortMin: 61000, PortMax: 65000, Exclude: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,10 +120,12 @@ func TestPrivilegedMasquerade(t *testing.T) {
 		seen()
 		// An ingress entry whose egress entry is gone, created long ago,
 		// and one created now (a flow being set up).
-		orphan := natKey{DstAddr: addr16(nodeAddr), SrcPort: nat.PortBytes(9000), DstPort: nat.PortBytes(64999), Proto: 6, Family: nat.FamilyV4, Dir: nat.Ingress}
+		// Their node ports are outside the range the flows take theirs
+		// from: a real flow's ingress entry would pair with them.
+		orphan := natKey{DstAddr: addr16(nodeAddr), SrcPort: nat.PortBytes(9000), DstPort: nat.PortBytes(65535), Proto: 6, Family: nat.FamilyV4, Dir: nat.Ingress}
 		orphan.SrcAddr = addr16(worldAddr)
 		young := orphan
-		young.DstPort = nat.PortBytes(64998)
+		young.DstPort = nat.PortBytes(65534)
 		if err := d.maps.nat.Put(orphan, natEntry{Created: 1}); err != nil {
 			t.Fatal(err)
 		}
