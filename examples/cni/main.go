@@ -17,8 +17,8 @@
 //	  "capabilities": {"labels": true, "bandwidth": true}
 //	}
 //
-// Inputs: CNI_NETNS, CNI_CONTAINERID, CNI_IFNAME; K8S_POD_NAMESPACE and
-// K8S_POD_NAME from CNI_ARGS; the pod's labels from runtimeConfig.labels
+// Inputs: CNI_NETNS, CNI_CONTAINERID, CNI_IFNAME; K8S_POD_NAMESPACE,
+// K8S_POD_NAME and K8S_POD_UID from CNI_ARGS; the pod's labels from runtimeConfig.labels
 // (an object) and the CNI convention args.cni.labels (a key/value list);
 // runtimeConfig.bandwidth's egressRate and ingressRate (bits per second);
 // a burst is refused unless it is 0 or the "no bound" value Kubernetes

@@ -70,6 +70,7 @@ func addRequest(conf *NetConf, args *skel.CmdArgs) (agentapi.AddRequest, error) 
 		NetNS:      args.Netns,
 		Namespace:  string(k8s.K8S_POD_NAMESPACE),
 		Pod:        string(k8s.K8S_POD_NAME),
+		PodUID:     string(k8s.K8S_POD_UID),
 		Labels:     labels,
 	}
 	if bw := conf.RuntimeConfig.Bandwidth; bw != nil {

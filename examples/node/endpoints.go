@@ -40,7 +40,7 @@ func (a *Agent) Add(ctx context.Context, req agentapi.AddRequest) (_ agentapi.Ad
 	// With a Kubernetes API server, the pod's labels are the API server's
 	// (as kubelet names the pod in CNI_ARGS), so its identity is right
 	// from the first packet.
-	pod := record{Endpoint: agentapi.Endpoint{Namespace: req.Namespace, Pod: req.Pod}, Labels: req.Labels}
+	pod := record{Endpoint: agentapi.Endpoint{Namespace: req.Namespace, Pod: req.Pod}, Labels: req.Labels, PodUID: req.PodUID}
 	if a.kube != nil && req.Pod != "" {
 		if err := a.kube.fillPod(ctx, &pod); err != nil {
 			return agentapi.AddResponse{}, err

@@ -231,7 +231,9 @@ func handler(fn func(obj any, deleted bool)) cache.ResourceEventHandler {
 // fillPod completes an ADD's record with what the API server says of the
 // pod: its labels, its namespace's labels, its service account and UID.
 // A pod the informer does not have yet is waited for a few seconds, then
-// the ADD fails with "try again later".
+// the ADD fails with "try again later". So is a pod whose UID is not the
+// one kubelet named (K8S_POD_UID): the informer still holds a deleted pod
+// of the same name, whose labels are not the new pod's.
 func (k *kubeSource) fillPod(ctx context.Context, rec *record) error {
 	ns := rec.Namespace
 	if ns == "" {
@@ -240,6 +242,9 @@ func (k *kubeSource) fillPod(ctx context.Context, rec *record) error {
 	deadline := time.Now().Add(podLookupWait)
 	for {
 		pod, err := k.pods.Pods(ns).Get(rec.Pod)
+		if err == nil && rec.PodUID != "" && string(pod.UID) != rec.PodUID {
+			err = apierrors.NewNotFound(corev1.Resource("pods"), rec.Pod)
+		}
 		if err == nil {
 			if len(rec.Labels) > 0 && !maps.Equal(rec.Labels, pod.Labels) {
 				k.log.Info("pod labels from the API server replace those of the CNI request", "pod", ns+"/"+rec.Pod)
@@ -252,6 +257,9 @@ func (k *kubeSource) fillPod(ctx context.Context, rec *record) error {
 			return &agentapi.Error{Code: agentapi.CodeTryAgainLater, Msg: "look up pod", Details: err.Error()}
 		}
 		if time.Now().After(deadline) {
+			if rec.PodUID != "" {
+				return agentapi.Errorf(agentapi.CodeTryAgainLater, "pod %s/%s with UID %s is not in the API server (or this agent has not seen it yet)", ns, rec.Pod, rec.PodUID)
+			}
 			return agentapi.Errorf(agentapi.CodeTryAgainLater, "pod %s/%s is not in the API server (or this agent has not seen it yet)", ns, rec.Pod)
 		}
 		select {

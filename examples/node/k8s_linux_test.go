@@ -241,20 +241,16 @@ func (e *k8sEnv) setPodLabels(namespace, name string, labels map[string]string) 
 }
 
 // cniAdd runs the CNI plugin binary for p as kubelet does: the pod's
-// namespace and name in CNI_ARGS, no labels.
+// namespace, name and UID in CNI_ARGS, no labels.
 func (e *k8sEnv) cniAdd(p *k8sPod) agentapi.AddResponse {
 	e.t.Helper()
-	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"nodeplane","type":"nodeplane","agentSocket":%q}`, e.n.socket)
-	cmd := exec.Command(cniBinary(e.t))
-	cmd.Env = append(os.Environ(), "CNI_COMMAND=ADD", "CNI_CONTAINERID="+p.container, "CNI_NETNS="+nsPath(p.ns),
-		"CNI_IFNAME=eth0", "CNI_PATH="+filepath.Dir(cniBinary(e.t)),
-		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE="+p.namespace+";K8S_POD_NAME="+p.name+";K8S_POD_INFRA_CONTAINER_ID="+p.container)
-	cmd.Stdin = strings.NewReader(conf)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	pod, err := e.api.client.CoreV1().Pods(p.namespace).Get(e.ctx, p.name, metav1.GetOptions{})
 	if err != nil {
-		e.t.Fatalf("CNI ADD %s/%s: %v\n%s%s", p.namespace, p.name, err, out, stderr.Bytes())
+		e.t.Fatal(err)
+	}
+	out, stderr, err := e.runCNIAdd(p, string(pod.UID))
+	if err != nil {
+		e.t.Fatalf("CNI ADD %s/%s: %v\n%s%s", p.namespace, p.name, err, out, stderr)
 	}
 	var res struct {
 		IPs []struct {
@@ -282,6 +278,21 @@ func (e *k8sEnv) cniAdd(p *k8sPod) agentapi.AddResponse {
 	}
 	e.t.Fatalf("no endpoint for container %s after CNI ADD", p.container)
 	return agentapi.AddResponse{}
+}
+
+// runCNIAdd runs the plugin's ADD for p naming the pod UID uid, and
+// returns its stdout and stderr.
+func (e *k8sEnv) runCNIAdd(p *k8sPod, uid string) ([]byte, []byte, error) {
+	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"nodeplane","type":"nodeplane","agentSocket":%q}`, e.n.socket)
+	cmd := exec.Command(cniBinary(e.t))
+	cmd.Env = append(os.Environ(), "CNI_COMMAND=ADD", "CNI_CONTAINERID="+p.container, "CNI_NETNS="+nsPath(p.ns),
+		"CNI_IFNAME=eth0", "CNI_PATH="+filepath.Dir(cniBinary(e.t)),
+		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE="+p.namespace+";K8S_POD_NAME="+p.name+";K8S_POD_INFRA_CONTAINER_ID="+p.container+";K8S_POD_UID="+uid)
+	cmd.Stdin = strings.NewReader(conf)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	return out, stderr.Bytes(), err
 }
 
 var (
@@ -550,6 +561,32 @@ spec:
 		echo("after catching up")
 		e.applyCNP(fmt.Sprintf(k8sDBPolicy, 5432))
 		verdictWithin(t, "restored", web, dbAt(5432), true, time.Now(), 5*time.Second)
+	})
+
+	// kubelet names the pod object by UID too: an ADD for a UID the API
+	// server does not have (a pod deleted and created again under the
+	// same name, which the agent has not seen yet) waits, then asks the
+	// runtime to try again, rather than take the other object's labels.
+	t.Run("pod UID", func(t *testing.T) {
+		p := &k8sPod{namespace: "prod", name: "web", container: "ctr-web-stale", ns: testutils.NewNetNS(t)}
+		out, stderr, err := e.runCNIAdd(p, "00000000-0000-0000-0000-00000000dead")
+		if err == nil {
+			t.Fatalf("CNI ADD naming a UID no pod has succeeded: %s", out)
+		}
+		var res struct {
+			Code uint   `json:"code"`
+			Msg  string `json:"msg"`
+		}
+		if jerr := json.Unmarshal(out, &res); jerr != nil || res.Code != agentapi.CodeTryAgainLater || !strings.Contains(res.Msg, "00000000-0000-0000-0000-00000000dead") {
+			t.Fatalf("CNI ADD: %v, result %s (%v), stderr %s; want code %d naming the UID", err, out, jerr, stderr, agentapi.CodeTryAgainLater)
+		}
+		eps, err := e.c.List(e.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.ContainsFunc(eps, func(ep agentapi.Endpoint) bool { return ep.ContainerID == p.container }) {
+			t.Error("the refused ADD left an endpoint")
+		}
 	})
 
 	t.Run("pod deleted", func(t *testing.T) {

@@ -27,9 +27,11 @@
 // -kubeconfig (or -k8s-in-cluster) makes a Kubernetes API server the
 // source instead: shared informers follow pods, namespaces, NetworkPolicies,
 // CiliumNetworkPolicies, CiliumClusterwideNetworkPolicies, Services and
-// EndpointSlices. An ADD that names its pod (K8S_POD_NAMESPACE and
-// K8S_POD_NAME, as kubelet passes them) gets the pod's labels and its
-// namespace's from the API server, so the identity is right at ADD; label
+// EndpointSlices. An ADD that names its pod (K8S_POD_NAMESPACE,
+// K8S_POD_NAME and K8S_POD_UID, as kubelet passes them) gets the pod's
+// labels and its namespace's from the API server, so the identity is right
+// at ADD (a UID the informer does not hold yet is waited for, then the ADD
+// asks the runtime to try again); label
 // changes move the endpoint to its new identity, and a pod deleted from
 // the API server loses its endpoint. Pods of other nodes become ipcache
 // entries with their identities. Policies are parsed as manifests are; an

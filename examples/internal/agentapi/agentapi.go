@@ -93,6 +93,11 @@ type AddRequest struct {
 	// K8S_POD_NAME in CNI_ARGS); empty outside Kubernetes.
 	Namespace string `json:"namespace,omitempty"`
 	Pod       string `json:"pod,omitempty"`
+	// PodUID is the UID of that pod object (K8S_POD_UID, which kubelet
+	// passes since Kubernetes 1.25): a pod deleted and created again
+	// under the same name is another object, and the agent must not take
+	// the old one's labels for the new one's endpoint.
+	PodUID string `json:"podUID,omitempty"`
 	// Labels are the pod's labels (runtimeConfig or CNI args); the agent
 	// adds the namespace and cluster labels Cilium gives a pod.
 	Labels map[string]string `json:"labels,omitempty"`
