@@ -1,9 +1,11 @@
 package overlay_test
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -68,6 +70,9 @@ func TestPrivilegedOverlayRestart(t *testing.T) {
 		}
 	}()
 	waitCond(t, "connections before the restart", func() bool { return ok.Load() >= 3 })
+	// The nodes' drop counters (pinned: they span the restart), to say
+	// where a failed connection's packets went.
+	ca0, cb0 := counters(t, w.a.d), counters(t, w.b.d)
 
 	// The restart: close, then a new Datapath on the same directory.
 	a := w.a
@@ -129,7 +134,8 @@ func TestPrivilegedOverlayRestart(t *testing.T) {
 	close(stop)
 	<-done
 	if n := failed.Load(); n != 0 {
-		t.Errorf("%d of %d connections failed across the restart", n, n+ok.Load())
+		t.Errorf("%d of %d connections failed across the restart; drops counted meanwhile: node-a %v, node-b %v",
+			n, n+ok.Load(), dropDeltas(ca0, counters(t, w.a.d)), dropDeltas(cb0, counters(t, w.b.d)))
 	}
 	t.Logf("%d connections across the restart, %d failed", ok.Load(), failed.Load())
 	if err := roundTrip(); err != nil {
@@ -143,4 +149,16 @@ func TestPrivilegedOverlayRestart(t *testing.T) {
 	if err := echo(w.front, w.back.addr6, 8080); err != nil {
 		t.Fatalf("frontend to backend over IPv6 after the restart: %v", err)
 	}
+}
+
+// dropDeltas lists the drop counters that grew from before to after.
+func dropDeltas(before, after map[datapath.CounterKey]datapath.Counter) []string {
+	var out []string
+	for k, c := range after {
+		if k.Reason != 0 && c.Packets > before[k].Packets {
+			out = append(out, fmt.Sprintf("%v at %v: %d", k.Reason, k.Hook, c.Packets-before[k].Packets))
+		}
+	}
+	slices.Sort(out)
+	return out
 }

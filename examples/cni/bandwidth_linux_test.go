@@ -75,8 +75,13 @@ func TestPrivilegedCNIBandwidth(t *testing.T) {
 	}
 	got := testutils.Iperf3Rate(t, lim.ns, srv.ns, srv.addr, "3")
 	t.Logf("pod limited to 50 Mbit/s through runtimeConfig.bandwidth: %.2f Mbit/s of payload", got/1e6)
-	if got < 0.95*limit*1448/1514 || got > 1.05*limit {
-		t.Errorf("a pod limited to 50 Mbit/s sent %.2f Mbit/s of payload, want 45.43-52.5", got/1e6)
+	// The ceiling is the limit's payload share (1448 of 1514 bytes a
+	// segment). The floor is looser than the ceiling: a CPU-starved
+	// sender (CI runs the -race suite two packages at a time on two
+	// cores) falls short of a limit it is not held to, while a limit in
+	// the wrong unit or off by a sixth still fails.
+	if got < 0.85*limit*1448/1514 || got > 1.05*limit {
+		t.Errorf("a pod limited to 50 Mbit/s sent %.2f Mbit/s of payload, want 40.65-52.5", got/1e6)
 	}
 
 	_, err = add("bad", 10, math.MaxUint32)
