@@ -70,6 +70,10 @@ type kubeSource struct {
 	// Guarded by a.mu.
 	policies map[objectKey]policy.Policy // the valid version of each policy object
 	services map[lb.Frontend]service
+	// decoded caches each Service and EndpointSlice decoded at a
+	// resource version, so that an event decodes the object that changed
+	// and not every one (see servicesChanged).
+	decoded  map[types.UID]decodedObject
 	remote   map[objectKey]remotePod
 	reported map[objectKey]string // the last event posted per object
 
@@ -118,7 +122,8 @@ func newKubeSource(a *Agent, cfg *rest.Config) (*kubeSource, error) {
 	return &kubeSource{
 		a: a, log: a.log.With("source", "kubernetes"), client: client, dyn: dyn,
 		policies: map[objectKey]policy.Policy{}, services: map[lb.Frontend]service{},
-		remote: map[objectKey]remotePod{}, reported: map[objectKey]string{},
+		decoded: map[types.UID]decodedObject{},
+		remote:  map[objectKey]remotePod{}, reported: map[objectKey]string{},
 		reports: make(chan report, 256),
 	}, nil
 }

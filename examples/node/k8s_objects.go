@@ -9,7 +9,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 
 	"go.yaml.in/yaml/v3"
 
@@ -120,48 +122,37 @@ func (k *kubeSource) applyLocked(key objectKey, uid, apiVersion string) {
 // EndpointSlice the informers hold, with the manifest source's decoder
 // and join (each object as a one-document manifest), and applies what
 // changed. An invalid Service or EndpointSlice is logged and left out.
+// Decoding (a JSON and a YAML round trip) is the cost: an object is
+// decoded again only when its resource version changed; the join reads
+// every object's decoded form.
 func (k *kubeSource) servicesChanged() {
 	// Under the lock, so that two handlers cannot apply their snapshots
 	// out of order.
 	a := k.a
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	svcObjs := k.factory.Core().V1().Services().Informer().GetStore().List()
-	sliceObjs := k.factory.Discovery().V1().EndpointSlices().Informer().GetStore().List()
 	var (
 		svcs   []k8sService
 		slices []k8sEndpointSlice
+		seen   = make(map[types.UID]bool, len(k.decoded))
 	)
-	for _, o := range svcObjs {
-		svc, ok := o.(*corev1.Service)
-		if !ok {
-			continue
-		}
-		n, err := objectNode(svc)
-		if err == nil {
-			var s *k8sService
-			if s, err = decodeService("Service "+svc.Namespace+"/"+svc.Name, 1, 1, n); err == nil && s != nil {
-				svcs = append(svcs, *s)
+	for _, o := range k.factory.Core().V1().Services().Informer().GetStore().List() {
+		if svc, ok := o.(*corev1.Service); ok {
+			if d := k.decode(svc, &svc.ObjectMeta, seen); d.svc != nil {
+				svcs = append(svcs, *d.svc)
 			}
-		}
-		if err != nil {
-			k.log.Warn("service left out", "service", svc.Namespace+"/"+svc.Name, "err", err)
 		}
 	}
-	for _, o := range sliceObjs {
-		sl, ok := o.(*discoveryv1.EndpointSlice)
-		if !ok {
-			continue
-		}
-		n, err := objectNode(sl)
-		if err == nil {
-			var s *k8sEndpointSlice
-			if s, err = decodeEndpointSlice("EndpointSlice "+sl.Namespace+"/"+sl.Name, 1, 1, n); err == nil {
-				slices = append(slices, *s)
+	for _, o := range k.factory.Discovery().V1().EndpointSlices().Informer().GetStore().List() {
+		if sl, ok := o.(*discoveryv1.EndpointSlice); ok {
+			if d := k.decode(sl, &sl.ObjectMeta, seen); d.slice != nil {
+				slices = append(slices, *d.slice)
 			}
 		}
-		if err != nil {
-			k.log.Warn("endpoint slice left out", "slice", sl.Namespace+"/"+sl.Name, "err", err)
+	}
+	for uid := range k.decoded {
+		if !seen[uid] {
+			delete(k.decoded, uid)
 		}
 	}
 	out := map[lb.Frontend]service{}
@@ -173,6 +164,46 @@ func (k *kubeSource) servicesChanged() {
 	}
 	k.services = out
 	k.applyLocked(objectKey{}, "", "")
+}
+
+// decodedObject is a Service or an EndpointSlice as the manifest decoders
+// read it, at one resource version; both nil when it is invalid (or a
+// Service nodeplane leaves out).
+type decodedObject struct {
+	version string
+	svc     *k8sService
+	slice   *k8sEndpointSlice
+}
+
+// decode returns obj (a *corev1.Service or *discoveryv1.EndpointSlice)
+// decoded, from the cache when its resource version has not changed, and
+// marks it seen. An invalid object is logged when it is decoded.
+func (k *kubeSource) decode(obj any, meta *metav1.ObjectMeta, seen map[types.UID]bool) decodedObject {
+	seen[meta.UID] = true
+	if d, ok := k.decoded[meta.UID]; ok && d.version == meta.ResourceVersion && meta.ResourceVersion != "" {
+		return d
+	}
+	d := decodedObject{version: meta.ResourceVersion}
+	name := meta.Namespace + "/" + meta.Name
+	n, err := objectNode(obj)
+	if err == nil {
+		switch obj.(type) {
+		case *corev1.Service:
+			d.svc, err = decodeService("Service "+name, 1, 1, n)
+		case *discoveryv1.EndpointSlice:
+			d.slice, err = decodeEndpointSlice("EndpointSlice "+name, 1, 1, n)
+		}
+	}
+	if err != nil {
+		d.svc, d.slice = nil, nil
+		if _, ok := obj.(*corev1.Service); ok {
+			k.log.Warn("service left out", "service", name, "err", err)
+		} else {
+			k.log.Warn("endpoint slice left out", "slice", name, "err", err)
+		}
+	}
+	k.decoded[meta.UID] = d
+	return d
 }
 
 // objectNode is an API object as the YAML node the manifest decoders take

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"log/slog"
 	"net/netip"
 	"testing"
 
@@ -9,6 +10,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/nodeplane/nodeplane"
@@ -92,5 +94,40 @@ func TestKubeObjectsDecode(t *testing.T) {
 	sn, _ = objectNode(svc)
 	if _, err := decodeService("Service prod/api", 1, 1, sn); err == nil {
 		t.Error("a NodePort service was accepted")
+	}
+}
+
+// An event decodes only the object whose resource version changed: the
+// cache answers for the others, and forgets nothing it should not.
+func TestKubeObjectsDecodeCache(t *testing.T) {
+	k := &kubeSource{log: slog.New(slog.DiscardHandler), decoded: map[types.UID]decodedObject{}}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "prod", Name: "api", UID: "u1", ResourceVersion: "1"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", Ports: []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}}}
+	clusterIP := func(d decodedObject) string {
+		if d.svc == nil {
+			return "(none)"
+		}
+		return d.svc.Spec.ClusterIP
+	}
+	seen := map[types.UID]bool{}
+	if got := clusterIP(k.decode(svc, &svc.ObjectMeta, seen)); got != "10.96.0.10" || !seen["u1"] {
+		t.Fatalf("first decode: cluster IP %s, seen %v", got, seen)
+	}
+	// The same version again is not decoded again: the cache holds what
+	// version 1 said, whatever the object now says.
+	svc.Spec.ClusterIP = "10.96.0.11"
+	if got := clusterIP(k.decode(svc, &svc.ObjectMeta, seen)); got != "10.96.0.10" {
+		t.Errorf("same resource version: cluster IP %s, want the cached 10.96.0.10", got)
+	}
+	svc.ResourceVersion = "2"
+	if got := clusterIP(k.decode(svc, &svc.ObjectMeta, seen)); got != "10.96.0.11" {
+		t.Errorf("new resource version: cluster IP %s, want 10.96.0.11", got)
+	}
+	// An object without a version (not from an API server) is always
+	// decoded; an invalid one decodes to nothing.
+	svc.ResourceVersion = ""
+	svc.Spec.ClusterIP = "not-an-ip"
+	if d := k.decode(svc, &svc.ObjectMeta, seen); d.svc != nil {
+		t.Errorf("invalid cluster IP decoded to %+v", d.svc)
 	}
 }
