@@ -77,15 +77,8 @@ type kubeSource struct {
 	remote   map[objectKey]remotePod
 	reported map[objectKey]string // the last event posted per object
 
-	// reports are the events and status updates queued for the API
-	// server, posted by postReports so that no handler waits on it.
-	reports chan report
-}
-
-// report is one write to the API server: an event or a status update.
-type report struct {
-	what string
-	do   func(context.Context) error
+	// reports are the events and status updates for the API server.
+	reports *reporter
 }
 
 // objectKey names an object: its kind, namespace and name.
@@ -119,12 +112,13 @@ func newKubeSource(a *Agent, cfg *rest.Config) (*kubeSource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes dynamic client: %w", err)
 	}
+	log := a.log.With("source", "kubernetes")
 	return &kubeSource{
-		a: a, log: a.log.With("source", "kubernetes"), client: client, dyn: dyn,
+		a: a, log: log, client: client, dyn: dyn,
 		policies: map[objectKey]policy.Policy{}, services: map[lb.Frontend]service{},
 		decoded: map[types.UID]decodedObject{},
 		remote:  map[objectKey]remotePod{}, reported: map[objectKey]string{},
-		reports: make(chan report, 256),
+		reports: newReporter(log),
 	}, nil
 }
 
@@ -194,7 +188,7 @@ func (k *kubeSource) start(ctx context.Context) error {
 		}
 		k.synced = append(k.synced, reg.HasSynced)
 	}
-	k.a.goroutine("kubernetes reports", k.postReports)
+	k.a.goroutine("kubernetes reports", k.reports.run)
 	k.factory.Start(k.a.ctx.Done())
 	k.dynFactory.Start(k.a.ctx.Done())
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -549,7 +543,7 @@ func (k *kubeSource) eventf(key objectKey, uid, apiVersion, eventType, reason, f
 		FirstTimestamp: now, LastTimestamp: now, Count: 1,
 		ReportingController: "nodeplane.io/node", ReportingInstance: k.a.cfg.Node,
 	}
-	k.queue(report{what: "event " + reason + " on " + key.String(), do: func(ctx context.Context) error {
+	k.reports.event(report{what: "event " + reason + " on " + key.String(), do: func(ctx context.Context) error {
 		_, err := k.client.CoreV1().Events(ns).Create(ctx, ev, metav1.CreateOptions{})
 		return err
 	}})
@@ -573,7 +567,7 @@ func (k *kubeSource) setPolicyStatus(key objectKey, errMsg string) {
 	if err != nil {
 		return
 	}
-	k.queue(report{what: "status of " + key.String(), do: func(ctx context.Context) error {
+	k.reports.status(key, report{what: "status of " + key.String(), do: func(ctx context.Context) error {
 		var res dynamic.ResourceInterface = k.dyn.Resource(gvr)
 		if key.namespace != "" {
 			res = k.dyn.Resource(gvr).Namespace(key.namespace)
@@ -581,29 +575,4 @@ func (k *kubeSource) setPolicyStatus(key objectKey, errMsg string) {
 		_, err := res.Patch(ctx, key.name, types.MergePatchType, body, metav1.PatchOptions{}, "status")
 		return err
 	}})
-}
-
-func (k *kubeSource) queue(r report) {
-	select {
-	case k.reports <- r:
-	default:
-		k.log.Warn("report dropped: too many queued", "report", r.what)
-	}
-}
-
-// postReports writes the queued reports until ctx ends.
-func (k *kubeSource) postReports(ctx context.Context) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case r := <-k.reports:
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := r.do(cctx)
-			cancel()
-			if err != nil && ctx.Err() == nil {
-				k.log.Warn("report to the API server failed", "report", r.what, "err", err)
-			}
-		}
-	}
 }
