@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 
@@ -222,6 +223,9 @@ func (a *testAgent) Check(_ context.Context, req agentapi.CheckRequest) error {
 	}
 	if ep, ok := a.dp.Endpoint(at.ep.ID()); !ok || ep != at.ep {
 		return agentapi.Errorf(agentapi.CodeDataplane, "endpoint %d is not in the datapath", at.ep.ID())
+	}
+	if have := []netip.Prefix{netip.PrefixFrom(at.ep.IPv4(), 32)}; req.Addrs != nil && !slices.Equal(req.Addrs, have) {
+		return agentapi.Errorf(agentapi.CodeDataplane, "endpoint addresses differ from the ADD result: the runtime has %v, the agent's endpoint has %v", req.Addrs, have)
 	}
 	return nil
 }

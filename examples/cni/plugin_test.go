@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -25,14 +26,17 @@ import (
 // fakeAgent is an agentapi.Backend that records requests and answers with
 // fixed endpoints; the privileged tests use a real one.
 type fakeAgent struct {
-	mu      sync.Mutex
-	adds    []agentapi.AddRequest
-	dels    []agentapi.DelRequest
-	gcs     []agentapi.GCRequest
-	addErr  error
-	status  agentapi.Status
-	eps     []agentapi.Endpoint
-	addResp agentapi.AddResponse
+	mu     sync.Mutex
+	adds   []agentapi.AddRequest
+	dels   []agentapi.DelRequest
+	gcs    []agentapi.GCRequest
+	checks []agentapi.CheckRequest
+	addErr error
+	// checkErr is Check's answer.
+	checkErr error
+	status   agentapi.Status
+	eps      []agentapi.Endpoint
+	addResp  agentapi.AddResponse
 }
 
 func (f *fakeAgent) Add(_ context.Context, req agentapi.AddRequest) (agentapi.AddResponse, error) {
@@ -47,8 +51,13 @@ func (f *fakeAgent) Del(_ context.Context, req agentapi.DelRequest) error {
 	f.dels = append(f.dels, req)
 	return nil
 }
-func (f *fakeAgent) Check(context.Context, agentapi.CheckRequest) error { return nil }
-func (f *fakeAgent) List(context.Context) ([]agentapi.Endpoint, error)  { return f.eps, nil }
+func (f *fakeAgent) Check(_ context.Context, req agentapi.CheckRequest) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checks = append(f.checks, req)
+	return f.checkErr
+}
+func (f *fakeAgent) List(context.Context) ([]agentapi.Endpoint, error) { return f.eps, nil }
 func (f *fakeAgent) GC(_ context.Context, req agentapi.GCRequest) (agentapi.GCResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -260,14 +269,23 @@ func TestDelGCCheck(t *testing.T) {
 	check := func(cid, addr string) error {
 		return p.check(&skel.CmdArgs{ContainerID: cid, Netns: "/x", IfName: "eth0", StdinData: netconf(sock, prev(addr))})
 	}
+	// The plugin hands the agent the attachment, its namespace and the
+	// prevResult's addresses (the agent compares them), and passes the
+	// agent's error on.
 	if err := check("c1", "10.0.0.5/32"); err != nil {
 		t.Errorf("CHECK of the agent's endpoint: %v", err)
 	}
-	if err, ok := check("c1", "10.0.0.6/32").(*types.Error); !ok || err.Code != agentapi.CodeDataplane {
-		t.Errorf("CHECK with another address: %v", err)
+	want := agentapi.CheckRequest{Attachment: agentapi.Attachment{ContainerID: "c1", IfName: "eth0"}, NetNS: "/x",
+		Addrs: []netip.Prefix{netip.MustParsePrefix("10.0.0.5/32")}}
+	if len(agent.checks) != 1 || !reflect.DeepEqual(agent.checks[0], want) {
+		t.Errorf("agent got %+v, want %+v", agent.checks, want)
 	}
+	agent.checkErr = agentapi.Errorf(agentapi.CodeUnknownContainer, "no endpoint for container c2 interface eth0")
 	if err, ok := check("c2", "10.0.0.5/32").(*types.Error); !ok || err.Code != types.ErrUnknownContainer {
 		t.Errorf("CHECK of an unknown container: %v", err)
+	}
+	if err, ok := check("c1", "not-an-address").(*types.Error); !ok || err.Code != types.ErrDecodingFailure || len(agent.checks) != 2 {
+		t.Errorf("CHECK with a bad prevResult address: %v (agent asked %d times, want 2)", err, len(agent.checks))
 	}
 	if err, ok := p.check(&skel.CmdArgs{ContainerID: "c1", Netns: "/x", IfName: "eth0", StdinData: netconf(sock, "")}).(*types.Error); !ok || err.Code != types.ErrInvalidNetworkConfig {
 		t.Errorf("CHECK without prevResult: %v", err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -66,6 +67,18 @@ func TestPrivilegedAgentAPI(t *testing.T) {
 		if err := c.Check(ctx, agentapi.CheckRequest{Attachment: p.req.Attachment, NetNS: p.req.NetNS}); err != nil {
 			t.Errorf("check %s: %v", p.req.Pod, err)
 		}
+		// The runtime's result, in any order, is the endpoint's; another
+		// pod's is not.
+		var addrs []netip.Prefix
+		for _, ip := range slices.Backward(p.resp.IPs) {
+			addrs = append(addrs, ip.Address)
+		}
+		if err := c.Check(ctx, agentapi.CheckRequest{Attachment: p.req.Attachment, NetNS: p.req.NetNS, Addrs: addrs}); err != nil {
+			t.Errorf("check %s with its addresses %v: %v", p.req.Pod, addrs, err)
+		}
+	}
+	if err := c.Check(ctx, agentapi.CheckRequest{Attachment: web.req.Attachment, NetNS: web.req.NetNS, Addrs: []netip.Prefix{db.resp.IPs[0].Address}}); agentapi.CodeOf(err) != agentapi.CodeDataplane {
+		t.Errorf("check web with db's address: %v, want code %d", err, agentapi.CodeDataplane)
 	}
 	again, err := c.Add(ctx, web.req)
 	if err != nil || !reflect.DeepEqual(again, web.resp) {

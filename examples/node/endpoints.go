@@ -246,7 +246,7 @@ func (a *Agent) Del(ctx context.Context, req agentapi.DelRequest) error {
 }
 
 // Check verifies that an endpoint is as Add made it: the agent knows it,
-// the datapath has it, its host interface exists in the node namespace,
+// with the addresses the request names (if any), the datapath has it, its host interface exists in the node namespace,
 // inside the pod's namespace its interface holds its addresses, and its
 // bandwidth limits are in force.
 func (a *Agent) Check(ctx context.Context, req agentapi.CheckRequest) error {
@@ -258,6 +258,14 @@ func (a *Agent) Check(ctx context.Context, req agentapi.CheckRequest) error {
 	}
 	if req.NetNS != "" && req.NetNS != e.rec.NetNS {
 		return agentapi.Errorf(agentapi.CodeInvalidConfig, "endpoint is in %s, not %s", e.rec.NetNS, req.NetNS)
+	}
+	if req.Addrs != nil {
+		want := slices.SortedFunc(slices.Values(req.Addrs), netip.Prefix.Compare)
+		have := slices.SortedFunc(slices.Values(e.rec.Addrs), netip.Prefix.Compare)
+		if !slices.Equal(want, have) {
+			return &agentapi.Error{Code: agentapi.CodeDataplane, Msg: "endpoint addresses differ from the ADD result",
+				Details: fmt.Sprintf("the runtime has %v, the agent's endpoint has %v", want, have)}
+		}
 	}
 	dpEP, ok := a.dp.Endpoint(datapath.EndpointID(e.rec.EndpointID))
 	if !ok {

@@ -153,6 +153,9 @@ type DelRequest struct {
 type CheckRequest struct {
 	Attachment
 	NetNS string `json:"netns"`
+	// Addrs, when set, are the addresses the runtime's result gave the
+	// attachment (CNI prevResult): they must be the endpoint's.
+	Addrs []netip.Prefix `json:"addrs,omitempty"`
 }
 
 // Endpoint is one endpoint the agent manages.
