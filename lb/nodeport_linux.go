@@ -1,7 +1,6 @@
 package lb
 
 import (
-	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -144,9 +143,9 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 	if seedStr == "" {
 		seedStr = maglev.DefaultHashSeed
 	}
-	seed, err := base64.StdEncoding.DecodeString(seedStr)
-	if err != nil || len(seed) != 12 { // maglev.New checked it
-		return nil, fmt.Errorf("%w: seed %q", ErrInvalidConfig, seedStr)
+	seed, err := maglev.ParseHashSeed(seedStr)
+	if err != nil { // maglev.New checked it
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 
 	snat4, snat6, err := cfg.snatAddrs()

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -142,12 +141,8 @@ func parseSeed(s string) error {
 	if strings.ContainsAny(s, "\r\n") {
 		return fmt.Errorf("-seed %q: contains a line break", s)
 	}
-	raw, err := base64.StdEncoding.Strict().DecodeString(s)
-	if err != nil {
-		return fmt.Errorf("-seed %q: not standard base64: %v", s, err)
-	}
-	if len(raw) != 12 {
-		return fmt.Errorf("-seed %q: decodes to %d bytes, want 12", s, len(raw))
+	if _, err := maglev.ParseHashSeed(s); err != nil {
+		return fmt.Errorf("-seed: %w", err)
 	}
 	return nil
 }

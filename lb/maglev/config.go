@@ -68,14 +68,27 @@ func (cfg Config) murmurSeed() (uint32, error) {
 		}
 		return 0, fmt.Errorf("%w: %d is %s (supported: %v)", ErrTableSize, cfg.TableSize, why, supportedTableSizes)
 	}
-	seed, err := base64.StdEncoding.DecodeString(cfg.HashSeed)
+	seed, err := ParseHashSeed(cfg.HashSeed)
 	if err != nil {
-		return 0, fmt.Errorf("%w: %q is not standard base64: %w", ErrHashSeed, cfg.HashSeed, err)
+		return 0, err
 	}
-	if len(seed) != 12 {
-		return 0, fmt.Errorf("%w: %q decodes to %d bytes, want 12", ErrHashSeed, cfg.HashSeed, len(seed))
+	return binary.BigEndian.Uint32(seed[:4]), nil
+}
+
+// ParseHashSeed decodes a hash seed as Cilium's --bpf-lb-maglev-hash-seed
+// takes it: 12 bytes in standard base64. As in Cilium, bytes 0-3 seed the
+// backend key hash of the table; the north-south programs hash packets
+// with bytes 4-7 (IPv4) and 8-11 (IPv6). Errors wrap [ErrHashSeed].
+func ParseHashSeed(s string) ([12]byte, error) {
+	var seed [12]byte
+	raw, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return seed, fmt.Errorf("%w: %q is not standard base64: %w", ErrHashSeed, s, err)
 	}
-	return binary.BigEndian.Uint32(seed), nil
+	if len(raw) != len(seed) {
+		return seed, fmt.Errorf("%w: %q decodes to %d bytes, want 12", ErrHashSeed, s, len(raw))
+	}
+	return [12]byte(raw), nil
 }
 
 // isPrime reports whether n is prime. It only serves error messages about
