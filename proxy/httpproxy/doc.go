@@ -13,7 +13,15 @@
 // them from the policy package's compiled endpoint policies). A request
 // must be allowed by each side's rules; within a side the rules are ORed,
 // and a rule that allows the port without HTTP rules allows every request
-// (Cilium's semantics, policy.HTTPPolicy). The rules are looked up again
+// (Cilium's semantics, policy.HTTPPolicy). A rule's path matches the
+// request's path and query (Envoy's :path) after the normalization that
+// Cilium's --http-normalize-path (on by default) configures in Envoy
+// (policy.NormalizeHTTPPath): "." and ".." segments resolved, escapes of
+// unreserved characters decoded, slashes merged; the upstream receives
+// that normalized path, so no path is judged as one thing and served as
+// another. A path with escaped slashes (%2F, %5C) is answered 307 to its
+// unescaped form, one Envoy cannot normalize 400, and a target that is
+// no path 404, as Envoy answers them. The rules are looked up again
 // for every request, so a policy change applies to the next request of a
 // kept-alive connection. A denied request gets 403 with
 // the body "Access denied\r\n", as Cilium's Envoy answers, and the

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/textproto"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -277,7 +278,29 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.cfg.Logger.Debug("httpproxy: policy", "from", cs.red.Source, "error", err)
 		dec = Decision{SourceIdentity: cs.dec.SourceIdentity, DestinationIdentity: cs.dec.DestinationIdentity, Direction: cs.dec.Direction}
 	}
-	req := policy.HTTPRequest{Method: r.Method, Target: r.RequestURI, Host: r.Host, Header: r.Header}
+	// The rules see, and the upstream gets, the path as Cilium's Envoy
+	// normalizes it (policy.NormalizeHTTPPath says how and why).
+	target := requestPath(r)
+	if !strings.HasPrefix(target, "/") {
+		// Envoy answers a target that is no path ("*", authority-form)
+		// with 404 before any filter.
+		http.Error(w, "", http.StatusNotFound)
+		return
+	}
+	target, redirect, ok := policy.NormalizeHTTPPath(target)
+	switch {
+	case !ok, redirect && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc"):
+		// Envoy's local replies for a path it cannot normalize, and for
+		// a redirect a gRPC client would not follow.
+		w.Header().Set("Connection", "close")
+		http.Error(w, "", http.StatusBadRequest)
+		return
+	case redirect:
+		w.Header().Set("Location", target)
+		w.WriteHeader(http.StatusTemporaryRedirect)
+		return
+	}
+	req := policy.HTTPRequest{Method: r.Method, Target: target, Host: r.Host, Header: r.Header}
 	allowed := len(dec.Sides) > 0
 	for _, side := range dec.Sides {
 		if !side.Decide(&req).Allowed {
@@ -285,7 +308,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 	}
-	httpRec := p.httpRecord(r, 0)
+	httpRec := p.httpRecord(r, target)
 	verdict := flow.Forwarded
 	if !allowed {
 		verdict = flow.Dropped
@@ -299,7 +322,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			HTTP: &flow.HTTP{Code: http.StatusForbidden, Method: httpRec.Method, URL: httpRec.URL, Protocol: httpRec.Protocol}})
 		return
 	}
-	resp, err := p.roundTrip(r.Context(), cs, r, body)
+	resp, err := p.roundTrip(r.Context(), cs, r, target, body)
 	if err != nil {
 		p.cfg.Logger.Debug("httpproxy: upstream", "to", cs.red.Destination, "error", err)
 		http.Error(w, "upstream connect error or disconnect/reset before headers", http.StatusServiceUnavailable)
@@ -333,8 +356,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // roundTrip sends r on the connection's upstream, dialing it first if
 // there is none (or it broke), and reads the response's headers. The
-// request's body is read from body when it is not nil.
-func (p *Proxy) roundTrip(ctx context.Context, cs *connState, r *http.Request, body io.ReadCloser) (*http.Response, error) {
+// request goes to target (path and query) when it is not empty, and its
+// body is read from body when that is not nil.
+func (p *Proxy) roundTrip(ctx context.Context, cs *connState, r *http.Request, target string, body io.ReadCloser) (*http.Response, error) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if cs.upstream == nil {
@@ -348,6 +372,11 @@ func (p *Proxy) roundTrip(ctx context.Context, cs *connState, r *http.Request, b
 	out := r.Clone(ctx)
 	if body != nil {
 		out.Body = body
+	}
+	if target != "" {
+		// Opaque: written as it is, not escaped again.
+		path, query, hasQuery := strings.Cut(target, "?")
+		out.URL = &url.URL{Opaque: path, RawQuery: query, ForceQuery: hasQuery && query == ""}
 	}
 	out.RequestURI = ""
 	out.Close = false
@@ -386,6 +415,28 @@ func (p *Proxy) roundTrip(ctx context.Context, cs *connState, r *http.Request, b
 	return resp, nil
 }
 
+// requestPath is a request's :path as Envoy's HTTP/1 codec makes it: the
+// request target, or the path and query of an absolute-form target
+// ("http://host/p?q", RFC 9112 3.2.2).
+func requestPath(r *http.Request) string {
+	u := r.RequestURI
+	if strings.HasPrefix(u, "/") {
+		return u
+	}
+	if i := strings.Index(u, "://"); i > 0 {
+		rest := u[i+3:]
+		j := strings.IndexAny(rest, "/?")
+		switch {
+		case j < 0:
+			return "/"
+		case rest[j] == '?':
+			return "/" + rest[j:]
+		}
+		return rest[j:]
+	}
+	return u
+}
+
 // hopByHop are the headers that concern one connection (RFC 9110 7.6.1),
 // which a proxy does not forward; among them Upgrade, so that the proxy,
 // which does not switch protocols, never lets a connection out of HTTP.
@@ -418,9 +469,10 @@ func (p *Proxy) closeUpstreamLocked(cs *connState) {
 	}
 }
 
-// httpRecord is the flow record of a request: Hubble's URL is absolute.
-func (p *Proxy) httpRecord(r *http.Request, code uint32) *flow.HTTP {
-	h := &flow.HTTP{Code: code, Method: r.Method, URL: "http://" + r.Host + r.RequestURI, Protocol: r.Proto}
+// httpRecord is the flow record of a request with its normalized target:
+// Hubble's URL is absolute.
+func (p *Proxy) httpRecord(r *http.Request, target string) *flow.HTTP {
+	h := &flow.HTTP{Method: r.Method, URL: "http://" + r.Host + target, Protocol: r.Proto}
 	keys := make([]string, 0, len(r.Header))
 	for k := range r.Header {
 		keys = append(keys, k)

@@ -41,7 +41,7 @@ func TestRoundTripSkipsInterimResponses(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.Header.Set("Expect", "100-continue")
-	resp, err := p.roundTrip(context.Background(), cs, req, nil)
+	resp, err := p.roundTrip(context.Background(), cs, req, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
