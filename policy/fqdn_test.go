@@ -376,3 +376,71 @@ spec:
 		t.Fatal("after expiry: want 81 only")
 	}
 }
+
+// failingDeletes is an ipcache writer whose next n deletes fail.
+type failingDeletes struct{ n int }
+
+func (w *failingDeletes) UpsertPrefix(netip.Prefix, ipcache.Entry) error { return nil }
+func (w *failingDeletes) DeletePrefix(netip.Prefix) error {
+	if w.n > 0 {
+		w.n--
+		return errors.New("injected delete failure")
+	}
+	return nil
+}
+
+// An ipcache delete that fails when an answer expires is retried by the
+// next ExpireDNS: the selections have already let the address go and will
+// not report it again, so without the retry the address would stay
+// allowed for ever.
+func TestEngineFQDNExpiryRetriesFailedDelete(t *testing.T) {
+	f := newFQDNFixture(t)
+	w := &failingDeletes{n: 1}
+	if err := f.ipc.AddWriter(w); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.e.ObserveDNS("www.example.test", []netip.Addr{netip.MustParseAddr("192.0.2.10")}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !f.allowed("192.0.2.10", 80) {
+		t.Fatal("resolved address not allowed")
+	}
+	*f.clock = f.clock.Add(5 * time.Second)
+	if _, err := f.e.ExpireDNS(); err == nil {
+		t.Fatal("ExpireDNS hid the failed ipcache delete")
+	}
+	if !f.allowed("192.0.2.10", 80) {
+		t.Fatal("the failed delete took the entry away all the same")
+	}
+	if _, err := f.e.ExpireDNS(); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if f.allowed("192.0.2.10", 80) {
+		t.Fatal("still allowed after the retry")
+	}
+	if _, ok := f.ipc.Get(netip.MustParsePrefix("192.0.2.10/32")); ok {
+		t.Fatal("ipcache entry left after the retry")
+	}
+}
+
+// An answer with TTL 0 is learnt (Cilium puts its addresses in the
+// datapath before the client gets the answer), not dropped.
+func TestEngineFQDNZeroTTL(t *testing.T) {
+	f := newFQDNFixture(t)
+	if err := f.e.ObserveDNS("www.example.test", []netip.Addr{netip.MustParseAddr("192.0.2.10")}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.e.ExpireDNS(); err != nil {
+		t.Fatal(err)
+	}
+	if !f.allowed("192.0.2.10", 80) {
+		t.Fatal("TTL 0 answer not learnt")
+	}
+	*f.clock = f.clock.Add(fqdn.ZeroTTLLifetime)
+	if _, err := f.e.ExpireDNS(); err != nil {
+		t.Fatal(err)
+	}
+	if f.allowed("192.0.2.10", 80) {
+		t.Fatalf("still allowed %v later", fqdn.ZeroTTLLifetime)
+	}
+}
