@@ -36,9 +36,11 @@ type dnsRules struct {
 }
 
 // compileDNSRules compiles the DNS rules of a port rule; nil if it has
-// none.
+// none. An empty list is none: Cilium's L4Filter takes the DNS parser,
+// and so the redirect to the DNS proxy, only for len(rules.DNS) > 0
+// (pkg/policy/l4.go), so "dns: []" allows the port like no rules at all.
 func compileDNSRules(r *L7Rules) (*dnsRules, error) {
-	if r == nil || r.DNS == nil {
+	if r == nil || len(r.DNS) == 0 {
 		return nil, nil
 	}
 	out := &dnsRules{rules: slices.Clone(r.DNS)}

@@ -444,3 +444,75 @@ func TestEngineFQDNZeroTTL(t *testing.T) {
 		t.Fatalf("still allowed %v later", fqdn.ZeroTTLLifetime)
 	}
 }
+
+// addFixturePolicy adds one more policy to a fixture's engine.
+func (f *fqdnFixture) addPolicy(t *testing.T, doc string) {
+	t.Helper()
+	ps, err := f.e.Parse([]byte(doc), "extra.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.e.AddPolicy(ps[0]); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A deny rule that covers the DNS server and port denies every query,
+// even when an allow rule with matching DNS rules comes first (Cilium's
+// deny precedence: the datapath drops the query).
+func TestEvaluateDNSDenyWinsWhateverTheOrder(t *testing.T) {
+	f := newFQDNFixture(t)
+	src, server := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddrPort("10.0.0.53:53")
+	if d, err := f.e.EvaluateDNS(src, server, nodeplane.ProtoUDP, "www.example.test."); err != nil || !d.Allowed {
+		t.Fatalf("before the deny: %+v %v", d, err)
+	}
+	f.addPolicy(t, `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: zz-deny-dns, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egressDeny:
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}}]
+    toPorts: [{ports: [{port: "53", protocol: UDP}]}]
+`)
+	d, err := f.e.EvaluateDNS(src, server, nodeplane.ProtoUDP, "www.example.test.")
+	if err != nil || d.Allowed || !strings.Contains(d.Reason, "denied by") {
+		t.Fatalf("with a deny for 53/UDP: %+v %v, want denied by the deny rule", d, err)
+	}
+	// The map agrees: the datapath drops the query.
+	m, _ := f.web.snapshot()
+	if dec := mapstate.Lookup(m, f.dns.ID, mapstate.Egress, nodeplane.ProtoUDP, 53); dec.Allowed {
+		t.Fatalf("map allows 53/UDP to the server: %+v", dec)
+	}
+	// TCP 53 is not covered by the deny: the DNS rules decide.
+	if d, err := f.e.EvaluateDNS(src, server, nodeplane.ProtoTCP, "www.example.test."); err != nil || !d.Allowed {
+		t.Fatalf("53/TCP: %+v %v", d, err)
+	}
+}
+
+// An empty DNS rule list is no DNS rules, as in Cilium (the DNS parser,
+// and the redirect, only for a non-empty list): the port is allowed
+// without the proxy, every name.
+func TestEmptyDNSRuleListIsPlainL4(t *testing.T) {
+	f := newFQDNFixture(t)
+	f.addPolicy(t, `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: empty-dns, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}}]
+    toPorts:
+    - ports: [{port: "5353", protocol: UDP}]
+      rules: {dns: []}
+`)
+	m, _ := f.web.snapshot()
+	dec := mapstate.Lookup(m, f.dns.ID, mapstate.Egress, nodeplane.ProtoUDP, 5353)
+	if !dec.Allowed || dec.ProxyPort != 0 {
+		t.Fatalf("5353/UDP with dns: [] → %+v, want allowed without redirect", dec)
+	}
+	d, err := f.e.EvaluateDNS(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddrPort("10.0.0.53:5353"), nodeplane.ProtoUDP, "anything.else.")
+	if err != nil || !d.Allowed {
+		t.Fatalf("EvaluateDNS with dns: [] → %+v %v, want allowed", d, err)
+	}
+}
