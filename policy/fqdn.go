@@ -127,7 +127,8 @@ func newFQDNState(cfg EngineConfig) (*fqdnState, error) {
 
 // ObserveDNS tells the engine that a DNS answer gave name the addresses
 // addrs for ttl (the answer's TTL; the engine keeps it at least
-// EngineConfig.FQDN.MinTTL). Addresses the name's toFQDNs selectors did
+// EngineConfig.FQDN.MinTTL, and an answer whose TTL is then zero for
+// fqdn.ZeroTTLLifetime). Addresses the name's toFQDNs selectors did
 // not select before get identities, ipcache entries and policy-map entries
 // before ObserveDNS returns, so a connection the endpoint opens after
 // receiving the answer is allowed. It fails with [nodeplane.ErrNotSupported]
@@ -174,10 +175,12 @@ func (e *Engine) ExpireDNS() (next time.Time, err error) {
 }
 
 // RunDNSExpiry calls [Engine.ExpireDNS] whenever an answer runs out (and
-// at least every interval) until ctx is done. It returns the first error
-// or ctx's cause. Run one per engine; after an error, run it again: the
-// changes that failed are retried first.
-func (e *Engine) RunDNSExpiry(ctx context.Context, interval time.Duration) error {
+// at least every interval) until ctx is done or the engine is closed, and
+// returns ctx's cause or [nodeplane.ErrClosed]. A pass that fails does not
+// stop it: the changes that failed are retried by the next pass, at most
+// interval later, and onError (when not nil) is given each failure. Run
+// one per engine.
+func (e *Engine) RunDNSExpiry(ctx context.Context, interval time.Duration, onError func(error)) error {
 	if interval <= 0 {
 		interval = time.Second
 	}
@@ -186,8 +189,11 @@ func (e *Engine) RunDNSExpiry(ctx context.Context, interval time.Duration) error
 	}
 	for {
 		next, err := e.ExpireDNS()
-		if err != nil {
+		if errors.Is(err, nodeplane.ErrClosed) {
 			return err
+		}
+		if err != nil && onError != nil {
+			onError(err)
 		}
 		wait := interval
 		if !next.IsZero() {

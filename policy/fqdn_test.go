@@ -240,7 +240,7 @@ func TestEngineRunDNSExpiry(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- e.RunDNSExpiry(ctx, time.Hour) }()
+	go func() { done <- e.RunDNSExpiry(ctx, time.Hour, nil) }()
 	// Let the loop find nothing and go to sleep for its interval (an
 	// hour): the answer must wake it.
 	time.Sleep(50 * time.Millisecond)
@@ -514,5 +514,62 @@ spec:
 	d, err := f.e.EvaluateDNS(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddrPort("10.0.0.53:5353"), nodeplane.ProtoUDP, "anything.else.")
 	if err != nil || !d.Allowed {
 		t.Fatalf("EvaluateDNS with dns: [] → %+v %v, want allowed", d, err)
+	}
+}
+
+// A pass of RunDNSExpiry whose ipcache delete fails does not end the
+// loop: the failure is reported and the delete retried by the next pass,
+// so the address does not stay allowed for ever.
+func TestEngineRunDNSExpiryRetriesFailures(t *testing.T) {
+	alloc := identity.NewLocalAllocator(identity.LocalAllocatorConfig{})
+	defer alloc.Close()
+	ipc := ipcache.New()
+	if err := ipc.AddWriter(&failingDeletes{n: 1}); err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(EngineConfig{CIDRAllocator: alloc, IPCache: ipc, FQDN: &fqdn.Config{},
+		Policy: Config{ProxyPorts: ProxyPorts{DNS: 10053}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ps, err := e.Parse([]byte(fqdnPolicy), "fqdn.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.AddPolicy(ps[0]); err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddr("192.0.2.10")
+	if err := e.ObserveDNS("a.example.test", []netip.Addr{addr}, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	failures := make(chan error, 10)
+	go func() {
+		done <- e.RunDNSExpiry(ctx, 50*time.Millisecond, func(err error) { failures <- err })
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, ok := ipc.Get(netip.PrefixFrom(addr, 32)); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("address still in the ipcache: the failed delete was not retried")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("RunDNSExpiry: %v", err)
+	}
+	select {
+	case err := <-failures:
+		if !strings.Contains(err.Error(), "injected delete failure") {
+			t.Fatalf("reported %v", err)
+		}
+	default:
+		t.Fatal("the failed pass was not reported")
 	}
 }
