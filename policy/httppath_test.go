@@ -1,6 +1,9 @@
 package policy
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // TestNormalizeHTTPPath checks the normalizer against Envoy's own
 // expectations (test/common/http/path_utility_test.cc: canonicalPath,
@@ -70,4 +73,44 @@ func TestNormalizeHTTPPath(t *testing.T) {
 			t.Errorf("NormalizeHTTPPath(%q) = %q, want rejected", in, got)
 		}
 	}
+}
+
+// FuzzNormalizeHTTPPath checks what a normalized path must be, whatever
+// the input: a path (starting with "/"), with no "." or ".." segment (also
+// escaped) and no run of slashes in its path part, the query exactly as
+// sent, and a fixed point: normalizing what the upstream receives changes
+// nothing and asks for no redirect, so a path cannot be judged as one
+// thing and read by the server as another.
+func FuzzNormalizeHTTPPath(f *testing.F) {
+	for _, s := range []string{"/a/b/../c", "/a/..\\c", "/%c0%af", "/%5c%25", "/a/b/%2E%2E/c", "/a/%2F%2f/c",
+		"/%%30%30", "/a//b?a=///c", "/public%2F..%2Fprivate", "..", "/x?%2F", "/a/.%2e/b", "/%2e%2E%2f"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		out, _, ok := NormalizeHTTPPath(in)
+		if !ok {
+			return
+		}
+		path, query, hasQuery := strings.Cut(out, "?")
+		if _, q, hq := strings.Cut(in, "?"); hq != hasQuery || q != query {
+			t.Fatalf("%q → %q: query changed", in, out)
+		}
+		if !strings.HasPrefix(path, "/") {
+			t.Fatalf("%q → %q: not a path", in, out)
+		}
+		if path != "//" && strings.Contains(path, "//") {
+			// ("//" alone stays: Envoy's mergeSlashes keeps both the
+			// leading and the trailing slash.)
+			t.Fatalf("%q → %q: run of slashes", in, out)
+		}
+		for _, seg := range strings.Split(path, "/") {
+			if d := strings.ToLower(strings.ReplaceAll(strings.ToLower(seg), "%2e", ".")); d == "." || d == ".." {
+				t.Fatalf("%q → %q: dot segment %q", in, out, seg)
+			}
+		}
+		again, redirect, ok := NormalizeHTTPPath(out)
+		if !ok || redirect || again != out {
+			t.Fatalf("%q → %q → %q (redirect %v, ok %v): not a fixed point", in, out, again, redirect, ok)
+		}
+	})
 }
