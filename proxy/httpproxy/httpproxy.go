@@ -260,9 +260,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := time.Now()
 	rc := http.NewResponseController(w)
+	// net/http reads a body the handler leaves unread (a denied request's,
+	// up to 256 KiB) without a deadline of its own: bound it, so that a
+	// client trickling the body of a request it gets no answer to yet
+	// cannot hold the connection. Forwarded bodies extend it per read.
+	_ = rc.SetReadDeadline(time.Now().Add(p.cfg.StreamIdleTimeout))
 	w = &clientWriter{ResponseWriter: w, rc: rc, idle: p.cfg.StreamIdleTimeout}
-	// Cover net/http's own final flush of the response too.
-	defer w.(*clientWriter).extend()
+	// Cover net/http's own final flush of the response too, which may
+	// first wait for that unread body (up to the read deadline above).
+	defer func() { _ = rc.SetWriteDeadline(time.Now().Add(2 * p.cfg.StreamIdleTimeout)) }()
 	// The body the upstream gets reads the client's with a deadline; the
 	// request's own stays net/http's, whose state after the handler says
 	// whether the connection can serve another request.

@@ -233,3 +233,51 @@ func TestMaxConnections(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// denyAll is a Policy whose one side has no rule: every request denied.
+type denyAll struct{}
+
+func (denyAll) Connection(proxy.Redirected) (Decision, error) {
+	return Decision{SourceIdentity: 1000, Sides: []*policy.HTTPPolicy{{}}}, nil
+}
+
+// A denied request whose client trickles its body: net/http would read
+// the rest of the body before answering, without a deadline; the client
+// gets its 403 and is disconnected within StreamIdleTimeout instead.
+func TestStreamIdleTimeoutDeniedSlowBody(t *testing.T) {
+	addr := startLoopback(t, Config{Policy: denyAll{}, StreamIdleTimeout: 300 * time.Millisecond}, "127.0.0.1:1")
+	c := dialT(t, addr)
+	io.WriteString(c, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("status %d, want 403", resp.StatusCode)
+	}
+	if el := waitClosed(t, c, 5*time.Second); time.Since(start) > 3*time.Second {
+		t.Errorf("closed after %v, want about 300ms", el)
+	}
+}
+
+// A denied request whose body arrived whole keeps its connection: the
+// next request on it is answered too.
+func TestDeniedWholeBodyKeepsConnection(t *testing.T) {
+	addr := startLoopback(t, Config{Policy: denyAll{}, StreamIdleTimeout: 300 * time.Millisecond}, "127.0.0.1:1")
+	c := dialT(t, addr)
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	br := bufio.NewReader(c)
+	for i := range 2 {
+		io.WriteString(c, "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != http.StatusForbidden || resp.Close {
+			t.Fatalf("request %d: status %d close %v, want 403 kept alive", i, resp.StatusCode, resp.Close)
+		}
+	}
+}
