@@ -4,9 +4,12 @@
 // Cilium lets a policy name destinations by DNS name (matchName) or pattern
 // (matchPattern). Names do not resolve by themselves: a DNS proxy watches
 // the lookups endpoints make and reports each answer (name, addresses, TTL).
-// A [Cache] remembers those answers until their TTL runs out (never sooner
+// The cache remembers those answers until their TTL runs out (never sooner
 // than a configurable minimum, Cilium's --tofqdns-min-ttl, default 0: the
-// answer's own TTL). [Selections] combines the cache with the selectors the
+// answer's own TTL; an answer whose TTL is still zero is remembered for
+// [ZeroTTLLifetime], not dropped), at most Config.MaxIPsPerName addresses
+// per name (Cilium's --tofqdns-endpoint-max-ip-per-hostname) and
+// Config.MaxEntries pairs in all. [Selections] combines the cache with the selectors the
 // policies use and says, for every address, which selectors select it now;
 // each change (an answer arrived, a TTL ran out, a selector came or went)
 // returns the addresses whose set of selectors changed, so that the caller

@@ -32,6 +32,9 @@ type Selections struct {
 	selectors map[Selector]*registered
 	// selected caches, per address, the selectors that select it now.
 	selected map[netip.Addr][]Selector
+	// nameSels caches, per remembered name, the registered selectors that
+	// match it, so that recomputing an address matches no pattern.
+	nameSels map[string][]Selector
 }
 
 type registered struct {
@@ -48,13 +51,16 @@ func New(cfg Config) (*Selections, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Selections{
+	s := &Selections{
 		now:       now,
 		minTTL:    cfg.MinTTL,
-		cache:     newCache(cmp.Or(cfg.MaxIPsPerName, DefaultMaxIPsPerName)),
 		selectors: map[Selector]*registered{},
 		selected:  map[netip.Addr][]Selector{},
-	}, nil
+		nameSels:  map[string][]Selector{},
+	}
+	s.cache = newCache(cmp.Or(cfg.MaxIPsPerName, DefaultMaxIPsPerName), cmp.Or(cfg.MaxEntries, DefaultMaxEntries),
+		func(name string) { delete(s.nameSels, name) })
+	return s, nil
 }
 
 // Now returns the current time of the configured clock.
@@ -80,6 +86,9 @@ func (s *Selections) AddSelector(sel Selector) ([]Change, error) {
 	var touched []netip.Addr
 	for name := range s.cache.names {
 		if m.Matches(name) {
+			if ns, ok := s.nameSels[name]; ok {
+				s.nameSels[name] = insertSelector(ns, sel)
+			}
 			for a := range s.cache.names[name] {
 				touched = append(touched, a)
 			}
@@ -101,6 +110,11 @@ func (s *Selections) RemoveSelector(sel Selector) []Change {
 		return nil
 	}
 	delete(s.selectors, sel)
+	for name, ns := range s.nameSels {
+		if i, ok := slices.BinarySearchFunc(ns, sel, compareSelectors); ok {
+			s.nameSels[name] = slices.Delete(ns, i, i+1)
+		}
+	}
 	var touched []netip.Addr
 	for a, sels := range s.selected {
 		if slices.Contains(sels, sel) {
@@ -111,7 +125,8 @@ func (s *Selections) RemoveSelector(sel Selector) []Change {
 }
 
 // Observe records a DNS answer: name resolved to addrs for ttl (raised to
-// the minimum TTL). Invalid addresses are ignored; an empty name is
+// the minimum TTL; an answer whose TTL is then zero is remembered for
+// [ZeroTTLLifetime]). Invalid addresses are ignored; an empty name is
 // [ErrInvalidName]. It returns the addresses whose selectors changed.
 func (s *Selections) Observe(name string, addrs []netip.Addr, ttl time.Duration) ([]Change, error) {
 	if strings.TrimSpace(name) == "" || len(name) > MaxNameLength+1 {
@@ -125,12 +140,11 @@ func (s *Selections) Observe(name string, addrs []netip.Addr, ttl time.Duration)
 			valid = append(valid, a.Unmap())
 		}
 	}
+	if ttl <= 0 {
+		ttl = ZeroTTLLifetime
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ttl <= 0 {
-		// Expired on arrival: nothing to remember.
-		return nil, nil
-	}
 	added := s.cache.update(name, valid, s.now().Add(ttl))
 	return s.recomputeLocked(added), nil
 }
@@ -193,13 +207,10 @@ func (s *Selections) recomputeLocked(addrs []netip.Addr) []Change {
 	for _, a := range addrs {
 		var sels []Selector
 		for name := range s.cache.byAddr[a] {
-			for sel, r := range s.selectors {
-				if !slices.Contains(sels, sel) && r.m.Matches(name) {
-					sels = append(sels, sel)
-				}
+			for _, sel := range s.selectorsOfNameLocked(name) {
+				sels = insertSelector(sels, sel)
 			}
 		}
-		slices.SortFunc(sels, compareSelectors)
 		old := s.selected[a]
 		if slices.Equal(old, sels) {
 			continue
@@ -212,6 +223,31 @@ func (s *Selections) recomputeLocked(addrs []netip.Addr) []Change {
 		out = append(out, Change{Addr: a, Selectors: slices.Clone(sels)})
 	}
 	return out
+}
+
+// selectorsOfNameLocked returns the registered selectors that match a
+// remembered name, sorted, matching them once per name.
+func (s *Selections) selectorsOfNameLocked(name string) []Selector {
+	if ns, ok := s.nameSels[name]; ok {
+		return ns
+	}
+	var ns []Selector
+	for sel, r := range s.selectors {
+		if r.m.Matches(name) {
+			ns = insertSelector(ns, sel)
+		}
+	}
+	s.nameSels[name] = ns
+	return ns
+}
+
+// insertSelector adds sel to a sorted list that may hold it already.
+func insertSelector(ns []Selector, sel Selector) []Selector {
+	i, ok := slices.BinarySearchFunc(ns, sel, compareSelectors)
+	if ok {
+		return ns
+	}
+	return slices.Insert(ns, i, sel)
 }
 
 func compareSelectors(a, b Selector) int {

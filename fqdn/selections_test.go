@@ -123,12 +123,6 @@ func TestSelectionsMinTTL(t *testing.T) {
 	if _, err := New(Config{MinTTL: -1}); err == nil {
 		t.Fatal("negative MinTTL accepted")
 	}
-	// Without a minimum, a TTL 0 answer is never remembered.
-	s0, _ := newTestSelections(t, 0)
-	s0.AddSelector(sel)
-	if ch, _ := s0.Observe("a.test", addrs("192.0.2.1"), 0); len(ch) != 0 {
-		t.Fatalf("TTL 0 remembered: %v", ch)
-	}
 }
 
 func TestSelectionsRemoveSelector(t *testing.T) {
@@ -174,5 +168,66 @@ func TestSelectionsMaxIPsPerName(t *testing.T) {
 	}
 	if _, err := New(Config{MaxIPsPerName: -1}); err == nil {
 		t.Fatal("negative MaxIPsPerName accepted")
+	}
+}
+
+// An answer whose TTL is zero (and no MinTTL raises it) is learnt like any
+// other, as Cilium learns it before the client gets the answer, and is
+// forgotten ZeroTTLLifetime later.
+func TestSelectionsZeroTTL(t *testing.T) {
+	s, c := newTestSelections(t, 0)
+	sel := Selector{MatchName: "zero.test"}
+	s.AddSelector(sel)
+	ch, err := s.Observe("zero.test", addrs("192.0.2.9"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ch) != 1 || !slices.Equal(ch[0].Selectors, []Selector{sel}) {
+		t.Fatalf("TTL 0 answer: changes %v, want the address selected", ch)
+	}
+	if ch := s.Expire(); len(ch) != 0 {
+		t.Fatalf("expired on arrival: %v", ch)
+	}
+	if next, ok := s.NextExpiry(); !ok || !next.Equal(c.t.Add(ZeroTTLLifetime)) {
+		t.Fatalf("NextExpiry = %v %v, want arrival + %v", next, ok, ZeroTTLLifetime)
+	}
+	c.t = c.t.Add(ZeroTTLLifetime)
+	if ch := s.Expire(); len(ch) != 1 || len(ch[0].Selectors) != 0 {
+		t.Fatalf("after %v: changes %v, want the address released", ZeroTTLLifetime, ch)
+	}
+}
+
+// MaxEntries bounds the pairs of all names together: beyond it the pair
+// that would expire first goes, whichever name it belongs to.
+func TestSelectionsMaxEntries(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	s, err := New(Config{MaxEntries: 3, Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := Selector{MatchPattern: "*"}
+	s.AddSelector(all)
+	s.Observe("a.test", addrs("192.0.2.1", "192.0.2.2"), 30*time.Second)
+	s.Observe("b.test", addrs("192.0.2.3"), 10*time.Second)
+	ch, _ := s.Observe("c.test", addrs("192.0.2.4"), 20*time.Second)
+	if got := s.Selected(all); !slices.Equal(got, addrs("192.0.2.1", "192.0.2.2", "192.0.2.4")) {
+		t.Fatalf("Selected = %v, want b.test's address (first to expire) forgotten", got)
+	}
+	if len(ch) != 2 || ch[0].Addr != addrs("192.0.2.3")[0] || len(ch[0].Selectors) != 0 {
+		t.Fatalf("changes %v", ch)
+	}
+	if names := s.Names(addrs("192.0.2.3")[0]); len(names) != 0 {
+		t.Fatalf("b.test still remembered: %v", names)
+	}
+	// Extending a pair many times leaves one live pair, and the heap of
+	// expiries does not keep every extension.
+	for i := range 1000 {
+		s.Observe("a.test", addrs("192.0.2.1"), time.Duration(40+i)*time.Second)
+	}
+	if n := len(s.cache.expiries); n > 2*s.cache.entries+64 {
+		t.Fatalf("%d expiry items for %d pairs", n, s.cache.entries)
+	}
+	if _, err := New(Config{MaxEntries: -1}); err == nil {
+		t.Fatal("negative MaxEntries accepted")
 	}
 }

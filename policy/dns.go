@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/nodeplane/nodeplane"
 	"github.com/nodeplane/nodeplane/identity"
@@ -35,8 +36,10 @@ type DNSDecision struct {
 // and covers the port either has no DNS rules (all names) or has a DNS
 // rule whose matchName or matchPattern matches the name; otherwise it is
 // refused. A deny rule that covers the server and port denies every query
-// (the datapath would drop it anyway). A direction that is not enforced
-// allows everything.
+// (the datapath would drop it anyway), wherever it stands among the
+// rules. A port whose rules have an empty DNS list has no DNS rules
+// (Cilium redirects a port to its DNS proxy only for a non-empty list):
+// every query. A direction that is not enforced allows everything.
 func (r *Repository) EvaluateDNS(ep Endpoint, server identity.Identity, proto nodeplane.Protocol, port uint16, name string) DNSDecision {
 	entries, _ := r.snapshot()
 	_, eg, dirs := r.selectRules(entries, ep.Identity, ep.Labels)
@@ -44,26 +47,31 @@ func (r *Repository) EvaluateDNS(ep Endpoint, server identity.Identity, proto no
 		return DNSDecision{Allowed: true, Reason: "egress policy is not enforced"}
 	}
 	namedPort := r.namedPortFunc(ep, server, mapstate.Egress)
+	// Deny rules first, wherever they stand among the rules: in Cilium a
+	// deny that covers the server and port wins over every allow (the
+	// datapath drops the query before any proxy sees it).
+	for _, e := range eg {
+		if !e.deny || !e.matchesPeer(server.Labels) {
+			continue
+		}
+		if e.l3Only() || slices.ContainsFunc(e.ports, func(p l4Port) bool { return p.matches(proto, port, namedPort) }) {
+			return DNSDecision{Rule: e.ref, Reason: "denied by " + e.ref.String()}
+		}
+	}
 	var (
 		portAllowed bool
 		withRules   []RuleRef
 	)
 	for _, e := range eg {
-		if !e.matchesPeer(server.Labels) {
+		if e.deny || !e.matchesPeer(server.Labels) {
 			continue
 		}
 		if e.l3Only() {
-			if e.deny {
-				return DNSDecision{Rule: e.ref, Reason: "denied by " + e.ref.String()}
-			}
 			return DNSDecision{Allowed: true, Rule: e.ref, Reason: "all traffic to the server allowed by " + e.ref.String()}
 		}
 		for _, p := range e.ports {
 			if !p.matches(proto, port, namedPort) {
 				continue
-			}
-			if e.deny {
-				return DNSDecision{Rule: e.ref, Reason: "denied by " + e.ref.String()}
 			}
 			portAllowed = true
 			if p.dns == nil {

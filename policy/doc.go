@@ -99,8 +99,10 @@
 // its cidr labels and one fqdn:<name or pattern> label per matching
 // selector, published in the ipcache; [Engine.ExpireDNS] (or
 // [Engine.RunDNSExpiry]) takes it away when the answer's TTL runs out
-// (at least the configured minimum, Cilium's --tofqdns-min-ttl), so new
-// connections to the address are denied while tracked ones continue.
+// (at least the configured minimum, Cilium's --tofqdns-min-ttl; an
+// answer with TTL 0 is learnt too, for fqdn.ZeroTTLLifetime), so new
+// connections to the address are denied while tracked ones continue. An
+// identity or ipcache change that fails is retried by the next one.
 //
 // # Lifetime and errors
 //

@@ -36,9 +36,11 @@ type dnsRules struct {
 }
 
 // compileDNSRules compiles the DNS rules of a port rule; nil if it has
-// none.
+// none. An empty list is none: Cilium's L4Filter takes the DNS parser,
+// and so the redirect to the DNS proxy, only for len(rules.DNS) > 0
+// (pkg/policy/l4.go), so "dns: []" allows the port like no rules at all.
 func compileDNSRules(r *L7Rules) (*dnsRules, error) {
-	if r == nil || r.DNS == nil {
+	if r == nil || len(r.DNS) == 0 {
 		return nil, nil
 	}
 	out := &dnsRules{rules: slices.Clone(r.DNS)}
@@ -94,6 +96,12 @@ type fqdnState struct {
 	// observed wakes RunDNSExpiry when an answer arrives, whose TTL may
 	// run out before the loop's next wake-up.
 	observed chan struct{}
+	// retry holds the addresses whose identity or ipcache entry could not
+	// be brought in line with their selectors (an allocation or an ipcache
+	// write failed): the selections have moved on and will not report
+	// them again, so every later change retries them first. Without it a
+	// failed delete at expiry would leave the address allowed for ever.
+	retry map[netip.Addr]struct{}
 }
 
 func newFQDNState(cfg EngineConfig) (*fqdnState, error) {
@@ -114,12 +122,13 @@ func newFQDNState(cfg EngineConfig) (*fqdnState, error) {
 		return nil, fmt.Errorf("engine config: %w", err)
 	}
 	return &fqdnState{sel: sel, ids: map[netip.Addr]identity.Identity{}, policies: map[PolicyID][]fqdn.Selector{},
-		observed: make(chan struct{}, 1)}, nil
+		observed: make(chan struct{}, 1), retry: map[netip.Addr]struct{}{}}, nil
 }
 
 // ObserveDNS tells the engine that a DNS answer gave name the addresses
 // addrs for ttl (the answer's TTL; the engine keeps it at least
-// EngineConfig.FQDN.MinTTL). Addresses the name's toFQDNs selectors did
+// EngineConfig.FQDN.MinTTL, and an answer whose TTL is then zero for
+// fqdn.ZeroTTLLifetime). Addresses the name's toFQDNs selectors did
 // not select before get identities, ipcache entries and policy-map entries
 // before ObserveDNS returns, so a connection the endpoint opens after
 // receiving the answer is allowed. It fails with [nodeplane.ErrNotSupported]
@@ -148,7 +157,9 @@ func (e *Engine) ObserveDNS(name string, addrs []netip.Addr, ttl time.Duration) 
 // identities of the addresses no selector selects any more, so that new
 // connections to them are denied. It returns when the next answer runs
 // out (zero when none is remembered): call it again then. Connections the
-// datapath already tracks are not cut.
+// datapath already tracks are not cut. An address whose identity or
+// ipcache entry could not be changed (the error says which) is retried
+// by the next call, and by every later ObserveDNS or policy change.
 func (e *Engine) ExpireDNS() (next time.Time, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -164,9 +175,12 @@ func (e *Engine) ExpireDNS() (next time.Time, err error) {
 }
 
 // RunDNSExpiry calls [Engine.ExpireDNS] whenever an answer runs out (and
-// at least every interval) until ctx is done. It returns the first error
-// or ctx's cause. Run one per engine.
-func (e *Engine) RunDNSExpiry(ctx context.Context, interval time.Duration) error {
+// at least every interval) until ctx is done or the engine is closed, and
+// returns ctx's cause or [nodeplane.ErrClosed]. A pass that fails does not
+// stop it: the changes that failed are retried by the next pass, at most
+// interval later, and onError (when not nil) is given each failure. Run
+// one per engine.
+func (e *Engine) RunDNSExpiry(ctx context.Context, interval time.Duration, onError func(error)) error {
 	if interval <= 0 {
 		interval = time.Second
 	}
@@ -175,8 +189,11 @@ func (e *Engine) RunDNSExpiry(ctx context.Context, interval time.Duration) error
 	}
 	for {
 		next, err := e.ExpireDNS()
-		if err != nil {
+		if errors.Is(err, nodeplane.ErrClosed) {
 			return err
+		}
+		if err != nil && onError != nil {
+			onError(err)
 		}
 		wait := interval
 		if !next.IsZero() {
@@ -247,6 +264,16 @@ func (e *Engine) releaseFQDNsLocked(sels []fqdn.Selector) error {
 // selectors (or takes it away), publishes it in the ipcache and updates
 // the policy maps of every endpoint for the identities that came and went.
 func (e *Engine) applyFQDNLocked(changes []fqdn.Change) error {
+	if len(e.fqdn.retry) > 0 {
+		// Earlier failures first, as the selections see them now; a
+		// change for the same address among changes wins.
+		retries := make([]fqdn.Change, 0, len(e.fqdn.retry)+len(changes))
+		for a := range e.fqdn.retry {
+			retries = append(retries, fqdn.Change{Addr: a, Selectors: e.fqdn.sel.SelectorsOf(a)})
+		}
+		slices.SortFunc(retries, func(x, y fqdn.Change) int { return x.Addr.Compare(y.Addr) })
+		changes = append(retries, changes...)
+	}
 	if len(changes) == 0 {
 		return nil
 	}
@@ -267,6 +294,8 @@ func (e *Engine) applyFQDNLocked(changes []fqdn.Change) error {
 	)
 	for _, a := range order {
 		ch := last[a]
+		// Settled unless a write below fails.
+		delete(e.fqdn.retry, a)
 		pfx := netip.PrefixFrom(a, a.BitLen())
 		old, hadOld := e.fqdn.ids[a]
 		if len(ch.Selectors) == 0 {
@@ -286,6 +315,7 @@ func (e *Engine) applyFQDNLocked(changes []fqdn.Change) error {
 			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("fqdn identity of %v: %w", a, err))
+				e.fqdn.retry[a] = struct{}{}
 				continue
 			}
 			delete(e.fqdn.ids, a)
@@ -312,6 +342,7 @@ func (e *Engine) applyFQDNLocked(changes []fqdn.Change) error {
 		id, _, err := e.cfg.CIDRAllocator.Allocate(ctx, ls)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("fqdn identity of %v: %w", a, err))
+			e.fqdn.retry[a] = struct{}{}
 			continue
 		}
 		ident := identity.Identity{ID: id, Labels: ls}
@@ -325,6 +356,7 @@ func (e *Engine) applyFQDNLocked(changes []fqdn.Change) error {
 		if err := e.cfg.IPCache.Upsert(pfx, ipcache.Entry{Identity: id}); err != nil {
 			errs = append(errs, fmt.Errorf("fqdn identity of %v: %w", a, err))
 			dropped = append(dropped, e.releaseFQDNIdentity(ctx, id)...)
+			e.fqdn.retry[a] = struct{}{}
 			continue
 		}
 		e.fqdn.ids[a] = ident

@@ -240,7 +240,7 @@ func TestEngineRunDNSExpiry(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- e.RunDNSExpiry(ctx, time.Hour) }()
+	go func() { done <- e.RunDNSExpiry(ctx, time.Hour, nil) }()
 	// Let the loop find nothing and go to sleep for its interval (an
 	// hour): the answer must wake it.
 	time.Sleep(50 * time.Millisecond)
@@ -374,5 +374,202 @@ spec:
 	}
 	if f.allowed("192.0.2.10", 80) || !f.allowed("192.0.2.10", 81) {
 		t.Fatal("after expiry: want 81 only")
+	}
+}
+
+// failingDeletes is an ipcache writer whose next n deletes fail.
+type failingDeletes struct{ n int }
+
+func (w *failingDeletes) UpsertPrefix(netip.Prefix, ipcache.Entry) error { return nil }
+func (w *failingDeletes) DeletePrefix(netip.Prefix) error {
+	if w.n > 0 {
+		w.n--
+		return errors.New("injected delete failure")
+	}
+	return nil
+}
+
+// An ipcache delete that fails when an answer expires is retried by the
+// next ExpireDNS: the selections have already let the address go and will
+// not report it again, so without the retry the address would stay
+// allowed for ever.
+func TestEngineFQDNExpiryRetriesFailedDelete(t *testing.T) {
+	f := newFQDNFixture(t)
+	w := &failingDeletes{n: 1}
+	if err := f.ipc.AddWriter(w); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.e.ObserveDNS("www.example.test", []netip.Addr{netip.MustParseAddr("192.0.2.10")}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !f.allowed("192.0.2.10", 80) {
+		t.Fatal("resolved address not allowed")
+	}
+	*f.clock = f.clock.Add(5 * time.Second)
+	if _, err := f.e.ExpireDNS(); err == nil {
+		t.Fatal("ExpireDNS hid the failed ipcache delete")
+	}
+	if !f.allowed("192.0.2.10", 80) {
+		t.Fatal("the failed delete took the entry away all the same")
+	}
+	if _, err := f.e.ExpireDNS(); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if f.allowed("192.0.2.10", 80) {
+		t.Fatal("still allowed after the retry")
+	}
+	if _, ok := f.ipc.Get(netip.MustParsePrefix("192.0.2.10/32")); ok {
+		t.Fatal("ipcache entry left after the retry")
+	}
+}
+
+// An answer with TTL 0 is learnt (Cilium puts its addresses in the
+// datapath before the client gets the answer), not dropped.
+func TestEngineFQDNZeroTTL(t *testing.T) {
+	f := newFQDNFixture(t)
+	if err := f.e.ObserveDNS("www.example.test", []netip.Addr{netip.MustParseAddr("192.0.2.10")}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.e.ExpireDNS(); err != nil {
+		t.Fatal(err)
+	}
+	if !f.allowed("192.0.2.10", 80) {
+		t.Fatal("TTL 0 answer not learnt")
+	}
+	*f.clock = f.clock.Add(fqdn.ZeroTTLLifetime)
+	if _, err := f.e.ExpireDNS(); err != nil {
+		t.Fatal(err)
+	}
+	if f.allowed("192.0.2.10", 80) {
+		t.Fatalf("still allowed %v later", fqdn.ZeroTTLLifetime)
+	}
+}
+
+// addFixturePolicy adds one more policy to a fixture's engine.
+func (f *fqdnFixture) addPolicy(t *testing.T, doc string) {
+	t.Helper()
+	ps, err := f.e.Parse([]byte(doc), "extra.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.e.AddPolicy(ps[0]); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A deny rule that covers the DNS server and port denies every query,
+// even when an allow rule with matching DNS rules comes first (Cilium's
+// deny precedence: the datapath drops the query).
+func TestEvaluateDNSDenyWinsWhateverTheOrder(t *testing.T) {
+	f := newFQDNFixture(t)
+	src, server := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddrPort("10.0.0.53:53")
+	if d, err := f.e.EvaluateDNS(src, server, nodeplane.ProtoUDP, "www.example.test."); err != nil || !d.Allowed {
+		t.Fatalf("before the deny: %+v %v", d, err)
+	}
+	f.addPolicy(t, `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: zz-deny-dns, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egressDeny:
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}}]
+    toPorts: [{ports: [{port: "53", protocol: UDP}]}]
+`)
+	d, err := f.e.EvaluateDNS(src, server, nodeplane.ProtoUDP, "www.example.test.")
+	if err != nil || d.Allowed || !strings.Contains(d.Reason, "denied by") {
+		t.Fatalf("with a deny for 53/UDP: %+v %v, want denied by the deny rule", d, err)
+	}
+	// The map agrees: the datapath drops the query.
+	m, _ := f.web.snapshot()
+	if dec := mapstate.Lookup(m, f.dns.ID, mapstate.Egress, nodeplane.ProtoUDP, 53); dec.Allowed {
+		t.Fatalf("map allows 53/UDP to the server: %+v", dec)
+	}
+	// TCP 53 is not covered by the deny: the DNS rules decide.
+	if d, err := f.e.EvaluateDNS(src, server, nodeplane.ProtoTCP, "www.example.test."); err != nil || !d.Allowed {
+		t.Fatalf("53/TCP: %+v %v", d, err)
+	}
+}
+
+// An empty DNS rule list is no DNS rules, as in Cilium (the DNS parser,
+// and the redirect, only for a non-empty list): the port is allowed
+// without the proxy, every name.
+func TestEmptyDNSRuleListIsPlainL4(t *testing.T) {
+	f := newFQDNFixture(t)
+	f.addPolicy(t, `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: empty-dns, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}}]
+    toPorts:
+    - ports: [{port: "5353", protocol: UDP}]
+      rules: {dns: []}
+`)
+	m, _ := f.web.snapshot()
+	dec := mapstate.Lookup(m, f.dns.ID, mapstate.Egress, nodeplane.ProtoUDP, 5353)
+	if !dec.Allowed || dec.ProxyPort != 0 {
+		t.Fatalf("5353/UDP with dns: [] → %+v, want allowed without redirect", dec)
+	}
+	d, err := f.e.EvaluateDNS(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddrPort("10.0.0.53:5353"), nodeplane.ProtoUDP, "anything.else.")
+	if err != nil || !d.Allowed {
+		t.Fatalf("EvaluateDNS with dns: [] → %+v %v, want allowed", d, err)
+	}
+}
+
+// A pass of RunDNSExpiry whose ipcache delete fails does not end the
+// loop: the failure is reported and the delete retried by the next pass,
+// so the address does not stay allowed for ever.
+func TestEngineRunDNSExpiryRetriesFailures(t *testing.T) {
+	alloc := identity.NewLocalAllocator(identity.LocalAllocatorConfig{})
+	defer alloc.Close()
+	ipc := ipcache.New()
+	if err := ipc.AddWriter(&failingDeletes{n: 1}); err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(EngineConfig{CIDRAllocator: alloc, IPCache: ipc, FQDN: &fqdn.Config{},
+		Policy: Config{ProxyPorts: ProxyPorts{DNS: 10053}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ps, err := e.Parse([]byte(fqdnPolicy), "fqdn.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.AddPolicy(ps[0]); err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddr("192.0.2.10")
+	if err := e.ObserveDNS("a.example.test", []netip.Addr{addr}, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	failures := make(chan error, 10)
+	go func() {
+		done <- e.RunDNSExpiry(ctx, 50*time.Millisecond, func(err error) { failures <- err })
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, ok := ipc.Get(netip.PrefixFrom(addr, 32)); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("address still in the ipcache: the failed delete was not retried")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("RunDNSExpiry: %v", err)
+	}
+	select {
+	case err := <-failures:
+		if !strings.Contains(err.Error(), "injected delete failure") {
+			t.Fatalf("reported %v", err)
+		}
+	default:
+		t.Fatal("the failed pass was not reported")
 	}
 }

@@ -72,8 +72,10 @@ func anchor(re string) string { return `^(?:` + re + `)$` }
 // HTTPRequest is what HTTP rules see of a request.
 type HTTPRequest struct {
 	Method string
-	// Target is the request target as sent, path and query
-	// ("/public/x?q=1"): Envoy's :path, which Path rules match.
+	// Target is the request's path and query ("/public/x?q=1"): Envoy's
+	// :path, which Path rules match whole. The HTTP proxy gives it
+	// normalized ([NormalizeHTTPPath]), as Cilium's Envoy does; Decide
+	// matches it as given.
 	Target string
 	// Host is the Host header (Envoy's :authority), with its port if sent.
 	Host string

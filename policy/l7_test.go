@@ -158,3 +158,25 @@ func TestHTTPMatcherCilium(t *testing.T) {
 }
 
 var _ = identity.Unknown
+
+// An empty HTTP rule list is no HTTP rules, as in Cilium (the HTTP parser,
+// and the redirect, only for a non-empty list): a plain allow, which a
+// repository without an HTTP proxy accepts too.
+func TestEmptyHTTPRuleListIsPlainL4(t *testing.T) {
+	const doc = `
+endpointSelector: {matchLabels: {app: db}}
+ingress:
+- fromEndpoints: [{matchLabels: {app: web}}]
+  toPorts:
+  - ports: [{port: "80", protocol: TCP}]
+    rules: {http: []}`
+	for _, cfg := range []Config{{ProxyPorts: ProxyPorts{HTTP: 15001}}, {}} {
+		w := newWorld(t, cfg, cnp("prod", "x", doc))
+		db, web := w.ident(dbProd), w.ident(webProd)
+		pol := w.repo.Compile(Endpoint{Identity: db.ID, Labels: db.Labels})
+		k := mapstate.Key{Identity: web.ID, Direction: mapstate.Ingress, Protocol: nodeplane.ProtoTCP, Port: 80, PortPrefixLen: 16}
+		if e, ok := pol.State()[k]; !ok || e.ProxyPort != 0 {
+			t.Errorf("proxy port %d: web's entry %+v (present %v), want a plain allow", cfg.ProxyPorts.HTTP, e, ok)
+		}
+	}
+}

@@ -251,7 +251,9 @@ func (rv *resolver) resolve(p *Policy) ([]*entry, error) {
 			for pi, pr := range it.ports {
 				// Of L7 rules only HTTP and DNS get here (unsupported.go).
 				var http []HTTPRuleRef
-				redir := pr.Rules != nil && pr.Rules.HTTP != nil
+				// Cilium takes the HTTP parser (the redirect) only for a
+				// non-empty list (pkg/policy/l4.go): "http: []" is plain L4.
+				redir := pr.Rules != nil && len(pr.Rules.HTTP) > 0
 				if redir {
 					http, err = compileHTTP(e.ref, fmt.Sprintf("%s.toPorts[%d]", it.path, pi), pr.Rules.HTTP)
 					if err != nil {

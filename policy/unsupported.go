@@ -69,7 +69,7 @@ func (v *validator) unsupportedL7(pr PortRule, path string) {
 	if pr.Rules == nil {
 		return
 	}
-	if pr.Rules.HTTP != nil && v.cfg != nil && v.cfg.ProxyPorts.HTTP == 0 {
+	if len(pr.Rules.HTTP) > 0 && v.cfg != nil && v.cfg.ProxyPorts.HTTP == 0 {
 		v.fail(path+".rules.http", reasonHTTP)
 	}
 	for i, h := range pr.Rules.HTTP {
@@ -83,7 +83,7 @@ func (v *validator) unsupportedL7(pr PortRule, path string) {
 			}
 		}
 	}
-	if pr.Rules.DNS != nil && v.cfg != nil && v.cfg.ProxyPorts.DNS == 0 {
+	if len(pr.Rules.DNS) > 0 && v.cfg != nil && v.cfg.ProxyPorts.DNS == 0 {
 		v.fail(path+".rules.dns", reasonDNS)
 	}
 }

@@ -33,7 +33,10 @@ func (a *Agent) startDNSProxy() error {
 	if err != nil {
 		return err
 	}
-	a.goroutine("DNS expiry", func(ctx context.Context) error { return a.engine.RunDNSExpiry(ctx, time.Second) })
+	a.goroutine("DNS expiry", func(ctx context.Context) error {
+		// A failed pass is retried by the next one; say so, and go on.
+		return a.engine.RunDNSExpiry(ctx, time.Second, func(err error) { a.log.Warn("DNS expiry", "err", err) })
+	})
 	return nil
 }
 

@@ -334,6 +334,17 @@ func runWith(args []string, stdout, stderr io.Writer, trace tracer) int {
 		if target == "" {
 			target = "/"
 		}
+		// The proxy judges the path as Cilium's Envoy normalizes it.
+		switch norm, redirect, ok := policy.NormalizeHTTPPath(target); {
+		case !ok:
+			notes = append(notes, fmt.Sprintf("the HTTP proxy answers 400 to path %q, which Envoy cannot normalize", target))
+		case redirect:
+			notes = append(notes, fmt.Sprintf("the HTTP proxy answers 307 to path %q (escaped slashes), redirecting to %q, which is traced", target, norm))
+			target = norm
+		case norm != target:
+			notes = append(notes, fmt.Sprintf("path %q is judged as %q, normalized as Cilium's Envoy does", target, norm))
+			target = norm
+		}
 		method := *httpMethod
 		if method == "" {
 			method = "GET"

@@ -50,11 +50,19 @@ type Config struct {
 	// (the zero value; Cilium's default --tofqdns-dns-reject-response-code
 	// "refused") or dns.RcodeNameError ("nameError"). Others are invalid.
 	RejectRcode int
-	// MaxInFlight bounds the queries handled at once (UDP datagrams being
-	// answered plus open TCP connections): beyond it a datagram is dropped
-	// (the client retries) and a connection is closed at once, so that a
-	// flood cannot exhaust the node's memory. Zero: 1024.
+	// MaxInFlight bounds the queries handled at once, over UDP and TCP
+	// together: beyond it a datagram is dropped and a TCP connection with
+	// a query is closed (the clients retry), so that a flood cannot
+	// exhaust the node's memory. A TCP connection holds a place only
+	// while one of its queries is being handled, not while it is idle or
+	// its client is slow to send: TCP clients cannot starve UDP. Zero:
+	// 1024.
 	MaxInFlight int
+	// MaxTCPConnections bounds the TCP client connections open at once;
+	// one more is closed as soon as it is accepted. Zero: 256. (Cilium's
+	// proxy has no such bound; here every resource a client can hold is
+	// bounded.)
+	MaxTCPConnections int
 	// Logger gets diagnostics. Nil: discarded.
 	Logger *slog.Logger
 }
@@ -80,21 +88,21 @@ type Proxy struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
-	// inFlight holds a token per query or connection being handled.
+	// inFlight holds a token per query being handled.
 	inFlight chan struct{}
+	// tcpConns holds a token per open TCP client connection.
+	tcpConns chan struct{}
 }
 
-// acquire takes an in-flight token, or reports that the limit is reached.
-func (p *Proxy) acquire() bool {
+// tryAcquire takes a token of sem, or reports that it has none left.
+func tryAcquire(sem chan struct{}) bool {
 	select {
-	case p.inFlight <- struct{}{}:
+	case sem <- struct{}{}:
 		return true
 	default:
 		return false
 	}
 }
-
-func (p *Proxy) release() { <-p.inFlight }
 
 // New binds the proxy port (UDP and TCP, in Config.Proxy's namespace) and
 // starts serving. If either socket cannot be bound (the port is taken, no
@@ -109,8 +117,8 @@ func New(cfg Config) (_ *Proxy, err error) {
 	if cfg.RejectRcode != 0 && cfg.RejectRcode != dns.RcodeRefused && cfg.RejectRcode != dns.RcodeNameError {
 		return nil, fmt.Errorf("%w: RejectRcode %d is neither REFUSED nor NXDOMAIN", ErrInvalidConfig, cfg.RejectRcode)
 	}
-	if cfg.Timeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxInFlight < 0 {
-		return nil, fmt.Errorf("%w: negative timeout or MaxInFlight", ErrInvalidConfig)
+	if cfg.Timeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxInFlight < 0 || cfg.MaxTCPConnections < 0 {
+		return nil, fmt.Errorf("%w: negative timeout, MaxInFlight or MaxTCPConnections", ErrInvalidConfig)
 	}
 	p := newProxy(cfg)
 	defer func() {
@@ -141,6 +149,9 @@ func newProxy(cfg Config) *Proxy {
 	if cfg.MaxInFlight == 0 {
 		cfg.MaxInFlight = 1024
 	}
+	if cfg.MaxTCPConnections == 0 {
+		cfg.MaxTCPConnections = 256
+	}
 	if cfg.RejectRcode == 0 {
 		cfg.RejectRcode = dns.RcodeRefused
 	}
@@ -150,7 +161,8 @@ func newProxy(cfg Config) *Proxy {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Proxy{cfg: cfg, log: log, dialer: proxy.Dialer{Config: cfg.Proxy, Timeout: cfg.Timeout},
-		ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}, inFlight: make(chan struct{}, cfg.MaxInFlight)}
+		ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}, inFlight: make(chan struct{}, cfg.MaxInFlight),
+		tcpConns: make(chan struct{}, cfg.MaxTCPConnections)}
 }
 
 // Close stops serving, closes the sockets and the open TCP connections,
@@ -191,7 +203,7 @@ func (p *Proxy) serveUDP() {
 			time.Sleep(10 * time.Millisecond) // no busy loop on a failing socket
 			continue
 		}
-		if !p.acquire() {
+		if !tryAcquire(p.inFlight) {
 			p.log.Warn("dnsproxy: too many queries in flight; datagram dropped", "src", src)
 			continue
 		}
@@ -199,7 +211,7 @@ func (p *Proxy) serveUDP() {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			defer p.release()
+			defer func() { <-p.inFlight }()
 			if reply := p.handle(p.ctx, msg, src, dst, nodeplane.ProtoUDP); reply != nil {
 				if _, err := p.udp.WriteFrom(reply, dst, src); err != nil {
 					p.log.Warn("dnsproxy: answer", "to", src, "err", err)
@@ -221,8 +233,8 @@ func (p *Proxy) serveTCP() {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		if !p.acquire() {
-			p.log.Warn("dnsproxy: too many queries in flight; connection closed", "src", c.RemoteAddr())
+		if !tryAcquire(p.tcpConns) {
+			p.log.Warn("dnsproxy: too many TCP connections; connection closed", "src", c.RemoteAddr())
 			c.Close()
 			continue
 		}
@@ -232,7 +244,7 @@ func (p *Proxy) serveTCP() {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			defer p.release()
+			defer func() { <-p.tcpConns }()
 			defer func() {
 				p.mu.Lock()
 				delete(p.conns, c)
@@ -259,7 +271,14 @@ func (p *Proxy) serveConn(c net.Conn) {
 		if err != nil {
 			return
 		}
+		// A query place only while the query is handled: reading the
+		// next one and writing this answer hold none.
+		if !tryAcquire(p.inFlight) {
+			p.log.Warn("dnsproxy: too many queries in flight; connection closed", "src", r.Source)
+			return
+		}
 		reply := p.handle(p.ctx, raw, r.Source, r.Destination, nodeplane.ProtoTCP)
+		<-p.inFlight
 		if reply == nil {
 			return
 		}

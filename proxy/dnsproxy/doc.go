@@ -27,8 +27,12 @@
 // Every failure has a defined outcome and none stops the proxy: a bad
 // datagram is answered or dropped, a TCP client that sends garbage or
 // stalls is disconnected (Config.IdleTimeout), an upstream that fails is
-// SERVFAIL, and a flood beyond Config.MaxInFlight is dropped. [New] fails if the port cannot be bound, and the proxy is then
-// not running at all: the redirected queries get no answer (fail closed).
+// SERVFAIL, and a flood beyond Config.MaxInFlight queries at once is
+// dropped. TCP connections are bounded apart (Config.MaxTCPConnections)
+// and take a place among the in-flight queries only while one of their
+// queries is handled, so idle or slow TCP clients cannot starve UDP. [New]
+// fails if the port cannot be bound, and the proxy is then not running at
+// all: the redirected queries get no answer (fail closed).
 //
 // The proxy never logs on its own; Config.Logger gets its diagnostics.
 package dnsproxy

@@ -81,7 +81,7 @@ type blockSource struct{ done chan struct{} }
 
 func (s blockSource) ReadRaw() ([]byte, error) { <-s.done; return nil, os.ErrClosed }
 
-func newDNSWorld(tb testing.TB, policies string) *dnsWorld {
+func newDNSWorld(tb testing.TB, policies string, opts ...func(*Config)) *dnsWorld {
 	tb.Helper()
 	testutils.RequirePrivileged(tb)
 	node, podWeb, podDNS := testutils.NewNetNS(tb), testutils.NewNetNS(tb), testutils.NewNetNS(tb)
@@ -219,7 +219,11 @@ func newDNSWorld(tb testing.TB, policies string) *dnsWorld {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	p, err := New(Config{Policy: engine, Port: proxyPort, Proxy: pcfg, Recorder: obs, Timeout: 2 * time.Second, IdleTimeout: 300 * time.Millisecond})
+	cfg := Config{Policy: engine, Port: proxyPort, Proxy: pcfg, Recorder: obs, Timeout: 2 * time.Second, IdleTimeout: 300 * time.Millisecond}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	p, err := New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -223,7 +223,7 @@ func TestHandleRejectNameError(t *testing.T) {
 
 func TestNewRefusesConfig(t *testing.T) {
 	for _, cfg := range []Config{{}, {Policy: &fakePolicy{}}, {Policy: &fakePolicy{}, Port: 1, Timeout: -1},
-		{Policy: &fakePolicy{}, Port: 1, RejectRcode: dns.RcodeServerFailure}} {
+		{Policy: &fakePolicy{}, Port: 1, RejectRcode: dns.RcodeServerFailure}, {Policy: &fakePolicy{}, Port: 1, MaxTCPConnections: -1}} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}

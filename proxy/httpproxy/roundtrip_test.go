@@ -19,7 +19,8 @@ func TestRoundTripSkipsInterimResponses(t *testing.T) {
 	defer client.Close()
 	defer upstream.Close()
 	p := &Proxy{cfg: Config{UpstreamTimeout: 5 * time.Second}}
-	cs := &connState{upstream: client, br: bufio.NewReader(client)}
+	uc := &upstreamConn{Conn: client, idle: 5 * time.Second}
+	cs := &connState{upstream: uc, br: bufio.NewReader(uc)}
 
 	gotExpect := make(chan string, 1)
 	go func() {
@@ -40,7 +41,7 @@ func TestRoundTripSkipsInterimResponses(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.Header.Set("Expect", "100-continue")
-	resp, err := p.roundTrip(context.Background(), cs, req)
+	resp, err := p.roundTrip(context.Background(), cs, req, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
