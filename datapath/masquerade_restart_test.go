@@ -119,14 +119,23 @@ func TestPrivilegedMasqueradeRestart(t *testing.T) {
 // restart, when the pinned egress program is still running) rewrites the
 // exclusions without a moment in which a prefix both configurations
 // exclude is missing: a lookup of an address in it, made over and over
-// while Masquerades are attached and closed 30 times (after a first),
+// while Masquerades are attached and closed 10 times (after a first),
 // always finds it.
 // Prefixes the new configuration drops are gone afterwards.
 func TestPrivilegedMasqueradeExclusionsKept(t *testing.T) {
 	d, _, _, wan, _ := newMasqWorld(t, Config{})
 	kept, gone := netip.MustParsePrefix("10.0.0.0/8"), []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("fd00::/8")}
 	added := netip.MustParsePrefix("172.16.0.0/12")
-	configs := [][]netip.Prefix{append([]netip.Prefix{kept}, gone...), {added, kept}}
+	// Many prefixes besides, the kept one written last: were the map
+	// emptied and refilled, the kept prefix would be missing for a while.
+	var others []netip.Prefix
+	for i := range 30 {
+		others = append(others, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 0}), 24))
+	}
+	configs := [][]netip.Prefix{
+		append(append(append([]netip.Prefix{}, gone...), others...), kept),
+		append(append([]netip.Prefix{added}, others...), kept),
+	}
 
 	attach := func(exclude []netip.Prefix) error {
 		m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: masqNodeAddr, Exclude: exclude, GCInterval: -1})
@@ -162,7 +171,7 @@ func TestPrivilegedMasqueradeExclusionsKept(t *testing.T) {
 			lookups++
 		}
 	}()
-	for i := range 30 {
+	for i := range 10 {
 		if err := attach(configs[i%2]); err != nil {
 			t.Error(err)
 			break
