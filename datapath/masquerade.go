@@ -102,6 +102,46 @@ var natHooks = [2]endpointHook{
 	{pin: "nat_ingress", filter: datapathProgNpNatIngress},
 }
 
+// setExclusions makes the exclusion LPM (pinned, so it may hold an
+// earlier Masquerade's prefixes) hold exactly want. A pinned egress
+// program can still be running, adopted from the earlier one: only the
+// prefixes no longer wanted are deleted, and the wanted ones are written
+// over in place, so that program never finds a wanted prefix missing and
+// masquerades traffic to the cluster meanwhile. Deleting first keeps the
+// map within its size.
+func setExclusions(m *ebpf.Map, want []netip.Prefix) error {
+	keys := make(map[natExcludeKey]netip.Prefix, len(want))
+	for _, p := range want {
+		p = p.Masked()
+		addr, family := nat.AddrBytes(p.Addr())
+		keys[natExcludeKey{PrefixLen: 32 + uint32(p.Bits()), Family: family, Addr: addr}] = p
+	}
+	var (
+		k     natExcludeKey
+		stale []natExcludeKey
+	)
+	it := m.Iterate()
+	for it.Next(&k, new(uint8)) {
+		if _, ok := keys[k]; !ok {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read exclusions: %w", err)
+	}
+	for _, k := range stale {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete a stale exclusion: %w", err)
+		}
+	}
+	for k, p := range keys {
+		if err := m.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("exclude %v: %w", p, err)
+		}
+	}
+	return nil
+}
+
 func (cfg MasqueradeConfig) validate() (min, max uint16, err error) {
 	if cfg.Ifindex <= 0 {
 		return 0, 0, fmt.Errorf("attach masquerade: ifindex %d: %w: need an interface", cfg.Ifindex, ErrInvalidConfig)
@@ -156,16 +196,8 @@ func (d *Datapath) AttachMasquerade(cfg MasqueradeConfig) (_ *Masquerade, err er
 	}()
 
 	// Exclusions first, then the programs, then the switch.
-	var k natExcludeKey
-	for it := d.maps.natExclude.Iterate(); it.Next(&k, new(uint8)); {
-		_ = d.maps.natExclude.Delete(k)
-	}
-	for _, p := range cfg.Exclude {
-		p = p.Masked()
-		addr, family := nat.AddrBytes(p.Addr())
-		if err := d.maps.natExclude.Put(natExcludeKey{PrefixLen: 32 + uint32(p.Bits()), Family: family, Addr: addr}, uint8(1)); err != nil {
-			return nil, fmt.Errorf("attach masquerade: exclude %v: %w", p, err)
-		}
+	if err := setExclusions(d.maps.natExclude, cfg.Exclude); err != nil {
+		return nil, fmt.Errorf("attach masquerade: %w", err)
 	}
 	load := nodeLoad{
 		vars: map[string]any{datapathVarNpNatPortMin: pmin, datapathVarNpNatPortMax: pmax},

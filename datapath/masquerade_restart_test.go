@@ -3,12 +3,14 @@ package datapath
 import (
 	"bufio"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nodeplane/nodeplane/internal/nat"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -110,5 +112,89 @@ func TestPrivilegedMasqueradeRestart(t *testing.T) {
 	c2, r2 := dial()
 	if src2, err := ask(c2, r2); err != nil || src2.Addr() != masqNodeAddr {
 		t.Fatalf("a new connection after the restart: the server saw %v (%v), want %v", src2, err, masqNodeAddr)
+	}
+}
+
+// TestPrivilegedMasqueradeExclusionsKept: attaching again (as after a
+// restart, when the pinned egress program is still running) rewrites the
+// exclusions without a moment in which a prefix both configurations
+// exclude is missing: a lookup of an address in it, made over and over
+// while Masquerades are attached and closed 10 times (after a first),
+// always finds it.
+// Prefixes the new configuration drops are gone afterwards.
+func TestPrivilegedMasqueradeExclusionsKept(t *testing.T) {
+	d, _, _, wan, _ := newMasqWorld(t, Config{})
+	kept, gone := netip.MustParsePrefix("10.0.0.0/8"), []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("fd00::/8")}
+	added := netip.MustParsePrefix("172.16.0.0/12")
+	// Many prefixes besides, the kept one written last: were the map
+	// emptied and refilled, the kept prefix would be missing for a while.
+	var others []netip.Prefix
+	for i := range 30 {
+		others = append(others, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 0}), 24))
+	}
+	configs := [][]netip.Prefix{
+		append(append(append([]netip.Prefix{}, gone...), others...), kept),
+		append(append([]netip.Prefix{added}, others...), kept),
+	}
+
+	attach := func(exclude []netip.Prefix) error {
+		m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: masqNodeAddr, Exclude: exclude, GCInterval: -1})
+		if err != nil {
+			return err
+		}
+		return m.Close()
+	}
+	if err := attach(configs[1]); err != nil {
+		t.Fatal(err)
+	}
+
+	probe := natExcludeKey{PrefixLen: 32 + 32, Family: nat.FamilyV4}
+	probe.Addr, _ = nat.AddrBytes(netip.MustParseAddr("10.1.2.3"))
+	var (
+		stop    = make(chan struct{})
+		done    = make(chan struct{})
+		lookups int
+		misses  int
+	)
+	go func() {
+		defer close(done)
+		var v uint8
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := d.maps.natExclude.Lookup(probe, &v); err != nil {
+				misses++
+			}
+			lookups++
+		}
+	}()
+	for i := range 10 {
+		if err := attach(configs[i%2]); err != nil {
+			t.Error(err)
+			break
+		}
+	}
+	close(stop)
+	<-done
+	if misses != 0 {
+		t.Errorf("%d of %d lookups of 10.1.2.3 found no exclusion while attaching", misses, lookups)
+	}
+
+	// The last configuration is the second: exactly its prefixes.
+	got := map[natExcludeKey]bool{}
+	var k natExcludeKey
+	for it := d.maps.natExclude.Iterate(); it.Next(&k, new(uint8)); {
+		got[k] = true
+	}
+	want := map[natExcludeKey]bool{}
+	for _, p := range configs[1] {
+		a, f := nat.AddrBytes(p.Addr())
+		want[natExcludeKey{PrefixLen: 32 + uint32(p.Bits()), Family: f, Addr: a}] = true
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("exclusions after the last attach: %v, want %v", got, want)
 	}
 }

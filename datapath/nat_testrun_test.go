@@ -218,3 +218,55 @@ func TestPrivilegedNATTestRun(t *testing.T) {
 		})
 	}
 }
+
+// TestPrivilegedNATCollisionTestRun: a new flow whose candidate ports are
+// taken keeps trying the next ones until the free one. With 8 node ports
+// and all but 61007 taken for the server's address and port, a SYN from
+// the pod's port 61000 (in the range, so the search starts there and
+// collides first, whatever the random source) leaves from 61007, and so
+// does each of 16 flows from ports outside the range (random starts).
+// On kernels before 6.4 a map update's error reaches the program
+// zero-extended: a search that compared it as a 64-bit -EEXIST stopped at
+// the first collision and dropped the flow (DROP_NAT_NO_MAPPING), which
+// this test shows deterministically in the 6.1 guest.
+func TestPrivilegedNATCollisionTestRun(t *testing.T) {
+	d, _, _, wan, _ := newMasqWorld(t, Config{})
+	const portMin, portMax, free = 61000, 61007, 61007
+	m, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: masqNodeAddr, PortMin: portMin, PortMax: portMax, GCInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	taken := natKey{SrcAddr: addr16(masqWorldAddr), DstAddr: addr16(masqNodeAddr), SrcPort: nat.PortBytes(80), Proto: 6, Family: nat.FamilyV4, Dir: nat.Ingress}
+	for p := portMin; p < free; p++ {
+		taken.DstPort = nat.PortBytes(uint16(p))
+		if err := d.maps.nat.Put(taken, natEntry{Addr: addr16(netip.MustParseAddr("10.9.9.9")), Port: nat.PortBytes(1), Created: uint64(nat.Now())}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod := netip.MustParseAddr("10.1.0.10")
+	sports := []uint16{portMin}
+	for i := range 16 {
+		sports = append(sports, uint16(40000+i))
+	}
+	for i, sport := range sports {
+		syn := TestPacket{Src: pod, Dst: masqWorldAddr, Proto: nodeplane.ProtoTCP, SrcPort: sport, DstPort: 80, TCPFlags: TCPSyn}
+		ret, out := runNAT(t, m.egress(), mustBytes(t, syn))
+		if ret != 0 {
+			drops, _ := m.Drops()
+			t.Fatalf("flow %d from port %d: verdict %d (drops %v), want it sent from %d", i, sport, ret, drops, free)
+		}
+		if got := natPort(out, syn); got != free {
+			t.Fatalf("flow %d from port %d left from %d, want the free %d", i, sport, got, free)
+		}
+		// Free the port again for the next flow: both of its entries.
+		fwd := natKey{SrcAddr: addr16(pod), DstAddr: addr16(masqWorldAddr), SrcPort: nat.PortBytes(sport), DstPort: nat.PortBytes(80), Proto: 6, Family: nat.FamilyV4, Dir: nat.Egress}
+		rev := taken
+		rev.DstPort = nat.PortBytes(free)
+		for _, k := range []natKey{fwd, rev} {
+			if err := d.maps.nat.Delete(k); err != nil {
+				t.Fatalf("flow %d: delete %+v: %v", i, k, err)
+			}
+		}
+	}
+}

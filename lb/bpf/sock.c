@@ -298,7 +298,9 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 		old = bpf_map_lookup_elem(&np_lb4_sk_rnat, &rkey);
 		if (!old || old->address != rval.address || old->port != rval.port ||
 		    old->rev_nat_index != rval.rev_nat_index) {
-			if (bpf_map_update_elem(&np_lb4_sk_rnat, &rkey, &rval, BPF_ANY) < 0)
+			/* Nonzero, not < 0: before Linux 6.4 a map op's error
+			 * reaches the program zero-extended (np_nat.h). */
+			if (bpf_map_update_elem(&np_lb4_sk_rnat, &rkey, &rval, BPF_ANY))
 				return -ENOMEM;
 		}
 	}
@@ -442,7 +444,7 @@ static __always_inline int lb6_xlate_fwd(struct bpf_sock_addr *ctx, __u32 proto,
 		old = bpf_map_lookup_elem(&np_lb6_sk_rnat, &rkey);
 		if (!old || !ip6_eq(old->address, rval.address) || old->port != rval.port ||
 		    old->rev_nat_index != rval.rev_nat_index) {
-			if (bpf_map_update_elem(&np_lb6_sk_rnat, &rkey, &rval, BPF_ANY) < 0)
+			if (bpf_map_update_elem(&np_lb6_sk_rnat, &rkey, &rval, BPF_ANY))
 				return -ENOMEM;
 		}
 	}

@@ -171,7 +171,12 @@ static __always_inline __be16 np_nat_create(struct np_nat_scratch *s, const __u8
 	s->back.seen = now;
 	for (int i = 0; i < NP_NAT_TRIES; i++) {
 		__be16 port = bpf_htons((__u16)(min + (start + i) % range));
-		long err;
+		/* int, not long: before Linux 6.4 the verifier calls the
+		 * map's update op directly and that op returned int, so
+		 * the helper's error comes back zero-extended (-EEXIST as
+		 * 0xffffffef); compared as a long it never equals -17 and
+		 * every collision would end the search. */
+		int err;
 
 		np_nat_reverse_of(&s->rev, &s->fwd, node, port);
 		err = bpf_map_update_elem(&np_nat, &s->rev, &s->back, BPF_NOEXIST);
