@@ -391,20 +391,28 @@ static __always_inline __u8 tcp_flags(struct pkt *p, void *end)
 	return *f;
 }
 
+/* nat_key fills k, a key of the node's NAT table, with the flow t in the
+ * direction dir (NP_NAT_EGRESS, NP_NAT_INGRESS). */
+static __always_inline void nat_key(struct np_nat_key *k, const struct np_tuple *t, __u8 dir)
+{
+	__builtin_memcpy(k->saddr, t->saddr, 16);
+	__builtin_memcpy(k->daddr, t->daddr, 16);
+	k->sport = t->sport;
+	k->dport = t->dport;
+	k->proto = t->proto;
+	k->family = t->family;
+	k->dir = dir;
+	k->pad = 0;
+}
+
 /* snat_reply translates a reply to a SNAT flow (to the node's address and
  * a NAT port) back: from the frontend, to the client. The NAT table's
  * other entries (the datapath's masquerading) are its programs' to
  * translate. */
 static __noinline int snat_reply(struct pkt *p, void *end, int family)
 {
-	struct np_nat_key k = {};
-	__builtin_memcpy(k.saddr, p->t.saddr, 16);
-	__builtin_memcpy(k.daddr, p->t.daddr, 16);
-	k.sport = p->t.sport;
-	k.dport = p->t.dport;
-	k.proto = p->t.proto;
-	k.family = p->t.family;
-	k.dir = NP_NAT_INGRESS;
+	struct np_nat_key k;
+	nat_key(&k, &p->t, NP_NAT_INGRESS);
 	struct np_nat_entry *e = bpf_map_lookup_elem(&np_nat, &k);
 	if (!e || !(e->flags & NP_NAT_F_REVDNAT))
 		return XDP_PASS;
@@ -451,13 +459,9 @@ static __noinline __be16 snat_port(struct pkt *p, void *end, const struct np_be 
 	if (!ns)
 		return 0;
 	struct np_nat_key *fk = &ns->fwd;
-	__builtin_memcpy(fk->saddr, p->t.saddr, 16);
-	__builtin_memcpy(fk->daddr, b->addr, 16);
-	fk->sport = p->t.sport;
+	nat_key(fk, &p->t, NP_NAT_EGRESS);
+	__builtin_memcpy(fk->daddr, b->addr, 16); /* after DNAT */
 	fk->dport = b->port;
-	fk->proto = p->t.proto;
-	fk->family = p->t.family;
-	fk->dir = NP_NAT_EGRESS;
 	__builtin_memcpy(ns->out.addr, snat_addr, 16);
 	__builtin_memcpy(ns->back.addr, p->t.saddr, 16);
 	ns->back.port = p->t.sport;

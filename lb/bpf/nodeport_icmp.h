@@ -148,14 +148,7 @@ static __always_inline void np_icmp_finish(void *ip, int v6, void *in, __u8 *icm
 		/* A SNAT flow's reply entry in the node's NAT table: the
 		 * frontend (peer) and the client (addr). */
 		struct np_nat_key *nk = &s->nk;
-		__builtin_memcpy(nk->saddr, k->saddr, 16);
-		__builtin_memcpy(nk->daddr, k->daddr, 16);
-		nk->sport = k->sport;
-		nk->dport = k->dport;
-		nk->proto = k->proto;
-		nk->family = k->family;
-		nk->dir = NP_NAT_INGRESS;
-		nk->pad = 0;
+		nat_key(nk, k, NP_NAT_INGRESS);
 		struct np_nat_entry *e = bpf_map_lookup_elem(&np_nat, nk);
 		if (!e || !(e->flags & NP_NAT_F_REVDNAT))
 			return;
