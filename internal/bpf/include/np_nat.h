@@ -171,7 +171,12 @@ static __always_inline __be16 np_nat_create(struct np_nat_scratch *s, const __u8
 	s->back.seen = now;
 	for (int i = 0; i < NP_NAT_TRIES; i++) {
 		__be16 port = bpf_htons((__u16)(min + (start + i) % range));
-		long err;
+		/* int, not long: before Linux 6.4 the verifier turns this
+		 * helper into a direct call of the map's update function,
+		 * which returns an int, so the upper half of the register is
+		 * zero and a 64-bit -EEXIST never matches (6.1 took a taken
+		 * port for a full table). */
+		int err;
 
 		np_nat_reverse_of(&s->rev, &s->fwd, node, port);
 		err = bpf_map_update_elem(&np_nat, &s->rev, &s->back, BPF_NOEXIST);
