@@ -21,6 +21,8 @@ const (
 	nodeportMapNpNpAff           = "np_np_aff"
 	nodeportMapNpNpAffMatch      = "np_np_aff_match"
 	nodeportMapNpNpBe            = "np_np_be"
+	nodeportMapNpNpCallsTc       = "np_np_calls_tc"
+	nodeportMapNpNpCallsXdp      = "np_np_calls_xdp"
 	nodeportMapNpNpCt            = "np_np_ct"
 	nodeportMapNpNpDrops         = "np_np_drops"
 	nodeportMapNpNpDsrScratch    = "np_np_dsr_scratch"
@@ -35,7 +37,11 @@ const (
 	nodeportProgNpDsrDecode      = "np_dsr_decode"
 	nodeportProgNpNodeportRevnat = "np_nodeport_revnat"
 	nodeportProgNpNodeportTc     = "np_nodeport_tc"
+	nodeportProgNpNodeportTc4    = "np_nodeport_tc4"
+	nodeportProgNpNodeportTc6    = "np_nodeport_tc6"
 	nodeportProgNpNodeportXdp    = "np_nodeport_xdp"
+	nodeportProgNpNodeportXdp4   = "np_nodeport_xdp4"
+	nodeportProgNpNodeportXdp6   = "np_nodeport_xdp6"
 	nodeportVarDsr               = "dsr"
 	nodeportVarHashSeed4         = "hash_seed4"
 	nodeportVarHashSeed6         = "hash_seed6"
@@ -91,7 +97,11 @@ type nodeportProgramSpecs struct {
 	NpDsrDecode      *ebpf.ProgramSpec `ebpf:"np_dsr_decode"`
 	NpNodeportRevnat *ebpf.ProgramSpec `ebpf:"np_nodeport_revnat"`
 	NpNodeportTc     *ebpf.ProgramSpec `ebpf:"np_nodeport_tc"`
+	NpNodeportTc4    *ebpf.ProgramSpec `ebpf:"np_nodeport_tc4"`
+	NpNodeportTc6    *ebpf.ProgramSpec `ebpf:"np_nodeport_tc6"`
 	NpNodeportXdp    *ebpf.ProgramSpec `ebpf:"np_nodeport_xdp"`
+	NpNodeportXdp4   *ebpf.ProgramSpec `ebpf:"np_nodeport_xdp4"`
+	NpNodeportXdp6   *ebpf.ProgramSpec `ebpf:"np_nodeport_xdp6"`
 }
 
 // nodeportMapSpecs contains maps before they are loaded into the kernel.
@@ -103,6 +113,8 @@ type nodeportMapSpecs struct {
 	NpNpAff         *ebpf.MapSpec `ebpf:"np_np_aff"`
 	NpNpAffMatch    *ebpf.MapSpec `ebpf:"np_np_aff_match"`
 	NpNpBe          *ebpf.MapSpec `ebpf:"np_np_be"`
+	NpNpCallsTc     *ebpf.MapSpec `ebpf:"np_np_calls_tc"`
+	NpNpCallsXdp    *ebpf.MapSpec `ebpf:"np_np_calls_xdp"`
 	NpNpCt          *ebpf.MapSpec `ebpf:"np_np_ct"`
 	NpNpDrops       *ebpf.MapSpec `ebpf:"np_np_drops"`
 	NpNpDsrScratch  *ebpf.MapSpec `ebpf:"np_np_dsr_scratch"`
@@ -155,6 +167,8 @@ type nodeportMaps struct {
 	NpNpAff         *ebpf.Map `ebpf:"np_np_aff"`
 	NpNpAffMatch    *ebpf.Map `ebpf:"np_np_aff_match"`
 	NpNpBe          *ebpf.Map `ebpf:"np_np_be"`
+	NpNpCallsTc     *ebpf.Map `ebpf:"np_np_calls_tc"`
+	NpNpCallsXdp    *ebpf.Map `ebpf:"np_np_calls_xdp"`
 	NpNpCt          *ebpf.Map `ebpf:"np_np_ct"`
 	NpNpDrops       *ebpf.Map `ebpf:"np_np_drops"`
 	NpNpDsrScratch  *ebpf.Map `ebpf:"np_np_dsr_scratch"`
@@ -175,6 +189,8 @@ func (m *nodeportMaps) Close() error {
 		m.NpNpAff,
 		m.NpNpAffMatch,
 		m.NpNpBe,
+		m.NpNpCallsTc,
+		m.NpNpCallsXdp,
 		m.NpNpCt,
 		m.NpNpDrops,
 		m.NpNpDsrScratch,
@@ -210,7 +226,11 @@ type nodeportPrograms struct {
 	NpDsrDecode      *ebpf.Program `ebpf:"np_dsr_decode"`
 	NpNodeportRevnat *ebpf.Program `ebpf:"np_nodeport_revnat"`
 	NpNodeportTc     *ebpf.Program `ebpf:"np_nodeport_tc"`
+	NpNodeportTc4    *ebpf.Program `ebpf:"np_nodeport_tc4"`
+	NpNodeportTc6    *ebpf.Program `ebpf:"np_nodeport_tc6"`
 	NpNodeportXdp    *ebpf.Program `ebpf:"np_nodeport_xdp"`
+	NpNodeportXdp4   *ebpf.Program `ebpf:"np_nodeport_xdp4"`
+	NpNodeportXdp6   *ebpf.Program `ebpf:"np_nodeport_xdp6"`
 }
 
 func (p *nodeportPrograms) Close() error {
@@ -218,7 +238,11 @@ func (p *nodeportPrograms) Close() error {
 		p.NpDsrDecode,
 		p.NpNodeportRevnat,
 		p.NpNodeportTc,
+		p.NpNodeportTc4,
+		p.NpNodeportTc6,
 		p.NpNodeportXdp,
+		p.NpNodeportXdp4,
+		p.NpNodeportXdp6,
 	)
 }
 

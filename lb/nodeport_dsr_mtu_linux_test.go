@@ -2,6 +2,7 @@ package lb
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -134,6 +135,103 @@ func TestPrivilegedNorthSouthDSRMTU(t *testing.T) {
 			// through.
 			if ret, _, _ := run(mtu); ret != xdpPass {
 				t.Errorf("a packet of the advertised MTU: verdict %d", ret)
+			}
+		})
+	}
+}
+
+// TestPrivilegedNorthSouthDSRMTUFloor: the MTU the client is told is the
+// route's less the DSR overhead, but never below the family's minimum
+// (IPv4 68, RFC 791; IPv6 1280, RFC 8200), which receivers hold to anyway.
+// In particular a route MTU smaller than the overhead (8 or 24 bytes)
+// advertises the minimum instead of a wrapped subtraction (65532 for a
+// 4-byte IPv4 route MTU before). Routes with locked MTUs (the only ones
+// forwarding honours below the device's), crafted packets through
+// BPF_PROG_TEST_RUN.
+func TestPrivilegedNorthSouthDSRMTUFloor(t *testing.T) {
+	testutils.RequirePrivileged(t)
+	ns, err := NewNorthSouth(NorthSouthConfig{MaglevTableSize: 251, MaglevHashSeed: testSeed, DSR: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	node, peer := testutils.NewNetNS(t), testutils.NewNetNS(t)
+	veth := testutils.NewVeth(t, node, "ext0", peer, "eth0")
+	nl := node.Netlink(t)
+	addAddr(t, nl, veth.Index, netip.MustParsePrefix("10.2.0.1/24"))
+	addAddr(t, nl, veth.Index, netip.MustParsePrefix("fd00:2::1/64"))
+	sysctl(t, node, "net/ipv4/ip_forward", "1")
+	sysctl(t, node, "net/ipv6/conf/all/forwarding", "1")
+
+	for i, tc := range []struct {
+		routeMTU, want int
+		v6             bool
+	}{
+		{routeMTU: 4, want: 68},                // smaller than the 8-byte option
+		{routeMTU: 8, want: 68},                // nothing left
+		{routeMTU: 70, want: 68},               // 62 would be below IPv4's minimum
+		{routeMTU: 200, want: 192},             // above it: the route's less 8
+		{routeMTU: 20, v6: true, want: 1280},   // smaller than the 24-byte header
+		{routeMTU: 1290, v6: true, want: 1280}, // 1266 would be below IPv6's minimum
+		{routeMTU: 1400, v6: true, want: 1376},
+	} {
+		vip := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 99, 1, byte(i)}), 53)
+		be := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 41, byte(i), 9}), 5353)
+		client := netip.MustParseAddrPort("198.18.0.9:40009")
+		dst, gw, l3 := fmt.Sprintf("10.41.%d.0/24", i), "10.2.0.2", 20
+		if tc.v6 {
+			vip = netip.MustParseAddrPort(fmt.Sprintf("[fd99:1::%d]:53", i))
+			be = netip.MustParseAddrPort(fmt.Sprintf("[fd41:%d::9]:5353", i))
+			client = netip.MustParseAddrPort("[2001:db8::9]:40009")
+			dst, gw, l3 = fmt.Sprintf("fd41:%d::/32", i), "fd00:2::2", 40
+		}
+		_, dstNet, _ := net.ParseCIDR(dst)
+		if err := nl.RouteAdd(&netlink.Route{LinkIndex: veth.Index, Dst: dstNet, Gw: net.ParseIP(gw), MTU: tc.routeMTU, MTULock: true}); err != nil {
+			t.Fatalf("route %s: %v", dst, err)
+		}
+		if err := ns.Upsert(Service{Frontend: Frontend{vip, nodeplane.ProtoUDP}, Type: LoadBalancer}, []Backend{{Addr: be}}); err != nil {
+			t.Fatal(err)
+		}
+		t.Run(fmt.Sprintf("%s/mtu%d", vip.Addr(), tc.routeMTU), func(t *testing.T) {
+			// Larger than the route's MTU, and than what the
+			// client is told, so that it is too big either way.
+			in := testPkt{src: client, dst: vip, proto: 17, payload: make([]byte, 1500-l3-8)}.bytes()
+			opts := ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+256),
+				Context: xdpMd{DataEnd: uint32(len(in)), IngressIfindex: uint32(veth.Index)}}
+			before, err := ns.Drops()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ret uint32
+			if err := node.Do(func() (err error) {
+				ret, err = ns.objs.NpNodeportXdp.Run(&opts)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if ret != 3 { // XDP_TX
+				t.Fatalf("verdict %d, want XDP_TX", ret)
+			}
+			after, err := ns.Drops()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after[monitor.DropFragNeeded] != before[monitor.DropFragNeeded]+1 {
+				t.Errorf("DROP_FRAG_NEEDED %d -> %d", before[monitor.DropFragNeeded], after[monitor.DropFragNeeded])
+			}
+			out := opts.DataOut
+			got := readICMPError(t, out)
+			want := icmpSeen{src: vip.Addr(), dst: client.Addr(), qsrc: client, qdst: vip, typ: 3, code: 4}
+			mtu := int(binary.BigEndian.Uint16(out[14+l3+6:]))
+			if tc.v6 {
+				want.typ, want.code = 2, 0
+				mtu = int(binary.BigEndian.Uint32(out[14+l3+4:]))
+			}
+			if got != want {
+				t.Fatalf("client gets %+v, want %+v", got, want)
+			}
+			if mtu != tc.want {
+				t.Errorf("MTU %d, want %d", mtu, tc.want)
 			}
 		})
 	}

@@ -135,71 +135,12 @@ func vipKey(a netip.Addr) npFeKey {
 // size or seed lb/maglev refuses, and with an error wrapping
 // nodeplane.ErrNotSupported when the kernel cannot load the programs.
 func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
-	builder, err := maglev.New(maglev.Config{TableSize: cfg.MaglevTableSize, HashSeed: cfg.MaglevHashSeed})
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-	seedStr := cfg.MaglevHashSeed
-	if seedStr == "" {
-		seedStr = maglev.DefaultHashSeed
-	}
-	seed, err := maglev.ParseHashSeed(seedStr)
-	if err != nil { // maglev.New checked it
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-
-	snat4, snat6, err := cfg.snatAddrs()
-	if err != nil {
-		return nil, err
-	}
-	pmin, pmax, err := nat.Ports(cfg.NATPortMin, cfg.NATPortMax)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-
-	spec, err := loadNodeport()
+	spec, builder, err := cfg.nodeportSpec()
 	if err != nil {
 		return nil, err
 	}
 	size := builder.TableSize()
-	spec.Maps[nodeportMapNpNpLut].ValueSize = uint32(4 * size)
-	for name, v := range map[string]uint16{nodeportVarNpNatPortMin: pmin, nodeportVarNpNatPortMax: pmax} {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return nil, fmt.Errorf("set %s: %w", name, err)
-		}
-	}
-	for name, v := range map[string]uint32{
-		"lut_size":   uint32(size),
-		"hash_seed4": binary.BigEndian.Uint32(seed[4:8]),
-		"hash_seed6": binary.BigEndian.Uint32(seed[8:12]),
-	} {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return nil, fmt.Errorf("set %s: %w", name, err)
-		}
-	}
-	// The program copies these words to the packet as they lie in
-	// memory.
-	if snat4.IsValid() {
-		a := snat4.As4()
-		if err := spec.Variables["snat4"].Set(binary.LittleEndian.Uint32(a[:])); err != nil {
-			return nil, fmt.Errorf("set snat4: %w", err)
-		}
-	}
-	if snat6.IsValid() {
-		a := snat6.As16()
-		var w [4]uint32
-		for i := range w {
-			w[i] = binary.LittleEndian.Uint32(a[4*i:])
-		}
-		if err := spec.Variables["snat6"].Set(w); err != nil {
-			return nil, fmt.Errorf("set snat6: %w", err)
-		}
-	}
-	if cfg.DSR {
-		if err := spec.Variables["dsr"].Set(uint8(1)); err != nil {
-			return nil, fmt.Errorf("set dsr: %w", err)
-		}
-	}
+	snat4, snat6, _ := cfg.snatAddrs() // nodeportSpec checked them
 	np := &NorthSouth{dsr: cfg.DSR, builder: builder, size: size, services: map[Frontend]*npService{}, vips: map[netip.Addr]int{}}
 	var opts *ebpf.CollectionOptions
 	if cfg.NATMap != nil {
@@ -226,6 +167,78 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 		np.natGC = np.nat.StartGC(interval)
 	}
 	return np, nil
+}
+
+// nodeportSpec returns the programs' spec set up for cfg (Maglev table size
+// and seed, NAT port range, SNAT addresses, DSR) and the Maglev builder, or
+// an error wrapping [ErrInvalidConfig].
+func (cfg NorthSouthConfig) nodeportSpec() (*ebpf.CollectionSpec, *maglev.Builder, error) {
+	builder, err := maglev.New(maglev.Config{TableSize: cfg.MaglevTableSize, HashSeed: cfg.MaglevHashSeed})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	seedStr := cfg.MaglevHashSeed
+	if seedStr == "" {
+		seedStr = maglev.DefaultHashSeed
+	}
+	seed, err := maglev.ParseHashSeed(seedStr)
+	if err != nil { // maglev.New checked it
+		return nil, nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+
+	snat4, snat6, err := cfg.snatAddrs()
+	if err != nil {
+		return nil, nil, err
+	}
+	pmin, pmax, err := nat.Ports(cfg.NATPortMin, cfg.NATPortMax)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+
+	spec, err := loadNodeport()
+	if err != nil {
+		return nil, nil, err
+	}
+	size := builder.TableSize()
+	spec.Maps[nodeportMapNpNpLut].ValueSize = uint32(4 * size)
+	for name, v := range map[string]uint16{nodeportVarNpNatPortMin: pmin, nodeportVarNpNatPortMax: pmax} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	for name, v := range map[string]uint32{
+		"lut_size":   uint32(size),
+		"hash_seed4": binary.BigEndian.Uint32(seed[4:8]),
+		"hash_seed6": binary.BigEndian.Uint32(seed[8:12]),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	// The program copies these words to the packet as they lie in
+	// memory.
+	if snat4.IsValid() {
+		a := snat4.As4()
+		if err := spec.Variables["snat4"].Set(binary.LittleEndian.Uint32(a[:])); err != nil {
+			return nil, nil, fmt.Errorf("set snat4: %w", err)
+		}
+	}
+	if snat6.IsValid() {
+		a := snat6.As16()
+		var w [4]uint32
+		for i := range w {
+			w[i] = binary.LittleEndian.Uint32(a[4*i:])
+		}
+		if err := spec.Variables["snat6"].Set(w); err != nil {
+			return nil, nil, fmt.Errorf("set snat6: %w", err)
+		}
+	}
+	if cfg.DSR {
+		if err := spec.Variables["dsr"].Set(uint8(1)); err != nil {
+			return nil, nil, fmt.Errorf("set dsr: %w", err)
+		}
+	}
+	return spec, builder, nil
 }
 
 // Attach hooks the programs into the interface with index ifindex in the

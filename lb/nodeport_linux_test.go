@@ -547,7 +547,8 @@ func TestPrivilegedNorthSouthSNAT(t *testing.T) {
 				pkt := testPkt{src: client, dst: tc.fe.Addr, proto: uint8(tc.fe.Protocol)}.bytes()
 				ret, out := runProg(t, ns.objs.NpNodeportXdp, pkt)
 				if ret != xdpPass {
-					t.Fatalf("verdict %d", ret)
+					drops, _ := ns.Drops()
+					t.Fatalf("%s -> %s: verdict %d (drops %v)", client, tc.fe.Addr, ret, drops)
 				}
 				src, dst := parsePkt(t, out)
 				want := expectMaglev(t, tc.backends, tc.fe.Protocol, client, tc.fe.Addr.Port())

@@ -8,7 +8,10 @@
  * frontend (NodePort, LoadBalancer or external IP, address + port +
  * protocol) to one of its backends, and a tc egress program
  * (np_nodeport_revnat) that translates the backends' replies back, so the
- * client sees the frontend answer.
+ * client sees the frontend answer. The XDP and tc entry programs only
+ * dispatch: each tail-calls its hook's program for the packet's family
+ * (np_nodeport_xdp4/6, np_nodeport_tc4/6), which does the translation
+ * (see "one program per family" below).
  *
  *  - Backend selection is Cilium's: Maglev picks lut[hash % M] with the
  *    5-tuple hash of bpf/lib/hash.h (jhash of the source address and both
@@ -250,11 +253,11 @@ static __always_inline __u32 load32(const __u8 *p)
 /* Cilium's hash_from_tuple_v4/v6 on a little-endian host: words as they
  * lie in memory, the source port in the high half (Cilium's tuple keeps the
  * packet's source port in its dport field). */
-static __always_inline __u32 tuple_hash(const struct np_tuple *t)
+static __always_inline __u32 tuple_hash(const struct np_tuple *t, int family)
 {
 	__u32 ports = ((__u32)t->sport << 16) | t->dport;
 
-	if (t->family == NP_FAMILY_V4)
+	if (family == NP_FAMILY_V4)
 		return jhash_3words(load32(t->saddr), ports, t->proto, hash_seed4);
 
 	__u32 a = load32(t->saddr), b = load32(t->saddr + 4), c = load32(t->saddr + 8);
@@ -289,8 +292,11 @@ struct pkt {
 
 /* parse fills p from the packet. It returns 0 for a TCP or UDP packet
  * p describes (maybe a fragment or with a truncated L4 header), 1 for a
- * packet of no interest, and -DROP_INVALID for a truncated IP header. */
-static __always_inline int parse(void *data, void *end, struct pkt *p)
+ * packet of no interest, and -DROP_INVALID for a truncated IP header.
+ * family (NP_FAMILY_V4 or _V6, a constant) makes a packet of the other
+ * family one of no interest, and the other family's code dead; 0 takes
+ * both. */
+static __always_inline int parse(void *data, void *end, struct pkt *p, int family)
 {
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
@@ -298,7 +304,8 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 	__builtin_memset(&p->t, 0, sizeof(p->t));
 
 	void *l4;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+	int v6 = 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP) && family != NP_FAMILY_V6) {
 		struct iphdr *ip4 = (void *)(eth + 1);
 		if ((void *)(ip4 + 1) > end || ip4->ihl < 5)
 			return -DROP_INVALID;
@@ -312,7 +319,7 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 		p->frag = (ip4->frag_off & bpf_htons(IP_MF | IP_OFFSET)) != 0;
 		p->later = (ip4->frag_off & bpf_htons(IP_OFFSET)) != 0;
 		l4 = (void *)ip4 + ip4->ihl * 4;
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6) && family != NP_FAMILY_V4) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > end)
 			return -DROP_INVALID;
@@ -324,6 +331,7 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 		if (nh != IPPROTO_TCP_ && nh != IPPROTO_UDP_)
 			return 1;
 		p->l3 = ip6;
+		v6 = 1;
 		p->t.family = NP_FAMILY_V6;
 		p->t.proto = nh;
 		__builtin_memcpy(p->t.saddr, &ip6->saddr, 16);
@@ -349,7 +357,7 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 			return 0;
 		p->t.sport = udp->source;
 		p->t.dport = udp->dest;
-		if (udp->check || p->t.family == NP_FAMILY_V6)
+		if (udp->check || v6)
 			p->l4csum = &udp->check;
 	}
 	p->short_l4 = 0;
@@ -359,10 +367,12 @@ static __always_inline int parse(void *data, void *end, struct pkt *p)
 /* rewrite replaces the destination (dst) or source address and port of
  * the packet with addr and port, fixing the IPv4 header and the L4
  * checksum. It checks the bounds itself, next to each access, so that the
- * verifier sees them on every path. */
-static __always_inline void rewrite(struct pkt *p, void *end, int dst, const __u8 *addr, __be16 newport)
+ * verifier sees them on every path. family is p's, passed as a constant
+ * (the verifier does not know the byte in p->t). */
+static __always_inline void rewrite(struct pkt *p, void *end, int family, int dst, const __u8 *addr,
+				    __be16 newport)
 {
-	np_nat_rewrite_direct(p->l3, p->l4, p->l4csum, end, p->t.family, dst, addr, newport);
+	np_nat_rewrite_direct(p->l3, p->l4, p->l4csum, end, family, dst, addr, newport);
 }
 
 static __always_inline int drop(__u32 reason)
@@ -381,28 +391,62 @@ static __always_inline __u8 tcp_flags(struct pkt *p, void *end)
 	return *f;
 }
 
+/* nat_key fills k, a key of the node's NAT table, with the flow t in the
+ * direction dir (NP_NAT_EGRESS, NP_NAT_INGRESS). */
+static __always_inline void nat_key(struct np_nat_key *k, const struct np_tuple *t, __u8 dir)
+{
+	__builtin_memcpy(k->saddr, t->saddr, 16);
+	__builtin_memcpy(k->daddr, t->daddr, 16);
+	k->sport = t->sport;
+	k->dport = t->dport;
+	k->proto = t->proto;
+	k->family = t->family;
+	k->dir = dir;
+	k->pad = 0;
+}
+
 /* snat_reply translates a reply to a SNAT flow (to the node's address and
  * a NAT port) back: from the frontend, to the client. The NAT table's
  * other entries (the datapath's masquerading) are its programs' to
  * translate. */
-static __noinline int snat_reply(struct pkt *p, void *end)
+static __noinline int snat_reply(struct pkt *p, void *end, int family)
 {
-	struct np_nat_key k = {};
-	__builtin_memcpy(k.saddr, p->t.saddr, 16);
-	__builtin_memcpy(k.daddr, p->t.daddr, 16);
-	k.sport = p->t.sport;
-	k.dport = p->t.dport;
-	k.proto = p->t.proto;
-	k.family = p->t.family;
-	k.dir = NP_NAT_INGRESS;
+	struct np_nat_key k;
+	nat_key(&k, &p->t, NP_NAT_INGRESS);
 	struct np_nat_entry *e = bpf_map_lookup_elem(&np_nat, &k);
 	if (!e || !(e->flags & NP_NAT_F_REVDNAT))
 		return XDP_PASS;
 	np_nat_touch(e, tcp_flags(p, end));
 	struct np_nat_entry r = *e;
-	rewrite(p, end, 0, r.peer, r.peer_port);
-	rewrite(p, end, 1, r.addr, r.port);
+	rewrite(p, end, family, 0, r.peer, r.peer_port);
+	rewrite(p, end, family, 1, r.addr, r.port);
 	return XDP_PASS;
+}
+
+/* np_np_nat_port returns the node port of the flow this CPU's NAT scratch
+ * holds (fwd, back, and out.addr: the node address) in the node's NAT
+ * table, taking one if it has none; 0 when no port is free or the table is
+ * full. tcpflags is the packet's TCP flags byte (0 for UDP). A global
+ * function, so that the verifier checks it, and its loop over candidate
+ * ports, once on its own: as a static function it was checked again on
+ * every path of nodeport_ingress that reached it (issue 16). The flow
+ * travels in the scratch, not in arguments: a global function cannot take
+ * packet pointers, and sees a pointer argument as maybe NULL. */
+__noinline int np_np_nat_port(__u32 tcpflags)
+{
+	__u32 zero = 0;
+	struct np_nat_scratch *ns = bpf_map_lookup_elem(&np_nat_scratch, &zero);
+	__u8 node[16];
+
+	if (!ns)
+		return 0;
+	struct np_nat_entry *ne = bpf_map_lookup_elem(&np_nat, &ns->fwd);
+	if (ne && !__builtin_memcmp(ne->addr, ns->out.addr, 16)) {
+		np_nat_touch(ne, tcpflags);
+		return ne->port;
+	}
+	__builtin_memcpy(node, ns->out.addr, 16);
+	return np_nat_create(ns, node);
 }
 
 /* snat_port returns the node port of the flow p (after DNAT to b) in the
@@ -415,24 +459,16 @@ static __noinline __be16 snat_port(struct pkt *p, void *end, const struct np_be 
 	if (!ns)
 		return 0;
 	struct np_nat_key *fk = &ns->fwd;
-	__builtin_memcpy(fk->saddr, p->t.saddr, 16);
-	__builtin_memcpy(fk->daddr, b->addr, 16);
-	fk->sport = p->t.sport;
+	nat_key(fk, &p->t, NP_NAT_EGRESS);
+	__builtin_memcpy(fk->daddr, b->addr, 16); /* after DNAT */
 	fk->dport = b->port;
-	fk->proto = p->t.proto;
-	fk->family = p->t.family;
-	fk->dir = NP_NAT_EGRESS;
-	struct np_nat_entry *ne = bpf_map_lookup_elem(&np_nat, fk);
-	if (ne && !__builtin_memcmp(ne->addr, snat_addr, 16)) {
-		np_nat_touch(ne, tcp_flags(p, end));
-		return ne->port;
-	}
+	__builtin_memcpy(ns->out.addr, snat_addr, 16);
 	__builtin_memcpy(ns->back.addr, p->t.saddr, 16);
 	ns->back.port = p->t.sport;
 	__builtin_memcpy(ns->back.peer, p->t.daddr, 16);
 	ns->back.peer_port = p->t.dport;
 	ns->back.flags = NP_NAT_F_REVDNAT;
-	return np_nat_create(ns, snat_addr);
+	return np_np_nat_port(tcp_flags(p, end));
 }
 
 #include "nodeport_icmp.h"
@@ -441,11 +477,11 @@ static __noinline __be16 snat_port(struct pkt *p, void *end, const struct np_be 
 
 /* nodeport_ingress is the translation of arriving packets, for XDP and
  * for tc ingress; it returns XDP_PASS or XDP_DROP. */
-static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr *d)
+static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr *d, int family)
 {
 	struct pkt p;
 
-	int ret = parse(data, end, &p);
+	int ret = parse(data, end, &p, family);
 	if (ret < 0)
 		return drop(-ret);
 	if (ret > 0)
@@ -466,7 +502,7 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 	struct np_fe *fe = bpf_map_lookup_elem(&np_np_fe, &key);
 	if (!fe) {
 		if (!p.frag && (snat4 || snat6[0] || snat6[1] || snat6[2] || snat6[3]))
-			return snat_reply(&p, end);
+			return snat_reply(&p, end, family);
 		return XDP_PASS;
 	}
 	if (p.frag)
@@ -488,8 +524,8 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 	}
 	int new_flow = !have_be;
 	if (!have_be && aff_timeout && fe->count) {
-		be_id = np_aff_get(p.t.saddr, p.t.family, svc_id, aff_timeout, now);
-		have_be = be_id && np_be_copy(be_id, &b) && b.family == p.t.family;
+		be_id = np_aff_get(p.t.saddr, family, svc_id, aff_timeout, now);
+		have_be = be_id && np_be_copy(be_id, &b) && b.family == family;
 	}
 	if (!have_be) {
 		__u32 count = fe->count;
@@ -500,7 +536,7 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 			return drop(DROP_NO_SERVICE);
 		__u32 idx;
 		if (fe->alg == NP_ALG_MAGLEV)
-			idx = tuple_hash(&p.t) % lut_size;
+			idx = tuple_hash(&p.t, family) % lut_size;
 		else
 			idx = bpf_get_prandom_u32() % count;
 		/* The verifier loses the upper half of a 32-bit modulo;
@@ -510,14 +546,14 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 		if (i >= (__u64)lut_size)
 			return drop(DROP_NO_SERVICE);
 		be_id = lut[i];
-		if (!np_be_copy(be_id, &b) || b.family != p.t.family)
+		if (!np_be_copy(be_id, &b) || b.family != family)
 			return drop(DROP_NO_SERVICE);
 	}
 	if (aff_timeout)
-		np_aff_set(p.t.saddr, p.t.family, svc_id, be_id, now);
+		np_aff_set(p.t.saddr, family, svc_id, be_id, now);
 
 	if (dsr && !(fe_flags & NP_FE_F_LOCAL)) {
-		if (p.t.family == NP_FAMILY_V4) {
+		if (family == NP_FAMILY_V4) {
 			struct iphdr *ip4 = p.l3;
 			if ((void *)(ip4 + 1) > end || ip4->ihl != 5)
 				return drop(DROP_INVALID); /* no room for the option */
@@ -529,14 +565,14 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 		}
 		__builtin_memcpy(d->addr, p.t.daddr, 16);
 		d->port = p.t.dport;
-		d->family = p.t.family;
-		rewrite(&p, end, 1, b.addr, b.port);
+		d->family = family;
+		rewrite(&p, end, family, 1, b.addr, b.port);
 		return NP_DSR;
 	}
 
 	__u8 snat_addr[16] = {};
 	int snat = 0;
-	if (p.t.family == NP_FAMILY_V4) {
+	if (family == NP_FAMILY_V4) {
 		__u32 a = snat4;
 		__builtin_memcpy(snat_addr, &a, 4);
 		snat = a != 0;
@@ -584,9 +620,9 @@ static __always_inline int nodeport_ingress(void *data, void *end, struct np_dsr
 			return drop(DROP_CT_CREATE_FAILED);
 	}
 
-	rewrite(&p, end, 1, b.addr, b.port);
+	rewrite(&p, end, family, 1, b.addr, b.port);
 	if (snat)
-		rewrite(&p, end, 0, snat_addr, nat_port);
+		rewrite(&p, end, family, 0, snat_addr, nat_port);
 	return XDP_PASS;
 }
 
@@ -657,7 +693,7 @@ static __always_inline void drop_info(void *data, void *end, struct pkt *p, stru
 {
 	i->len = end - data;
 	i->tuple = 0;
-	if (parse(data, end, p) != 0 || p->short_l4)
+	if (parse(data, end, p, 0) != 0 || p->short_l4)
 		return;
 	i->tuple = &p->t;
 	i->dport = p->t.dport;
@@ -686,33 +722,101 @@ static __noinline void tc_drop_notify(struct __sk_buff *skb)
 	np_drop_notify(skb, 0, &i);
 }
 
-SEC("xdp")
-int np_nodeport_xdp(struct xdp_md *ctx)
+/* The translation of arriving packets runs in one program per family,
+ * reached by a tail call from the entry program of its hook (as Cilium's
+ * CILIUM_CALL_IPV4_FROM_NETDEV and _IPV6_): the verifier then sees only
+ * one family's paths at a time. With SNAT addresses of both families one
+ * program for both went past the 1M instructions Linux 6.1's verifier
+ * processes (issue 16). The loader fills the program arrays (their
+ * initializers); a slot found empty drops the packet with
+ * DROP_MISSED_TAIL_CALL, as Cilium's send_drop_notify after a tail call
+ * does. */
+#define NP_CALL_IPV4 0
+#define NP_CALL_IPV6 1
+#define DROP_MISSED_TAIL_CALL 140
+
+/* nodeport_call returns the slot for the packet's family, or -1 for a
+ * packet the translation leaves alone (not IP, or no Ethernet header). */
+static __always_inline int nodeport_call(void *data, void *end)
+{
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return NP_CALL_IPV4;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return NP_CALL_IPV6;
+	return -1;
+}
+
+static __always_inline int nodeport_xdp(struct xdp_md *ctx, int family)
 {
 	/* The DSR frontend lives in per-CPU scratch, off the stack. */
 	struct np_dsr *d = np_dsr_scratch();
 	if (!d)
 		return XDP_PASS;
-	int v = nodeport_ingress((void *)(long)ctx->data, (void *)(long)ctx->data_end, d);
+	int v = nodeport_ingress((void *)(long)ctx->data, (void *)(long)ctx->data_end, d, family);
 	if (v == NP_DSR)
 		v = np_dsr_out(ctx, d);
-	if (v == XDP_PASS && NP_SNAT_ANY)
-		np_icmp_xdp(ctx, 1); /* ICMP errors about SNAT flows (nodeport_icmp.h) */
+	if (v == XDP_PASS && NP_SNAT_ANY) {
+		/* ICMP errors about SNAT flows (nodeport_icmp.h) */
+		if (family == NP_FAMILY_V4)
+			np_icmp4_xdp(ctx, 1);
+		else
+			np_icmp6_xdp(ctx, 1);
+	}
 	if (v == XDP_DROP)
 		xdp_drop_notify(ctx);
 	return v;
+}
+
+SEC("xdp")
+int np_nodeport_xdp4(struct xdp_md *ctx)
+{
+	return nodeport_xdp(ctx, NP_FAMILY_V4);
+}
+
+SEC("xdp")
+int np_nodeport_xdp6(struct xdp_md *ctx)
+{
+	return nodeport_xdp(ctx, NP_FAMILY_V6);
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, int(struct xdp_md *));
+} np_np_calls_xdp SEC(".maps") = {
+	.values =
+		{
+			[NP_CALL_IPV4] = (void *)&np_nodeport_xdp4,
+			[NP_CALL_IPV6] = (void *)&np_nodeport_xdp6,
+		},
+};
+
+SEC("xdp")
+int np_nodeport_xdp(struct xdp_md *ctx)
+{
+	int slot = nodeport_call((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+
+	if (slot < 0)
+		return XDP_PASS;
+	bpf_tail_call(ctx, &np_np_calls_xdp, slot);
+	count_drop(DROP_MISSED_TAIL_CALL);
+	xdp_drop_notify(ctx);
+	return XDP_DROP;
 }
 
 /* The tc fallback, for interfaces that take no XDP program (one is there
  * already). The arithmetic checksum updates assume full checksums, which
  * received packets have (CHECKSUM_COMPLETE stays valid: every change is
  * compensated within the packet). */
-SEC("tc")
-int np_nodeport_tc(struct __sk_buff *skb)
+static __always_inline int nodeport_tc(struct __sk_buff *skb, int family)
 {
 	struct np_dsr d = {};
-	bpf_skb_pull_data(skb, 0);
-	int v = nodeport_ingress((void *)(long)skb->data, (void *)(long)skb->data_end, &d);
+	int v = nodeport_ingress((void *)(long)skb->data, (void *)(long)skb->data_end, &d, family);
 	if (v == NP_DSR) {
 		/* Not in tc mode: the loader refuses DSR with tc. */
 		count_drop(DROP_INVALID);
@@ -722,9 +826,54 @@ int np_nodeport_tc(struct __sk_buff *skb)
 		tc_drop_notify(skb);
 		return TC_ACT_SHOT;
 	}
-	if (NP_SNAT_ANY)
-		np_icmp_skb(skb, 1); /* ICMP errors about SNAT flows (nodeport_icmp.h) */
+	if (NP_SNAT_ANY) {
+		/* ICMP errors about SNAT flows (nodeport_icmp.h) */
+		if (family == NP_FAMILY_V4)
+			np_icmp4_skb(skb, 1);
+		else
+			np_icmp6_skb(skb, 1);
+	}
 	return TC_ACT_OK;
+}
+
+SEC("tc")
+int np_nodeport_tc4(struct __sk_buff *skb)
+{
+	return nodeport_tc(skb, NP_FAMILY_V4);
+}
+
+SEC("tc")
+int np_nodeport_tc6(struct __sk_buff *skb)
+{
+	return nodeport_tc(skb, NP_FAMILY_V6);
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__array(values, int(struct __sk_buff *));
+} np_np_calls_tc SEC(".maps") = {
+	.values =
+		{
+			[NP_CALL_IPV4] = (void *)&np_nodeport_tc4,
+			[NP_CALL_IPV6] = (void *)&np_nodeport_tc6,
+		},
+};
+
+SEC("tc")
+int np_nodeport_tc(struct __sk_buff *skb)
+{
+	/* The linear part stays pulled for the tail call's program. */
+	bpf_skb_pull_data(skb, 0);
+	int slot = nodeport_call((void *)(long)skb->data, (void *)(long)skb->data_end);
+
+	if (slot < 0)
+		return TC_ACT_OK;
+	bpf_tail_call(skb, &np_np_calls_tc, slot);
+	count_drop(DROP_MISSED_TAIL_CALL);
+	tc_drop_notify(skb);
+	return TC_ACT_SHOT;
 }
 
 /* revnat_skb restores the frontend as the source of a reply with the
@@ -765,7 +914,7 @@ int np_nodeport_revnat(struct __sk_buff *skb)
 	void *end = (void *)(long)skb->data_end;
 	struct pkt p;
 
-	int ret = parse(data, end, &p);
+	int ret = parse(data, end, &p, 0);
 	if (ret == 1) {
 		/* ICMP errors about DNAT and DSR flows (nodeport_icmp.h). */
 		np_icmp_skb(skb, 0);

@@ -6,9 +6,10 @@
  * a packet that the DSR option (8 bytes) or extension header (24 bytes)
  * would make larger than the MTU of the route to its backend is not
  * sent. The client gets an ICMP fragmentation needed (IPv4) or packet too
- * big (ICMPv6) from the frontend, with that MTU less the DSR overhead and
- * a quote of its packet as it sent it (IP header and 8 bytes), sent back
- * out of the interface it came in on (XDP_TX), and the packet counts under
+ * big (ICMPv6) from the frontend, with that MTU less the DSR overhead (but
+ * not below the family's minimum MTU, np_dsr_adv_mtu) and a quote of its
+ * packet as it sent it (IP header and 8 bytes), sent back out of the
+ * interface it came in on (XDP_TX), and the packet counts under
  * DROP_FRAG_NEEDED (136), as Cilium's metrics count it. The MTU is the
  * kernel's answer for the route (bpf_fib_lookup with the grown length); a
  * packet without a route, or whose route the lookup cannot resolve, goes
@@ -85,6 +86,22 @@ static __noinline __u32 np_dsr_mtu(struct xdp_md *ctx, const struct np_dsr *d)
 		return 0;
 	return f.mtu_result ? f.mtu_result : 1;
 #undef f
+}
+
+/* The smallest MTU the client may be told: a host does not go below it
+ * (IPv4: RFC 791's 68; IPv6: RFC 8200's 1280, below which RFC 8201's
+ * receivers discard a packet too big). */
+#define NP_MIN_MTU_V4 68
+#define NP_MIN_MTU_V6 1280
+
+/* np_dsr_adv_mtu is the MTU the client is told: the route's less the DSR
+ * overhead, but not below the family's minimum. That is also the answer
+ * for a route MTU no larger than the overhead (and for the 1 np_dsr_mtu
+ * returns when the lookup gave no MTU), where the subtraction would wrap
+ * and tell the client an MTU of nearly 64K or 4G. */
+static __always_inline __u32 np_dsr_adv_mtu(__u32 mtu, __u32 overhead, __u32 min)
+{
+	return mtu >= overhead + min ? mtu - overhead : min;
 }
 
 /* np_dsr_too_big turns the packet, translated to its backend already,
@@ -169,7 +186,7 @@ static __noinline int np_dsr_too_big(struct xdp_md *ctx, const struct np_dsr *d,
 		icmp[1] = NP_ICMP_FRAG_NEEDED;
 		*(__u16 *)(icmp + 2) = 0;
 		*(__u16 *)(icmp + 4) = 0;
-		*(__be16 *)(icmp + 6) = bpf_htons(mtu - DSR_IPV4_OPT_LEN);
+		*(__be16 *)(icmp + 6) = bpf_htons(np_dsr_adv_mtu(mtu, DSR_IPV4_OPT_LEN, NP_MIN_MTU_V4));
 		__builtin_memcpy(icmp + 8, q, 28);
 		__u32 sum = 0;
 #pragma unroll
@@ -194,7 +211,7 @@ static __noinline int np_dsr_too_big(struct xdp_md *ctx, const struct np_dsr *d,
 	icmp[0] = NP_ICMPV6_PKT_TOOBIG;
 	icmp[1] = 0;
 	*(__u16 *)(icmp + 2) = 0;
-	*(__be32 *)(icmp + 4) = bpf_htonl(mtu - DSR_IPV6_EXT_LEN);
+	*(__be32 *)(icmp + 4) = bpf_htonl(np_dsr_adv_mtu(mtu, DSR_IPV6_EXT_LEN, NP_MIN_MTU_V6));
 	__builtin_memcpy(icmp + 8, q, 48);
 	/* The ICMPv6 checksum covers a pseudo-header: both addresses, the
 	 * length and the next header. */

@@ -148,14 +148,7 @@ static __always_inline void np_icmp_finish(void *ip, int v6, void *in, __u8 *icm
 		/* A SNAT flow's reply entry in the node's NAT table: the
 		 * frontend (peer) and the client (addr). */
 		struct np_nat_key *nk = &s->nk;
-		__builtin_memcpy(nk->saddr, k->saddr, 16);
-		__builtin_memcpy(nk->daddr, k->daddr, 16);
-		nk->sport = k->sport;
-		nk->dport = k->dport;
-		nk->proto = k->proto;
-		nk->family = k->family;
-		nk->dir = NP_NAT_INGRESS;
-		nk->pad = 0;
+		nat_key(nk, k, NP_NAT_INGRESS);
 		struct np_nat_entry *e = bpf_map_lookup_elem(&np_nat, nk);
 		if (!e || !(e->flags & NP_NAT_F_REVDNAT))
 			return;
@@ -252,29 +245,52 @@ static __always_inline void np_icmp6_error(void *data, void *end, int snat)
 }
 
 /* np_icmp_error translates the ICMP error in the packet, if it is one
- * about a flow of np_np_rev (snat: a SNAT flow; else DNAT or DSR). */
-static __always_inline void np_icmp_error(void *data, void *end, int snat)
+ * about a flow of np_np_rev (snat: a SNAT flow; else DNAT or DSR). family
+ * (a constant) limits it to ICMP (NP_FAMILY_V4) or ICMPv6 (NP_FAMILY_V6)
+ * errors; 0 takes both. */
+static __always_inline void np_icmp_error(void *data, void *end, int snat, int family)
 {
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
 		return;
-	if (eth->h_proto == bpf_htons(ETH_P_IP))
+	if (eth->h_proto == bpf_htons(ETH_P_IP) && family != NP_FAMILY_V6)
 		np_icmp4_error(data, end, snat);
-	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6) && family != NP_FAMILY_V4)
 		np_icmp6_error(data, end, snat);
 }
 
 /* The entries: global functions, which the verifier checks once on their
- * own instead of once per path of the program that calls them. */
-__noinline int np_icmp_xdp(struct xdp_md *ctx, int snat)
+ * own instead of once per path of the program that calls them. One per
+ * family for the north-south programs, which run per family (each checks
+ * only its own family's code); np_icmp_skb, both families, for
+ * np_nodeport_revnat. */
+__noinline int np_icmp4_xdp(struct xdp_md *ctx, int snat)
 {
-	np_icmp_error((void *)(long)ctx->data, (void *)(long)ctx->data_end, snat);
+	np_icmp_error((void *)(long)ctx->data, (void *)(long)ctx->data_end, snat, NP_FAMILY_V4);
+	return 0;
+}
+
+__noinline int np_icmp6_xdp(struct xdp_md *ctx, int snat)
+{
+	np_icmp_error((void *)(long)ctx->data, (void *)(long)ctx->data_end, snat, NP_FAMILY_V6);
+	return 0;
+}
+
+__noinline int np_icmp4_skb(struct __sk_buff *skb, int snat)
+{
+	np_icmp_error((void *)(long)skb->data, (void *)(long)skb->data_end, snat, NP_FAMILY_V4);
+	return 0;
+}
+
+__noinline int np_icmp6_skb(struct __sk_buff *skb, int snat)
+{
+	np_icmp_error((void *)(long)skb->data, (void *)(long)skb->data_end, snat, NP_FAMILY_V6);
 	return 0;
 }
 
 __noinline int np_icmp_skb(struct __sk_buff *skb, int snat)
 {
-	np_icmp_error((void *)(long)skb->data, (void *)(long)skb->data_end, snat);
+	np_icmp_error((void *)(long)skb->data, (void *)(long)skb->data_end, snat, 0);
 	return 0;
 }
 
