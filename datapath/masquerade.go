@@ -72,7 +72,11 @@ type MasqueradeConfig struct {
 // UDP and ICMP echo, IPv4 and IPv6, from local endpoints to destinations
 // outside the excluded prefixes leave with the node's address and a port
 // (echo identifier) from the node's NAT table, and replies are translated
-// back before the stack routes them to the endpoint. Two flows never
+// back before the stack routes them to the endpoint. An endpoint's
+// answers to connections it accepted (conntrack says so) keep its address,
+// as with Cilium's SNAT: a client outside the cluster that reached the pod
+// directly, or through a NodePort to a local backend, hears back from the
+// address it used. Two flows never
 // share a port, also with lb's SNAT flows in the same table: a port is
 // taken by creating its reverse entry only if it does not exist. A new
 // flow tries 32 ports; if all are taken, or the table is full, its packet

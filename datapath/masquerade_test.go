@@ -23,7 +23,8 @@ import (
 // connections from three pods to one server port get 60 distinct ports;
 // two pods using the same source port do not collide; replies reach the
 // right pod; GC keeps live flows and removes expired ones; a destination
-// in an excluded prefix sees the pod's address.
+// in an excluded prefix sees the pod's address; a connection from outside
+// to a pod's address is answered from that address.
 func TestPrivilegedMasquerade(t *testing.T) {
 	d, _, world, wan, pods := newMasqWorld(t, Config{})
 	nodeAddr, worldAddr := masqNodeAddr, masqWorldAddr
@@ -202,6 +203,54 @@ func TestPrivilegedMasquerade(t *testing.T) {
 			if src.Addr() != netip.MustParseAddr("10.1.0.10") {
 				t.Errorf("an excluded destination saw %v, want the pod's address", src)
 			}
+		}
+	})
+
+	// A client outside the cluster that reaches a pod's address (the
+	// world routes the pods' /24 through the node, as above) gets its
+	// replies from that address: masquerading is for the connections
+	// the pods open, not for their answers. Masqueraded, the SYN-ACK
+	// would come from the node's address and the dial would fail.
+	t.Run("InboundRepliesKeepThePodAddress", func(t *testing.T) {
+		m3, err := d.AttachMasquerade(MasqueradeConfig{Ifindex: wan.Index, Address: nodeAddr, Exclude: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m3.Close()
+		ep, ok := d.Endpoint(1)
+		if !ok {
+			t.Fatal("endpoint 1 is gone")
+		}
+		mustUpdate(t, ep.Policy(), map[mapstate.Key]mapstate.Entry{{Identity: identity.ReservedWorld, Direction: mapstate.Ingress}: allow})
+		podSeen := recordingServer(t, pods[0], "tcp4", "10.1.0.10:8080")
+		before, err := m3.Mappings()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := talkTo(world, "tcp4", "10.1.0.10:8080")
+		if err != nil {
+			t.Fatalf("world to the pod's address: %v", err)
+		}
+		defer c.Close()
+		if got := c.RemoteAddr().(*net.TCPAddr).AddrPort(); got != netip.MustParseAddrPort("10.1.0.10:8080") {
+			t.Errorf("the world's connection is to %v, want the pod's address", got)
+		}
+		if got := podSeen(); len(got) != 1 || !got[netip.AddrPortFrom(worldAddr, c.LocalAddr().(*net.TCPAddr).AddrPort().Port())] {
+			t.Errorf("the pod saw %v, want the world's address and port", got)
+		}
+		// The pod's own connections out are still masqueraded.
+		out, err := talk(pods[0], 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer out.Close()
+		for src := range seen() {
+			if src.Addr() != nodeAddr {
+				t.Errorf("the pod's own connection reached the world from %v, want %v", src, nodeAddr)
+			}
+		}
+		if after, err := m3.Mappings(); err != nil || after != before+1 {
+			t.Errorf("NAT table: %d flows before, %d (%v) after one inbound and one outbound connection; want one more", before, after, err)
 		}
 	})
 }

@@ -13,7 +13,8 @@
  *                   source and a port (echo identifier) the NAT table
  *                   allocated for its flow. No free port, or a full
  *                   table: dropped, counted in np_nat_drops under
- *                   DROP_NAT_NO_MAPPING.
+ *                   DROP_NAT_NO_MAPPING. A reply of a connection the
+ *                   endpoint accepted (conntrack) keeps its address.
  *   np_nat_ingress  tc ingress: a packet to the node's address whose
  *                   reverse flow the NAT table knows is translated back to
  *                   the endpoint's address and port (a service flow of
@@ -185,6 +186,27 @@ static __always_inline int np_nat_node(const struct np_nat_config *cfg, __u8 fam
 	return (np_nat_load32(node) | np_nat_load32(node + 4) | np_nat_load32(node + 8) | np_nat_load32(node + 12)) != 0;
 }
 
+/* np_nat_is_reply says whether p answers a connection the endpoint
+ * accepted: its reversed tuple is a conntrack key (conntrack.h keys an
+ * entry by the tuple of the connection's first packet). Such a packet
+ * keeps the endpoint's address, which is the one its peer connected to (a
+ * client outside the cluster routed to the pod's address, or a NodePort
+ * client whose packets lb translated to a local backend): masquerading it
+ * would answer from an address the peer never used. Cilium's SNAT skips
+ * replies the same way. */
+static __always_inline int np_nat_is_reply(const struct np_nat_pkt *p)
+{
+	struct np_tuple rev = {};
+
+	__builtin_memcpy(rev.saddr.bytes, p->daddr, 16);
+	__builtin_memcpy(rev.daddr.bytes, p->saddr, 16);
+	rev.sport = p->dport;
+	rev.dport = p->sport;
+	rev.proto = p->proto;
+	rev.ip_version = p->family == NP_NAT_FAMILY_V4 ? NP_IPV4 : NP_IPV6;
+	return bpf_map_lookup_elem(&np_conntrack, &rev) != NULL;
+}
+
 SEC("tc")
 int np_nat_egress(struct __sk_buff *skb)
 {
@@ -208,6 +230,8 @@ int np_nat_egress(struct __sk_buff *skb)
 	ex.family = p.family;
 	__builtin_memcpy(ex.addr, p.daddr, 16);
 	if (bpf_map_lookup_elem(&np_nat_exclude, &ex))
+		return TC_ACT_OK;
+	if (np_nat_is_reply(&p))
 		return TC_ACT_OK;
 
 	s = np_nat_scratch_get();
