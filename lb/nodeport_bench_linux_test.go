@@ -154,42 +154,56 @@ func benchBackends(n, round int) []Backend {
 //   - xdp-generic: the same, generic XDP;
 //   - tc: the same, tc ingress (the fallback mode);
 //   - iptables: by kube-proxy-style rules in the node's nat PREROUTING
-//     (one service; DNAT and conntrack's reverse translation).
+//     (one service; DNAT and conntrack's reverse translation);
+//   - ipvs: by an IPVS virtual service in NAT mode, as kube-proxy's IPVS
+//     mode sets it up (see setupIPVSService).
 //
 // Each client namespace has its own interface on the node, so the variants
-// do not see each other's programs or rules. Variants run interleaved in
-// rounds of 20 connects; each reports its median.
+// do not see each other's programs or rules (but the node's netfilter
+// hooks, conntrack's and IPVS's, see every variant's packets). The
+// sub-benchmark "interleaved" runs the variants in rounds of 20 connects;
+// each reports its median, and its ns/op covers all of them and means
+// nothing. Where the kernel lacks IPVS, the sub-benchmark "ipvs" skips
+// and says so, and the others run without it.
 func BenchmarkNorthSouthConnect(b *testing.B) {
 	testutils.RequirePrivileged(b)
-	top := newTopology(b, 5, 2)
+	top := newTopology(b, northSouthClients, 2)
 	serveAcceptClose(b, top)
 	variants := northSouthVariants(b, top)
 
-	const perRound = 20
-	lat := make([][]time.Duration, len(variants))
-	for _, v := range variants {
-		inNetNS(b, v.client.ns, func() { v.connect(b) }) // neighbour entries
-	}
-	b.ResetTimer()
-	for done := 0; done < b.N; done += perRound {
-		for i, v := range variants {
-			inNetNS(b, v.client.ns, func() {
-				for range min(perRound, b.N-done) {
-					lat[i] = append(lat[i], v.connect(b))
-				}
-			})
+	b.Run("interleaved", func(b *testing.B) {
+		const perRound = 20
+		lat := make([][]time.Duration, len(variants))
+		for _, v := range variants {
+			inNetNS(b, v.client.ns, func() { v.connect(b) }) // neighbour entries
 		}
-	}
-	b.StopTimer()
-	for i, v := range variants {
-		reportLatency(b, lat[i], v.name+"-")
-	}
+		b.ResetTimer()
+		for done := 0; done < b.N; done += perRound {
+			for i, v := range variants {
+				inNetNS(b, v.client.ns, func() {
+					for range min(perRound, b.N-done) {
+						lat[i] = append(lat[i], v.connect(b))
+					}
+				})
+			}
+		}
+		b.StopTimer()
+		for i, v := range variants {
+			reportLatency(b, lat[i], v.name+"-")
+		}
+	})
 }
 
+// northSouthClients is the number of client namespaces northSouthVariants
+// needs, one per variant.
+const northSouthClients = 6
+
 // northSouthVariants sets up the variants of BenchmarkNorthSouthConnect
-// and BenchmarkNorthSouthRR on a topology of 5 clients and 2 backends:
-// client k reaches the backends directly (0), through NorthSouth in native
-// XDP (1), generic XDP (2) or tc (3) mode, or through iptables DNAT (4).
+// and BenchmarkNorthSouthRR on a topology of northSouthClients clients and
+// 2 backends: client k reaches the backends directly (0), through
+// NorthSouth in native XDP (1), generic XDP (2) or tc (3) mode, through
+// iptables DNAT (4) or through IPVS (5). A kernel without IPVS leaves the
+// last out and runs the sub-benchmark "ipvs", which skips for it.
 func northSouthVariants(b *testing.B, top *topology) []connectVariant {
 	backends := []Backend{
 		{Addr: top.backends[0].addr(false, backendPort)},
@@ -238,17 +252,26 @@ func northSouthVariants(b *testing.B, top *topology) []connectVariant {
 		variants = append(variants, connectVariant{name: "iptables", client: top.clients[4], dst: netip.MustParseAddrPort("10.99.0.3:80")})
 	}
 
+	if err := haveIPVS(); err != nil {
+		b.Run("ipvs", func(b *testing.B) { testutils.SkipIfNotSupported(b, err) })
+	} else {
+		// A VIP of its own again, which only client 5 connects to.
+		ipvsVIP := netip.MustParseAddrPort("10.99.0.4:80")
+		setupIPVSService(b, top.node, ipvsVIP, backends)
+		variants = append(variants, connectVariant{name: "ipvs", client: top.clients[5], dst: ipvsVIP})
+	}
 	return variants
 }
 
 // BenchmarkNorthSouthRR measures request/response round trips (one byte
 // and a newline each way, like netperf's TCP_RR) on one established TCP
-// connection per variant of BenchmarkNorthSouthConnect, interleaved in
-// rounds of 200; each variant reports its median round trip and the
-// requests per second one connection achieves at that median.
+// connection per variant of BenchmarkNorthSouthConnect. The sub-benchmark
+// "interleaved" runs them in rounds of 200; each variant reports its median
+// round trip and the requests per second one connection achieves at that
+// median.
 func BenchmarkNorthSouthRR(b *testing.B) {
 	testutils.RequirePrivileged(b)
-	top := newTopology(b, 5, 2)
+	top := newTopology(b, northSouthClients, 2)
 	top.serve(b)
 	variants := northSouthVariants(b, top)
 	conns := make([]*bufio.ReadWriter, len(variants))
@@ -266,7 +289,7 @@ func BenchmarkNorthSouthRR(b *testing.B) {
 			b.Fatalf("%s: %v", v.name, err)
 		}
 	}
-	rr := func(rw *bufio.ReadWriter) time.Duration {
+	rr := func(b *testing.B, rw *bufio.ReadWriter) time.Duration {
 		start := time.Now()
 		rw.WriteString("x\n")
 		if err := rw.Flush(); err != nil {
@@ -277,22 +300,24 @@ func BenchmarkNorthSouthRR(b *testing.B) {
 		}
 		return time.Since(start)
 	}
-	const perRound = 200
-	lat := make([][]time.Duration, len(variants))
-	b.ResetTimer()
-	for done := 0; done < b.N; done += perRound {
-		for i := range variants {
-			for range min(perRound, b.N-done) {
-				lat[i] = append(lat[i], rr(conns[i]))
+	b.Run("interleaved", func(b *testing.B) {
+		const perRound = 200
+		lat := make([][]time.Duration, len(variants))
+		b.ResetTimer()
+		for done := 0; done < b.N; done += perRound {
+			for i := range variants {
+				for range min(perRound, b.N-done) {
+					lat[i] = append(lat[i], rr(b, conns[i]))
+				}
 			}
 		}
-	}
-	b.StopTimer()
-	for i, v := range variants {
-		l := lat[i]
-		slices.Sort(l)
-		med := l[len(l)/2]
-		b.ReportMetric(float64(med.Nanoseconds()), v.name+"-p50-ns/rr")
-		b.ReportMetric(1e9/float64(med.Nanoseconds()), v.name+"-rr/s")
-	}
+		b.StopTimer()
+		for i, v := range variants {
+			l := lat[i]
+			slices.Sort(l)
+			med := l[len(l)/2]
+			b.ReportMetric(float64(med.Nanoseconds()), v.name+"-p50-ns/rr")
+			b.ReportMetric(1e9/float64(med.Nanoseconds()), v.name+"-rr/s")
+		}
+	})
 }
