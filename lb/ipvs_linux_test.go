@@ -31,8 +31,8 @@ var ipvsProbe = feature.NewProbe("IPVS", "", probeIPVS)
 func probeIPVS() error {
 	c, err := ipvs.New()
 	if errors.Is(err, os.ErrNotExist) {
-		// The family appears when the module loads; nothing loads it on
-		// demand for a family lookup.
+		// The family appears when the module loads: try loading it
+		// before calling IPVS absent.
 		out, merr := exec.Command("modprobe", "ip_vs").CombinedOutput()
 		c, err = ipvs.New()
 		if errors.Is(err, os.ErrNotExist) {
