@@ -22,6 +22,57 @@ type xdpMd struct {
 	EgressIfindex                uint32
 }
 
+// newDSRMTUNode is a DSR-mode NorthSouth and a node namespace that
+// forwards, with ext0 (10.2.0.1/24, fd00:2::1/64) toward a peer: the
+// interface the DSR MTU tests route their backends through.
+func newDSRMTUNode(t *testing.T) (*NorthSouth, *testutils.NetNS, *netlink.Handle, *testutils.Veth) {
+	t.Helper()
+	testutils.RequirePrivileged(t)
+	ns, err := NewNorthSouth(NorthSouthConfig{MaglevTableSize: 251, MaglevHashSeed: testSeed, DSR: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	node, peer := testutils.NewNetNS(t), testutils.NewNetNS(t)
+	veth := testutils.NewVeth(t, node, "ext0", peer, "eth0")
+	nl := node.Netlink(t)
+	addAddr(t, nl, veth.Index, netip.MustParsePrefix("10.2.0.1/24"))
+	addAddr(t, nl, veth.Index, netip.MustParsePrefix("fd00:2::1/64"))
+	sysctl(t, node, "net/ipv4/ip_forward", "1")
+	sysctl(t, node, "net/ipv6/conf/all/forwarding", "1")
+	return ns, node, nl, veth
+}
+
+// runXDPIn runs np_nodeport_xdp on in as received on veth, inside node
+// (the program asks node's FIB for the route's MTU), and returns the
+// verdict and the packet as the program left it.
+func runXDPIn(t *testing.T, ns *NorthSouth, node *testutils.NetNS, veth *testutils.Veth, in []byte) (uint32, []byte) {
+	t.Helper()
+	opts := ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+256),
+		Context: xdpMd{DataEnd: uint32(len(in)), IngressIfindex: uint32(veth.Index)}}
+	var ret uint32
+	if err := node.Do(func() (err error) {
+		ret, err = ns.objs.NpNodeportXdp.Run(&opts)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ret, opts.DataOut
+}
+
+// readTooBig reads the ICMP error in out, whose IP header is l3 bytes
+// long, and the MTU it advertises (fragmentation needed or packet too
+// big). It also returns the type and code the error should have for its
+// family.
+func readTooBig(t *testing.T, out []byte, l3 int) (got icmpSeen, typ, code uint8, mtu int) {
+	t.Helper()
+	got = readICMPError(t, out)
+	if l3 == 40 {
+		return got, 2, 0, int(binary.BigEndian.Uint32(out[14+l3+4:]))
+	}
+	return got, 3, 4, int(binary.BigEndian.Uint16(out[14+l3+6:]))
+}
+
 // TestPrivilegedNorthSouthDSRMTU: in DSR mode a packet that the DSR
 // option or extension header would make larger than the MTU of its route
 // to the backend (1400 here) is answered, as Cilium's DSR ICMP errors, with
@@ -34,15 +85,7 @@ type xdpMd struct {
 // route to the backends leaves through an interface with the small MTU
 // (the program asks the kernel's FIB).
 func TestPrivilegedNorthSouthDSRMTU(t *testing.T) {
-	testutils.RequirePrivileged(t)
-	ns, err := NewNorthSouth(NorthSouthConfig{MaglevTableSize: 251, MaglevHashSeed: testSeed, DSR: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	node, peer := testutils.NewNetNS(t), testutils.NewNetNS(t)
-	veth := testutils.NewVeth(t, node, "ext0", peer, "eth0")
-	nl := node.Netlink(t)
+	ns, node, nl, veth := newDSRMTUNode(t)
 	// Forwarded packets leave with the device's MTU (a route's MTU
 	// counts for forwarding only when locked).
 	l, err := nl.LinkByIndex(veth.Index)
@@ -52,16 +95,12 @@ func TestPrivilegedNorthSouthDSRMTU(t *testing.T) {
 	if err := nl.LinkSetMTU(l, 1400); err != nil {
 		t.Fatal(err)
 	}
-	addAddr(t, nl, veth.Index, netip.MustParsePrefix("10.2.0.1/24"))
-	addAddr(t, nl, veth.Index, netip.MustParsePrefix("fd00:2::1/64"))
 	for _, rt := range []struct{ dst, gw string }{{"10.40.0.0/16", "10.2.0.2"}, {"fd40::/16", "fd00:2::2"}} {
 		_, dst, _ := net.ParseCIDR(rt.dst)
 		if err := nl.RouteAdd(&netlink.Route{LinkIndex: veth.Index, Dst: dst, Gw: net.ParseIP(rt.gw)}); err != nil {
 			t.Fatalf("route %s: %v", rt.dst, err)
 		}
 	}
-	sysctl(t, node, "net/ipv4/ip_forward", "1")
-	sysctl(t, node, "net/ipv6/conf/all/forwarding", "1")
 
 	for _, tc := range []struct {
 		vip, be, client netip.AddrPort
@@ -79,16 +118,8 @@ func TestPrivilegedNorthSouthDSRMTU(t *testing.T) {
 			in := testPkt{src: tc.client, dst: tc.vip, proto: 17, payload: make([]byte, n-tc.l3-8)}.bytes()
 			copy(in[0:6], []byte{2, 0, 0, 0, 0, 1}) // destination MAC: the node
 			copy(in[6:12], []byte{2, 0, 0, 0, 0, 2})
-			opts := ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+256),
-				Context: xdpMd{DataEnd: uint32(len(in)), IngressIfindex: uint32(veth.Index)}}
-			var ret uint32
-			if err := node.Do(func() (err error) {
-				ret, err = ns.objs.NpNodeportXdp.Run(&opts)
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			return ret, in, opts.DataOut
+			ret, out := runXDPIn(t, ns, node, veth, in)
+			return ret, in, out
 		}
 		t.Run(tc.vip.String(), func(t *testing.T) {
 			// The largest packet that fits with the DSR header.
@@ -118,13 +149,8 @@ func TestPrivilegedNorthSouthDSRMTU(t *testing.T) {
 			if string(out[0:6]) != string(in[6:12]) || string(out[6:12]) != string(in[0:6]) {
 				t.Errorf("MAC addresses not swapped: % x", out[:12])
 			}
-			got := readICMPError(t, out)
-			want := icmpSeen{src: tc.vip.Addr(), dst: tc.client.Addr(), qsrc: tc.client, qdst: tc.vip, typ: 3, code: 4}
-			mtu := int(binary.BigEndian.Uint16(out[14+tc.l3+6:]))
-			if tc.vip.Addr().Is6() {
-				want.typ, want.code = 2, 0
-				mtu = int(binary.BigEndian.Uint32(out[14+tc.l3+4:]))
-			}
+			got, typ, code, mtu := readTooBig(t, out, tc.l3)
+			want := icmpSeen{src: tc.vip.Addr(), dst: tc.client.Addr(), qsrc: tc.client, qdst: tc.vip, typ: typ, code: code}
 			if got != want {
 				t.Fatalf("client gets %+v, want %+v", got, want)
 			}
@@ -149,19 +175,7 @@ func TestPrivilegedNorthSouthDSRMTU(t *testing.T) {
 // forwarding honours below the device's), crafted packets through
 // BPF_PROG_TEST_RUN.
 func TestPrivilegedNorthSouthDSRMTUFloor(t *testing.T) {
-	testutils.RequirePrivileged(t)
-	ns, err := NewNorthSouth(NorthSouthConfig{MaglevTableSize: 251, MaglevHashSeed: testSeed, DSR: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	node, peer := testutils.NewNetNS(t), testutils.NewNetNS(t)
-	veth := testutils.NewVeth(t, node, "ext0", peer, "eth0")
-	nl := node.Netlink(t)
-	addAddr(t, nl, veth.Index, netip.MustParsePrefix("10.2.0.1/24"))
-	addAddr(t, nl, veth.Index, netip.MustParsePrefix("fd00:2::1/64"))
-	sysctl(t, node, "net/ipv4/ip_forward", "1")
-	sysctl(t, node, "net/ipv6/conf/all/forwarding", "1")
+	ns, node, nl, veth := newDSRMTUNode(t)
 
 	for i, tc := range []struct {
 		routeMTU, want int
@@ -196,19 +210,11 @@ func TestPrivilegedNorthSouthDSRMTUFloor(t *testing.T) {
 			// Larger than the route's MTU, and than what the
 			// client is told, so that it is too big either way.
 			in := testPkt{src: client, dst: vip, proto: 17, payload: make([]byte, 1500-l3-8)}.bytes()
-			opts := ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+256),
-				Context: xdpMd{DataEnd: uint32(len(in)), IngressIfindex: uint32(veth.Index)}}
 			before, err := ns.Drops()
 			if err != nil {
 				t.Fatal(err)
 			}
-			var ret uint32
-			if err := node.Do(func() (err error) {
-				ret, err = ns.objs.NpNodeportXdp.Run(&opts)
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
+			ret, out := runXDPIn(t, ns, node, veth, in)
 			if ret != 3 { // XDP_TX
 				t.Fatalf("verdict %d, want XDP_TX", ret)
 			}
@@ -219,14 +225,8 @@ func TestPrivilegedNorthSouthDSRMTUFloor(t *testing.T) {
 			if after[monitor.DropFragNeeded] != before[monitor.DropFragNeeded]+1 {
 				t.Errorf("DROP_FRAG_NEEDED %d -> %d", before[monitor.DropFragNeeded], after[monitor.DropFragNeeded])
 			}
-			out := opts.DataOut
-			got := readICMPError(t, out)
-			want := icmpSeen{src: vip.Addr(), dst: client.Addr(), qsrc: client, qdst: vip, typ: 3, code: 4}
-			mtu := int(binary.BigEndian.Uint16(out[14+l3+6:]))
-			if tc.v6 {
-				want.typ, want.code = 2, 0
-				mtu = int(binary.BigEndian.Uint32(out[14+l3+4:]))
-			}
+			got, typ, code, mtu := readTooBig(t, out, l3)
+			want := icmpSeen{src: vip.Addr(), dst: client.Addr(), qsrc: client, qdst: vip, typ: typ, code: code}
 			if got != want {
 				t.Fatalf("client gets %+v, want %+v", got, want)
 			}
