@@ -139,9 +139,7 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 	if err != nil {
 		return nil, err
 	}
-	size := builder.TableSize()
-	snat4, snat6, _ := cfg.snatAddrs() // nodeportSpec checked them
-	np := &NorthSouth{dsr: cfg.DSR, builder: builder, size: size, services: map[Frontend]*npService{}, vips: map[netip.Addr]int{}}
+	np := &NorthSouth{dsr: cfg.DSR, builder: builder, size: builder.TableSize(), services: map[Frontend]*npService{}, vips: map[netip.Addr]int{}}
 	var opts *ebpf.CollectionOptions
 	if cfg.NATMap != nil {
 		// The node's table is sized by its owner.
@@ -163,7 +161,7 @@ func NewNorthSouth(cfg NorthSouthConfig) (_ *NorthSouth, err error) {
 	if interval == 0 {
 		interval = DefaultNATGCInterval
 	}
-	if interval > 0 && (snat4.IsValid() || snat6.IsValid()) {
+	if interval > 0 && len(cfg.SNATAddrs) > 0 { // valid: nodeportSpec checked them
 		np.natGC = np.nat.StartGC(interval)
 	}
 	return np, nil
