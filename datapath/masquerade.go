@@ -116,9 +116,7 @@ var natHooks = [2]endpointHook{
 func setExclusions(m *ebpf.Map, want []netip.Prefix) error {
 	keys := make(map[natExcludeKey]netip.Prefix, len(want))
 	for _, p := range want {
-		p = p.Masked()
-		addr, family := nat.AddrBytes(p.Addr())
-		keys[natExcludeKey{PrefixLen: 32 + uint32(p.Bits()), Family: family, Addr: addr}] = p
+		keys[exclusionKey(p)] = p
 	}
 	var (
 		k     natExcludeKey
@@ -144,6 +142,14 @@ func setExclusions(m *ebpf.Map, want []netip.Prefix) error {
 		}
 	}
 	return nil
+}
+
+// exclusionKey is the exclusion LPM's key for p: its family, then its
+// address, so the prefix length counts the 32-bit family word too.
+func exclusionKey(p netip.Prefix) natExcludeKey {
+	p = p.Masked()
+	addr, family := nat.AddrBytes(p.Addr())
+	return natExcludeKey{PrefixLen: 32 + uint32(p.Bits()), Family: family, Addr: addr}
 }
 
 func (cfg MasqueradeConfig) validate() (min, max uint16, err error) {

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodeplane/nodeplane/internal/nat"
 	"github.com/nodeplane/nodeplane/internal/testutils"
 )
 
@@ -148,8 +147,7 @@ func TestPrivilegedMasqueradeExclusionsKept(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	probe := natExcludeKey{PrefixLen: 32 + 32, Family: nat.FamilyV4}
-	probe.Addr, _ = nat.AddrBytes(netip.MustParseAddr("10.1.2.3"))
+	probe := exclusionKey(netip.MustParsePrefix("10.1.2.3/32"))
 	var (
 		stop    = make(chan struct{})
 		done    = make(chan struct{})
@@ -191,8 +189,7 @@ func TestPrivilegedMasqueradeExclusionsKept(t *testing.T) {
 	}
 	want := map[natExcludeKey]bool{}
 	for _, p := range configs[1] {
-		a, f := nat.AddrBytes(p.Addr())
-		want[natExcludeKey{PrefixLen: 32 + uint32(p.Bits()), Family: f, Addr: a}] = true
+		want[exclusionKey(p)] = true
 	}
 	if !maps.Equal(got, want) {
 		t.Errorf("exclusions after the last attach: %v, want %v", got, want)
